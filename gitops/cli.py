@@ -1,0 +1,25 @@
+"""Entry point of the `gitops` console script: registers the command modules and runs typer."""
+
+from __future__ import annotations
+
+import importlib
+
+from gitops.cli_app import app
+
+# Each module registers its commands on import; none of them imports jax at module level.
+_COMMAND_MODULES = ("config", "training", "loop", "serving", "site")
+
+for _name in _COMMAND_MODULES:
+    try:
+        importlib.import_module(f"gitops.commands.{_name}")
+    except ModuleNotFoundError as exc:  # a command group not built yet
+        if exc.name != f"gitops.commands.{_name}":
+            raise
+
+
+def main() -> None:
+    app(prog_name="gitops")
+
+
+if __name__ == "__main__":
+    main()
