@@ -1,0 +1,326 @@
+"""The one jax-free place where every name a config may use is declared, with its parameters.
+
+Architectures, optimizers, schedules, datasets, augmentations and metrics are declared here as
+JSON Schema fragments. `gitops.schema` builds `schemas/*.schema.json` from them, validation uses
+them without importing jax, and the training code attaches implementations to the same names
+(`gitops.registry`); a test checks that every name here has an implementation and vice versa.
+Plugins add entries through entry points (see `gitops.plugins`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- small helpers that keep the declarations below readable ---------------------------------
+
+
+def integer(description: str, default: Any = None, minimum: int | None = None, maximum: int | None = None) -> dict:
+    s: dict[str, Any] = {"type": "integer", "description": description}
+    if minimum is not None:
+        s["minimum"] = minimum
+    if maximum is not None:
+        s["maximum"] = maximum
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def number(
+    description: str,
+    default: Any = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: float | None = None,
+    exclusive_maximum: float | None = None,
+) -> dict:
+    s: dict[str, Any] = {"type": "number", "description": description}
+    for key, val in (
+        ("minimum", minimum),
+        ("maximum", maximum),
+        ("exclusiveMinimum", exclusive_minimum),
+        ("exclusiveMaximum", exclusive_maximum),
+    ):
+        if val is not None:
+            s[key] = val
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def boolean(description: str, default: bool) -> dict:
+    return {"type": "boolean", "description": description, "default": default}
+
+
+def enum(description: str, values: list[str], default: str | None = None) -> dict:
+    s: dict[str, Any] = {"type": "string", "enum": values, "description": description}
+    if default is not None:
+        s["default"] = default
+    return s
+
+
+def int_list(description: str, default: list[int], minimum: int = 1, min_items: int = 0) -> dict:
+    return {
+        "type": "array",
+        "items": {"type": "integer", "minimum": minimum},
+        "minItems": min_items,
+        "maxItems": 64,
+        "description": description,
+        "default": default,
+    }
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered name: what it is for and the schema of its parameters (`properties`)."""
+
+    name: str
+    description: str
+    params: dict[str, dict] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)  # facts used by semantic checks
+
+
+ACTIVATIONS = ["relu", "gelu", "silu", "tanh", "sigmoid", "elu", "leaky_relu"]
+
+# --- architectures (model.yaml) ------------------------------------------------------------------
+ARCHITECTURES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "mlp",
+            "Multi-layer perceptron; flattens its input.",
+            {
+                "hidden_sizes": int_list("Width of each hidden layer, input to output.", [128]),
+                "activation": enum("Activation after each hidden layer.", ACTIVATIONS, "relu"),
+                "dropout": number("Dropout rate after each hidden layer (training only).", 0.0, 0.0, None, None, 1.0),
+                "layer_norm": boolean("Apply LayerNorm after each hidden layer.", False),
+            },
+            info={"inputs": "any"},
+        ),
+        Entry(
+            "cnn",
+            "Convolutional network for images: conv blocks with pooling, then dense layers.",
+            {
+                "channels": int_list("Output channels of each 3x3 conv block.", [32, 64], min_items=1),
+                "kernel_size": integer("Square kernel size of every conv.", 3, 1, 11),
+                "pool": enum("Pooling after each conv block.", ["max", "avg", "none"], "max"),
+                "dense_sizes": int_list("Width of each dense layer after the convs.", [128]),
+                "activation": enum("Activation after each layer.", ACTIVATIONS, "relu"),
+                "dropout": number("Dropout rate before the classifier.", 0.0, 0.0, None, None, 1.0),
+                "batch_norm": boolean("BatchNorm after each conv (batch statistics are checkpointed).", False),
+            },
+            info={"inputs": "image"},
+        ),
+        Entry(
+            "resnet",
+            "Small residual network with BatchNorm for images.",
+            {
+                "stage_sizes": int_list("Residual blocks in each stage.", [1, 1], min_items=1),
+                "width": integer("Channels of the first stage; doubled at each later stage.", 16, 1, 1024),
+                "activation": enum("Activation inside the blocks.", ACTIVATIONS, "relu"),
+            },
+            info={"inputs": "image"},
+        ),
+        Entry(
+            "transformer",
+            "Small Transformer encoder classifier over token sequences.",
+            {
+                "num_layers": integer("Encoder blocks.", 2, 1, 48),
+                "num_heads": integer("Attention heads per block.", 4, 1, 64),
+                "embed_dim": integer("Model width (divisible by num_heads).", 64, 8, 8192),
+                "mlp_dim": integer("Hidden width of each block's MLP.", 128, 8, 32768),
+                "dropout": number("Dropout rate.", 0.0, 0.0, None, None, 1.0),
+            },
+            info={"inputs": "tokens"},
+        ),
+    ]
+}
+
+# --- optimizers and schedules (train.yaml) ---------------------------------------------------
+_LR = number("Peak learning rate (the schedule scales it).", None, None, None, 0.0)
+_WD = number("Decoupled weight decay.", 0.0, 0.0)
+_B1 = number("Exponential decay rate of the first moment.", 0.9, 0.0, None, None, 1.0)
+_B2 = number("Exponential decay rate of the second moment.", 0.999, 0.0, None, None, 1.0)
+_EPS = number("Numerical stability term.", 1e-8, None, None, 0.0)
+
+OPTIMIZERS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "sgd",
+            "Stochastic gradient descent, optionally with (Nesterov) momentum.",
+            {
+                "learning_rate": _LR,
+                "momentum": number("Momentum (0 disables it).", 0.0, 0.0, None, None, 1.0),
+                "nesterov": boolean("Use Nesterov momentum.", False),
+                "weight_decay": _WD,
+            },
+            ("learning_rate",),
+        ),
+        Entry("adam", "Adam.", {"learning_rate": _LR, "b1": _B1, "b2": _B2, "eps": _EPS}, ("learning_rate",)),
+        Entry(
+            "adamw",
+            "Adam with decoupled weight decay.",
+            {"learning_rate": _LR, "b1": _B1, "b2": _B2, "eps": _EPS, "weight_decay": number("Decoupled weight decay.", 1e-4, 0.0)},
+            ("learning_rate",),
+        ),
+        Entry(
+            "lion",
+            "Lion (sign momentum); use a learning rate 3-10x smaller than AdamW's.",
+            {"learning_rate": _LR, "b1": _B1, "b2": number("Momentum decay.", 0.99, 0.0, None, None, 1.0), "weight_decay": _WD},
+            ("learning_rate",),
+        ),
+        Entry(
+            "lamb",
+            "LAMB (layer-wise adaptive large-batch optimizer).",
+            {"learning_rate": _LR, "b1": _B1, "b2": _B2, "eps": number("Numerical stability term.", 1e-6, None, None, 0.0), "weight_decay": _WD},
+            ("learning_rate",),
+        ),
+        Entry("adafactor", "Adafactor (factored second moments; low memory).", {"learning_rate": _LR}, ("learning_rate",)),
+    ]
+}
+
+_WARMUP = integer("Linear warm-up steps from 0 to the peak learning rate.", 0, 0)
+SCHEDULES: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("constant", "Constant learning rate after warm-up.", {"warmup_steps": _WARMUP}),
+        Entry(
+            "linear",
+            "Linear decay after warm-up to end_scale x peak at the last step.",
+            {"warmup_steps": _WARMUP, "end_scale": number("Final learning rate as a fraction of the peak.", 0.0, 0.0, 1.0)},
+        ),
+        Entry(
+            "cosine",
+            "Cosine decay after warm-up to end_scale x peak at the last step.",
+            {"warmup_steps": _WARMUP, "end_scale": number("Final learning rate as a fraction of the peak.", 0.0, 0.0, 1.0)},
+        ),
+        Entry(
+            "exponential",
+            "Multiply the learning rate by decay_rate every transition_steps after warm-up.",
+            {
+                "warmup_steps": _WARMUP,
+                "decay_rate": number("Factor per transition.", 0.5, None, 1.0, 0.0),
+                "transition_steps": integer("Steps per decay.", 1000, 1),
+            },
+        ),
+        Entry(
+            "piecewise",
+            "Multiply the learning rate by scales[i] from boundaries[i] on (after warm-up).",
+            {
+                "warmup_steps": _WARMUP,
+                "boundaries": int_list("Steps at which the scale changes (increasing).", [], minimum=1),
+                "scales": {
+                    "type": "array",
+                    "items": {"type": "number", "exclusiveMinimum": 0},
+                    "maxItems": 64,
+                    "description": "Scale applied at each boundary (same length as boundaries).",
+                    "default": [],
+                },
+            },
+        ),
+    ]
+}
+
+# --- datasets and augmentations (data.yaml) --------------------------------------------------
+_N_SAMPLES = integer("Examples to generate.", 1000, 10, 10_000_000)
+_SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256 of the file (hex)."}
+_TASK = enum("What the labels are: class indexes or real values.", ["classification", "regression"], "classification")
+
+DATASETS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images).", {},
+              info={"task": "classification", "input_shape": [8, 8, 1], "num_classes": 10, "examples": 1797,
+                    "package": "scikit-learn", "kind": "bundled"}),
+        Entry("iris", "scikit-learn's bundled iris flowers (150 examples, 4 features).", {},
+              info={"task": "classification", "input_shape": [4], "num_classes": 3, "examples": 150,
+                    "package": "scikit-learn", "kind": "bundled"}),
+        Entry("wine", "scikit-learn's bundled wine recognition (178 examples, 13 features).", {},
+              info={"task": "classification", "input_shape": [13], "num_classes": 3, "examples": 178,
+                    "package": "scikit-learn", "kind": "bundled"}),
+        Entry("breast_cancer", "scikit-learn's bundled breast cancer (569 examples, 30 features).", {},
+              info={"task": "classification", "input_shape": [30], "num_classes": 2, "examples": 569,
+                    "package": "scikit-learn", "kind": "bundled"}),
+        Entry("diabetes", "scikit-learn's bundled diabetes progression regression (442 examples, 10 features).", {},
+              info={"task": "regression", "input_shape": [10], "num_outputs": 1, "examples": 442,
+                    "package": "scikit-learn", "kind": "bundled"}),
+        Entry("moons", "Two interleaving half circles (generated).",
+              {"n_samples": _N_SAMPLES, "noise": number("Standard deviation of Gaussian noise.", 0.1, 0.0)},
+              info={"task": "classification", "input_shape": [2], "num_classes": 2, "kind": "generated",
+                    "package": "scikit-learn"}),
+        Entry("blobs", "Isotropic Gaussian blobs (generated).",
+              {"n_samples": _N_SAMPLES, "centers": integer("Number of classes.", 3, 2, 1000),
+               "n_features": integer("Features per example.", 2, 1, 100_000),
+               "cluster_std": number("Standard deviation of each blob.", 1.0, None, None, 0.0)},
+              info={"task": "classification", "kind": "generated", "package": "scikit-learn"}),
+        Entry("sequences", "Generated token sequences; the label is a function of the tokens (e.g. majority token).",
+              {"n_samples": _N_SAMPLES, "length": integer("Tokens per sequence.", 16, 2, 4096),
+               "vocab_size": integer("Distinct tokens.", 8, 2, 65536),
+               "rule": enum("Which function of the tokens is the label.", ["majority", "first_last_equal", "sorted"], "majority")},
+              info={"task": "classification", "kind": "generated", "inputs": "tokens"}),
+        Entry("file", "Arrays from a .npz/.npy file in the repository, pinned by SHA-256.",
+              {"path": {"type": "string", "minLength": 1, "description": "Path relative to the repository root."},
+               "sha256": _SHA256,
+               "x_key": {"type": "string", "description": "Array name of the inputs in the .npz.", "default": "x"},
+               "y_key": {"type": "string", "description": "Array name of the labels in the .npz.", "default": "y"},
+               "task": _TASK},
+              ("path", "sha256"), info={"kind": "file"}),
+        Entry("url", "Arrays from a remote .npz (https, s3, gs), pinned by SHA-256 and cached by hash.",
+              {"url": {"type": "string", "pattern": "^(https?|s3|gs|file)://", "description": "Where to fetch the file."},
+               "sha256": _SHA256,
+               "x_key": {"type": "string", "description": "Array name of the inputs in the .npz.", "default": "x"},
+               "y_key": {"type": "string", "description": "Array name of the labels in the .npz.", "default": "y"},
+               "task": _TASK},
+              ("url", "sha256"), info={"kind": "url"}),
+    ]
+}
+
+AUGMENTATIONS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("shift", "Random translation by up to max_pixels (zero padding).",
+              {"max_pixels": integer("Largest shift in each direction.", 1, 1, 64)}),
+        Entry("flip", "Random horizontal flip.", {"probability": number("Chance of flipping.", 0.5, 0.0, 1.0)}),
+        Entry("noise", "Additive Gaussian noise on the inputs.", {"stddev": number("Noise standard deviation.", 0.1, 0.0)}),
+        Entry("crop", "Random crop of size-padding after padding by `padding` pixels.",
+              {"padding": integer("Pixels of zero padding before cropping back.", 1, 1, 64)}),
+    ]
+}
+
+# --- metrics -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    tasks: tuple[str, ...]
+    description: str
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("loss", False, ("classification", "regression"), "The training objective."),
+        Metric("accuracy", True, ("classification",), "Fraction of examples whose top class is right."),
+        Metric("top3_accuracy", True, ("classification",), "Fraction whose true class is among the 3 highest."),
+        Metric("top5_accuracy", True, ("classification",), "Fraction whose true class is among the 5 highest."),
+        Metric("mse", False, ("regression",), "Mean squared error."),
+        Metric("mae", False, ("regression",), "Mean absolute error."),
+    ]
+}
+SPLITS = ("train", "val", "test")
+LOSSES = {"classification": ["cross_entropy"], "regression": ["mse", "mae", "huber"]}
+PRECISIONS = ["float32", "bfloat16"]
+
+
+def metric_direction(full_name: str) -> bool | None:
+    """True when higher is better for `split/metric`; None for names we don't know."""
+    metric = METRICS.get(full_name.split("/", 1)[-1])
+    return metric.higher_is_better if metric else None
+
+
+def dataset_task(data: dict) -> str:
+    """The task a data config produces (file/url datasets say it themselves)."""
+    entry = DATASETS[data["dataset"]["name"]]
+    return entry.info.get("task") or data["dataset"].get("task", "classification")

@@ -1,0 +1,111 @@
+"""Commands that read configs only: validate, show, new, schemas. None of them imports jax."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gitops import config
+from gitops.cli_app import command, out
+from gitops.errors import GitopsError
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set train.optimizer.learning_rate=3e-4 (repeatable)."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+@command("validate")
+def validate_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Model folders (default: every folder under models/).")] = None,
+    as_json: JsonFlag = False,
+    annotations: Annotated[
+        bool, typer.Option("--annotations", help="Also print GitHub Actions ::error annotations.")
+    ] = False,
+) -> None:
+    """Validate model folders; print every problem as file:line:col: key.path: message."""
+    from gitops import validation
+
+    root = config.find_root()
+    names = validation.models_for_paths(root, paths) if paths else None
+    result = validation.validate(root, names)
+    if as_json:
+        out(json.dumps({"ok": result.ok, "models": {n: [p.as_dict() for p in ps] for n, ps in result.models.items()}}, indent=2))
+    else:
+        for problem in result.problems:
+            out(str(problem))
+        if annotations:
+            for problem in result.problems:
+                out(validation.annotation(problem))
+        bad = sum(1 for ps in result.models.values() if ps)
+        summary = (
+            f"{len(result.models)} model(s) valid" if result.ok
+            else f"{len(result.problems)} problem(s) in {bad} of {len(result.models)} model(s)"
+        )
+        typer.echo(summary, err=True)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@command("show")
+def show_cmd(
+    model: Annotated[str, typer.Argument(help="Model name (folder under models/).")],
+    overrides: SetOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the resolved config and its training and release fingerprints."""
+    from gitops.yamlio import dump_yaml
+
+    root = config.find_root()
+    cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
+    doc = {
+        "config": cfg.as_dict(),
+        "training_fingerprint": cfg.training_fingerprint,
+        "release_fingerprint": cfg.release_fingerprint,
+        "data_fingerprint": cfg.data_fingerprint,
+    }
+    if as_json:
+        out(json.dumps(doc, indent=2))
+        return
+    out(f"# {cfg.name}")
+    out(f"# training fingerprint: {cfg.training_fingerprint}")
+    out(f"# release fingerprint:  {cfg.release_fingerprint}")
+    out(f"# data fingerprint:     {cfg.data_fingerprint}")
+    out(dump_yaml(doc["config"]))
+
+
+@command("new")
+def new_cmd(
+    name: Annotated[str, typer.Argument(help="Name of the new model folder.")],
+    from_model: Annotated[str | None, typer.Option("--from", help="Copy this model's files.")] = None,
+) -> None:
+    """Scaffold a model folder that validates at once."""
+    from gitops.scaffold import new_model
+
+    root = config.find_root()
+    target = new_model(root, name, from_model)
+    out(f"created {target} (try: gitops show {name}; gitops train {name} --dry-run)")
+
+
+@command("schemas")
+def schemas_cmd(
+    check: Annotated[bool, typer.Option("--check", help="Exit 1 if schemas/ differs from the code.")] = False,
+) -> None:
+    """Write schemas/*.schema.json from the registries (or check they are current)."""
+    from gitops import schema
+
+    root = config.find_root()
+    directory = root / "schemas"
+    if check:
+        stale = [k for k in schema.KINDS if not (directory / f"{k}.schema.json").is_file()
+                 or (directory / f"{k}.schema.json").read_text(encoding="utf-8") != schema.render(k)]
+        if stale:
+            raise GitopsError(f"schemas out of date: {', '.join(stale)} (run: gitops schemas)")
+        out("schemas are current")
+        return
+    for path in schema.write_schemas(directory):
+        out(f"wrote {path}")

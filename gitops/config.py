@@ -1,0 +1,577 @@
+"""From a model folder to a validated, resolved config and its fingerprints.
+
+Pipeline: read the four YAML files (strict loader, positions kept) -> follow `extends` chains and
+deep-merge -> apply `--set` overrides -> validate each merged file against its schema -> fill
+defaults and cast numbers -> semantic checks the schema can't express -> frozen dataclasses.
+Every problem of every file is collected before anything is raised, so a user sees all at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.metadata
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gitops import catalog, schema
+from gitops.errors import ConfigError, Problem, UsageError
+from gitops.tree import FsTree, Tree
+from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
+
+MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+MODELS_DIR = "models"
+FILE_KINDS = schema.KINDS
+REQUIRED_KINDS = ("model", "train", "data")
+MAX_EXTENDS_DEPTH = 16
+
+
+def canonical_json(value: Any) -> str:
+    """The bytes fingerprints hash: sorted keys, no whitespace, so formatting never matters."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_json(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def freeze(value: Any) -> Any:
+    """Deep read-only view: mappings become MappingProxyType, lists tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """Plain dicts and lists again (for JSON, YAML and hashing)."""
+    if isinstance(value, Mapping):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(v) for v in value]
+    return value
+
+
+# --- typed views --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    params: Mapping[str, Any]  # the architecture's own parameters (schema-checked)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int
+    batch_size: int
+    steps: int | None
+    epochs: int | None
+    optimizer: Mapping[str, Any]
+    schedule: Mapping[str, Any]
+    grad_clip_norm: float | None
+    gradient_accumulation: int
+    loss: str | None
+    label_smoothing: float
+    precision: str
+    log_every: int
+    eval_every: int
+    repeats: int
+    early_stopping: Mapping[str, Any] | None
+    checkpoint: Mapping[str, Any]
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Mapping[str, Any]
+    splits: Mapping[str, Any]
+    preprocessing: Mapping[str, Any]
+    augmentation: tuple[Mapping[str, Any], ...]
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class ReleaseConfig:
+    description: str
+    owners: tuple[str, ...]
+    bump: str
+    headline_metric: str | None
+    gates: tuple[Mapping[str, Any], ...]
+    serving: Mapping[str, Any]
+    labels: tuple[str, ...]
+    schema_version: int
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A model's resolved config: what training, reports and releases consume."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+    release: ReleaseConfig
+    data_fingerprint: str
+    training_fingerprint: str
+    release_fingerprint: str
+    files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
+
+    @property
+    def task(self) -> str:
+        return catalog.dataset_task({"dataset": dict(self.data.dataset)})
+
+    @property
+    def short_fingerprint(self) -> str:
+        return self.training_fingerprint[:12]
+
+    def as_dict(self) -> dict:
+        """The resolved config as plain data: {model, train, data, release}."""
+        model = {"architecture": self.model.architecture, **thaw(self.model.params)}
+        return {
+            "model": model,
+            "train": _dataclass_dict(self.train),
+            "data": _dataclass_dict(self.data),
+            "release": _dataclass_dict(self.release),
+        }
+
+    def headline_metric(self) -> str:
+        if self.release.headline_metric:
+            return self.release.headline_metric
+        return "test/accuracy" if self.task == "classification" else "test/loss"
+
+
+def _dataclass_dict(obj: Any) -> dict:
+    return {name: thaw(getattr(obj, name)) for name in obj.__dataclass_fields__}
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Merged:
+    """One kind's merged document with the position of every value (from whichever file set it)."""
+
+    data: Any
+    marks: dict[tuple, Mark]
+    key_marks: dict[tuple, Mark]
+    files: list[str]
+    doc_mark: Mark
+
+    def mark(self, path: tuple, at_key: bool = False) -> Mark:
+        table = self.key_marks if at_key else self.marks
+        for cut in range(len(path), 0, -1):
+            if path[:cut] in table:
+                return table[path[:cut]]
+            if path[:cut] in self.marks:
+                return self.marks[path[:cut]]
+        return self.doc_mark
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Mappings merge key by key; lists and scalars replace (DESIGN.md)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+class _Loader:
+    """Loads model folders from a Tree, collecting problems instead of stopping at the first."""
+
+    def __init__(self, tree: Tree):
+        self.tree = tree
+        self.problems: list[Problem] = []
+        self._docs: dict[str, YamlDoc | None] = {}
+
+    def problem(self, mark: Mark, path: str, message: str) -> None:
+        self.problems.append(Problem(mark.file, mark.line, mark.col, path, message))
+
+    def doc(self, relpath: str) -> YamlDoc | None:
+        if relpath not in self._docs:
+            raw = self.tree.read(relpath)
+            if raw is None:
+                self._docs[relpath] = None
+            else:
+                try:
+                    self._docs[relpath] = load_yaml_text(raw, self.tree.label(relpath))
+                except ConfigError as exc:
+                    self.problems.extend(exc.problems)
+                    self._docs[relpath] = None
+                    self._docs[relpath + "#failed"] = None
+        return self._docs[relpath]
+
+    def failed(self, relpath: str) -> bool:
+        return relpath + "#failed" in self._docs
+
+    def merged(self, model_rel: str, kind: str) -> _Merged | None:
+        """Follow `extends` from models/<name>/<kind>.yaml and merge parent-first."""
+        chain: list[tuple[str, YamlDoc]] = []
+        relpath = f"{model_rel}/{kind}.yaml"
+        seen: list[str] = []
+        while True:
+            doc = self.doc(relpath)
+            if doc is None:
+                if self.failed(relpath):
+                    return None
+                if chain:  # a parent named by extends lacks this file
+                    child_rel, child = chain[-1]
+                    self.problem(
+                        child.mark_for(("extends",)),
+                        f"{kind}.extends",
+                        f"extends target {self.tree.label(relpath)} does not exist",
+                    )
+                    return None
+                return _Merged({}, {}, {}, [], Mark(self.tree.label(relpath), 1, 1)) if kind == "release" else None
+            if not isinstance(doc.data, dict):
+                return None
+            chain.append((relpath, doc))
+            seen.append(relpath)
+            parent = doc.data.get("extends")
+            if parent is None:
+                break
+            mark = doc.mark_for(("extends",))
+            if not isinstance(parent, str) or not re.fullmatch(r"\.\./[a-z][a-z0-9-]{0,61}[a-z0-9]", parent):
+                self.problem(mark, f"{kind}.extends", f"expected '../<model-name>', got {parent!r}")
+                return None
+            parent_dir = f"{MODELS_DIR}/{parent[3:]}"
+            parent_rel = f"{parent_dir}/{kind}.yaml"
+            if not self.tree.is_dir(parent_dir):
+                self.problem(mark, f"{kind}.extends", f"extends target {parent} does not exist (no folder {parent_dir})")
+                return None
+            if parent_rel in seen or len(chain) > MAX_EXTENDS_DEPTH:
+                cycle = " -> ".join(self.tree.label(p) for p in [*seen, parent_rel])
+                self.problem(mark, f"{kind}.extends", f"extends cycle: {cycle}")
+                return None
+            relpath = parent_rel
+        data: dict = {}
+        marks: dict[tuple, Mark] = {}
+        key_marks: dict[tuple, Mark] = {}
+        for _, doc in reversed(chain):
+            data = deep_merge(data, doc.data)
+            _overlay_marks(marks, doc.marks, doc.data)
+            _overlay_marks(key_marks, doc.key_marks, doc.data)
+        data.pop("extends", None)
+        files = [self.tree.label(p) for p, _ in chain]
+        return _Merged(data, marks, key_marks, files, chain[0][1].mark_for(()))
+
+
+def _overlay_marks(target: dict[tuple, Mark], source: dict[tuple, Mark], data: Any) -> None:
+    """Child marks win; a list or scalar replaced by the child drops the parent's marks below it."""
+    for path, mark in source.items():
+        if path and _replaces(data, path):
+            for stale in [p for p in target if p[: len(path)] == path and len(p) > len(path)]:
+                del target[stale]
+        target[path] = mark
+
+
+def _replaces(data: Any, path: tuple) -> bool:
+    node = data
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return not isinstance(node, dict)
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, tuple[str, ...], Any, Mark]]:
+    """`train.optimizer.learning_rate=3e-4` -> (kind, key path, value parsed as a YAML scalar)."""
+    parsed = []
+    for index, text in enumerate(overrides, start=1):
+        if "=" not in text:
+            raise UsageError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.optimizer.learning_rate=3e-4")
+        dotted, raw = text.split("=", 1)
+        parts = tuple(dotted.strip().split("."))
+        if len(parts) < 2 or parts[0] not in FILE_KINDS or not all(parts):
+            kinds = ", ".join(FILE_KINDS)
+            raise UsageError(f"--set {text!r}: the path must start with one of {kinds} and name a key, e.g. train.batch_size=64")
+        value = parse_scalar(raw, where=f"--set {dotted}")
+        parsed.append((parts[0], parts[1:], value, Mark("--set", index, 1)))
+    return parsed
+
+
+def _apply_override(merged: _Merged, path: tuple[str, ...], value: Any, mark: Mark, loader: _Loader, kind: str) -> None:
+    node = merged.data
+    for depth, key in enumerate(path[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            dotted = ".".join((kind, *path[: depth + 1]))
+            loader.problem(mark, dotted, f"cannot set a key inside {type(child).__name__} value")
+            return
+        node = child
+    node[path[-1]] = value
+    for p in list(merged.marks):
+        if p[: len(path)] == path:
+            del merged.marks[p]
+    for cut in range(1, len(path) + 1):
+        merged.marks.setdefault(path[:cut], mark)
+        merged.key_marks[path[:cut]] = mark
+    merged.marks[path] = mark
+
+
+def model_names(tree: Tree) -> list[str]:
+    return [n for n in tree.listdir(MODELS_DIR) if tree.is_dir(f"{MODELS_DIR}/{n}")]
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The repository root: the nearest folder upwards holding `models/` or `.git`."""
+    here = (start or Path.cwd()).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
+            return folder
+    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository")
+
+
+def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
+    """Resolve one model, returning it (or None) with every problem found."""
+    loader = _Loader(tree)
+    model_rel = f"{MODELS_DIR}/{name}"
+    folder_mark = Mark(tree.label(model_rel), 1, 1)
+    if not MODEL_NAME_RE.fullmatch(name):
+        loader.problem(folder_mark, "", f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
+        return None, loader.problems
+    if not tree.is_dir(model_rel):
+        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder")
+    merged: dict[str, _Merged] = {}
+    for kind in FILE_KINDS:
+        doc = loader.merged(model_rel, kind)
+        if doc is None:
+            if kind in REQUIRED_KINDS and tree.read(f"{model_rel}/{kind}.yaml") is None:
+                loader.problem(folder_mark, "", f"missing {kind}.yaml")
+            continue
+        merged[kind] = doc
+    for kind, path, value, mark in parse_overrides(overrides):
+        if kind not in merged:
+            if kind == "release":
+                merged[kind] = _Merged({}, {}, {}, [], mark)
+            else:
+                continue
+        _apply_override(merged[kind], path, value, mark, loader, kind)
+
+    cleaned: dict[str, Any] = {}
+    for kind, doc in merged.items():
+        errors = schema.validate_document(kind, doc.data)
+        for path, message, at_key in errors:
+            loader.problem(doc.mark(path, at_key), schema.format_path((kind, *path)), message)
+        if not errors:
+            cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
+    if loader.problems or any(k not in cleaned for k in FILE_KINDS):
+        return None, loader.problems
+
+    for path, message in semantic_problems(cleaned, tree):
+        kind, rest = path[0], path[1:]
+        loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
+    if loader.problems:
+        return None, loader.problems
+    files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
+    return build(name, cleaned, files), []
+
+
+def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
+    """Typed config and fingerprints from already validated, defaults-filled documents."""
+    docs = {k: {key: v for key, v in cleaned[k].items() if key != "extends"} for k in FILE_KINDS}
+    docs["train"] = _with_optional_train_keys(docs["train"])
+    data_fp = data_fingerprint(docs["data"])
+    training_fp = sha256_json(
+        {"model": docs["model"], "train": docs["train"], "data": docs["data"], "data_fingerprint": data_fp}
+    )
+    release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
+    model_doc = dict(docs["model"])
+    architecture = model_doc.pop("architecture")
+    model_doc.pop("schema_version", None)
+    return ResolvedConfig(
+        name=name,
+        model=ModelConfig(architecture, freeze(model_doc)),
+        train=TrainConfig(**{k: freeze(v) for k, v in docs["train"].items() if k in TrainConfig.__dataclass_fields__}),
+        data=DataConfig(**{k: freeze(v) for k, v in docs["data"].items()}),
+        release=ReleaseConfig(**{k: freeze(v) for k, v in docs["release"].items()}),
+        data_fingerprint=data_fp,
+        training_fingerprint=training_fp,
+        release_fingerprint=release_fp,
+        files=freeze(dict(files or {})),
+    )
+
+
+def _with_optional_train_keys(train: dict) -> dict:
+    return {"steps": None, "epochs": None, **train}
+
+
+def data_fingerprint(data: dict) -> str:
+    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version."""
+    entry = catalog.DATASETS[data["dataset"]["name"]]
+    identity: dict[str, Any] = {"spec": data}
+    package = entry.info.get("package")
+    if package:
+        try:
+            identity["package"] = {"name": package, "version": importlib.metadata.version(package)}
+        except importlib.metadata.PackageNotFoundError:
+            identity["package"] = {"name": package, "version": None}
+    if "sha256" in data["dataset"]:
+        identity["pins"] = [data["dataset"]["sha256"]]
+    return sha256_json(identity)
+
+
+# --- semantic checks -----------------------------------------------------------------------------
+
+
+def train_split_size(data: dict) -> int | None:
+    entry = catalog.DATASETS[data["dataset"]["name"]]
+    total = entry.info.get("examples") or data["dataset"].get("n_samples")
+    if not total:
+        return None
+    held_out = data["splits"]["validation"] + data["splits"]["test"]
+    return max(0, total - math.ceil(total * data["splits"]["validation"]) - math.ceil(total * data["splits"]["test"])) if held_out else total
+
+
+def total_steps(train: dict, data: dict) -> int | None:
+    if train.get("steps"):
+        return int(train["steps"])
+    n_train = train_split_size(data)
+    if not train.get("epochs") or not n_train:
+        return None
+    return train["epochs"] * max(1, n_train // train["batch_size"])
+
+
+def input_shape(data: dict) -> list[int] | None:
+    ds = data["dataset"]
+    entry = catalog.DATASETS[ds["name"]]
+    if "input_shape" in entry.info:
+        return list(entry.info["input_shape"])
+    if ds["name"] == "blobs":
+        return [ds["n_features"]]
+    if ds["name"] == "sequences":
+        return [ds["length"]]
+    return None
+
+
+def num_classes(data: dict) -> int | None:
+    ds = data["dataset"]
+    entry = catalog.DATASETS[ds["name"]]
+    if "num_classes" in entry.info:
+        return entry.info["num_classes"]
+    if ds["name"] == "blobs":
+        return ds["centers"]
+    if ds["name"] == "sequences":
+        return {"majority": ds["vocab_size"], "first_last_equal": 2, "sorted": 2}[ds["rule"]]
+    return None
+
+
+def metric_problem(name: str, task: str, classes: int | None) -> str | None:
+    split, _, metric = name.partition("/")
+    entry = catalog.METRICS.get(metric)
+    valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)
+    if entry is None or task not in entry.tasks:
+        return f"{task} models produce no metric {metric!r}; they produce {split}/ + one of: {', '.join(valid)}"
+    k = {"top3_accuracy": 3, "top5_accuracy": 5}.get(metric)
+    if k and classes is not None and classes <= k:
+        return f"{metric} needs more than {k} classes; this dataset has {classes}"
+    return None
+
+
+def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tuple[tuple, str]]:
+    """Checks across files that JSON Schema can't express; (path, message) pairs."""
+    model, train, data, release = cfg["model"], _with_optional_train_keys(cfg["train"]), cfg["data"], cfg["release"]
+    problems: list[tuple[tuple, str]] = []
+    task = catalog.dataset_task(data)
+    arch = catalog.ARCHITECTURES[model["architecture"]]
+    shape = input_shape(data)
+    classes = num_classes(data)
+    dataset_name = data["dataset"]["name"]
+    dataset_inputs = catalog.DATASETS[dataset_name].info.get("inputs", "image" if shape and len(shape) == 3 else "vector")
+
+    if (train["steps"] is None) == (train["epochs"] is None):
+        problems.append((("train", "steps"), "set exactly one of steps or epochs"))
+    wants = arch.info.get("inputs")
+    if wants == "image" and shape is not None and len(shape) != 3:
+        problems.append((("model", "architecture"), f"{arch.name} needs image inputs (height, width, channels); "
+                         f"dataset {dataset_name!r} gives shape {tuple(shape)}"))
+    if wants == "tokens" and dataset_inputs != "tokens":
+        problems.append((("model", "architecture"), f"{arch.name} needs token sequences; dataset {dataset_name!r} gives "
+                         f"{'images' if dataset_inputs == 'image' else 'feature vectors'}"))
+    if wants != "tokens" and dataset_inputs == "tokens" and arch.name != "mlp":
+        problems.append((("model", "architecture"), f"{arch.name} cannot read token sequences; use transformer or mlp"))
+    if model["architecture"] == "transformer" and model["embed_dim"] % model["num_heads"]:
+        problems.append((("model", "embed_dim"), f"embed_dim {model['embed_dim']} is not divisible by num_heads {model['num_heads']}"))
+
+    loss = train.get("loss")
+    if loss and loss not in catalog.LOSSES[task]:
+        problems.append((("train", "loss"), f"loss {loss!r} does not fit a {task} task; use one of {', '.join(catalog.LOSSES[task])}"))
+    if train.get("label_smoothing") and task != "classification":
+        problems.append((("train", "label_smoothing"), "label smoothing applies to classification only"))
+
+    n_train = train_split_size(data)
+    if n_train is not None:
+        if n_train == 0:
+            problems.append((("data", "splits"), "the training split is empty"))
+        elif train["batch_size"] > n_train:
+            problems.append((("train", "batch_size"), f"batch size {train['batch_size']} is larger than the training split "
+                             f"({n_train} examples of {dataset_name})"))
+    steps = total_steps(train, data)
+    warmup = train["schedule"].get("warmup_steps", 0)
+    if steps is not None and warmup >= steps:
+        problems.append((("train", "schedule", "warmup_steps"), f"warm-up ({warmup} steps) must be shorter than the run ({steps} steps)"))
+    if train["schedule"]["name"] == "piecewise":
+        bounds, scales = train["schedule"]["boundaries"], train["schedule"]["scales"]
+        if len(bounds) != len(scales):
+            problems.append((("train", "schedule", "scales"), f"{len(scales)} scales for {len(bounds)} boundaries; give one per boundary"))
+        if list(bounds) != sorted(set(bounds)):
+            problems.append((("train", "schedule", "boundaries"), "boundaries must be strictly increasing"))
+    if steps is not None and train["checkpoint"]["every_steps"] > steps:
+        pass  # a final checkpoint is always written; nothing to report
+
+    metric_refs = [(("train", "checkpoint", "best_metric"), train["checkpoint"].get("best_metric"))]
+    if train.get("early_stopping"):
+        metric_refs.append((("train", "early_stopping", "metric"), train["early_stopping"]["metric"]))
+    metric_refs.append((("release", "headline_metric"), release.get("headline_metric")))
+    metric_refs += [(("release", "gates", i, "metric"), g["metric"]) for i, g in enumerate(release["gates"])]
+    for path, name in metric_refs:
+        if name:
+            message = metric_problem(name, task, classes)
+            if message:
+                problems.append((path, message))
+    for i, aug in enumerate(data["augmentation"]):
+        if aug["name"] in ("shift", "flip", "crop") and (shape is None or len(shape) != 3):
+            problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
+    if release["labels"] and classes is not None and len(release["labels"]) != classes:
+        problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
+    if dataset_name == "file" and tree is not None and tree.read(data["dataset"]["path"]) is None:
+        problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
+    return problems
+
+
+# --- convenience --------------------------------------------------------------------------------
+
+
+def load(name: str, root: Path | None = None, overrides: Iterable[str] = (), tree: Tree | None = None) -> ResolvedConfig:
+    """Resolve one model or raise ConfigError listing every problem."""
+    tree = tree or FsTree(find_root(root))
+    cfg, problems = resolve(name, tree, overrides)
+    if cfg is None:
+        raise ConfigError(problems)
+    return cfg
+
+
+def model_name_from_arg(arg: str, root: Path) -> str:
+    """Accept `digits-mlp`, `models/digits-mlp` or a path to the folder."""
+    path = Path(arg)
+    if len(path.parts) > 1 or path.is_dir():
+        try:
+            rel = (Path.cwd() / path).resolve().relative_to(root / MODELS_DIR)
+        except ValueError:
+            raise UsageError(f"{arg}: not a folder under {root / MODELS_DIR}") from None
+        if len(rel.parts) != 1:
+            raise UsageError(f"{arg}: expected models/<name>")
+        return rel.parts[0]
+    return arg

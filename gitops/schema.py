@@ -1,0 +1,419 @@
+"""JSON Schemas for the four model files, built from `gitops.catalog`, and validation with positions.
+
+The files in `schemas/` are generated from here (`gitops schemas --write`) and a test keeps them
+in step, so a name or parameter is declared once. Validation turns jsonschema's errors into
+`Problem`s that point at the file, line and column the offending value came from (after `extends`),
+with "did you mean" for unknown keys and enum values.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gitops import catalog
+from gitops.catalog import Entry, enum, integer, number
+
+KINDS = ("model", "train", "data", "release")
+SCHEMA_VERSION = 1
+SCHEMA_BASE_URI = "https://gitops-nn.dev/schemas"
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+_COMMON = {
+    "extends": {
+        "type": "string",
+        "pattern": r"^\.\./[a-z][a-z0-9-]{0,61}[a-z0-9]$",
+        "description": "Inherit the same file of another model (`../other-model`), deep-merged: "
+        "mappings merge, lists and scalars replace.",
+    },
+    "schema_version": {
+        "type": "integer",
+        "const": SCHEMA_VERSION,
+        "default": SCHEMA_VERSION,
+        "description": "Version of this file's schema; `gitops migrate` rewrites older files.",
+    },
+}
+
+
+def _choice(key: str, entries: dict[str, Entry], description: str, extra: dict[str, dict] | None = None) -> dict:
+    """An object whose `key` names a registry entry; the entry's parameters decide the other keys."""
+    extra = extra or {}
+    base_props = {key: enum(description, sorted(entries)), **extra}
+    branches = []
+    for name, entry in sorted(entries.items()):
+        props = {**base_props, key: {"const": name, "description": entry.description}, **entry.params}
+        branches.append(
+            {
+                "if": {"properties": {key: {"const": name}}, "required": [key]},
+                "then": {
+                    "properties": props,
+                    "required": [key, *entry.required],
+                    "additionalProperties": False,
+                },
+            }
+        )
+    return {"type": "object", "properties": base_props, "required": [key], "allOf": branches}
+
+
+def _document(kind: str, title: str, body: dict) -> dict:
+    """Wrap a kind's schema with $schema/$id and the keys every file may carry."""
+    body = copy.deepcopy(body)
+    body.setdefault("properties", {}).update(copy.deepcopy(_COMMON))
+    for branch in body.get("allOf", []):
+        branch["then"]["properties"].update(copy.deepcopy(_COMMON))
+    return {
+        "$schema": DRAFT,
+        "$id": f"{SCHEMA_BASE_URI}/{kind}.v{SCHEMA_VERSION}.schema.json",
+        "title": title,
+        **body,
+    }
+
+
+def _model_schema() -> dict:
+    return _document(
+        "model",
+        "model.yaml: the architecture and its parameters",
+        _choice("architecture", catalog.ARCHITECTURES, "Which registered architecture to build."),
+    )
+
+
+def _train_schema() -> dict:
+    all_losses = sorted({loss for losses in catalog.LOSSES.values() for loss in losses})
+    optimizer = _choice("name", catalog.OPTIMIZERS, "Which registered optimizer to use.")
+    optimizer["description"] = "The optimizer and its hyper-parameters."
+    schedule = _choice("name", catalog.SCHEDULES, "Which learning-rate schedule to use.")
+    schedule["description"] = "Learning-rate schedule applied to the optimizer's learning_rate."
+    schedule["default"] = {"name": "constant"}
+    metric_name = {"type": "string", "pattern": r"^(train|val|test)/[a-z0-9_]+$"}
+    return _document(
+        "train",
+        "train.yaml: optimizer, schedule, batch size, length, seed, precision, checkpointing",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["optimizer", "batch_size"],
+            "properties": {
+                "seed": integer("Seed for initialisation, dropout, shuffling and augmentation.", 0, 0, 2**31 - 1),
+                "batch_size": integer("Examples per optimizer step (the global batch).", None, 1, 1_000_000),
+                "steps": integer("Optimizer steps to train (set this or epochs).", None, 1, 100_000_000),
+                "epochs": integer("Passes over the training split (set this or steps).", None, 1, 1_000_000),
+                "optimizer": optimizer,
+                "schedule": schedule,
+                "grad_clip_norm": {
+                    "type": ["number", "null"],
+                    "exclusiveMinimum": 0,
+                    "default": None,
+                    "description": "Clip gradients to this global norm (null: no clipping).",
+                },
+                "gradient_accumulation": integer("Micro-batches accumulated per optimizer step.", 1, 1, 4096),
+                "loss": {
+                    "type": ["string", "null"],
+                    "enum": [*all_losses, None],
+                    "default": None,
+                    "description": "Training loss (null: cross_entropy for classification, mse for regression).",
+                },
+                "label_smoothing": number("Label smoothing for cross-entropy.", 0.0, 0.0, None, None, 1.0),
+                "precision": enum("Compute dtype; parameters stay float32.", catalog.PRECISIONS, "float32"),
+                "log_every": integer("Steps between logged training metrics.", 50, 1),
+                "eval_every": integer("Steps between validation passes.", 200, 1),
+                "repeats": integer("Train this many seeds (seed, seed+1, ...) and report mean and spread.", 1, 1, 32),
+                "early_stopping": {
+                    "type": ["object", "null"],
+                    "default": None,
+                    "description": "Stop when a validation metric stops improving.",
+                    "additionalProperties": False,
+                    "required": ["metric"],
+                    "properties": {
+                        "metric": {**metric_name, "description": "Validation metric to watch, e.g. val/loss."},
+                        "patience": integer("Evaluations without improvement before stopping.", 5, 1),
+                        "min_delta": number("Smallest change that counts as improvement.", 0.0, 0.0),
+                    },
+                },
+                "checkpoint": {
+                    "type": "object",
+                    "description": "Orbax checkpointing of the run.",
+                    "default": {},
+                    "additionalProperties": False,
+                    "properties": {
+                        "every_steps": integer("Steps between checkpoints (a final one is always written).", 500, 1),
+                        "keep": integer("Most recent checkpoints kept (besides the best).", 2, 1, 1000),
+                        "best_metric": {
+                            "type": ["string", "null"],
+                            "pattern": r"^val/[a-z0-9_]+$",
+                            "default": None,
+                            "description": "Validation metric choosing the checkpoint handed on (null: the last).",
+                        },
+                    },
+                },
+            },
+        },
+    )
+
+
+def _data_schema() -> dict:
+    dataset = _choice("name", catalog.DATASETS, "Which registered dataset to load.")
+    dataset["description"] = "The data source: a bundled or generated set, or a pinned file or URL."
+    augmentation = _choice("name", catalog.AUGMENTATIONS, "Which registered augmentation to apply.")
+    fraction = {"type": "number", "minimum": 0.0, "maximum": 0.5}
+    return _document(
+        "data",
+        "data.yaml: data source, splits, preprocessing, augmentation",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["dataset"],
+            "properties": {
+                "dataset": dataset,
+                "splits": {
+                    "type": "object",
+                    "default": {},
+                    "description": "Deterministic train/validation/test split fractions.",
+                    "additionalProperties": False,
+                    "properties": {
+                        "validation": {**fraction, "default": 0.15, "description": "Fraction held out for validation."},
+                        "test": {**fraction, "default": 0.15, "description": "Fraction held out for the final test."},
+                        "seed": integer("Seed of the shuffle before splitting (kept apart from train.seed).", 0, 0),
+                    },
+                },
+                "preprocessing": {
+                    "type": "object",
+                    "default": {},
+                    "description": "Feature scaling fitted on the training split only.",
+                    "additionalProperties": False,
+                    "properties": {
+                        "scale": enum("Feature scaling.", ["standardize", "minmax", "none"], "standardize"),
+                    },
+                },
+                "augmentation": {
+                    "type": "array",
+                    "default": [],
+                    "maxItems": 16,
+                    "items": augmentation,
+                    "description": "On-device augmentations applied to training batches, in order.",
+                },
+            },
+        },
+    )
+
+
+def _release_schema() -> dict:
+    gate = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["metric"],
+        "anyOf": [{"required": ["min"]}, {"required": ["max"]}, {"required": ["max_regression"]}],
+        "properties": {
+            "metric": {
+                "type": "string",
+                "pattern": r"^(train|val|test)/[a-z0-9_]+$",
+                "description": "Metric the gate checks, e.g. test/accuracy.",
+            },
+            "min": {"type": "number", "description": "Absolute floor."},
+            "max": {"type": "number", "description": "Absolute ceiling."},
+            "max_regression": number(
+                "Allowed change for the worse against the baseline, in the metric's units.", None, 0.0
+            ),
+        },
+    }
+    return _document(
+        "release",
+        "release.yaml: version policy, quality gates, owners, description",
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "description": {"type": "string", "default": "", "description": "What the model is for (model card)."},
+                "owners": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": [],
+                    "description": "Who answers for this model (GitHub handles or emails).",
+                },
+                "bump": enum("Version bump policy for releases.", ["auto", "major", "minor", "patch"], "auto"),
+                "headline_metric": {
+                    "type": ["string", "null"],
+                    "default": None,
+                    "pattern": r"^(train|val|test)/[a-z0-9_]+$",
+                    "description": "Metric shown first in history and the registry (null: test accuracy or loss).",
+                },
+                "gates": {
+                    "type": "array",
+                    "default": [],
+                    "items": gate,
+                    "description": "Quality gates; a failed gate fails the PR check and blocks the release.",
+                },
+                "serving": {
+                    "type": "object",
+                    "default": {},
+                    "additionalProperties": False,
+                    "description": "Inference server settings.",
+                    "properties": {
+                        "max_batch_size": integer("Largest dynamic batch.", 32, 1, 65536),
+                        "max_wait_ms": number("Longest a request waits for a batch to fill.", 2.0, 0.0),
+                    },
+                },
+                "labels": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": [],
+                    "description": "Names of the output classes, in index order (for predictions).",
+                },
+            },
+        },
+    )
+
+
+_BUILDERS: dict[str, Callable[[], dict]] = {
+    "model": _model_schema,
+    "train": _train_schema,
+    "data": _data_schema,
+    "release": _release_schema,
+}
+_CACHE: dict[str, dict] = {}
+
+
+def schema_for(kind: str) -> dict:
+    """The JSON Schema of one file kind (built once per process)."""
+    if kind not in _CACHE:
+        _CACHE[kind] = _BUILDERS[kind]()
+    return _CACHE[kind]
+
+
+def render(kind: str) -> str:
+    return json.dumps(schema_for(kind), indent=2, sort_keys=False) + "\n"
+
+
+def write_schemas(directory: Path) -> list[Path]:
+    """Write `schemas/<kind>.schema.json` (what editors load through the yaml-language-server header)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in KINDS:
+        path = directory / f"{kind}.schema.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(render(kind), encoding="utf-8")
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+_VALIDATORS: dict[str, Any] = {}
+
+
+def _validator(kind: str):
+    if kind not in _VALIDATORS:
+        from jsonschema import Draft202012Validator
+
+        _VALIDATORS[kind] = Draft202012Validator(schema_for(kind))
+    return _VALIDATORS[kind]
+
+
+def format_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _describe(error) -> list[tuple[tuple, str, bool]]:
+    """(relative path, message, point-at-key) triples for one jsonschema error."""
+    path = tuple(error.absolute_path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extras = [k for k in error.instance if k not in allowed]
+        return [
+            (path + (k,), f"unknown key '{k}'{_suggest(k, allowed)}; allowed here: {', '.join(allowed)}", True)
+            for k in extras
+        ]
+    if validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return [(path, f"missing required key '{k}'", False) for k in missing]
+    if validator in ("enum", "const"):
+        options = error.validator_value if validator == "enum" else [error.validator_value]
+        shown = ", ".join("null" if o is None else str(o) for o in options)
+        return [(path, f"{error.instance!r} is not one of: {shown}{_suggest(error.instance, [o for o in options if o])}", False)]
+    if validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return [(path, f"expected {expected}, got {_type_name(error.instance)} {error.instance!r}", False)]
+    if validator == "anyOf" and isinstance(error.instance, dict) and path and "gates" in path:
+        return [(path, "a gate needs at least one of min, max, max_regression", False)]
+    if validator == "pattern":
+        return [(path, f"{error.instance!r} does not match the pattern {error.validator_value}", False)]
+    return [(path, error.message, False)]
+
+
+def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
+    """All schema errors of one merged document as (path, message, at_key) triples, deterministic order."""
+    errors = sorted(_validator(kind).iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    out: list[tuple[tuple, str, bool]] = []
+    seen = set()
+    for error in errors:
+        # An if/then branch failing because the discriminator itself is wrong repeats the enum error.
+        for item in _describe(error):
+            if item[:2] not in seen:
+                seen.add(item[:2])
+                out.append(item)
+    return out
+
+
+# --- defaults and number casting (after validation) ---------------------------------------------
+
+
+def _branch_applies(condition: dict, value: dict) -> bool:
+    for key, sub in condition.get("properties", {}).items():
+        if "const" in sub and value.get(key) != sub["const"]:
+            return False
+    return all(k in value for k in condition.get("required", []))
+
+
+def fill_defaults(schema: dict, value: Any) -> Any:
+    """A copy of `value` with every schema default filled and numbers cast to the schema's type.
+
+    Defaults are what make two spellings of the same config hash the same: `{name: adamw}` and
+    `{name: adamw, weight_decay: 1e-4}` are one config.
+    """
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        if "integer" in types and float(value).is_integer():
+            return int(value)
+        if "number" in types:
+            return float(value)
+        return value
+    if isinstance(value, list):
+        items = schema.get("items", {})
+        return [fill_defaults(items, v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    result = dict(value)
+    schemas = [schema] + [b["then"] for b in schema.get("allOf", []) if "if" in b and _branch_applies(b["if"], value)]
+    for sub_schema in schemas:
+        for key, prop in sub_schema.get("properties", {}).items():
+            if key not in result and "default" in prop:
+                result[key] = copy.deepcopy(prop["default"])
+    for key in list(result):
+        prop = next((s["properties"][key] for s in reversed(schemas) if key in s.get("properties", {})), None)
+        if prop is not None:
+            result[key] = fill_defaults(prop, result[key])
+    return result

@@ -1,0 +1,60 @@
+"""Validate many model folders at once and report every problem (the library behind `gitops validate`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from gitops import config
+from gitops.errors import Problem, UsageError
+from gitops.tree import FsTree, Tree
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    models: dict[str, list[Problem]]  # model name -> problems ([] when valid)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return sorted(p for probs in self.models.values() for p in probs)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
+    """Model names named by paths: model folders, files inside them, or `models/` itself."""
+    models_dir = (root / config.MODELS_DIR).resolve()
+    names: list[str] = []
+    for raw in paths:
+        path = (Path.cwd() / raw).resolve()
+        if not path.exists():
+            raise UsageError(f"{raw}: no such file or folder")
+        if path == models_dir or path == root.resolve():
+            names.extend(config.model_names(FsTree(root)))
+            continue
+        try:
+            rel = path.relative_to(models_dir)
+        except ValueError:
+            raise UsageError(f"{raw}: not inside {models_dir}") from None
+        names.append(rel.parts[0])
+    return list(dict.fromkeys(names))
+
+
+def validate(root: Path, names: list[str] | None = None, tree: Tree | None = None) -> ValidationResult:
+    tree = tree or FsTree(root)
+    names = names if names is not None else config.model_names(tree)
+    results: dict[str, list[Problem]] = {}
+    for name in names:
+        _, problems = config.resolve(name, tree)
+        results[name] = problems
+    return ValidationResult(results)
+
+
+def annotation(problem: Problem) -> str:
+    """A GitHub Actions workflow command that annotates the offending line of the PR diff."""
+    message = f"{problem.path}: {problem.message}" if problem.path else problem.message
+    message = message.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    file = problem.file.replace(",", "%2C").replace(":", "%3A")
+    return f"::error file={file},line={problem.line},col={problem.col},title=gitops validate::{message}"
