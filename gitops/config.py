@@ -9,6 +9,7 @@ Every problem of every file is collected before anything is raised, so a user se
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -267,6 +268,9 @@ class _Loader:
 
 def _overlay_marks(target: dict[tuple, Mark], source: dict[tuple, Mark], data: Any) -> None:
     """Child marks win; a list or scalar replaced by the child drops the parent's marks below it."""
+    if not target:
+        target.update(source)
+        return
     for path, mark in source.items():
         if path and _replaces(data, path):
             for stale in [p for p in target if p[: len(path)] == path and len(p) > len(path)]:
@@ -408,16 +412,21 @@ def _with_optional_train_keys(train: dict) -> dict:
     return {"steps": None, "epochs": None, **train}
 
 
+@functools.lru_cache(maxsize=None)
+def _package_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def data_fingerprint(data: dict) -> str:
     """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version."""
     entry = catalog.DATASETS[data["dataset"]["name"]]
     identity: dict[str, Any] = {"spec": data}
     package = entry.info.get("package")
     if package:
-        try:
-            identity["package"] = {"name": package, "version": importlib.metadata.version(package)}
-        except importlib.metadata.PackageNotFoundError:
-            identity["package"] = {"name": package, "version": None}
+        identity["package"] = {"name": package, "version": _package_version(package)}
     if "sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["sha256"]]
     return sha256_json(identity)

@@ -170,7 +170,29 @@ def _core_value(value: str) -> Any:
     return float(value)
 
 
-class _Loader(yaml.SafeLoader):
+try:  # libyaml's scanner and parser in C; the composer below stays in Python (5x faster overall)
+    from yaml._yaml import CParser as _Parser
+
+    class _ParserBase(yaml.composer.Composer, _Parser, yaml.resolver.Resolver):
+        def __init__(self, stream: str):
+            _Parser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)
+            yaml.resolver.Resolver.__init__(self)
+
+        def dispose(self) -> None:
+            pass
+
+        def compose_scalar_node(self, anchor):
+            node = super().compose_scalar_node(anchor)
+            if node.style == "":  # libyaml spells the plain style '' where PyYAML uses None
+                node.style = None
+            return node
+
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    _ParserBase = None  # type: ignore[misc,assignment]
+
+
+class _Loader:
     """SafeLoader with YAML 1.2 core-schema resolvers and composition-time checks.
 
     Only the composer is used (never the constructor). The composer is extended to
@@ -224,9 +246,15 @@ class _Loader(yaml.SafeLoader):
         return node
 
 
+class _PyLoader(_Loader, yaml.SafeLoader):
+    """Pure-Python scanner: slower, but its syntax messages name the offending character."""
+
+
+_FastLoader = type("_FastLoader", (_Loader, _ParserBase), {}) if _ParserBase is not None else _PyLoader
+_Loader.yaml_implicit_resolvers = {}
 for _tag, _regexp, _first in _CORE_RESOLVERS:
-    _Loader.add_implicit_resolver(_tag, _regexp, list(_first))
-_Loader.add_implicit_resolver(_NULL_TAG, _CORE_NULL, [""])  # the empty plain scalar
+    yaml.resolver.BaseResolver.add_implicit_resolver.__func__(_Loader, _tag, _regexp, list(_first))
+yaml.resolver.BaseResolver.add_implicit_resolver.__func__(_Loader, _NULL_TAG, _CORE_NULL, [""])  # empty plain scalar
 del _tag, _regexp, _first
 
 
@@ -346,18 +374,35 @@ def _pos(text: str, index: int) -> tuple[int, int]:
 
 def _load(raw: str | bytes, file: str, *, max_bytes: int, require_mapping: bool) -> YamlDoc:
     text = _decode(raw, file, max_bytes)
-    loader: _Loader | None = None
+    if _FastLoader is not _PyLoader:
+        try:
+            return _load_with(_FastLoader, text, file, require_mapping=require_mapping)
+        except ConfigError as exc:
+            if not getattr(exc, "from_parser", False):
+                raise
+    # libyaml found a syntax problem: re-read with the Python scanner for its clearer message
+    return _load_with(_PyLoader, text, file, require_mapping=require_mapping)
+
+
+def _parser_error(problems: list[Problem]) -> ConfigError:
+    error = ConfigError(problems)
+    error.from_parser = True  # type: ignore[attr-defined]
+    return error
+
+
+def _load_with(loader_cls, text: str, file: str, *, require_mapping: bool) -> YamlDoc:
+    loader = None
     try:
         try:
-            loader = _Loader(text)  # the reader checks for forbidden characters here
+            loader = loader_cls(text)  # the reader checks for forbidden characters here
             root = _compose_single(loader)
         except _Fatal as e:
-            raise ConfigError([_problem(file, e.mark, (), e.message)]) from None
+            raise _parser_error([_problem(file, e.mark, (), e.message)]) from None
         except ReaderError as e:
             line, col = _pos(text, e.position)
             ch = e.character
             what = f"U+{ch:04X}" if isinstance(ch, int) else repr(ch)
-            raise ConfigError(
+            raise _parser_error(
                 [
                     Problem(
                         file,
@@ -380,11 +425,11 @@ def _load(raw: str | bytes, file: str, *, max_bytes: int, require_mapping: bool)
                 ):
                     msg += f" started on line {e.context_mark.line + 1}"
                 msg += ")"
-            raise ConfigError([_problem(file, mark, (), f"YAML syntax error: {msg}")]) from None
+            raise _parser_error([_problem(file, mark, (), f"YAML syntax error: {msg}")]) from None
         except yaml.YAMLError as e:
-            raise ConfigError([Problem(file, 1, 1, "", f"YAML error: {e}")]) from None
+            raise _parser_error([Problem(file, 1, 1, "", f"YAML error: {e}")]) from None
         except RecursionError:
-            raise ConfigError(
+            raise _parser_error(
                 [Problem(file, 1, 1, "", f"nesting is deeper than {MAX_DEPTH} levels")]
             ) from None
         tagged = loader.tagged
