@@ -412,7 +412,7 @@ def _with_optional_train_keys(train: dict) -> dict:
     return {"steps": None, "epochs": None, **train}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
