@@ -23,7 +23,7 @@ from typing import Any
 
 from gitops import catalog, schema
 from gitops.errors import ConfigError, Problem, UsageError
-from gitops.tree import FsTree, Tree
+from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
 
 MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
@@ -87,7 +87,6 @@ class TrainConfig:
     repeats: int
     early_stopping: Mapping[str, Any] | None
     checkpoint: Mapping[str, Any]
-    schema_version: int
 
 
 @dataclass(frozen=True)
@@ -96,7 +95,6 @@ class DataConfig:
     splits: Mapping[str, Any]
     preprocessing: Mapping[str, Any]
     augmentation: tuple[Mapping[str, Any], ...]
-    schema_version: int
 
 
 @dataclass(frozen=True)
@@ -108,7 +106,6 @@ class ReleaseConfig:
     gates: tuple[Mapping[str, Any], ...]
     serving: Mapping[str, Any]
     labels: tuple[str, ...]
-    schema_version: int
 
 
 @dataclass(frozen=True)
@@ -204,12 +201,29 @@ class _Loader:
                 self._docs[relpath] = None
             else:
                 try:
-                    self._docs[relpath] = load_yaml_text(raw, self.tree.label(relpath))
+                    doc = load_yaml_text(raw, self.tree.label(relpath))
+                    self._docs[relpath] = self._upgraded(relpath, doc)
                 except ConfigError as exc:
                     self.problems.extend(exc.problems)
                     self._docs[relpath] = None
                     self._docs[relpath + "#failed"] = None
         return self._docs[relpath]
+
+    def _upgraded(self, relpath: str, doc: YamlDoc) -> YamlDoc:
+        """Apply schema migrations in memory, so files written for older schemas keep loading."""
+        from gitops import migrate
+
+        kind = relpath.rsplit("/", 1)[-1].removesuffix(".yaml")
+        if kind not in FILE_KINDS or not isinstance(doc.data, dict):
+            return doc
+        version = migrate.file_version(doc.data)
+        if version > migrate.current_version():
+            self.problem(doc.mark_for(("schema_version",)), f"{kind}.schema_version",
+                         f"written for schema_version {version}; this gitops reads up to "
+                         f"{migrate.current_version()}: upgrade gitops")
+            return YamlDoc({}, doc.file, doc.marks, doc.key_marks)
+        data, _ = migrate.upgrade(kind, doc.data)
+        return doc if data is doc.data else YamlDoc(data, doc.file, doc.marks, doc.key_marks)
 
     def failed(self, relpath: str) -> bool:
         return relpath + "#failed" in self._docs
@@ -385,7 +399,7 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
 
 def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
     """Typed config and fingerprints from already validated, defaults-filled documents."""
-    docs = {k: {key: v for key, v in cleaned[k].items() if key != "extends"} for k in FILE_KINDS}
+    docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
     data_fp = data_fingerprint(docs["data"])
     training_fp = sha256_json(
@@ -394,11 +408,10 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
     architecture = model_doc.pop("architecture")
-    model_doc.pop("schema_version", None)
     return ResolvedConfig(
         name=name,
         model=ModelConfig(architecture, freeze(model_doc)),
-        train=TrainConfig(**{k: freeze(v) for k, v in docs["train"].items() if k in TrainConfig.__dataclass_fields__}),
+        train=TrainConfig(**{k: freeze(v) for k, v in docs["train"].items()}),
         data=DataConfig(**{k: freeze(v) for k, v in docs["data"].items()}),
         release=ReleaseConfig(**{k: freeze(v) for k, v in docs["release"].items()}),
         data_fingerprint=data_fp,

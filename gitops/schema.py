@@ -32,9 +32,9 @@ _COMMON = {
     },
     "schema_version": {
         "type": "integer",
-        "const": SCHEMA_VERSION,
-        "default": SCHEMA_VERSION,
-        "description": "Version of this file's schema; `gitops migrate` rewrites older files.",
+        "minimum": 1,
+        "description": "Format version of this file (absent: 1). Older files load through migrations; "
+        "`gitops migrate` rewrites them.",
     },
 }
 

@@ -109,3 +109,22 @@ def schemas_cmd(
         return
     for path in schema.write_schemas(directory):
         out(f"wrote {path}")
+
+
+@command("migrate")
+def migrate_cmd(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Model folders (default: all under models/).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Only report files that need migrating (exit 1 if any).")] = False,
+) -> None:
+    """Rewrite model files written for older schemas to the current one, keeping comments."""
+    from gitops import migrate, validation
+
+    root = config.find_root()
+    names = validation.models_for_paths(root, paths) if paths else config.model_names(config.FsTree(root))
+    changed = migrate.migrate_tree(root, names, write=not check)
+    for path, steps in changed.items():
+        out(f"{'needs migrating' if check else 'migrated'}: {path}: {'; '.join(steps)}")
+    if not changed:
+        out(f"all files are at schema_version {migrate.current_version()}")
+    elif check:
+        raise typer.Exit(1)
