@@ -54,7 +54,10 @@ def test_old_file_loads_and_migrates_keeping_comments(repo: Path, v2_schema) -> 
     result = runner.invoke(app, ["migrate", "models/wine-mlp"])
     assert result.exit_code == 0, result.output
     text = train.read_text()
-    assert "grad_clip_norm: 2.0   # keep this comment" in text and "clip_norm: 2" not in text.replace("grad_clip_norm", "")
+    line = next(x for x in text.splitlines() if x.startswith("grad_clip_norm:"))
+    assert line.startswith("grad_clip_norm: 2.0") and line.endswith("# keep this comment")
+    assert "\nclip_norm" not in text
+    assert text.index("grad_clip_norm") < text.index("checkpoint:")  # kept its place
     assert "schema_version: 2" in text
     assert text.splitlines()[0].startswith("# yaml-language-server:")
     after = config.load("wine-mlp", repo, tree=FsTree(repo))
