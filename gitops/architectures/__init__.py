@@ -1,0 +1,53 @@
+"""Flax NNX architectures, registered under the names `gitops.catalog.ARCHITECTURES` declares.
+
+Every module takes its catalog parameters as keyword arguments plus the data's facts
+(`input_shape`, `num_outputs`), builds its submodules in `__init__(..., *, rngs)` and computes in
+`__call__(x, *, rngs=None)`; `rngs` feeds dropout during training (the train step passes a key derived
+from (seed, step), so a resumed run draws the same masks). `model.train()` / `model.eval()` switch
+dropout and BatchNorm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gitops.registry import Registry
+
+ARCHITECTURES: Registry = Registry("architecture")
+
+# Declared in the catalog but not implemented yet; tests/test_architectures.py checks this list stays honest.
+NOT_YET = frozenset({"resnet", "transformer"})
+
+
+def build_model(
+    architecture: str,
+    params: Mapping[str, Any],
+    *,
+    input_shape: Sequence[int],
+    num_outputs: int,
+    rngs: Any,
+    dtype: Any = None,
+) -> Any:
+    """Instantiate the registered module for `architecture` with the config's parameters."""
+    _load_all()
+    cls = ARCHITECTURES.get(architecture)
+    return cls(input_shape=tuple(input_shape), num_outputs=num_outputs, dtype=dtype, rngs=rngs, **dict(params))
+
+
+def _load_all() -> None:
+    from gitops.architectures import cnn, mlp  # noqa: F401  (registers on import)
+
+
+def activation(name: str):
+    import jax
+
+    return {
+        "relu": jax.nn.relu,
+        "gelu": jax.nn.gelu,
+        "silu": jax.nn.silu,
+        "tanh": jax.numpy.tanh,
+        "sigmoid": jax.nn.sigmoid,
+        "elu": jax.nn.elu,
+        "leaky_relu": jax.nn.leaky_relu,
+    }[name]

@@ -1,0 +1,137 @@
+"""The one module that talks to Orbax.
+
+Layout of a run's checkpoints (an Orbax `CheckpointManager` directory)::
+
+    <run>/checkpoints/<step>/state   params, optimizer state and BatchNorm statistics (StandardSave):
+                                     {"model": {...}, "optimizer": {...}}
+    <run>/checkpoints/<step>/meta    JSON: step, epoch, metrics at that step, elapsed time, early-stopping state
+
+`<step>` is the number of optimizer steps done. The handed-on checkpoint's step is
+`manifest.json["checkpoint_step"]`; anyone can read it with plain Orbax, without this package::
+
+    import orbax.checkpoint as ocp
+    tree = ocp.StandardCheckpointer().restore(f"{run}/checkpoints/{step}/state")
+    tree["model"]["head"]["kernel"]   # nested dicts of arrays (list indexes become "0", "1", ...)
+
+Retention: the last `keep` checkpoints AND the best one by the configured validation metric are kept
+(`AnyPreservationPolicy([LatestN, BestN])`), so the checkpoint a run hands on is never deleted. Ties
+go to the later step, in Orbax's BestN and in `best_step` alike. Saves are asynchronous;
+`wait()` runs before anything reads the directory. Never create integer-named folders in a checkpoint
+directory by hand: the manager trusts the rename that commits a step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+STATE = "state"
+META = "meta"
+
+
+def _signed(value: Any, higher_is_better: bool) -> float:
+    """A score where larger is better; NaN ranks last."""
+    value = float(value)
+    if math.isnan(value):
+        return -math.inf
+    return value if higher_is_better else -value
+
+
+class Checkpoints:
+    """A run's checkpoint directory: save, list, restore, and choose the checkpoint to hand on.
+
+    Args:
+        directory: `<run>/checkpoints`.
+        keep: most recent checkpoints kept.
+        best_metric: e.g. "val/accuracy"; None hands on the last checkpoint.
+        higher_is_better: direction of `best_metric`.
+    """
+
+    def __init__(self, directory: Path, *, keep: int = 2, best_metric: str | None = None, higher_is_better: bool = True,
+                 asynchronous: bool = True):
+        self.directory = Path(directory).absolute()
+        self.best_metric = best_metric
+        self.higher_is_better = higher_is_better
+        keepers: list[Any] = [policies.LatestN(n=keep)]
+        if best_metric:
+            keepers.append(
+                policies.BestN(
+                    get_metric_fn=lambda m: _signed(m[best_metric], higher_is_better),
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keepers),
+            enable_async_checkpointing=asynchronous,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # --- writing ---
+    def save(self, step: int, state: Mapping, meta: Mapping, metrics: Mapping[str, float] | None = None) -> None:
+        """Queue an asynchronous save of `state` (nested dict of arrays) and `meta` (JSON) at `step`.
+
+        `metrics` must hold `best_metric` for the checkpoint to compete for "best"; others are kept
+        only while they are among the last `keep`.
+        """
+        ranked = dict(metrics) if metrics and self.best_metric and self.best_metric in metrics else None
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(dict(state)), META: ocp.args.JsonSave(dict(meta))}),
+            metrics=ranked,
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # --- reading ---
+    def steps(self) -> list[int]:
+        self.wait()
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def meta(self, step: int) -> dict:
+        self.wait()
+        return dict(self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
+
+    def restore_state(self, step: int, target: Mapping) -> dict:
+        """Restore the state at `step` into the structure, shapes and dtypes of `target` (arrays or ShapeDtypeStructs)."""
+        self.wait()
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, dict(target))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract)}))
+        return restored[STATE]
+
+    def best_step(self) -> int | None:
+        """The checkpoint to hand on: the best by `best_metric` (ties: the later), else the last."""
+        steps = self.steps()
+        if not steps:
+            return None
+        if not self.best_metric:
+            return steps[-1]
+        scored = []
+        for step in steps:
+            value = self.meta(step).get("metrics", {}).get(self.best_metric)
+            if value is not None:
+                scored.append((_signed(value, self.higher_is_better), step))
+        return max(scored)[1] if scored else steps[-1]
+
+
+def restore_plain(step_dir: Path) -> dict:
+    """What a user without this package does: plain Orbax, no target (nested dict, string list keys)."""
+    return ocp.StandardCheckpointer().restore(Path(step_dir).absolute() / STATE)

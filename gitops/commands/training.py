@@ -1,0 +1,133 @@
+"""`gitops train`: a thin adapter over `gitops.train`. jax, flax, optax and orbax load inside the body only."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gitops import config
+from gitops.cli_app import command, out
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: --set train.optimizer.learning_rate=3e-4 (repeatable)."),
+]
+
+
+@command("train")
+def train_cmd(
+    model: Annotated[str, typer.Argument(help="Model name (folder under models/).")],
+    overrides: SetOption = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of run folders.")] = Path("runs"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run with this fingerprint exists.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build, compile and time a few steps; estimate the run; write nothing.")
+    ] = False,
+) -> None:
+    """Train and evaluate a model into runs/<model>/<fingerprint>/ (a finished run is a cache hit)."""
+    root = config.find_root()
+    cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
+    if dry_run:
+        _dry_run(cfg, root)
+        return
+    from gitops import train
+
+    reporter = _reporter()
+    result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
+    if result.cache_hit:
+        where = " (from $GITOPS_RUN_CACHE)" if result.source == "cache" else ""
+        out(f"cache hit: {result.run.path}{where}")
+    else:
+        out(f"run: {result.run.path}")
+    for name, value in sorted(result.metrics.items()):
+        out(f"  {name}: {value:.4f}")
+
+
+def _dry_run(cfg: Any, root: Path) -> None:
+    from gitops import train
+
+    report = train.dry_run(cfg, root=root)
+    mib = 1024 * 1024
+    out(f"model: {cfg.name} ({cfg.model.architecture}), device: {report['device_kind']}")
+    out(f"parameters: {report['param_count']:,} ({report['param_bytes'] / mib:.3f} MiB); "
+        f"optimizer state: {report['opt_state_bytes'] / mib:.3f} MiB")
+    flops = report["flops_per_step"]
+    out(f"FLOPs per step: {flops:,.0f}" if flops is not None else "FLOPs per step: not reported by XLA")
+    for name, value in report["memory"].items():
+        out(f"compiled memory {name.removesuffix('_in_bytes')}: {value / mib:.3f} MiB")
+    out(f"compile: {report['compile_s']:.2f} s ({report['chunk']} steps per dispatch)")
+    out(f"speed here: {report['steps_per_second']:,.0f} steps/s")
+    out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")
+    out(f"dry run took {report['dry_run_s']:.1f} s; nothing written")
+
+
+def _plain() -> bool:
+    return bool(os.environ.get("CI")) or not sys.stdout.isatty()
+
+
+def _fmt(record: Mapping[str, Any]) -> str:
+    skip = {"step", "epoch", "split", "time"}
+    return " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in skip and isinstance(v, float))
+
+
+class PlainReporter:
+    """One line per logged step (CI logs, pipes)."""
+
+    def note(self, text: str) -> None:
+        typer.echo(f"note: {text}", err=True)
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        self.total = total_steps
+        typer.echo(f"training {total_steps} steps" + (f" (from step {start_step})" if start_step else ""), err=True)
+
+    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        rate = f" {steps_per_second:,.0f} steps/s" if steps_per_second else ""
+        typer.echo(f"step {step}/{self.total} {record['split']}: {_fmt(record)}{rate}", err=True)
+
+    def finish(self) -> None:
+        pass
+
+
+class RichReporter:
+    """A progress bar with loss, steps/s and ETA on a terminal."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.task: Any = None
+        self.started = time.perf_counter()
+
+    def note(self, text: str) -> None:
+        self.console.print(f"note: {text}")
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="compiling...")
+
+    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        if record["split"] == "train":
+            info = f"loss {record.get('loss', float('nan')):.4f}  {steps_per_second:,.0f} steps/s"
+            self.progress.update(self.task, completed=step, info=info)
+        else:
+            self.progress.console.print(f"step {step} {record['split']}: {_fmt(record)}")
+
+    def finish(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def _reporter() -> Any:
+    return PlainReporter() if _plain() else RichReporter()

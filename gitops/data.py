@@ -1,0 +1,343 @@
+"""Datasets, deterministic splits, preprocessing fitted on the training split, on-device augmentation.
+
+Data flow: a registered loader returns raw arrays (inputs as float32 in the dataset's input shape,
+labels as int32 class indexes or float32 targets) -> a shuffle seeded by `data.splits.seed` cuts
+test, validation and train (in that order) -> the scaler is fitted on the train split only, and its
+statistics (`Preprocessing`) are written to the run folder so `gitops.load(...).predict` can take raw
+inputs -> the whole train split goes to the device once; every batch is a gather by indexes that are a
+function of (seed, step) alone (`batch_indices`), so a resumed run sees the same batches.
+
+Augmentations are pure jax functions `(key, x) -> x` on a batch, keyed by the step's RNG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gitops import catalog
+from gitops import config as config_lib
+from gitops.errors import GitopsError, TrainingError
+from gitops.registry import Registry
+
+# Seed of generated datasets (moons, blobs, sequences): fixed, so the data is part of the spec, and
+# kept apart from the split seed and the training seed.
+GENERATOR_SEED = 0
+
+DATASETS: Registry[Callable[..., tuple[np.ndarray, np.ndarray]]] = Registry("dataset")
+AUGMENTATIONS: Registry[Callable[..., Callable]] = Registry("augmentation")
+
+# Declared in the catalog but not implemented yet; tests/test_data.py keeps this list honest.
+NOT_YET = frozenset({"url"})
+
+
+# --- loaders -------------------------------------------------------------------------------------
+
+
+def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn import datasets as skd
+
+    bunch = getattr(skd, f"load_{name}")()
+    return np.asarray(bunch.data, np.float32), np.asarray(bunch.target)
+
+
+@DATASETS.register("digits")
+def _digits(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _sklearn("digits")
+    return x.reshape(-1, 8, 8, 1), y.astype(np.int32)
+
+
+for _name in ("iris", "wine", "breast_cancer"):
+
+    def _bundled(params: Mapping[str, Any], root: Path, _name: str = _name) -> tuple[np.ndarray, np.ndarray]:
+        x, y = _sklearn(_name)
+        return x, y.astype(np.int32)
+
+    DATASETS.register(_name)(_bundled)
+
+
+@DATASETS.register("diabetes")
+def _diabetes(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    x, y = _sklearn("diabetes")
+    return x, y.astype(np.float32).reshape(-1, 1)
+
+
+@DATASETS.register("moons")
+def _moons(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=params["n_samples"], noise=params["noise"], random_state=GENERATOR_SEED)
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+@DATASETS.register("blobs")
+def _blobs(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(
+        n_samples=params["n_samples"],
+        centers=params["centers"],
+        n_features=params["n_features"],
+        cluster_std=params["cluster_std"],
+        random_state=GENERATOR_SEED,
+    )
+    return x.astype(np.float32), y.astype(np.int32)
+
+
+@DATASETS.register("sequences")
+def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Token sequences (as float32 token ids) whose label is a function of the tokens."""
+    rng = np.random.default_rng(GENERATOR_SEED)
+    n, length, vocab, rule = params["n_samples"], params["length"], params["vocab_size"], params["rule"]
+    tokens = rng.integers(0, vocab, size=(n, length))
+    if rule == "majority":
+        counts = np.stack([(tokens == v).sum(axis=1) for v in range(vocab)], axis=1)
+        labels = counts.argmax(axis=1)  # ties go to the smallest token
+    elif rule == "first_last_equal":
+        half = rng.random(n) < 0.5  # balance the classes: make half of them equal on purpose
+        tokens[half, -1] = tokens[half, 0]
+        labels = (tokens[:, 0] == tokens[:, -1]).astype(np.int64)
+    else:  # sorted
+        half = rng.random(n) < 0.5
+        tokens[half] = np.sort(tokens[half], axis=1)
+        labels = np.all(np.diff(tokens, axis=1) >= 0, axis=1).astype(np.int64)
+    return tokens.astype(np.float32), labels.astype(np.int32)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@DATASETS.register("file")
+def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A .npz (arrays named x_key/y_key) or .npy (2-D; the last column is the label) in the repository."""
+    path = (root / params["path"]).resolve()
+    if not path.is_file():
+        raise TrainingError(f"data file {params['path']} not found under {root}")
+    actual = sha256_file(path)
+    if actual != params["sha256"]:
+        raise TrainingError(
+            f"data file {params['path']}: SHA-256 mismatch (expected {params['sha256']}, got {actual}); "
+            "update data.dataset.sha256 if the change is intended"
+        )
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in (params["x_key"], params["y_key"]) if k not in npz]
+            if missing:
+                raise TrainingError(f"data file {params['path']} has no array {missing[0]!r} (has: {', '.join(npz.files)})")
+            x, y = npz[params["x_key"]], npz[params["y_key"]]
+    else:
+        table = np.load(path, allow_pickle=False)
+        if table.ndim != 2 or table.shape[1] < 2:
+            raise TrainingError(f"data file {params['path']}: a .npy must be 2-D with the label in the last column")
+        x, y = table[:, :-1], table[:, -1]
+    task = params.get("task", "classification")
+    y = y.astype(np.int32) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
+    return np.asarray(x, np.float32), y
+
+
+@DATASETS.register("url")
+def _url(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    raise GitopsError("dataset 'url' is not yet supported: commit the file and use dataset 'file' with its sha256")
+
+
+# --- splits and preprocessing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What prediction needs to turn raw inputs into model inputs; saved as preprocessing.json."""
+
+    scale: str  # standardize | minmax | none
+    shift: list[float] | None  # subtracted (mean or min), per flattened feature
+    divisor: list[float] | None  # divided by (std or max-min), per flattened feature
+    input_shape: list[int]
+    task: str
+    num_classes: int | None
+    num_outputs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Preprocessing:
+        return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw inputs (any shape with the right number of features per example) -> float32 model inputs."""
+        x = np.asarray(x, np.float32)
+        features = math.prod(self.input_shape)
+        if x.size % features:
+            raise GitopsError(f"inputs of shape {x.shape} do not hold examples of shape {tuple(self.input_shape)}")
+        flat = x.reshape(-1, features)
+        if self.shift is not None:
+            flat = (flat - np.asarray(self.shift, np.float32)) / np.asarray(self.divisor, np.float32)
+        return flat.reshape(-1, *self.input_shape).astype(np.float32)
+
+
+def fit_preprocessing(scale: str, x_train: np.ndarray, *, task: str, num_classes: int | None, num_outputs: int) -> Preprocessing:
+    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
+    shift = divisor = None
+    if scale == "standardize":
+        shift, divisor = flat.mean(axis=0), flat.std(axis=0)
+    elif scale == "minmax":
+        shift, divisor = flat.min(axis=0), flat.max(axis=0) - flat.min(axis=0)
+    if divisor is not None:
+        divisor = np.where(divisor > 1e-8, divisor, 1.0)  # constant features (blank pixels) pass through centred
+        shift, divisor = shift.astype(np.float32).tolist(), divisor.astype(np.float32).tolist()
+    return Preprocessing(scale, shift, divisor, list(x_train.shape[1:]), task, num_classes, num_outputs)
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray  # preprocessed model inputs
+    y: np.ndarray
+    indexes: np.ndarray  # positions in the loaded dataset (to check splits never overlap)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    preprocessing: Preprocessing
+    raw_test_x: np.ndarray  # the test inputs before scaling (what a user would feed `predict`)
+
+    @property
+    def task(self) -> str:
+        return self.preprocessing.task
+
+
+def split_indexes(n: int, validation: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Shuffle 0..n-1 with `seed`, then cut test, validation, train (sizes as config.train_split_size)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = math.ceil(n * test), math.ceil(n * validation)
+    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
+
+
+def load(data: Any, root: Path) -> Dataset:
+    """Load, split and preprocess the data a `DataConfig` (or its dict) describes."""
+    doc = config_lib.thaw(data) if isinstance(data, Mapping) else config_lib.thaw(
+        {k: getattr(data, k) for k in data.__dataclass_fields__}
+    )
+    ds = doc["dataset"]
+    x, y = DATASETS.get(ds["name"])(ds, Path(root))
+    task = catalog.dataset_task(doc)
+    if len(x) != len(y):
+        raise TrainingError(f"dataset {ds['name']}: {len(x)} inputs but {len(y)} labels")
+    classes = config_lib.num_classes(doc)
+    if task == "classification":
+        if classes is None:
+            classes = int(y.max()) + 1 if len(y) else 0
+        if len(y) and (y.min() < 0 or y.max() >= classes):
+            raise TrainingError(f"dataset {ds['name']}: labels must be class indexes 0..{classes - 1}")
+        outputs = classes
+    else:
+        classes, outputs = None, int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+    splits = doc["splits"]
+    tr, va, te = split_indexes(len(x), splits["validation"], splits["test"], splits["seed"])
+    if len(tr) == 0:
+        raise TrainingError("the training split is empty")
+    prep = fit_preprocessing(doc["preprocessing"]["scale"], x[tr], task=task, num_classes=classes, num_outputs=outputs)
+    make = lambda idx: Split(prep.apply(x[idx]) if len(idx) else x[idx], y[idx], idx)  # noqa: E731
+    return Dataset(make(tr), make(va), make(te), prep, x[te])
+
+
+# --- device-side batching and augmentation ------------------------------------------------------
+
+
+def batch_indices(perms, first_epoch, step, steps_per_epoch: int, batch_size: int):
+    """Indexes of the batch at `step`: slice (step mod steps_per_epoch) of epoch step//steps_per_epoch's permutation.
+
+    `perms` holds the permutations of consecutive epochs from `first_epoch` on (see `epoch_permutations`).
+    """
+    import jax
+
+    epoch = step // steps_per_epoch
+    perm = perms[epoch - first_epoch]
+    return jax.lax.dynamic_slice_in_dim(perm, (step % steps_per_epoch) * batch_size, batch_size)
+
+
+def epoch_permutations(key, first_epoch, count: int, n: int):
+    """Permutations of 0..n-1 for epochs first_epoch .. first_epoch+count-1; each a function of (key, epoch)."""
+    import jax
+    import jax.numpy as jnp
+
+    epochs = first_epoch + jnp.arange(count)
+    return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(epochs)
+
+
+@AUGMENTATIONS.register("shift")
+def _shift(max_pixels: int = 1, **_: Any) -> Callable:
+    return _random_crop(max_pixels)
+
+
+@AUGMENTATIONS.register("crop")
+def _crop(padding: int = 1, **_: Any) -> Callable:
+    return _random_crop(padding)
+
+
+def _random_crop(pad: int) -> Callable:
+    """Zero-pad by `pad` pixels and cut back at a random offset per example: a shift of up to `pad`."""
+    import jax
+    import jax.numpy as jnp
+
+    def augment(key, x):
+        n, h, w, c = x.shape
+        padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        offsets = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
+        cut = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))  # noqa: E731
+        return jax.vmap(cut)(padded, offsets)
+
+    return augment
+
+
+@AUGMENTATIONS.register("flip")
+def _flip(probability: float = 0.5, **_: Any) -> Callable:
+    import jax
+    import jax.numpy as jnp
+
+    def augment(key, x):
+        flip = jax.random.bernoulli(key, probability, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(flip, x[:, :, ::-1, :], x)
+
+    return augment
+
+
+@AUGMENTATIONS.register("noise")
+def _noise(stddev: float = 0.1, **_: Any) -> Callable:
+    import jax
+
+    def augment(key, x):
+        return x + stddev * jax.random.normal(key, x.shape, x.dtype)
+
+    return augment
+
+
+def build_augmentation(specs: Sequence[Mapping[str, Any]]) -> Callable | None:
+    """Compose the config's augmentations in order; each gets its own key folded from the step key."""
+    fns = [AUGMENTATIONS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+    if not fns:
+        return None
+
+    def augment(key, x):
+        import jax
+
+        for i, fn in enumerate(fns):
+            x = fn(jax.random.fold_in(key, i), x)
+        return x
+
+    return augment

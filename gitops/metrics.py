@@ -1,0 +1,96 @@
+"""Losses and metrics, computed on device as sums and counts so nothing syncs with the host per step.
+
+A metric accumulator is a dict `{name: (sum, count)}` of scalars; `accumulate` adds a batch's sums,
+`finalize` (host side) divides. Padding rows in evaluation batches carry weight 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gitops.registry import Registry
+
+LOSSES: Registry[Callable[..., jnp.ndarray]] = Registry("loss")
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+
+
+@LOSSES.register("cross_entropy")
+def cross_entropy(outputs: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: float = 0.0) -> jnp.ndarray:
+    """Per-example softmax cross-entropy against integer labels, with optional label smoothing."""
+    num_classes = outputs.shape[-1]
+    onehot = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+        onehot = optax.smooth_labels(onehot, label_smoothing)
+    return optax.softmax_cross_entropy(outputs, onehot)
+
+
+def _regression_residual(outputs: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
+    return outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1)
+
+
+@LOSSES.register("mse")
+def mse(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    return jnp.mean(_regression_residual(outputs, targets) ** 2, axis=-1)
+
+
+@LOSSES.register("mae")
+def mae(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    return jnp.mean(jnp.abs(_regression_residual(outputs, targets)), axis=-1)
+
+
+@LOSSES.register("huber")
+def huber(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    return jnp.mean(optax.huber_loss(_regression_residual(outputs, targets), delta=1.0), axis=-1)
+
+
+def metric_names(task: str, num_classes: int | None) -> list[str]:
+    """The metrics a model of this task produces (loss first), matching `catalog.METRICS`."""
+    if task == "regression":
+        return ["loss", "mse", "mae"]
+    names = ["loss", "accuracy"]
+    for k in (3, 5):
+        if num_classes is not None and num_classes > k:
+            names.append(f"top{k}_accuracy")
+    return names
+
+
+def _topk_hit(outputs: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
+    # rank of the true class = number of classes scoring strictly higher; a hit when rank < k
+    true_score = jnp.take_along_axis(outputs, labels[:, None], axis=-1)
+    return (jnp.sum(outputs > true_score, axis=-1) < k).astype(jnp.float32)
+
+
+def batch_sums(
+    names: list[str], per_example_loss: jnp.ndarray, outputs: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray
+) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
+    """Sums and counts of each metric over a batch; rows with weight 0 (padding) don't count."""
+    count = jnp.sum(weights)
+    values: dict[str, jnp.ndarray] = {"loss": per_example_loss}
+    if "accuracy" in names:
+        values["accuracy"] = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+    for k in (3, 5):
+        if f"top{k}_accuracy" in names:
+            values[f"top{k}_accuracy"] = _topk_hit(outputs, labels, k)
+    if "mse" in names:
+        values["mse"] = mse(outputs, labels)
+    if "mae" in names:
+        values["mae"] = mae(outputs, labels)
+    return {n: (jnp.sum(values[n] * weights), count) for n in names}
+
+
+def zeros(names: list[str]) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
+    return {n: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)) for n in names}
+
+
+def accumulate(acc: Mapping, new: Mapping) -> dict:
+    return {n: (acc[n][0] + new[n][0], acc[n][1] + new[n][1]) for n in acc}
+
+
+def finalize(acc: Mapping, prefix: str = "") -> dict[str, float]:
+    """Host-side means, e.g. {"val/accuracy": 0.97}; NaN where nothing was counted."""
+    host = jax.device_get(dict(acc))
+    return {f"{prefix}{n}": (float(s) / float(c) if float(c) else float("nan")) for n, (s, c) in host.items()}

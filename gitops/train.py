@@ -1,0 +1,717 @@
+"""Training and evaluation of one resolved config into a run folder.
+
+`train(cfg, out_dir)` is what the CLI calls: it answers from the run cache when it can (a finished run
+folder with the same training fingerprint, locally or under `$GITOPS_RUN_CACHE`), and otherwise runs
+`train_and_evaluate(cfg, workdir)`, the loop itself:
+
+- the (model, optimizer) graph is split once; `steps.make_train_chunk` runs K steps per dispatch;
+- batches, dropout and augmentation draw from keys that are functions of (seed, step), and the data
+  order from (data seed, epoch), so a resume needs only the step of the last checkpoint;
+- training metrics stay on the device until a logging step, validation runs every `eval_every`
+  steps, checkpoints every `checkpoint.every_steps` (plus at every new best and at the end);
+- the test split is evaluated once, on the checkpoint handed on (best by `checkpoint.best_metric`,
+  else the last), restored from disk.
+
+`dry_run(cfg)` builds the same objects, compiles the same step, runs a few chunks and estimates the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib.metadata
+import math
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gitops import catalog
+from gitops import config as config_lib
+from gitops.errors import Interrupted, TrainingError
+from gitops.runs import (
+    PREPROCESSING_FILE,
+    RunFolder,
+    cache_dir,
+    copy_tree_atomic,
+    replace_dir,
+    run_path,
+    write_json,
+)
+from gitops.yamlio import dump_yaml
+
+MAX_CHUNK = 100  # most steps per dispatch (lax.scan length)
+EVAL_BATCH = 512
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+DEFAULT_JAX_CACHE = Path.home() / ".cache" / "gitops" / "jax"
+
+
+# --- progress reporting ---------------------------------------------------------------------------
+
+
+class Reporter(Protocol):
+    """What the loop tells the outside world; the CLI implements a rich bar and plain CI lines."""
+
+    def note(self, text: str) -> None: ...
+    def start(self, total_steps: int, start_step: int) -> None: ...
+    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None: ...
+    def finish(self) -> None: ...
+
+
+class SilentReporter:
+    def note(self, text: str) -> None:
+        pass
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        pass
+
+    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+# --- environment -------------------------------------------------------------------------------
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs across processes (tests and CI re-use each other's steps)."""
+    import jax
+
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(DEFAULT_JAX_CACHE)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def git_state(root: Path) -> tuple[str | None, bool | None]:
+    """(HEAD commit, dirty) of the repository at `root`; (None, None) when it is not a git repository."""
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), (bool(status.strip()) if status is not None else None)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# --- the objects a run is made of -----------------------------------------------------------------
+
+
+def _next_multiple(step: int, every: int) -> int:
+    return (step // every + 1) * every
+
+
+def _chunk_length(train: Any) -> int:
+    """Steps per dispatch: the largest divisor of the event period (gcd of log/eval/checkpoint intervals)
+    up to MAX_CHUNK, so every chunk between events has the same length (one compilation) and chunk
+    boundaries are a function of the step (a resumed run replays the same chunks, bit for bit)."""
+    period = math.gcd(train.log_every, train.eval_every, train.checkpoint["every_steps"])
+    return max(d for d in range(1, min(period, MAX_CHUNK) + 1) if period % d == 0)
+
+
+@dataclass
+class Session:
+    """Model, optimizer, split state, jitted functions and device data of one training run."""
+
+    cfg: Any
+    dataset: Any
+    total_steps: int
+    graphdef: Any
+    state: Any
+    eval_graphdef: Any
+    spec: Any
+    chunk_fn: Any
+    eval_fn: Any
+    device: dict[str, Any]
+    schedule: Any
+    chunk: int
+    param_count: int
+    metric_names: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.spec.steps_per_epoch
+
+    # checkpoint trees: {"model": ..., "optimizer": ...} of plain nested dicts
+    def state_tree(self) -> dict:
+        from flax import nnx
+
+        return {"model": nnx.to_pure_dict(self.state[0]), "optimizer": nnx.to_pure_dict(self.state[1])}
+
+    def load_state_tree(self, tree: Mapping) -> None:
+        from flax import nnx
+
+        nnx.replace_by_pure_dict(self.state[0], tree["model"])
+        nnx.replace_by_pure_dict(self.state[1], tree["optimizer"])
+
+    def run_chunk(self, step: int, length: int, acc: Any, bad: Any) -> tuple[Any, Any]:
+        import jax.numpy as jnp
+
+        d = self.device
+        self.state, acc, bad = self.chunk_fn(
+            self.state, acc, bad, jnp.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"], length=length
+        )
+        return acc, bad
+
+    def evaluate(self, split: str, model_state: Any = None) -> dict[str, float]:
+        """Metrics of the current (or given) model state on a split; {} for an empty split."""
+        from gitops import metrics as metrics_lib
+
+        padded = self.device.get(split)
+        if padded is None:
+            return {}
+        sums = self.eval_fn(self.state[0] if model_state is None else model_state, *padded)
+        return metrics_lib.finalize(sums)
+
+    def zero_metrics(self) -> Any:
+        from gitops import metrics as metrics_lib
+
+        return metrics_lib.zeros(self.metric_names)
+
+    def no_divergence(self) -> Any:
+        import jax.numpy as jnp
+
+        return {"step": jnp.int32(-1), "loss": jnp.float32(0)}
+
+
+def _padded_split(split: Any, batch: int) -> tuple | None:
+    import jax
+    import numpy as np
+
+    n = len(split)
+    if n == 0:
+        return None
+    batch = min(n, batch)
+    batches = math.ceil(n / batch)
+    pad = batches * batch - n
+    x = np.concatenate([split.x, np.zeros((pad, *split.x.shape[1:]), split.x.dtype)])
+    y = np.concatenate([split.y, np.zeros((pad, *split.y.shape[1:]), split.y.dtype)])
+    w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    return jax.device_put(
+        (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch, *y.shape[1:]), w.reshape(batches, batch))
+    )
+
+
+def build_session(cfg: Any, dataset: Any) -> Session:
+    """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from gitops import data as data_lib
+    from gitops import metrics as metrics_lib
+    from gitops import optim, steps
+    from gitops.architectures import build_model
+
+    train = cfg.train
+    prep = dataset.preprocessing
+    n_train = len(dataset.train)
+    if train.batch_size > n_train:
+        raise TrainingError(f"batch size {train.batch_size} is larger than the training split ({n_train} examples)")
+    accumulate = int(train.gradient_accumulation)
+    if train.batch_size % accumulate:
+        raise TrainingError(
+            f"batch size {train.batch_size} is not divisible by gradient_accumulation {accumulate} (micro-batches must be equal)"
+        )
+    steps_per_epoch = n_train // train.batch_size
+    total = int(train.steps) if train.steps else int(train.epochs) * steps_per_epoch
+
+    root_key = jax.random.key(train.seed)
+    dtype = jnp.bfloat16 if train.precision == "bfloat16" else None
+    model = build_model(
+        cfg.model.architecture,
+        config_lib.thaw(cfg.model.params),
+        input_shape=prep.input_shape,
+        num_outputs=prep.num_outputs,
+        rngs=nnx.Rngs(params=jax.random.fold_in(root_key, 0)),
+        dtype=dtype,
+    )
+    tx = optim.build_optimizer(train, total)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    model.eval()
+    eval_graphdef, _ = nnx.split(model)
+    model.train()
+    graphdef, state = nnx.split((model, optimizer))
+    param_count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+    task = dataset.task
+    names = metrics_lib.metric_names(task, prep.num_classes)
+    loss_name = train.loss or metrics_lib.DEFAULT_LOSS[task]
+    spec = steps.StepSpec(
+        loss=metrics_lib.LOSSES.get(loss_name),
+        label_smoothing=float(train.label_smoothing),
+        metric_names=tuple(names),
+        augment=data_lib.build_augmentation(config_lib.thaw(cfg.data.augmentation)),
+        accumulate=accumulate,
+        batch_size=int(train.batch_size),
+        n_train=n_train,
+        steps_per_epoch=steps_per_epoch,
+    )
+    eval_batch = max(EVAL_BATCH, int(train.batch_size))
+    device = {
+        "x_train": jax.device_put(dataset.train.x),
+        "y_train": jax.device_put(dataset.train.y),
+        "data_key": jax.random.fold_in(root_key, 1),
+        "base_key": jax.random.fold_in(root_key, 2),
+        "val": _padded_split(dataset.val, eval_batch),
+        "test": _padded_split(dataset.test, eval_batch),
+    }
+    return Session(
+        cfg=cfg,
+        dataset=dataset,
+        total_steps=total,
+        graphdef=graphdef,
+        state=state,
+        eval_graphdef=eval_graphdef,
+        spec=spec,
+        chunk_fn=steps.make_train_chunk(graphdef, spec),
+        eval_fn=steps.make_eval(eval_graphdef, spec),
+        device=device,
+        schedule=optim.learning_rate_schedule(train, total),
+        chunk=_chunk_length(train),
+        param_count=param_count,
+        metric_names=names,
+    )
+
+
+# --- early stopping and "best" bookkeeping (kept in checkpoint meta so a resume continues them) ---
+
+
+@dataclass
+class Watch:
+    """Tracks one metric's best value; `improved` follows the metric's direction and a minimum change."""
+
+    metric: str
+    higher_is_better: bool
+    min_delta: float = 0.0
+    best: float | None = None
+    best_step: int | None = None
+    stale: int = 0
+
+    def offer(self, value: float, step: int) -> bool:
+        signed = value if self.higher_is_better else -value
+        better = math.isfinite(signed) and (self.best is None or signed > self.best + self.min_delta)
+        if better:
+            self.best, self.best_step, self.stale = signed, step, 0
+        else:
+            self.stale += 1
+        return better
+
+    def as_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "stale": self.stale}
+
+    def load(self, raw: Mapping | None) -> None:
+        if raw:
+            self.best, self.best_step, self.stale = raw.get("best"), raw.get("best_step"), int(raw.get("stale", 0))
+
+
+def _direction(metric: str) -> bool:
+    direction = catalog.metric_direction(metric)
+    return True if direction is None else direction
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
+    import jax
+
+    commit, dirty = git_state(root)
+    devices = jax.devices()
+    return {
+        "model": cfg.name,
+        "task": cfg.task,
+        "training_fingerprint": cfg.training_fingerprint,
+        "release_fingerprint": cfg.release_fingerprint,
+        "data_fingerprint": cfg.data_fingerprint,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": package_versions(),
+        "device_kind": devices[0].device_kind,
+        "device_count": jax.device_count(),
+        "process_count": jax.process_count(),
+        "xla_flags": os.environ.get("XLA_FLAGS") or None,
+        "seed": cfg.train.seed,
+        "started_at": started_at,
+        "finished_at": None,
+        "steps": session.total_steps,
+        "steps_done": 0,
+        "param_count": session.param_count,
+        "checkpoint_step": None,
+        "wall_time_s": None,
+        "steps_per_second": None,
+    }
+
+
+def _divergence(bad: Any) -> None:
+    import jax
+
+    host = jax.device_get(bad)
+    if int(host["step"]) >= 0:
+        loss = float(host["loss"])
+        what = f"loss is {loss}" if not math.isfinite(loss) else "gradient norm is not finite"
+        raise TrainingError(f"training diverged at step {int(host['step'])}: {what}")
+
+
+def train_and_evaluate(
+    cfg: Any,
+    workdir: Path,
+    *,
+    root: Path | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    dataset: Any = None,
+) -> dict[str, float]:
+    """Train `cfg` into the run folder `workdir` and evaluate it; returns the final metrics.
+
+    Args:
+        cfg: a ResolvedConfig.
+        workdir: the run folder (created; its files are those of DESIGN.md's "Run folder").
+        root: the repository root (data files, git commit); default: found from the working directory.
+        resume: continue from the latest checkpoint in `workdir/checkpoints` if there is one.
+        reporter: progress sink (the CLI's bar or plain lines); silent by default.
+        dataset: an already loaded `gitops.data.Dataset` (tests share one), else loaded here.
+
+    Raises:
+        TrainingError: the loss or gradients became NaN/inf ("training diverged at step N: ...").
+        Interrupted: Ctrl-C; a checkpoint of the current step was written first, so --resume continues.
+    """
+    from gitops import data as data_lib
+    from gitops.checkpoint import Checkpoints
+
+    enable_compilation_cache()
+    reporter = reporter or SilentReporter()
+    root = Path(root) if root else config_lib.find_root()
+    run = RunFolder(workdir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    dataset = dataset or data_lib.load(cfg.data, root)
+    session = build_session(cfg, dataset)
+    train = cfg.train
+    total = session.total_steps
+
+    best_metric = train.checkpoint["best_metric"]
+    ckpt = Checkpoints(
+        run.checkpoints_dir,
+        keep=int(train.checkpoint["keep"]),
+        best_metric=best_metric,
+        higher_is_better=_direction(best_metric) if best_metric else True,
+    )
+    es = train.early_stopping
+    if es and not es["metric"].startswith("val/"):
+        raise TrainingError(f"early_stopping.metric {es['metric']!r}: only val/ metrics can stop a run")
+    stopper = Watch(es["metric"], _direction(es["metric"]), float(es["min_delta"])) if es else None
+    best = Watch(best_metric, _direction(best_metric)) if best_metric else None
+
+    step, elapsed_before, stopped = 0, 0.0, False
+    started_at = _now()
+    latest = ckpt.latest_step() if resume else None
+    if latest is not None:
+        session.load_state_tree(ckpt.restore_state(latest, session.state_tree()))
+        meta = ckpt.meta(latest)
+        step, elapsed_before, stopped = latest, float(meta.get("elapsed_s", 0.0)), bool(meta.get("stopped"))
+        if stopper:
+            stopper.load(meta.get("early_stopping"))
+        if best:
+            best.load(meta.get("best"))
+        if run.manifest_path.is_file():
+            started_at = run.manifest.get("started_at") or started_at
+        run.truncate_history(step)
+        reporter.note(f"resuming from step {step} of {total}")
+    else:
+        if ckpt.steps():
+            raise TrainingError(f"{run.checkpoints_dir} already holds checkpoints; resume or remove the run folder")
+        run.history_path.write_text("", encoding="utf-8")
+
+    (run.path / "config.resolved.yaml").write_text(dump_yaml(cfg.as_dict()), encoding="utf-8")
+    write_json(run.path / PREPROCESSING_FILE, dataset.preprocessing.as_dict())
+    manifest = _manifest(cfg, root, session, started_at)
+    run.write_manifest(manifest)
+
+    log_every, eval_every, ckpt_every = train.log_every, train.eval_every, train.checkpoint["every_steps"]
+    acc, bad = session.zero_metrics(), session.no_divergence()
+    t0 = time.perf_counter()
+    start_step = step
+    window_t, window_step = t0, step
+    reporter.start(total, step)
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - t0
+
+    def save(at: int, val_metrics: Mapping[str, float], stop: bool) -> None:
+        meta = {
+            "step": at,
+            "epoch": at / session.steps_per_epoch,
+            "metrics": {f"val/{k}": v for k, v in val_metrics.items()},
+            "elapsed_s": elapsed(),
+            "stopped": stop,
+            "early_stopping": stopper.as_dict() if stopper else None,
+            "best": best.as_dict() if best else None,
+        }
+        ckpt.save(at, session.state_tree(), meta, meta["metrics"])
+
+    try:
+        while step < total and not stopped:
+            target = min(_next_multiple(step, log_every), _next_multiple(step, eval_every),
+                         _next_multiple(step, ckpt_every), total)
+            while step < target:
+                length = min(session.chunk, target - step)
+                acc, bad = session.run_chunk(step, length, acc, bad)
+                step += length
+            _divergence(bad)
+            records = []
+            epoch = round(step / session.steps_per_epoch, 4)
+            if step % log_every == 0 or step == total:
+                from gitops import metrics as metrics_lib
+
+                train_metrics = metrics_lib.finalize(acc)
+                acc = session.zero_metrics()
+                now = time.perf_counter()
+                rate = (step - window_step) / max(now - window_t, 1e-9)
+                window_t, window_step = now, step
+                record = {"step": step, "epoch": epoch, "split": "train", **train_metrics,
+                          "learning_rate": float(session.schedule(step)), "time": round(elapsed(), 4)}
+                records.append(record)
+                reporter.log(step, record, rate)
+            val_metrics: dict[str, float] = {}
+            is_best = False
+            if step % eval_every == 0 or step == total:
+                val_metrics = session.evaluate("val")
+                if val_metrics:
+                    records.append({"step": step, "epoch": epoch, "split": "val", **val_metrics, "time": round(elapsed(), 4)})
+                    reporter.log(step, records[-1], 0.0)
+                    if best and best.metric.split("/", 1)[1] in val_metrics:
+                        value = val_metrics[best.metric.split("/", 1)[1]]
+                        # ties count as a new best (the later checkpoint), as in checkpoint.Checkpoints
+                        signed = value if best.higher_is_better else -value
+                        is_best = math.isfinite(signed) and (best.best is None or signed >= best.best)
+                        if is_best:
+                            best.best, best.best_step = signed, step
+                    if stopper and stopper.metric.split("/", 1)[1] in val_metrics:
+                        stopper.offer(val_metrics[stopper.metric.split("/", 1)[1]], step)
+                        if stopper.stale >= int(es["patience"]):
+                            stopped = True
+                            reporter.note(f"early stopping at step {step}: {stopper.metric} has not improved "
+                                          f"for {stopper.stale} evaluations")
+            if records:
+                run.append_history(records)
+            if step % ckpt_every == 0 or step == total or stopped or is_best:
+                save(step, val_metrics, stopped)
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            _divergence(bad)
+            save(step, {}, False)
+            ckpt.wait()
+        ckpt.close()
+        raise Interrupted(f"interrupted at step {step}; a checkpoint was saved: run again with --resume") from None
+    except BaseException:
+        with contextlib.suppress(Exception):
+            ckpt.close()
+        raise
+    loop_time = time.perf_counter() - t0
+
+    handed = ckpt.best_step()
+    if handed is None:
+        raise TrainingError("no checkpoint was written")
+    if handed != step:
+        session.load_state_tree(ckpt.restore_state(handed, session.state_tree()))
+    ckpt.close()
+    final = {f"test/{k}": v for k, v in session.evaluate("test").items()}
+    final.update({f"val/{k}": v for k, v in session.evaluate("val").items()})
+    run.write_metrics(final)
+    manifest.update(
+        steps_done=step,
+        checkpoint_step=handed,
+        finished_at=_now(),
+        wall_time_s=round(elapsed(), 3),
+        steps_per_second=round((step - start_step) / loop_time, 2) if step > start_step and loop_time > 0 else None,
+        stopped_early=stopped and step < total,
+    )
+    run.write_manifest(manifest)
+    reporter.finish()
+    return final
+
+
+# --- the cached entry point -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: RunFolder
+    metrics: dict[str, float]
+    cache_hit: bool
+    source: str | None = None  # "local" or "cache" for a cache hit
+
+
+def train(
+    cfg: Any,
+    out_dir: str | os.PathLike = "runs",
+    *,
+    root: Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train `cfg` unless a finished run of the same training fingerprint exists (locally or in the cache).
+
+    Args:
+        cfg: a ResolvedConfig.
+        out_dir: folder of run folders; the run goes to `<out_dir>/<model>/<fingerprint[:12]>/`.
+        root: repository root (default: found from the working directory).
+        resume: continue an unfinished run folder from its latest checkpoint.
+        force: retrain even when a finished run exists; the new run replaces it only once finished.
+        reporter: progress sink.
+
+    Returns:
+        TrainResult with the run folder, its metrics and whether it was a cache hit.
+    """
+    reporter = reporter or SilentReporter()
+    root = Path(root) if root else config_lib.find_root()
+    out_dir = Path(out_dir)
+    run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
+    shared = cache_dir()
+    cached = RunFolder(run_path(shared, cfg.name, cfg.training_fingerprint)) if shared else None
+
+    if not force:
+        if run.is_finished:
+            return TrainResult(run, run.metrics, True, "local")
+        if cached is not None and cached.is_finished:
+            copy_tree_atomic(cached.path, run.path)
+            return TrainResult(run, run.metrics, True, "cache")
+
+    if force:
+        run.path.parent.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", suffix=".force", dir=run.path.parent))
+        try:
+            metrics = train_and_evaluate(cfg, workdir, root=root, reporter=reporter)
+            replace_dir(workdir, run.path)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+    else:
+        if run.path.exists() and not resume:
+            if run.manifest_path.is_file() or any(run.path.iterdir()):
+                reporter.note(f"removing the unfinished run {run.path} (use --resume to continue it)")
+            shutil.rmtree(run.path)
+        elif resume and not (run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())):
+            reporter.note(f"nothing to resume in {run.path}; starting from step 0")
+        metrics = train_and_evaluate(cfg, run.path, root=root, resume=resume, reporter=reporter)
+
+    if cached is not None and not cached.is_finished:
+        try:
+            copy_tree_atomic(run.path, cached.path)
+        except OSError as exc:
+            reporter.note(f"could not copy the run into the cache {shared}: {exc}")
+    return TrainResult(run, metrics, False)
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dict[str, Any]:
+    """Build everything, compile the step, time a few chunks, estimate the run; writes nothing under runs/.
+
+    Returns a dict: param_count, param_bytes, opt_state_bytes, total_steps, chunk, flops_per_step,
+    memory (XLA's memory analysis, bytes), compile_s, steps_per_second, estimated_train_s.
+    """
+    import jax
+    import numpy as np
+
+    from gitops import data as data_lib
+
+    enable_compilation_cache()
+    t_start = time.perf_counter()
+    root = Path(root) if root else config_lib.find_root()
+    dataset = data_lib.load(cfg.data, root)
+    session = build_session(cfg, dataset)
+
+    def nbytes(tree: Any) -> int:
+        return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+    from flax import nnx
+
+    param_bytes = nbytes(session.state_tree()["model"])
+    opt_bytes = nbytes(nnx.to_pure_dict(session.state[1]))
+    length = min(session.chunk, session.total_steps)
+    acc, bad = session.zero_metrics(), session.no_divergence()
+    import jax.numpy as jnp
+
+    d = session.device
+    t0 = time.perf_counter()
+    lowered = session.chunk_fn.lower(session.state, acc, bad, jnp.int32(0), d["x_train"], d["y_train"],
+                                     d["data_key"], d["base_key"], length=length)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    flops = None
+    with contextlib.suppress(Exception):
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        if cost and cost.get("flops") is not None:
+            flops = float(cost["flops"]) / length
+    memory: dict[str, int] = {}
+    with contextlib.suppress(Exception):
+        mem = compiled.memory_analysis()
+        for name in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "generated_code_size_in_bytes"):
+            if hasattr(mem, name):
+                memory[name] = int(getattr(mem, name))
+    # warm-up chunk (fills caches), then timed chunks; the state is a throwaway copy of the fresh one
+    step = 0
+    acc, bad = session.run_chunk(step, length, acc, bad)
+    jax.block_until_ready(session.state)
+    step += length
+    t1 = time.perf_counter()
+    for _ in range(probe_chunks):
+        acc, bad = session.run_chunk(step % max(1, session.total_steps), length, acc, bad)
+        step += length
+    jax.block_until_ready(session.state)
+    rate = probe_chunks * length / max(time.perf_counter() - t1, 1e-9)
+    t2 = time.perf_counter()
+    session.evaluate("val")
+    eval_s = time.perf_counter() - t2
+    evals = session.total_steps // cfg.train.eval_every + 2
+    return {
+        "param_count": session.param_count,
+        "param_bytes": param_bytes,
+        "opt_state_bytes": opt_bytes,
+        "total_steps": session.total_steps,
+        "chunk": length,
+        "flops_per_step": flops,
+        "memory": memory,
+        "compile_s": compile_s,
+        "steps_per_second": rate,
+        "estimated_train_s": session.total_steps / rate + evals * eval_s + compile_s,
+        "dry_run_s": time.perf_counter() - t_start,
+        "device_kind": jax.devices()[0].device_kind,
+    }
+
