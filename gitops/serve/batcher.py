@@ -1,0 +1,159 @@
+"""Dynamic batching: concurrent requests share one padded batch, each batch on one model version.
+
+Requests arrive on the event loop; a single worker task takes the first waiting item, gathers more
+until the batch holds the version's largest batch or its max wait has passed since the first, and runs the
+version's predict in a worker thread (the event loop keeps accepting requests meanwhile). A batch
+never mixes versions: an item carries the version its request pinned on arrival, and the worker stops
+gathering at the first item of another version. So every response comes from one whole version, even
+while the follower switches versions under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gitops.serve.version import ServedVersion
+
+
+class Overloaded(Exception):
+    """The queue holds more rows than allowed: the caller answers 503 and the client retries."""
+
+
+@dataclass
+class _Item:
+    version: ServedVersion
+    x: np.ndarray
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Batcher:
+    """Groups concurrent predict calls into batches.
+
+    The limits come from the version a batch runs on (`ServedVersion.max_batch_size`, `.max_wait_s`,
+    from its release.yaml `serving` or the command-line flags), so a new release's settings apply
+    from the moment it is switched to. Requests with more rows than a batch are split into chunks,
+    all on the version their request pinned.
+
+    Args:
+        max_queue_rows: rows waiting beyond which `submit` raises Overloaded.
+        on_batch: called with the rows of each executed batch (metrics).
+    """
+
+    def __init__(self, *, max_queue_rows: int = 8192, on_batch: Callable[[int], None] | None = None):
+        self.max_queue_rows = max_queue_rows
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._task: asyncio.Task | None = None
+        self._getter: asyncio.Future | None = None
+        self._queued_rows = 0
+        # One thread runs every batch: device work is serialized, the event loop never blocks.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-predict")
+
+    async def submit(self, version: ServedVersion, x: np.ndarray) -> np.ndarray:
+        """Predict all rows of `x` on `version`; returns the outputs in order."""
+        self._ensure_worker()
+        rows = int(x.shape[0])
+        if self._queued_rows + rows > self.max_queue_rows:
+            raise Overloaded(f"{self._queued_rows} rows already waiting")
+        loop = asyncio.get_running_loop()
+        futures = []
+        step = version.max_batch_size
+        for start in range(0, rows, step):
+            chunk = x[start:start + step]
+            fut = loop.create_future()
+            self._queued_rows += chunk.shape[0]
+            self._queue.put_nowait(_Item(version, chunk, fut))
+            futures.append(fut)
+        parts = await asyncio.gather(*futures)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _ensure_worker(self) -> None:
+        if self._task is None or self._task.done():
+            self._queue = self._queue or asyncio.Queue()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="gitops-batcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        if self._getter is not None:
+            self._getter.cancel()
+            self._getter = None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _next(self, timeout: float | None) -> _Item | None:
+        """The next queued item, waiting up to `timeout` seconds (None: forever); None on timeout.
+
+        A pending `queue.get()` survives a timeout and is reused, so no item is ever lost to a
+        cancelled get.
+        """
+        if self._getter is None:
+            try:
+                return self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            if timeout is not None and timeout <= 0:
+                return None
+            self._getter = asyncio.ensure_future(self._queue.get())
+        if timeout is not None and timeout <= 0:
+            if not self._getter.done():
+                return None
+        else:
+            done, _ = await asyncio.wait({self._getter}, timeout=timeout)
+            if not done:
+                return None
+        item, self._getter = self._getter.result(), None
+        return item
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        held: _Item | None = None  # taken from the queue but belongs to the next batch
+        while True:
+            first, held = (held, None) if held is not None else (await self._next(None), None)
+            batch, rows = [first], first.rows
+            limit = first.version.max_batch_size
+            deadline = loop.time() + first.version.max_wait_s
+            while rows < limit:
+                item = await self._next(deadline - loop.time())
+                if item is None:
+                    break
+                if item.version is not first.version or rows + item.rows > limit:
+                    held = item
+                    break
+                batch.append(item)
+                rows += item.rows
+            await self._execute(batch, rows)
+
+    async def _execute(self, batch: list[_Item], rows: int) -> None:
+        loop = asyncio.get_running_loop()
+        version = batch[0].version
+        x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+        try:
+            y = await loop.run_in_executor(self._executor, version.predict, x)
+        except Exception as exc:  # the model failed: every caller in this batch gets the error
+            for it in batch:
+                self._queued_rows -= it.rows
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            return
+        if self.on_batch is not None:
+            self.on_batch(rows)
+        start = 0
+        for it in batch:
+            self._queued_rows -= it.rows
+            if not it.future.done():  # a client that went away cancelled its future
+                it.future.set_result(y[start:start + it.rows])
+            start += it.rows

@@ -1,0 +1,394 @@
+"""The ASGI app of `gitops serve`: TF Serving's REST API over one model, batched and followed.
+
+Routes (TF Serving's shapes, https://www.tensorflow.org/tfx/serving/api_rest):
+
+    POST /v1/models/<name>[/versions/<v> | /labels/<stage>]:predict   {"instances": [...]} | {"inputs": ...}
+    GET  /v1/models/<name>[/versions/<v> | /labels/<stage>]           {"model_version_status": [...]}
+    GET  /v1/models/<name>[/versions/<v> | /labels/<stage>]/metadata  signature, version, fingerprint
+    GET  /healthz   the process answers          GET /readyz   a warmed version is serving (else 503)
+    GET  /metrics   Prometheus text format
+
+Every request failure is a JSON `{"error": "..."}` with a 4xx code; a 500 means the model itself
+failed. Each predict response names the version that computed it in `X-Model-Version`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gitops.serve.batcher import Batcher, Overloaded
+from gitops.serve.follower import Follower, ServingState
+from gitops.serve.metrics import ServerMetrics
+from gitops.serve.version import VERSION_RE, ServedVersion, Signature
+
+log = logging.getLogger("gitops.serve")
+
+_PATH_RE = re.compile(
+    r"^(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<sel>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?$"
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; beyond these it gets 413 or 400, never a crash."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_instances: int = 1024
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+# --- request parsing ------------------------------------------------------------------------------
+
+
+def _reject_constant(name: str) -> float:
+    raise BadRequest(f"non-finite number {name} in the request (inputs must be finite)")
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise BadRequest("empty request body; send {\"instances\": [...]} or {\"inputs\": ...}")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except BadRequest:
+        raise
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+
+
+def _tensor(value: Any, what: str) -> np.ndarray:
+    if isinstance(value, dict):
+        if set(value) != {"inputs"}:
+            raise BadRequest(f"{what}: named inputs must be exactly {{\"inputs\": ...}} (got {sorted(value)})")
+        value = value["inputs"]
+    if isinstance(value, (str, bytes)) or value is None:
+        raise BadRequest(f"{what} must be numbers, not {type(value).__name__}")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"{what} is ragged or mixes types (every instance needs the same shape)") from None
+    if arr.dtype.kind not in "iuf":
+        kinds = {"b": "booleans", "U": "strings", "S": "strings", "O": "null, objects, mixed or huge values"}
+        raise BadRequest(f"{what} must be numbers (got {kinds.get(arr.dtype.kind, arr.dtype.name)})")
+    return arr
+
+
+def parse_inputs(payload: Any, signature: Signature, limits: Limits) -> tuple[np.ndarray, str]:
+    """Validate a predict body against the signature.
+
+    Returns:
+        (float32 array of shape (n, *input_shape), "predictions" for row format or "outputs" for columnar).
+    """
+    if not isinstance(payload, dict):
+        raise BadRequest("the body must be a JSON object with \"instances\" or \"inputs\"")
+    keys = set(payload) - {"signature_name"}
+    if payload.get("signature_name", "serving_default") not in ("serving_default", ""):
+        raise BadRequest(f"unknown signature_name {payload['signature_name']!r}; this model has serving_default")
+    if keys == {"instances"}:
+        raw, out_key, what = payload["instances"], "predictions", "instances"
+        if not isinstance(raw, list):
+            raise BadRequest("\"instances\" must be a list (one entry per instance)")
+        if raw and all(isinstance(r, dict) for r in raw):
+            raw = [_single_named(r) for r in raw]
+    elif keys == {"inputs"}:
+        raw, out_key, what = payload["inputs"], "outputs", "inputs"
+    else:
+        raise BadRequest("the body needs exactly one of \"instances\" (row format) or \"inputs\" (columnar); "
+                         f"got {sorted(payload) or 'nothing'}")
+    arr = _tensor(raw, what)
+    if arr.ndim == 0:
+        raise BadRequest(f"{what} needs a batch dimension: a list of instances")
+    n = arr.shape[0]
+    if n == 0:
+        raise BadRequest(f"{what} is empty")
+    if n > limits.max_instances:
+        raise BadRequest(f"{n} instances in one request; at most {limits.max_instances}", 413)
+    shape = signature.input_shape
+    if tuple(arr.shape[1:]) != shape:
+        if arr.ndim == 2 and arr.shape[1] == signature.input_size:
+            arr = arr.reshape(n, *shape)  # flattened instances are accepted
+        else:
+            raise BadRequest(f"each instance must have shape {list(shape)} (or {signature.input_size} flat "
+                             f"numbers); got {list(arr.shape[1:])}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = arr.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise BadRequest(f"{what} must be finite numbers within float32 range (found NaN, inf or overflow)")
+    return x, out_key
+
+
+def _single_named(row: dict) -> Any:
+    if set(row) != {"inputs"}:
+        raise BadRequest(f"named instances must be {{\"inputs\": ...}}; got keys {sorted(row)}")
+    return row["inputs"]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest("invalid Content-Length") from None
+        if size > limit:
+            raise BadRequest(f"request body of {size} bytes exceeds the limit of {limit}", 413)
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- the app --------------------------------------------------------------------------------------
+
+
+def _tf_dims(shape: tuple[int, ...]) -> dict:
+    return {"dim": [{"size": "-1", "name": ""}] + [{"size": str(d), "name": ""} for d in shape],
+            "unknown_rank": False}
+
+
+def metadata(version: ServedVersion, stage: str | None) -> dict:
+    sig = version.signature
+    tensor = {"dtype": "DT_FLOAT", "tensor_shape": _tf_dims(sig.input_shape), "name": "inputs"}
+    output = {"dtype": "DT_FLOAT", "tensor_shape": _tf_dims(sig.output_shape), "name": sig.output_name}
+    return {
+        "model_spec": {"name": version.model, "signature_name": "", "version": str(version.number)},
+        "metadata": {"signature_def": {"signature_def": {"serving_default": {
+            "inputs": {"inputs": tensor},
+            "outputs": {sig.output_name: output},
+            "method_name": "tensorflow/serving/predict",
+        }}}},
+        "gitops": {
+            "model": version.model,
+            "version": version.version,
+            "version_number": version.number,
+            "training_fingerprint": version.training_fingerprint,
+            "stage": stage,
+            "signature": sig.as_dict(),
+            "max_batch_size": version.max_batch_size,
+            "max_wait_ms": version.max_wait_s * 1000.0,
+        },
+    }
+
+
+def _matches(version: ServedVersion, sel: str) -> bool:
+    if sel == str(version.number) and version.number:
+        return True
+    if VERSION_RE.match(sel) and VERSION_RE.match(version.version):
+        return sel.lstrip("v") == version.version.lstrip("v")
+    return sel == version.version
+
+
+class ModelServer:
+    """Holds the pieces one running server shares: state, batcher, metrics, follower, limits."""
+
+    def __init__(self, state: ServingState, follower: Follower | None = None, *, limits: Limits = Limits(),
+                 max_queue_rows: int = 8192):
+        self.state = state
+        self.follower = follower
+        self.limits = limits
+        max_batch = state.current.max_batch_size if state.current else 32
+        self.metrics = ServerMetrics(max(max_batch, 1024))
+        self.batcher = Batcher(max_queue_rows=max_queue_rows, on_batch=self._on_batch)
+        state.on_switch = self._on_switch
+        if state.current is not None:
+            self._on_switch(state.current)
+        if follower is not None:
+            previous = follower.on_failure
+            follower.on_failure = lambda v, m: (self.metrics.errors.labels("version_refused").inc(),
+                                                previous and previous(v, m))
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/readyz", self.readyz, methods=["GET"]),
+                Route("/metrics", self.prom, methods=["GET"]),
+                Route("/v1/models/{rest:path}", self.models, methods=["GET", "POST"]),
+            ],
+            exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
+            lifespan=self._lifespan,
+        )
+
+    # --- lifecycle ---
+    @asynccontextmanager
+    async def _lifespan(self, app):
+        if self.follower is not None:
+            self.follower.start()
+        try:
+            yield
+        finally:
+            if self.follower is not None:
+                self.follower.stop()
+            await self.batcher.close()
+
+    def _on_batch(self, rows: int) -> None:
+        self.metrics.batch_size.observe(rows)
+
+    def _on_switch(self, version: ServedVersion) -> None:
+        self.metrics.set_version(version.model, version.version, version.number, version.training_fingerprint)
+        self.metrics.switches.inc()
+
+    # --- small routes ---
+    def _count(self, route: str, response: Response) -> Response:
+        self.metrics.requests.labels(route, str(response.status_code)).inc()
+        return response
+
+    async def healthz(self, request: Request) -> Response:
+        return self._count("healthz", JSONResponse({"status": "ok"}))
+
+    async def readyz(self, request: Request) -> Response:
+        current = self.state.current
+        if current is not None and current.warmed:
+            body = {"ready": True, "model": self.state.model, "version": current.version}
+            return self._count("readyz", JSONResponse(body))
+        why = "loading" if not (self.follower and self.follower.failed) else "; ".join(
+            f"{v}: {m}" for v, m in self.follower.failed.items())
+        return self._count("readyz", JSONResponse({"ready": False, "model": self.state.model, "error": why},
+                                                  status_code=503))
+
+    async def prom(self, request: Request) -> Response:
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    async def _http_error(self, request: Request, exc: HTTPException) -> Response:
+        route = "predict" if request.url.path.endswith(":predict") else "other"
+        return self._count(route, error(exc.status_code, exc.detail or "error"))
+
+    async def _internal_error(self, request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)
+        self.metrics.errors.labels("internal").inc()
+        return self._count("other", error(500, f"internal error: {type(exc).__name__}"))
+
+    # --- /v1/models/... ---
+    async def models(self, request: Request) -> Response:
+        rest = request.path_params["rest"]
+        m = _PATH_RE.match(rest)
+        is_predict = rest.endswith(":predict")
+        route = "predict" if is_predict else ("metadata" if rest.endswith("/metadata") else "status")
+        if not m:
+            return self._fail(route, 404, f"no such endpoint /v1/models/{rest}")
+        tail = m["tail"] or ""
+        if tail.startswith(":") and tail != ":predict":
+            return self._fail(route, 404, f"{tail[1:]} is not supported; use :predict")
+        want = "POST" if is_predict else "GET"
+        if request.method != want:
+            if is_predict:  # read the body so a kept-alive connection stays in step
+                await _drain(request, self.limits.max_body_bytes)
+            return self._fail(route, 405, f"use {want} for /v1/models/{rest}")
+        if m["name"] != self.state.model:
+            if is_predict:
+                await _drain(request, self.limits.max_body_bytes)
+            return self._fail(route, 404, f"model {m['name']!r} is not served here (serving {self.state.model!r})")
+        if is_predict:
+            return await self._predict(request, m["kind"], m["sel"])
+        if tail == "/metadata":
+            return self._metadata(m["kind"], m["sel"])
+        return self._status(m["kind"], m["sel"])
+
+    def _fail(self, route: str, status: int, message: str, headers: dict | None = None) -> Response:
+        kind = {400: "bad_request", 404: "not_found", 405: "bad_method", 413: "too_large",
+                503: "unavailable"}.get(status, "predict")
+        self.metrics.errors.labels(kind).inc()
+        return self._count(route, error(status, message, headers))
+
+    def _select(self, kind: str | None, sel: str | None) -> tuple[ServedVersion | None, str | None]:
+        """The serving version a path names, or (None, why) for 404/503."""
+        current = self.state.current
+        if current is None:
+            return None, None
+        if kind == "versions" and not _matches(current, sel):
+            return None, f"version {sel} of {self.state.model} is not being served (serving {current.version}, " \
+                         f"number {current.number})"
+        if kind == "labels" and sel != self.state.stage:
+            label = f"label {self.state.stage!r}" if self.state.stage else "no labels"
+            return None, f"label {sel!r} is not served here ({label})"
+        return current, None
+
+    def _status(self, kind: str | None, sel: str | None) -> Response:
+        statuses = self.state.statuses()
+        if kind == "versions":
+            statuses = [s for s in statuses if sel in (str(s.number), s.version, s.version.lstrip("v"))]
+        elif kind == "labels":
+            if sel != self.state.stage:
+                return self._fail("status", 404, f"label {sel!r} is not served here")
+            statuses = [s for s in statuses if self.state.current and s.version == self.state.current.version]
+        if kind and not statuses:
+            return self._fail("status", 404, f"{kind[:-1]} {sel} of {self.state.model} is not known here")
+        return self._count("status", JSONResponse({"model_version_status": [s.as_tf() for s in statuses]}))
+
+    def _metadata(self, kind: str | None, sel: str | None) -> Response:
+        version, why = self._select(kind, sel)
+        if version is None:
+            return self._fail("metadata", 404 if why else 503, why or "no version is loaded yet")
+        return self._count("metadata", JSONResponse(metadata(version, self.state.stage)))
+
+    async def _predict(self, request: Request, kind: str | None, sel: str | None) -> Response:
+        started = time.perf_counter()
+        version, why = self._select(kind, sel)  # pinned: this request runs on this version only
+        try:
+            body = await read_body(request, self.limits.max_body_bytes)
+        except BadRequest as exc:
+            return self._fail("predict", exc.status, str(exc), {"Connection": "close"})
+        if version is None:
+            return self._fail("predict", 404 if why else 503, why or "no version is loaded yet; see /readyz")
+        try:
+            x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
+        except BadRequest as exc:
+            return self._fail("predict", exc.status, str(exc))
+        try:
+            y = await self.batcher.submit(version, x)
+        except Overloaded as exc:
+            return self._fail("predict", 503, f"server overloaded ({exc}); retry later", {"Retry-After": "1"})
+        except Exception as exc:
+            log.exception("predict failed on %s %s", version.model, version.version)
+            return self._fail("predict", 500, f"prediction failed: {type(exc).__name__}: {exc}")
+        self.metrics.instances.inc(x.shape[0])
+        headers = {"X-Model-Version": version.version, "X-Model-Version-Number": str(version.number),
+                   "X-Model-Fingerprint": version.training_fingerprint[:12]}
+        response = Response(_dumps({out_key: y.tolist()}), media_type="application/json", headers=headers)
+        self.metrics.latency.labels("predict").observe(time.perf_counter() - started)
+        return self._count("predict", response)
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def _drain(request: Request, limit: int) -> None:
+    try:
+        await read_body(request, limit)
+    except BadRequest:
+        pass
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+

@@ -1,0 +1,217 @@
+"""One servable model version: its signature, a jitted predict over padded buckets, and warm-up.
+
+A `ServedVersion` is immutable once warmed; the server switches versions by swapping one reference
+to it, so a request that picked a version finishes on that version whatever happens meanwhile.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gitops.errors import GitopsError
+
+VERSION_RE = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+
+
+def version_number(version: str) -> int:
+    """TF Serving's integer version for a SemVer: v1.2.3 -> 1002003 (0 for an unreleased run).
+
+    MAJOR * 1_000_000 + MINOR * 1_000 + PATCH, so integers order like versions while MINOR and PATCH
+    stay below 1000 (a larger part raises: the mapping would collide).
+    """
+    m = VERSION_RE.match(version)
+    if not m:
+        return 0
+    major, minor, patch = (int(g) for g in m.groups())
+    if minor >= 1000 or patch >= 1000:
+        raise GitopsError(f"version {version}: MINOR and PATCH must be below 1000 to map to an integer")
+    return major * 1_000_000 + minor * 1_000 + patch
+
+
+def buckets_for(max_batch_size: int) -> tuple[int, ...]:
+    """Padded batch sizes: powers of two up to `max_batch_size`, which is always the last."""
+    sizes = []
+    b = 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
+    for b in buckets:
+        if rows <= b:
+            return b
+    raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a version accepts and returns, per instance (the batch dimension is implicit)."""
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    task: str  # classification | regression
+    output_name: str  # "probabilities" | "predictions"
+    input_dtype: str = "float32"
+    output_dtype: str = "float32"
+    labels: tuple[str, ...] = ()
+
+    @property
+    def input_size(self) -> int:
+        return math.prod(self.input_shape)
+
+    def as_dict(self) -> dict:
+        return {
+            "inputs": {"name": "inputs", "dtype": self.input_dtype, "shape": [-1, *self.input_shape]},
+            "outputs": {"name": self.output_name, "dtype": self.output_dtype, "shape": [-1, *self.output_shape]},
+            "task": self.task,
+            "labels": list(self.labels),
+        }
+
+
+@dataclass
+class ServedVersion:
+    """A loaded model version ready to predict fixed-size (bucketed) batches."""
+
+    model: str
+    version: str  # "v1.2.3", or "run-<fp12>" for a run folder
+    signature: Signature
+    predict_fn: Callable[[np.ndarray], np.ndarray]  # (bucket, *input_shape) float32 -> (bucket, *output_shape)
+    training_fingerprint: str = ""
+    source: str = ""  # the folder it was loaded from
+    buckets: tuple[int, ...] = (1,)  # padded batch sizes; the last is the largest batch
+    max_wait_s: float = 0.002  # how long a batch waits to fill (release.yaml serving.max_wait_ms)
+    warmed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.buckets[-1]
+
+    @property
+    def number(self) -> int:
+        return version_number(self.version)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predict `x` (rows <= largest bucket): pad to the bucket, run, cut the padding off."""
+        rows = x.shape[0]
+        size = bucket_for(rows, self.buckets)
+        if size != rows:
+            pad = np.zeros((size - rows, *x.shape[1:]), dtype=x.dtype)
+            x = np.concatenate([x, pad])
+        y = np.asarray(self.predict_fn(x))
+        return y[:rows]
+
+    def warm(self, probe: np.ndarray | None = None) -> None:
+        """Compile every bucket and check the outputs: shape, dtype, finite (else GitopsError).
+
+        `probe` (one instance) is what the warm-up feeds; zeros when None. A version that fails here is
+        never switched to.
+        """
+        shape = self.signature.input_shape
+        one = np.zeros((1, *shape), np.float32) if probe is None else np.asarray(probe, np.float32).reshape(1, *shape)
+        for size in self.buckets:
+            y = np.asarray(self.predict_fn(np.repeat(one, size, axis=0)))
+            if y.shape != (size, *self.signature.output_shape):
+                raise GitopsError(f"{self.model} {self.version}: warm-up output shape {y.shape}, expected "
+                                  f"{(size, *self.signature.output_shape)}")
+            if not np.all(np.isfinite(y)):
+                raise GitopsError(f"{self.model} {self.version}: warm-up produced non-finite outputs")
+        self.warmed = True
+
+
+# --- from a trained run or a pulled release -------------------------------------------------------
+
+
+def load_version(model_dir: Path, *, version: str | None = None, max_batch_size: int | None = None,
+                 max_wait_ms: float | None = None, loader: Callable[[str], Any] | None = None) -> ServedVersion:
+    """Load a run folder (or a pulled release folder) and build its jitted, bucketed predict.
+
+    Args:
+        model_dir: the folder `gitops.load` accepts (a run folder or an unpacked release).
+        version: the SemVer it was released as; read from the folder's manifest when None, else
+            `run-<fp12>`.
+        max_batch_size: largest batch; release.yaml's `serving.max_batch_size` when None.
+        max_wait_ms: how long a batch waits to fill; release.yaml's `serving.max_wait_ms` when None.
+        loader: `gitops.api.load` (a parameter so tests can substitute it).
+
+    Returns:
+        The version, not yet warmed.
+    """
+    if loader is None:
+        from gitops.api import load as loader
+    loaded = loader(str(model_dir))
+    cfg = loaded.config
+    manifest = dict(getattr(loaded, "manifest", None) or {})
+    if version is None:
+        version = _released_as(Path(model_dir)) or manifest.get("version") or f"run-{cfg.training_fingerprint[:12]}"
+    if max_batch_size is None:
+        max_batch_size = int(cfg.release.serving.get("max_batch_size", 32))
+    if max_wait_ms is None:
+        max_wait_ms = float(cfg.release.serving.get("max_wait_ms", 2.0))
+    signature = _signature(loaded, Path(model_dir))
+    return ServedVersion(
+        model=cfg.name,
+        version=str(version),
+        signature=signature,
+        predict_fn=_jitted_predict(loaded),
+        training_fingerprint=cfg.training_fingerprint,
+        source=str(model_dir),
+        buckets=buckets_for(max_batch_size),
+        max_wait_s=max_wait_ms / 1000.0,
+    )
+
+
+def _released_as(model_dir: Path) -> str | None:
+    """The version a pulled release folder holds (its `release.json`), None for a plain run folder."""
+    import json
+
+    try:
+        return json.loads((model_dir / "release.json").read_text(encoding="utf-8")).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _preprocessing(loaded: Any, model_dir: Path) -> dict:
+    pre = getattr(loaded, "preprocessing", None)
+    if pre is not None:
+        return pre.as_dict() if hasattr(pre, "as_dict") else dict(pre)
+    path = model_dir / "preprocessing.json"
+    if path.is_file():
+        import json
+
+        return json.loads(path.read_text())
+    raise GitopsError(f"{model_dir}: no preprocessing.json; cannot tell the model's input signature")
+
+
+def _signature(loaded: Any, model_dir: Path) -> Signature:
+    pre = _preprocessing(loaded, model_dir)
+    task = pre.get("task") or loaded.config.task
+    input_shape = tuple(int(d) for d in pre["input_shape"])
+    n_out = pre.get("num_outputs") or pre.get("num_classes") or 1
+    labels = tuple(loaded.config.release.labels or ())
+    if task == "classification":
+        return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
+    return Signature(input_shape, (int(n_out),), task, "predictions")
+
+
+def _jitted_predict(loaded: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The loaded model's predict as one jitted function of a fixed-shape batch.
+
+    `LoadedModel.predict` is the reference (it applies the saved preprocessing and the output
+    transform); when it exposes a jittable core we jit that, else we call it as it is. Each bucket
+    shape compiles once, in `ServedVersion.warm`.
+    """
+    core = getattr(loaded, "predict_jit", None) or getattr(loaded, "predict_fn", None)
+    if callable(core):
+        return core
+    return loaded.predict
