@@ -1,0 +1,147 @@
+"""The embedded backend: tags in the local git repository, assets and comments in `.gitops/`.
+
+Works with no network and no GitHub: `.gitops/releases/<model>/v<version>/` holds each release's
+files (git-ignored), `.gitops/comments/pr-<N>.md` the sticky comment. `--push` publishes the tags.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from gitops import gitutil
+from gitops.backends.base import AssetNotFoundError, Backend, TagExistsError, TagInfo
+from gitops.errors import GitopsError, UsageError
+
+# One for-each-ref call for all tags: fields split by NUL, each record ends with NUL + newline.
+_FIELDS = (
+    "%(refname:strip=2)",
+    "%(objecttype)",
+    "%(objectname)",
+    "%(*objectname)",
+    "%(taggername) %(taggeremail)",
+    "%(taggerdate:iso-strict)",
+    "%(creatordate:iso-strict)",
+    "%(contents)",
+)
+_FORMAT = "%00".join(_FIELDS) + "%00"
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.state_dir = self.root / ".gitops"
+
+    def __repr__(self) -> str:
+        return f"LocalBackend({str(self.root)!r})"
+
+    # --- tags -------------------------------------------------------------------------------
+    def list_tags(self) -> list[TagInfo]:
+        out = gitutil.run(self.root, "for-each-ref", f"--format={_FORMAT}", "refs/tags").stdout
+        parts = out.split("\0")
+        n = len(_FIELDS)
+        tags = []
+        for i in range(0, len(parts) - n + 1, n):
+            name, kind, obj, peeled, tagger, tagdate, created, message = parts[i : i + n]
+            name = name.lstrip("\n")
+            if kind != "tag":
+                continue  # lightweight tags are not registry events (GTO ignores them too)
+            tags.append(TagInfo(name=name, commit=peeled or obj, message=message.rstrip("\n"),
+                                tagger=tagger.strip(), date=tagdate or created))
+        return tags
+
+    def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+        proc = gitutil.create_annotated_tag(self.root, name, commit, message)
+        if proc.returncode != 0:
+            if "already exists" in proc.stderr or self._tag_exists(name):
+                raise TagExistsError(f"tag {name} already exists")
+            raise GitopsError(f"git tag {name} failed: {proc.stderr.strip()}")
+        for tag in self._tags_named(name):
+            return tag
+        raise GitopsError(f"tag {name} was created but cannot be read back")  # pragma: no cover
+
+    def _tag_exists(self, name: str) -> bool:
+        proc = gitutil.run(self.root, "rev-parse", "--verify", "--quiet", f"refs/tags/{name}", check=False)
+        return proc.returncode == 0
+
+    def _tags_named(self, name: str) -> list[TagInfo]:
+        out = gitutil.run(self.root, "for-each-ref", f"--format={_FORMAT}", f"refs/tags/{name}").stdout
+        parts = out.split("\0")
+        if len(parts) < len(_FIELDS):
+            return []
+        name_, kind, obj, peeled, tagger, tagdate, created, message = parts[: len(_FIELDS)]
+        return [TagInfo(name_.lstrip("\n"), peeled or obj, message.rstrip("\n"), tagger.strip(), tagdate or created)]
+
+    def delete_tag(self, name: str) -> None:
+        gitutil.run(self.root, "tag", "-d", name, check=False)
+
+    # --- assets -----------------------------------------------------------------------------
+    def release_dir(self, tag: str) -> Path:
+        from gitops import tags as tag_grammar
+
+        parsed = tag_grammar.parse(tag)
+        if parsed is None or parsed.version is None:
+            raise UsageError(f"{tag!r} is not a version tag (<model>@v1.2.3)")
+        return self.state_dir / "releases" / parsed.model / parsed.version
+
+    def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        final = self.release_dir(tag)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.is_dir():  # complete a release that stopped half-way
+            for src in files:
+                if not (final / src.name).is_file():
+                    _atomic_copy(src, final / src.name)
+            return str(final)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        tmp.chmod(0o755)
+        try:
+            for src in files:
+                shutil.copyfile(src, tmp / src.name)
+            (tmp / ".release.md").write_text(f"# {title}\n\n{notes}\n", encoding="utf-8")
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # another process published the same release first; keep theirs
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return str(final)
+
+    def list_assets(self, tag: str) -> list[str]:
+        folder = self.release_dir(tag)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def download_asset(self, tag: str, asset: str, dest: Path) -> Path:
+        if "/" in asset or "\\" in asset or asset.startswith("."):
+            raise AssetNotFoundError(f"{tag} has no asset {asset!r}")
+        src = self.release_dir(tag) / asset
+        if not src.is_file():
+            raise AssetNotFoundError(f"{tag} has no asset {asset!r} (looked in {src.parent})")
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        return dest
+
+    # --- pull requests ----------------------------------------------------------------------
+    def upsert_comment(self, pr: int, body: str) -> str:
+        target = self.state_dir / "comments" / f"pr-{int(pr)}.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(body, encoding="utf-8")
+        tmp.replace(target)
+        return str(target)
+
+    def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
+        return None
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)

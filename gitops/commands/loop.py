@@ -1,0 +1,306 @@
+"""The GitOps loop on the command line: diff, ci plan, report, comment, release, stages, pull, predict.
+
+Each command parses its flags and calls one library function (`gitops.plan`, `gitops.report`,
+`gitops.release`, `gitops.registry_ops`, `gitops.pull`, `gitops.predict`). Nothing here imports
+jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gitops import config
+from gitops.cli_app import ci_app, command, out
+from gitops.errors import UsageError
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+BackendOption = Annotated[
+    str | None,
+    typer.Option("--backend", help="Registry backend: local (default) or github (default inside GitHub Actions)."),
+]
+
+
+def _backend(name: str | None, root: Path):
+    from gitops.backends import get_backend
+
+    return get_backend(name, root)
+
+
+def _echo_err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+# --- what changed -----------------------------------------------------------------------------------
+
+
+@command("diff")
+def diff_cmd(
+    base: Annotated[str | None, typer.Option("--base", help="Base ref (default: merge-base with main, or HEAD~).")] = None,
+    head: Annotated[str | None, typer.Option("--head", help="Head ref (default: the working tree).")] = None,
+) -> None:
+    """Which models changed between two refs, and how (changed keys, old -> new)."""
+    from gitops import gitutil, plan
+
+    root = config.find_root()
+    result = plan.plan(root, base or gitutil.default_base(root), head)
+    out(plan.format_diff(result))
+
+
+@command("plan", group=ci_app)
+def plan_cmd(
+    base: Annotated[str, typer.Option("--base", help="Base commit (the PR's base SHA).")],
+    head: Annotated[str, typer.Option("--head", help="Head commit (the PR's head SHA).")],
+    github_output: Annotated[
+        bool, typer.Option("--github-output", help="Also append matrix=... and has_train=... to $GITHUB_OUTPUT.")
+    ] = False,
+) -> None:
+    """JSON: the models to train (with why), to release only, and deleted; plus the job matrix."""
+    from gitops import plan
+
+    root = config.find_root()
+    result = plan.plan(root, base, head)
+    if github_output:
+        plan.write_github_output(result)
+    out(json.dumps(result.as_dict(), indent=2))
+
+
+# --- report and comment -------------------------------------------------------------------------------
+
+
+@command("report")
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<model>/<fingerprint>/).")],
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="auto: each model's newest release; or a run/release folder.")
+    ] = "auto",
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the Markdown here (default: stdout).")] = None,
+    as_json: JsonFlag = False,
+    json_out: Annotated[Path | None, typer.Option("--json-out", help="Also write the JSON form here.")] = None,
+    head_sha: Annotated[str | None, typer.Option("--head-sha", help="Head commit the report is for (default HEAD).")] = None,
+    pr: Annotated[int | None, typer.Option("--pr", help="PR number (default: from $GITHUB_EVENT_PATH).")] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
+    from gitops import report
+
+    root = config.find_root()
+    backend = _backend(backend_name, root) if baseline == "auto" else None
+    built = report.build(root, runs, backend, baseline, head_sha=head_sha, pr=pr)
+    text = report.markdown(built)
+    data = report.as_json(built)
+    if out_file:
+        out_file.write_text(text, encoding="utf-8")
+    if json_out:
+        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if as_json:
+        out(json.dumps(data, indent=2))
+    elif not out_file:
+        out(text)
+    report.write_step_summary(text)
+    if not built.ok:
+        failed = ", ".join(m.model for m in built.models if not m.ok)
+        _echo_err(f"quality gate failed: {failed}")
+        raise typer.Exit(1)
+
+
+@command("comment")
+def comment_cmd(
+    pr: Annotated[int, typer.Option("--pr", help="Pull request number.", min=1)],
+    file: Annotated[Path, typer.Option("--file", help="The report Markdown (from gitops report --out).")],
+    head_sha: Annotated[str | None, typer.Option("--head-sha", help="The PR head SHA the report must be for.")] = None,
+    report_json: Annotated[
+        Path | None, typer.Option("--report-json", help="report.json to validate (as data) before posting.")
+    ] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Create or update the one sticky report comment on a PR."""
+    from gitops import report
+
+    if not file.is_file():
+        raise UsageError(f"{file}: no such file")
+    body = file.read_text(encoding="utf-8", errors="replace")
+    report.check_markdown(body)
+    if report_json is not None:
+        if not report_json.is_file():
+            raise UsageError(f"{report_json}: no such file")
+        report.validate_report_json(report_json.read_text(encoding="utf-8", errors="replace"),
+                                    head_sha=head_sha, pr=pr)
+    elif head_sha is not None:
+        raise UsageError("--head-sha needs --report-json (the report's recorded head is what is checked)")
+    root = config.find_root()
+    where = _backend(backend_name, root).upsert_comment(pr, body)
+    out(where)
+
+
+# --- releases -------------------------------------------------------------------------------------------
+
+
+@command("release")
+def release_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    run: Annotated[Path | None, typer.Option("--run", help="The finished run folder to release.")] = None,
+    bump: Annotated[str, typer.Option("--bump", help="auto | major | minor | patch.")] = "auto",
+    push: Annotated[bool, typer.Option("--push", help="Push the new tag to origin (local backend).")] = False,
+    backend_name: BackendOption = None,
+    dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Tag and publish a version of MODEL at HEAD (reusing the run with the same training fingerprint)."""
+    from gitops import release
+
+    root = config.find_root()
+    result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
+                             run=run, bump=bump, push=push, dist=dist)
+    out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
+
+
+@command("release-pending", group=ci_app)
+def release_pending_cmd(
+    push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
+    backend_name: BackendOption = None,
+    dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+) -> None:
+    """Release every model whose release fingerprint differs from its latest release."""
+    from gitops import release
+
+    root = config.find_root()
+    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist)
+    for result in results:
+        out(result.message)
+    if not results and not failures:
+        out("nothing to release: every model's latest release matches HEAD")
+    for name, message in failures:
+        _echo_err(f"error: {name}: {message}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@command("pull")
+def pull_cmd(
+    ref: Annotated[str, typer.Argument(help="MODEL, MODEL@VERSION or MODEL@STAGE.")],
+    to: Annotated[Path | None, typer.Option("--to", help="Target folder (default .gitops/pulled/<model>/v<version>/).")] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Download a release, verify its checksums, and unpack it safely."""
+    from gitops import pull
+
+    root = config.find_root()
+    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+
+
+@command("history")
+def history_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    as_json: JsonFlag = False,
+    backend_name: BackendOption = None,
+) -> None:
+    """Every version and stage move: date, author, commit, bump reason, headline metrics."""
+    from gitops import registry_ops
+
+    root = config.find_root()
+    doc = registry_ops.history(_backend(backend_name, root), model)
+    out(json.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
+
+
+@command("promote")
+def promote_cmd(
+    ref: Annotated[str, typer.Argument(help="MODEL@VERSION (or MODEL@STAGE to copy a stage).")],
+    to: Annotated[str, typer.Option("--to", help="Stage to assign, e.g. production.")],
+    backend_name: BackendOption = None,
+    push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
+) -> None:
+    """Assign a stage to a version (GTO tag <model>#<stage>#<N> on the version's commit)."""
+    from gitops import gitutil, registry_ops
+
+    root = config.find_root()
+    backend = _backend(backend_name, root)
+    tag = registry_ops.promote(backend, ref, to)
+    if push and backend.name == "local":
+        gitutil.push_tags(root, [tag])
+    out(tag)
+
+
+@command("demote")
+def demote_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    stage: Annotated[str, typer.Option("--from", help="Stage to unassign.")],
+    backend_name: BackendOption = None,
+) -> None:
+    """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
+    from gitops import registry_ops
+
+    root = config.find_root()
+    out(registry_ops.demote(_backend(backend_name, root), model, stage))
+
+
+@command("deprecate")
+def deprecate_cmd(
+    ref: Annotated[str, typer.Argument(help="MODEL@VERSION (deregister that version) or MODEL (deprecate it).")],
+    backend_name: BackendOption = None,
+) -> None:
+    """Deregister a version (<model>@vX.Y.Z!#N) or deprecate a whole model (<model>@deprecated#N)."""
+    from gitops import registry_ops
+
+    root = config.find_root()
+    out(registry_ops.deprecate(_backend(backend_name, root), ref, root))
+
+
+@command("rollback")
+def rollback_cmd(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    to: Annotated[str, typer.Option("--to", help="Version whose config to restore, e.g. v1.0.0.")],
+    branch: Annotated[str | None, typer.Option("--branch", help="Branch name (default rollback/<model>-v<version>).")] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Restore a version's config files on a new branch (and open a PR on GitHub)."""
+    from gitops import registry_ops
+
+    root = config.find_root()
+    result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
+        f"(training fingerprint {result.training_fingerprint[:12]})")
+    if result.inlined:
+        out(f"inlined (their parents changed since): {', '.join(result.inlined)}")
+    if result.pull_request:
+        out(f"pull request: {result.pull_request}")
+    else:
+        out(f"next: merge it and run `gitops release {model}` (reuses the old run)")
+
+
+@command("predict")
+def predict_cmd(
+    ref: Annotated[str, typer.Argument(help="MODEL@VERSION, MODEL@STAGE or a run folder.")],
+    input_file: Annotated[Path, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")],
+    output: Annotated[Path | None, typer.Option("--output", help="Write the JSON here instead of stdout.")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Array name inside a .npz (default: the first).")] = None,
+) -> None:
+    """Run a released model on inputs; predictions as JSON."""
+    from gitops import predict
+
+    doc = predict.predict_file(ref, input_file, key)
+    text = json.dumps(doc, indent=2)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+    else:
+        out(text)
+
+
+@command("gc")
+def gc_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    backend_name: BackendOption = None,
+) -> None:
+    """Remove run folders under runs/ that no release (or stage) refers to, nor the current configs."""
+    from gitops import registry_ops
+
+    root = config.find_root()
+    removed = registry_ops.gc(root, _backend(backend_name, root), dry_run=dry_run)
+    for path in removed:
+        out(f"{'would remove' if dry_run else 'removed'} {path.relative_to(root)}")
+    if not removed:
+        out("nothing to remove")
+

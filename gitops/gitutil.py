@@ -1,0 +1,143 @@
+"""Small git helpers over `subprocess` (no GitPython): commits, dirtiness, tags, branches.
+
+Every helper takes the repository root explicitly; none of them changes the current directory.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from gitops.errors import GitopsError, UsageError
+
+# Used when neither git config nor the environment names anyone (a fresh CI container).
+_FALLBACK_IDENTITY = {"name": "gitops", "email": "gitops@localhost"}
+
+
+def run(root: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run `git -C root args...` capturing text output; GitopsError on failure when `check`."""
+    full_env = None
+    if env:
+        full_env = {**os.environ, **env}
+    proc = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, input=input, env=full_env, check=False
+    )
+    if check and proc.returncode != 0:
+        raise GitopsError(f"git {' '.join(args[:2])} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc
+
+
+def is_repo(root: Path) -> bool:
+    return run(root, "rev-parse", "--git-dir", check=False).returncode == 0
+
+
+def head_commit(root: Path) -> str:
+    proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    if proc.returncode != 0:
+        raise UsageError(f"{root} has no commits yet (or is not a git repository)")
+    return proc.stdout.strip()
+
+
+def commit_exists(root: Path, sha: str) -> bool:
+    return run(root, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
+
+
+def ensure_commit(root: Path, ref: str) -> str:
+    """The full SHA of `ref`; in a shallow clone, fetch a missing SHA from origin once (depth 1)."""
+    proc = run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if proc.returncode == 0:
+        return proc.stdout.strip()
+    fetched = run(root, "fetch", "--quiet", "--no-tags", "--depth=1", "origin", ref, check=False)
+    if fetched.returncode == 0:
+        proc = run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if proc.returncode == 0:
+            return proc.stdout.strip()
+    why = fetched.stderr.strip().splitlines()[-1] if fetched.stderr.strip() else "not found"
+    raise UsageError(
+        f"commit {ref!r} is not in this clone and `git fetch --depth=1 origin {ref}` failed ({why}); "
+        "check out with more history (fetch-depth: 0) or pass SHAs that exist"
+    )
+
+
+def is_dirty(root: Path, paths: list[str] | None = None) -> bool:
+    """True when tracked files (under `paths`, if given) differ from HEAD."""
+    args = ["status", "--porcelain", "--untracked-files=no"]
+    if paths:
+        args += ["--", *paths]
+    return bool(run(root, *args).stdout.strip())
+
+
+def identity(root: Path) -> dict[str, str]:
+    """Who is acting: git config user, else GIT_COMMITTER_* / GIT_AUTHOR_*, else a fallback."""
+    out: dict[str, str] = {}
+    for key in ("name", "email"):
+        proc = run(root, "config", f"user.{key}", check=False)
+        value = proc.stdout.strip() or os.environ.get(f"GIT_COMMITTER_{key.upper()}") or os.environ.get(
+            f"GIT_AUTHOR_{key.upper()}"
+        )
+        out[key] = value or _FALLBACK_IDENTITY[key]
+    return out
+
+
+def author(root: Path) -> str:
+    who = identity(root)
+    return f"{who['name']} <{who['email']}>"
+
+
+def identity_env(root: Path) -> dict[str, str]:
+    """Environment that makes git commit/tag work even without a configured user."""
+    who = identity(root)
+    return {
+        "GIT_COMMITTER_NAME": who["name"],
+        "GIT_COMMITTER_EMAIL": who["email"],
+        "GIT_AUTHOR_NAME": who["name"],
+        "GIT_AUTHOR_EMAIL": who["email"],
+    }
+
+
+def create_annotated_tag(root: Path, name: str, commit: str, message: str) -> subprocess.CompletedProcess:
+    """`git tag -a`; returns the process (callers interpret 'already exists')."""
+    return run(root, "tag", "-a", name, "-F", "-", commit, input=message, env=identity_env(root), check=False)
+
+
+def push_tags(root: Path, names: list[str], remote: str = "origin") -> None:
+    if names:
+        run(root, "push", remote, *[f"refs/tags/{n}" for n in names])
+
+
+def current_branch(root: Path) -> str | None:
+    proc = run(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
+    return proc.stdout.strip() or None
+
+
+def branch_exists(root: Path, name: str) -> bool:
+    return run(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
+
+
+def default_base(root: Path) -> str:
+    """The merge-base of HEAD with main (local or origin); on main itself, HEAD~."""
+    head = head_commit(root)
+    for candidate in ("main", "origin/main", "master", "origin/master"):
+        proc = run(root, "merge-base", "HEAD", candidate, check=False)
+        base = proc.stdout.strip()
+        if proc.returncode == 0 and base and base != head:
+            return base
+    proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD~^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else head
+
+
+def commit_paths(root: Path, branch: str, paths: list[str], message: str) -> str:
+    """Create `branch` at HEAD, switch to it, stage `paths` (added or removed) and commit."""
+    if branch_exists(root, branch):
+        raise UsageError(f"branch {branch!r} already exists; pass --branch NAME")
+    run(root, "switch", "--quiet", "-c", branch)
+    run(root, "add", "-A", "--", *paths)
+    run(root, "commit", "--quiet", "-m", message, "--", *paths, env=identity_env(root))
+    return head_commit(root)
+
+
+def remote_url(root: Path, remote: str = "origin") -> str | None:
+    proc = run(root, "remote", "get-url", remote, check=False)
+    return proc.stdout.strip() or None

@@ -1,0 +1,211 @@
+"""What changed between two commits: which models to train, which only to release, which are gone.
+
+`ci plan` resolves every model at the PR's base and head commits (through `GitTree`, the same code
+`validate` runs) and compares fingerprints, so comment or formatting edits plan nothing. Imports
+stay jax-free: this runs on a GitHub-hosted runner before any GPU job starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitops import config, gitutil
+from gitops.errors import ConfigError, Problem, UsageError
+from gitops.tree import FsTree, GitTree, Tree
+from gitops.yamlio import load_yaml_text
+
+_MISSING = object()
+
+
+@dataclass
+class ModelChange:
+    model: str
+    reason: str
+    fingerprint: str = ""  # training fingerprint at head (full)
+    release_fingerprint: str = ""
+    diff: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key.path, old, new)
+
+    def as_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "reason": self.reason,
+            "fingerprint": self.fingerprint[:12],
+            "training_fingerprint": self.fingerprint,
+            "release_fingerprint": self.release_fingerprint,
+        }
+
+
+@dataclass
+class Plan:
+    base: str
+    head: str
+    train: list[ModelChange] = field(default_factory=list)
+    release_only: list[ModelChange] = field(default_factory=list)
+    deleted: list[ModelChange] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "base": self.base,
+            "head": self.head,
+            "train": [c.as_dict() for c in self.train],
+            "release_only": [c.as_dict() for c in self.release_only],
+            "deleted": [{"model": c.model, "reason": c.reason} for c in self.deleted],
+            "matrix": self.matrix(),
+        }
+
+    def matrix(self) -> dict:
+        return {"include": [{"model": c.model, "fingerprint": c.fingerprint[:12]} for c in self.train]}
+
+
+# --- config diffs ------------------------------------------------------------------------------
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"train.optimizer.learning_rate": 0.003, ...}; lists are leaves (they replace as a whole)."""
+    if isinstance(value, dict):
+        if not value and prefix:
+            return {prefix: {}}
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def config_diff(old: dict | None, new: dict | None) -> list[tuple[str, Any, Any]]:
+    """Changed key paths with old and new values (`_MISSING` stands for an absent key)."""
+    a, b = flatten(old or {}), flatten(new or {})
+    changes = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
+        if va != vb or type(va) is not type(vb):
+            if isinstance(va, int | float) and isinstance(vb, int | float) and va == vb:
+                continue
+            changes.append((key, va, vb))
+    return changes
+
+
+def show_value(value: Any) -> str:
+    if value is _MISSING:
+        return "(absent)"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def is_missing(value: Any) -> bool:
+    return value is _MISSING
+
+
+# --- resolving at a commit ----------------------------------------------------------------------
+
+
+def _resolve_all(tree: Tree) -> tuple[dict[str, config.ResolvedConfig], dict[str, list[Problem]]]:
+    names = config.model_names(tree)
+    if isinstance(tree, GitTree):
+        tree.read_many([f"{config.MODELS_DIR}/{n}/{k}.yaml" for n in names for k in config.FILE_KINDS])
+    resolved, problems = {}, {}
+    for name in names:
+        cfg, found = config.resolve(name, tree)
+        if cfg is None:
+            problems[name] = found
+        else:
+            resolved[name] = cfg
+    return resolved, problems
+
+
+def _content(tree: Tree, relpath: str) -> Any:
+    """A YAML file's data (comments and formatting dropped), or _MISSING / the raw bytes if unreadable."""
+    raw = tree.read(relpath)
+    if raw is None:
+        return _MISSING
+    try:
+        return load_yaml_text(raw, relpath).data
+    except Exception:  # an unparsable file compares by bytes
+        return raw
+
+
+def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.ResolvedConfig) -> str:
+    own = [f"{k}.yaml" for k in config.FILE_KINDS
+           if _content(base_tree, f"{config.MODELS_DIR}/{name}/{k}.yaml")
+           != _content(head_tree, f"{config.MODELS_DIR}/{name}/{k}.yaml")]
+    parents: list[str] = []
+    for _kind, chain in head_cfg.files.items():
+        for relpath in chain:
+            parts = relpath.split("/")
+            if len(parts) >= 3 and parts[1] != name and parts[1] not in parents:
+                if _content(base_tree, relpath) != _content(head_tree, relpath):
+                    parents.append(parts[1])
+    pieces = []
+    if own:
+        pieces.append("own files changed: " + ", ".join(own))
+    pieces += [f"parent {p} changed (extends)" for p in parents]
+    return "; ".join(pieces) or "resolved config changed (schema/defaults)"
+
+
+def plan(root: Path, base: str, head: str | None) -> Plan:
+    """Compare every model between `base` and `head` (None: the working folder)."""
+    base_sha = gitutil.ensure_commit(root, base)
+    base_tree: Tree = GitTree(root, base_sha)
+    if head is None:
+        head_tree: Tree = FsTree(root)
+        head_label = "working tree"
+    else:
+        head_label = gitutil.ensure_commit(root, head)
+        head_tree = GitTree(root, head_label)
+    old, _old_problems = _resolve_all(base_tree)
+    new, new_problems = _resolve_all(head_tree)
+    if new_problems:
+        raise ConfigError([p for ps in new_problems.values() for p in ps])
+    old_names = set(config.model_names(base_tree))
+    result = Plan(base_sha, head_label)
+    for name in sorted(new):
+        cfg = new[name]
+        before = old.get(name)
+        if name not in old_names:
+            change = ModelChange(name, "new model", cfg.training_fingerprint, cfg.release_fingerprint,
+                                 config_diff(None, cfg.as_dict()))
+            result.train.append(change)
+        elif before is None:
+            change = ModelChange(name, "config was invalid at base", cfg.training_fingerprint,
+                                 cfg.release_fingerprint, config_diff(None, cfg.as_dict()))
+            result.train.append(change)
+        elif before.training_fingerprint != cfg.training_fingerprint:
+            result.train.append(ModelChange(name, _reason(name, base_tree, head_tree, cfg), cfg.training_fingerprint,
+                                            cfg.release_fingerprint, config_diff(before.as_dict(), cfg.as_dict())))
+        elif before.release_fingerprint != cfg.release_fingerprint:
+            result.release_only.append(ModelChange(name, "release.yaml changed", cfg.training_fingerprint,
+                                                   cfg.release_fingerprint,
+                                                   config_diff(before.as_dict(), cfg.as_dict())))
+    for name in sorted(old_names - set(config.model_names(head_tree))):
+        result.deleted.append(ModelChange(name, "model folder removed"))
+    return result
+
+
+def write_github_output(result: Plan, path: str | None = None) -> None:
+    """Append `matrix=<json>` and `has_train=true|false` to $GITHUB_OUTPUT."""
+    target = path or os.environ.get("GITHUB_OUTPUT")
+    if not target:
+        raise UsageError("--github-output needs $GITHUB_OUTPUT to name a file (it is set inside GitHub Actions)")
+    matrix = json.dumps(result.matrix(), separators=(",", ":"))
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(f"matrix={matrix}\n")
+        fh.write(f"has_train={'true' if result.train else 'false'}\n")
+
+
+def format_diff(result: Plan) -> str:
+    """The human view of a plan (`gitops diff`)."""
+    lines: list[str] = []
+    for title, changes in (("train", result.train), ("release only", result.release_only)):
+        for change in changes:
+            lines.append(f"{change.model} ({title}: {change.reason})")
+            for key, a, b in change.diff:
+                lines.append(f"  {key}: {show_value(a)} -> {show_value(b)}")
+    for change in result.deleted:
+        lines.append(f"{change.model} (deleted)")
+    if not lines:
+        lines.append(f"no model changed between {result.base[:12]} and "
+                     f"{result.head if result.head == 'working tree' else result.head[:12]}")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Pull a released version: download, verify every checksum, join parts, extract safely, rename.
+
+Nothing is left behind on failure: all work happens in a temporary folder beside the target, which
+appears (by one rename) only after every check passed. The archive's checksum is checked against
+SHA256SUMS *and* against the release tag's message, so a swapped asset plus a swapped SHA256SUMS is
+still caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from gitops import registry_ops, tags
+from gitops.backends.base import Backend
+from gitops.errors import IntegrityError, UsageError
+
+PULLED_DIR = Path(".gitops") / "pulled"
+MAX_MEMBERS = 100_000
+MAX_EXTRACTED_BYTES = 64 * 1024**3
+
+
+def parse_sums(text: str) -> dict[str, str]:
+    sums = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        digest, _, name = line.partition("  ")
+        name = name.lstrip("*")
+        if len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise IntegrityError(f"SHA256SUMS has a malformed line: {line[:120]!r}")
+        sums[name] = digest.lower()
+    return sums
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_member(member: tarfile.TarInfo, dest: Path) -> None:
+    """Refuse anything that could land outside `dest` or isn't a plain file or folder."""
+    name = member.name
+    path = PurePosixPath(name)
+    if not name or name.startswith(("/", "\\")) or path.is_absolute() or ":" in path.parts[0] or "\\" in name:
+        raise IntegrityError(f"archive member {name!r} has an absolute path; refusing to extract")
+    if ".." in path.parts:
+        raise IntegrityError(f"archive member {name!r} points outside the target ('..'); refusing to extract")
+    if member.issym() or member.islnk():
+        target = PurePosixPath(member.linkname)
+        base = path.parent if member.issym() else PurePosixPath(".")
+        resolved = os.path.normpath(str(base / target))
+        if target.is_absolute() or resolved.startswith("..") or resolved.startswith("/"):
+            raise IntegrityError(f"archive member {name!r} links outside the target ({member.linkname!r})")
+        raise IntegrityError(f"archive member {name!r} is a link; release archives hold plain files only")
+    if not (member.isfile() or member.isdir()):
+        raise IntegrityError(f"archive member {name!r} is a device, fifo or other special file; refusing it")
+    full = (dest / name).resolve()
+    if not full.is_relative_to(dest.resolve()):
+        raise IntegrityError(f"archive member {name!r} resolves outside the target")
+
+
+def safe_extract(archive: Path, dest: Path) -> None:
+    """Extract with our own checks first, then tarfile's `data` filter as a second line."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        members = tar.getmembers()
+        if len(members) > MAX_MEMBERS:
+            raise IntegrityError(f"archive has {len(members)} members (limit {MAX_MEMBERS})")
+        total = 0
+        for member in members:
+            check_member(member, dest)
+            total += max(0, member.size)
+        if total > MAX_EXTRACTED_BYTES:
+            raise IntegrityError(f"archive would extract to {total} bytes (limit {MAX_EXTRACTED_BYTES})")
+        try:
+            tar.extractall(dest, members=members, filter="data")
+        except tarfile.FilterError as exc:
+            raise IntegrityError(f"archive refused by tarfile's data filter: {exc}") from None
+    for path in dest.rglob("*"):  # no executable bits or odd modes from the archive
+        if path.is_file():
+            path.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
+
+
+def default_target(root: Path, model: str, version: str) -> Path:
+    return root / PULLED_DIR / model / version
+
+
+def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False) -> Path:
+    """Download, verify and unpack the release `ref` names; return the folder (a run folder)."""
+    st, version = registry_ops.resolve(backend, ref)
+    model = st.model
+    target = Path(to) if to is not None else default_target(root, model, version.version)
+    if target.exists():
+        if not force and (target / "manifest.json").is_file() and _same_release(target, version):
+            return target
+        if any(target.iterdir()) if target.is_dir() else True:
+            raise UsageError(f"{target} already exists and is not this release; pass another --to")
+    meta = registry_ops.release_metadata(version.message)
+    tag = version.tag
+    assets = backend.list_assets(tag)
+    if "SHA256SUMS" not in assets:
+        raise IntegrityError(f"{tag} has no SHA256SUMS asset (assets: {', '.join(assets) or 'none'})")
+    archive_name = meta.get("archive") or f"{model}-{version.version}.tar.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".pull-{model}-", dir=target.parent))
+    try:
+        downloads = work / "download"
+        downloads.mkdir()
+        backend.download_asset(tag, "SHA256SUMS", downloads / "SHA256SUMS")
+        sums = parse_sums((downloads / "SHA256SUMS").read_text(encoding="utf-8"))
+        if archive_name not in sums:
+            raise IntegrityError(f"SHA256SUMS of {tag} does not list {archive_name}")
+        if meta.get("sha256") and sums[archive_name] != meta["sha256"]:
+            raise IntegrityError(f"SHA256SUMS of {tag} disagrees with the tag's recorded checksum of {archive_name}")
+        parts = sorted(a for a in assets if a.startswith(archive_name + ".part"))
+        names = parts or [archive_name]
+        for name in names:
+            if name not in sums:
+                raise IntegrityError(f"SHA256SUMS of {tag} does not list {name}")
+            path = backend.download_asset(tag, name, downloads / name)
+            got = _sha256(path)
+            if got != sums[name]:
+                raise IntegrityError(f"checksum mismatch for {name}: expected {sums[name][:16]}…, got {got[:16]}…")
+        archive = downloads / archive_name
+        if parts:
+            with open(archive, "wb") as out:
+                for name in parts:
+                    with open(downloads / name, "rb") as fh:
+                        shutil.copyfileobj(fh, out)
+        got = _sha256(archive)
+        if got != sums[archive_name]:
+            raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "
+                                 f"got {got[:16]}…")
+        unpacked = work / "unpacked"
+        safe_extract(archive, unpacked)
+        if target.exists():
+            target.rmdir()
+        unpacked.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _same_release(folder: Path, version: tags.VersionState) -> bool:
+    import json
+
+    try:
+        meta = json.loads((folder / "release.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    recorded = registry_ops.release_metadata(version.message)
+    return meta.get("version") == version.version and meta.get("release_fingerprint") == recorded.get(
+        "release_fingerprint")
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("GITOPS_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "gitops"

@@ -1,0 +1,431 @@
+"""The model registry read from tags: release metadata, refs, stages, history, garbage collection.
+
+Everything a report, `history` or `gc` needs is in the annotated tags themselves (the release tag's
+message carries fingerprints and metrics as a JSON block), so none of them downloads anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitops import config, gitutil, tags
+from gitops.backends.base import Backend, TagExistsError
+from gitops.errors import GitopsError, UsageError
+
+RELEASE_JSON_RE = re.compile(r"```json\n(?P<body>.*?)\n```", re.S)
+RUNS_DIR = "runs"
+
+
+# --- run folders -------------------------------------------------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """A run folder's files, read as data (no jax)."""
+
+    path: Path
+    config: dict
+    manifest: dict
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.manifest.get("model") or self.path.parent.name
+
+    @property
+    def training_fingerprint(self) -> str:
+        return self.manifest.get("training_fingerprint", "")
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.manifest.get("finished_at")) and bool(self.metrics)
+
+
+def read_run(path: Path) -> RunInfo:
+    from gitops.yamlio import load_yaml_text
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"{path}: no such run folder")
+    manifest = _read_json(path / "manifest.json")
+    if manifest is None:
+        raise UsageError(f"{path}: not a run folder (no manifest.json)")
+    metrics = _read_json(path / "metrics.json") or {}
+    cfg: dict = {}
+    resolved = path / "config.resolved.yaml"
+    if resolved.is_file():
+        cfg = load_yaml_text(resolved.read_bytes(), str(resolved), max_bytes=10_000_000).data or {}
+    history = []
+    hist = path / "history.jsonl"
+    if hist.is_file():
+        for line in hist.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    history.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return RunInfo(path, cfg, manifest, metrics, history)
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GitopsError(f"{path}: unreadable JSON ({exc})") from None
+
+
+def find_run(root: Path, model: str, training_fingerprint: str) -> Path | None:
+    """A finished run with this fingerprint: `runs/<model>/<fp12>/` or `$GITOPS_RUN_CACHE/<model>/<fp12>/`."""
+    import os
+
+    fp12 = training_fingerprint[:12]
+    candidates = [root / RUNS_DIR / model / fp12]
+    cache = os.environ.get("GITOPS_RUN_CACHE")
+    if cache:
+        candidates.append(Path(cache) / model / fp12)
+    for folder in candidates:
+        try:
+            info = read_run(folder)
+        except (UsageError, GitopsError):
+            continue
+        if info.finished and info.training_fingerprint == training_fingerprint:
+            return folder
+    return None
+
+
+# --- release tag messages ----------------------------------------------------------------------
+
+
+def release_metadata(message: str) -> dict:
+    """The JSON block of a release tag's message ({} for tags made by other tools)."""
+    m = RELEASE_JSON_RE.search(message or "")
+    if not m:
+        return {}
+    try:
+        data = json.loads(m.group("body"))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def headline(metrics: dict, name: str | None) -> str:
+    if name and name in metrics:
+        return f"{name} {format_number(metrics[name])}"
+    return ", ".join(f"{k} {format_number(v)}" for k, v in sorted(metrics.items())[:2])
+
+
+def format_number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+
+
+# --- refs ---------------------------------------------------------------------------------------
+
+
+def state(backend: Backend, model: str) -> tags.ModelState:
+    return tags.model_state(backend.list_tags(), model)
+
+
+def resolve(backend: Backend, ref: str | tags.Ref) -> tuple[tags.ModelState, tags.VersionState]:
+    """`MODEL`, `MODEL@v1.2.0`, `MODEL@1.2.0` or `MODEL@STAGE` -> the version it names."""
+    parsed = tags.parse_ref(ref) if isinstance(ref, str) else ref
+    st = state(backend, parsed.model)
+    return st, tags.resolve_ref(st, parsed)
+
+
+# --- stages and lifecycle ------------------------------------------------------------------------
+
+
+def _create_counted(backend: Backend, make_name, commit: str, message: str, model: str) -> str:
+    """Create a GTO tag with a per-model counter; a lost race takes the next number."""
+    for _ in range(10):
+        name = make_name(tags.next_counter(backend.list_tags(), model))
+        try:
+            backend.create_tag(name, commit, message)
+            return name
+        except TagExistsError:
+            continue
+    raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
+
+
+def promote(backend: Backend, ref: str, stage: str) -> str:
+    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
+    tags.check_stage(stage)
+    st, version = resolve(backend, ref)
+    if st.stages.get(stage) == version.version:
+        raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
+    message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n"
+    return _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
+
+
+def demote(backend: Backend, model: str, stage: str) -> str:
+    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit."""
+    tags.check_stage(stage)
+    st = state(backend, model)
+    holder = st.stages.get(stage)
+    if holder is None:
+        raise UsageError(f"no version of {model} is in stage {stage!r}")
+    version = st.versions[holder]
+    message = f"Demote {model} {holder} from {stage}\n\nversion: {holder}\n"
+    return _create_counted(backend, lambda n: tags.unassign_tag(model, stage, n), version.commit, message, model)
+
+
+def deprecate(backend: Backend, ref: str, root: Path) -> str:
+    """`MODEL@VERSION`: deregister that version (`<model>@vX.Y.Z!#N`); `MODEL`: deprecate the model."""
+    parsed = tags.parse_ref(ref)
+    if parsed.stage:
+        raise UsageError("deprecate takes MODEL@VERSION (deregister one version) or MODEL (the whole model)")
+    st = state(backend, parsed.model)
+    if parsed.version:
+        version = tags.resolve_ref(st, parsed)
+        if not version.active:
+            raise UsageError(f"{parsed.model}@{version.version} is already deregistered")
+        message = f"Deregister {parsed.model} {version.version}\n"
+        return _create_counted(backend, lambda n: tags.deregister_tag(parsed.model, version.version, n),
+                               version.commit, message, parsed.model)
+    if not st.events:
+        raise UsageError(f"{parsed.model} has no registry tags")
+    if st.deprecated:
+        raise UsageError(f"{parsed.model} is already deprecated")
+    message = f"Deprecate {parsed.model}\n"
+    return _create_counted(backend, lambda n: tags.deprecate_tag(parsed.model, n),
+                           gitutil.head_commit(root), message, parsed.model)
+
+
+# --- history -------------------------------------------------------------------------------------
+
+
+def history(backend: Backend, model: str) -> dict:
+    """Versions and stage moves of `model`, from tags only."""
+    st = state(backend, model)
+    if not st.events:
+        raise UsageError(f"{model} has no releases or stage tags")
+    versions = []
+    for v in sorted(st.versions.values(), key=lambda v: v.semver):
+        meta = release_metadata(v.message)
+        metrics = meta.get("metrics", {})
+        versions.append({
+            "version": v.version,
+            "date": v.date,
+            "author": v.tagger,
+            "commit": v.commit,
+            "tag": v.tag,
+            "active": v.active,
+            "stages": sorted(v.stages),
+            "bump": meta.get("bump"),
+            "reason": meta.get("reason") or _first_line(v.message),
+            "headline_metric": meta.get("headline_metric"),
+            "headline": {k: metrics[k] for k in [meta.get("headline_metric")] if k in metrics},
+            "metrics": metrics,
+            "training_fingerprint": meta.get("training_fingerprint"),
+            "release_fingerprint": meta.get("release_fingerprint"),
+        })
+    events = [
+        {"event": e.action.value, "tag": e.tag, "date": e.date, "author": e.tagger, "commit": e.commit,
+         "version": e.version, "stage": e.stage}
+        for e in st.events
+    ]
+    return {"model": model, "deprecated": st.deprecated, "stages": dict(sorted(st.stages.items())),
+            "versions": versions, "events": events}
+
+
+def _who(tagger: str) -> str:
+    return tagger.split(" <")[0] if tagger else "unknown"
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def format_history(doc: dict) -> str:
+    lines = [f"{doc['model']}" + ("  (deprecated)" if doc["deprecated"] else "")]
+    if doc["stages"]:
+        lines.append("stages: " + ", ".join(f"{s} -> {v}" for s, v in doc["stages"].items()))
+    lines.append("")
+    lines.append("versions:")
+    for v in reversed(doc["versions"]):
+        head = ", ".join(f"{k} {format_number(x)}" for k, x in v["headline"].items()) or "-"
+        flags = []
+        if not v["active"]:
+            flags.append("deregistered")
+        flags += [f"[{s}]" for s in v["stages"]]
+        lines.append(
+            f"  {v['version']:<9} {v['date'][:19].replace('T', ' ')}  {v['commit'][:10]}  {head:<24} "
+            f"{v['bump'] or '-':<7} {v['reason'] or ''}  ({_who(v['author'])}) {' '.join(flags)}".rstrip()
+        )
+    moves = [e for e in doc["events"] if e["event"] != "register"]
+    if moves:
+        lines.append("")
+        lines.append("stage moves and lifecycle:")
+        for e in reversed(moves):
+            if e["event"] == "assign":
+                what = f"{e['stage']} <- {e['version']}"
+            elif e["event"] == "unassign":
+                what = f"{e['stage']} removed from {e['version']}"
+            elif e["event"] == "deregister":
+                what = f"deregistered {e['version']}"
+            elif e["event"] == "deprecate":
+                what = "model deprecated"
+            else:
+                what = e["event"]
+            lines.append(f"  {e['date'][:19].replace('T', ' ')}  {what:<32} {e['tag']:<28} {_who(e['author'])}")
+    return "\n".join(lines)
+
+
+# --- garbage collection ----------------------------------------------------------------------------
+
+
+def referenced_fingerprints(backend: Backend) -> set[str]:
+    """Training fingerprints (first 12 hex) of every released version (stages point at versions)."""
+    keep = set()
+    for model_state in tags.registry_state(backend.list_tags()).values():
+        for v in model_state.versions.values():
+            fp = release_metadata(v.message).get("training_fingerprint")
+            if fp:
+                keep.add((model_state.model, fp[:12]))
+    return keep
+
+
+def gc(root: Path, backend: Backend, dry_run: bool = False, keep_current: bool = True) -> list[Path]:
+    """Remove run folders under runs/ that no release (and so no stage) refers to.
+
+    With `keep_current`, runs matching a model's config in the working tree stay too (the run a PR
+    is about to report on or release).
+    """
+    keep = referenced_fingerprints(backend)
+    if keep_current:
+        from gitops.tree import FsTree
+
+        tree = FsTree(root)
+        for name in config.model_names(tree):
+            cfg, _ = config.resolve(name, tree)
+            if cfg is not None:
+                keep.add((name, cfg.short_fingerprint))
+    removed = []
+    runs = root / RUNS_DIR
+    if not runs.is_dir():
+        return removed
+    for model_dir in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for run_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
+            if (model_dir.name, run_dir.name) in keep:
+                continue
+            removed.append(run_dir)
+            if not dry_run:
+                shutil.rmtree(run_dir)
+    return removed
+
+
+# --- rollback --------------------------------------------------------------------------------------
+
+
+class _Overlay:
+    """The working folder with some files replaced (None: removed), to resolve before writing."""
+
+    def __init__(self, base, replaced: dict[str, bytes | None]):
+        self.base, self.replaced, self.root = base, replaced, base.root
+
+    def read(self, relpath: str) -> bytes | None:
+        return self.replaced[relpath] if relpath in self.replaced else self.base.read(relpath)
+
+    def listdir(self, relpath: str) -> list[str]:
+        names = set(self.base.listdir(relpath))
+        prefix = relpath.rstrip("/") + "/"
+        for path, content in self.replaced.items():
+            if path.startswith(prefix) and "/" not in path[len(prefix):]:
+                (names.add if content is not None else names.discard)(path[len(prefix):])
+        return sorted(names)
+
+    def is_dir(self, relpath: str) -> bool:
+        return self.base.is_dir(relpath) or any(p.startswith(relpath.rstrip("/") + "/") for p in self.replaced)
+
+    def label(self, relpath: str) -> str:
+        return self.base.label(relpath)
+
+
+@dataclass
+class RollbackResult:
+    branch: str
+    commit: str
+    version: str
+    inlined: list[str]
+    pull_request: str | None
+    training_fingerprint: str
+
+
+def _inline(kind: str, model: str, values: dict) -> bytes:
+    from gitops.yamlio import dump_yaml
+
+    header = (f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\n"
+              f"# Restored by `gitops rollback` with the values {model} was released with (extends inlined).\n")
+    return (header + dump_yaml(values)).encode("utf-8")
+
+
+def rollback(root: Path, backend: Backend, model: str, version: str, branch: str | None = None) -> RollbackResult:
+    """A new branch whose one commit restores `model`'s files as they were at `version`."""
+    from gitops.tree import FsTree, GitTree
+
+    st, found = resolve(backend, tags.Ref(model, version=str(tags.SemVer.parse(version))))
+    folder = f"{config.MODELS_DIR}/{model}"
+    if gitutil.is_dirty(root, [folder]):
+        raise UsageError(f"{folder} has uncommitted changes; commit or discard them before a rollback")
+    gitutil.ensure_commit(root, found.commit)
+    old_tree = GitTree(root, found.commit)
+    old_cfg = config.load(model, root, tree=old_tree)
+    old_files = {f"{folder}/{k}.yaml": old_tree.read(f"{folder}/{k}.yaml") for k in config.FILE_KINDS}
+    fs = FsTree(root)
+
+    def matches(files: dict[str, bytes | None]) -> bool:
+        cfg, _ = config.resolve(model, _Overlay(fs, files))  # type: ignore[arg-type]
+        return cfg is not None and cfg.release_fingerprint == old_cfg.release_fingerprint
+
+    files = dict(old_files)
+    inlined: list[str] = []
+    if not matches(files):
+        values = old_cfg.as_dict()
+        for kind in config.FILE_KINDS:  # parents changed since: inline the files that extend
+            raw = old_files[f"{folder}/{kind}.yaml"]
+            if raw is not None and b"extends" in raw:
+                files[f"{folder}/{kind}.yaml"] = _inline(kind, model, values[kind])
+                inlined.append(f"{kind}.yaml")
+        if not matches(files):  # defaults moved on too: write every file out in full
+            files = {f"{folder}/{k}.yaml": _inline(k, model, values[k]) for k in config.FILE_KINDS}
+            inlined = [f"{k}.yaml" for k in config.FILE_KINDS]
+        if not matches(files):
+            raise GitopsError(f"cannot restore {model}@{found.version}'s config exactly with this version of gitops")
+    current = {p: fs.read(p) for p in files}
+    if current == files:
+        raise UsageError(f"models/{model} already has {found.version}'s config; nothing to roll back")
+    name = branch or f"rollback/{model}-{found.version}"
+    base_branch = gitutil.current_branch(root) or "main"
+    if gitutil.branch_exists(root, name):
+        raise UsageError(f"branch {name!r} already exists; pass --branch NAME")
+    gitutil.run(root, "switch", "--quiet", "-c", name)
+    for rel, content in files.items():
+        path = root / rel
+        if content is None:
+            if path.exists():
+                path.unlink()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    message = (f"Roll back {model} to {found.version}\n\nRestores the config released as {found.tag} "
+               f"(commit {found.commit[:12]}).\nTraining fingerprint: {old_cfg.training_fingerprint}\n")
+    gitutil.run(root, "add", "-A", "--", folder)
+    gitutil.run(root, "commit", "--quiet", "-m", message, "--", folder, env=gitutil.identity_env(root))
+    commit = gitutil.head_commit(root)
+    pr = None
+    if backend.name != "local":
+        gitutil.run(root, "push", "origin", f"refs/heads/{name}")
+        pr = backend.open_pull_request(name, base_branch, f"Roll back {model} to {found.version}", message)
+    return RollbackResult(name, commit, found.version, inlined, pr, old_cfg.training_fingerprint)

@@ -1,0 +1,458 @@
+"""Releases: choose the version, reuse (or train) the run, package it reproducibly, tag and publish.
+
+A release is the annotated tag `<model>@vX.Y.Z` on HEAD plus two kinds of asset: the run folder as
+a deterministic `<model>-vX.Y.Z.tar.gz` (split into `.partNNN` files over the size limit) and
+`SHA256SUMS`. The tag message carries everything `history` and `report` need (fingerprints,
+metrics, the archive's checksum) as a JSON block, so they never download anything.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitops import config, gitutil, registry_ops, tags
+from gitops.backends.base import Backend, TagExistsError
+from gitops.errors import GitopsError, UsageError
+from gitops.plan import config_diff
+from gitops.tree import GitTree
+
+DEFAULT_MAX_ASSET_BYTES = 2 * 1024**3 - 1024**2  # GitHub's 2 GiB asset limit, less a margin
+MAX_TAG_RETRIES = 8
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: archives of the same files hash the same
+RUN_FILES = ("config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json")
+BUMPS = ("auto", "major", "minor", "patch")
+
+
+@dataclass
+class ReleaseResult:
+    model: str
+    version: str | None  # None: nothing to release
+    tag: str | None = None
+    bump: str | None = None
+    reason: str = ""
+    location: str = ""
+    assets: list[Path] = field(default_factory=list)
+    run: Path | None = None
+    trained: bool = False
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "version": self.version, "tag": self.tag, "bump": self.bump,
+                "reason": self.reason, "location": self.location, "assets": [p.name for p in self.assets],
+                "run": str(self.run) if self.run else None, "trained": self.trained}
+
+
+def max_asset_bytes() -> int:
+    raw = os.environ.get("GITOPS_MAX_ASSET_BYTES")
+    if not raw:
+        return DEFAULT_MAX_ASSET_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"GITOPS_MAX_ASSET_BYTES={raw!r} is not a number of bytes") from None
+    if value < 1:
+        raise UsageError("GITOPS_MAX_ASSET_BYTES must be at least 1")
+    return value
+
+
+# --- bump rules --------------------------------------------------------------------------------------
+
+
+def param_shapes(cfg: config.ResolvedConfig) -> dict[str, tuple] | None:
+    """Parameter shapes by abstract evaluation (`nnx.eval_shape`): no FLOPs, no memory.
+
+    None when the input shape can't be known without loading the data, or the model builder is
+    not available; then `structural_signature` decides.
+    """
+    docs = cfg.as_dict()
+    shape = config.input_shape(docs["data"])
+    if shape is None:
+        return None
+    outputs = config.num_classes(docs["data"]) if cfg.task == "classification" else 1
+    try:
+        from flax import nnx
+
+        from gitops.architectures import build_model  # the training code's one model factory
+    except ImportError:
+        return None
+    abstract = nnx.eval_shape(lambda: build_model(
+        cfg.model.architecture, config.thaw(cfg.model.params), input_shape=shape, num_outputs=outputs or 1,
+        rngs=nnx.Rngs(0)))
+    state = nnx.state(abstract, nnx.Param)
+    leaves = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    out = {}
+    for path, leaf in leaves:
+        value = getattr(leaf, "value", leaf)
+        out["/".join(str(p) for p in path)] = tuple(getattr(value, "shape", ()))
+    return out
+
+
+_NON_SHAPE_KEYS = {"activation", "dropout", "pool", "norm_eps"}
+
+
+def structural_signature(cfg: config.ResolvedConfig) -> Any:
+    """A jax-free stand-in for shapes: architecture params that size weights, input shape, classes."""
+    data = config.thaw(cfg.data)
+    model = {k: v for k, v in cfg.as_dict()["model"].items() if k not in _NON_SHAPE_KEYS}
+    docs = cfg.as_dict()
+    return {"model": model, "input_shape": config.input_shape(docs["data"]),
+            "classes": config.num_classes(docs["data"]), "_data": data is not None}
+
+
+def shapes_differ(old: config.ResolvedConfig, new: config.ResolvedConfig) -> bool:
+    a, b = param_shapes(old), param_shapes(new)
+    if a is not None and b is not None:
+        return a != b
+    return structural_signature(old) != structural_signature(new)
+
+
+def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: config.ResolvedConfig,
+                requested: str) -> tuple[str, str]:
+    """(bump, reason) against the latest release."""
+    if latest_meta.get("training_fingerprint") == cfg.training_fingerprint:
+        auto, reason = "patch", "release.yaml changed; same training run"
+        if old_cfg is not None:
+            keys = [k for k, _, _ in config_diff(old_cfg.as_dict().get("release"), cfg.as_dict()["release"])]
+            if keys:
+                reason = "release.yaml changed: " + ", ".join(f"release.{k}" for k in keys[:6])
+    elif old_cfg is None:
+        auto, reason = "minor", "training config changed (previous config unavailable)"
+    else:
+        old_d, new_d = old_cfg.as_dict(), cfg.as_dict()
+        keys = [k for k, _, _ in config_diff({k: old_d[k] for k in ("model", "train", "data")},
+                                             {k: new_d[k] for k in ("model", "train", "data")})]
+        what = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        if shapes_differ(old_cfg, cfg):
+            auto, reason = "major", f"parameter shapes changed: {what or 'data or architecture'}"
+        else:
+            auto, reason = "minor", f"training config changed: {what or 'data fingerprint'}"
+    if requested != "auto" and requested != auto:
+        return requested, f"{requested} requested ({auto} by the rules: {reason})"
+    return auto, reason
+
+
+# --- packaging ---------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checkpoint_entries(run: Path, step: Any) -> list[tuple[str, Path]]:
+    ckpt = run / "checkpoints"
+    if not ckpt.is_dir():
+        raise GitopsError(f"{run}: no checkpoints/ folder; the run did not finish")
+    steps = [p for p in ckpt.iterdir() if p.is_dir() and p.name.isdigit()]
+    chosen = [p for p in steps if step is not None and int(p.name) == int(step)]
+    if not chosen and steps:
+        chosen = [max(steps, key=lambda p: int(p.name))]
+    entries = []
+    for item in ckpt.iterdir():  # the manager's own metadata, plus only the handed-on step
+        if item.is_dir() and item.name.isdigit() and item not in chosen:
+            continue
+        if item.name.startswith(("tmp", ".")) or ".orbax-checkpoint-tmp" in item.name:
+            continue
+        if item.is_file():
+            entries.append((f"checkpoints/{item.name}", item))
+        else:
+            for sub in item.rglob("*"):
+                if sub.is_file() and not sub.is_symlink():
+                    entries.append((f"checkpoints/{sub.relative_to(ckpt).as_posix()}", sub))
+    return entries
+
+
+def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -> None:
+    """gzip'd tar with sorted entries, fixed mtime, uid/gid 0 and normalised modes."""
+    files = sorted(files, key=lambda e: e[0])
+    dirs = sorted({str(Path(name).parent.as_posix()) for name, _ in files} - {"."})
+    all_dirs = sorted({p for d in dirs for p in [*(str(x.as_posix()) for x in Path(d).parents), d] if p != "."})
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        entries = [(d + "/", None) for d in all_dirs] + list(files)
+        for name, content in sorted(entries, key=lambda e: e[0].rstrip("/")):
+            info = tarfile.TarInfo(name.rstrip("/"))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0, 0, "", ""
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+                continue
+            data = content if isinstance(content, bytes) else Path(content).read_bytes()
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+
+def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, run: registry_ops.RunInfo,
+               commit: str, previous: str | None) -> str:
+    from gitops.yamlio import dump_yaml
+
+    rel = cfg.release
+    lines = [f"# {cfg.name} {version}", ""]
+    lines += [rel.description.strip() or "_No description in release.yaml._", ""]
+    if rel.owners:
+        lines += [f"Owners: {', '.join(rel.owners)}", ""]
+    lines += ["## Metrics", "", "| metric | value |", "| --- | ---: |"]
+    for key, value in sorted(run.metrics.items()):
+        lines.append(f"| {key} | {registry_ops.format_number(value)} |")
+    if rel.gates:
+        lines += ["", "Quality gates:", ""]
+        for gate in rel.gates:
+            bounds = ", ".join(f"{k} {gate[k]}" for k in ("min", "max", "max_regression") if k in gate)
+            lines.append(f"- {gate['metric']}: {bounds}")
+    if rel.labels:
+        lines += ["", f"Labels (class index order): {', '.join(rel.labels)}"]
+    m = run.manifest
+    lines += ["", "## Lineage", "",
+              f"- version: {version} ({bump}: {reason})",
+              f"- previous version: {previous or 'none (first release)'}",
+              f"- commit: {commit}",
+              f"- trained at commit: {m.get('git_commit', 'unknown')}{' (dirty)' if m.get('git_dirty') else ''}",
+              f"- training fingerprint: {cfg.training_fingerprint}",
+              f"- release fingerprint: {cfg.release_fingerprint}",
+              f"- data fingerprint: {cfg.data_fingerprint}",
+              f"- checkpoint step: {m.get('checkpoint_step', 'unknown')} of {m.get('steps', 'unknown')}",
+              f"- device: {m.get('device_kind', 'unknown')} x{m.get('device_count', 1)}",
+              f"- parameters: {m.get('param_count', 'unknown')}",
+              "", "## Config (resolved)", "", "```yaml", dump_yaml(cfg.as_dict()).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: str, meta: dict, card: str,
+            out_dir: Path) -> tuple[list[Path], str]:
+    """Write the archive (or its parts) and SHA256SUMS into `out_dir`; (assets to upload, archive sha)."""
+    name = f"{cfg.name}-{version}.tar.gz"
+    entries: list[tuple[str, bytes | Path]] = []
+    for fname in RUN_FILES:
+        if (run_dir / fname).is_file():
+            entries.append((fname, run_dir / fname))
+    for kind in config.FILE_KINDS:
+        raw = tree.read(f"{config.MODELS_DIR}/{cfg.name}/{kind}.yaml")
+        if raw is not None:
+            entries.append((f"config/{kind}.yaml", raw))
+    info = registry_ops.read_run(run_dir)
+    entries += _checkpoint_entries(run_dir, info.manifest.get("checkpoint_step"))
+    entries.append(("MODEL_CARD.md", card.encode("utf-8")))
+    entries.append(("release.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    archive = out_dir / name
+    write_deterministic_tar(archive, entries)
+    digest = sha256_file(archive)
+    sums = [f"{digest}  {name}"]
+    assets = [archive]
+    limit = max_asset_bytes()
+    if archive.stat().st_size > limit:
+        assets = split_file(archive, limit)
+        sums += [f"{sha256_file(p)}  {p.name}" for p in assets]
+    (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+    return [*assets, out_dir / "SHA256SUMS"], digest
+
+
+def split_file(path: Path, size: int) -> list[Path]:
+    parts = []
+    with open(path, "rb") as fh:
+        index = 0
+        while True:
+            chunk = fh.read(size)
+            if not chunk:
+                break
+            part = path.with_name(f"{path.name}.part{index:03d}")
+            part.write_bytes(chunk)
+            parts.append(part)
+            index += 1
+    return parts
+
+
+# --- the release ---------------------------------------------------------------------------------------
+
+
+def tag_message(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, meta: dict) -> str:
+    head_name = cfg.headline_metric()
+    metrics = meta.get("metrics", {})
+    headline = registry_ops.headline(metrics, head_name) or "no metrics"
+    summary = f"{cfg.name} {version}: {headline} ({bump}: {reason})"
+    body = [
+        summary if len(summary) <= 200 else summary[:197] + "...",
+        "",
+        f"bump: {bump}",
+        f"reason: {reason}",
+        f"training_fingerprint: {cfg.training_fingerprint}",
+        f"release_fingerprint: {cfg.release_fingerprint}",
+        f"data_fingerprint: {cfg.data_fingerprint}",
+        f"headline: {head_name}={metrics.get(head_name, 'n/a')}",
+        "",
+        "```json",
+        json.dumps(meta, sort_keys=True, indent=1),
+        "```",
+        "",
+    ]
+    return "\n".join(body)
+
+
+def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: Backend,
+             latest: tags.VersionState | None, latest_meta: dict, workdir: Path) -> tuple[Path, bool]:
+    """The finished run to release: given, found by fingerprint, the latest release's (patch), or trained."""
+    if run is not None:
+        info = registry_ops.read_run(run)
+        if info.training_fingerprint != cfg.training_fingerprint:
+            raise UsageError(
+                f"{run} was trained from another config (training fingerprint {info.training_fingerprint[:12]}, "
+                f"HEAD's {cfg.name} is {cfg.short_fingerprint}); release the matching run or omit --run"
+            )
+        if not info.finished:
+            raise UsageError(f"{run} has not finished training")
+        return Path(run), False
+    found = registry_ops.find_run(root, cfg.name, cfg.training_fingerprint)
+    if found is not None:
+        return found, False
+    if latest is not None and latest_meta.get("training_fingerprint") == cfg.training_fingerprint:
+        from gitops.pull import pull  # a patch release: reuse the released run itself
+
+        return pull(root, backend, f"{cfg.name}@{latest.version}", to=workdir / "previous"), False
+    typer_echo(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
+    from gitops import train  # heavy: jax, flax, optax, orbax
+
+    result = train.train(cfg, root / registry_ops.RUNS_DIR, root=root)
+    return Path(result.run.path), not result.cache_hit
+
+
+def typer_echo(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def release(root: Path, backend: Backend, model: str, *, run: Path | None = None, bump: str = "auto",
+            push: bool = False, dist: Path | None = None) -> ReleaseResult:
+    """Release `model` at HEAD (see the module docstring); idempotent against the latest release."""
+    if bump not in BUMPS:
+        raise UsageError(f"--bump must be one of {', '.join(BUMPS)}")
+    head = gitutil.head_commit(root)
+    tree = GitTree(root, head)
+    cfg = config.load(model, root, tree=tree)
+    if gitutil.is_dirty(root, [f"{config.MODELS_DIR}/{model}"]):
+        typer_echo(f"warning: models/{model} has uncommitted changes; releasing the committed config at "
+                   f"{head[:12]}")
+    st = registry_ops.state(backend, model)
+    if st.deprecated:
+        raise UsageError(f"{model} is deprecated; it takes no new releases")
+    latest = st.latest()
+    latest_meta = registry_ops.release_metadata(latest.message) if latest else {}
+    if latest is not None and latest_meta.get("release_fingerprint") == cfg.release_fingerprint:
+        return ReleaseResult(model, None, latest.tag, message=f"nothing to release: {model}@{latest.version} "
+                             f"already has release fingerprint {cfg.release_fingerprint[:12]}")
+    old_cfg = None
+    if latest is not None:
+        try:
+            gitutil.ensure_commit(root, latest.commit)
+            old_cfg, _ = config.resolve(model, GitTree(root, latest.commit))
+        except GitopsError:
+            old_cfg = None
+        part, reason = choose_bump(latest_meta, old_cfg, cfg, bump)
+    else:
+        part, reason = "initial", "first release"
+
+    with tempfile.TemporaryDirectory(prefix=f"gitops-release-{model}-") as tmp:
+        workdir = Path(tmp)
+        run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir)
+        info = registry_ops.read_run(run_dir)
+        from gitops.report import evaluate_gates
+
+        gates = evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
+                               latest_meta.get("metrics") if latest else None)
+        failed = [g for g in gates if g.status == "fail"]
+        if failed:
+            detail = "; ".join(f"{g.metric} {g.kind} {g.threshold:g}: {g.note}" for g in failed)
+            raise GitopsError(f"{model}: quality gate failed, not releasing ({detail})")
+
+        for _attempt in range(MAX_TAG_RETRIES):
+            st = registry_ops.state(backend, model)
+            highest = st.highest_ever()
+            version = str(tags.FIRST_VERSION if highest is None else highest.bump(
+                "minor" if part == "initial" else part))
+            meta = {
+                "gitops_release": 1,
+                "model": model,
+                "version": version,
+                "bump": part,
+                "reason": reason,
+                "previous": latest.version if latest else None,
+                "commit": head,
+                "training_fingerprint": cfg.training_fingerprint,
+                "release_fingerprint": cfg.release_fingerprint,
+                "data_fingerprint": cfg.data_fingerprint,
+                "headline_metric": cfg.headline_metric(),
+                "metrics": info.metrics,
+                "checkpoint_step": info.manifest.get("checkpoint_step"),
+                "steps": info.manifest.get("steps"),
+                "trained_at_commit": info.manifest.get("git_commit"),
+            }
+            out_dir = workdir / f"out-{version}"
+            out_dir.mkdir()
+            card = model_card(cfg, version, part, reason, info, head, latest.version if latest else None)
+            assets, digest = package(cfg, run_dir, tree, version, meta, card, out_dir)
+            meta = {**meta, "archive": f"{model}-{version}.tar.gz", "sha256": digest,
+                    "parts": len(assets) - 2 if len(assets) > 2 else 0}
+            tag = tags.version_tag(model, version)
+            try:
+                backend.create_tag(tag, head, tag_message(cfg, version, part, reason, meta))
+            except TagExistsError:
+                shutil.rmtree(out_dir, ignore_errors=True)
+                continue
+            break
+        else:
+            raise GitopsError(f"{model}: could not claim a version tag after {MAX_TAG_RETRIES} tries")
+
+        try:
+            notes = tag_message(cfg, version, part, reason, meta)
+            location = backend.publish_release(tag, f"{model} {version}", notes, assets)
+        except BaseException:
+            backend.delete_tag(tag)
+            raise
+        if push and backend.name == "local":
+            gitutil.push_tags(root, [tag])
+        kept = []
+        if dist is not None:
+            dist.mkdir(parents=True, exist_ok=True)
+            for asset in assets:
+                shutil.copyfile(asset, dist / asset.name)
+                kept.append(dist / asset.name)
+        final_run = None if run_dir.is_relative_to(workdir) else run_dir
+    return ReleaseResult(model, version, tag, part, reason, location, kept or [Path(location) / a.name for a in assets],
+                         final_run, trained,
+                         message=f"released {tag} ({part}: {reason}) -> {location}")
+
+
+def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None
+                    ) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
+    """Release every model whose release fingerprint differs from its latest release."""
+    from gitops.tree import GitTree as _GitTree
+
+    head = gitutil.head_commit(root)
+    tree = _GitTree(root, head)
+    all_state = tags.registry_state(backend.list_tags())
+    results, failures = [], []
+    for name in config.model_names(tree):
+        st = all_state.get(name)
+        if st is not None and st.deprecated:
+            continue
+        try:
+            cfg = config.load(name, root, tree=tree)
+            latest = st.latest() if st else None
+            if latest and registry_ops.release_metadata(latest.message).get("release_fingerprint") == \
+                    cfg.release_fingerprint:
+                continue
+            results.append(release(root, backend, name, push=push, dist=dist))
+        except GitopsError as exc:
+            failures.append((name, exc.message))
+    return results, failures

@@ -1,0 +1,554 @@
+"""The PR report: each run against its model's newest release, gates, config diff and loss curve.
+
+The Markdown is the sticky PR comment (found again by its first line) and the job summary; the
+JSON form carries the same content as data for the comment workflow, which validates it against
+`REPORT_JSON_SCHEMA` and never interprets it otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitops import catalog, config, gitutil, registry_ops
+from gitops.backends.base import COMMENT_MARKER, Backend
+from gitops.errors import UsageError
+from gitops.plan import config_diff, is_missing, show_value
+
+MAX_CHARS = 65_536
+MAX_CURVE_POINTS = 100
+SPARK = "▁▂▃▄▅▆▇█"
+BETTER, WORSE, FAILED, EQUAL, NONE = "✅", "⚠️", "❌", "➖", "—"
+
+
+@dataclass
+class Baseline:
+    version: str | None  # "v1.0.0", or a folder's label; None when there is none
+    metrics: dict
+    config: dict | None
+    source: str  # "release", "folder" or "none"
+    note: str = ""
+
+
+@dataclass
+class GateResult:
+    metric: str
+    kind: str  # min | max | max_regression
+    threshold: float
+    value: float | None
+    status: str  # pass | fail | skipped
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "kind": self.kind, "threshold": self.threshold, "value": self.value,
+                "status": self.status, "note": self.note}
+
+
+@dataclass
+class ModelReport:
+    model: str
+    run: str
+    baseline: Baseline
+    metrics: list[dict] = field(default_factory=list)
+    gates: list[GateResult] = field(default_factory=list)
+    diff: list[tuple[str, Any, Any]] = field(default_factory=list)
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    device: str = ""
+    wall_time_s: float | None = None
+    steps_per_s: float | None = None
+    steps: int | None = None
+    git_commit: str = ""
+    training_fingerprint: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return all(g.status != "fail" for g in self.gates)
+
+
+# --- gates -----------------------------------------------------------------------------------------
+
+
+def higher_is_better(metric: str) -> bool:
+    direction = catalog.metric_direction(metric)
+    if direction is None:
+        return not metric.rsplit("/", 1)[-1].endswith(("loss", "error", "mse", "mae", "rmse"))
+    return direction
+
+
+def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> list[GateResult]:
+    """min/max floors and ceilings, and max_regression against the baseline (skipped without one)."""
+    results = []
+    for gate in gates:
+        metric = gate["metric"]
+        value = metrics.get(metric)
+        for kind in ("min", "max", "max_regression"):
+            if kind not in gate:
+                continue
+            threshold = float(gate[kind])
+            if value is None or not _finite(value):
+                results.append(GateResult(metric, kind, threshold, None, "fail", "metric missing from the run"))
+                continue
+            if kind == "min":
+                ok = value >= threshold
+                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
+                                          f"{registry_ops.format_number(value)} {'≥' if ok else '<'} {threshold:g}"))
+            elif kind == "max":
+                ok = value <= threshold
+                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
+                                          f"{registry_ops.format_number(value)} {'≤' if ok else '>'} {threshold:g}"))
+            else:
+                old = (baseline or {}).get(metric)
+                if old is None or not _finite(old):
+                    results.append(GateResult(metric, kind, threshold, value, "skipped",
+                                              "no baseline release to compare with"))
+                    continue
+                worse_by = (old - value) if higher_is_better(metric) else (value - old)
+                ok = worse_by <= threshold + 1e-12
+                note = (f"changed by {value - old:+.4g} vs baseline {registry_ops.format_number(old)}; "
+                        f"allowed regression {threshold:g}")
+                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail", note))
+    return results
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# --- baselines -------------------------------------------------------------------------------------
+
+
+def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
+    st = registry_ops.state(backend, model)
+    latest = st.latest()
+    if latest is None:
+        return Baseline(None, {}, None, "none", f"{model} has no release yet: nothing to compare with")
+    meta = registry_ops.release_metadata(latest.message)
+    cfg_dict = None
+    try:
+        from gitops.tree import GitTree
+
+        gitutil.ensure_commit(root, latest.commit)
+        cfg, _problems = config.resolve(model, GitTree(root, latest.commit))
+        cfg_dict = cfg.as_dict() if cfg is not None else None
+    except Exception:  # the tag's commit is not in this clone, or the config no longer resolves
+        cfg_dict = None
+    note = "" if cfg_dict is not None else "baseline config unavailable (its commit does not resolve here)"
+    return Baseline(latest.version, meta.get("metrics", {}), cfg_dict, "release", note)
+
+
+def baseline_from_folder(path: Path) -> Baseline:
+    info = registry_ops.read_run(path)
+    label = info.manifest.get("version") or path.name
+    return Baseline(label, info.metrics, info.config or None, "folder")
+
+
+# --- building ----------------------------------------------------------------------------------------
+
+
+def _curve(history: list[dict]) -> list[tuple[int, float]]:
+    points = []
+    for row in history:
+        if row.get("split", "train") != "train":
+            continue
+        value = row.get("loss", row.get("train/loss"))
+        step = row.get("step")
+        if _finite(value) and isinstance(step, int):
+            points.append((step, float(value)))
+    return downsample(points, MAX_CURVE_POINTS)
+
+
+def downsample(points: list, limit: int) -> list:
+    if len(points) <= limit:
+        return list(points)
+    stride = (len(points) - 1) / (limit - 1)
+    return [points[round(i * stride)] for i in range(limit)]
+
+
+def _seconds(manifest: dict) -> float | None:
+    from datetime import datetime
+
+    if _finite(manifest.get("wall_time_s")):
+        return float(manifest["wall_time_s"])
+    try:
+        start = datetime.fromisoformat(manifest["started_at"])
+        end = datetime.fromisoformat(manifest["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return manifest.get("wall_time_s")
+    return max(0.0, (end - start).total_seconds())
+
+
+def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelReport:
+    metrics = info.metrics
+    rows = []
+    release_cfg = (info.config or {}).get("release", {}) or {}
+    gates_cfg = list(release_cfg.get("gates", []) or [])
+    gates = evaluate_gates(gates_cfg, metrics, baseline.metrics if baseline.source != "none" else None)
+    failed_metrics = {g.metric for g in gates if g.status == "fail"}
+    head_name = release_cfg.get("headline_metric")
+    names = sorted(set(metrics) | set(baseline.metrics), key=lambda n: (n != head_name, n))
+    for name in names:
+        new, old = metrics.get(name), baseline.metrics.get(name)
+        row: dict[str, Any] = {"metric": name, "baseline": old, "value": new, "delta": None, "relative": None,
+                               "higher_is_better": higher_is_better(name)}
+        if _finite(new) and _finite(old):
+            row["delta"] = new - old
+            row["relative"] = (new - old) / abs(old) if old else None
+            better = (new > old) if row["higher_is_better"] else (new < old)
+            if name in failed_metrics:
+                row["status"] = "failed"
+            elif math.isclose(new, old, rel_tol=0, abs_tol=1e-12):
+                row["status"] = "equal"
+            else:
+                row["status"] = "better" if better else "worse"
+        else:
+            row["status"] = "failed" if name in failed_metrics else "none"
+        rows.append(row)
+    wall = _seconds(info.manifest)
+    steps = info.manifest.get("steps")
+    diff = []
+    if baseline.config is not None and info.config:
+        diff = config_diff(baseline.config, info.config)
+    return ModelReport(
+        model=info.model,
+        run=str(info.path),
+        baseline=baseline,
+        metrics=rows,
+        gates=gates,
+        diff=diff,
+        curve=_curve(info.history),
+        device=f"{info.manifest.get('device_kind', 'unknown')} x{info.manifest.get('device_count', 1)}",
+        wall_time_s=wall,
+        steps_per_s=(steps / wall) if steps and wall else None,
+        steps=steps,
+        git_commit=info.manifest.get("git_commit", ""),
+        training_fingerprint=info.training_fingerprint,
+    )
+
+
+@dataclass
+class Report:
+    models: list[ModelReport]
+    head_sha: str
+    pr: int | None
+
+    @property
+    def ok(self) -> bool:
+        return all(m.ok for m in self.models)
+
+
+def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str = "auto",
+          head_sha: str | None = None, pr: int | None = None) -> Report:
+    if not runs:
+        raise UsageError("no run folders given (gitops report RUN...)")
+    folders = []
+    for run in runs:
+        run = Path(run)
+        if (run / "manifest.json").is_file():
+            folders.append(run)
+        elif run.is_dir():  # runs/<model>/ or runs/: every run folder below
+            found = sorted(p.parent for p in run.glob("**/manifest.json"))
+            if not found:
+                raise UsageError(f"{run}: no run folders (no manifest.json) below it")
+            folders += found
+        else:
+            raise UsageError(f"{run}: no such run folder")
+    if head_sha is None:
+        head_sha = gitutil.head_commit(root) if gitutil.is_repo(root) else ""
+    if pr is None:
+        pr = _pr_from_event()
+    reports = []
+    cache: dict[str, Baseline] = {}
+    for folder in folders:
+        info = registry_ops.read_run(folder)
+        if baseline == "auto":
+            if info.model not in cache:
+                if backend is None:
+                    cache[info.model] = Baseline(None, {}, None, "none", "no registry backend")
+                else:
+                    cache[info.model] = baseline_from_release(root, backend, info.model)
+            base = cache[info.model]
+        else:
+            base = baseline_from_folder(Path(baseline))
+        reports.append(build_model_report(info, base))
+    return Report(reports, head_sha, pr)
+
+
+def _pr_from_event() -> int | None:
+    path = os.environ.get("GITHUB_EVENT_PATH")
+    if not path:
+        return None
+    try:
+        event = json.loads(Path(path).read_text(encoding="utf-8"))
+        number = (event.get("pull_request") or {}).get("number") or event.get("number")
+        return int(number) if number else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+# --- Markdown ---------------------------------------------------------------------------------------
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int((v - lo) / (hi - lo) * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def mermaid(model: str, curve: list[tuple[int, float]]) -> str:
+    xs = ", ".join(str(s) for s, _ in curve)
+    ys = ", ".join(f"{v:.5g}" for _, v in curve)
+    return "\n".join([
+        "```mermaid",
+        "xychart-beta",
+        f'    title "{model}: training loss"',
+        f'    x-axis "step" [{xs}]',
+        '    y-axis "loss"',
+        f"    line [{ys}]",
+        "```",
+    ])
+
+
+def _num(x: Any) -> str:
+    return NONE if x is None else registry_ops.format_number(x)
+
+
+_SYMBOL = {"better": BETTER, "worse": WORSE, "failed": FAILED, "equal": EQUAL, "none": NONE}
+
+
+def model_markdown(m: ModelReport) -> str:
+    b = m.baseline
+    title = f"### {'✅' if m.ok else '❌'} `{m.model}`"
+    lines = [title, ""]
+    if b.source == "none":
+        lines.append(f"No baseline: {b.note or m.model + ' has no release yet'}.")
+    else:
+        lines.append(f"Baseline: **{m.model}@{b.version}**" if b.source == "release"
+                     else f"Baseline: folder `{b.version}`")
+        if b.note:
+            lines.append(f"_{b.note}_")
+    lines += ["", f"| metric | baseline ({b.version or 'none'}) | this run | Δ | Δ % | |",
+              "| --- | ---: | ---: | ---: | ---: | :---: |"]
+    for row in m.metrics:
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        delta = NONE if row["delta"] is None else f"{row['delta']:+.4g}"
+        rel = NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%"
+        lines.append(f"| {row['metric']} ({arrow} better) | {_num(row['baseline'])} | {_num(row['value'])} | "
+                     f"{delta} | {rel} | {_SYMBOL[row['status']]} |")
+    lines.append("")
+    if m.gates:
+        lines += ["**Gates**", "", "| gate | result | |", "| --- | --- | :---: |"]
+        for g in m.gates:
+            symbol = {"pass": BETTER, "fail": FAILED, "skipped": EQUAL}[g.status]
+            lines.append(f"| {g.metric} {g.kind} {g.threshold:g} | {g.status}: {g.note} | {symbol} |")
+        lines.append("")
+    else:
+        lines += ["No gates in release.yaml.", ""]
+    if m.curve:
+        values = [v for _, v in m.curve]
+        lines += [f"**Training loss** `{sparkline(values)}` {values[0]:.4g} → {values[-1]:.4g} "
+                  f"(steps {m.curve[0][0]}–{m.curve[-1][0]})", "", mermaid(m.model, m.curve), ""]
+    if b.source != "none":
+        lines.append(f"<details><summary>Config diff against {b.version} ({len(m.diff)} key(s))</summary>")
+        lines.append("")
+        if m.diff:
+            lines += ["| key | baseline | this run |", "| --- | --- | --- |"]
+            for key, old, new in m.diff:
+                lines.append(f"| `{key}` | `{_cell(old)}` | `{_cell(new)}` |")
+        else:
+            lines.append("No config change.")
+        lines += ["", "</details>", ""]
+    wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
+    speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
+    lines.append(f"Device {m.device} · wall time {wall} · {m.steps or NONE} steps · {speed} · "
+                 f"run `{m.training_fingerprint[:12]}` · commit `{m.git_commit[:12] or NONE}`")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    text = "(absent)" if is_missing(value) else show_value(value)
+    text = text.replace("|", "\\|").replace("`", "'").replace("\n", " ")
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def markdown(report: Report, limit: int = MAX_CHARS) -> str:
+    failed = [m.model for m in report.models if not m.ok]
+    status = (f"❌ gate failed: {', '.join(failed)}" if failed
+              else f"✅ all gates pass ({len(report.models)} model(s))")
+    head = [COMMENT_MARKER, "## gitops report", "", status, "",
+            f"Head commit `{report.head_sha[:12] or 'unknown'}`" + (f" · PR #{report.pr}" if report.pr else ""), ""]
+    text = "\n".join(head) + "\n" + "\n".join(model_markdown(m) for m in report.models)
+    return cap(text, limit)
+
+
+def cap(text: str, limit: int = MAX_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    note = f"\n\n> ✂️ Report cut at {limit} characters (GitHub's comment limit); the job summary and report.json have it all.\n"
+    cut = text[: limit - len(note) - 16]
+    cut = cut[: cut.rfind("\n")] if "\n" in cut else cut
+    if cut.count("```") % 2:  # don't leave a code block open
+        cut += "\n```"
+    return cut + note
+
+
+# --- JSON --------------------------------------------------------------------------------------------
+
+
+def as_json(report: Report) -> dict:
+    return {
+        "version": 1,
+        "head_sha": report.head_sha,
+        "pr": report.pr,
+        "ok": report.ok,
+        "models": [
+            {
+                "model": m.model,
+                "run": m.run,
+                "ok": m.ok,
+                "training_fingerprint": m.training_fingerprint,
+                "baseline": None if m.baseline.source == "none" else
+                {"version": m.baseline.version, "source": m.baseline.source, "metrics": m.baseline.metrics},
+                "metrics": m.metrics,
+                "gates": [g.as_dict() for g in m.gates],
+                "config_diff": [{"key": k, "baseline": None if is_missing(a) else a,
+                                 "value": None if is_missing(b) else b} for k, a, b in m.diff],
+                "curve": [[s, v] for s, v in m.curve],
+                "device": m.device,
+                "wall_time_s": m.wall_time_s,
+                "steps": m.steps,
+                "steps_per_s": m.steps_per_s,
+                "git_commit": m.git_commit,
+            }
+            for m in report.models
+        ],
+    }
+
+
+_NUM_OR_NULL = {"type": ["number", "null"]}
+REPORT_JSON_SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "required": ["version", "head_sha", "pr", "ok", "models"],
+    "additionalProperties": False,
+    "properties": {
+        "version": {"const": 1},
+        "head_sha": {"type": "string", "pattern": "^([0-9a-f]{40}|[0-9a-f]{64}|)$"},
+        "pr": {"type": ["integer", "null"], "minimum": 1},
+        "ok": {"type": "boolean"},
+        "models": {
+            "type": "array",
+            "maxItems": 1000,
+            "items": {
+                "type": "object",
+                "required": ["model", "ok", "metrics", "gates"],
+                "additionalProperties": False,
+                "properties": {
+                    "model": {"type": "string", "pattern": r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$"},
+                    "run": {"type": "string", "maxLength": 4096},
+                    "ok": {"type": "boolean"},
+                    "training_fingerprint": {"type": "string", "pattern": "^[0-9a-f]*$"},
+                    "baseline": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "version": {"type": ["string", "null"], "maxLength": 256},
+                            "source": {"enum": ["release", "folder"]},
+                            "metrics": {"type": "object", "additionalProperties": _NUM_OR_NULL},
+                        },
+                        "additionalProperties": False,
+                    },
+                    "metrics": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["metric", "status"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "metric": {"type": "string", "maxLength": 256},
+                                "baseline": _NUM_OR_NULL,
+                                "value": _NUM_OR_NULL,
+                                "delta": _NUM_OR_NULL,
+                                "relative": _NUM_OR_NULL,
+                                "higher_is_better": {"type": "boolean"},
+                                "status": {"enum": ["better", "worse", "failed", "equal", "none"]},
+                            },
+                        },
+                    },
+                    "gates": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["metric", "kind", "status"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "metric": {"type": "string", "maxLength": 256},
+                                "kind": {"enum": ["min", "max", "max_regression"]},
+                                "threshold": {"type": "number"},
+                                "value": _NUM_OR_NULL,
+                                "status": {"enum": ["pass", "fail", "skipped"]},
+                                "note": {"type": "string", "maxLength": 1024},
+                            },
+                        },
+                    },
+                    "config_diff": {"type": "array", "items": {"type": "object"}},
+                    "curve": {"type": "array", "maxItems": MAX_CURVE_POINTS,
+                              "items": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "number"}],
+                                        "items": False, "minItems": 2}},
+                    "device": {"type": "string", "maxLength": 256},
+                    "wall_time_s": _NUM_OR_NULL,
+                    "steps": {"type": ["integer", "null"]},
+                    "steps_per_s": _NUM_OR_NULL,
+                    "git_commit": {"type": "string", "maxLength": 64},
+                },
+            },
+        },
+    },
+}
+
+
+def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
+    """Parse and check a report.json handed over from an untrusted run; UsageError/GitopsError on any mismatch."""
+    import jsonschema
+
+    from gitops.errors import GitopsError
+
+    if len(text) > 10_000_000:
+        raise GitopsError("report JSON is larger than 10 MB; refusing it")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GitopsError(f"report JSON is not valid JSON: {exc}") from None
+    errors = sorted(jsonschema.Draft202012Validator(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
+        raise GitopsError(f"report JSON does not match its schema at {where}: {errors[0].message[:200]}")
+    if head_sha is not None and data["head_sha"] != head_sha:
+        raise GitopsError(f"report JSON is for head {data['head_sha'][:12] or '(none)'}, not {head_sha[:12]}; "
+                          "refusing to post a report for another commit")
+    if data["pr"] is not None and data["pr"] != pr:
+        raise GitopsError(f"report JSON is for PR #{data['pr']}, not #{pr}")
+    return data
+
+
+def check_markdown(body: str) -> None:
+    from gitops.errors import GitopsError
+
+    if not body.startswith(COMMENT_MARKER):
+        raise GitopsError(f"the report must start with {COMMENT_MARKER} (make it with gitops report)")
+    if len(body) > MAX_CHARS:
+        raise GitopsError(f"the report is {len(body)} characters; GitHub allows {MAX_CHARS}")
+
+
+def write_step_summary(text: str) -> None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if target:
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(text if text.endswith("\n") else text + "\n")
+
