@@ -1,0 +1,162 @@
+"""`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
+
+A ref is resolved to a folder by `resolve_ref`: today a run folder (or an unpacked release, which
+has the same files); `name@version` / `name@stage` refs are resolved by the release registry when
+it provides `gitops.registry_ops.resolve_to_folder(ref)`. The folder's `config.resolved.yaml`
+rebuilds the config (its training fingerprint must match the manifest's), the architecture is built
+abstractly and the handed-on checkpoint (`manifest.json["checkpoint_step"]`) restored into it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gitops import config as config_lib
+from gitops.errors import GitopsError, IntegrityError, UsageError
+from gitops.runs import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PREPROCESSING_FILE
+
+
+def resolve_ref(ref: str | Path) -> Path:
+    """The folder a ref names: an existing run folder path, or `name@version` through the release registry."""
+    path = Path(ref)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    text = str(ref)
+    if "@" in text and not path.exists():
+        try:
+            from gitops.registry_ops import resolve_to_folder  # provided by the release registry
+        except ImportError:
+            raise UsageError(f"{text}: loading released versions is not available yet; pass a run folder") from None
+        return Path(resolve_to_folder(text))
+    if path.is_dir():
+        raise UsageError(f"{path} is not a run folder (no {MANIFEST_FILE})")
+    raise UsageError(f"{text}: no such run folder (expected runs/<model>/<fingerprint>/ or MODEL@VERSION)")
+
+
+@dataclass
+class LoadedModel:
+    """A trained model: the NNX module (eval mode), its params, config, manifest and metrics."""
+
+    path: Path
+    model: Any
+    config: Any
+    manifest: dict
+    metrics: dict
+    preprocessing: Any  # gitops.data.Preprocessing
+    checkpoint_step: int
+    _forward: Any = field(default=None, repr=False)
+
+    @property
+    def task(self) -> str:
+        return self.preprocessing.task
+
+    @property
+    def params(self) -> dict:
+        """Nested dict of the model's parameter arrays (as in the checkpoint's "model" subtree)."""
+        from flax import nnx
+
+        return nnx.to_pure_dict(nnx.state(self.model, nnx.Param))
+
+    def predict_fn(self, x: Any) -> Any:
+        """The jittable core: preprocessed inputs (batch, *input_shape) -> probabilities or values."""
+        return self._forward(x)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Raw inputs -> class probabilities (classification) or predicted values (regression).
+
+        The saved preprocessing (scaler fitted on the training split, input shape) is applied first,
+        so `x` is what the dataset loader yields, e.g. digits as (n, 64) or (n, 8, 8, 1) pixel values 0..16.
+        """
+        import jax
+
+        batch = self.preprocessing.apply(np.asarray(x))
+        return np.asarray(jax.device_get(self._forward(batch)))
+
+
+def _match(target: Any, restored: Any, where: str) -> Any:
+    """`restored` re-keyed like `target` (int keys from str), checking that every leaf's shape agrees."""
+    if isinstance(target, dict):
+        if not isinstance(restored, dict):
+            raise IntegrityError(f"checkpoint: {where} is not a mapping")
+        out = {}
+        for key, sub in target.items():
+            found = restored.get(key, restored.get(str(key)))
+            if found is None:
+                raise IntegrityError(f"checkpoint: {where}/{key} is missing")
+            out[key] = _match(sub, found, f"{where}/{key}")
+        return out
+    if tuple(target.shape) != tuple(np.shape(restored)):
+        raise IntegrityError(f"checkpoint: {where} has shape {np.shape(restored)}, the model expects {tuple(target.shape)}")
+    return restored
+
+
+def load(ref: str | Path, **_: Any) -> LoadedModel:
+    """Load a trained model from a run folder (or, once the registry provides it, `name@version`)."""
+    import jax
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from gitops.architectures import build_model
+    from gitops.data import Preprocessing
+    from gitops.yamlio import load_yaml_text
+
+    folder = resolve_ref(ref)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    if not manifest.get("finished_at"):
+        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {MANIFEST_FILE})")
+    doc = load_yaml_text((folder / CONFIG_FILE).read_text(encoding="utf-8"), str(folder / CONFIG_FILE)).data
+    cfg = config_lib.build(manifest.get("model") or folder.parent.name, doc)
+    if manifest.get("training_fingerprint") and cfg.training_fingerprint != manifest["training_fingerprint"]:
+        raise IntegrityError(f"{folder}: {CONFIG_FILE} does not match the manifest's training fingerprint")
+    prep = Preprocessing.from_dict(json.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8")))
+    step = manifest.get("checkpoint_step")
+    if step is None:
+        raise GitopsError(f"{folder}: the manifest names no checkpoint_step")
+
+    def make() -> Any:
+        return build_model(
+            cfg.model.architecture,
+            config_lib.thaw(cfg.model.params),
+            input_shape=prep.input_shape,
+            num_outputs=prep.num_outputs,
+            rngs=nnx.Rngs(params=0),
+            dtype=jax.numpy.bfloat16 if cfg.train.precision == "bfloat16" else None,
+        )
+
+    abstract = nnx.eval_shape(make)
+    graphdef, abstract_state = nnx.split(abstract)
+    target = nnx.to_pure_dict(abstract_state)
+    state_dir = (folder / CHECKPOINTS_DIR / str(step) / "state").absolute()
+    if not state_dir.is_dir():
+        raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
+    # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
+    # structure, with shapes checked: the same path a user without gitops takes.
+    restored = _match(target, ocp.StandardCheckpointer().restore(state_dir)["model"], "model")
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    model = nnx.merge(graphdef, abstract_state)
+    model.eval()
+    mgraph, mstate = nnx.split(model)
+    classification = prep.task == "classification"
+
+    @jax.jit
+    def forward(state: Any, x: Any) -> Any:
+        outputs = nnx.merge(mgraph, state)(x)
+        return jax.nn.softmax(outputs, axis=-1) if classification else outputs
+
+    metrics_path = folder / METRICS_FILE
+    return LoadedModel(
+        path=folder,
+        model=model,
+        config=cfg,
+        manifest=manifest,
+        metrics=json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {},
+        preprocessing=prep,
+        checkpoint_step=int(step),
+        _forward=functools.partial(forward, mstate),
+    )

@@ -1,0 +1,65 @@
+"""Shared fixtures. The environment is set before anything imports jax:
+
+- `JAX_PLATFORMS=cpu` and a persistent compilation cache in `<repo>/.jax_cache` (git-ignored), so
+  test processes and CLI subprocesses share compiled steps;
+- `trained_examples`: every example model in `models/` trained once per session (name -> run folder);
+- `example_repo`: a fresh git repository (one commit on `main`) holding copies of models/ and schemas/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+os.environ.pop("GITOPS_RUN_CACHE", None)  # tests opt in explicitly
+
+pytest_plugins = ["conftest_github"]
+
+
+def example_model_names() -> list[str]:
+    return sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.yaml").is_file())
+
+
+@pytest.fixture(scope="session")
+def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each example model trained exactly once per session; name -> its finished run folder."""
+    from gitops import config, train
+
+    out = tmp_path_factory.mktemp("example-runs")
+    runs: dict[str, Path] = {}
+    for name in example_model_names():
+        cfg = config.load(name, REPO)
+        runs[name] = train.train(cfg, out, root=REPO).run.path
+    return runs
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
+    return done.stdout
+
+
+def make_example_repo(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for folder in ("models", "schemas"):
+        shutil.copytree(REPO / folder, target / folder)
+    (target / ".gitignore").write_text("runs/\n.gitops/\n.jax_cache/\n", encoding="utf-8")
+    git(target, "init", "-q", "-b", "main")
+    git(target, "config", "user.name", "Test User")
+    git(target, "config", "user.email", "test@example.com")
+    git(target, "config", "commit.gpgsign", "false")
+    git(target, "add", "-A")
+    git(target, "commit", "-q", "-m", "initial models")
+    return target
+
+
+@pytest.fixture
+def example_repo(tmp_path: Path) -> Path:
+    """A temporary git repository (branch main, one commit) with the repository's models/ and schemas/."""
+    return make_example_repo(tmp_path / "repo")
