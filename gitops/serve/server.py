@@ -392,3 +392,72 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+
+
+# --- building and running a server ----------------------------------------------------------------
+
+
+def build(target: str, *, root=None, backend: str | None = None, max_batch_size: int | None = None,
+          max_wait_ms: float | None = None, poll_seconds: float = 10.0, limits: Limits = Limits(),
+          cache_dir=None) -> ModelServer:
+    """A server for `target`: a run folder / pulled release, `MODEL@VERSION`, `MODEL@STAGE` or `MODEL`.
+
+    A stage (or a bare model name, meaning the latest release) is followed: polled every
+    `poll_seconds`. Resolving the reference happens here, so an unknown model, version or stage fails
+    before anything listens (UsageError, exit 2).
+    """
+    from pathlib import Path
+
+    from gitops.serve.follower import FixedSource, RegistrySource
+    from gitops.serve.version import folder_identity, load_version
+
+    path = Path(target)
+    if path.is_dir() or "/" in target or target.startswith("."):
+        if not path.is_dir():
+            from gitops.errors import UsageError
+
+            raise UsageError(f"{target}: no such run folder")
+        model, version = folder_identity(path)
+        source = FixedSource(path, version)
+        stage = None
+    else:
+        from gitops import config
+        from gitops.backends import get_backend
+
+        root = Path(root) if root is not None else config.find_root()
+        source = RegistrySource(root, target, cache_dir, backend=get_backend(backend, root))
+        source.current()  # fail now on an unknown model, version or stage
+        model, stage = source.ref.model, source.ref.stage
+
+    def load(folder: Path, version: str) -> ServedVersion:
+        return load_version(folder, version=version, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms)
+
+    state = ServingState(model, stage)
+    follower = Follower(state, source, load, poll_seconds=poll_seconds)
+    return ModelServer(state, follower, limits=limits)
+
+
+def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_level: str = "info") -> int:
+    """Serve until interrupted. Returns 0, or 1 when a fixed version could not be loaded at all."""
+    import uvicorn
+
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(server.app, host=host, port=port, log_level=log_level, access_log=False,
+                            lifespan="on", timeout_graceful_shutdown=5)
+    uv = uvicorn.Server(config)
+    failed = []
+    follower = server.follower
+    if follower is not None and not follower.source.follows:
+        previous = follower.on_failure
+
+        def give_up(version: str, message: str) -> None:  # nothing else will ever be served
+            if previous:
+                previous(version, message)
+            if server.state.current is None:
+                failed.append(message)
+                uv.should_exit = True
+
+        follower.on_failure = give_up
+    uv.run()
+    return 1 if failed else 0

@@ -151,9 +151,8 @@ def load_version(model_dir: Path, *, version: str | None = None, max_batch_size:
         from gitops.api import load as loader
     loaded = loader(str(model_dir))
     cfg = loaded.config
-    manifest = dict(getattr(loaded, "manifest", None) or {})
     if version is None:
-        version = _released_as(Path(model_dir)) or manifest.get("version") or f"run-{cfg.training_fingerprint[:12]}"
+        version = _released_as(Path(model_dir)) or f"run-{cfg.training_fingerprint[:12]}"
     if max_batch_size is None:
         max_batch_size = int(cfg.release.serving.get("max_batch_size", 32))
     if max_wait_ms is None:
@@ -169,6 +168,25 @@ def load_version(model_dir: Path, *, version: str | None = None, max_batch_size:
         buckets=buckets_for(max_batch_size),
         max_wait_s=max_wait_ms / 1000.0,
     )
+
+
+def folder_identity(model_dir: Path) -> tuple[str, str]:
+    """(model name, version) of a run folder or a pulled release, read without loading it.
+
+    The version is the SemVer a pulled release records in `release.json`, else `run-<fp12>` for a
+    plain run folder (TF Serving's integer for it is 0).
+    """
+    import json
+
+    model_dir = Path(model_dir)
+    try:
+        manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise GitopsError(f"{model_dir}: not a run folder or pulled release (no readable manifest.json)",
+                          exit_code=2) from None
+    model = manifest.get("model") or model_dir.parent.name
+    version = _released_as(model_dir) or f"run-{str(manifest.get('training_fingerprint', ''))[:12] or 'unknown'}"
+    return model, version
 
 
 def _released_as(model_dir: Path) -> str | None:
