@@ -133,7 +133,8 @@ def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.Resolv
            != _content(head_tree, f"{config.MODELS_DIR}/{name}/{k}.yaml")]
     parents: list[str] = []
     for _kind, chain in head_cfg.files.items():
-        for relpath in chain:
+        for label in chain:
+            relpath = label.rsplit(":", 1)[-1]  # a GitTree labels files "<ref>:<path>"
             parts = relpath.split("/")
             if len(parts) >= 3 and parts[1] != name and parts[1] not in parents:
                 if _content(base_tree, relpath) != _content(head_tree, relpath):

@@ -1,0 +1,156 @@
+"""The PR report and the sticky comment, on fake run folders and a local registry (no training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from loop_support import commit_all, edit, fake_run
+from typer.testing import CliRunner
+
+from gitops import release, report
+from gitops.backends.base import COMMENT_MARKER
+from gitops.backends.local import LocalBackend
+from gitops.cli import app
+from gitops.errors import GitopsError
+
+GOOD = {"test/accuracy": 0.95, "test/loss": 0.20, "val/accuracy": 0.96, "val/loss": 0.18}
+
+
+@pytest.fixture
+def released(example_repo, monkeypatch):
+    """wine-mlp v1.0.0 released from a fake run; then its learning rate changed (a PR)."""
+    monkeypatch.chdir(example_repo)
+    fake_run(example_repo, "wine-mlp", GOOD)
+    release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
+    edit(example_repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.02")
+    commit_all(example_repo, "lr")
+    return example_repo
+
+
+def _row(built: report.Report, metric: str) -> dict:
+    return next(r for r in built.models[0].metrics if r["metric"] == metric)
+
+
+def test_table_values_and_direction_aware_status(released):
+    run = fake_run(released, "wine-mlp", {"test/accuracy": 0.97, "test/loss": 0.25, "val/accuracy": 0.96,
+                                          "val/loss": 0.1})
+    built = report.build(released, [run], LocalBackend(released))
+    acc, loss = _row(built, "test/accuracy"), _row(built, "test/loss")
+    assert acc["baseline"] == 0.95 and acc["value"] == 0.97
+    assert acc["delta"] == pytest.approx(0.02) and acc["relative"] == pytest.approx(0.02 / 0.95)
+    assert acc["status"] == "better"  # higher accuracy is better
+    assert loss["status"] == "worse"  # higher loss is worse
+    assert _row(built, "val/loss")["status"] == "better"
+    assert _row(built, "val/accuracy")["status"] == "equal"
+    text = report.markdown(built)
+    assert text.startswith(COMMENT_MARKER + "\n")
+    assert "wine-mlp@v1.0.0" in text
+    assert "| test/accuracy (↑ better) | 0.95 | 0.97 | +0.02 | +2.11% | ✅ |" in text
+    assert "| test/loss (↓ better) | 0.2 | 0.25 | +0.05 | +25.00% | ⚠️ |" in text
+    assert "| val/accuracy (↑ better) | 0.96 | 0.96 | +0 | +0.00% | ➖ |" in text
+    assert "`train.optimizer.learning_rate` | `0.05` | `0.02`" in text  # config diff against the baseline
+    assert "<details>" in text and "```mermaid\nxychart-beta" in text
+    assert "Device cpu x1" in text and "10.0 s" in text
+    assert built.ok
+
+
+def test_gate_failure_exits_1_and_writes_step_summary(released, tmp_path, monkeypatch):
+    edit(released, "models/wine-mlp/release.yaml", "min: 0.85", "min: 0.85\n  - metric: test/accuracy\n"
+         "    max_regression: 0.01")
+    commit_all(released, "regression gate")
+    run = fake_run(released, "wine-mlp", {**GOOD, "test/accuracy": 0.90})  # 0.05 worse than v1.0.0
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "r.md"),
+                                      "--json-out", str(tmp_path / "r.json"), "--pr", "7"])
+    assert result.exit_code == 1, result.output
+    text = (tmp_path / "r.md").read_text()
+    assert summary.read_text().startswith(COMMENT_MARKER)
+    assert "❌ gate failed: wine-mlp" in text
+    assert "| test/accuracy max_regression 0.01 | fail:" in text
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["pr"] == 7 and len(data["head_sha"]) == 40 and data["ok"] is False
+    gates = data["models"][0]["gates"]
+    assert {(g["kind"], g["status"]) for g in gates} == {("min", "pass"), ("max_regression", "fail")}
+    report.validate_report_json((tmp_path / "r.json").read_text(), head_sha=data["head_sha"], pr=7)
+
+
+def test_no_baseline_says_so_and_skips_max_regression(example_repo, monkeypatch):
+    monkeypatch.chdir(example_repo)
+    run = fake_run(example_repo, "digits-mlp", {"test/accuracy": 0.97, "test/loss": 0.1})
+    built = report.build(example_repo, [run], LocalBackend(example_repo))
+    text = report.markdown(built)
+    assert "No baseline: digits-mlp has no release yet" in text
+    gates = {g.kind: g for g in built.models[0].gates}
+    assert gates["max_regression"].status == "skipped" and "no baseline" in gates["max_regression"].note
+    assert gates["min"].status == "pass"
+    assert built.ok
+
+
+def test_curve_is_downsampled_and_report_is_capped(example_repo, monkeypatch):
+    monkeypatch.chdir(example_repo)
+    history = [{"step": s, "split": "train", "loss": 1.0 / s} for s in range(1, 1001)]
+    history += [{"step": s, "split": "val", "loss": 9.0} for s in range(100, 1001, 100)]
+    run = fake_run(example_repo, "wine-mlp", GOOD, history=history, steps=1000)
+    built = report.build(example_repo, [run] * 400, LocalBackend(example_repo))
+    assert len(built.models[0].curve) == report.MAX_CURVE_POINTS
+    assert built.models[0].curve[0] == (1, 1.0) and built.models[0].curve[-1][0] == 1000
+    assert report.sparkline([3, 2, 1]) == "█▅▁"
+    text = report.markdown(built)
+    assert len(text) <= report.MAX_CHARS
+    assert "Report cut at 65536 characters" in text
+    assert text.count("```") % 2 == 0
+
+
+def test_comment_validates_report_json_as_data(released, tmp_path):
+    run = fake_run(released, "wine-mlp", GOOD)
+    md, js = tmp_path / "r.md", tmp_path / "r.json"
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(run), "--out", str(md), "--json-out", str(js), "--pr", "3",
+                                 "--head-sha", "a" * 40])
+    assert result.exit_code == 0, result.output
+    ok = runner.invoke(app, ["comment", "--pr", "3", "--file", str(md), "--head-sha", "a" * 40,
+                             "--report-json", str(js)])
+    assert ok.exit_code == 0, ok.output
+    posted = released / ".gitops/comments/pr-3.md"
+    assert posted.read_text() == md.read_text()
+    # edited in place on the next push
+    md.write_text(md.read_text() + "\nsecond push\n")
+    assert runner.invoke(app, ["comment", "--pr", "3", "--file", str(md)]).exit_code == 0
+    assert posted.read_text().endswith("second push\n")
+    bad = runner.invoke(app, ["comment", "--pr", "3", "--file", str(md), "--head-sha", "b" * 40,
+                              "--report-json", str(js)])
+    assert bad.exit_code == 1 and "another commit" in bad.output
+    other_pr = runner.invoke(app, ["comment", "--pr", "4", "--file", str(md), "--head-sha", "a" * 40,
+                                   "--report-json", str(js)])
+    assert other_pr.exit_code == 1 and "PR #3" in other_pr.output
+    data = json.loads(js.read_text())
+    data["models"][0]["ok"] = "$(curl evil)"
+    js.write_text(json.dumps(data))
+    bad = runner.invoke(app, ["comment", "--pr", "3", "--file", str(md), "--head-sha", "a" * 40,
+                              "--report-json", str(js)])
+    assert bad.exit_code == 1 and "schema" in bad.output
+
+
+def test_validate_report_json_rejects_non_json_and_extra_keys():
+    with pytest.raises(GitopsError, match="not valid JSON"):
+        report.validate_report_json("{", head_sha=None, pr=1)
+    doc = {"version": 1, "head_sha": "", "pr": None, "ok": True, "models": [], "run": "x"}
+    with pytest.raises(GitopsError, match="schema"):
+        report.validate_report_json(json.dumps(doc), head_sha=None, pr=1)
+
+
+def test_report_with_baseline_folder(released, tmp_path):
+    base = fake_run(released, "wine-mlp", {**GOOD, "test/accuracy": 0.5}, out=tmp_path / "base")
+    run = fake_run(released, "wine-mlp", GOOD)
+    built = report.build(released, [run], None, baseline=str(base))
+    assert _row(built, "test/accuracy")["baseline"] == 0.5
+    assert built.models[0].baseline.source == "folder"
+
+
+def test_report_missing_run_is_usage_error(example_repo, monkeypatch):
+    monkeypatch.chdir(example_repo)
+    result = CliRunner().invoke(app, ["report", str(Path("runs/nope"))])
+    assert result.exit_code == 2
