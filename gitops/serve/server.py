@@ -441,8 +441,13 @@ def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_l
     """Serve until interrupted. Returns 0, or 1 when a fixed version could not be loaded at all."""
     import uvicorn
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, log_level.upper(), logging.INFO)
+    if not log.handlers:  # our own lines only: jax, orbax and absl stay at their defaults
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
     config = uvicorn.Config(server.app, host=host, port=port, log_level=log_level, access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5)
     uv = uvicorn.Server(config)

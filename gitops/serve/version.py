@@ -223,13 +223,10 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
 
 
 def _jitted_predict(loaded: Any) -> Callable[[np.ndarray], np.ndarray]:
-    """The loaded model's predict as one jitted function of a fixed-shape batch.
+    """Raw inputs of a fixed batch size -> outputs, through the loaded model's jitted forward.
 
-    `LoadedModel.predict` is the reference (it applies the saved preprocessing and the output
-    transform); when it exposes a jittable core we jit that, else we call it as it is. Each bucket
-    shape compiles once, in `ServedVersion.warm`.
+    `LoadedModel.predict` applies the saved preprocessing (NumPy, cheap) and calls the forward pass
+    `gitops.api.load` jitted once for the loaded params; the server only ever feeds it bucket-sized
+    batches, so each bucket compiles exactly once, during `ServedVersion.warm`.
     """
-    core = getattr(loaded, "predict_jit", None) or getattr(loaded, "predict_fn", None)
-    if callable(core):
-        return core
     return loaded.predict
