@@ -367,8 +367,17 @@ def _inline(kind: str, model: str, values: dict) -> bytes:
     from gitops.yamlio import dump_yaml
 
     header = (f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\n"
-              f"# Restored by `gitops rollback` with the values {model} was released with (extends inlined).\n")
-    return (header + dump_yaml(values)).encode("utf-8")
+              f"# Restored by `gitops rollback`: the values {model} was released with, inherited ones written out.\n")
+    return (header + dump_yaml(_drop_nulls(values))).encode("utf-8")
+
+
+def _drop_nulls(value):
+    """Resolved configs spell unset optional keys as null; the files leave them out."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 def rollback(root: Path, backend: Backend, model: str, version: str, branch: str | None = None) -> RollbackResult:
@@ -385,17 +394,23 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
     old_files = {f"{folder}/{k}.yaml": old_tree.read(f"{folder}/{k}.yaml") for k in config.FILE_KINDS}
     fs = FsTree(root)
 
+    def resolved(files: dict[str, bytes | None]) -> config.ResolvedConfig | None:
+        return config.resolve(model, _Overlay(fs, files))[0]  # type: ignore[arg-type]
+
     def matches(files: dict[str, bytes | None]) -> bool:
-        cfg, _ = config.resolve(model, _Overlay(fs, files))  # type: ignore[arg-type]
+        cfg = resolved(files)
         return cfg is not None and cfg.release_fingerprint == old_cfg.release_fingerprint
 
     files = dict(old_files)
     inlined: list[str] = []
     if not matches(files):
         values = old_cfg.as_dict()
-        for kind in config.FILE_KINDS:  # parents changed since: inline the files that extend
+        now = resolved(files)
+        for kind in config.FILE_KINDS:  # parents changed since: inline the files that extend them
             raw = old_files[f"{folder}/{kind}.yaml"]
-            if raw is not None and b"extends" in raw:
+            if raw is None or b"extends" not in raw:
+                continue
+            if now is None or now.as_dict()[kind] != values[kind]:
                 files[f"{folder}/{kind}.yaml"] = _inline(kind, model, values[kind])
                 inlined.append(f"{kind}.yaml")
         if not matches(files):  # defaults moved on too: write every file out in full

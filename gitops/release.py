@@ -89,12 +89,12 @@ def param_shapes(cfg: config.ResolvedConfig) -> dict[str, tuple] | None:
     abstract = nnx.eval_shape(lambda: build_model(
         cfg.model.architecture, config.thaw(cfg.model.params), input_shape=shape, num_outputs=outputs or 1,
         rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param)
-    leaves = state.flat_state() if hasattr(state, "flat_state") else nnx.to_flat_state(state)
+    import jax
+
+    leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param))
     out = {}
     for path, leaf in leaves:
-        value = getattr(leaf, "value", leaf)
-        out["/".join(str(p) for p in path)] = tuple(getattr(value, "shape", ()))
+        out[jax.tree_util.keystr(path)] = tuple(getattr(leaf, "shape", ()))
     return out
 
 
@@ -359,6 +359,10 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
         except GitopsError:
             old_cfg = None
         part, reason = choose_bump(latest_meta, old_cfg, cfg, bump)
+        same_run = [v.version for v in st.active_versions()
+                    if registry_ops.release_metadata(v.message).get("training_fingerprint") == cfg.training_fingerprint]
+        if same_run and part != "patch":
+            reason += f"; same training run as {same_run[0]} (restored config)"
     else:
         part, reason = "initial", "first release"
 

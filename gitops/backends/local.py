@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from gitops import gitutil
@@ -56,8 +57,13 @@ class LocalBackend(Backend):
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
         proc = gitutil.create_annotated_tag(self.root, name, commit, message)
         if proc.returncode != 0:
-            if "already exists" in proc.stderr or self._tag_exists(name):
-                raise TagExistsError(f"tag {name} already exists")
+            # A racing writer may still hold the ref's lock: give it a moment to finish.
+            for _ in range(20):
+                if "already exists" in proc.stderr or self._tag_exists(name):
+                    raise TagExistsError(f"tag {name} already exists")
+                if "lock" not in proc.stderr:
+                    break
+                time.sleep(0.05)
             raise GitopsError(f"git tag {name} failed: {proc.stderr.strip()}")
         for tag in self._tags_named(name):
             return tag

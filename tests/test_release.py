@@ -1,0 +1,333 @@
+"""Releases, pulls, stages, history, rollback and gc on a local registry, with fake run folders."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+from loop_support import commit_all, edit, fake_run, git
+from typer.testing import CliRunner
+
+from gitops import pull, registry_ops, release, tags
+from gitops.backends.local import LocalBackend
+from gitops.cli import app
+from gitops.errors import GitopsError, IntegrityError
+
+GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
+
+
+@pytest.fixture
+def repo(example_repo, monkeypatch):
+    monkeypatch.chdir(example_repo)
+    return example_repo
+
+
+def _release(repo: Path, model: str = "wine-mlp", **kwargs) -> release.ReleaseResult:
+    return release.release(repo, LocalBackend(repo), model, **kwargs)
+
+
+def _meta(repo: Path, tag: str) -> dict:
+    found = next(t for t in LocalBackend(repo).list_tags() if t.name == tag)
+    return registry_ops.release_metadata(found.message)
+
+
+def test_first_release_tag_message_and_assets(repo):
+    run = fake_run(repo, "wine-mlp", GOOD)
+    result = _release(repo)
+    assert result.tag == "wine-mlp@v1.0.0" and not result.trained and result.run == run
+    tag = next(t for t in LocalBackend(repo).list_tags() if t.name == "wine-mlp@v1.0.0")
+    assert tag.commit == git(repo, "rev-parse", "HEAD")
+    first, *_ = tag.message.splitlines()
+    assert first == "wine-mlp v1.0.0: test/accuracy 0.95 (initial: first release)"
+    meta = registry_ops.release_metadata(tag.message)
+    for key in ("training_fingerprint", "release_fingerprint", "data_fingerprint", "sha256"):
+        assert len(meta[key]) == 64
+    assert meta["metrics"] == GOOD
+    assert "bump: initial" in tag.message and "reason: first release" in tag.message
+    folder = repo / ".gitops/releases/wine-mlp/v1.0.0"
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == [
+        "SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+    with tarfile.open(folder / "wine-mlp-v1.0.0.tar.gz") as tar:
+        names = tar.getnames()
+        assert all(m.mtime == release.FIXED_MTIME and m.uid == 0 for m in tar.getmembers())
+    for name in ("config/model.yaml", "config/train.yaml", "config/data.yaml", "config/release.yaml",
+                 "config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json",
+                 "MODEL_CARD.md", "release.json", "checkpoints/100/state/params.bin"):
+        assert name in names
+    assert names == sorted(names)
+
+
+def test_archives_are_reproducible(repo, tmp_path):
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    first = (repo / ".gitops/releases/wine-mlp/v1.0.0/SHA256SUMS").read_text()
+    git(repo, "tag", "-d", "wine-mlp@v1.0.0")
+    import shutil
+
+    shutil.rmtree(repo / ".gitops/releases")
+    _release(repo)
+    assert (repo / ".gitops/releases/wine-mlp/v1.0.0/SHA256SUMS").read_text() == first
+
+
+def test_bump_rules_and_idempotence(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    assert _release(repo).tag == "wine-mlp@v1.0.0"
+    again = _release(repo)  # same release fingerprint: nothing
+    assert again.version is None and "nothing to release" in again.message
+
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    fake_run(repo, "wine-mlp", GOOD)
+    minor = _release(repo)
+    assert (minor.tag, minor.bump) == ("wine-mlp@v1.1.0", "minor")
+    assert "train.optimizer.learning_rate" in minor.reason
+
+    edit(repo, "models/wine-mlp/release.yaml", "min: 0.85", "min: 0.8")
+    commit_all(repo, "gate")
+    patch = _release(repo)  # same run: no new run folder needed
+    assert (patch.tag, patch.bump) == ("wine-mlp@v1.1.1", "patch")
+    assert _meta(repo, "wine-mlp@v1.1.1")["training_fingerprint"] == _meta(repo, "wine-mlp@v1.1.0")[
+        "training_fingerprint"]
+
+    edit(repo, "models/wine-mlp/model.yaml", "hidden_sizes: [32]", "hidden_sizes: [48]")
+    commit_all(repo, "wider")
+    fake_run(repo, "wine-mlp", GOOD)
+    major = _release(repo)  # parameter shapes differ (abstract evaluation)
+    assert (major.tag, major.bump) == ("wine-mlp@v2.0.0", "major")
+    assert "parameter shapes changed" in major.reason and "model.hidden_sizes" in major.reason
+
+
+def test_patch_release_without_local_run_reuses_the_released_archive(repo):
+    run = fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    import shutil
+
+    shutil.rmtree(run)  # e.g. a fresh CI checkout
+    edit(repo, "models/wine-mlp/release.yaml", "min: 0.85", "min: 0.8")
+    commit_all(repo, "gate")
+    result = _release(repo)
+    assert result.tag == "wine-mlp@v1.0.1" and not result.trained
+
+
+def test_gate_failure_refuses_release(repo):
+    fake_run(repo, "wine-mlp", {"test/accuracy": 0.5, "test/loss": 1.0})
+    result = CliRunner().invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 1 and "quality gate failed" in result.output
+    assert LocalBackend(repo).list_tags() == []
+
+
+def test_run_of_another_config_is_refused(repo):
+    other = fake_run(repo, "wine-mlp", GOOD)
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    result = CliRunner().invoke(app, ["release", "wine-mlp", "--run", str(other)])
+    assert result.exit_code == 2 and "another config" in result.output
+
+
+def test_racing_releases_get_distinct_versions(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    results, errors = [], []
+
+    def go():
+        try:
+            results.append(_release(repo))
+        except Exception as exc:  # pragma: no cover - the failure we test against
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    released = sorted(r.tag for r in results if r.tag and r.version)
+    assert len(released) == len(set(released)) >= 1
+    assert "wine-mlp@v1.0.0" in released
+
+
+def test_split_archives_are_joined_by_pull(repo, monkeypatch):
+    fake_run(repo, "wine-mlp", GOOD)
+    monkeypatch.setenv("GITOPS_MAX_ASSET_BYTES", "1000")
+    _release(repo)
+    folder = repo / ".gitops/releases/wine-mlp/v1.0.0"
+    parts = sorted(p.name for p in folder.glob("*.part*"))
+    assert len(parts) >= 2 and parts[0] == "wine-mlp-v1.0.0.tar.gz.part000"
+    assert not (folder / "wine-mlp-v1.0.0.tar.gz").exists()
+    sums = pull.parse_sums((folder / "SHA256SUMS").read_text())
+    assert set(sums) == {"wine-mlp-v1.0.0.tar.gz", *parts}
+    result = CliRunner().invoke(app, ["pull", "wine-mlp@1.0.0"])
+    assert result.exit_code == 0, result.output
+    target = repo / ".gitops/pulled/wine-mlp/v1.0.0"
+    assert json.loads((target / "metrics.json").read_text()) == GOOD
+
+
+def test_tampered_asset_fails_and_leaves_nothing(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    archive = repo / ".gitops/releases/wine-mlp/v1.0.0/wine-mlp-v1.0.0.tar.gz"
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    result = CliRunner().invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", "out"])
+    assert result.exit_code == 1 and "checksum mismatch" in result.output
+    assert not (repo / "out").exists()
+    assert [p.name for p in repo.iterdir() if p.name.startswith(".pull")] == []
+    # a swapped archive *and* SHA256SUMS still disagree with the checksum in the tag
+    sums = repo / ".gitops/releases/wine-mlp/v1.0.0/SHA256SUMS"
+    sums.write_text(f"{release.sha256_file(archive)}  wine-mlp-v1.0.0.tar.gz\n")
+    result = CliRunner().invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", "out"])
+    assert result.exit_code == 1 and "recorded checksum" in result.output
+    assert not (repo / "out").exists()
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for info in members:
+            data = b"x" * info.size if info.isfile() else None
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    info.size = 3 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (_member("../x"), "outside"),
+        (_member("a/../../x"), "outside"),
+        (_member("/etc/passwd"), "absolute"),
+        (_member("link", tarfile.SYMTYPE, "../../outside"), "links outside"),
+        (_member("link", tarfile.SYMTYPE, "/etc/passwd"), "links outside"),
+        (_member("hard", tarfile.LNKTYPE, "../x"), "links outside"),
+        (_member("inner-link", tarfile.SYMTYPE, "metrics.json"), "is a link"),
+        (_member("fifo", tarfile.FIFOTYPE), "special file"),
+        (_member("dev", tarfile.CHRTYPE), "special file"),
+    ],
+)
+def test_unsafe_archives_are_refused(tmp_path, member, message):
+    archive = _tar(tmp_path / "bad.tar.gz", [_member("ok.txt"), member])
+    with pytest.raises(IntegrityError, match=message):
+        pull.safe_extract(archive, tmp_path / "dest")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "dest" / "ok.txt").exists()
+
+
+def test_unsafe_archive_with_valid_checksums_is_refused_by_pull(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    folder = repo / ".gitops/releases/wine-mlp/v1.0.0"
+    archive = _tar(folder / "wine-mlp-v1.0.0.tar.gz", [_member("../escape.txt")])
+    (folder / "SHA256SUMS").write_text(f"{release.sha256_file(archive)}  {archive.name}\n")
+    git(repo, "tag", "-d", "wine-mlp@v1.0.0")  # a forged tag without a recorded checksum
+    git(repo, "tag", "-a", "wine-mlp@v1.0.0", "-m", "forged")
+    result = CliRunner().invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", "dest/v1"])
+    assert result.exit_code == 1 and "outside" in result.output
+    assert not (repo / "dest/escape.txt").exists() and not (repo / "dest/v1").exists()
+
+
+def test_stages_history_and_deprecation(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    fake_run(repo, "wine-mlp", {"test/accuracy": 0.97, "test/loss": 0.1})
+    _release(repo)
+    runner = CliRunner()
+    assert runner.invoke(app, ["promote", "wine-mlp@v1.0.0", "--to", "production"]).stdout.strip() == \
+        "wine-mlp#production#1"
+    assert runner.invoke(app, ["promote", "wine-mlp@v1.1.0", "--to", "staging"]).exit_code == 0
+    assert runner.invoke(app, ["promote", "wine-mlp@staging", "--to", "production"]).exit_code == 0
+    backend = LocalBackend(repo)
+    _, version = registry_ops.resolve(backend, "wine-mlp@production")
+    assert version.version == "v1.1.0"
+    production_tag = next(t for t in backend.list_tags() if t.name == "wine-mlp#production#3")
+    assert production_tag.commit == version.commit and "v1.1.0" in production_tag.message
+    assert runner.invoke(app, ["demote", "wine-mlp", "--from", "staging"]).stdout.strip() == "wine-mlp#staging!#4"
+    assert runner.invoke(app, ["deprecate", "wine-mlp@v1.0.0"]).stdout.strip() == "wine-mlp@v1.0.0!#5"
+    doc = json.loads(runner.invoke(app, ["history", "wine-mlp", "--json"]).stdout)
+    assert [v["version"] for v in doc["versions"]] == ["v1.0.0", "v1.1.0"]
+    assert doc["versions"][0]["active"] is False
+    assert doc["versions"][1]["headline"] == {"test/accuracy": 0.97}
+    assert doc["versions"][1]["reason"].startswith("training config changed")
+    assert doc["stages"] == {"production": "v1.1.0"}
+    events = [(e["event"], e["stage"], e["version"]) for e in doc["events"]]
+    assert events == [("register", None, "v1.0.0"), ("register", None, "v1.1.0"),
+                      ("assign", "production", "v1.0.0"), ("assign", "staging", "v1.1.0"),
+                      ("assign", "production", "v1.1.0"), ("unassign", "staging", "v1.1.0"),
+                      ("deregister", None, "v1.0.0")]
+    text = runner.invoke(app, ["history", "wine-mlp"]).stdout
+    assert "v1.1.0" in text and "production <- v1.1.0" in text and "deregistered v1.0.0" in text
+    assert runner.invoke(app, ["pull", "wine-mlp@v1.0.0"]).exit_code == 0  # still pullable
+    assert runner.invoke(app, ["deprecate", "wine-mlp"]).stdout.strip() == "wine-mlp@deprecated#6"
+    assert tags.model_state(backend.list_tags(), "wine-mlp").deprecated
+    assert runner.invoke(app, ["release", "wine-mlp"]).exit_code == 2
+
+
+def test_rollback_restores_config_and_rereleases_the_old_run(repo):
+    old_run = fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    before = os.stat(old_run / "manifest.json").st_mtime_ns
+    result = CliRunner().invoke(app, ["rollback", "wine-mlp", "--to", "v1.0.0"])
+    assert result.exit_code == 0, result.output
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "rollback/wine-mlp-v1.0.0"
+    assert git(repo, "rev-list", "--count", "main..HEAD") == "1"
+    again = _release(repo)
+    assert again.tag == "wine-mlp@v1.2.0" and again.run == old_run and not again.trained
+    assert "same training run as v1.0.0" in again.reason
+    assert os.stat(old_run / "manifest.json").st_mtime_ns == before
+    assert _meta(repo, "wine-mlp@v1.2.0")["training_fingerprint"] == _meta(repo, "wine-mlp@v1.0.0")[
+        "training_fingerprint"]
+
+
+def test_rollback_inlines_files_whose_parent_changed(repo):
+    fake_run(repo, "digits-mlp-wide", GOOD | {"test/accuracy": 0.99})
+    _release(repo, "digits-mlp-wide")
+    edit(repo, "models/digits-mlp/train.yaml", "learning_rate: 3e-3", "learning_rate: 1e-3")
+    commit_all(repo, "parent lr")
+    fake_run(repo, "digits-mlp-wide", GOOD | {"test/accuracy": 0.99})
+    assert _release(repo, "digits-mlp-wide").tag == "digits-mlp-wide@v1.1.0"
+    result = registry_ops.rollback(repo, LocalBackend(repo), "digits-mlp-wide", "1.0.0")
+    assert result.inlined == ["train.yaml"]
+    text = (repo / "models/digits-mlp-wide/train.yaml").read_text()
+    assert "extends" not in text and "learning_rate: 0.003" in text
+    assert result.training_fingerprint == _meta(repo, "digits-mlp-wide@v1.0.0")["training_fingerprint"]
+    assert _release(repo, "digits-mlp-wide").tag == "digits-mlp-wide@v1.2.0"
+
+
+def test_release_pending_and_gc(repo, tmp_path):
+    git(repo, "rm", "-q", "-r", "models/digits-cnn", "models/digits-mlp-wide")  # they would train
+    commit_all(repo, "two models")
+    for model in ("wine-mlp", "digits-mlp"):
+        fake_run(repo, model, GOOD | {"test/accuracy": 0.99})
+    results, failures = release.release_pending(repo, LocalBackend(repo), dist=tmp_path / "dist")
+    assert failures == []
+    assert sorted(r.tag for r in results) == ["digits-mlp@v1.0.0", "wine-mlp@v1.0.0"]
+    assert release.release_pending(repo, LocalBackend(repo)) == ([], [])  # nothing pending now
+    assert (tmp_path / "dist/wine-mlp-v1.0.0.tar.gz").is_file()
+    stale = repo / "runs/wine-mlp/0123456789ab"
+    stale.mkdir(parents=True)
+    result = CliRunner().invoke(app, ["gc", "--dry-run"])
+    assert "would remove runs/wine-mlp/0123456789ab" in result.stdout and stale.exists()
+    result = CliRunner().invoke(app, ["gc"])
+    assert not stale.exists() and (repo / "runs/wine-mlp").is_dir()
+    assert any((repo / "runs/wine-mlp").iterdir())
+
+
+def test_pull_unknown_version_is_usage_error(repo):
+    result = CliRunner().invoke(app, ["pull", "wine-mlp@v9.9.9"])
+    assert result.exit_code == 2
+    with pytest.raises(GitopsError):
+        release.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
