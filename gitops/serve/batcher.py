@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests share one padded batch, each batch on one model version.
 
 Requests arrive on the event loop; a single worker task takes the first waiting item, gathers more
-until the batch holds the version's largest batch or its max wait has passed since the first, and runs the
+until the batch holds the version's largest batch or its max wait has passed since the first (it
+waits only while other requests are being read and parsed: a lone request runs at once), and runs the
 version's predict in a worker thread (the event loop keeps accepting requests meanwhile). A batch
 never mixes versions: an item carries the version its request pinned on arrival, and the worker stops
 gathering at the first item of another version. So every response comes from one whole version, even
@@ -55,6 +56,9 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._getter: asyncio.Future | None = None
         self._queued_rows = 0
+        # Requests the server has accepted but not yet submitted (body being read or parsed). A batch
+        # waits for company only while some are on their way: alone, it runs at once.
+        self.arriving = 0
         # One thread runs every batch: device work is serialized, the event loop never blocks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-predict")
 
@@ -105,10 +109,10 @@ class Batcher:
                 return self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 pass
-            if timeout is not None and timeout <= 0:
+            if timeout is not None and (timeout <= 0 or self.arriving == 0):
                 return None
             self._getter = asyncio.ensure_future(self._queue.get())
-        if timeout is not None and timeout <= 0:
+        if timeout is not None and (timeout <= 0 or self.arriving == 0):
             if not self._getter.done():
                 return None
         else:

@@ -348,16 +348,20 @@ class ModelServer:
     async def _predict(self, request: Request, kind: str | None, sel: str | None) -> Response:
         started = time.perf_counter()
         version, why = self._select(kind, sel)  # pinned: this request runs on this version only
+        self.batcher.arriving += 1  # tells the batcher a request may join the batch it is filling
         try:
-            body = await read_body(request, self.limits.max_body_bytes)
-        except BadRequest as exc:
-            return self._fail("predict", exc.status, str(exc), {"Connection": "close"})
-        if version is None:
-            return self._fail("predict", 404 if why else 503, why or "no version is loaded yet; see /readyz")
-        try:
-            x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
-        except BadRequest as exc:
-            return self._fail("predict", exc.status, str(exc))
+            try:
+                body = await read_body(request, self.limits.max_body_bytes)
+            except BadRequest as exc:
+                return self._fail("predict", exc.status, str(exc), {"Connection": "close"})
+            if version is None:
+                return self._fail("predict", 404 if why else 503, why or "no version is loaded yet; see /readyz")
+            try:
+                x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
+            except BadRequest as exc:
+                return self._fail("predict", exc.status, str(exc))
+        finally:
+            self.batcher.arriving -= 1
         try:
             y = await self.batcher.submit(version, x)
         except Overloaded as exc:
