@@ -97,6 +97,6 @@ def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
     loaded = api.load(ref)
     cfg = loaded.config
     inputs = read_inputs(input_path, key)
-    task = getattr(cfg, "task", "classification")
+    task = getattr(loaded, "task", None) or getattr(cfg, "task", "classification")
     labels = list(getattr(getattr(cfg, "release", None), "labels", ()) or ())
     return {"model": ref, "predictions": predictions(loaded, inputs, labels, task)}

@@ -444,3 +444,19 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
         gitutil.run(root, "push", "origin", f"refs/heads/{name}")
         pr = backend.open_pull_request(name, base_branch, f"Roll back {model} to {found.version}", message)
     return RollbackResult(name, commit, found.version, inlined, pr, old_cfg.training_fingerprint)
+
+
+# --- Python API ----------------------------------------------------------------------------------------
+
+
+def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | None = None) -> Path:
+    """`name@v1.2.0`, `name@1.2.0` or `name@stage` -> the verified, unpacked release folder.
+
+    Called by `gitops.load` / `gitops.api.load`: pulls into `.gitops/pulled/<model>/v<version>/` of
+    the repository (a cache: a folder already holding that release is reused).
+    """
+    from gitops import pull
+    from gitops.backends import get_backend
+
+    root = root or config.find_root()
+    return pull.pull(root, get_backend(backend_name, root), ref)
