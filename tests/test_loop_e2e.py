@@ -101,3 +101,32 @@ def test_done_when_story(example_repo, monkeypatch, tmp_path):
     assert Path(released["run"]) == run_a
     assert (manifest_a.read_bytes(), os.stat(manifest_a).st_mtime_ns) == before
     assert "wine-mlp@v1.2.0" in git(repo, "tag", "--list", "wine-mlp@*")
+
+
+def test_predict_input_formats_and_output_shape(tmp_path):
+    from gitops import predict
+    from gitops.errors import UsageError
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.save(tmp_path / "a.npy", x)
+    np.savez(tmp_path / "b.npz", first=x, second=x * 2)
+    (tmp_path / "c.json").write_text(json.dumps({"instances": x.tolist()}))
+    (tmp_path / "d.json").write_text(json.dumps(x.tolist()))
+    (tmp_path / "e.csv").write_text("f1,f2,f3\n0,1,2\n3,4,5\n")
+    for name in ("a.npy", "b.npz", "c.json", "d.json", "e.csv"):
+        np.testing.assert_array_equal(predict.read_inputs(tmp_path / name), x)
+    np.testing.assert_array_equal(predict.read_inputs(tmp_path / "b.npz", key="second"), x * 2)
+    with pytest.raises(UsageError, match="no array 'nope'"):
+        predict.read_inputs(tmp_path / "b.npz", key="nope")
+    (tmp_path / "f.txt").write_text("1")
+    with pytest.raises(UsageError, match="unknown input format"):
+        predict.read_inputs(tmp_path / "f.txt")
+
+    class Stub:
+        def predict(self, inputs):
+            return np.array([[0.1, 0.9], [0.8, 0.2]])
+
+    out = predict.predictions(Stub(), x, ["cat", "dog"], "classification")
+    assert out == [{"class": 1, "label": "dog", "probabilities": [0.1, 0.9]},
+                   {"class": 0, "label": "cat", "probabilities": [0.8, 0.2]}]
+    assert predict.predictions(Stub(), x, [], "regression")[0] == {"value": [0.1, 0.9]}

@@ -331,3 +331,22 @@ def test_pull_unknown_version_is_usage_error(repo):
     assert result.exit_code == 2
     with pytest.raises(GitopsError):
         release.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
+
+
+def test_release_promote_pull_history_on_the_github_backend(repo, github_env, github_server, monkeypatch):
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")  # picks the github backend
+    fake_run(repo, "wine-mlp", GOOD)
+    runner = CliRunner()
+    result = runner.invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["release", "wine-mlp"]).stdout.startswith("nothing to release")
+    assert runner.invoke(app, ["promote", "wine-mlp@v1.0.0", "--to", "production"]).exit_code == 0
+    assert sorted(github_server.tag_names()) == ["wine-mlp#production#1", "wine-mlp@v1.0.0"]
+    assert git(repo, "tag", "--list") == ""  # nothing local: the registry is GitHub
+    result = runner.invoke(app, ["pull", "wine-mlp@production", "--to", "pulled"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
+    doc = json.loads(runner.invoke(app, ["history", "wine-mlp", "--json"]).stdout)
+    assert doc["stages"] == {"production": "v1.0.0"}
