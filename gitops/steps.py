@@ -57,14 +57,14 @@ def _micro_update(graphdef, spec: StepSpec, state, x, y, key):
     optimizer.update(model, grads)
     sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, jnp.ones_like(per_example))
     _, new_state = nnx.split((model, optimizer))
-    return new_state, loss, optax.global_norm(grads), sums
+    return new_state, loss, optax.tree.norm(grads), sums
 
 
 def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, perms, first_epoch, base_key):
     """One optimizer step (pure): gather the step's batch, augment, update, accumulate metrics.
 
-    `bad` is {"step": -1, "loss": 0} until a step sees a non-finite loss or gradient norm; then it holds
-    that step's number (1-based: the step count after it) and loss, and keeps them.
+    `bad` is {"step": -1, ...} until a step sees a non-finite loss or gradient norm; then it holds
+    that step's number (1-based: the step count after it), loss and gradient norm, and keeps them.
     """
     idx = data_lib.batch_indices(perms, first_epoch, step, spec.steps_per_epoch, spec.batch_size)
     x, y = x_all[idx], y_all[idx]
@@ -84,14 +84,18 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
             state, ok, sums = carry
             i, xm, ym = inputs
             state, loss, gnorm, new = _micro_update(graphdef, spec, state, xm, ym, jax.random.fold_in(dropout_key, i))
-            return (state, ok & jnp.isfinite(loss) & jnp.isfinite(gnorm), metrics_lib.accumulate(sums, new)), loss
+            return (state, ok & jnp.isfinite(loss) & jnp.isfinite(gnorm), metrics_lib.accumulate(sums, new)), (loss, gnorm)
 
         init = (state, jnp.bool_(True), metrics_lib.zeros(list(spec.metric_names)))
-        (state, finite, sums), losses = jax.lax.scan(micro, init, (jnp.arange(k), xs, ys))
-        loss = jnp.mean(losses)
+        (state, finite, sums), (losses, gnorms) = jax.lax.scan(micro, init, (jnp.arange(k), xs, ys))
+        loss, gnorm = jnp.mean(losses), jnp.max(gnorms)
     acc = metrics_lib.accumulate(acc, sums)
     first = (bad["step"] < 0) & ~finite
-    bad = {"step": jnp.where(first, step + 1, bad["step"]), "loss": jnp.where(first, loss, bad["loss"])}
+    bad = {
+        "step": jnp.where(first, step + 1, bad["step"]),
+        "loss": jnp.where(first, loss, bad["loss"]),
+        "grad_norm": jnp.where(first, gnorm, bad["grad_norm"]),
+    }
     return state, acc, bad
 
 

@@ -202,7 +202,7 @@ class Session:
     def no_divergence(self) -> Any:
         import jax.numpy as jnp
 
-        return {"step": jnp.int32(-1), "loss": jnp.float32(0)}
+        return {"step": jnp.int32(-1), "loss": jnp.float32(0), "grad_norm": jnp.float32(0)}
 
 
 def _padded_split(split: Any, batch: int) -> tuple | None:
@@ -381,7 +381,7 @@ def _divergence(bad: Any) -> None:
     host = jax.device_get(bad)
     if int(host["step"]) >= 0:
         loss = float(host["loss"])
-        what = f"loss is {loss}" if not math.isfinite(loss) else "gradient norm is not finite"
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {float(host['grad_norm'])} (loss {loss:.4g})"
         raise TrainingError(f"training diverged at step {int(host['step'])}: {what}")
 
 
