@@ -117,9 +117,13 @@ def test_render_cpu(released, monkeypatch, tmp_path):
 
 
 def test_baked_release_serves_as_its_version(released, monkeypatch, tmp_path):
-    from starlette.testclient import TestClient
+    import warnings
 
     from gitops.serve.server import build
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
 
     out = tmp_path / "render"
     assert cli(released, monkeypatch, "wine-mlp@v1.0.0", "--render", str(out)).exit_code == 0

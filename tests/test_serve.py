@@ -15,16 +15,20 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-from starlette.testclient import TestClient
 
 from gitops.serve.batcher import Batcher
 from gitops.serve.follower import UNAVAILABLE, FixedSource, Follower, RegistrySource, ServingState
 from gitops.serve.server import Limits, ModelServer, build, free_port
 from gitops.serve.version import ServedVersion, Signature, bucket_for, buckets_for, version_number
+
+with warnings.catch_warnings():  # starlette 1.x nudges towards httpx2; httpx works the same here
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 REPO = Path(__file__).resolve().parents[1]
 W = np.arange(6, dtype=np.float32).reshape(3, 2)
