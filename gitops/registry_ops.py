@@ -384,7 +384,7 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
     """A new branch whose one commit restores `model`'s files as they were at `version`."""
     from gitops.tree import FsTree, GitTree
 
-    st, found = resolve(backend, tags.Ref(model, version=str(tags.SemVer.parse(version))))
+    st, found = resolve(backend, f"{model}@{version}")  # a version, or a stage naming one
     folder = f"{config.MODELS_DIR}/{model}"
     if gitutil.is_dirty(root, [folder]):
         raise UsageError(f"{folder} has uncommitted changes; commit or discard them before a rollback")

@@ -181,7 +181,7 @@ def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -
     files = sorted(files, key=lambda e: e[0])
     dirs = sorted({str(Path(name).parent.as_posix()) for name, _ in files} - {"."})
     all_dirs = sorted({p for d in dirs for p in [*(str(x.as_posix()) for x in Path(d).parents), d] if p != "."})
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME) as gz, \
+    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
         entries = [(d + "/", None) for d in all_dirs] + list(files)
         for name, content in sorted(entries, key=lambda e: e[0].rstrip("/")):
@@ -191,9 +191,14 @@ def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
                 continue
-            data = content if isinstance(content, bytes) else Path(content).read_bytes()
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
+            info.mode = 0o644
+            if isinstance(content, bytes):
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+            else:  # streamed: checkpoints may be large
+                info.size = Path(content).stat().st_size
+                with open(content, "rb") as fh:
+                    tar.addfile(info, fh)
 
 
 def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, run: registry_ops.RunInfo,

@@ -142,7 +142,13 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
 
 def baseline_from_folder(path: Path) -> Baseline:
     info = registry_ops.read_run(path)
-    label = info.manifest.get("version") or path.name
+    release_json = Path(path) / "release.json"  # a pulled release names its version
+    label = path.name
+    if release_json.is_file():
+        try:
+            label = json.loads(release_json.read_text(encoding="utf-8")).get("version") or label
+        except ValueError:
+            pass
     return Baseline(label, info.metrics, info.config or None, "folder")
 
 

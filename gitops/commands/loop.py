@@ -131,7 +131,10 @@ def comment_cmd(
                                     head_sha=head_sha, pr=pr)
     elif head_sha is not None:
         raise UsageError("--head-sha needs --report-json (the report's recorded head is what is checked)")
-    root = config.find_root()
+    try:
+        root = config.find_root()
+    except UsageError:  # the comment workflow may run outside any checkout
+        root = Path.cwd()
     where = _backend(backend_name, root).upsert_comment(pr, body)
     out(where)
 
