@@ -95,14 +95,24 @@ def metric_across_versions(key: str, metric: str, points: Sequence[tuple[str, fl
         xs = list(range(len(points)))
         ys = [float(v) for _, v in points]
         ax.plot(xs, ys, linestyle="-", marker="o", color=COLORS[0], markersize=6, linewidth=1.6)
-        for x, y in zip(xs, ys, strict=True):
-            ax.annotate(_fmt(y), (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8.5)
+        for i in _labelled(ys):
+            # above a point that sits at or over its neighbours, below one in a dip: off the line
+            near = [ys[j] for j in (i - 1, i + 1) if 0 <= j < len(ys)]
+            above = not near or ys[i] >= sum(near) / len(near)
+            ax.annotate(_fmt(ys[i]), (xs[i], ys[i]), textcoords="offset points", xytext=(0, 8 if above else -9),
+                        ha="center", va="bottom" if above else "top", fontsize=8.5, bbox=_HALO)
         ax.set_xticks(xs, [label for label, _ in points])
+        if len(xs) > 7:
+            ax.tick_params(axis="x", labelrotation=45)
+            for tick in ax.get_xticklabels():
+                tick.set_horizontalalignment("right")
         ax.set_xlabel("version (release order)")
         ax.set_ylabel(metric_label(metric, task))
         if len(xs) == 1:
             ax.set_xlim(-0.5, 0.5)
-        _pad_y(ax, ys)
+        else:
+            ax.set_xlim(-0.4, len(xs) - 0.6)
+        _pad_y(ax, ys, metric)
         hint = {True: "higher is better", False: "lower is better"}.get(higher_is_better)  # type: ignore[arg-type]
         ax.set_title(metric + (f"  ({hint})" if hint else ""), fontsize=10, loc="left")
         title = f"{metric} across versions: " + ", ".join(f"{label} {_fmt(v)}" for label, v in points)
@@ -115,8 +125,10 @@ def training_curves(key: str, metric: str, series: dict[str, list[tuple[float, f
     plt = _pyplot()
     with plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(5.4, 3.0))
-        names = sorted(series, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
+        names = sorted((n for n in series if series[n]),
+                       key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
         all_x = [x for s in names for x, _ in series[s]]
+        ends = []
         for i, split in enumerate(names):
             pts = sorted(series[split])
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -124,23 +136,60 @@ def training_curves(key: str, metric: str, series: dict[str, list[tuple[float, f
             every = max(1, len(xs) // 12)
             ax.plot(xs, ys, linestyle=style, marker=marker, markevery=every, markersize=5, linewidth=1.6,
                     color=COLORS[i % len(COLORS)], label=split)
-            ax.annotate(f"{split} {_fmt(ys[-1])}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(6, 0),
-                        va="center", fontsize=8.5, color=COLORS[i % len(COLORS)])
+            ends.append((split, xs[-1], ys[-1], COLORS[i % len(COLORS)]))
         if all_x:
             span = max(all_x) - min(all_x) or 1
             ax.set_xlim(min(all_x) - span * 0.02, max(all_x) + span * 0.30)  # room for the end labels
         ax.set_xlabel("step (optimizer updates)")
         ax.set_ylabel(metric_label(metric, task))
         ax.set_title(title or metric, fontsize=10, loc="left")
+        _pad_y(ax, [y for s in names for _, y in series[s]], metric, labels=False)
+        _end_labels(fig, ax, ends)
         desc = f"{title or metric}: " + "; ".join(
             f"{s} from {_fmt(sorted(series[s])[0][1])} to {_fmt(sorted(series[s])[-1][1])}" for s in names if series[s])
         return _to_svg(fig, key, desc)
 
 
-def _pad_y(ax: Any, ys: list[float]) -> None:
+_HALO = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+_FRACTIONS = {"accuracy", "top3_accuracy", "top5_accuracy"}
+
+
+def _labelled(ys: list[float]) -> list[int]:
+    """Which points get a value label: all of a few; of many, the ends and the extremes."""
+    if len(ys) <= 12:
+        return list(range(len(ys)))
+    return sorted({0, len(ys) - 1, ys.index(min(ys)), ys.index(max(ys))})
+
+
+def _pad_y(ax: Any, ys: list[float], metric: str, labels: bool = True) -> None:
+    """Room above and below for value labels; fractions get no ticks past 0 or 1."""
+    if not ys:
+        return
     lo, hi = min(ys), max(ys)
-    span = hi - lo or (abs(hi) * 0.1 or 1.0)
-    ax.set_ylim(lo - span * 0.25, hi + span * 0.35)
+    span = hi - lo or (abs(hi) * 0.05 or 1.0)
+    ax.set_ylim(lo - span * (0.3 if labels else 0.08), hi + span * (0.35 if labels else 0.08))
+    if metric.split("/")[-1] in _FRACTIONS:
+        ticks = [t for t in ax.get_yticks() if -1e-9 <= t <= 1 + 1e-9]
+        bottom, top = ax.get_ylim()
+        ax.set_yticks([t for t in ticks if bottom <= t <= top] or [min(max(lo, 0.0), 1.0)])
+        ax.set_ylim(bottom, top)
+
+
+def _end_labels(fig: Any, ax: Any, ends: list[tuple[str, float, float, str]]) -> None:
+    """Name each line at its last point, nudged apart vertically so labels never sit on each other."""
+    if not ends:
+        return
+    gap = 11.0  # points between label centres
+    to_points = 72.0 / fig.dpi
+    placed = sorted(((ax.transData.transform((x, y))[1] * to_points, i) for i, (_, x, y, _) in enumerate(ends)))
+    wanted = [p for p, _ in placed]
+    for k in range(1, len(wanted)):
+        wanted[k] = max(wanted[k], wanted[k - 1] + gap)
+    shift = (wanted[-1] - placed[-1][0]) / 2 if len(wanted) > 1 else 0.0
+    for (orig, i), target in zip(placed, wanted, strict=True):
+        split, x, y, color = ends[i]
+        ax.annotate(f"{split} {_fmt(y)}", (x, y), textcoords="offset points", xytext=(7, target - orig - shift),
+                    va="center", fontsize=8.5, color=color, bbox=_HALO)
 
 
 def _fmt(value: float) -> str:
