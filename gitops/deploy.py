@@ -31,7 +31,7 @@ from gitops.errors import UsageError
 PYTHON_IMAGE = "python:3.11.11-slim-bookworm"  # pinned: a rebuild months later gets the same base
 PORT = 8501
 MARKER = ".gitops-deploy.json"
-SERVE_REQUIREMENTS = ("starlette>=0.40", "uvicorn>=0.30", "prometheus-client>=0.20")
+SERVE_REQUIREMENTS = ("starlette>=0.37", "uvicorn>=0.30", "httptools>=0.6", "prometheus-client>=0.20")
 MODEL_DIR = "/srv/model"
 UID = 10001
 

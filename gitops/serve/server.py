@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gitops.errors import UsageError
 from gitops.serve.batcher import Batcher, Overloaded
 from gitops.serve.follower import Follower, ServingState
 from gitops.serve.metrics import ServerMetrics
@@ -416,10 +417,8 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
     from gitops.serve.version import folder_identity, load_version
 
     path = Path(target)
-    if path.is_dir() or "/" in target or target.startswith("."):
+    if (path / "manifest.json").is_file() or "/" in target or target.startswith("."):
         if not path.is_dir():
-            from gitops.errors import UsageError
-
             raise UsageError(f"{target}: no such run folder")
         model, version = folder_identity(path)
         source = FixedSource(path, version)
