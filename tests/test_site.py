@@ -315,7 +315,7 @@ def test_svg_charts_have_axis_labels_units_titles_and_unique_ids(site: Path):
     assert len(curves) == 6  # loss and accuracy for each of three versions
     assert len(across) + len(curves) == len(svgs)
     for svg in across:
-        assert "<title>" in svg and re.search(r"\((fraction correct, 0–1|cross-entropy, nats)\)", svg)
+        assert "<title>" in svg and re.search(r"\((fraction, 0–1|cross-entropy, nats)\)", svg)
         for version in ("v1.0.0", "v1.1.0", "v2.0.0"):
             assert f">{version}<" in svg  # tick labels are text, not paths (svg.fonttype none)
     for svg in curves:

@@ -30,7 +30,7 @@ _RC = {
     "figure.dpi": 100,
 }
 _UNITS = {
-    "accuracy": "fraction correct, 0–1",
+    "accuracy": "fraction, 0–1",
     "top3_accuracy": "fraction, 0–1",
     "top5_accuracy": "fraction, 0–1",
     "mse": "squared target units",
@@ -40,7 +40,7 @@ _UNITS = {
 
 
 def metric_label(metric: str, task: str = "classification") -> str:
-    """Axis label with unit: `test/accuracy` -> "test accuracy (fraction correct, 0–1)"."""
+    """Axis label with unit: `test/accuracy` -> "test accuracy (fraction, 0–1)"."""
     base = metric.split("/")[-1]
     unit = _UNITS.get(base)
     if base == "loss":
@@ -61,7 +61,7 @@ def _pyplot():
 def _to_svg(fig: Any, key: str, title: str) -> str:
     plt = _pyplot()
     buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     plt.close(fig)
     return inline_svg(buf.getvalue(), key, title)
 
@@ -85,13 +85,39 @@ def inline_svg(svg: str, key: str, title: str) -> str:
     return svg.strip() + "\n"
 
 
+_MEMO: dict[str, str] = {}
+_MEMO_MAX = 1024
+
+
+def _memoized(fn):
+    """Charts are pure functions of their arguments: `--serve` rebuilds reuse the unchanged ones."""
+    import functools
+    import hashlib
+    import json
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        digest = hashlib.sha256(json.dumps([fn.__name__, args, kwargs], sort_keys=True, default=str).encode()).hexdigest()
+        if digest not in _MEMO:
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[digest] = fn(*args, **kwargs)
+        return _MEMO[digest]
+
+    return wrapper
+
+
+@_memoized
 def metric_across_versions(key: str, metric: str, points: Sequence[tuple[str, float]], *,
                            higher_is_better: bool | None = None, task: str = "classification") -> str:
     """One metric (y) across versions (x, in release order), each point labelled with its value."""
     plt = _pyplot()
     with plt.rc_context(_RC):
         width = min(8.0, 3.2 + 0.55 * len(points))
-        fig, ax = plt.subplots(figsize=(width, 2.9))
+        fig, ax = plt.subplots(figsize=(width, 3.0 if len(points) <= 7 else 3.4))
+        # fixed margins, not bbox_inches="tight": that draws every figure twice
+        fig.subplots_adjust(left=0.8 / width, right=1 - 0.12 / width, bottom=0.2 if len(points) <= 7 else 0.3,
+                            top=0.88)
         xs = list(range(len(points)))
         ys = [float(v) for _, v in points]
         ax.plot(xs, ys, linestyle="-", marker="o", color=COLORS[0], markersize=6, linewidth=1.6)
@@ -119,12 +145,14 @@ def metric_across_versions(key: str, metric: str, points: Sequence[tuple[str, fl
         return _to_svg(fig, key, title)
 
 
+@_memoized
 def training_curves(key: str, metric: str, series: dict[str, list[tuple[float, float]]], *,
                     task: str = "classification", title: str = "") -> str:
     """One metric over training steps, a line per split (train, val, ...) labelled at its end."""
     plt = _pyplot()
     with plt.rc_context(_RC):
         fig, ax = plt.subplots(figsize=(5.4, 3.0))
+        fig.subplots_adjust(left=0.8 / 5.4, right=0.98, bottom=0.17, top=0.89)
         names = sorted((n for n in series if series[n]),
                        key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
         all_x = [x for s in names for x, _ in series[s]]

@@ -97,11 +97,25 @@ def serve(build: Callable[[Path], None], backend: Backend, *, out: Path | None, 
             f"checking tags every {interval:g}s")
         if ready is not None:
             ready(server, watcher)
+        _stop_on_sigterm()
         try:
             server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:  # Ctrl-C is how a preview ends: not an error
+            log("stopped")
         finally:
             watcher.stop()
             server.server_close()
     finally:
         if holder is not None:
             shutil.rmtree(holder, ignore_errors=True)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM ends the preview like Ctrl-C does, so the temporary folder is removed."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
