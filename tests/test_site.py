@@ -552,3 +552,33 @@ def test_serve_previews_and_rebuilds_when_tags_change(registry: Path, tmp_path: 
         server.shutdown()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_pages_job_form_on_the_github_backend(registry: Path, site: Path, tmp_path: Path, monkeypatch,
+                                              github_server, github_env):
+    """`gitops site --out site` inside GitHub Actions reads tags and assets from GitHub (the emulator)."""
+    from gitops.backends.github import GitHubBackend
+    from gitops.backends.local import LocalBackend
+    from gitops.cli import app
+
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    gh = GitHubBackend.from_env()
+    for tag in LocalBackend(registry).list_tags():
+        name, _, email = tag.tagger.partition(" <")
+        github_server.add_annotated_tag(tag.name, tag.commit, tag.message, tagger=name, email=email.rstrip(">"),
+                                        date=tag.date)
+        folder = registry / ".gitops/releases" / tag.name.replace("@", "/")
+        if "@v" in tag.name and folder.is_dir():
+            gh.publish_release(tag.name, tag.name, "notes", sorted(p for p in folder.iterdir() if not p.name.startswith(".")))
+    copy = tmp_path / "checkout"
+    shutil.copytree(registry, copy, ignore=shutil.ignore_patterns("site", ".gitops"))  # a fresh CI checkout
+    monkeypatch.chdir(copy)
+    result = CliRunner().invoke(app, ["site", "--out", "site"])
+    assert result.exit_code == 0, result.output
+    assert github_server.requests_matching("GET", r"/releases/assets/|/download/")  # archives came from GitHub
+    for page in ("index.html", "models/wine-mlp.html", "models/digits-mlp.html"):
+        ours = (copy / "site" / page).read_text(encoding="utf-8")
+        local = (site / page).read_text(encoding="utf-8")
+        assert ours == local.replace("from the local backend", "from the github backend"), page
