@@ -291,10 +291,14 @@ def write_schemas(directory: Path) -> list[Path]:
     """Write `schemas/<kind>.schema.json` (what editors load through the yaml-language-server header)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for kind in KINDS:
-        path = directory / f"{kind}.schema.json"
+    from gitops.settings import schema_text
+
+    rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
+    rendered["settings.schema.json"] = schema_text()
+    for name, text in rendered.items():
+        path = directory / name
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(render(kind), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         written.append(path)
     return written

@@ -66,7 +66,7 @@ class GitTree(Tree):
         self.root = Path(root).resolve()
         self.ref = ref
         self.commit = resolve_commit(self.root, ref)
-        listing = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", self.commit, "--", "models", "schemas")
+        listing = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", self.commit, "--", "models", "schemas", "gitops.yaml")
         self._files = {entry.split("\t", 1)[1] for entry in listing.split("\0") if "\t" in entry}
         self._dirs = {str(p) for f in self._files for p in PurePosixPath(f).parents if str(p) != "."}
         self._cache: dict[str, bytes | None] = {}

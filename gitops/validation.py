@@ -46,6 +46,13 @@ def validate(root: Path, names: list[str] | None = None, tree: Tree | None = Non
     tree = tree or FsTree(root)
     names = names if names is not None else config.model_names(tree)
     results: dict[str, list[Problem]] = {}
+    from gitops.errors import ConfigError
+    from gitops.settings import SETTINGS_FILE, load_settings
+
+    try:
+        load_settings(tree)
+    except ConfigError as exc:
+        results[SETTINGS_FILE] = exc.problems
     for name in names:
         _, problems = config.resolve(name, tree)
         results[name] = problems

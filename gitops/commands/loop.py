@@ -8,6 +8,7 @@ jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +16,7 @@ import typer
 
 from gitops import config
 from gitops.cli_app import ci_app, command, out
-from gitops.errors import UsageError
+from gitops.errors import GitopsError, UsageError
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 BackendOption = Annotated[
@@ -57,15 +58,37 @@ def plan_cmd(
     github_output: Annotated[
         bool, typer.Option("--github-output", help="Also append matrix=... and has_train=... to $GITHUB_OUTPUT.")
     ] = False,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="PR labels (default: from $GITHUB_EVENT_PATH); the override label lifts budgets."),
+    ] = None,
 ) -> None:
-    """JSON: the models to train (with why), to release only, and deleted; plus the job matrix."""
-    from gitops import plan
+    """JSON: the models to train (with why), to release only, and deleted; plus the job matrix.
+
+    Refuses (exit 1) a plan over the budgets in gitops.yaml unless the PR carries the override label.
+    """
+    from gitops import budget, plan, settings
+    from gitops.tree import GitTree
 
     root = config.find_root()
     result = plan.plan(root, base, head)
+    doc = result.as_dict()
+    budgets = settings.load_settings(GitTree(root, head)).budgets
+    found, lifted = budget.enforce(
+        budget.plan_costs(root, head, [c.model for c in result.train]),
+        budgets,
+        labels if labels is not None else budget.pr_labels_from_event(os.environ.get("GITHUB_EVENT_PATH")),
+    )
+    doc["budget"] = {"violations": found, "lifted_by_label": budgets.override_label if lifted else None}
+    if found and not lifted:
+        out(json.dumps(doc, indent=2))
+        raise GitopsError(
+            "over budget: " + "; ".join(found)
+            + f" (a maintainer can add the label {budgets.override_label!r} to allow it)"
+        )
     if github_output:
         plan.write_github_output(result)
-    out(json.dumps(result.as_dict(), indent=2))
+    out(json.dumps(doc, indent=2))
 
 
 # --- report and comment -------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""Budgets: refuse a PR plan that would spend more than the repository allows.
+
+`ci plan` runs on a GitHub-hosted runner without jax, so the cost estimate uses what is already
+known: each model's total steps from its resolved config and the steps/s measured by its latest
+finished run (a run folder in `runs/` or the runner cache, or the latest release's manifest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from gitops.settings import Budgets
+
+
+@dataclass(frozen=True)
+class Cost:
+    model: str
+    steps: int | None  # total optimizer steps (x repeats)
+    steps_per_second: float | None  # last measured rate for this model, None when never trained
+
+    @property
+    def minutes(self) -> float | None:
+        if self.steps is None or not self.steps_per_second:
+            return None
+        return self.steps / self.steps_per_second / 60.0
+
+
+def violations(costs: list[Cost], budgets: Budgets) -> list[str]:
+    """Human-readable reasons the plan is over budget ([] when within)."""
+    found = []
+    if budgets.max_models_per_pr is not None and len(costs) > budgets.max_models_per_pr:
+        found.append(f"{len(costs)} models to train; the budget allows {budgets.max_models_per_pr} per PR")
+    if budgets.max_steps_per_model is not None:
+        for cost in costs:
+            if cost.steps is not None and cost.steps > budgets.max_steps_per_model:
+                found.append(f"{cost.model}: {cost.steps} steps; the budget allows {budgets.max_steps_per_model} per model")
+    if budgets.max_device_minutes_per_pr is not None:
+        known = [c.minutes for c in costs if c.minutes is not None]
+        total = sum(known)
+        if total > budgets.max_device_minutes_per_pr:
+            found.append(
+                f"estimated {total:.1f} device-minutes (from each model's last measured steps/s); "
+                f"the budget allows {budgets.max_device_minutes_per_pr:g} per PR"
+            )
+    return found
+
+
+def enforce(costs: list[Cost], budgets: Budgets, labels: Iterable[str]) -> tuple[list[str], bool]:
+    """(violations, lifted): lifted when the override label is on the PR."""
+    found = violations(costs, budgets)
+    return found, bool(found) and budgets.override_label in set(labels)
+
+
+RateLookup = Callable[[str], float | None]
+
+
+def measured_rate(root, model: str) -> float | None:
+    """steps/s of the model's most recent finished run (runs/ or $GITOPS_RUN_CACHE), if any."""
+    import json
+    import os
+    from pathlib import Path
+
+    folders = [Path(root) / "runs" / model]
+    if os.environ.get("GITOPS_RUN_CACHE"):
+        folders.append(Path(os.environ["GITOPS_RUN_CACHE"]) / model)
+    newest: tuple[str, float] | None = None
+    for folder in folders:
+        for manifest_path in folder.glob("*/manifest.json") if folder.is_dir() else []:
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            rate, finished = manifest.get("steps_per_second"), manifest.get("finished_at")
+            if rate and finished and (newest is None or finished > newest[0]):
+                newest = (finished, float(rate))
+    return newest[1] if newest else None
+
+
+def plan_costs(root, head: str, models: list[str]) -> list[Cost]:
+    """Steps and last measured rate of each model the plan trains, from its config at `head`."""
+    from gitops import config
+    from gitops.tree import GitTree
+
+    tree = GitTree(root, head)
+    costs = []
+    for model in models:
+        cfg = config.load(model, root, tree=tree)
+        steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
+        costs.append(Cost(model, steps * cfg.train.repeats if steps else None, measured_rate(root, model)))
+    return costs
+
+
+def pr_labels_from_event(path: str | None) -> list[str]:
+    """Label names of the PR in $GITHUB_EVENT_PATH (empty outside a pull_request event)."""
+    import json
+
+    if not path:
+        return []
+    try:
+        event = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError):
+        return []
+    labels = (event.get("pull_request") or {}).get("labels") or []
+    return [label.get("name", "") for label in labels if isinstance(label, dict)]
