@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_site_in_a_browser(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    from playwright import sync_api  # a test dependency: only a missing chromium skips this test
+
     from gitops.backends.local import LocalBackend
     from gitops.site.render import build_site
 
