@@ -115,6 +115,8 @@ def make_train_chunk(graphdef, spec: StepSpec) -> Callable:
             state, acc, bad = carry
             return train_step(graphdef, spec, state, acc, bad, step, x_all, y_all, perms, first_epoch, base_key), None
 
+        if length == 1:  # no loop at all: XLA:CPU runs convolutions inside while-loops several times slower
+            return train_step(graphdef, spec, state, acc, bad, start, x_all, y_all, perms, first_epoch, base_key)
         (state, acc, bad), _ = jax.lax.scan(body, (state, acc, bad), start + jnp.arange(length))
         return state, acc, bad
 

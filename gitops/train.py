@@ -131,10 +131,18 @@ def _next_multiple(step: int, every: int) -> int:
     return (step // every + 1) * every
 
 
-def _chunk_length(train: Any) -> int:
+# Architectures whose steps run fast inside `lax.scan`. Measured on XLA:CPU (jax 0.10.2): an MLP step
+# gains 1.5-3x from scanning 50 steps per dispatch, while a small CNN's step gets ~8x *slower* inside a
+# while-loop body (convolutions lose their fast path), so those dispatch one step at a time.
+SCAN_FRIENDLY = frozenset({"mlp"})
+
+
+def _chunk_length(train: Any, architecture: str = "mlp") -> int:
     """Steps per dispatch: the largest divisor of the event period (gcd of log/eval/checkpoint intervals)
     up to MAX_CHUNK, so every chunk between events has the same length (one compilation) and chunk
     boundaries are a function of the step (a resumed run replays the same chunks, bit for bit)."""
+    if architecture not in SCAN_FRIENDLY:
+        return 1
     period = math.gcd(train.log_every, train.eval_every, train.checkpoint["every_steps"])
     return max(d for d in range(1, min(period, MAX_CHUNK) + 1) if period % d == 0)
 
@@ -300,7 +308,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         eval_fn=steps.make_eval(eval_graphdef, spec),
         device=device,
         schedule=optim.learning_rate_schedule(train, total),
-        chunk=_chunk_length(train),
+        chunk=_chunk_length(train, cfg.model.architecture),
         param_count=param_count,
         metric_names=names,
     )
