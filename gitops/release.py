@@ -307,8 +307,10 @@ def tag_message(cfg: config.ResolvedConfig, version: str, bump: str, reason: str
 
 
 def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: Backend,
-             latest: tags.VersionState | None, latest_meta: dict, workdir: Path) -> tuple[Path, bool]:
-    """The finished run to release: given, found by fingerprint, the latest release's (patch), or trained."""
+             latest: tags.VersionState | None, latest_meta: dict, workdir: Path,
+             commit: str | None = None) -> tuple[Path, bool]:
+    """The finished run to release: given, found by fingerprint (runs/, the run cache), the latest
+    release's (patch), the PR's run artifact (github backend, built from an ancestor of `commit`), or trained."""
     if run is not None:
         info = registry_ops.read_run(run)
         if info.training_fingerprint != cfg.training_fingerprint:
@@ -326,6 +328,14 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
         from gitops.pull import pull  # a patch release: reuse the released run itself
 
         return pull(root, backend, f"{cfg.name}@{latest.version}", to=workdir / "previous"), False
+    if commit is not None and hasattr(backend, "list_artifacts"):
+        from gitops import artifacts
+
+        found_run, why = artifacts.reuse_released_run(root, backend, cfg.name, cfg.training_fingerprint, commit,
+                                                       root / registry_ops.RUNS_DIR)
+        typer_echo(f"{cfg.name}: {why}")
+        if found_run is not None:
+            return found_run, False
     typer_echo(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
     from gitops import train  # heavy: jax, flax, optax, orbax
 
@@ -373,7 +383,7 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
 
     with tempfile.TemporaryDirectory(prefix=f"gitops-release-{model}-") as tmp:
         workdir = Path(tmp)
-        run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir)
+        run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head)
         info = registry_ops.read_run(run_dir)
         from gitops.report import evaluate_gates
 
@@ -386,6 +396,14 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
 
         for _attempt in range(MAX_TAG_RETRIES):
             st = registry_ops.state(backend, model)
+            now = st.latest()
+            if now is not None and now.tag != (latest.tag if latest else None) and registry_ops.release_metadata(
+                    now.message).get("release_fingerprint") == cfg.release_fingerprint:
+                # A concurrent release of exactly this config got there first: two identical
+                # releases make one version. (Another config: take the next version.)
+                return ReleaseResult(model, None, now.tag, message=(
+                    f"nothing to release: {model}@{now.version} was released concurrently with the same "
+                    f"release fingerprint {cfg.release_fingerprint[:12]}"))
             highest = st.highest_ever()
             version = str(tags.FIRST_VERSION if highest is None else highest.bump(
                 "minor" if part == "initial" else part))
@@ -415,7 +433,7 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
             tag = tags.version_tag(model, version)
             try:
                 backend.create_tag(tag, head, tag_message(cfg, version, part, reason, meta))
-            except TagExistsError:
+            except TagExistsError:  # a concurrent release won this version: look again
                 shutil.rmtree(out_dir, ignore_errors=True)
                 continue
             break

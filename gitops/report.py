@@ -260,6 +260,13 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
             if not found:
                 raise UsageError(f"{run}: no run folders (no manifest.json) below it")
             folders += found
+        elif any(ch in str(run) for ch in "*?["):  # a pattern the shell left as is: it matched nothing
+            import glob
+
+            matched = sorted(Path(m) for m in glob.glob(str(run)) if (Path(m) / "manifest.json").is_file())
+            if not matched:
+                raise UsageError(f"{run} matched no run folder (nothing was trained or fetched there)")
+            folders += matched
         else:
             raise UsageError(f"{run}: no such run folder")
     if head_sha is None:

@@ -150,6 +150,7 @@ class GitHubServer:
         self.releases: dict[int, dict] = {}
         self.assets: dict[int, dict] = {}  # id -> stored asset (with "data")
         self.pulls: dict[int, dict] = {}
+        self.artifacts: dict[int, dict] = {}  # id -> stored Actions artifact (with "data": the zip)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -281,13 +282,25 @@ class GitHubServer:
         with self.lock:
             self.tokens[token] = User(login, next(self._ids), user_type)
 
-    def add_pull(self, number: int | None = None, head: str = "feature", base: str = "main") -> int:
+    def add_pull(self, number: int | None = None, head: str = "feature", base: str = "main",
+                 head_sha: str = "0" * 40, base_sha: str = "0" * 40) -> int:
         with self.lock:
             number = number or self.next_number
             self.next_number = max(self.next_number, number + 1)
             self.issues[number] = {"pull": True}
             self.pulls[number] = self._new_pull(number, head, base, "PR", "", self._any_user())
+            self.pulls[number].update(head_sha=head_sha, base_sha=base_sha)
             return number
+
+    def add_artifact(self, name: str, data: bytes, *, run_id: int = 1, head_sha: str = "0" * 40,
+                     head_branch: str = "feature", expired: bool = False, created_at: str | None = None) -> int:
+        """An Actions artifact (`data` is its zip archive) of workflow run `run_id` at `head_sha`."""
+        with self.lock:
+            aid = next(self._ids)
+            self.artifacts[aid] = {"id": aid, "name": name, "data": data, "run_id": run_id, "head_sha": head_sha,
+                                   "head_branch": head_branch, "expired": expired,
+                                   "created_at": created_at or _now_iso()}
+            return aid
 
     def add_comment(self, pr: int, body: str, login: str = "someone", user_type: str = "User") -> int:
         with self.lock:
@@ -495,8 +508,22 @@ class GitHubServer:
             "updated_at": p["created_at"],
             "draft": False,
             "merged": False,
-            "head": {"label": f"{self.owner}:{p['head']}", "ref": p["head"], "sha": "0" * 40},
-            "base": {"label": f"{self.owner}:{p['base']}", "ref": p["base"], "sha": "0" * 40},
+            "head": {"label": f"{self.owner}:{p['head']}", "ref": p["head"], "sha": p.get("head_sha", "0" * 40),
+                     "repo": {"full_name": self.full_name}},
+            "base": {"label": f"{self.owner}:{p['base']}", "ref": p["base"], "sha": p.get("base_sha", "0" * 40),
+                     "repo": {"full_name": self.full_name}},
+        }
+
+    def _artifact_json(self, a: dict) -> dict:
+        repo = self.repo_url
+        return {
+            "id": a["id"], "node_id": f"MDg6QXJ0aWZhY3Q{a['id']}", "name": a["name"],
+            "size_in_bytes": len(a["data"]), "url": f"{repo}/actions/artifacts/{a['id']}",
+            "archive_download_url": f"{repo}/actions/artifacts/{a['id']}/zip", "expired": a["expired"],
+            "created_at": a["created_at"], "updated_at": a["created_at"], "expires_at": None,
+            "digest": "sha256:" + hashlib.sha256(a["data"]).hexdigest(),
+            "workflow_run": {"id": a["run_id"], "repository_id": 1, "head_repository_id": 1,
+                             "head_branch": a["head_branch"], "head_sha": a["head_sha"]},
         }
 
     def _repo_json(self) -> dict:
@@ -638,7 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, raw=raw, headers=fault.headers, content_type=ctype)
             return
         try:
-            if self._user is None and not path.startswith("/_downloads/"):
+            if self._user is None and not path.startswith(("/_downloads/", "/_artifacts/")):
                 raise HTTPError(401, "Bad credentials")
             status, payload, extra = self._route(self.command, path, split.query, body)
         except HTTPError as e:
@@ -674,6 +701,11 @@ class _Handler(BaseHTTPRequestHandler):
                     raise HTTPError(404, "Not Found")
                 a["download_count"] += 1
                 return 200, a["data"], {}
+            if path.startswith("/_artifacts/") and method == "GET":  # the blob storage an archive redirects to
+                art = gh.artifacts.get(int(path.split("/")[2]))
+                if art is None or art["expired"]:
+                    raise HTTPError(404, "Not Found")
+                return 200, art["data"], {}
             if path.startswith("/uploads/"):
                 return self._upload(method, path, q, body)
             prefix = f"/repos/{gh.full_name}"
@@ -920,6 +952,40 @@ class _Handler(BaseHTTPRequestHandler):
         self.gh.pulls[n] = p
         return 201, self.gh._pull_json(p), {}
 
+    def get_pull(self, number: str, *, q, data, path):
+        p = self.gh.pulls.get(int(number))
+        if p is None:
+            raise HTTPError(404, "Not Found")
+        return 200, self.gh._pull_json(p), {}
+
+    # Actions artifacts (https://docs.github.com/rest/actions/artifacts)
+    def _artifact_list(self, q: dict, run_id: int | None) -> tuple[int, dict, dict]:
+        name = q.get("name", [""])[0]
+        items = [self.gh._artifact_json(a) for a in sorted(self.gh.artifacts.values(), key=lambda a: -a["id"])
+                 if (not name or a["name"] == name) and (run_id is None or a["run_id"] == run_id)]
+        status, chunk, headers = self._page(items, q, "")
+        return status, {"total_count": len(items), "artifacts": chunk}, headers
+
+    def get_artifacts(self, *, q, data, path):
+        return self._artifact_list(q, None)
+
+    def get_runartifacts(self, run_id: str, *, q, data, path):
+        return self._artifact_list(q, int(run_id))
+
+    def get_artifact(self, aid: str, *, q, data, path):
+        a = self.gh.artifacts.get(int(aid))
+        if a is None:
+            raise HTTPError(404, "Not Found")
+        return 200, self.gh._artifact_json(a), {}
+
+    def get_artifactzip(self, aid: str, *, q, data, path):
+        a = self.gh.artifacts.get(int(aid))
+        if a is None:
+            raise HTTPError(404, "Not Found")
+        if a["expired"]:
+            raise HTTPError(410, "Artifact has expired")
+        return 302, None, {"Location": f"{self.gh.url}/_artifacts/{a['id']}/{_q(a['name'])}.zip"}
+
     def get_pulls(self, *, q, data, path):
         state = q.get("state", ["open"])[0]
         head = q.get("head", [""])[0].split(":", 1)[-1]
@@ -955,4 +1021,9 @@ _ROUTES = [
     (r"/releases/assets/(\d+)", _Handler.delete_asset),
     (r"/pulls", _Handler.post_pulls),
     (r"/pulls", _Handler.get_pulls),
+    (r"/pulls/(\d+)", _Handler.get_pull),
+    (r"/actions/artifacts", _Handler.get_artifacts),
+    (r"/actions/runs/(\d+)/artifacts", _Handler.get_runartifacts),
+    (r"/actions/artifacts/(\d+)", _Handler.get_artifact),
+    (r"/actions/artifacts/(\d+)/zip", _Handler.get_artifactzip),
 ]

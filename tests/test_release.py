@@ -129,7 +129,7 @@ def test_run_of_another_config_is_refused(repo):
     assert result.exit_code == 2 and "another config" in result.output
 
 
-def test_racing_releases_get_distinct_versions(repo):
+def test_racing_identical_releases_make_one_version(repo):
     fake_run(repo, "wine-mlp", GOOD)
     results, errors = [], []
 
@@ -146,8 +146,28 @@ def test_racing_releases_get_distinct_versions(repo):
         t.join()
     assert not errors
     released = sorted(r.tag for r in results if r.tag and r.version)
-    assert len(released) == len(set(released)) >= 1
-    assert "wine-mlp@v1.0.0" in released
+    assert released == ["wine-mlp@v1.0.0"], "the same release fingerprint is one version, whoever wins"
+    assert all(r.message.startswith("nothing to release") for r in results if not r.version)
+    assert [t.name for t in LocalBackend(repo).list_tags()] == ["wine-mlp@v1.0.0"]
+
+
+def test_lost_tag_race_against_another_config_takes_the_next_version(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    backend = LocalBackend(repo)
+    real_create = backend.create_tag
+    calls = []
+
+    def racing_create(name, commit, message):
+        if not calls:  # another merge released a different config as v1.0.0 a moment earlier
+            calls.append(name)
+            other = message.replace('"release_fingerprint": "', '"release_fingerprint": "0')
+            real_create(name, commit, other)
+        return real_create(name, commit, message)
+
+    backend.create_tag = racing_create
+    result = release.release(repo, backend, "wine-mlp")
+    assert calls == ["wine-mlp@v1.0.0"]
+    assert result.tag == "wine-mlp@v1.1.0"
 
 
 def test_split_archives_are_joined_by_pull(repo, monkeypatch):
@@ -350,3 +370,45 @@ def test_release_promote_pull_history_on_the_github_backend(repo, github_env, gi
     assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
     doc = json.loads(runner.invoke(app, ["history", "wine-mlp", "--json"]).stdout)
     assert doc["stages"] == {"production": "v1.0.0"}
+
+
+def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ancestor(
+        repo, tmp_path, github_env, github_server, monkeypatch):
+    import io
+    import zipfile
+
+    import gitops.train
+
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    git(repo, "rm", "-q", "-r", "models/digits-cnn", "models/digits-mlp-wide", "models/digits-mlp")
+    pr_head = commit_all(repo, "only wine-mlp")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "merge commit")  # what is released: a descendant
+    run = fake_run(repo, "wine-mlp", GOOD, out=tmp_path / "pr-runs")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:  # upload-artifact of `runs/`: <model>/<fp12>/...
+        for f in sorted(run.rglob("*")):
+            if f.is_file():
+                zf.writestr(f.relative_to(tmp_path / "pr-runs").as_posix(), f.read_bytes())
+    name = f"run-wine-mlp-{run.name}"
+
+    def no_training(*args, **kwargs):
+        raise GitopsError("would train")
+
+    monkeypatch.setattr(gitops.train, "train", no_training)
+    from gitops.backends.github import GitHubBackend
+
+    backend = GitHubBackend.from_env()
+    # built from a commit that is not in the released history (e.g. a fork's unmerged head): never reused
+    github_server.add_artifact(name, buf.getvalue(), run_id=1, head_sha="f" * 40)
+    results, failures = release.release_pending(repo, backend)
+    assert results == [] and failures == [("wine-mlp", "would train")]
+    # built from the PR head that was merged: reused, no training
+    github_server.add_artifact(name, buf.getvalue(), run_id=2, head_sha=pr_head)
+    results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
+    assert failures == []
+    (result,) = results
+    assert result.tag == "wine-mlp@v1.0.0" and result.trained is False
+    assert result.run == repo / "runs/wine-mlp" / run.name
+    assert sorted(github_server.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]

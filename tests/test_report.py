@@ -154,3 +154,114 @@ def test_report_missing_run_is_usage_error(example_repo, monkeypatch):
     monkeypatch.chdir(example_repo)
     result = CliRunner().invoke(app, ["report", str(Path("runs/nope"))])
     assert result.exit_code == 2
+
+
+def test_report_pattern_that_matched_nothing_is_usage_error(example_repo, monkeypatch):
+    monkeypatch.chdir(example_repo)
+    result = CliRunner().invoke(app, ["report", "runs/*/*"])
+    assert result.exit_code == 2
+    assert "runs/*/* matched no run folder" in result.output
+    run = fake_run(example_repo, "wine-mlp", GOOD)  # a quoted pattern that matches is expanded
+    result = CliRunner().invoke(app, ["report", "runs/*/*", "--baseline", str(run)])
+    assert result.exit_code == 0, result.output
+
+
+def _github_cli_env(monkeypatch, github_env):
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    monkeypatch.delenv("GITHUB_EVENT_PATH", raising=False)
+
+
+def test_comment_on_github_checks_the_pr_head_and_caps_the_body(released, tmp_path, monkeypatch, github_env,
+                                                                  github_server):
+    run = fake_run(released, "wine-mlp", GOOD)
+    md, js = tmp_path / "r.md", tmp_path / "r.json"
+    head = "c" * 40
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(run), "--out", str(md), "--json-out", str(js), "--pr", "1",
+                                 "--head-sha", head, "--baseline", str(run)])
+    assert result.exit_code == 0, result.output
+    _github_cli_env(monkeypatch, github_env)
+    github_server.add_pull(1, head_sha="d" * 40)  # the PR moved on (or the artifact names another PR)
+    args = ["comment", "--pr", "1", "--file", str(md), "--head-sha", head, "--report-json", str(js)]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 1 and "PR #1 is at dddddddddddd, not cccccccccccc" in refused.output
+    assert github_server.comment_bodies(1) == []
+    github_server.pulls[1]["head_sha"] = head
+    md.write_text(md.read_text() + "x" * 70_000)  # over GitHub's limit: cut, not refused
+    ok = runner.invoke(app, args)
+    assert ok.exit_code == 0, ok.output
+    (body,) = github_server.comment_bodies(1)
+    assert body.startswith(COMMENT_MARKER) and len(body) <= 65_536 and "Report cut at" in body
+    del github_server.pulls[1]  # an issue, not a pull request
+    missing = runner.invoke(app, args)
+    assert missing.exit_code == 1 and "#1 is not a pull request" in missing.output
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _zip_folder(folder: Path, prefix: str) -> bytes:
+    return _zip({f"{prefix}/{p.relative_to(folder).as_posix()}": p.read_bytes()
+                 for p in sorted(folder.rglob("*")) if p.is_file()})
+
+
+def test_fetch_runs_from_cache_and_artifacts(example_repo, tmp_path, monkeypatch, github_env, github_server):
+    from gitops import config
+
+    monkeypatch.chdir(example_repo)
+    made = fake_run(example_repo, "wine-mlp", GOOD, out=tmp_path / "made")
+    fp = config.load("wine-mlp", example_repo).short_fingerprint
+    matrix = json.dumps({"include": [{"model": "wine-mlp", "fingerprint": fp}]})
+    runner = CliRunner()
+    # the runner's run cache (how act stands in for artifacts)
+    monkeypatch.setenv("GITOPS_RUN_CACHE", str(tmp_path / "made"))
+    result = runner.invoke(app, ["ci", "fetch-runs", "--matrix", matrix, "--out", "runs", "--backend", "local"])
+    assert result.exit_code == 0, result.output
+    assert f"wine-mlp/{fp}: run cache" in result.stdout
+    assert (example_repo / "runs/wine-mlp" / fp / "manifest.json").is_file()
+    # on GitHub: this run's artifact run-<model>-<fp12> through the REST API
+    monkeypatch.delenv("GITOPS_RUN_CACHE")
+    import shutil
+
+    shutil.rmtree(example_repo / "runs")
+    _github_cli_env(monkeypatch, github_env)
+    github_server.add_artifact(f"run-wine-mlp-{fp}", _zip({"wine-mlp/x": b"not this run"}), run_id=9)
+    github_server.add_artifact(f"run-wine-mlp-{fp}", _zip_folder(made, f"wine-mlp/{fp}"), run_id=77)
+    github_server.add_artifact(f"run-wine-mlp-{fp}", _zip({"../evil": b"x"}), run_id=78, head_sha="e" * 40)
+    result = runner.invoke(app, ["ci", "fetch-runs", "--matrix", matrix, "--run-id", "77"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((example_repo / "runs/wine-mlp" / fp / "metrics.json").read_text()) == GOOD
+    shutil.rmtree(example_repo / "runs")
+    result = runner.invoke(app, ["ci", "fetch-runs", "--matrix", matrix, "--run-id", "78", "--head-sha", "e" * 40])
+    assert result.exit_code == 1 and "unsafe member name '../evil'" in result.output
+    assert not (tmp_path / "evil").exists() and not (example_repo / "evil").exists()
+    bad = runner.invoke(app, ["ci", "fetch-runs", "--matrix", '{"include": [{"model": "../x", "fingerprint": "0"}]}'])
+    assert bad.exit_code == 2
+
+
+def test_fetch_report_takes_only_the_four_files(tmp_path, monkeypatch, github_env, github_server):
+    monkeypatch.chdir(tmp_path)
+    _github_cli_env(monkeypatch, github_env)
+    out = tmp_path / "got"
+    runner = CliRunner()
+    monkeypatch.setenv("GITHUB_OUTPUT", str(tmp_path / "output"))
+    none = runner.invoke(app, ["ci", "fetch-report", "--run-id", "5", "--out", str(out), "--github-output"])
+    assert none.exit_code == 0 and "nothing to post" in none.stdout
+    files = {"report.md": b"# r", "report.json": b"{}", "pr-number": b"1\n", "head-sha": b"a\n",
+             "extra.sh": b"rm -rf /"}
+    github_server.add_artifact("gitops-report", _zip(files), run_id=5)
+    got = runner.invoke(app, ["ci", "fetch-report", "--run-id", "5", "--out", str(out), "--github-output"])
+    assert got.exit_code == 0, got.output
+    assert sorted(p.name for p in out.iterdir()) == ["head-sha", "pr-number", "report.json", "report.md"]
+    assert (tmp_path / "output").read_text() == "found=false\nfound=true\n"

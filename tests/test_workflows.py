@@ -320,13 +320,17 @@ def test_report_runs_after_training_whatever_its_result_and_uploads_the_report()
     job = workflow("pr.yml")["jobs"]["report"]
     assert job["runs-on"] == "ubuntu-latest"
     assert set(job["needs"]) == {"plan", "train"}
-    assert job["permissions"] == {"contents": "read"}
+    assert job["permissions"] == {"contents": "read", "actions": "read"}
     for train in ("success", "failure", "skipped"):
         assert evaluate(job["if"], {**PR_CONTEXT, "needs.train.result": train}) is True, train
     assert evaluate(job["if"], {**PR_CONTEXT, "needs.plan.outputs.has_train": "false"}) is False
     assert evaluate(job["if"], PR_CONTEXT, cancelled=True) is False
     runs = [s["run"] for s in job["steps"] if "run" in s]
     assert "gitops report runs/*/* --out report.md --json-out report.json" in runs
+    fetch = next(s for s in job["steps"] if s.get("run", "").startswith("gitops ci fetch-runs"))
+    assert fetch["env"]["MATRIX"] == "${{ needs.plan.outputs.matrix }}"
+    assert "if" not in fetch, "the same step runs on GitHub (artifacts) and under act (run cache)"
+    assert runs.index(fetch["run"]) < runs.index("gitops report runs/*/* --out report.md --json-out report.json")
     upload = next(s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
     assert upload["with"]["name"] == "gitops-report"
     assert set(upload["with"]["path"].split()) == {"report.md", "report.json", "pr-number", "head-sha"}
@@ -368,12 +372,14 @@ def test_comment_never_checks_out_pr_code():
 
 def test_comment_downloads_only_the_report_artifact_outside_the_workspace():
     steps = workflow("comment.yml")["jobs"]["comment"]["steps"]
-    downloads = [s for s in steps if str(s.get("uses", "")).startswith("actions/download-artifact@")]
-    assert len(downloads) == 1
-    with_ = downloads[0]["with"]
-    assert with_["name"] == "gitops-report"
-    assert with_["run-id"] == "${{ github.event.workflow_run.id }}"
-    assert with_["path"].startswith("${{ runner.temp }}")
+    assert not [s for s in steps if str(s.get("uses", "")).startswith("actions/download-artifact@")]
+    fetch = next(s for s in steps if s.get("run", "").startswith("gitops ci fetch-report"))
+    assert fetch["env"]["RUN_ID"] == "${{ github.event.workflow_run.id }}"
+    assert '--run-id "$RUN_ID"' in fetch["run"] and "--github-output" in fetch["run"]
+    assert '--out "$RUNNER_TEMP/gitops-report"' in fetch["run"], "outside the workspace"
+    comment_step = next(s for s in steps if s.get("run", "").startswith("gitops comment"))
+    assert comment_step["if"] == f"${{{{ steps.{fetch['id']}.outputs.found == 'true' }}}}"
+    assert "$RUNNER_TEMP/gitops-report/report.json" in comment_step["run"]
 
 
 # --- release.yml -----------------------------------------------------------------------------------

@@ -573,3 +573,65 @@ class GitHubBackend(Backend):
                 if pulls:
                     return pulls[0].html_url
             raise ServiceError(f"GitHub {op} failed: HTTP 422: {message}") from None
+
+    # --- pull request heads and Actions artifacts (used by comment, ci fetch-*, release-pending) ----
+    def pull_head_sha(self, pr: int) -> str:
+        """The head commit of pull request `pr` as GitHub sees it now (GitopsError if it is not a PR)."""
+        try:
+            _, data = self._call(f"read pull request #{pr}", lambda: self._requester.requestJsonAndCheck(
+                "GET", f"{self._repo.url}/pulls/{int(pr)}"), expect=(404,))
+        except GithubException:
+            raise GitopsError(f"#{pr} is not a pull request of {self.repository}") from None
+        return str((data.get("head") or {}).get("sha") or "")
+
+    def list_artifacts(self, name: str, run_id: int | None = None) -> list[dict]:
+        """Unexpired Actions artifacts called `name` (of workflow run `run_id` if given), newest first.
+
+        Each is GitHub's JSON: id, name, size_in_bytes, expired, created_at and
+        workflow_run {id, head_sha, head_branch, ...}.
+        """
+        path = f"{self._repo.url}/actions/runs/{int(run_id)}/artifacts" if run_id else f"{self._repo.url}/actions/artifacts"
+        found: list[dict] = []
+        for page in range(1, 51):  # 5,000 artifacts of one name is far beyond any real repository
+            params = {"name": name, "per_page": 100, "page": page}
+
+            def get(params=params) -> dict:
+                return self._requester.requestJsonAndCheck("GET", path, parameters=params)[1]
+
+            try:
+                data = self._call(f"list artifacts {name}", get, expect=(404,))
+            except GithubException:
+                return []
+            items = [a for a in data.get("artifacts") or [] if isinstance(a, dict)]
+            found += items
+            if len(items) < 100:
+                break
+        live = [a for a in found if a.get("name") == name and not a.get("expired")]
+        return sorted(live, key=lambda a: (str(a.get("created_at") or ""), int(a.get("id") or 0)), reverse=True)
+
+    def download_artifact_zip(self, artifact: dict, dest: Path, max_bytes: int) -> Path:
+        """Download an artifact's zip archive to the file `dest` (at most `max_bytes`)."""
+        url = f"{self.api_url}/repos/{self.repository}/actions/artifacts/{int(artifact['id'])}/zip"
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/vnd.github+json",
+                   "User-Agent": "gitops-nn", "X-GitHub-Api-Version": "2022-11-28"}
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+
+        def attempt() -> None:
+            # requests drops the Authorization header when GitHub redirects to its blob storage host
+            with requests.get(url, headers=headers, stream=True, timeout=60, allow_redirects=True) as resp:
+                if resp.status_code >= 400:
+                    raise GithubException(resp.status_code, {"message": resp.reason}, dict(resp.headers))
+                written = 0
+                with dest.open("wb") as fh:
+                    for chunk in resp.iter_content(1 << 16):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise GitopsError(f"artifact {artifact.get('name')} is larger than {max_bytes} bytes")
+                        fh.write(chunk)
+
+        try:
+            self._call(f"download artifact {artifact.get('name')}", attempt, expect=(404, 410))
+        except GithubException:
+            raise AssetNotFoundError(f"artifact {artifact.get('name')} (id {artifact.get('id')}) is gone") from None
+        return dest

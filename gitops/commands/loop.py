@@ -145,7 +145,7 @@ def comment_cmd(
 
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
-    body = file.read_text(encoding="utf-8", errors="replace")
+    body = report.cap(file.read_text(encoding="utf-8", errors="replace"))  # GitHub's 65,536 characters
     report.check_markdown(body)
     if report_json is not None:
         if not report_json.is_file():
@@ -158,8 +158,15 @@ def comment_cmd(
         root = config.find_root()
     except UsageError:  # the comment workflow may run outside any checkout
         root = Path.cwd()
-    where = _backend(backend_name, root).upsert_comment(pr, body)
-    out(where)
+    backend = _backend(backend_name, root)
+    if head_sha is not None and hasattr(backend, "pull_head_sha"):
+        # The PR number comes from an artifact (a fork's run writes it): post only where GitHub says
+        # that PR's head is the commit the report was made for.
+        actual = backend.pull_head_sha(pr)
+        if actual != head_sha:
+            raise GitopsError(f"PR #{pr} is at {actual[:12] or '(unknown)'}, not {head_sha[:12]}; refusing to post "
+                              "a report for another commit (or another PR)")
+    out(backend.upsert_comment(pr, body))
 
 
 # --- releases -------------------------------------------------------------------------------------------
@@ -203,6 +210,67 @@ def release_pending_cmd(
         _echo_err(f"error: {name}: {message}")
     if failures:
         raise typer.Exit(1)
+
+
+@command("fetch-runs", group=ci_app)
+def fetch_runs_cmd(
+    matrix: Annotated[str, typer.Option("--matrix", help="The plan's matrix JSON (ci plan's `matrix`).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the run folders go.")] = Path("runs"),
+    run_id: Annotated[int | None, typer.Option("--run-id", help="Workflow run whose artifacts to prefer (default $GITHUB_RUN_ID).")] = None,
+    head_sha: Annotated[str | None, typer.Option("--head-sha", help="Also accept artifacts of runs at this commit.")] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Put the matrix's run folders into --out: already there, from $GITOPS_RUN_CACHE, or from the
+    `run-<model>-<fingerprint>` artifacts (github backend). Exit 1 when none is found."""
+    from gitops import artifacts
+
+    root = config.find_root()
+    if run_id is None and os.environ.get("GITHUB_RUN_ID", "").isdigit():
+        run_id = int(os.environ["GITHUB_RUN_ID"])
+    items = artifacts.matrix_items(matrix)
+    backend = None
+    if items:
+        try:
+            backend = _backend(backend_name, root)
+        except UsageError as exc:  # no token: the run cache can still serve
+            _echo_err(f"note: {exc.message}")
+    results = artifacts.fetch_runs(root, matrix, root / out_dir if not out_dir.is_absolute() else out_dir,
+                                   backend, run_id=run_id, head_sha=head_sha)
+    annotate = os.environ.get("GITHUB_ACTIONS") == "true"
+    for r in results:
+        if r.path is not None:
+            out(f"{r.model}/{r.fingerprint}: {r.source}")
+        else:
+            _echo_err(f"{'::error::' if annotate else 'missing: '}{r.model}/{r.fingerprint}: {r.note}")
+    if items and not any(r.path for r in results):
+        raise GitopsError("no run folder of the plan was found (did training fail?)")
+
+
+@command("fetch-report", group=ci_app)
+def fetch_report_cmd(
+    run_id: Annotated[int, typer.Option("--run-id", help="The PR workflow run that uploaded gitops-report.", min=1)],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for report.md, report.json, pr-number, head-sha.")],
+    github_output: Annotated[
+        bool, typer.Option("--github-output", help="Append found=true|false to $GITHUB_OUTPUT.")
+    ] = False,
+    backend_name: BackendOption = None,
+) -> None:
+    """Download the `gitops-report` artifact of a workflow run as data (its four files only)."""
+    from gitops import artifacts
+
+    try:
+        root = config.find_root()
+    except UsageError:
+        root = Path.cwd()
+    found = artifacts.fetch_report(_backend(backend_name, root), run_id, out_dir)
+    out(f"report of run {run_id} -> {found}" if found else f"run {run_id} uploaded no {artifacts.REPORT_ARTIFACT}: "
+        "nothing to post")
+    if github_output:
+        target = os.environ.get("GITHUB_OUTPUT")
+        if not target:
+            raise UsageError("--github-output needs $GITHUB_OUTPUT to name a file")
+        with open(target, "a", encoding="utf-8") as fh:
+            fh.write(f"found={'true' if found else 'false'}\n")
 
 
 @command("pull")
