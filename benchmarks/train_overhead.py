@@ -104,23 +104,25 @@ def hand_loop(cfg, dataset, total_steps):
 def gitops_loop(cfg, dataset):
     session = train.build_session(cfg, dataset)
     log_every = cfg.train.log_every
-    state = {"step": 0, "acc": session.zero_metrics(), "bad": session.no_divergence()}
+    state = {"step": 0, "acc": session.zero_metrics(), "bad": session.no_divergence(), "reset": False}
 
     def run(steps):
-        step, acc, bad = state["step"], state["acc"], state["bad"]
+        step, acc, bad, reset = state["step"], state["acc"], state["bad"], state["reset"]
         end = step + steps
         while step < end:
             target = min(train._next_multiple(step, log_every), end)
             while step < target:
                 length = min(session.chunk, target - step)
-                acc, bad = session.run_chunk(step, length, acc, bad)
+                acc, bad = session.run_chunk(step, length, acc, bad, reset)
+                reset = False
                 step += length
             if step % log_every == 0:  # what train_and_evaluate does at a logging step
-                train._divergence(bad)
-                metrics.finalize(acc)
-                acc = session.zero_metrics()
+                host_acc, host_bad = jax.device_get((acc, bad))
+                train._divergence(host_bad)
+                metrics.finalize(host_acc)
+                reset = True
         jax.block_until_ready(session.state)
-        state.update(step=step, acc=acc, bad=bad)
+        state.update(step=step, acc=acc, bad=bad, reset=reset)
 
     return run, session
 

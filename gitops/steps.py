@@ -100,14 +100,16 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
 
 
 def make_train_chunk(graphdef, spec: StepSpec) -> Callable:
-    """`run(state, acc, bad, start, x_all, y_all, data_key, base_key, length=K)`: K steps in one dispatch.
+    """`run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, length=K)`: K steps in one dispatch.
 
     The epoch permutations the chunk needs are computed once per chunk; state, metric sums and the
     divergence flag are donated so XLA updates them in place.
     """
 
     @partial(jax.jit, static_argnames=("length",), donate_argnums=(0, 1, 2))
-    def run(state, acc, bad, start, x_all, y_all, data_key, base_key, *, length: int):
+    def run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, *, length: int):
+        # `reset` zeroes the metric sums on device (after a logging read-back) without another dispatch
+        acc = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc)
         first_epoch = start // spec.steps_per_epoch
         perms = data_lib.epoch_permutations(data_key, first_epoch, spec.epochs_spanned(length), spec.n_train)
 

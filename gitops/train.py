@@ -183,12 +183,14 @@ class Session:
         nnx.replace_by_pure_dict(self.state[0], tree["model"])
         nnx.replace_by_pure_dict(self.state[1], tree["optimizer"])
 
-    def run_chunk(self, step: int, length: int, acc: Any, bad: Any) -> tuple[Any, Any]:
-        import jax.numpy as jnp
+    def run_chunk(self, step: int, length: int, acc: Any, bad: Any, reset: bool = False) -> tuple[Any, Any]:
+        """Run steps [step, step+length) in one dispatch; `reset` zeroes the metric sums first."""
+        import numpy as np
 
         d = self.device
         self.state, acc, bad = self.chunk_fn(
-            self.state, acc, bad, jnp.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"], length=length
+            self.state, acc, bad, np.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"],
+            np.bool_(reset), length=length,
         )
         return acc, bad
 
@@ -307,7 +309,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         chunk_fn=steps.make_train_chunk(graphdef, spec),
         eval_fn=steps.make_eval(eval_graphdef, spec),
         device=device,
-        schedule=optim.learning_rate_schedule(train, total),
+        schedule=jax.jit(optim.learning_rate_schedule(train, total)),  # one dispatch per logged learning rate
         chunk=_chunk_length(train, cfg.model.architecture),
         param_count=param_count,
         metric_names=names,
@@ -384,6 +386,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
 
 
 def _divergence(bad: Any) -> None:
+    """Raise TrainingError if the on-device divergence record names a step."""
     import jax
 
     host = jax.device_get(bad)
@@ -416,7 +419,10 @@ def train_and_evaluate(
         TrainingError: the loss or gradients became NaN/inf ("training diverged at step N: ...").
         Interrupted: Ctrl-C; a checkpoint of the current step was written first, so --resume continues.
     """
+    import jax
+
     from gitops import data as data_lib
+    from gitops import metrics as metrics_lib
     from gitops.checkpoint import Checkpoints
 
     enable_compilation_cache()
@@ -468,7 +474,7 @@ def train_and_evaluate(
     run.write_manifest(manifest)
 
     log_every, eval_every, ckpt_every = train.log_every, train.eval_every, train.checkpoint["every_steps"]
-    acc, bad = session.zero_metrics(), session.no_divergence()
+    acc, bad, reset = session.zero_metrics(), session.no_divergence(), False
     t0 = time.perf_counter()
     start_step = step
     window_t, window_step = t0, step
@@ -495,16 +501,16 @@ def train_and_evaluate(
                          _next_multiple(step, ckpt_every), total)
             while step < target:
                 length = min(session.chunk, target - step)
-                acc, bad = session.run_chunk(step, length, acc, bad)
+                acc, bad = session.run_chunk(step, length, acc, bad, reset)
+                reset = False
                 step += length
-            _divergence(bad)
+            host_acc, host_bad = jax.device_get((acc, bad))  # the one sync per event
+            _divergence(host_bad)
             records = []
             epoch = round(step / session.steps_per_epoch, 4)
             if step % log_every == 0 or step == total:
-                from gitops import metrics as metrics_lib
-
-                train_metrics = metrics_lib.finalize(acc)
-                acc = session.zero_metrics()
+                train_metrics = metrics_lib.finalize(host_acc)
+                reset = True
                 now = time.perf_counter()
                 rate = (step - window_step) / max(now - window_t, 1e-9)
                 window_t, window_step = now, step
@@ -673,12 +679,10 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     opt_bytes = nbytes(nnx.to_pure_dict(session.state[1]))
     length = min(session.chunk, session.total_steps)
     acc, bad = session.zero_metrics(), session.no_divergence()
-    import jax.numpy as jnp
-
     d = session.device
     t0 = time.perf_counter()
-    lowered = session.chunk_fn.lower(session.state, acc, bad, jnp.int32(0), d["x_train"], d["y_train"],
-                                     d["data_key"], d["base_key"], length=length)
+    lowered = session.chunk_fn.lower(session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"],
+                                     d["data_key"], d["base_key"], np.bool_(False), length=length)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     flops = None

@@ -180,3 +180,23 @@ def test_benchmark_quick_smoke() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("median ratio") == 2
+
+
+def test_accumulation_bfloat16_and_early_stopping(tmp_path: Path) -> None:
+    from gitops import config, train
+    from gitops.runs import RunFolder
+
+    doc = config.load("wine-mlp", REPO).as_dict()
+    doc["train"].update(
+        gradient_accumulation=2,
+        precision="bfloat16",
+        eval_every=20,
+        early_stopping={"metric": "val/loss", "patience": 1, "min_delta": 100.0},
+    )
+    cfg = config.build("wine-mlp", doc)
+    metrics = train.train_and_evaluate(cfg, tmp_path / "run", root=REPO)
+    run = RunFolder(tmp_path / "run")
+    manifest = run.manifest
+    assert manifest["stopped_early"] and manifest["steps_done"] == 40 < manifest["steps"]
+    assert manifest["checkpoint_step"] in (20, 40)  # best by val/loss among the evaluated checkpoints
+    assert metrics["test/accuracy"] > 0.5
