@@ -246,6 +246,8 @@ def build_session(cfg: Any, dataset: Any) -> Session:
     from gitops.architectures import build_model
 
     train = cfg.train
+    if train.repeats > 1:
+        raise TrainingError("train.repeats > 1 is not supported yet: train one seed per run (set train.seed)")
     prep = dataset.preprocessing
     n_train = len(dataset.train)
     if train.batch_size > n_train:
@@ -680,17 +682,18 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     length = min(session.chunk, session.total_steps)
     acc, bad = session.zero_metrics(), session.no_divergence()
     d = session.device
+    args = (session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], d["data_key"], d["base_key"], np.bool_(False))
     t0 = time.perf_counter()
-    lowered = session.chunk_fn.lower(session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"],
-                                     d["data_key"], d["base_key"], np.bool_(False), length=length)
-    compiled = lowered.compile()
+    compiled = session.chunk_fn.lower(*args, length=length).compile()
     compile_s = time.perf_counter() - t0
     flops = None
     with contextlib.suppress(Exception):
-        cost = compiled.cost_analysis()
+        # XLA counts a loop body once, so FLOPs come from the one-step program (no scan)
+        single = compiled if length == 1 else session.chunk_fn.lower(*args, length=1).compile()
+        cost = single.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         if cost and cost.get("flops") is not None:
-            flops = float(cost["flops"]) / length
+            flops = float(cost["flops"])
     memory: dict[str, int] = {}
     with contextlib.suppress(Exception):
         mem = compiled.memory_analysis()
