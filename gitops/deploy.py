@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from gitops.errors import UsageError
+from gitops.runs import replace_dir
 
 PYTHON_IMAGE = "python:3.11.11-slim-bookworm"  # pinned: a rebuild months later gets the same base
 PORT = 8501
@@ -281,24 +282,11 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
                                               "options": asdict(opts)}, indent=2) + "\n")
         files = tuple(sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()
                              and not str(p.relative_to(tmp)).startswith(("app/", "model/"))))
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return Rendered(out_dir, image, model, version, files)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put `new` at `target` by renames: `target` is never half written, only briefly absent."""
-    import os
-
-    if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, trash / target.name)
-        os.replace(new, target)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def deploy(root: Path, backend, ref: str, out_dir: Path, opts: DeployOptions, *, force: bool = False) -> Rendered:

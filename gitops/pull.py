@@ -39,7 +39,7 @@ def parse_sums(text: str) -> dict[str, str]:
     return sums
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -106,41 +106,10 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
         if any(target.iterdir()) if target.is_dir() else True:
             raise UsageError(f"{target} already exists and is not this release; pass another --to")
     meta = registry_ops.release_metadata(version.message)
-    tag = version.tag
-    assets = backend.list_assets(tag)
-    if "SHA256SUMS" not in assets:
-        raise IntegrityError(f"{tag} has no SHA256SUMS asset (assets: {', '.join(assets) or 'none'})")
-    archive_name = meta.get("archive") or f"{model}-{version.version}.tar.gz"
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".pull-{model}-", dir=target.parent))
     try:
-        downloads = work / "download"
-        downloads.mkdir()
-        backend.download_asset(tag, "SHA256SUMS", downloads / "SHA256SUMS")
-        sums = parse_sums((downloads / "SHA256SUMS").read_text(encoding="utf-8"))
-        if archive_name not in sums:
-            raise IntegrityError(f"SHA256SUMS of {tag} does not list {archive_name}")
-        if meta.get("sha256") and sums[archive_name] != meta["sha256"]:
-            raise IntegrityError(f"SHA256SUMS of {tag} disagrees with the tag's recorded checksum of {archive_name}")
-        parts = sorted(a for a in assets if a.startswith(archive_name + ".part"))
-        names = parts or [archive_name]
-        for name in names:
-            if name not in sums:
-                raise IntegrityError(f"SHA256SUMS of {tag} does not list {name}")
-            path = backend.download_asset(tag, name, downloads / name)
-            got = _sha256(path)
-            if got != sums[name]:
-                raise IntegrityError(f"checksum mismatch for {name}: expected {sums[name][:16]}…, got {got[:16]}…")
-        archive = downloads / archive_name
-        if parts:
-            with open(archive, "wb") as out:
-                for name in parts:
-                    with open(downloads / name, "rb") as fh:
-                        shutil.copyfileobj(fh, out)
-        got = _sha256(archive)
-        if got != sums[archive_name]:
-            raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "
-                                 f"got {got[:16]}…")
+        archive = fetch_archive(backend, version, meta, work / "download")
         unpacked = work / "unpacked"
         safe_extract(archive, unpacked)
         if target.exists():
@@ -149,6 +118,52 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work: Path) -> Path:
+    """Download a release's archive into `work` (joining split parts), verifying every checksum.
+
+    SHA256SUMS must list the archive and each part, and agree with the checksum the tag recorded,
+    so swapping an asset (or an asset and SHA256SUMS together) is refused.
+
+    Raises:
+        IntegrityError: a missing SHA256SUMS or entry, or any checksum that differs.
+    """
+    tag = version.tag
+    model = tag.split("@", 1)[0]
+    archive_name = meta.get("archive") or f"{model}-{version.version}.tar.gz"
+    if not isinstance(archive_name, str) or "/" in archive_name or "\\" in archive_name or archive_name.startswith("."):
+        raise IntegrityError(f"{tag}: archive name {archive_name!r} is not a plain file name")
+    assets = backend.list_assets(tag)
+    if "SHA256SUMS" not in assets:
+        raise IntegrityError(f"{tag} has no SHA256SUMS asset (assets: {', '.join(assets) or 'none'})")
+    work.mkdir(parents=True, exist_ok=True)
+    backend.download_asset(tag, "SHA256SUMS", work / "SHA256SUMS")
+    sums = parse_sums((work / "SHA256SUMS").read_text(encoding="utf-8"))
+    if archive_name not in sums:
+        raise IntegrityError(f"SHA256SUMS of {tag} does not list {archive_name}")
+    if meta.get("sha256") and sums[archive_name] != meta["sha256"]:
+        raise IntegrityError(f"SHA256SUMS of {tag} disagrees with the tag's recorded checksum of {archive_name}")
+    parts = sorted(a for a in assets if a.startswith(archive_name + ".part"))
+    for name in parts or [archive_name]:
+        if name not in sums:
+            raise IntegrityError(f"SHA256SUMS of {tag} does not list {name}")
+        path = backend.download_asset(tag, name, work / name)
+        got = sha256_file(path)
+        if got != sums[name]:
+            raise IntegrityError(f"checksum mismatch for {name}: expected {sums[name][:16]}…, got {got[:16]}…")
+    archive = work / archive_name
+    if parts:
+        with open(archive, "wb") as out:
+            for name in parts:
+                with open(work / name, "rb") as fh:
+                    shutil.copyfileobj(fh, out)
+                (work / name).unlink()
+    got = sha256_file(archive)
+    if got != sums[archive_name]:
+        raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "
+                             f"got {got[:16]}…")
+    return archive
 
 
 def _same_release(folder: Path, version: tags.VersionState) -> bool:

@@ -489,12 +489,19 @@ def test_archive_reading_is_safe_and_checksummed(tmp_path: Path):
     bad = _Assets({"m-v1.0.0.tar.gz": archive + b"x", "SHA256SUMS": f"{digest}  m-v1.0.0.tar.gz\n".encode()})
     with pytest.raises(GitopsError, match="checksum"):
         release_files(bad, vs, {}, tmp_path / "cache2")
-    with pytest.raises(GitopsError, match="checksum differs from the release tag"):
-        release_files(_Assets({"m-v1.0.0.tar.gz": archive + b"x"}), vs, {"sha256": digest}, tmp_path / "cache3")
+    sums = f"{hashlib.sha256(archive + b'x').hexdigest()}  m-v1.0.0.tar.gz\n".encode()
+    with pytest.raises(GitopsError, match="disagrees with the tag's recorded checksum"):  # both swapped
+        release_files(_Assets({"m-v1.0.0.tar.gz": archive + b"x", "SHA256SUMS": sums}), vs, {"sha256": digest},
+                      tmp_path / "cache3")
+    with pytest.raises(GitopsError, match="no SHA256SUMS"):  # unverifiable archives are refused
+        release_files(_Assets({"m-v1.0.0.tar.gz": archive}), vs, {"sha256": digest}, tmp_path / "cache6")
     half = len(archive) // 2
-    parts = _Assets({"m-v1.0.0.tar.gz.part000": archive[:half], "m-v1.0.0.tar.gz.part001": archive[half:]})
+    parts = _Assets({"m-v1.0.0.tar.gz.part000": archive[:half], "m-v1.0.0.tar.gz.part001": archive[half:],
+                     "SHA256SUMS": (f"{digest}  m-v1.0.0.tar.gz\n"
+                                    f"{hashlib.sha256(archive[:half]).hexdigest()}  m-v1.0.0.tar.gz.part000\n"
+                                    f"{hashlib.sha256(archive[half:]).hexdigest()}  m-v1.0.0.tar.gz.part001\n").encode()})
     assert release_files(parts, vs, {"sha256": digest}, tmp_path / "cache4")["metrics.json"].startswith(b"{")
-    with pytest.raises(GitopsError, match="no m-v1.0.0.tar.gz"):
+    with pytest.raises(GitopsError, match="no SHA256SUMS"):
         release_files(_Assets({}), vs, {}, tmp_path / "cache5")
 
 
@@ -508,7 +515,7 @@ def test_version_without_archive_still_shows_its_tag_facts(registry: Path, tmp_p
     shutil.rmtree(copy / ".gitops/releases/wine-mlp/v1.0.0")
     data = collect_registry(copy, LocalBackend(copy))
     wine = data.models[1]
-    assert "has no wine-mlp-v1.0.0.tar.gz" in wine.versions[0].note and wine.versions[0].metrics
+    assert "has no SHA256SUMS" in wine.versions[0].note and wine.versions[0].metrics
     render.write_site(data, copy / "site")
     text = (copy / "site/models/wine-mlp.html").read_text(encoding="utf-8")
     assert "Details from the release archive are missing" in text

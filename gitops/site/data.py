@@ -9,7 +9,6 @@ small members from the tar stream, by name, never writing a member path to disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -23,6 +22,7 @@ from typing import Any
 from gitops import registry_ops, tags
 from gitops.backends.base import Backend
 from gitops.errors import GitopsError
+from gitops.pull import fetch_archive
 
 # Members we read from a release archive, stored in the cache under these same names.
 WANTED = ("manifest.json", "metrics.json", "history.jsonl", "config.resolved.yaml")
@@ -230,49 +230,11 @@ def release_files(backend: Backend, vs: tags.VersionState, meta: dict, cache: Pa
         return {name: (slot / name).read_bytes() for name in WANTED if (slot / name).is_file()}
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        archive = _download_archive(backend, vs, meta, Path(tmp))
-        actual = _sha256(archive)
-        if digest and actual != digest.lower():
-            raise GitopsError(f"{archive.name}: checksum differs from the release tag; details not shown")
+        archive = fetch_archive(backend, vs, meta, Path(tmp))  # every checksum verified
         files = read_members(archive)
     if slot is not None:
         _store(slot, files)
     return files
-
-
-def _download_archive(backend: Backend, vs: tags.VersionState, meta: dict, work: Path) -> Path:
-    model = vs.tag.split("@", 1)[0]
-    name = meta.get("archive") if isinstance(meta.get("archive"), str) else f"{model}-{vs.version}.tar.gz"
-    if "/" in name or "\\" in name or name.startswith("."):
-        raise GitopsError(f"{vs.tag}: archive name {name!r} is not a plain file name")
-    try:
-        assets = backend.list_assets(vs.tag)
-    except GitopsError as exc:
-        raise GitopsError(f"{vs.tag}: cannot list release assets ({exc.message})") from None
-    parts = sorted(a for a in assets if re.fullmatch(re.escape(name) + r"\.part\d{3}", a))
-    if name not in assets and not parts:
-        raise GitopsError(f"{vs.tag}: release has no {name} (assets: {', '.join(assets) or 'none'})")
-    sums: dict[str, str] = {}
-    if "SHA256SUMS" in assets:
-        from gitops.pull import parse_sums
-
-        backend.download_asset(vs.tag, "SHA256SUMS", work / "SHA256SUMS")
-        sums = parse_sums((work / "SHA256SUMS").read_text(encoding="utf-8"))
-    archive = work / "archive.tar.gz"
-    if name in assets:
-        backend.download_asset(vs.tag, name, archive)
-    else:
-        with open(archive, "wb") as joined:
-            for i, part in enumerate(parts):
-                piece = backend.download_asset(vs.tag, part, work / f"part{i:03d}")
-                if part in sums and _sha256(piece) != sums[part]:
-                    raise GitopsError(f"{part}: checksum differs from SHA256SUMS; details not shown")
-                with open(piece, "rb") as fh:
-                    shutil.copyfileobj(fh, joined)
-                piece.unlink()
-    if name in sums and _sha256(archive) != sums[name]:
-        raise GitopsError(f"{name}: checksum differs from SHA256SUMS; details not shown")
-    return archive.rename(work / name)
 
 
 def read_members(archive: Path) -> dict[str, bytes]:
@@ -363,14 +325,6 @@ def _pr_from_commit(root: Path, commit: str) -> int | None:
         if m:
             return int(m.group(1))
     return None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _json(raw: bytes | None) -> Any:
