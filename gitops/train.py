@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from gitops import catalog
 from gitops import config as config_lib
-from gitops.errors import Interrupted, TrainingError
+from gitops.errors import TrainingError
 from gitops.runs import (
     PREPROCESSING_FILE,
     RunFolder,
@@ -245,9 +245,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
     from gitops import optim, steps
     from gitops.architectures import build_model
 
-    train = cfg.train
-    if train.repeats > 1:
-        raise TrainingError("train.repeats > 1 is not supported yet: train one seed per run (set train.seed)")
+    train = cfg.train  # repeats > 1: gitops.repeats builds one session per seed; this builds the first
     prep = dataset.preprocessing
     n_train = len(dataset.train)
     if train.batch_size > n_train:
@@ -421,6 +419,10 @@ def train_and_evaluate(
         TrainingError: the loss or gradients became NaN/inf ("training diverged at step N: ...").
         Interrupted: Ctrl-C; a checkpoint of the current step was written first, so --resume continues.
     """
+    if cfg.train.repeats > 1:  # N seeds in one run folder: gitops.repeats (each seed comes back here)
+        from gitops import repeats
+
+        return repeats.train_repeats(cfg, workdir, root=root, resume=resume, reporter=reporter, dataset=dataset)
     import jax
 
     from gitops import data as data_lib
@@ -497,15 +499,20 @@ def train_and_evaluate(
         }
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
 
+    from gitops.interrupt import RunInterrupted, StopFlag
+
+    ctrl_c = StopFlag().install()  # Ctrl-C is read at chunk boundaries, where state and step agree
     try:
         while step < total and not stopped:
             target = min(_next_multiple(step, log_every), _next_multiple(step, eval_every),
                          _next_multiple(step, ckpt_every), total)
-            while step < target:
+            while step < target and not ctrl_c.requested:
                 length = min(session.chunk, target - step)
                 acc, bad = session.run_chunk(step, length, acc, bad, reset)
                 reset = False
                 step += length
+            if ctrl_c.requested:
+                raise KeyboardInterrupt
             host_acc, host_bad = jax.device_get((acc, bad))  # the one sync per event
             _divergence(host_bad)
             records = []
@@ -545,16 +552,21 @@ def train_and_evaluate(
             if step % ckpt_every == 0 or step == total or stopped or is_best:
                 save(step, val_metrics, stopped)
     except KeyboardInterrupt:
-        with contextlib.suppress(Exception):
-            _divergence(bad)
+        _divergence(bad)  # a diverged state is not worth resuming from
+        try:
             save(step, {}, False)
-            ckpt.wait()
-        ckpt.close()
-        raise Interrupted(f"interrupted at step {step}; a checkpoint was saved: run again with --resume") from None
+            ckpt.close()  # waits for the save to commit
+        except Exception as exc:  # noqa: BLE001 - reported to the user, who resumes from an older step
+            with contextlib.suppress(Exception):
+                ckpt.close()
+            raise RunInterrupted(cfg.name, step, saved=False, reason=str(exc)[:200]) from None
+        raise RunInterrupted(cfg.name, step) from None
     except BaseException:
         with contextlib.suppress(Exception):
             ckpt.close()
         raise
+    finally:
+        ctrl_c.restore()
     loop_time = time.perf_counter() - t0
 
     handed = ckpt.best_step()
@@ -640,7 +652,7 @@ def train(
             if run.manifest_path.is_file() or any(run.path.iterdir()):
                 reporter.note(f"removing the unfinished run {run.path} (use --resume to continue it)")
             shutil.rmtree(run.path)
-        elif resume and not (run.checkpoints_dir.is_dir() and any(run.checkpoints_dir.iterdir())):
+        elif resume and not any(run.path.glob("checkpoints/*")) and not any(run.path.glob("repeats/*/checkpoints/*")):
             reporter.note(f"nothing to resume in {run.path}; starting from step 0")
         metrics = train_and_evaluate(cfg, run.path, root=root, resume=resume, reporter=reporter)
 
@@ -725,7 +737,8 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
         "memory": memory,
         "compile_s": compile_s,
         "steps_per_second": rate,
-        "estimated_train_s": session.total_steps / rate + evals * eval_s + compile_s,
+        "estimated_train_s": (session.total_steps / rate + evals * eval_s) * cfg.train.repeats + compile_s,
+        "repeats": cfg.train.repeats,
         "dry_run_s": time.perf_counter() - t_start,
         "device_kind": jax.devices()[0].device_kind,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -38,9 +39,15 @@ def train_cmd(
         _dry_run(cfg, root)
         return
     from gitops import train
+    from gitops.interrupt import RunInterrupted
 
     reporter = _reporter()
-    result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
+    try:
+        result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
+    except RunInterrupted as exc:  # name the command that resumes this very run (same overrides, same --out)
+        again = ["gitops", "train", model, *(a for o in overrides or () for a in ("--set", o))]
+        again += ["--out", str(out_dir)] if out_dir != Path("runs") else []
+        raise exc.replace(command=shlex.join([*again, "--resume"])) from None
     if result.cache_hit:
         where = " (from $GITOPS_RUN_CACHE)" if result.source == "cache" else ""
         out(f"cache hit: {result.run.path}{where}")

@@ -1,0 +1,97 @@
+"""Mean and spread of a metric over seeds, and the noise band a report compares deltas with.
+
+Pure Python (no numpy, no jax): reports, releases and the site read these without the training stack.
+
+The noise rule (the report's footer states it): a change between two means is *noise* when
+`|delta| <= NOISE_Z * SE`, with `SE = sqrt(s1**2 / n1 + s2**2 / n2)` the standard error of the
+difference of two means (Welch's), `s` the sample standard deviation over seeds (ddof 1) and `n` the
+seed count. A side trained once (n = 1) has no spread of its own and borrows the other side's `s`:
+seed noise is a property of the model and recipe, which a PR usually changes only a little. With no
+spread on either side there is no band, and the report compares values as before.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+NOISE_Z = 2.0  # about a 95 % two-sided band for a normal difference; see the module docstring
+NOISE_RULE = ("≈ noise: |Δ| ≤ 2 × SE of the difference of the means, SE = √(s₁²/n₁ + s₂²/n₂), "
+              "s the standard deviation over seeds (a side trained once borrows the other side's s)")
+
+
+def summarize(values: Sequence[float]) -> dict[str, Any]:
+    """{values, mean, std, min, max, n} of one metric's per-seed values; std is the sample std (ddof 1), 0 for n = 1."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    finite = [v for v in vals if math.isfinite(v)]
+    if not finite:
+        return {"values": vals, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": n}
+    mean = math.fsum(finite) / len(finite) if len(finite) == n else math.nan
+    std = 0.0
+    if len(finite) == n and n > 1:
+        std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
+    elif len(finite) != n:
+        std = math.nan
+    return {"values": vals, "mean": mean, "std": std, "min": min(finite), "max": max(finite), "n": n}
+
+
+def summarize_runs(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[str, Any]]:
+    """Per metric (the union over seeds, sorted), the summary of its values; a seed lacking a metric gives NaN."""
+    names = sorted({name for metrics in per_seed for name in metrics})
+    return {name: summarize([m.get(name, math.nan) for m in per_seed]) for name in names}
+
+
+def means(spread: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {name: s["mean"] for name, s in spread.items()}
+
+
+def closest_to_mean(per_seed: Sequence[Mapping[str, float]], metric: str) -> int:
+    """Index of the seed whose `metric` is nearest the mean over seeds (ties: the lower index); 0 without it."""
+    values = [m.get(metric) for m in per_seed]
+    if not values or any(v is None or not math.isfinite(v) for v in values):
+        return 0
+    mean = math.fsum(values) / len(values)
+    return min(range(len(values)), key=lambda i: (abs(values[i] - mean), i))
+
+
+def noise_band(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> float | None:
+    """NOISE_Z x the standard error of mean(a) - mean(b); None when neither side has a spread.
+
+    `a` and `b` are summaries ({std, n}) or None for a single run (n = 1, spread borrowed).
+    """
+    sides = [(s.get("std"), int(s.get("n") or 1)) if s else (None, 1) for s in (a, b)]
+    known = [std for std, n in sides if n > 1 and _finite(std)]
+    if not known:
+        return None
+    borrowed = max(known)
+    variance = math.fsum((std if n > 1 and _finite(std) else borrowed) ** 2 / n for std, n in sides)
+    return NOISE_Z * math.sqrt(variance)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def format_mean_std(mean: float, std: float | None, digits: int = 4) -> str:
+    """'0.9537 ± 0.0121' (std rounded to the mean's precision scale)."""
+    if std is None or not _finite(std):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} ± {std:.2g}"
+
+
+def spread_of(doc: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The per-metric summaries of a metrics_spread document (or {}), tolerant of missing parts."""
+    if not isinstance(doc, Mapping):
+        return {}
+    metrics = doc.get("metrics")
+    return {k: dict(v) for k, v in metrics.items() if isinstance(v, Mapping)} if isinstance(metrics, Mapping) else {}
+
+
+def seeds_count(doc: Mapping[str, Any] | None) -> int:
+    if not isinstance(doc, Mapping):
+        return 1
+    n = doc.get("n")
+    return int(n) if isinstance(n, int) and n > 0 else 1
+
