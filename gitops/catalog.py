@@ -126,6 +126,7 @@ ARCHITECTURES: dict[str, Entry] = {
             "transformer",
             "Small Transformer encoder classifier over token sequences.",
             {
+                "vocab_size": integer("Rows of the token embedding table; every token id must be below it.", 256, 2, 1_000_000),
                 "num_layers": integer("Encoder blocks.", 2, 1, 48),
                 "num_heads": integer("Attention heads per block.", 4, 1, 64),
                 "embed_dim": integer("Model width (divisible by num_heads).", 64, 8, 8192),

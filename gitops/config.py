@@ -526,6 +526,13 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
         problems.append((("model", "architecture"), f"{arch.name} cannot read token sequences; use transformer or mlp"))
     if model["architecture"] == "transformer" and model["embed_dim"] % model["num_heads"]:
         problems.append((("model", "embed_dim"), f"embed_dim {model['embed_dim']} is not divisible by num_heads {model['num_heads']}"))
+    if wants == "tokens" and data["preprocessing"]["scale"] != "none":
+        problems.append((("data", "preprocessing", "scale"), f"{arch.name} reads token ids, which must not be scaled: "
+                         "set preprocessing.scale: none"))
+    data_vocab = data["dataset"].get("vocab_size") if dataset_inputs == "tokens" else None
+    if wants == "tokens" and data_vocab and model.get("vocab_size", data_vocab) < data_vocab:
+        problems.append((("model", "vocab_size"), f"vocab_size {model['vocab_size']} is smaller than the dataset's "
+                         f"vocab_size {data_vocab}; token ids would not fit the embedding table"))
 
     loss = train.get("loss")
     if loss and loss not in catalog.LOSSES[task]:

@@ -25,14 +25,15 @@ def test_catalog_and_registry_agree() -> None:
 
 
 def test_unknown_name_lists_valid_ones() -> None:
-    with pytest.raises(GitopsError, match="valid: cnn, mlp"):
+    with pytest.raises(GitopsError, match="valid: cnn, mlp, resnet, transformer"):
         ARCHITECTURES.get("vit")
 
 
 @pytest.mark.parametrize("name", sorted(set(catalog.ARCHITECTURES) - NOT_YET))
 def test_builds_with_catalog_defaults(name: str) -> None:
-    model = build_model(name, defaults(name), input_shape=(8, 8, 1), num_outputs=10, rngs=nnx.Rngs(params=0))
-    out = model(jnp.ones((3, 8, 8, 1)), rngs=nnx.Rngs(dropout=1))
+    shape = (12,) if catalog.ARCHITECTURES[name].info.get("inputs") == "tokens" else (8, 8, 1)
+    model = build_model(name, defaults(name), input_shape=shape, num_outputs=10, rngs=nnx.Rngs(params=0))
+    out = model(jnp.ones((3, *shape)), rngs=nnx.Rngs(dropout=1))
     assert out.shape == (3, 10) and out.dtype == jnp.float32
 
 
@@ -64,3 +65,52 @@ def test_bfloat16_compute_keeps_float32_params() -> None:
                         dtype=jnp.bfloat16)
     assert model.head.kernel[...].dtype == jnp.float32
     assert model(jnp.ones((2, 4))).dtype == jnp.float32
+
+
+def test_resnet_batch_statistics_update_only_in_train_mode_and_are_not_params() -> None:
+    model = build_model("resnet", defaults("resnet"), input_shape=(8, 8, 1), num_outputs=10, rngs=nnx.Rngs(params=0))
+    stats = nnx.state(model, nnx.BatchStat)
+    assert jax.tree.leaves(stats) and not set(map(id, jax.tree.leaves(stats))) & set(
+        map(id, jax.tree.leaves(nnx.state(model, nnx.Param))))
+    before = np.asarray(model.stem_norm.mean[...])
+    model(jax.random.normal(jax.random.key(0), (4, 8, 8, 1)))
+    assert not np.array_equal(before, np.asarray(model.stem_norm.mean[...]))
+    model.eval()
+    frozen = np.asarray(model.stem_norm.mean[...])
+    a = model(jax.random.normal(jax.random.key(1), (4, 8, 8, 1)))
+    assert np.array_equal(frozen, np.asarray(model.stem_norm.mean[...]))
+    # eval mode uses the running averages: an example's output does not depend on its batch-mates
+    x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+    np.testing.assert_allclose(model(x)[:1], model(x[:1]), rtol=1e-5, atol=1e-5)
+    assert a.shape == (4, 10)
+
+
+def test_resnet_stages_halve_the_image_and_double_the_width() -> None:
+    model = build_model("resnet", {"stage_sizes": [2, 1, 1], "width": 8, "activation": "relu"}, input_shape=(8, 8, 3),
+                        num_outputs=4, rngs=nnx.Rngs(params=0))
+    assert len(model.blocks) == 4 and model.head.in_features == 32
+    assert model.blocks[0].proj is None and model.blocks[2].proj is not None
+    assert model(jnp.ones((2, 8, 8, 3))).shape == (2, 4)
+
+
+def test_transformer_reads_token_ids_and_sees_every_position() -> None:
+    params = {**defaults("transformer"), "vocab_size": 5, "embed_dim": 16, "num_heads": 2, "mlp_dim": 32}
+    model = build_model("transformer", params, input_shape=(6,), num_outputs=2, rngs=nnx.Rngs(params=0))
+    model.eval()
+    x = jnp.array([[0, 1, 2, 3, 4, 0]], jnp.float32)
+    changed_last = x.at[0, -1].set(4.0)
+    assert not np.allclose(model(x), model(changed_last))  # the last token reaches the output
+    swapped = x.at[0, 0].set(1.0).at[0, 1].set(0.0)
+    assert not np.allclose(model(x), model(swapped))  # positions matter (learned position embedding)
+
+
+def test_transformer_dropout_is_keyed_and_off_in_eval() -> None:
+    params = {**defaults("transformer"), "vocab_size": 5, "embed_dim": 16, "num_heads": 2, "mlp_dim": 32, "dropout": 0.3}
+    model = build_model("transformer", params, input_shape=(6,), num_outputs=2, rngs=nnx.Rngs(params=0))
+    x = jnp.tile(jnp.arange(6, dtype=jnp.float32) % 5, (3, 1))
+    a = model(x, rngs=nnx.Rngs(dropout=jax.random.key(1)))
+    b = model(x, rngs=nnx.Rngs(dropout=jax.random.key(1)))
+    c = model(x, rngs=nnx.Rngs(dropout=jax.random.key(2)))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    model.eval()
+    assert np.array_equal(model(x), model(x))
