@@ -5,7 +5,9 @@ jitted chunk returning (its input buffers already donated) and the assignment of
 between advancing the state and advancing the step counter. A checkpoint saved from there is
 mislabelled or impossible. So while the loop runs, SIGINT only sets a flag (`StopFlag`), which the
 loop reads after each dispatched chunk, where the state and the step agree; the loop then saves that
-step, waits for the save to commit, and raises `RunInterrupted`. A second Ctrl-C raises
+step (unless the event at that step just saved it), waits for the save to commit, and raises
+`RunInterrupted`. At an event step (log, eval, checkpoint) the event runs first, so a resumed run
+replays exactly the events an uninterrupted one has. A second Ctrl-C raises
 `KeyboardInterrupt` at once (no checkpoint) for a user who does not want to wait.
 """
 
@@ -40,6 +42,10 @@ class RunInterrupted(Interrupted):
     def replace(self, *, where: str | None = None, command: str | None = None) -> RunInterrupted:
         return RunInterrupted(self.model, self.step, where=self.where if where is None else where,
                               command=command or self.command, saved=self.saved, reason=self.reason)
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """Raised by the loop itself, at a step boundary, after the first Ctrl-C."""
 
 
 class StopFlag:

@@ -499,7 +499,7 @@ def train_and_evaluate(
         }
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
 
-    from gitops.interrupt import RunInterrupted, StopFlag
+    from gitops.interrupt import RunInterrupted, StopFlag, StopRequested
 
     ctrl_c = StopFlag().install()  # Ctrl-C is read at chunk boundaries, where state and step agree
     try:
@@ -511,8 +511,8 @@ def train_and_evaluate(
                 acc, bad = session.run_chunk(step, length, acc, bad, reset)
                 reset = False
                 step += length
-            if ctrl_c.requested:
-                raise KeyboardInterrupt
+            if ctrl_c.requested and step < target:  # at an event step, the event runs first
+                raise StopRequested
             host_acc, host_bad = jax.device_get((acc, bad))  # the one sync per event
             _divergence(host_bad)
             records = []
@@ -551,10 +551,11 @@ def train_and_evaluate(
                 run.append_history(records)
             if step % ckpt_every == 0 or step == total or stopped or is_best:
                 save(step, val_metrics, stopped)
-    except KeyboardInterrupt:
+    except StopRequested:  # the first Ctrl-C (a second one raises KeyboardInterrupt: no checkpoint)
         _divergence(bad)  # a diverged state is not worth resuming from
         try:
-            save(step, {}, False)
+            if ckpt.latest_step() != step:  # the event at this step may have saved it already
+                save(step, {}, False)
             ckpt.close()  # waits for the save to commit
         except Exception as exc:  # noqa: BLE001 - reported to the user, who resumes from an older step
             with contextlib.suppress(Exception):
