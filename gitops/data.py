@@ -23,7 +23,7 @@ import numpy as np
 
 from gitops import catalog
 from gitops import config as config_lib
-from gitops.errors import GitopsError, TrainingError
+from gitops.errors import GitopsError, IntegrityError, TrainingError
 from gitops.registry import Registry
 
 # Seed of generated datasets (moons, blobs, sequences): fixed, so the data is part of the spec, and
@@ -34,7 +34,7 @@ DATASETS: Registry[Callable[..., tuple[np.ndarray, np.ndarray]]] = Registry("dat
 AUGMENTATIONS: Registry[Callable[..., Callable]] = Registry("augmentation")
 
 # Declared in the catalog but not implemented yet; tests/test_data.py keeps this list honest.
-NOT_YET = frozenset({"url"})
+NOT_YET: frozenset[str] = frozenset()
 
 
 # --- loaders -------------------------------------------------------------------------------------
@@ -126,29 +126,42 @@ def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray
         raise TrainingError(f"data file {params['path']} not found under {root}")
     actual = sha256_file(path)
     if actual != params["sha256"]:
-        raise TrainingError(
+        raise IntegrityError(
             f"data file {params['path']}: SHA-256 mismatch (expected {params['sha256']}, got {actual}); "
-            "update data.dataset.sha256 if the change is intended"
+            "nothing was trained. Update data.dataset.sha256 if the change is intended"
         )
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in (params["x_key"], params["y_key"]) if k not in npz]
-            if missing:
-                raise TrainingError(f"data file {params['path']} has no array {missing[0]!r} (has: {', '.join(npz.files)})")
-            x, y = npz[params["x_key"]], npz[params["y_key"]]
-    else:
-        table = np.load(path, allow_pickle=False)
-        if table.ndim != 2 or table.shape[1] < 2:
-            raise TrainingError(f"data file {params['path']}: a .npy must be 2-D with the label in the last column")
-        x, y = table[:, :-1], table[:, -1]
-    task = params.get("task", "classification")
-    y = y.astype(np.int32) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
-    return np.asarray(x, np.float32), y
+    return _read_arrays(path, params, f"data file {params['path']}")
 
 
 @DATASETS.register("url")
 def _url(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
-    raise GitopsError("dataset 'url' is not yet supported: commit the file and use dataset 'file' with its sha256")
+    """A remote .npz/.npy, fetched into the data cache and verified against its pin (`gitops.remote_data`)."""
+    from gitops import remote_data
+
+    path = remote_data.fetch(params["url"], params["sha256"])
+    return _read_arrays(path, params, f"data URL {params['url']}")
+
+
+def _read_arrays(path: Path, params: Mapping[str, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and labels from a verified .npz or .npy (told apart by content, since cached files have no suffix)."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise TrainingError(f"{what}: not a .npz or .npy file ({exc})") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded as npz:
+            missing = [k for k in (params["x_key"], params["y_key"]) if k not in npz]
+            if missing:
+                raise TrainingError(f"{what} has no array {missing[0]!r} (has: {', '.join(npz.files)})")
+            x, y = npz[params["x_key"]], npz[params["y_key"]]
+    else:
+        table = loaded
+        if table.ndim != 2 or table.shape[1] < 2:
+            raise TrainingError(f"{what}: a .npy must be 2-D with the label in the last column")
+        x, y = table[:, :-1], table[:, -1]
+    task = params.get("task", "classification")
+    y = y.astype(np.int32) if task == "classification" else y.astype(np.float32).reshape(len(y), -1)
+    return np.asarray(x, np.float32), y
 
 
 # --- splits and preprocessing ------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from gitops import catalog, config, data
-from gitops.errors import GitopsError, TrainingError
+from gitops.errors import GitopsError, IntegrityError
 
 
 def data_cfg(name: str, **params) -> dict:
@@ -100,8 +100,9 @@ def test_file_dataset_verifies_sha256(tmp_path: Path) -> None:
     params = {"path": "d.npz", "sha256": digest, "x_key": "x", "y_key": "y", "task": "classification"}
     ds = data.load(data_cfg("file", **params), tmp_path)
     assert ds.train.x.shape[1:] == (3,)
-    with pytest.raises(TrainingError, match="SHA-256 mismatch"):
+    with pytest.raises(IntegrityError, match=f"SHA-256 mismatch \\(expected {'0' * 64}, got {digest}\\)") as info:
         data.load(data_cfg("file", **{**params, "sha256": "0" * 64}), tmp_path)
+    assert info.value.exit_code == 1
 
 
 def test_batch_indices_cover_each_epoch_once() -> None:
