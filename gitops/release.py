@@ -30,7 +30,8 @@ from gitops.tree import GitTree
 DEFAULT_MAX_ASSET_BYTES = 2 * 1024**3 - 1024**2  # GitHub's 2 GiB asset limit, less a margin
 MAX_TAG_RETRIES = 8
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: archives of the same files hash the same
-RUN_FILES = ("config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json")
+RUN_FILES = ("config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json",
+             "metrics_spread.json")  # the last only for train.repeats > 1: per-seed values, mean, std, min, max
 BUMPS = ("auto", "major", "minor", "patch")
 
 
@@ -210,9 +211,20 @@ def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str,
     lines += [rel.description.strip() or "_No description in release.yaml._", ""]
     if rel.owners:
         lines += [f"Owners: {', '.join(rel.owners)}", ""]
-    lines += ["## Metrics", "", "| metric | value |", "| --- | ---: |"]
+    from gitops.repeats import read_spread
+
+    spread = read_spread(run.path) or {}
+    per_metric = spread.get("metrics") or {}
+    seeds = f" (mean ± std of {spread.get('n')} seeds)" if per_metric else ""
+    lines += ["## Metrics", "", f"| metric | value{seeds} |", "| --- | ---: |"]
     for key, value in sorted(run.metrics.items()):
-        lines.append(f"| {key} | {registry_ops.format_number(value)} |")
+        std = (per_metric.get(key) or {}).get("std")
+        shown = registry_ops.format_number(value) + (f" ± {std:.2g}" if isinstance(std, float) else "")
+        lines.append(f"| {key} | {shown} |")
+    if per_metric and spread.get("representative"):
+        chosen = spread["representative"]
+        lines += ["", f"The checkpoint is seed {chosen.get('seed')}'s, the seed {chosen.get('rule')} of "
+                      f"{chosen.get('by')}; metrics_spread.json holds every seed's values."]
     if rel.gates:
         lines += ["", "Quality gates:", ""]
         for gate in rel.gates:
@@ -343,6 +355,13 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
     return Path(result.run.path), not result.cache_hit
 
 
+def _spread(run_dir: Path) -> dict | None:
+    """A repeated run's per-seed metrics for the tag message (the report's baseline noise band reads it)."""
+    from gitops.repeats import read_spread
+
+    return read_spread(run_dir)
+
+
 def typer_echo(text: str) -> None:
     sys.stderr.write(text + "\n")
 
@@ -420,6 +439,7 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
                 "data_fingerprint": cfg.data_fingerprint,
                 "headline_metric": cfg.headline_metric(),
                 "metrics": info.metrics,
+                **({"metrics_spread": spread} if (spread := _spread(run_dir)) else {}),
                 "checkpoint_step": info.manifest.get("checkpoint_step"),
                 "steps": info.manifest.get("steps"),
                 "trained_at_commit": info.manifest.get("git_commit"),

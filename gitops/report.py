@@ -3,6 +3,10 @@
 The Markdown is the sticky PR comment (found again by its first line) and the job summary; the
 JSON form carries the same content as data for the comment workflow, which validates it against
 `REPORT_JSON_SCHEMA` and never interprets it otherwise.
+
+A run (or baseline release) trained with `train.repeats: N` shows `mean ± std` over its seeds; a delta
+inside the noise band of `gitops.stats` (|Δ| ≤ 2 × the standard error of the difference of the means)
+is marked "≈ noise" instead of better/worse, and the footer states the rule. Gates judge the mean.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, config, gitutil, registry_ops
+from gitops import catalog, config, gitutil, registry_ops, stats
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
@@ -22,7 +26,7 @@ from gitops.plan import config_diff, is_missing, show_value
 MAX_CHARS = 65_536
 MAX_CURVE_POINTS = 100
 SPARK = "▁▂▃▄▅▆▇█"
-BETTER, WORSE, FAILED, EQUAL, NONE = "✅", "⚠️", "❌", "➖", "—"
+BETTER, WORSE, FAILED, EQUAL, NONE, NOISE = "✅", "⚠️", "❌", "➖", "—", "≈ noise"
 
 
 @dataclass
@@ -32,6 +36,8 @@ class Baseline:
     config: dict | None
     source: str  # "release", "folder" or "none"
     note: str = ""
+    spread: dict = field(default_factory=dict)  # metric -> {mean, std, n, ...} when it was trained with repeats
+    repeats: int = 1
 
 
 @dataclass
@@ -63,10 +69,15 @@ class ModelReport:
     steps: int | None = None
     git_commit: str = ""
     training_fingerprint: str = ""
+    repeats: int = 1  # seeds behind each value of this run (metrics are their means)
 
     @property
     def ok(self) -> bool:
         return all(g.status != "fail" for g in self.gates)
+
+    @property
+    def has_noise_band(self) -> bool:
+        return any(row.get("noise_band") is not None for row in self.metrics)
 
 
 # --- gates -----------------------------------------------------------------------------------------
@@ -137,7 +148,9 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
     except Exception:  # the tag's commit is not in this clone, or the config no longer resolves
         cfg_dict = None
     note = "" if cfg_dict is not None else "baseline config unavailable (its commit does not resolve here)"
-    return Baseline(latest.version, meta.get("metrics", {}), cfg_dict, "release", note)
+    spread = meta.get("metrics_spread")
+    return Baseline(latest.version, meta.get("metrics", {}), cfg_dict, "release", note,
+                    stats.spread_of(spread), stats.seeds_count(spread))
 
 
 def baseline_from_folder(path: Path) -> Baseline:
@@ -149,7 +162,11 @@ def baseline_from_folder(path: Path) -> Baseline:
             label = json.loads(release_json.read_text(encoding="utf-8")).get("version") or label
         except ValueError:
             pass
-    return Baseline(label, info.metrics, info.config or None, "folder")
+    from gitops.repeats import read_spread
+
+    spread = read_spread(path)
+    return Baseline(label, info.metrics, info.config or None, "folder", "", stats.spread_of(spread),
+                    stats.seeds_count(spread))
 
 
 # --- building ----------------------------------------------------------------------------------------
@@ -188,11 +205,21 @@ def _seconds(manifest: dict) -> float | None:
 
 
 def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelReport:
+    from gitops.repeats import read_spread
+
     metrics = info.metrics
+    spread_doc = read_spread(info.path)
+    spread, repeats = stats.spread_of(spread_doc), stats.seeds_count(spread_doc)
     rows = []
     release_cfg = (info.config or {}).get("release", {}) or {}
     gates_cfg = list(release_cfg.get("gates", []) or [])
     gates = evaluate_gates(gates_cfg, metrics, baseline.metrics if baseline.source != "none" else None)
+    if repeats > 1 or baseline.repeats > 1:  # the metrics are means; say so where the verdict is
+        for g in gates:
+            on = f"gate on the mean of {repeats} seeds" if repeats > 1 else "gate on a single seed"
+            if g.kind == "max_regression" and baseline.repeats > 1 and g.status != "skipped":
+                on += f"; baseline: mean of {baseline.repeats} seeds"
+            g.note = f"{g.note} ({on})" if g.note else on
     failed_metrics = {g.metric for g in gates if g.status == "fail"}
     head_name = release_cfg.get("headline_metric")
     names = sorted(set(metrics) | set(baseline.metrics), key=lambda n: (n != head_name, n))
@@ -200,14 +227,23 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         new, old = metrics.get(name), baseline.metrics.get(name)
         row: dict[str, Any] = {"metric": name, "baseline": old, "value": new, "delta": None, "relative": None,
                                "higher_is_better": higher_is_better(name)}
+        ours, theirs = spread.get(name), baseline.spread.get(name)
+        if ours or theirs:
+            row.update(value_std=_std(ours), value_n=int((ours or {}).get("n") or 1),
+                       baseline_std=_std(theirs), baseline_n=int((theirs or {}).get("n") or 1), noise_band=None)
         if _finite(new) and _finite(old):
             row["delta"] = new - old
             row["relative"] = (new - old) / abs(old) if old else None
             better = (new > old) if row["higher_is_better"] else (new < old)
+            band = stats.noise_band(ours, theirs) if (ours or theirs) else None
+            if band is not None:
+                row["noise_band"] = band
             if name in failed_metrics:
                 row["status"] = "failed"
             elif math.isclose(new, old, rel_tol=0, abs_tol=1e-12):
                 row["status"] = "equal"
+            elif band is not None and abs(new - old) <= band:
+                row["status"] = "noise"
             else:
                 row["status"] = "better" if better else "worse"
         else:
@@ -232,7 +268,13 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         steps=steps,
         git_commit=info.manifest.get("git_commit", ""),
         training_fingerprint=info.training_fingerprint,
+        repeats=repeats,
     )
+
+
+def _std(summary: dict | None) -> float | None:
+    std = (summary or {}).get("std")
+    return float(std) if _finite(std) and int((summary or {}).get("n") or 1) > 1 else None
 
 
 @dataclass
@@ -332,7 +374,18 @@ def _num(x: Any) -> str:
     return NONE if x is None else registry_ops.format_number(x)
 
 
-_SYMBOL = {"better": BETTER, "worse": WORSE, "failed": FAILED, "equal": EQUAL, "none": NONE}
+_SYMBOL = {"better": BETTER, "worse": WORSE, "failed": FAILED, "equal": EQUAL, "none": NONE, "noise": NOISE}
+
+
+def _cell_value(value: Any, std: float | None) -> str:
+    """'0.9815 ± 0.016' for a mean over seeds, the plain number otherwise."""
+    if std is None or not _finite(value):
+        return _num(value)
+    return f"{_num(value)} ± {std:.2g}"
+
+
+def _seeds(n: int) -> str:
+    return f", mean ± std of {n} seeds" if n > 1 else ""
 
 
 def model_markdown(m: ModelReport) -> str:
@@ -346,15 +399,23 @@ def model_markdown(m: ModelReport) -> str:
                      else f"Baseline: folder `{b.version}`")
         if b.note:
             lines.append(f"_{b.note}_")
-    lines += ["", f"| metric | baseline ({b.version or 'none'}) | this run | Δ | Δ % | |",
+    lines += ["", f"| metric | baseline ({b.version or 'none'}{_seeds(b.repeats)}) | this run{_seeds(m.repeats)} "
+              "| Δ | Δ % | |",
               "| --- | ---: | ---: | ---: | ---: | :---: |"]
     for row in m.metrics:
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = NONE if row["delta"] is None else f"{row['delta']:+.4g}"
+        if row.get("noise_band") is not None and row["delta"] is not None:
+            delta += f" (±{row['noise_band']:.2g})"
         rel = NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%"
-        lines.append(f"| {row['metric']} ({arrow} better) | {_num(row['baseline'])} | {_num(row['value'])} | "
-                     f"{delta} | {rel} | {_SYMBOL[row['status']]} |")
+        lines.append(f"| {row['metric']} ({arrow} better) | {_cell_value(row['baseline'], row.get('baseline_std'))} | "
+                     f"{_cell_value(row['value'], row.get('value_std'))} | {delta} | {rel} | {_SYMBOL[row['status']]} |")
     lines.append("")
+    if m.has_noise_band or m.repeats > 1 or b.repeats > 1:
+        note = [f"_{stats.NOISE_RULE}; the band is shown after Δ._"] if m.has_noise_band else []
+        if m.repeats > 1:
+            note.append(f"_Values are means over {m.repeats} seeds; gates apply to the mean._")
+        lines += [" ".join(note), ""]
     if m.gates:
         lines += ["**Gates**", "", "| gate | result | |", "| --- | --- | :---: |"]
         for g in m.gates:
@@ -428,7 +489,10 @@ def as_json(report: Report) -> dict:
                 "ok": m.ok,
                 "training_fingerprint": m.training_fingerprint,
                 "baseline": None if m.baseline.source == "none" else
-                {"version": m.baseline.version, "source": m.baseline.source, "metrics": m.baseline.metrics},
+                {"version": m.baseline.version, "source": m.baseline.source, "metrics": m.baseline.metrics,
+                 "repeats": m.baseline.repeats},
+                "repeats": m.repeats,
+                "noise_rule": stats.NOISE_RULE if m.has_noise_band else None,
                 "metrics": m.metrics,
                 "gates": [g.as_dict() for g in m.gates],
                 "config_diff": [{"key": k, "baseline": None if is_missing(a) else a,
@@ -468,12 +532,15 @@ REPORT_JSON_SCHEMA: dict = {
                     "run": {"type": "string", "maxLength": 4096},
                     "ok": {"type": "boolean"},
                     "training_fingerprint": {"type": "string", "pattern": "^[0-9a-f]*$"},
+                    "repeats": {"type": "integer", "minimum": 1},
+                    "noise_rule": {"type": ["string", "null"], "maxLength": 1024},
                     "baseline": {
                         "type": ["object", "null"],
                         "properties": {
                             "version": {"type": ["string", "null"], "maxLength": 256},
                             "source": {"enum": ["release", "folder"]},
                             "metrics": {"type": "object", "additionalProperties": _NUM_OR_NULL},
+                            "repeats": {"type": "integer", "minimum": 1},
                         },
                         "additionalProperties": False,
                     },
@@ -490,7 +557,12 @@ REPORT_JSON_SCHEMA: dict = {
                                 "delta": _NUM_OR_NULL,
                                 "relative": _NUM_OR_NULL,
                                 "higher_is_better": {"type": "boolean"},
-                                "status": {"enum": ["better", "worse", "failed", "equal", "none"]},
+                                "status": {"enum": ["better", "worse", "failed", "equal", "none", "noise"]},
+                                "value_std": _NUM_OR_NULL,
+                                "value_n": {"type": "integer", "minimum": 1},
+                                "baseline_std": _NUM_OR_NULL,
+                                "baseline_n": {"type": "integer", "minimum": 1},
+                                "noise_band": _NUM_OR_NULL,
                             },
                         },
                     },
