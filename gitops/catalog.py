@@ -325,3 +325,31 @@ def dataset_task(data: dict) -> str:
     """The task a data config produces (file/url datasets say it themselves)."""
     entry = DATASETS[data["dataset"]["name"]]
     return entry.info.get("task") or data["dataset"].get("task", "classification")
+
+
+# --- plugins: entries of installed packages join the built-in ones at first use ------------------
+def _plugin_entry(found: Any) -> Entry:
+    plugin = found.plugin
+    info = {"inputs": "any", **dict(plugin.info), "plugin": found.distribution}
+    if found.kind == "dataset" and found.distribution:
+        info.setdefault("package", found.distribution)  # its version joins the data fingerprint
+        info.setdefault("kind", "plugin")
+    return Entry(plugin.name, plugin.description, dict(plugin.params), tuple(plugin.required), info)
+
+
+def _plugin_metric(found: Any) -> Metric:
+    plugin = found.plugin
+    return Metric(plugin.name, bool(plugin.higher_is_better), tuple(plugin.tasks), plugin.description)
+
+
+def _with_plugins() -> None:
+    from gitops.plugins import PluginCatalog
+
+    global ARCHITECTURES, DATASETS, AUGMENTATIONS, METRICS
+    ARCHITECTURES = PluginCatalog("architecture", ARCHITECTURES, _plugin_entry)  # type: ignore[assignment]
+    DATASETS = PluginCatalog("dataset", DATASETS, _plugin_entry)  # type: ignore[assignment]
+    AUGMENTATIONS = PluginCatalog("augmentation", AUGMENTATIONS, _plugin_entry)  # type: ignore[assignment]
+    METRICS = PluginCatalog("metric", METRICS, _plugin_metric)  # type: ignore[assignment]
+
+
+_with_plugins()

@@ -1,7 +1,8 @@
 """Losses and metrics, computed on device as sums and counts so nothing syncs with the host per step.
 
 A metric accumulator is a dict `{name: (sum, count)}` of scalars; `accumulate` adds a batch's sums,
-`finalize` (host side) divides. Padding rows in evaluation batches carry weight 0.
+`finalize` (host side) divides. Padding rows in evaluation batches carry weight 0. Metrics of installed
+plugins are computed beside the built-in ones for every model of their tasks.
 """
 
 from __future__ import annotations
@@ -55,7 +56,14 @@ def metric_names(task: str, num_classes: int | None) -> list[str]:
     for k in (3, 5):
         if num_classes is not None and num_classes > k:
             names.append(f"top{k}_accuracy")
-    return names
+    return names + plugin_metric_names(task)
+
+
+def plugin_metric_names(task: str) -> list[str]:
+    """Metrics installed plugins declare for this task (`gitops.plugins`), sorted."""
+    from gitops import plugins
+
+    return [name for name in plugins.names("metric") if task in plugins.found("metric", name).plugin.tasks]
 
 
 def _topk_hit(outputs: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
@@ -79,6 +87,11 @@ def batch_sums(
         values["mse"] = mse(outputs, labels)
     if "mae" in names:
         values["mae"] = mae(outputs, labels)
+    for name in names:
+        if name not in values:  # a plugin metric: fn(outputs, labels) -> per-example values
+            from gitops import plugins
+
+            values[name] = jnp.asarray(plugins.implementation("metric", name)(outputs, labels), jnp.float32).reshape(-1)
     return {n: (jnp.sum(values[n] * weights), count) for n in names}
 
 

@@ -2,7 +2,8 @@
 
 A config never names a Python import path; it names an entry (`mlp`, `adamw`, `cosine`, ...), and the
 code that builds runtime objects looks it up here. An unknown name is a user error listing the valid
-ones, never a KeyError.
+ones, never a KeyError. Registries of the kinds plugins may extend (architecture, dataset,
+augmentation, metric) fall back to installed plugins (`gitops.plugins`).
 """
 
 from __future__ import annotations
@@ -32,17 +33,31 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str) -> T:
-        try:
+        """The implementation registered as `name`, else an installed plugin's (`gitops.plugins`)."""
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            valid = ", ".join(sorted(self._items)) or "(none)"
-            raise GitopsError(f"unknown {self.kind} {name!r}; valid: {valid}") from None
+        found = self._plugin(name)
+        if found is not None:
+            return found
+        valid = ", ".join(self.names()) or "(none)"
+        raise GitopsError(f"unknown {self.kind} {name!r}; valid: {valid}")
 
     def names(self) -> list[str]:
-        return sorted(self._items)
+        """Built-in names and those of installed plugins of this kind."""
+        return sorted({*self._items, *self._plugin_names()})
+
+    def _plugin(self, name: str) -> T | None:
+        from gitops import plugins
+
+        return plugins.implementation(self.kind, name) if self.kind in plugins.GROUPS else None
+
+    def _plugin_names(self) -> list[str]:
+        from gitops import plugins
+
+        return plugins.names(self.kind) if self.kind in plugins.GROUPS else []
 
     def __contains__(self, name: object) -> bool:
-        return name in self._items
+        return name in self._items or name in self._plugin_names()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._items))
+        return iter(self.names())
