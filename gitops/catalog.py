@@ -313,6 +313,13 @@ METRICS: dict[str, Metric] = {
 SPLITS = ("train", "val", "test")
 LOSSES = {"classification": ["cross_entropy"], "regression": ["mse", "mae", "huber"]}
 PRECISIONS = ["float32", "bfloat16"]
+# How a run spreads over several devices (gitops.parallel); with one device both are plain training.
+PARALLELISM = {
+    "data": "Data parallel: the global batch is split over all devices; parameters and optimizer state are "
+            "replicated on each.",
+    "fsdp": "Data parallel with large parameter and optimizer-state arrays split over the devices too "
+            "(fully sharded); for models whose state does not fit one device.",
+}
 
 
 def metric_direction(full_name: str) -> bool | None:

@@ -28,11 +28,26 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 STATE = "state"
 META = "meta"
+
+
+def _portable(value: Any) -> Any:
+    """A replicated multi-device array as its host value, so the checkpoint records no mesh.
+
+    Orbax stores an array's sharding; a plain `StandardCheckpointer().restore(...)` without a target
+    re-creates it and fails on a machine with other devices ("Topology mismatch"). A replicated array
+    (data parallel, multi-host) is saved from its local copy instead (Orbax writes host arrays from
+    process 0 only), so a run trained on 8 GPUs restores anywhere. Split (fsdp) arrays stay sharded:
+    restoring them needs a target (gitops does that; plain Orbax then needs the same topology).
+    """
+    if isinstance(value, jax.Array) and len(value.sharding.device_set) > 1 and value.is_fully_replicated:
+        return np.asarray(value.addressable_data(0))
+    return value
 
 
 def state_handler() -> ocp.StandardCheckpointHandler:
@@ -98,9 +113,10 @@ class Checkpoints:
         only while they are among the last `keep`.
         """
         ranked = dict(metrics) if metrics and self.best_metric and self.best_metric in metrics else None
+        state = jax.tree.map(_portable, dict(state))
         self.manager.save(
             step,
-            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(dict(state)), META: ocp.args.JsonSave(dict(meta))}),
+            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}),
             metrics=ranked,
             force=True,
         )

@@ -85,6 +85,7 @@ class TrainConfig:
     log_every: int
     eval_every: int
     repeats: int
+    parallelism: Mapping[str, Any]
     early_stopping: Mapping[str, Any] | None
     checkpoint: Mapping[str, Any]
 
@@ -397,13 +398,18 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     return build(name, cleaned, files), []
 
 
+EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
+
+
 def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
     """Typed config and fingerprints from already validated, defaults-filled documents."""
     docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
     data_fp = data_fingerprint(docs["data"])
+    # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
+    hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
     training_fp = sha256_json(
-        {"model": docs["model"], "train": docs["train"], "data": docs["data"], "data_fingerprint": data_fp}
+        {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
     )
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
@@ -422,7 +428,8 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
 
 
 def _with_optional_train_keys(train: dict) -> dict:
-    return {"steps": None, "epochs": None, **train}
+    # parallelism: configs resolved before it existed (old run folders, releases) still build
+    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, **train}
 
 
 @functools.cache

@@ -57,10 +57,14 @@ def run_path(out_dir: Path, model: str, training_fingerprint: str) -> Path:
 
 
 class RunFolder:
-    """A run folder on disk. Cheap to create; every property reads the files when asked."""
+    """A run folder on disk. Cheap to create; every property reads the files when asked.
 
-    def __init__(self, path: str | os.PathLike):
+    `writer=False` makes the writing methods no-ops: in multi-host training only process 0 writes.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -134,18 +138,28 @@ class RunFolder:
 
     # --- writing (used by gitops.train) ---
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        write_json(self.manifest_path, dict(manifest))
+        if self.writer:
+            write_json(self.manifest_path, dict(manifest))
 
     def write_metrics(self, metrics: Mapping[str, float]) -> None:
-        write_json(self.metrics_path, dict(metrics))
+        if self.writer:
+            write_json(self.metrics_path, dict(metrics))
+
+    def clear_history(self) -> None:
+        if self.writer:
+            write_text(self.history_path, "")
 
     def append_history(self, records: Iterable[Mapping[str, Any]]) -> None:
+        if not self.writer:
+            return
         with self.history_path.open("a", encoding="utf-8") as fh:
             for record in records:
                 fh.write(json.dumps(dict(record), allow_nan=True) + "\n")
 
     def truncate_history(self, after_step: int) -> None:
         """Drop records past `after_step` (a resumed run replays those steps)."""
+        if not self.writer:
+            return
         kept = [r for r in self.history() if r.get("step", 0) <= after_step]
         write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in kept))
 

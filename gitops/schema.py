@@ -120,6 +120,19 @@ def _train_schema() -> dict:
                 "precision": enum("Compute dtype; parameters stay float32.", catalog.PRECISIONS, "float32"),
                 "log_every": integer("Steps between logged training metrics.", 50, 1),
                 "eval_every": integer("Steps between validation passes.", 200, 1),
+                "parallelism": {
+                    "type": "object",
+                    "default": {},
+                    "additionalProperties": False,
+                    "description": "How training spreads over several devices or hosts (no effect on one device). "
+                                   "Not part of the training fingerprint: the result does not depend on it beyond "
+                                   "floating-point summation order.",
+                    "properties": {
+                        "strategy": enum(
+                            "; ".join(f"{k}: {v.rstrip('.')}" for k, v in catalog.PARALLELISM.items()) + ".", list(catalog.PARALLELISM), "data"
+                        ),
+                    },
+                },
                 "repeats": integer("Train this many seeds (seed, seed+1, ...) and report mean and spread.", 1, 1, 32),
                 "early_stopping": {
                     "type": ["object", "null"],

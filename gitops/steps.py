@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from gitops import data as data_lib
 from gitops import metrics as metrics_lib
@@ -38,6 +39,7 @@ class StepSpec:
     batch_size: int
     n_train: int
     steps_per_epoch: int
+    batch_sharding: Any = None  # NamedSharding of a batch over the mesh's data axis (gitops.parallel); None: one device
 
     def epochs_spanned(self, length: int) -> int:
         """Most epochs a chunk of `length` consecutive steps can touch."""
@@ -67,6 +69,8 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
     that step's number (1-based: the step count after it), loss and gradient norm, and keeps them.
     """
     idx = data_lib.batch_indices(perms, first_epoch, step, spec.steps_per_epoch, spec.batch_size)
+    if spec.batch_sharding is not None:  # data parallel: each device gathers and trains on its slice
+        idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
     x, y = x_all[idx], y_all[idx]
     key = jax.random.fold_in(base_key, step)
     if spec.augment is not None:
@@ -79,6 +83,9 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
     else:
         xs = x.reshape((k, x.shape[0] // k, *x.shape[1:]))
         ys = y.reshape((k, y.shape[0] // k, *y.shape[1:]))
+        if spec.batch_sharding is not None:  # every micro-batch split over all devices
+            micro = NamedSharding(spec.batch_sharding.mesh, PartitionSpec(None, *spec.batch_sharding.spec))
+            xs, ys = jax.lax.with_sharding_constraint((xs, ys), (micro, micro))
 
         def micro(carry, inputs):
             state, ok, sums = carry
@@ -99,14 +106,16 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
     return state, acc, bad
 
 
-def make_train_chunk(graphdef, spec: StepSpec) -> Callable:
+def make_train_chunk(graphdef, spec: StepSpec, out_shardings: Any = None) -> Callable:
     """`run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, length=K)`: K steps in one dispatch.
 
     The epoch permutations the chunk needs are computed once per chunk; state, metric sums and the
-    divergence flag are donated so XLA updates them in place.
+    divergence flag are donated so XLA updates them in place. `out_shardings` (state, acc, bad) pins
+    where results live on a mesh, so a donated state keeps its sharding from chunk to chunk.
     """
+    pinned = {} if out_shardings is None else {"out_shardings": out_shardings}
 
-    @partial(jax.jit, static_argnames=("length",), donate_argnums=(0, 1, 2))
+    @partial(jax.jit, static_argnames=("length",), donate_argnums=(0, 1, 2), **pinned)
     def run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, *, length: int):
         # `reset` zeroes the metric sums on device (after a logging read-back) without another dispatch
         acc = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc)

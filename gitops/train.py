@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitops import catalog
+from gitops import catalog, parallel
 from gitops import config as config_lib
 from gitops.errors import TrainingError
 from gitops.runs import (
@@ -166,6 +166,7 @@ class Session:
     param_count: int
     metric_names: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
+    layout: Any = None  # gitops.parallel.Layout when training over several devices
 
     @property
     def steps_per_epoch(self) -> int:
@@ -202,35 +203,36 @@ class Session:
         if padded is None:
             return {}
         sums = self.eval_fn(self.state[0] if model_state is None else model_state, *padded)
-        return metrics_lib.finalize(sums)
+        return metrics_lib.finalize(parallel.fetch(sums))
 
     def zero_metrics(self) -> Any:
         from gitops import metrics as metrics_lib
 
-        return metrics_lib.zeros(self.metric_names)
+        zeros = metrics_lib.zeros(self.metric_names)
+        return self.layout.replicate(zeros) if self.layout else zeros
 
     def no_divergence(self) -> Any:
         import jax.numpy as jnp
 
-        return {"step": jnp.int32(-1), "loss": jnp.float32(0), "grad_norm": jnp.float32(0)}
+        none = {"step": jnp.int32(-1), "loss": jnp.float32(0), "grad_norm": jnp.float32(0)}
+        return self.layout.replicate(none) if self.layout else none
 
 
-def _padded_split(split: Any, batch: int) -> tuple | None:
+def _padded_split(split: Any, batch: int, layout: Any = None) -> tuple | None:
     import jax
     import numpy as np
 
     n = len(split)
     if n == 0:
         return None
-    batch = min(n, batch)
+    batch = min(n, batch) if layout is None else parallel.round_up(min(n, batch), layout.device_count)
     batches = math.ceil(n / batch)
     pad = batches * batch - n
     x = np.concatenate([split.x, np.zeros((pad, *split.x.shape[1:]), split.x.dtype)])
     y = np.concatenate([split.y, np.zeros((pad, *split.y.shape[1:]), split.y.dtype)])
     w = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-    return jax.device_put(
-        (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch, *y.shape[1:]), w.reshape(batches, batch))
-    )
+    padded = (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch, *y.shape[1:]), w.reshape(batches, batch))
+    return jax.device_put(padded) if layout is None else layout.put(padded, (layout.eval_batches,) * 3)
 
 
 def build_session(cfg: Any, dataset: Any) -> Session:
@@ -255,6 +257,9 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         raise TrainingError(
             f"batch size {train.batch_size} is not divisible by gradient_accumulation {accumulate} (micro-batches must be equal)"
         )
+    layout = parallel.layout(parallel.strategy_of(train))  # None on one device
+    if layout:
+        layout.check_batch(int(train.batch_size), accumulate)
     steps_per_epoch = n_train // train.batch_size
     total = int(train.steps) if train.steps else int(train.epochs) * steps_per_epoch
 
@@ -288,6 +293,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         batch_size=int(train.batch_size),
         n_train=n_train,
         steps_per_epoch=steps_per_epoch,
+        batch_sharding=layout.batch if layout else None,
     )
     eval_batch = max(EVAL_BATCH, int(train.batch_size))
     device = {
@@ -295,9 +301,15 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         "y_train": jax.device_put(dataset.train.y),
         "data_key": jax.random.fold_in(root_key, 1),
         "base_key": jax.random.fold_in(root_key, 2),
-        "val": _padded_split(dataset.val, eval_batch),
-        "test": _padded_split(dataset.test, eval_batch),
+        "val": _padded_split(dataset.val, eval_batch, layout),
+        "test": _padded_split(dataset.test, eval_batch, layout),
     }
+    chunk_out = None
+    if layout:  # data/keys replicated, state replicated (or fsdp-split) over the mesh
+        state = layout.place_state(state)
+        device.update(layout.replicate({k: device[k] for k in ("x_train", "y_train", "data_key", "base_key")}))
+        replicated = layout.replicated
+        chunk_out = (layout.shardings_like(state), replicated, replicated)
     return Session(
         cfg=cfg,
         dataset=dataset,
@@ -306,13 +318,14 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         state=state,
         eval_graphdef=eval_graphdef,
         spec=spec,
-        chunk_fn=steps.make_train_chunk(graphdef, spec),
+        chunk_fn=steps.make_train_chunk(graphdef, spec, chunk_out),
         eval_fn=steps.make_eval(eval_graphdef, spec),
         device=device,
         schedule=jax.jit(optim.learning_rate_schedule(train, total)),  # one dispatch per logged learning rate
         chunk=_chunk_length(train, cfg.model.architecture),
         param_count=param_count,
         metric_names=names,
+        layout=layout,
     )
 
 
@@ -372,6 +385,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "device_kind": devices[0].device_kind,
         "device_count": jax.device_count(),
         "process_count": jax.process_count(),
+        "parallelism": session.layout.describe() if session.layout else None,
         "xla_flags": os.environ.get("XLA_FLAGS") or None,
         "seed": cfg.train.seed,
         "started_at": started_at,
@@ -423,7 +437,6 @@ def train_and_evaluate(
         from gitops import repeats
 
         return repeats.train_repeats(cfg, workdir, root=root, resume=resume, reporter=reporter, dataset=dataset)
-    import jax
 
     from gitops import data as data_lib
     from gitops import metrics as metrics_lib
@@ -432,7 +445,7 @@ def train_and_evaluate(
     enable_compilation_cache()
     reporter = reporter or SilentReporter()
     root = Path(root) if root else config_lib.find_root()
-    run = RunFolder(workdir)
+    run = RunFolder(workdir, writer=parallel.is_primary())  # multi-host: process 0 writes the files
     run.path.mkdir(parents=True, exist_ok=True)
     dataset = dataset or data_lib.load(cfg.data, root)
     session = build_session(cfg, dataset)
@@ -470,10 +483,11 @@ def train_and_evaluate(
     else:
         if ckpt.steps():
             raise TrainingError(f"{run.checkpoints_dir} already holds checkpoints; resume or remove the run folder")
-        run.history_path.write_text("", encoding="utf-8")
+        run.clear_history()
 
-    (run.path / "config.resolved.yaml").write_text(dump_yaml(cfg.as_dict()), encoding="utf-8")
-    write_json(run.path / PREPROCESSING_FILE, dataset.preprocessing.as_dict())
+    if run.writer:
+        (run.path / "config.resolved.yaml").write_text(dump_yaml(cfg.as_dict()), encoding="utf-8")
+        write_json(run.path / PREPROCESSING_FILE, dataset.preprocessing.as_dict())
     manifest = _manifest(cfg, root, session, started_at)
     run.write_manifest(manifest)
 
@@ -513,7 +527,7 @@ def train_and_evaluate(
                 step += length
             if ctrl_c.requested and step < target:  # at an event step, the event runs first
                 raise StopRequested
-            host_acc, host_bad = jax.device_get((acc, bad))  # the one sync per event
+            host_acc, host_bad = parallel.fetch((acc, bad))  # the one sync per event
             _divergence(host_bad)
             records = []
             epoch = round(step / session.steps_per_epoch, 4)
@@ -552,7 +566,7 @@ def train_and_evaluate(
             if step % ckpt_every == 0 or step == total or stopped or is_best:
                 save(step, val_metrics, stopped)
     except StopRequested:  # the first Ctrl-C (a second one raises KeyboardInterrupt: no checkpoint)
-        _divergence(bad)  # a diverged state is not worth resuming from
+        _divergence(parallel.fetch(bad))  # a diverged state is not worth resuming from
         try:
             if ckpt.latest_step() != step:  # the event at this step may have saved it already
                 save(step, {}, False)
@@ -631,33 +645,47 @@ def train(
     run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
     shared = cache_dir()
     cached = RunFolder(run_path(shared, cfg.name, cfg.training_fingerprint)) if shared else None
+    primary = parallel.is_primary()  # multi-host: process 0 moves folders, the others wait at barriers
 
     if not force:
         if run.is_finished:
             return TrainResult(run, run.metrics, True, "local")
         if cached is not None and cached.is_finished:
-            copy_tree_atomic(cached.path, run.path)
+            if primary:
+                copy_tree_atomic(cached.path, run.path)
+            parallel.barrier("gitops-train-cache-hit")
             return TrainResult(run, run.metrics, True, "cache")
 
     if force:
         run.path.parent.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", suffix=".force", dir=run.path.parent))
+        if parallel.joined():  # one scratch folder all processes agree on
+            workdir = run.path.parent / f".{run.path.name}.force"
+            if primary:
+                shutil.rmtree(workdir, ignore_errors=True)
+            parallel.barrier("gitops-train-force")
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", suffix=".force", dir=run.path.parent))
         try:
             metrics = train_and_evaluate(cfg, workdir, root=root, reporter=reporter)
-            replace_dir(workdir, run.path)
+            if primary:
+                replace_dir(workdir, run.path)
+            parallel.barrier("gitops-train-force-done")
         except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
+            if primary:
+                shutil.rmtree(workdir, ignore_errors=True)
             raise
     else:
         if run.path.exists() and not resume:
             if run.manifest_path.is_file() or any(run.path.iterdir()):
                 reporter.note(f"removing the unfinished run {run.path} (use --resume to continue it)")
-            shutil.rmtree(run.path)
+            if primary:
+                shutil.rmtree(run.path)
         elif resume and not any(run.path.glob("checkpoints/*")) and not any(run.path.glob("repeats/*/checkpoints/*")):
             reporter.note(f"nothing to resume in {run.path}; starting from step 0")
+        parallel.barrier("gitops-train-clean")  # no process starts before the old folder is gone
         metrics = train_and_evaluate(cfg, run.path, root=root, resume=resume, reporter=reporter)
 
-    if cached is not None and not cached.is_finished:
+    if primary and cached is not None and not cached.is_finished:
         try:
             copy_tree_atomic(run.path, cached.path)
         except OSError as exc:

@@ -31,8 +31,25 @@ def train_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Build, compile and time a few steps; estimate the run; write nothing.")
     ] = False,
+    coordinator: Annotated[
+        str | None,
+        typer.Option("--coordinator", help="Multi-host: HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS)."),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option("--num-processes", min=1, help="Multi-host: processes in all (default: $JAX_NUM_PROCESSES).")
+    ] = None,
+    process_id: Annotated[
+        int | None, typer.Option("--process-id", min=0, help="Multi-host: this process's index (default: $JAX_PROCESS_ID).")
+    ] = None,
 ) -> None:
-    """Train and evaluate a model into runs/<model>/<fingerprint>/ (a finished run is a cache hit)."""
+    """Train and evaluate a model into runs/<model>/<fingerprint>/ (a finished run is a cache hit).
+
+    With several devices the run is data parallel; with --coordinator (or JAX_COORDINATOR_ADDRESS) every
+    process runs this same command and they train as one (process 0 writes the run folder).
+    """
+    from gitops import parallel
+
+    parallel.initialize(parallel.cluster_from(coordinator, num_processes, process_id))  # before jax lists devices
     root = config.find_root()
     cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
     if dry_run:
