@@ -118,6 +118,27 @@ def check_coordinator(address: str, process_id: int, timeout: float = 3.0) -> Ch
     return Check("coordinator", True, f"{address} reachable")
 
 
+def check_cluster(env: dict[str, str] | None = None) -> Check | None:
+    """The multi-host setting `gitops train` would use (same parser: gitops.parallel), then the coordinator.
+
+    None when no JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID is set (one process).
+    """
+    from gitops import parallel
+    from gitops.errors import UsageError
+
+    try:
+        cluster = parallel.cluster_from(env=os.environ if env is None else env)
+    except UsageError as exc:
+        return Check("coordinator", False, exc.message,
+                     f"set {parallel.ENV_COORDINATOR}, {parallel.ENV_NUM_PROCESSES} and {parallel.ENV_PROCESS_ID} "
+                     "together (runners/kubernetes/multihost-job.yaml does)")
+    if cluster is None:
+        return None
+    check = check_coordinator(cluster.coordinator, cluster.process_id)
+    return Check(check.name, check.ok, f"{check.detail}; process {cluster.process_id} of {cluster.num_processes}",
+                 check.fix, check.required)
+
+
 def run_checks(*, expect_gpu: bool, runs_dir: Path, min_free_gib: float = MIN_FREE_GIB) -> list[Check]:
     checks = [check_python(), check_packages(), check_git(), check_devices(expect_gpu)]
     checks.append(check_disk(runs_dir, min_free_gib))
@@ -127,7 +148,7 @@ def run_checks(*, expect_gpu: bool, runs_dir: Path, min_free_gib: float = MIN_FR
     if cache:
         checks.append(check_writable("run cache (GITOPS_RUN_CACHE)", Path(cache)))
         checks.append(check_disk(Path(cache), min_free_gib))
-    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-    if address:
-        checks.append(check_coordinator(address, int(os.environ.get("JAX_PROCESS_ID", "0") or 0)))
+    cluster = check_cluster()
+    if cluster is not None:
+        checks.append(cluster)
     return checks

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from gitops import doctor
 from gitops.cli import app
+from gitops.errors import UsageError
 
 runner = CliRunner()
 
@@ -76,3 +77,22 @@ def test_coordinator_reachability() -> None:
     assert not closed.ok and "cannot connect" in closed.detail
     assert doctor.check_coordinator("no-port", process_id=1).ok is False
     assert doctor.check_coordinator(f"127.0.0.1:{port}", process_id=0).ok
+
+
+def test_cluster_check_reads_the_environment_like_train() -> None:
+    from gitops import parallel
+
+    assert doctor.check_cluster({}) is None and parallel.cluster_from(env={}) is None
+    partial = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}  # what train refuses, doctor fails
+    check = doctor.check_cluster(partial)
+    assert check is not None and not check.ok and "JAX_NUM_PROCESSES" in check.detail
+    with pytest.raises(UsageError, match="missing"):
+        parallel.cluster_from(env=partial)
+    bad_id = {**partial, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"}
+    assert not doctor.check_cluster(bad_id).ok
+    full = {**partial, "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}
+    assert parallel.cluster_from(env=full) == parallel.Cluster("127.0.0.1:1", 2, 0)
+    ok = doctor.check_cluster(full)
+    assert ok.ok and "process 0 of 2" in ok.detail
+    # flags win over the environment, as in `gitops train --coordinator ...`
+    assert parallel.cluster_from("10.0.0.1:9", 4, 3, env=full) == parallel.Cluster("10.0.0.1:9", 4, 3)
