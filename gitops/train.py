@@ -446,8 +446,8 @@ def train_and_evaluate(
     reporter = reporter or SilentReporter()
     root = Path(root) if root else config_lib.find_root()
     run = RunFolder(workdir, writer=parallel.is_primary())  # multi-host: process 0 writes the files
+    dataset = dataset or data_lib.load(cfg.data, root)  # first: a data pin mismatch leaves no run folder behind
     run.path.mkdir(parents=True, exist_ok=True)
-    dataset = dataset or data_lib.load(cfg.data, root)
     session = build_session(cfg, dataset)
     train = cfg.train
     total = session.total_steps

@@ -154,7 +154,7 @@ def test_wrong_hash_is_refused_before_training(example_repo, server, data_cache,
     assert done.exit_code == 1, done.output
     assert "SHA-256 mismatch" in done.output and wrong in done.output and actual in done.output
     assert "Traceback" not in done.output
-    assert _manifests(example_repo) == [] and not list((example_repo / "runs").glob("*/*/checkpoints"))
+    assert not list((example_repo / "runs").glob("remote-mlp/*"))  # no run folder: the pin is checked first
     assert not data_cache.exists() or not any(data_cache.iterdir())  # nothing cached, no partial file
 
 
@@ -184,7 +184,7 @@ def test_file_dataset_hash_mismatch_exits_1_before_training(example_repo, monkey
     assert done.exit_code == 1, done.output
     assert "SHA-256 mismatch" in done.output and wrong in done.output
     assert hashlib.sha256(body).hexdigest() in done.output
-    assert _manifests(example_repo) == []
+    assert not list((example_repo / "runs").glob("file-mlp/*"))
 
 
 # --- fetch() on its own -----------------------------------------------------------------------------
