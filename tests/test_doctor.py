@@ -73,7 +73,13 @@ def test_coordinator_reachability() -> None:
         assert doctor.check_coordinator(f"127.0.0.1:{port}", process_id=1).ok
     finally:
         server.close()
-    closed = doctor.check_coordinator(f"127.0.0.1:{port}", process_id=1, timeout=0.5)
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))  # bound but never listening: connections are refused
+    closed_port = unused.getsockname()[1]
+    try:
+        closed = doctor.check_coordinator(f"127.0.0.1:{closed_port}", process_id=1, timeout=0.5)
+    finally:
+        unused.close()
     assert not closed.ok and "cannot connect" in closed.detail
     assert doctor.check_coordinator("no-port", process_id=1).ok is False
     assert doctor.check_coordinator(f"127.0.0.1:{port}", process_id=0).ok
