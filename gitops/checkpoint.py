@@ -37,17 +37,23 @@ META = "meta"
 
 
 def _portable(value: Any) -> Any:
-    """A replicated multi-device array as its host value, so the checkpoint records no mesh.
+    """A multi-device array as its host value, so the checkpoint records no mesh.
 
     Orbax stores an array's sharding; a plain `StandardCheckpointer().restore(...)` without a target
-    re-creates it and fails on a machine with other devices ("Topology mismatch"). A replicated array
-    (data parallel, multi-host) is saved from its local copy instead (Orbax writes host arrays from
-    process 0 only), so a run trained on 8 GPUs restores anywhere. Split (fsdp) arrays stay sharded:
-    restoring them needs a target (gitops does that; plain Orbax then needs the same topology).
+    re-creates it and fails on a machine with other devices ("Topology mismatch"). Arrays on a mesh
+    (data parallel, fsdp, multi-host) are saved from host memory instead (Orbax writes host arrays from
+    process 0 only; an fsdp-split array is gathered first, on every process, as save runs on all), so a
+    run trained on 8 GPUs restores anywhere, and `restore_state` re-shards it onto the current mesh.
     """
-    if isinstance(value, jax.Array) and len(value.sharding.device_set) > 1 and value.is_fully_replicated:
+    if not isinstance(value, jax.Array) or len(value.sharding.device_set) == 1:
+        return value
+    if value.is_fully_replicated:
         return np.asarray(value.addressable_data(0))
-    return value
+    if value.is_fully_addressable:
+        return np.asarray(value)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
 
 
 def state_handler() -> ocp.StandardCheckpointHandler:

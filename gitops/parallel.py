@@ -15,6 +15,7 @@ joined by `jax.distributed`), training runs data-parallel with no config change:
 - state (params, optimizer state, BatchNorm statistics) is replicated `P()` (strategy `data`), or,
   with `train.parallelism.strategy: fsdp`, every array with at least `FSDP_MIN_SIZE` elements is split
   over the data axis along its largest divisible dimension (XLA all-gathers it where used);
+  checkpoints hold host arrays either way (gitops.checkpoint), so they restore on any device count;
 - evaluation batches are padded (weight 0) to a multiple of the device count and sharded the same way.
 
 Multi-host: every process loads the same deterministic data split and builds the same initial state

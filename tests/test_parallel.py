@@ -155,6 +155,22 @@ def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: 
     assert accuracy == pytest.approx(loaded.metrics["test/accuracy"], abs=1e-6)
 
 
+def test_fsdp_splits_large_arrays_and_follows_the_one_device_curve(tmp_path: Path) -> None:
+    import gitops
+    from gitops import config, train
+    from gitops.runs import RunFolder
+
+    wide = ["model.hidden_sizes=[256,256]", "train.steps=200"]  # 256x256 kernels: split over the 4 devices
+    one = train.train(config.load(MODEL, REPO, [*OVERRIDES, *wide]), tmp_path / "one", root=REPO).run.path
+    extra = [arg for item in [*wide, "train.parallelism.strategy=fsdp"] for arg in ("--set", item)]
+    _run(_args(tmp_path / "four", *extra), _env(devices=4))
+    four = _run_dir(tmp_path / "four")
+    assert four.name == one.name  # the strategy is not part of the fingerprint
+    assert RunFolder(four).manifest["parallelism"] == {"strategy": "fsdp", "mesh": {"data": 4}}
+    _assert_curves_close(one, four)
+    assert gitops.load(str(four)).metrics == RunFolder(four).metrics  # restores here, on one device
+
+
 def test_batch_that_does_not_split_over_the_devices_is_refused(tmp_path: Path) -> None:
     done = subprocess.run(_args(tmp_path, "--set", "train.batch_size=66"), cwd=REPO, env=_env(devices=4),
                           capture_output=True, text=True, timeout=TIMEOUT)
