@@ -52,7 +52,7 @@ class StopFlag:
     """Turns (between `install()` and `restore()`, or as a context manager) the first SIGINT into `requested = True` (main thread only).
 
     Off the main thread (where signal handlers cannot be installed) it does nothing and Ctrl-C keeps
-    Python's default behaviour.
+    Python's default behaviour; where SIGINT is ignored (nohup, background jobs) it stays ignored.
     """
 
     def __init__(self) -> None:
@@ -66,7 +66,8 @@ class StopFlag:
         self.requested = True
 
     def install(self) -> StopFlag:
-        if threading.current_thread() is threading.main_thread():
+        # a process started with SIGINT ignored (nohup, a background job) keeps ignoring it
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
             self._previous = signal.signal(signal.SIGINT, self._handler)
             self._installed = True
         return self

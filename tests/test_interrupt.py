@@ -20,8 +20,10 @@ OVERRIDES = ["train.steps=3000", "train.checkpoint.every_steps=1000", "train.eva
 
 def _gitops(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1"}
+    # a test runner started in the background ignores SIGINT, and so would its children: give it back
     return subprocess.Popen([sys.executable, "-m", "gitops.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(example_repo: Path, tmp_path: Path) -> None:
@@ -80,14 +82,24 @@ def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(example_repo: 
     assert [r["step"] for r in run.history("val")] == [r["step"] for r in RunFolder(reference).history("val")]
 
 
-def test_stop_flag_second_ctrl_c_raises() -> None:
+def test_stop_flag_second_ctrl_c_raises_and_ignored_sigint_stays_ignored() -> None:
     from gitops.interrupt import StopFlag
 
-    with StopFlag() as flag:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.01)
-        assert flag.requested
-        with pytest.raises(KeyboardInterrupt):
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with StopFlag() as flag:
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            time.sleep(0.01)
+            assert flag.requested
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with StopFlag() as flag:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert not flag.requested
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

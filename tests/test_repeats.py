@@ -168,8 +168,12 @@ def test_repeats_layout_resume_release_and_report(example_repo: Path, monkeypatc
 
     # Ctrl-C in the second seed, then --resume: the first seed is skipped and the end is identical
     again = tmp_path / "again"
-    with pytest.raises(RunInterrupted) as info:
-        train.train_and_evaluate(cfg, again, root=example_repo, reporter=_CtrlCAt(2))
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # even when the runner ignores SIGINT
+    try:
+        with pytest.raises(RunInterrupted) as info:
+            train.train_and_evaluate(cfg, again, root=example_repo, reporter=_CtrlCAt(2))
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert "of seed 1 (2 of 3); resume with: gitops train wine-mlp --resume" in info.value.message
     assert not RunFolder(again).is_finished
     notes = _CtrlCAt(0)
