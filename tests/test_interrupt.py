@@ -20,10 +20,17 @@ OVERRIDES = ["train.steps=3000", "train.checkpoint.every_steps=1000", "train.eva
 
 def _gitops(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1"}
-    # a test runner started in the background ignores SIGINT, and so would its children: give it back
-    return subprocess.Popen([sys.executable, "-m", "gitops.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    command = [sys.executable, "-m", "gitops.cli", *args]
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # a runner started in the background: so would the child be
+        command = [sys.executable, "-c", REARMED, *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+REARMED = """import runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.argv = ["gitops", *sys.argv[1:]]
+runpy.run_module("gitops.cli", run_name="__main__")
+"""
 
 
 def test_sigint_checkpoints_exits_130_and_resume_is_bit_identical(example_repo: Path, tmp_path: Path) -> None:
