@@ -238,6 +238,15 @@ def _dump_yaml(doc: dict) -> str:
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
+def _top_level_hidden(top: Path):
+    """copytree filter: skip the pulled folder's own hidden files, not the checkpoint's (`.zarray`)."""
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n.startswith(".")] if Path(folder) == top else []
+
+    return ignore
+
+
 def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, release_dir: Path | None,
            force: bool = False) -> Rendered:
     """Write the build context for `model@version` into `out_dir` atomically.
@@ -270,7 +279,7 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
         if src is not None:
             _copy_source(src, tmp / "app")
         if not opts.pull_at_start:
-            shutil.copytree(release_dir, tmp / "model", ignore=shutil.ignore_patterns(".*"))
+            shutil.copytree(release_dir, tmp / "model", ignore=_top_level_hidden(release_dir))
         (tmp / "Dockerfile").write_text(dockerfile(model, version, opts, jax_version=jax.__version__,
                                                    source_copied=src is not None))
         (tmp / ".dockerignore").write_text("k8s/\nREADME.md\n**/__pycache__\n")

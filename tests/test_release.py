@@ -328,7 +328,8 @@ def test_rollback_inlines_files_whose_parent_changed(repo):
 
 
 def test_release_pending_and_gc(repo, tmp_path):
-    git(repo, "rm", "-q", "-r", "models/digits-cnn", "models/digits-mlp-wide")  # they would train
+    others = [f"models/{p.name}" for p in (repo / "models").iterdir() if p.name not in ("wine-mlp", "digits-mlp")]
+    git(repo, "rm", "-q", "-r", *others)  # they would train
     commit_all(repo, "two models")
     for model in ("wine-mlp", "digits-mlp"):
         fake_run(repo, model, GOOD | {"test/accuracy": 0.99})
@@ -381,7 +382,7 @@ def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ances
 
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
-    git(repo, "rm", "-q", "-r", "models/digits-cnn", "models/digits-mlp-wide", "models/digits-mlp")
+    git(repo, "rm", "-q", "-r", *[f"models/{p.name}" for p in (repo / "models").iterdir() if p.name != "wine-mlp"])
     pr_head = commit_all(repo, "only wine-mlp")
     git(repo, "commit", "-q", "--allow-empty", "-m", "merge commit")  # what is released: a descendant
     run = fake_run(repo, "wine-mlp", GOOD, out=tmp_path / "pr-runs")
