@@ -253,8 +253,13 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
     """Write the archive (or its parts) and SHA256SUMS into `out_dir`; (assets to upload, archive sha)."""
     name = f"{cfg.name}-{version}.tar.gz"
     entries: list[tuple[str, bytes | Path]] = []
+    from gitops.yamlio import dump_yaml
+
     for fname in RUN_FILES:
-        if (run_dir / fname).is_file():
+        if fname == "config.resolved.yaml":
+            # The released config: a patch release reuses an older run but carries today's release.yaml.
+            entries.append((fname, dump_yaml(cfg.as_dict()).encode("utf-8")))
+        elif (run_dir / fname).is_file():
             entries.append((fname, run_dir / fname))
     for kind in config.FILE_KINDS:
         raw = tree.read(f"{config.MODELS_DIR}/{cfg.name}/{kind}.yaml")
