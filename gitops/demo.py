@@ -248,7 +248,7 @@ def run(keep: Path | None = None, console=None) -> DemoResult:
         f"  delete it:    rm -rf {target}",
         "",
         f"What to try next (inside {target}):",
-        *(f"  {cmd:<44}# {why}" for cmd, why in (
+        *(f"  {cmd:<46}  # {why}" for cmd, why in (
             (f"gitops serve {MODEL}@production", "HTTP inference server (TF Serving's REST shapes)"),
             ("gitops site --out site", "the static registry site; open site/index.html"),
             (f"gitops rollback {MODEL} --to v1.0.0", "restore v1.0.0's config on a new branch"),
