@@ -22,6 +22,7 @@ directory by hand: the manager trusts the rename that commits a step.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+
+class _QuietOcdbtMerge(logging.Filter):
+    """Orbax warns on every save without OCDBT that it skips an OCDBT merge; we chose no OCDBT."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietOcdbtMerge())
 
 STATE = "state"
 META = "meta"
