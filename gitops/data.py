@@ -12,7 +12,6 @@ Augmentations are pure jax functions `(key, x) -> x` on a batch, keyed by the st
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from gitops import catalog
 from gitops import config as config_lib
+from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, TrainingError
 from gitops.registry import Registry
 
@@ -108,14 +108,6 @@ def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.nd
         tokens[half] = np.sort(tokens[half], axis=1)
         labels = np.all(np.diff(tokens, axis=1) >= 0, axis=1).astype(np.int64)
     return tokens.astype(np.float32), labels.astype(np.int32)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @DATASETS.register("file")

@@ -8,7 +8,6 @@ still caught.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -18,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from gitops import registry_ops, tags
 from gitops.backends.base import Backend
+from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, UsageError
 
 PULLED_DIR = Path(".gitops") / "pulled"
@@ -37,14 +37,6 @@ def parse_sums(text: str) -> dict[str, str]:
             raise IntegrityError(f"SHA256SUMS has a malformed line: {line[:120]!r}")
         sums[name] = digest.lower()
     return sums
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_member(member: tarfile.TarInfo, dest: Path) -> None:

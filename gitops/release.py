@@ -9,7 +9,6 @@ metrics, the archive's checksum) as a JSON block, so they never download anythin
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Any
 
 from gitops import config, gitutil, registry_ops, tags
 from gitops.backends.base import Backend, TagExistsError
+from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
 from gitops.plan import config_diff
 from gitops.tree import GitTree
@@ -144,14 +144,6 @@ def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: c
 
 
 # --- packaging ---------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checkpoint_entries(run: Path, step: Any) -> list[tuple[str, Path]]:

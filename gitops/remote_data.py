@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 
 CACHE_ENV = "GITOPS_DATA_CACHE"
@@ -50,14 +51,6 @@ def cache_dir() -> Path:
     """Where fetched files live: `$GITOPS_DATA_CACHE`, else `~/.cache/gitops/data`."""
     configured = os.environ.get(CACHE_ENV)
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "gitops" / "data"
-
-
-def sha256_path(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _env_number(name: str, default: float, cast: Callable[[str], float]) -> float:
@@ -99,7 +92,7 @@ def fetch(
     folder = Path(cache) if cache is not None else cache_dir()
     target = folder / sha256
     if target.is_file():
-        if sha256_path(target) == sha256:
+        if sha256_file(target) == sha256:
             return target
         target.unlink(missing_ok=True)  # corrupted in place: fetch it again
     opener = _opener(url)
