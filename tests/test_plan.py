@@ -138,3 +138,10 @@ def test_ci_plan_does_not_import_jax(example_repo):
     imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
     assert not imported & {"jax", "jaxlib", "flax", "optax", "orbax"}
     assert json.loads(proc.stdout)["train"][0]["model"] == "wine-mlp"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "gitops.cli", "diff", "--base", base, "--head", head],
+        cwd=example_repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0 and "batch_size" in proc.stdout, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+    assert not imported & {"jax", "jaxlib", "flax", "optax", "orbax"}
