@@ -14,6 +14,9 @@ Rules, beyond "is this valid YAML":
 
 The node graph is composed by PyYAML (pure Python loader, so positions and errors are the same
 everywhere) and converted to plain Python here, never by PyYAML's constructors.
+The common document (no ``&``, ``*``, ``!`` or ``<<`` anywhere in the text) is composed by libyaml
+in C and converted by a lean builder; anything unusual or wrong there is re-read by the full loader,
+so results and messages are the same either way.
 """
 
 from __future__ import annotations
@@ -374,6 +377,10 @@ def _pos(text: str, index: int) -> tuple[int, int]:
 
 def _load(raw: str | bytes, file: str, *, max_bytes: int, require_mapping: bool) -> YamlDoc:
     text = _decode(raw, file, max_bytes)
+    if require_mapping and _CComposer is not None:
+        doc = _load_common(text, file)
+        if doc is not None:
+            return doc
     if _FastLoader is not _PyLoader:
         try:
             return _load_with(_FastLoader, text, file, require_mapping=require_mapping)
@@ -382,6 +389,112 @@ def _load(raw: str | bytes, file: str, *, max_bytes: int, require_mapping: bool)
                 raise
     # libyaml found a syntax problem: re-read with the Python scanner for its clearer message
     return _load_with(_PyLoader, text, file, require_mapping=require_mapping)
+
+
+# --------------------------------------------------------------------------------------------
+# Fast path: the common document (no anchors, aliases, tags or merge keys), composed by libyaml in C
+
+_SPECIAL = re.compile(r"[&*!]|<<")
+_NO_TAG = "?"  # what the C composer's resolve() answers: no Python resolver work per node
+
+if _ParserBase is not None:
+
+    class _CComposer(_Parser):
+        """libyaml's parser *and* composer, both in C; the builder below does the core-schema work."""
+
+        def resolve(self, kind, value, implicit):
+            return _NO_TAG
+
+        def descend_resolver(self, current_node, current_index):
+            pass
+
+        def ascend_resolver(self):
+            pass
+
+else:  # pragma: no cover - PyYAML built without libyaml
+    _CComposer = None  # type: ignore[misc,assignment]
+
+
+class _Unusual(Exception):
+    """The fast path met something it leaves to the full loader (which gives the usual messages)."""
+
+
+_SCALAR_CACHE: dict[str, Any] = {}  # plain scalar text -> core-schema value (immutable values only)
+
+
+def _plain_value(value: str) -> Any:
+    try:
+        return _SCALAR_CACHE[value]
+    except KeyError:
+        pass
+    result = _core_value(value)  # ValueError for a too-long integer: the caller falls back
+    if len(value) <= 64 and len(_SCALAR_CACHE) < 20_000:
+        _SCALAR_CACHE[value] = result
+    return result
+
+
+def _load_common(text: str, file: str) -> YamlDoc | None:
+    """The document as the full loader would give it, or None when the full loader must decide.
+
+    Only documents that load without a problem are returned; anything unusual (an error, a possible
+    anchor/alias/tag/merge key, a non-mapping top level) is left to `_load_with`.
+    """
+    if _SPECIAL.search(text) is not None:
+        return None
+    try:
+        root = _CComposer(text).get_single_node()
+    except Exception:  # syntax errors, several documents...: the full loader reports them
+        return None
+    if type(root) is not MappingNode:
+        return None
+    marks: dict[tuple, Mark] = {}
+    key_marks: dict[tuple, Mark] = {}
+
+    def mapping(node, path: tuple, depth: int) -> dict:
+        if depth > MAX_DEPTH:
+            raise _Unusual
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if type(key_node) is not ScalarNode:
+                raise _Unusual
+            key = key_node.value
+            if not key_node.style:
+                key = _plain_value(key)
+                if type(key) is not str:
+                    raise _Unusual
+            if key in out:
+                raise _Unusual
+            child = (*path, key)
+            m = key_node.start_mark
+            key_marks[child] = Mark(file, m.line + 1, m.column + 1)
+            out[key] = value(value_node, child, depth)
+        return out
+
+    def value(node, path: tuple, depth: int) -> Any:
+        m = node.start_mark
+        marks[path] = Mark(file, m.line + 1, m.column + 1)
+        kind = type(node)
+        if kind is ScalarNode:
+            return _plain_value(node.value) if not node.style else node.value
+        if kind is MappingNode:
+            return mapping(node, path, depth + 1)
+        if kind is not SequenceNode or depth + 1 > MAX_DEPTH:
+            raise _Unusual
+        out_list = []
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            m = item.start_mark
+            key_marks[child] = Mark(file, m.line + 1, m.column + 1)
+            out_list.append(value(item, child, depth + 1))
+        return out_list
+
+    m = root.start_mark
+    marks[()] = Mark(file, m.line + 1, m.column + 1)
+    try:
+        data = mapping(root, (), 1)
+    except (_Unusual, ValueError, RecursionError):
+        return None
+    return YamlDoc(data, file, marks, key_marks)
 
 
 def _parser_error(problems: list[Problem]) -> ConfigError:

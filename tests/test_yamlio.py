@@ -671,3 +671,98 @@ trees = st.recursive(
 def test_fuzz_dump_round_trip(data):
     text = dump_yaml(data)
     assert load_yaml_text(text).data == data
+
+
+# --------------------------------------------------------------------------------------------
+# The C fast path (`_load_common`) gives exactly what the full loader gives
+
+
+def _full_load(text: str, file: str):
+    from gitops import yamlio
+
+    return yamlio._load_with(yamlio._FastLoader, text, file, require_mapping=True)
+
+
+def _assert_same_as_full(text: str, file: str = "f.yaml") -> None:
+    from gitops import yamlio
+
+    fast = yamlio._load_common(text, file)
+    assert fast is not None, "the fast path should take this document"
+    full = _full_load(text, file)
+    assert fast.data == full.data
+    assert fast.marks == full.marks
+    assert fast.key_marks == full.key_marks
+    assert list(fast.marks) == list(full.marks)
+    assert list(fast.key_marks) == list(full.key_marks)
+
+
+def test_fast_path_matches_full_loader_on_example_models():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parent.parent / "models").glob("*/*.yaml"))
+    assert files
+    taken = 0
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        from gitops import yamlio
+
+        if yamlio._load_common(text, str(path)) is None:
+            continue
+        taken += 1
+        _assert_same_as_full(text, str(path))
+    assert taken >= len(files) // 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\n",
+        "a: {b: [1, 2.5, x, 'q', \"r\"], c: ~}\nd:\n  - e: on\n    f: 3e-4\n  - [1, [2, [3]]]\n",
+        "key: |\n  block\n  text\nother: >\n  folded\n'quoted key': 0x1F\n\"1\": 0o17\n",
+        "x: .inf\ny: -.INF\nz: 1_000\nw: 12:30\nv: 2024-01-01\nu: null\nt: ''\ns:\n",
+        "\ufeffa:\n  b:\n    c:\n      - - - deep\n",
+        "top: [ {a: 1}, {b: 2} ]\n",
+        "".join(" " * i + f"k{i}:\n" for i in range(99)) + " " * 99 + "leaf: 1\n",
+    ],
+)
+def test_fast_path_matches_full_loader(text):
+    _assert_same_as_full(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "- a\n",
+        "a: &x 1\nb: *x\n",
+        "a: !!str 1\n",
+        "<<: {a: 1}\n",
+        "a: 1\na: 2\n",
+        "1: a\n",
+        "[a]: b\n",
+        "a: 1\n---\nb: 2\n",
+        "a: [\n",
+        "a: " + "9" * 5000 + "\n",
+        "".join(" " * i + f"k{i}:\n" for i in range(100)) + " " * 100 + "leaf: 1\n",
+    ],
+)
+def test_fast_path_leaves_unusual_documents_to_the_full_loader(text):
+    from gitops import yamlio
+
+    assert yamlio._load_common(text, "f.yaml") is None
+
+
+def test_fast_path_matches_full_loader_on_generated_models(tmp_path):
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        from validate_scale import generate
+    finally:
+        sys.path.remove(str(bench))
+    generate(tmp_path, 12)
+    files = sorted((tmp_path / "models").glob("*/*.yaml"))
+    assert files
+    for path in files:
+        _assert_same_as_full(path.read_text(encoding="utf-8"), str(path))
