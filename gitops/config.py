@@ -8,7 +8,6 @@ Every problem of every file is collected before anything is raised, so a user se
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -23,6 +22,7 @@ from typing import Any
 
 from gitops import catalog, schema
 from gitops.errors import ConfigError, Problem, UsageError
+from gitops.schema import _copy_json
 from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
 
@@ -179,9 +179,9 @@ def deep_merge(base: Any, override: Any) -> Any:
     if isinstance(base, dict) and isinstance(override, dict):
         merged = dict(base)
         for key, value in override.items():
-            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+            merged[key] = deep_merge(base[key], value) if key in base else _copy_json(value)
         return merged
-    return copy.deepcopy(override)
+    return _copy_json(override)
 
 
 class _Loader:

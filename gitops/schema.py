@@ -425,17 +425,29 @@ def _branch_applies(condition: dict, value: dict) -> bool:
     return all(k in value for k in condition.get("required", []))
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-like data (dicts, lists, scalars); anything else goes to copy.deepcopy."""
+    cls = value.__class__
+    if cls is str or cls is int or cls is float or cls is bool or value is None:
+        return value
+    if cls is dict:
+        return {k: _copy_json(v) for k, v in value.items()}
+    if cls is list:
+        return [_copy_json(v) for v in value]
+    return copy.deepcopy(value)
+
+
 def fill_defaults(schema: dict, value: Any) -> Any:
     """A copy of `value` with every schema default filled and numbers cast to the schema's type.
 
     Defaults are what make two spellings of the same config hash the same: `{name: adamw}` and
     `{name: adamw, weight_decay: 1e-4}` are one config.
     """
-    types = schema.get("type")
-    types = types if isinstance(types, list) else [types]
-    if isinstance(value, bool) or value is None:
+    if isinstance(value, str) or isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int | float):
+        types = schema.get("type")
+        types = types if isinstance(types, list) else [types]
         if "integer" in types and float(value).is_integer():
             return int(value)
         if "number" in types:
@@ -447,11 +459,25 @@ def fill_defaults(schema: dict, value: Any) -> Any:
     if not isinstance(value, dict):
         return value
     result = dict(value)
-    schemas = [schema] + [b["then"] for b in schema.get("allOf", []) if "if" in b and _branch_applies(b["if"], value)]
+    schemas = [schema]
+    for b in schema.get("allOf", ()):
+        if "if" in b and _branch_applies(b["if"], value):
+            schemas.append(b["then"])
+    if len(schemas) == 1:  # the common case, without the per-key search through branches
+        props = schema.get("properties")
+        if props:
+            for key, prop in props.items():
+                if key not in result and "default" in prop:
+                    result[key] = _copy_json(prop["default"])
+            for key in list(result):
+                prop = props.get(key)
+                if prop is not None:
+                    result[key] = fill_defaults(prop, result[key])
+        return result
     for sub_schema in schemas:
         for key, prop in sub_schema.get("properties", {}).items():
             if key not in result and "default" in prop:
-                result[key] = copy.deepcopy(prop["default"])
+                result[key] = _copy_json(prop["default"])
     for key in list(result):
         prop = next((s["properties"][key] for s in reversed(schemas) if key in s.get("properties", {})), None)
         if prop is not None:
