@@ -449,6 +449,15 @@ def _load_common(text: str, file: str) -> YamlDoc | None:
         return None
     marks: dict[tuple, Mark] = {}
     key_marks: dict[tuple, Mark] = {}
+    new = object.__new__
+
+    def mark(m) -> Mark:  # Mark(file, m.line + 1, m.column + 1), without the frozen dataclass's __init__
+        out = new(Mark)
+        d = out.__dict__
+        d["file"] = file
+        d["line"] = m.line + 1
+        d["col"] = m.column + 1
+        return out
 
     def mapping(node, path: tuple, depth: int) -> dict:
         if depth > MAX_DEPTH:
@@ -466,13 +475,13 @@ def _load_common(text: str, file: str) -> YamlDoc | None:
                 raise _Unusual
             child = (*path, key)
             m = key_node.start_mark
-            key_marks[child] = Mark(file, m.line + 1, m.column + 1)
+            key_marks[child] = mark(m)
             out[key] = value(value_node, child, depth)
         return out
 
     def value(node, path: tuple, depth: int) -> Any:
         m = node.start_mark
-        marks[path] = Mark(file, m.line + 1, m.column + 1)
+        marks[path] = mark(m)
         kind = type(node)
         if kind is ScalarNode:
             return _plain_value(node.value) if not node.style else node.value
@@ -484,12 +493,12 @@ def _load_common(text: str, file: str) -> YamlDoc | None:
         for i, item in enumerate(node.value):
             child = (*path, i)
             m = item.start_mark
-            key_marks[child] = Mark(file, m.line + 1, m.column + 1)
+            key_marks[child] = mark(m)
             out_list.append(value(item, child, depth + 1))
         return out_list
 
     m = root.start_mark
-    marks[()] = Mark(file, m.line + 1, m.column + 1)
+    marks[()] = mark(m)
     try:
         data = mapping(root, (), 1)
     except (_Unusual, ValueError, RecursionError):
