@@ -64,7 +64,7 @@ def schema_text() -> str:
 
 def load_settings(tree: Tree) -> Settings:
     """Read `gitops.yaml` from a tree (working folder or a commit); defaults when absent."""
-    from jsonschema import Draft202012Validator
+    import fastjsonschema
 
     from gitops import schema as schema_mod
     from gitops.yamlio import load_yaml_text
@@ -73,6 +73,13 @@ def load_settings(tree: Tree) -> Settings:
     if raw is None:
         return Settings()
     doc = load_yaml_text(raw, tree.label(SETTINGS_FILE))
+    try:  # the common case, valid settings, without importing jsonschema
+        schema_mod.compiled_validator(SETTINGS_SCHEMA)(doc.data)
+        return Settings(Budgets(**(doc.data.get("budgets") or {})))
+    except fastjsonschema.JsonSchemaException:
+        pass
+    from jsonschema import Draft202012Validator
+
     errors = sorted(Draft202012Validator(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
     problems = []
     for error in errors:

@@ -261,3 +261,21 @@ def test_all_errors_of_all_files_at_once(repo: Path) -> None:
     assert (unknown.line, unknown.col) == (2, 1) and "did you mean 'hidden_sizes'" in unknown.message
     enum = next(p for p in problems if "digitz" in p.message)
     assert (enum.line, enum.col) == (2, 9) and "did you mean 'digits'" in enum.message
+
+
+def test_compiled_validators_are_cached_and_survive_a_corrupt_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GITOPS_CACHE", str(tmp_path))
+    doc = schema.schema_for("train")
+    good = {"batch_size": 8, "steps": 10, "optimizer": {"name": "sgd", "learning_rate": 0.1}}
+    bad = {"batch_size": "8", "steps": 10, "optimizer": {"name": "sgd", "learning_rate": 0.1}}
+    import fastjsonschema
+
+    for attempt in range(3):
+        check = schema.compiled_validator(doc)
+        check(good)
+        with pytest.raises(fastjsonschema.JsonSchemaException):
+            check(bad)
+        cached = list((tmp_path / "validators").glob("*.marshal"))
+        assert len(cached) == 1
+        if attempt == 1:
+            cached[0].write_bytes(b"not a code object")  # a corrupt entry is rebuilt, never trusted
