@@ -411,6 +411,8 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
     try:
         code = marshal.loads(path.read_bytes())
     except (OSError, ValueError, EOFError, TypeError):
+        pass
+    if not isinstance(code, type(compile("", "", "exec"))):
         source = fastjsonschema.compile_to_code(document, use_default=False)
         code = compile(source, f"<schema {document.get('$id', '')}>", "exec")
         try:
