@@ -413,3 +413,25 @@ def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ances
     assert result.run == repo / "runs/wine-mlp" / run.name
     assert sorted(github_server.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+
+
+def test_rollback_on_github_pushes_the_branch_and_opens_the_pr(repo, github_env, github_server, monkeypatch, tmp_path):
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "push", "-q", "origin", "main")
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    runner = CliRunner()
+    fake_run(repo, "wine-mlp", GOOD)
+    assert runner.invoke(app, ["release", "wine-mlp"]).exit_code == 0
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    fake_run(repo, "wine-mlp", GOOD)
+    assert runner.invoke(app, ["release", "wine-mlp"]).exit_code == 0
+    result = runner.invoke(app, ["rollback", "wine-mlp", "--to", "v1.0.0"])
+    assert result.exit_code == 0, result.output
+    assert "rollback/wine-mlp-v1.0.0" in git(repo, "ls-remote", "--heads", "origin")
+    opened = [p for p in github_server.pulls.values() if p["head"] == "rollback/wine-mlp-v1.0.0"]
+    assert len(opened) == 1 and opened[0]["base"] == "main" and "v1.0.0" in opened[0]["title"]
