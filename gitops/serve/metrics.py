@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from gitops.serve.version import buckets_for
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -24,14 +26,8 @@ class ServerMetrics:
                                 ["route", "code"], registry=r)
         self.latency = Histogram("gitops_serve_request_latency_seconds", "Predict request latency.",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        batch_buckets = []
-        b = 1
-        while b < max_batch_size:
-            batch_buckets.append(b)
-            b *= 2
-        batch_buckets.append(max_batch_size)
         self.batch_size = Histogram("gitops_serve_batch_size", "Rows per executed batch (before padding).",
-                                    buckets=tuple(float(x) for x in batch_buckets), registry=r)
+                                    buckets=tuple(float(x) for x in buckets_for(max_batch_size)), registry=r)
         self.instances = Counter("gitops_serve_instances", "Instances predicted.", registry=r)
         self.errors = Counter("gitops_serve_errors", "Failed requests and load failures by kind.",
                               ["kind"], registry=r)
