@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gitops import catalog, schema
-from gitops.errors import ConfigError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.schema import _copy_json
 from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
@@ -350,7 +350,7 @@ def find_root(start: Path | None = None) -> Path:
     for folder in [here, *here.parents]:
         if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
             return folder
-    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository")
+    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository, or start one with: gitops init")
 
 
 def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
@@ -362,6 +362,10 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         loader.problem(folder_mark, "", f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
         return None, loader.problems
     if not tree.is_dir(model_rel):
+        ref = getattr(tree, "ref", None)
+        if ref is not None and (tree.root / model_rel).is_dir():
+            # the folder is in the working tree but not in the commit read (release reads HEAD)
+            raise GitopsError(f"{model_rel} is not committed; commit it first (it is not in {ref[:12]})")
         raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder")
     merged: dict[str, _Merged] = {}
     for kind in FILE_KINDS:
