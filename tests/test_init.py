@@ -127,3 +127,12 @@ def test_releasing_an_uncommitted_model_says_commit_it_first(tmp_path: Path) -> 
     assert result.exit_code == 1, result.output
     assert "models/cnn-model is not committed; commit it first" in result.output
     assert "Traceback" not in result.output
+
+
+def test_new_in_a_plain_git_repository_writes_the_schemas_its_headers_name(tmp_path: Path) -> None:
+    git(tmp_path, "init", "-q")
+    assert invoke("schemas", "--check", cwd=tmp_path).output.count("missing: schemas/model.schema.json") == 1
+    assert invoke("new", "first-model", cwd=tmp_path).exit_code == 0
+    header = (tmp_path / "models/first-model/model.yaml").read_text().splitlines()[0]
+    assert header.endswith("../../schemas/model.schema.json") and (tmp_path / "schemas/model.schema.json").is_file()
+    assert invoke("schemas", "--check", cwd=tmp_path).exit_code == 0

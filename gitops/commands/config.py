@@ -101,10 +101,13 @@ def schemas_cmd(
     root = config.find_root()
     directory = root / "schemas"
     if check:
-        stale = [k for k in schema.KINDS if not (directory / f"{k}.schema.json").is_file()
-                 or (directory / f"{k}.schema.json").read_text(encoding="utf-8") != schema.render(k)]
-        if stale:
-            raise GitopsError(f"schemas out of date: {', '.join(stale)} (run: gitops schemas)")
+        missing = [k for k in schema.KINDS if not (directory / f"{k}.schema.json").is_file()]
+        stale = [k for k in schema.KINDS if k not in missing
+                 and (directory / f"{k}.schema.json").read_text(encoding="utf-8") != schema.render(k)]
+        if missing or stale:
+            found = ([f"missing: {', '.join(f'schemas/{k}.schema.json' for k in missing)}"] if missing else []) + \
+                    ([f"out of date: {', '.join(f'schemas/{k}.schema.json' for k in stale)}"] if stale else [])
+            raise GitopsError(f"schemas {'; '.join(found)} (run: gitops schemas)")
         out("schemas are current")
         return
     for path in schema.write_schemas(directory):
