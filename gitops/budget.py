@@ -77,12 +77,12 @@ def measured_rate(root, model: str) -> float | None:
     return newest[1] if newest else None
 
 
-def plan_costs(root, head: str, models: list[str]) -> list[Cost]:
-    """Steps and last measured rate of each model the plan trains, from its config at `head`."""
+def plan_costs(root, head: str | None, models: list[str]) -> list[Cost]:
+    """Steps and last measured rate of each model the plan trains, from its config at `head` (None: the working tree)."""
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.tree import FsTree, GitTree
 
-    tree = GitTree(root, head)
+    tree = GitTree(root, head) if head else FsTree(root)
     costs = []
     for model in models:
         cfg = config.load(model, root, tree=tree)

@@ -89,7 +89,9 @@ def default_target(root: Path, model: str, version: str) -> Path:
 
 def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False) -> Path:
     """Download, verify and unpack the release `ref` names; return the folder (a run folder)."""
-    st, version = registry_ops.resolve(backend, ref)
+    from gitops.refs import parse_target
+
+    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
     model = st.model
     target = Path(to) if to is not None else default_target(root, model, version.version)
     if target.exists():
