@@ -21,11 +21,6 @@ BackendOption = Annotated[
 @command("ls", rich_help_panel="Inspect")
 def ls_cmd(as_json: JsonFlag = False, backend_name: BackendOption = None) -> None:
     """List models: latest version, stages, and finished runs not yet released.
-
-    Examples:
-
-        gitops ls
-        gitops ls --json | jq '.[] | select(.unreleased_runs != [])'
     """
     from gitops import listing
     from gitops.backends import get_backend
@@ -45,11 +40,6 @@ def runs_cmd(
 
     A run marked * was trained from the model's config in the working tree; RELEASED names the
     versions that ship it.
-
-    Examples:
-
-        gitops runs digits-mlp
-        gitops runs digits-mlp --json
     """
     from gitops import listing
     from gitops.backends import get_backend

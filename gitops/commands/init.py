@@ -23,12 +23,6 @@ def init_cmd(
 
     Safe to run again: files already right are left alone; a file that differs is never overwritten
     (workflows and schemas are, with --force).
-
-    Examples:
-
-        gitops init                 # here
-        gitops init my-models --example
-        gitops init --force         # take this version's workflows
     """
     from gitops import init
 
