@@ -79,7 +79,12 @@ def serve_command(pull_at_start: bool, ref: str) -> list[str]:
 
 def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: str, source_copied: bool) -> str:
     ref = f"{model}@{version}"
-    install = ["/opt/gitops-src"] if source_copied else [opts.package or "gitops-nn"]
+    if source_copied:
+        install = ["/opt/gitops-src"]
+    else:  # there is no PyPI release: the same pin `gitops init` writes (a git URL when installed from one)
+        from gitops.init import installed_package_spec
+
+        install = [opts.package or installed_package_spec()]
     install += list(SERVE_REQUIREMENTS)
     if opts.gpu:
         install.append(f"jax[cuda12]=={jax_version}")
