@@ -98,3 +98,24 @@ def test_help_ls_runs_and_init_never_import_jax(example_repo, tmp_path) -> None:
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
         imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
         assert not imported & {"jax", "jaxlib", "flax", "optax", "orbax"}, (args, imported & {"jax", "flax"})
+
+
+def test_readme_names_only_commands_that_exist_and_installs_that_resolve() -> None:
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    dist = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
+    paths = {p for p, _ in commands()}
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    lines = [line.split("#")[0].strip() for block in blocks for line in block.splitlines()]
+    used = [line.split() for line in lines if line.startswith("gitops ") and not line.startswith("gitops --")]
+    assert used
+    for words in used:
+        path = " ".join(words[1:3]) if words[1] == "ci" else words[1]
+        assert path in paths, words
+    # there is no PyPI release: every install names a git URL or a wheel of the real distribution name
+    installs = [line for line in lines if line.startswith("pip install")]
+    assert installs and all((f'"{dist}' in line and " @ git+https://" in line) or ".whl" in line for line in installs)
+    assert "gitops_nn-" in readme and dist == "gitops-nn"
