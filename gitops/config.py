@@ -122,6 +122,7 @@ class ResolvedConfig:
     training_fingerprint: str
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
+    plugins: Mapping[str, Any] | None = None  # {package, sha256} of the repository plugin package it uses
 
     @property
     def task(self) -> str:
@@ -134,12 +135,15 @@ class ResolvedConfig:
     def as_dict(self) -> dict:
         """The resolved config as plain data: {model, train, data, release}."""
         model = {"architecture": self.model.architecture, **thaw(self.model.params)}
-        return {
+        doc = {
             "model": model,
             "train": _dataclass_dict(self.train),
             "data": _dataclass_dict(self.data),
             "release": _dataclass_dict(self.release),
         }
+        if self.plugins:  # the plugin source it was resolved with travels in config.resolved.yaml
+            doc["plugins"] = thaw(self.plugins)
+        return doc
 
     def headline_metric(self) -> str:
         if self.release.headline_metric:
@@ -349,12 +353,18 @@ def find_root(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
         if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
+            from gitops import plugins
+
+            plugins.use_repository(folder)  # its plugin package (if any) is the one in view
             return folder
     raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository, or start one with: gitops init")
 
 
 def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
     """Resolve one model, returning it (or None) with every problem found."""
+    from gitops import plugins
+
+    plugins.use_repository(tree.root)  # the catalog merges this repository's plugin package (if any)
     loader = _Loader(tree)
     model_rel = f"{MODELS_DIR}/{name}"
     folder_mark = Mark(tree.label(model_rel), 1, 1)
@@ -391,6 +401,10 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         if not errors:
             cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
     if loader.problems or any(k not in cleaned for k in FILE_KINDS):
+        blocked = plugins.blocked_package()
+        if blocked and loader.problems:  # a name it provides looks unknown: say why instead
+            raise plugins.PluginError(f"{model_rel}: {plugins.blocked_message(blocked)}; without it:\n"
+                                      + "\n".join(str(p) for p in loader.problems))
         return None, loader.problems
 
     for path, message in semantic_problems(cleaned, tree):
@@ -399,22 +413,48 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
-    return build(name, cleaned, files), []
+    package = repo_plugin_package(cleaned)
+    source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
+    return build(name, cleaned, files, source), []
 
 
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
 
 
-def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
-    """Typed config and fingerprints from already validated, defaults-filled documents."""
+def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
+    """The repository plugin package a model uses (architecture, dataset, augmentation, or a metric of its task)."""
+    used = [catalog.ARCHITECTURES.get(cleaned["model"]["architecture"]),
+            catalog.DATASETS.get(cleaned["data"]["dataset"]["name"])]
+    used += [catalog.AUGMENTATIONS.get(a["name"]) for a in cleaned["data"].get("augmentation") or ()]
+    for entry in used:
+        if entry is not None and entry.info.get("repo_package"):
+            return entry.info["repo_package"]
+    task = catalog.dataset_task(cleaned["data"])
+    for metric in catalog.METRICS.values():
+        package = getattr(metric, "repo_package", None)
+        if package and task in metric.tasks:
+            return package
+    return None
+
+
+def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None,
+          plugin_source: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """Typed config and fingerprints from already validated, defaults-filled documents.
+
+    `plugin_source` ({package, sha256} of the repository plugin package the model uses; else taken
+    from a resolved config's `plugins` key) joins the training fingerprint, so editing the plugin
+    retrains exactly the models that use it.
+    """
     docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
+    plugin_source = plugin_source or cleaned.get("plugins") or None
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
     hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
-    training_fp = sha256_json(
-        {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
-    )
+    identity = {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
+    if plugin_source:
+        identity["plugins"] = {"package": plugin_source["package"], "sha256": plugin_source["sha256"]}
+    training_fp = sha256_json(identity)
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
     architecture = model_doc.pop("architecture")
@@ -428,6 +468,7 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
         training_fingerprint=training_fp,
         release_fingerprint=release_fp,
         files=freeze(dict(files or {})),
+        plugins=freeze(dict(identity["plugins"])) if plugin_source else None,
     )
 
 

@@ -150,6 +150,9 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
         raise UsageError(f"{root} is inside the git repository {top}; run gitops init at its top level "
                          "(the workflows live in .github/ there)")
 
+    from gitops import plugins
+
+    plugins.use_repository(root)  # schemas as `gitops schemas` renders them there (its plugin package, if any)
     templates = template_root()
     wanted: dict[str, str] = {}  # relpath -> content (generated or copied files)
     replaceable: set[str] = set()

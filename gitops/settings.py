@@ -41,6 +41,22 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "plugins": {
+            "type": "object",
+            "description": "Your own architectures, datasets, augmentations and metrics from a package in this "
+                           "repository (docs/plugins.md). Its source joins the training fingerprint of the models "
+                           "that use it.",
+            "default": {},
+            "additionalProperties": False,
+            "properties": {
+                "package": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                    "description": "A folder at the repository root holding a Python package whose __init__.py "
+                                   "defines GITOPS_PLUGINS, e.g. plugins.",
+                },
+            },
+        },
     },
 }
 
@@ -54,8 +70,14 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class PluginSettings:
+    package: str | None = None  # a package folder at the repository root (gitops.plugins)
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
+    plugins: PluginSettings = PluginSettings()
 
 
 def schema_text() -> str:
@@ -75,7 +97,7 @@ def load_settings(tree: Tree) -> Settings:
     doc = load_yaml_text(raw, tree.label(SETTINGS_FILE))
     try:  # the common case, valid settings, without importing jsonschema
         schema_mod.compiled_validator(SETTINGS_SCHEMA)(doc.data)
-        return Settings(Budgets(**(doc.data.get("budgets") or {})))
+        return _settings(doc.data)
     except fastjsonschema.JsonSchemaException:
         pass
     from jsonschema import Draft202012Validator
@@ -88,5 +110,8 @@ def load_settings(tree: Tree) -> Settings:
             problems.append(Problem(mark.file, mark.line, mark.col, schema_mod.format_path(path), message))
     if problems:
         raise ConfigError(problems)
-    budgets = {k: v for k, v in (doc.data.get("budgets") or {}).items()}
-    return Settings(Budgets(**budgets))
+    return _settings(doc.data)
+
+
+def _settings(data: dict) -> Settings:
+    return Settings(Budgets(**(data.get("budgets") or {})), PluginSettings(**(data.get("plugins") or {})))
