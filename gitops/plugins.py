@@ -230,14 +230,21 @@ def _installed() -> dict[str, dict[str, Found]]:
 
 # --- the repository's own plugin package --------------------------------------------------------------
 
-_active_root: list[Path | None] = [None]  # set by config.resolve (the tree's root); else found from cwd
+_active_root: list[Path | None] = [None]
+_state_memo: list[tuple | None] = [None]  # set by config.resolve (the tree's root); else found from cwd
 _root_of_cwd: dict[str, Path | None] = {}
-_package_of_root: dict[tuple[Path, float | None], str | None] = {}
+_package_of_root: dict[tuple[Path, int], str | None] = {}
+_settings_paths: dict[Path, str] = {}
 
 
 def use_repository(root: Path | None) -> None:
-    """Make `root`'s plugin package (if gitops.yaml declares one) the one the catalog merges in."""
+    """Make `root`'s plugin package (if gitops.yaml declares one) the one the catalog merges in.
+
+    Called by `config.find_root` and for every model `config.resolve` reads; it is also when gitops.yaml
+    and $GITOPS_REPO_PLUGINS are looked at again (`state_key` is remembered until the next call).
+    """
     _active_root[0] = Path(root).resolve() if root is not None else None
+    _state_memo[0] = None
 
 
 def _current_root() -> Path | None:
@@ -260,9 +267,11 @@ def repo_package(root: Path | None) -> str | None:
     """The plugin package gitops.yaml at `root` declares (`plugins: {package: NAME}`), or None."""
     if root is None:
         return None
-    settings_path = root / "gitops.yaml"
+    settings_path = _settings_paths.get(root)
+    if settings_path is None:  # called for every catalog lookup: strings and one stat, no pathlib
+        settings_path = _settings_paths[root] = os.path.join(root, "gitops.yaml")
     try:
-        mtime = settings_path.stat().st_mtime
+        mtime = os.stat(settings_path).st_mtime_ns
     except OSError:
         return None
     key = (root, mtime)
@@ -411,8 +420,13 @@ def discovered() -> dict[str, dict[str, Found]]:
 
 def state_key() -> tuple:
     """Changes when the set of plugins may change (another repository, another gitops.yaml, the guard)."""
+    if _state_memo[0] is not None:  # every catalog lookup asks: remembered until use_repository()
+        return _state_memo[0]
     root = _current_root()
-    return (root, repo_package(root), repo_plugins_off())
+    key = (root, repo_package(root), repo_plugins_off())
+    if _active_root[0] is not None:
+        _state_memo[0] = key
+    return key
 
 
 def found(kind: str, name: str) -> Found | None:
