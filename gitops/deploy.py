@@ -235,6 +235,13 @@ def _copy_source(src: Path, dest: Path) -> None:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (src / name).is_file():
             shutil.copy2(src / name, dest / name)
+    # the wheel build force-includes the workflow templates `gitops init` copies (pyproject.toml)
+    from gitops.init import WORKFLOW_FILES
+
+    for _, rel in WORKFLOW_FILES:
+        if (src / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dest / rel)
 
 
 def _dump_yaml(doc: dict) -> str:

@@ -136,3 +136,18 @@ def test_new_in_a_plain_git_repository_writes_the_schemas_its_headers_name(tmp_p
     header = (tmp_path / "models/first-model/model.yaml").read_text().splitlines()[0]
     assert header.endswith("../../schemas/model.schema.json") and (tmp_path / "schemas/model.schema.json").is_file()
     assert invoke("schemas", "--check", cwd=tmp_path).exit_code == 0
+
+
+def test_the_source_deploy_copies_into_an_image_still_builds_a_wheel_with_the_templates(tmp_path: Path) -> None:
+    import zipfile
+
+    from hatchling.builders.wheel import WheelBuilder
+
+    from gitops import deploy
+
+    source = deploy._source_root()
+    assert source is not None
+    deploy._copy_source(source, tmp_path / "app")
+    wheel = next(iter(WheelBuilder(str(tmp_path / "app")).build(directory=str(tmp_path / "dist"), versions=["standard"])))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"gitops/_workflows/{src}" for src, _ in init_mod.WORKFLOW_FILES} <= names
