@@ -20,7 +20,7 @@ from typer import core as typer_core
 GROUPS: dict[str, str] = {
     "init": "Start", "new": "Start", "demo": "Start",
     "validate": "Configure", "show": "Configure", "schemas": "Configure", "migrate": "Configure",
-    "train": "Train", "doctor": "Train",
+    "train": "Train", "sweep": "Train", "doctor": "Train",
     "diff": "Review", "report": "Review", "comment": "Review",
     "release": "Release", "promote": "Release", "demote": "Release", "deprecate": "Release",
     "rollback": "Release", "gc": "Release",
@@ -43,6 +43,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "migrate": ("gitops migrate --check", "gitops migrate models/old-model"),
     "train": ("gitops train digits-mlp --dry-run", "gitops train digits-mlp",
               "gitops train digits-mlp --resume", "gitops train digits-mlp --set train.steps=200 --out /tmp/runs"),
+    "sweep": ("gitops sweep digits-mlp                  # every trial, one after another (finished ones are cached)",
+              "gitops sweep digits-mlp --parallel 2     # two trials at a time",
+              "gitops sweep digits-mlp --halving        # stop clearly losing trials early",
+              "gitops sweep apply digits-mlp --commit   # write the best trial's values and commit them"),
     "doctor": ("gitops doctor", "gitops doctor --expect-gpu --json"),
     "diff": ("gitops diff", "gitops diff --base main --head HEAD"),
     "report": ("gitops report runs/digits-mlp/*", "gitops report runs/*/* --out report.md --json-out report.json"),
@@ -100,6 +104,8 @@ def value_name(param: Any) -> str:
 
 def usage_piece(param: Any) -> str:
     name = value_name(param)
+    if param.metavar and (" " in param.metavar or "[" in param.metavar):  # spelled out by the command
+        return name
     if param.nargs != 1:
         return f"{name}..." if param.required else f"[{name}]..."
     return name if param.required else f"[{name}]"
@@ -121,7 +127,8 @@ class GitopsCommand(typer_core.TyperCommand):
                 continue
             text = record[1]
             if param.param_type_name == "argument":
-                args.append((usage_piece(param).strip("[]").replace("]...", "..."), text))
+                name = value_name(param) if param.metavar else usage_piece(param).strip("[]").replace("]...", "...")
+                args.append((name, text))
                 continue
             names = ", ".join(param.opts)
             if getattr(param, "secondary_opts", None):

@@ -139,7 +139,6 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
         GitopsError: files differ and `force` is off (nothing is written then; all of them are named).
     """
     from gitops import gitutil, schema
-    from gitops.settings import schema_text
 
     root = Path(path).resolve()
     if root.exists() and not root.is_dir():
@@ -159,11 +158,9 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
     for source, dest in WORKFLOW_FILES:
         wanted[dest] = render_workflow((templates / source).read_text(encoding="utf-8"), pin)
         replaceable.add(dest)
-    for kind in schema.KINDS:
-        wanted[f"schemas/{kind}.schema.json"] = schema.render(kind)
-        replaceable.add(f"schemas/{kind}.schema.json")
-    wanted["schemas/settings.schema.json"] = schema_text()
-    replaceable.add("schemas/settings.schema.json")
+    for name, text in schema.rendered_files().items():
+        wanted[f"schemas/{name}"] = text
+        replaceable.add(f"schemas/{name}")
 
     result = InitResult(root, git_initialized=False, package=pin)
     conflicts: list[str] = []

@@ -101,12 +101,13 @@ def schemas_cmd(
     root = config.find_root()
     directory = root / "schemas"
     if check:
-        missing = [k for k in schema.KINDS if not (directory / f"{k}.schema.json").is_file()]
-        stale = [k for k in schema.KINDS if k not in missing
-                 and (directory / f"{k}.schema.json").read_text(encoding="utf-8") != schema.render(k)]
+        rendered = schema.rendered_files()
+        missing = [name for name in rendered if not (directory / name).is_file()]
+        stale = [name for name, text in rendered.items()
+                 if name not in missing and (directory / name).read_text(encoding="utf-8") != text]
         if missing or stale:
-            found = ([f"missing: {', '.join(f'schemas/{k}.schema.json' for k in missing)}"] if missing else []) + \
-                    ([f"out of date: {', '.join(f'schemas/{k}.schema.json' for k in stale)}"] if stale else [])
+            found = ([f"missing: {', '.join(f'schemas/{n}' for n in missing)}"] if missing else []) + \
+                    ([f"out of date: {', '.join(f'schemas/{n}' for n in stale)}"] if stale else [])
             raise GitopsError(f"schemas {'; '.join(found)} (run: gitops schemas)")
         out("schemas are current")
         return
