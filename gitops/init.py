@@ -144,7 +144,8 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} is not a folder")
     pin = check_pin(package) if package else installed_package_spec()
-    top = _git_toplevel(root) if root.is_dir() else None
+    probe = next((p for p in (root, *root.parents) if p.is_dir()), None)  # a new folder: its nearest parent
+    top = _git_toplevel(probe) if probe is not None else None
     if top is not None and top != root:
         raise UsageError(f"{root} is inside the git repository {top}; run gitops init at its top level "
                          "(the workflows live in .github/ there)")

@@ -88,6 +88,8 @@ def test_init_in_an_existing_repository_keeps_its_history_and_refuses_a_subfolde
     result = invoke("init", str(repo / "sub"), cwd=tmp_path)
     assert result.exit_code == 2 and "top level" in result.output
     assert not (repo / "sub/models").exists()
+    result = invoke("init", str(repo / "new-folder"), cwd=tmp_path)  # no nested repository either
+    assert result.exit_code == 2 and not (repo / "new-folder").exists()
     result = invoke("init", cwd=repo)
     assert result.exit_code == 0 and "initialized" not in result.output
     assert git(repo, "symbolic-ref", "HEAD").strip() == "refs/heads/trunk"
