@@ -67,8 +67,9 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                                        "(default: the tracking URI when it is http(s)).",
                     },
                     "experiment_prefix": {
-                        "type": "string", "default": "", "pattern": "^[A-Za-z0-9_./ -]{0,100}$",
-                        "description": "mlflow: experiment name = prefix + model name (one experiment per model).",
+                        "type": "string", "default": "", "pattern": "^[A-Za-z0-9_.-]{0,100}$",
+                        "description": "mlflow: experiment and registered model name = prefix + model name "
+                                       "(one experiment per model; a prefix shares one server between repositories).",
                     },
                     "logdir": {
                         "type": "string", "minLength": 1, "pattern": r"^(?!/)(?!(.*/)?\.\.(/|$))[^\\]+$",
@@ -151,19 +152,21 @@ def load_settings(tree: Tree) -> Settings:
 
 
 def _settings(doc: Any) -> Settings:
+    from gitops.schema import format_path
+
     data = doc.data or {}
     trackers, seen = [], {}
     for index, raw in enumerate(data.get("trackers") or []):
         if raw["name"] in seen:
             mark = doc.mark_for(("trackers", index, "name"))
-            raise ConfigError([Problem(mark.file, mark.line, mark.col, f"trackers.{index}.name",
-                                       f"{raw['name']!r} is listed twice (first as trackers.{seen[raw['name']]})")])
+            raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, "name")),
+                                       f"{raw['name']!r} is listed twice (first as trackers[{seen[raw['name']]}])")])
         seen[raw["name"]] = index
         spec = TrackerSpec(**raw)
         for key in ("tracking_uri", "ui_url", "experiment_prefix") if spec.name == "tensorboard" else ("logdir",):
             if key in raw:
                 mark = doc.key_mark_for(("trackers", index, key))
-                raise ConfigError([Problem(mark.file, mark.line, mark.col, f"trackers.{index}.{key}",
+                raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, key)),
                                            f"{key!r} is not an option of the {spec.name} tracker")])
         trackers.append(spec)
     return Settings(Budgets(**(data.get("budgets") or {})), tuple(trackers))

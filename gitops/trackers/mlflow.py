@@ -15,7 +15,8 @@ wins over `tracking_uri:` in gitops.yaml, so a job's credentials reach only the 
 A run is complete once it carries `gitops.logged=1` (set last); a run found by fingerprint without it
 was cut off half way and is deleted and sent again, so retries and backfills never duplicate a run.
 
-A release registers a model version (registered model = the model's name; tag `gitops.version`)
+A release registers a model version (registered model = experiment name = prefix + model name; tag
+`gitops.version`)
 and the registry's stages become aliases: stage `production` -> alias `production`. MLflow reserves
 `latest` and `v<digits>` (its version aliases), and stage names can't contain `_`, so those stages map
 to `stage_<name>` (`latest` -> `stage_latest`, `v2` -> `stage_v2`) with no clash possible. Git tags stay
@@ -101,6 +102,7 @@ class MlflowSink:
                     os.environ[key] = value
 
     def experiment_name(self, model: str) -> str:
+        """The experiment of `model`, which is also its registered model's name."""
         return f"{self.spec.experiment_prefix}{model}"
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
@@ -190,29 +192,30 @@ class MlflowSink:
         run_id = outcome.details["run_id"]
         with self.calls() as client:
             client.set_tag(run_id, VERSION_TAG, version)
-            self._registered_model(client, run.model)
-            existing = self._version_numbers(client, run.model)
+            name = self.experiment_name(run.model)
+            self._registered_model(client, name, run.model)
+            existing = self._version_numbers(client, name)
             if version not in existing:
                 created = client.create_model_version(
-                    run.model, source=f"runs:/{run_id}/gitops", run_id=run_id,
+                    name, source=f"runs:/{run_id}/gitops", run_id=run_id,
                     tags={VERSION_TAG: version, FINGERPRINT_TAG: run.training_fingerprint},
                     description=f"{run.model} {version} (gitops release)")
                 existing[version] = str(created.version)
         outcome.details["model_version"] = existing[version]
         return outcome
 
-    def _registered_model(self, client: Any, model: str) -> None:
+    def _registered_model(self, client: Any, name: str, model: str) -> None:
         try:
-            client.get_registered_model(model)
+            client.get_registered_model(name)
         except Exception:
             with contextlib.suppress(Exception):  # a concurrent job may have created it
-                client.create_registered_model(model, tags={"gitops.model": model})
-            client.get_registered_model(model)
+                client.create_registered_model(name, tags={"gitops.model": model})
+            client.get_registered_model(name)
 
-    def _version_numbers(self, client: Any, model: str) -> dict[str, str]:
-        """{gitops version ("v1.2.0") -> MLflow model version number}."""
+    def _version_numbers(self, client: Any, name: str) -> dict[str, str]:
+        """{gitops version ("v1.2.0") -> MLflow model version number} of registered model `name`."""
         out: dict[str, str] = {}
-        for mv in client.search_model_versions(f"name = '{model}'"):
+        for mv in client.search_model_versions(f"name = '{name}'"):
             tag = (mv.tags or {}).get(VERSION_TAG)
             if tag:
                 out[tag] = str(mv.version)
@@ -229,21 +232,22 @@ class MlflowSink:
             {alias: MLflow version number} as set. Stages whose version is not registered in MLflow
             (released before the tracker was configured; `gitops track` registers them) are left out.
         """
+        name = self.experiment_name(model)
         with self.calls() as client:
             try:
-                current = dict(client.get_registered_model(model).aliases or {})
+                current = dict(client.get_registered_model(name).aliases or {})
             except Exception:
                 if not stages:
                     return {}
-                self._registered_model(client, model)
+                self._registered_model(client, name, model)
                 current = {}
-            numbers = self._version_numbers(client, model)
+            numbers = self._version_numbers(client, name)
             wanted = {alias_for(stage): numbers[v] for stage, v in stages.items() if v in numbers}
             for alias in set(current) - set(wanted):
-                client.delete_registered_model_alias(model, alias)
+                client.delete_registered_model_alias(name, alias)
             for alias, number in wanted.items():
                 if str(current.get(alias)) != number:
-                    client.set_registered_model_alias(model, alias, number)
+                    client.set_registered_model_alias(name, alias, number)
             return wanted
 
 
