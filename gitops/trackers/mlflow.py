@@ -201,6 +201,7 @@ class MlflowSink:
                     tags={VERSION_TAG: version, FINGERPRINT_TAG: run.training_fingerprint},
                     description=f"{run.model} {version} (gitops release)")
                 existing[version] = str(created.version)
+                outcome.status = "logged"  # something new was sent, even if the run itself was there
         outcome.details["model_version"] = existing[version]
         return outcome
 
