@@ -366,3 +366,20 @@ def test_server_killed_mid_run_keeps_the_run_and_records_the_skip(example_repo, 
     assert RunFolder(run).manifest["trackers"]["mlflow"]["status"] == "logged"
     assert len(mlflow_server.client().search_runs([mlflow_server.client().get_experiment_by_name(
         f"t3-{MODEL}").experiment_id])) == 1
+
+
+def test_tensorboard_logdir_option_and_no_symlink_out(repo, tmp_path):
+    _settings(repo, "trackers:\n  - name: tensorboard\n    logdir: tb\n")
+    run = _run_dir(repo)
+    assert "tensorboard: logged" in cli("track", MODEL).output
+    target = repo / "tb" / MODEL / run.name
+    assert any(target.glob("events.out.tfevents.*")) and not (run / "tensorboard").exists()
+    assert RunFolder(run).manifest["trackers"]["tensorboard"]["logdir"] == f"tb/{MODEL}/{run.name}"
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo / "tb-link").symlink_to(outside)
+    _settings(repo, "trackers:\n  - name: tensorboard\n    logdir: tb-link\n")
+    result = cli("track", MODEL, code=3)
+    assert "leads outside the repository" in result.output and not any(outside.iterdir())
+    assert RunFolder(run).manifest["trackers"]["tensorboard"]["status"] == "skipped"

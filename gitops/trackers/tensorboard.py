@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gitops.runs import replace_dir
 from gitops.settings import TrackerSpec
-from gitops.trackers.base import Outcome, RunData, flatten, model_summary, scalar_text
+from gitops.trackers.base import Outcome, RunData, TrackerUnavailable, flatten, model_summary, scalar_text
 
 DEFAULT_DIR = "tensorboard"
 
@@ -33,7 +33,10 @@ class TensorBoardSink:
 
     def logdir(self, run: RunData) -> Path:
         if self.spec.logdir:
-            return self.root / self.spec.logdir / run.model / run.short_fingerprint
+            base = self.root / self.spec.logdir
+            if not base.resolve().is_relative_to(self.root.resolve()):  # a symlink out of the repository
+                raise TrackerUnavailable(f"trackers: tensorboard logdir {self.spec.logdir!r} leads outside the repository")
+            return base / run.model / run.short_fingerprint
         return run.path / DEFAULT_DIR
 
     def _where(self, target: Path, run: RunData) -> str:
