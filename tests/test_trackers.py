@@ -333,7 +333,7 @@ def test_server_killed_mid_run_keeps_the_run_and_records_the_skip(example_repo, 
     _settings(example_repo, f"trackers:\n  - name: tensorboard\n  - name: mlflow\n{FAST_RETRIES}")
     server = MlflowServer(tmp_path / "doomed")
     try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url.replace("://", "://someone:s3cret-pass@"))
 
         class KillAtFirstLog(training.PlainReporter):
             killed_at: int | None = None
@@ -357,6 +357,7 @@ def test_server_killed_mid_run_keeps_the_run_and_records_the_skip(example_repo, 
     assert skipped["status"] == "skipped" and skipped["attempts"] == 3 and skipped["warning"]
     assert manifest["trackers"]["tensorboard"]["status"] == "logged"
     assert "warning: tracker mlflow: skipped run" in result.output
+    assert "s3cret" not in result.output and "s3cret" not in json.dumps(manifest)
 
     # with the server still down, a backfill says so and exits 3; against a live server it sends the run
     assert "could not be sent" in cli("track", MODEL, code=3).output

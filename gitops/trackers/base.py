@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -209,6 +210,7 @@ def with_retries(call: Callable[[], T], *, attempts: int, backoff_s: float,
 def describe(error: BaseException) -> str:
     """One line naming an error, without credentials (MLflow errors can quote the URL)."""
     text = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error).strip() else ''}".rstrip(": ")
+    text = re.sub(r"://[^/@\s]+@", "://", text)  # user:password@ in a quoted URL
     for var in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_PASSWORD"):
         secret = os.environ.get(var)
         if secret:
