@@ -178,3 +178,51 @@ def generate_text(loaded: Any, prompts: list[str], sampling: Sampling, *, use_ca
             ids = ids[: ids.index(tokenizer.eos_id)]
         results.append({"prompt": prompt, "text": tokenizer.decode(ids), "tokens": len(ids)})
     return results
+
+
+@functools.lru_cache(maxsize=32)
+def _step_fns(graphdef: Any, width: int, total: int, temperature: float, top_k: int | None) -> tuple[Any, Any]:
+    """Jitted (prefill, one decoding step) for a single prompt: what streaming calls token by token."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    @jax.jit
+    def prefill(state, prompt, length):
+        model = nnx.merge(graphdef, state)
+        cache = model.init_cache(1, total)
+        logits, cache = model.decode(prompt[None].astype(jnp.float32), cache, 0)
+        return logits[0, length - 1], cache
+
+    @jax.jit
+    def step(state, last, cache, position, seed, t):
+        model = nnx.merge(graphdef, state)
+        token = _pick(last, jax.random.fold_in(jax.random.key(seed), t), temperature, top_k)
+        logits, cache = model.decode(token[None, None].astype(jnp.float32), cache, position)
+        return token, logits[0, 0], cache
+
+    return prefill, step
+
+
+def stepper(model: Any, ids: list[int], sampling: Sampling):
+    """Yield one new token id at a time (the same tokens `generate_ids` makes for this prompt and seed).
+
+    Raises:
+        UsageError: an empty prompt, one longer than the context, or bad sampling values.
+    """
+    import jax
+    from flax import nnx
+
+    sampling.check(int(model.vocab_size))
+    if not ids or len(ids) > int(model.context):
+        raise UsageError(f"the prompt must have 1 to {int(model.context)} tokens, got {len(ids)}")
+    width = _bucket(len(ids))
+    padded = np.zeros((width,), np.int32)
+    padded[: len(ids)] = ids
+    graphdef, state = nnx.split(model)
+    prefill, step = _step_fns(graphdef, width, width + int(sampling.max_new_tokens), float(sampling.temperature),
+                              sampling.top_k)
+    last, cache = prefill(state, padded, np.int32(len(ids)))
+    for t in range(int(sampling.max_new_tokens)):
+        token, last, cache = step(state, last, cache, np.int32(len(ids) + t), np.uint32(sampling.seed), np.int32(t))
+        yield int(jax.device_get(token))

@@ -101,8 +101,8 @@ def from_saved(spec: Mapping[str, Any]) -> Tokenizer:
     return _from_json(text, spec)
 
 
-def train_bpe(files: list[Path], vocab_size: int, out: Path, *, min_frequency: int = 2) -> str:
-    """Train a byte-level BPE tokenizer on UTF-8 files and write its JSON; returns the file's SHA-256.
+def train_bpe(texts: list[str], vocab_size: int, out: Path, *, min_frequency: int = 2) -> str:
+    """Train a byte-level BPE tokenizer on documents and write its JSON; returns the file's SHA-256.
 
     Deterministic for the same files and settings (the `tokenizers` trainer is single-pass and ordered).
     `<|endoftext|>` is the EOS token that ends each document.
@@ -116,7 +116,7 @@ def train_bpe(files: list[Path], vocab_size: int, out: Path, *, min_frequency: i
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
                                   special_tokens=["<|endoftext|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train([str(f) for f in files], trainer)
+    tok.train_from_iterator(texts, trainer, length=len(texts))
     text = tok.to_str()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
