@@ -208,16 +208,17 @@ def test_bad_text_and_tokenizer_inputs_get_clear_errors(lm_repo: Path, monkeypat
     result = invoke("train", "stdlib-lm", *args, "--out", str(tmp_path / "runs"))
     assert result.exit_code == 1 and "not UTF-8 at byte offset 440" in result.output, result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
-    replaced = invoke("train", "stdlib-lm", *args, "--set", "data.dataset.encoding_errors=replace",
-                      "--set", "data.dataset.sequence_length=8", "--set", "train.batch_size=4",
-                      "--set", "train.steps=20", "--out", str(tmp_path / "runs2"))
-    assert replaced.exit_code == 0, replaced.output
+    from gitops import text_data
+
+    params = {"path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
+    packed = text_data.load_text(params, lm_repo, {"validation": 0.1, "test": 0.1, "seed": 0})
+    assert len(packed["train"][0]) > 0 and 0xEF in packed["test"][1]  # U+FFFD's first UTF-8 byte
 
     tok = invoke("data", "tokenizer", "data/stdlib-lm/corpus.jsonl.gz", "--out", "data/tok.json", "--vocab-size", "300")
     assert tok.exit_code == 0, tok.output
     line = tok.stdout.strip()
     digest = line.split("sha256: ")[1].rstrip("}")
-    ok = sets("data.dataset.tokenizer={name: file, path: data/tok.json, sha256: " + digest + "}")
+    ok = sets("data.dataset.tokenizer={name: file, path: data/tok.json, sha256: '" + digest + "'}", "train.steps=20")
     trained = invoke("train", "stdlib-lm", *ok, "--out", str(tmp_path / "bpe"))
     assert trained.exit_code == 0, trained.output
     run = next((tmp_path / "bpe/stdlib-lm").iterdir())
@@ -226,6 +227,6 @@ def test_bad_text_and_tokenizer_inputs_get_clear_errors(lm_repo: Path, monkeypat
     import gitops
 
     assert isinstance(gitops.load(str(run)).generate("import ", max_new_tokens=5, temperature=0), str)
-    wrong = sets("data.dataset.tokenizer={name: file, path: data/tok.json, sha256: " + "0" * 64 + "}")
+    wrong = sets("data.dataset.tokenizer={name: file, path: data/tok.json, sha256: '" + "0" * 64 + "'}")
     mismatch = invoke("train", "stdlib-lm", *wrong, "--out", str(tmp_path / "bpe2"))
     assert mismatch.exit_code == 1 and "tokenizer file data/tok.json: SHA-256 mismatch" in mismatch.output
