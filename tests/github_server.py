@@ -12,6 +12,13 @@ its state in memory, records every request, and injects faults:
         gh.inject_drop("POST", r"^/uploads/", leave_partial=True)
         backend = GitHubBackend(token="ghs_x", repository=gh.full_name, api_url=gh.url, ...)
 
+Besides tags, releases, comments, pulls and artifacts it knows workflow runs (`add_workflow_run`:
+event, workflow path, head SHA and repository, as `GET /actions/runs/{id}` reports them), the
+commit-to-PR association (`merge_pull`, `GET /commits/{sha}/pulls`), and the settings `gitops doctor
+--github` reads (`settings`, `forbidden`, `private`; org runner groups under `/orgs/{org}/...`).
+`POST /_test/artifacts?name=&run_id=` (no token, test-only) files an artifact the way the runner's
+artifact service does for actions/upload-artifact; the act harness's upload stand-in uses it.
+
 Every request body is read completely before any answer (an error answered before the body is read
 would leave the body on a kept-alive connection, to be parsed as the next request); the one exception
 is `inject_drop`, which reads part of the body and then closes the socket, as a dropped connection does.
