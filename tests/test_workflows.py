@@ -466,7 +466,8 @@ def test_trusted_and_untrusted_training_run_on_separate_runners():
         assert job["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.matrix) }}"
         steps = job["steps"]
         run = next(s for s in steps if s.get("run", "").startswith("gitops train"))
-        assert run["run"] == 'gitops train "$MODEL" --out runs' and run["env"]["MODEL"] == "${{ matrix.model }}"
+        assert run["run"] == 'gitops train "$MODEL" --out runs ${TRIAL:+--trial "$TRIAL"}'
+        assert run["env"] == {"MODEL": "${{ matrix.model }}", "TRIAL": "${{ matrix.trial }}"}
         upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
         assert upload["with"]["name"] == "run-${{ matrix.model }}-${{ matrix.fingerprint }}"
     assert evaluate(train["if"], FORK) is False and evaluate(train["if"], {**FORK, "needs.approve.result": "success"}) is False
