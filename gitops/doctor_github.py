@@ -179,6 +179,8 @@ def check_runner_groups(backend: Any, groups: list[dict[str, Any]]) -> list[Find
         detail = "only " + (", ".join(sorted(selected)) or "no workflow")
         if missing:
             detail += f"; jobs of {', '.join(missing)} will not find a runner"
+        if found.get("allows_public_repositories"):
+            detail += "; also open to public repositories (leave it off unless this repository is public)"
         findings.append(Finding(label, SAFE, detail))
     return findings
 

@@ -76,8 +76,10 @@ def test_an_environment_without_reviewers_or_a_missing_group_is_unsafe(doctor, g
     github_server.settings["environments"] = {"gpu-fork-approval": {"protection_rules": [
         {"id": 1, "type": "wait_timer", "wait_timer": 5}]}}
     github_server.settings["runner_groups"] = github_server.settings["runner_groups"][:1]
+    github_server.settings["runner_groups"][0]["allows_public_repositories"] = True
     result, states = doctor()
     assert result.exit_code == 1
+    assert "also open to public repositories" in result.stdout
     assert states["environment gpu-fork-approval"] == "unsafe"
     assert states["runner group gitops-gpu-untrusted"] == "unsafe"
     assert states["runner group gitops-gpu"] == "safe"
