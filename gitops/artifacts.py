@@ -248,7 +248,8 @@ def merged_pull_requests(root: Path, backend: Backend, model: str, commit: str) 
     for sha in _commits_to_ask(root, model, commit):
         for pr in backend.pulls_for_commit(sha):  # type: ignore[attr-defined]
             number = pr.get("number")
-            if isinstance(number, int) and (pr.get("merged_at") or pr.get("merge_commit_sha")) and number not in found:
+            # merged_at, not merge_commit_sha: an open PR has a merge_commit_sha too (its test merge)
+            if isinstance(number, int) and pr.get("merged_at") and number not in found:
                 found[number] = pr
     return list(found.values())
 

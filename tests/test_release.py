@@ -423,6 +423,11 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
     github_server.add_workflow_run(11, path=train_wf, event="pull_request_target", head_sha=pr_head, head_branch="tune")
     github_server.add_artifact(name, blob, run_id=11)
     assert attempt() == [("wine-mlp", "would train")] and trained == ["wine-mlp"]
+    # an open (unmerged) PR GitHub associates with the commit does not count either
+    github_server.add_pull(8, head="tune", head_sha=pr_head, base_sha=base)
+    github_server.commit_pulls.setdefault(squash, []).append(8)
+    assert attempt() == [("wine-mlp", "would train")]
+    github_server.commit_pulls[squash].remove(8)
     # 2. a fork's PR (same head, same fingerprint): its runs never feed a release
     github_server.add_pull(7, head="tune", head_sha=pr_head, base_sha=base, head_repo="mallory/models")
     github_server.merge_pull(7, squash)
