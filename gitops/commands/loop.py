@@ -62,6 +62,9 @@ def plan_cmd(
         list[str] | None,
         typer.Option("--label", help="PR labels (default: from $GITHUB_EVENT_PATH); the override label lifts budgets."),
     ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the JSON to this file (the PR workflow uploads it).")
+    ] = None,
 ) -> None:
     """JSON: the models to train (with why), to release only, and deleted; plus the job matrix.
 
@@ -91,7 +94,12 @@ def plan_cmd(
         )
     if github_output:
         plan.write_github_output(result)
-    out(json.dumps(doc, indent=2))
+    text = json.dumps(doc, indent=2)
+    if out_file is not None:
+        from gitops.runs import write_text
+
+        write_text(out_file, text + "\n")
+    out(text)
 
 
 # --- report and comment -------------------------------------------------------------------------------
