@@ -21,7 +21,7 @@ echo "built $(basename "$sdist") and $(basename "$wheel") in $(( $(date +%s) - s
 import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 wanted = ["gitops/_workflows/workflows/pr.yml", "gitops/_workflows/workflows/release.yml",
-          "gitops/_workflows/workflows/comment.yml", "gitops/_workflows/actions/setup-gitops/action.yml",
+          "gitops/_workflows/workflows/pr-train.yml", "gitops/_workflows/actions/setup-gitops/action.yml",
           "gitops/_workflows/actionlint.yaml", "gitops/schema.py", "gitops/catalog.py"]
 missing = [n for n in wanted if n not in names]
 if missing:

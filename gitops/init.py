@@ -6,7 +6,7 @@ What it writes, relative to the repository root:
     schemas/*.schema.json        rendered from this gitops version's registries (what editors load)
     gitops.yaml                  repository settings, every setting commented out
     .gitignore                   runs/, .gitops/, site/, .jax_cache/ (missing lines appended)
-    .github/workflows/{pr,release,comment}.yml and .github/actions/setup-gitops/action.yml
+    .github/workflows/{pr,pr-train,release}.yml and .github/actions/setup-gitops/action.yml
                                  copies of this package's workflows that install *this* gitops version
 
 Idempotent: a second run changes nothing and says so. A file that exists with other content is never
@@ -34,7 +34,7 @@ DIST_NAME = "gitops-nn"
 WORKFLOW_FILES = (
     ("workflows/pr.yml", ".github/workflows/pr.yml"),
     ("workflows/release.yml", ".github/workflows/release.yml"),
-    ("workflows/comment.yml", ".github/workflows/comment.yml"),
+    ("workflows/pr-train.yml", ".github/workflows/pr-train.yml"),
     ("actions/setup-gitops/action.yml", ".github/actions/setup-gitops/action.yml"),
     ("actionlint.yaml", ".github/actionlint.yaml"),
 )

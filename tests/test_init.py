@@ -41,7 +41,7 @@ def test_init_sets_up_a_repository_that_validates_and_is_idempotent(tmp_path: Pa
     assert (target / ".git").is_dir() and git(target, "symbolic-ref", "HEAD").strip() == "refs/heads/main"
     for rel in ("models/my-model/model.yaml", "gitops.yaml", ".gitignore", "schemas/model.schema.json",
                 "schemas/settings.schema.json", ".github/workflows/pr.yml", ".github/workflows/release.yml",
-                ".github/workflows/comment.yml", ".github/actions/setup-gitops/action.yml"):
+                ".github/workflows/pr-train.yml", ".github/actions/setup-gitops/action.yml"):
         assert (target / rel).is_file(), rel
     # the workflows install the pinned package, never the adopter's checkout ('.')
     for rel in (".github/workflows/pr.yml", ".github/workflows/release.yml", ".github/actions/setup-gitops/action.yml"):

@@ -110,7 +110,7 @@ def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
 def test_release_workflow_jobs_with_write_tokens_set_the_guard() -> None:
     import yaml
 
-    for name in ("release.yml", "comment.yml"):
+    for name in ("release.yml", "pr-train.yml"):
         doc = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
         for job in doc["jobs"].values():
             writes = [k for k, v in (job.get("permissions") or {}).items() if v == "write"]
