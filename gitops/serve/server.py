@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gitops.errors import UsageError
 from gitops.serve.batcher import Batcher, Overloaded
 from gitops.serve.follower import Follower, ServingState
 from gitops.serve.metrics import ServerMetrics
