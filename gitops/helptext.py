@@ -12,6 +12,7 @@ nothing imports jax or rich.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from typer import core as typer_core
@@ -25,7 +26,8 @@ GROUPS: dict[str, str] = {
     "release": "Release", "promote": "Release", "demote": "Release", "deprecate": "Release",
     "rollback": "Release", "gc": "Release",
     "pull": "Use", "predict": "Use", "serve": "Use", "deploy": "Use",
-    "ls": "Inspect", "runs": "Inspect", "history": "Inspect", "site": "Inspect",
+    "ls": "Inspect", "runs": "Inspect", "history": "Inspect", "site": "Inspect", "track": "Inspect",
+    "data": "Configure",
     "ci": "Automation",
 }
 GROUP_ORDER = ("Start", "Configure", "Train", "Review", "Release", "Use", "Inspect", "Automation", "Commands")
@@ -66,6 +68,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "runs": ("gitops runs digits-mlp", "gitops runs digits-mlp --json"),
     "history": ("gitops history digits-mlp", "gitops history digits-mlp --json"),
     "site": ("gitops site --out site", "gitops site --serve"),
+    "track": ("gitops track digits-mlp", "gitops track --all --tracker mlflow"),
+    "data": ("gitops data tokenizer corpus.jsonl.gz --out tokenizer.json",),
     "ci": ("gitops ci plan --base main --head HEAD",),
     "ci plan": ("gitops ci plan", "gitops ci plan --base \"$BASE_SHA\" --head \"$HEAD_SHA\" --github-output"),
     "ci release-pending": ("gitops ci release-pending --dist dist",),
@@ -111,8 +115,23 @@ def usage_piece(param: Any) -> str:
     return name if param.required else f"[{name}]"
 
 
+def split_examples(help_text: str | None) -> tuple[str | None, list[str]]:
+    """A docstring's text before an `Examples:` line, and the example lines after it (shown verbatim)."""
+    if not help_text:
+        return help_text, []
+    text = inspect.cleandoc(help_text)
+    head, sep, tail = text.partition("\nExamples:\n")
+    if not sep:
+        return help_text, []
+    return head.rstrip(), [line.strip() for line in tail.splitlines() if line.strip()]
+
+
 class GitopsCommand(typer_core.TyperCommand):
-    """A command whose help names values plainly and ends with examples."""
+    """A command whose help names values plainly and ends with examples (`EXAMPLES`, or its docstring's)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help, self.doc_examples = split_examples(self.help)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         pieces = ["[OPTIONS]"]
@@ -145,15 +164,15 @@ class GitopsCommand(typer_core.TyperCommand):
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
         super().format_epilog(ctx, formatter)
-        write_examples(_path(ctx), formatter)
+        write_examples(_path(ctx), formatter, self.doc_examples)
         if any(p.param_type_name == "argument" and value_name(p) == "REF" for p in self.get_params(ctx)):
             formatter.write_paragraph()
             with formatter.indentation():
                 formatter.write_text(REFERENCE_NOTE)
 
 
-def write_examples(path: str, formatter: Any) -> None:
-    lines = EXAMPLES.get(path)
+def write_examples(path: str, formatter: Any, more: list[str] | None = None) -> None:
+    lines = list(dict.fromkeys([*EXAMPLES.get(path, ()), *(more or ())]))
     if not lines:
         return
     with formatter.section("Examples"):

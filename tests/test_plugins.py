@@ -221,5 +221,6 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
     from gitops import catalog
 
     assert plugins.discovered() == {kind: {} for kind in plugins.GROUPS}
-    assert sorted(catalog.ARCHITECTURES) == ["cnn", "mlp", "resnet", "transformer"]
+    assert sorted(catalog.ARCHITECTURES) == sorted(catalog.ARCHITECTURES.builtin)
+    assert {"cnn", "mlp", "resnet", "transformer"} <= set(catalog.ARCHITECTURES)
     assert "brier" not in catalog.METRICS

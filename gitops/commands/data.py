@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from gitops.cli_app import app, command, out
+from gitops.helptext import GitopsGroup
 
-data_app = typer.Typer(help="Data commands: checksum lists of streaming datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Data commands: checksum lists of streaming datasets.", no_args_is_help=True,
+                       cls=GitopsGroup, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
