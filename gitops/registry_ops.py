@@ -82,10 +82,31 @@ def _read_json(path: Path) -> Any:
         raise GitopsError(f"{path}: unreadable JSON ({exc})") from None
 
 
-def find_run(root: Path, model: str, training_fingerprint: str) -> Path | None:
-    """A finished run with this fingerprint: `runs/<model>/<fp12>/` or `$GITOPS_RUN_CACHE/<model>/<fp12>/`."""
-    import os
+def recompute_fingerprint(info: RunInfo) -> str | None:
+    """The training fingerprint of a run, recomputed from its own `config.resolved.yaml` (None: unreadable).
 
+    A run folder's manifest can say anything (a forged cache entry, a copy of another run): what the
+    run was trained from is its resolved config, so reuse is decided by hashing that.
+    """
+    if not info.config:
+        return None
+    try:
+        cfg = config.build(info.model, info.config)
+    except (GitopsError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return cfg.training_fingerprint
+
+
+def find_run(root: Path, model: str, training_fingerprint: str, *, warn=None) -> Path | None:
+    """A finished run with this fingerprint: `runs/<model>/<fp12>/` or `$GITOPS_RUN_CACHE/<model>/<fp12>/`.
+
+    The fingerprint is recomputed from each candidate's own config.resolved.yaml; a candidate whose
+    config hashes to another fingerprint is skipped, with a line to `warn` (stderr by default).
+    """
+    import os
+    import sys
+
+    warn = warn or (lambda text: sys.stderr.write(text + "\n"))
     fp12 = training_fingerprint[:12]
     candidates = [root / RUNS_DIR / model / fp12]
     cache = os.environ.get("GITOPS_RUN_CACHE")
@@ -96,8 +117,14 @@ def find_run(root: Path, model: str, training_fingerprint: str) -> Path | None:
             info = read_run(folder)
         except (UsageError, GitopsError):
             continue
-        if info.finished and info.training_fingerprint == training_fingerprint:
-            return folder
+        if not (info.finished and info.training_fingerprint == training_fingerprint):
+            continue
+        actual = recompute_fingerprint(info)
+        if actual != training_fingerprint:
+            warn(f"warning: {folder}: its config.resolved.yaml hashes to training fingerprint "
+                 f"{(actual or 'unreadable')[:12]}, not {fp12} as its manifest says; skipping it")
+            continue
+        return folder
     return None
 
 

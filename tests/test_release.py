@@ -125,8 +125,11 @@ def test_run_of_another_config_is_refused(repo):
     other = fake_run(repo, "wine-mlp", GOOD)
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
     commit_all(repo, "lr")
+    from gitops import config
+
     result = CliRunner().invoke(app, ["release", "wine-mlp", "--run", str(other)])
-    assert result.exit_code == 2 and "another config" in result.output
+    assert result.exit_code == 1 and "another config" in result.output  # state is wrong, not the command line
+    assert other.name in result.output and config.load("wine-mlp", repo).short_fingerprint in result.output
 
 
 def test_racing_identical_releases_make_one_version(repo):
