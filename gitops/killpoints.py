@@ -17,7 +17,7 @@ import signal
 ENV = "GITOPS_TEST_KILL_AT"
 
 POINTS = {
-    "release": ("release.started", "release.packaged", "release.staged", "release.verified", "release.tagged",
+    "release": ("release.started", "release.packaged", "release.staging", "release.staged", "release.tagged",
                 "release.published"),
     "promote": ("promote.before_tag", "promote.tagged"),
     "pull": ("pull.downloaded", "pull.extracted", "pull.done"),

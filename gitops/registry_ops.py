@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, tags
+from gitops import config, gitutil, killpoints, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.errors import GitopsError, UsageError
 
@@ -143,6 +143,17 @@ def release_metadata(message: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def missing_assets(backend: Backend, tag: str, meta: dict) -> list[str]:
+    """The assets a release tag's metadata promises that its release lacks ([] for tags gitops did not make)."""
+    archive = meta.get("archive")
+    if not isinstance(archive, str) or not meta.get("sha256"):
+        return []
+    parts = int(meta.get("parts") or 0)
+    wanted = ["SHA256SUMS", *([f"{archive}.part{i:03d}" for i in range(parts)] if parts else [archive])]
+    have = set(backend.list_assets(tag))
+    return [name for name in wanted if name not in have]
+
+
 def headline(metrics: dict, name: str | None) -> str:
     if name and name in metrics:
         return f"{name} {format_number(metrics[name])}"
@@ -190,10 +201,18 @@ def promote(backend: Backend, ref: str, stage: str) -> str:
     """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
     tags.check_stage(stage)
     st, version = resolve(backend, ref)
-    if st.stages.get(stage) == version.version:
-        raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
+    if st.stages.get(stage) == version.version:  # e.g. a rerun of a promote killed after its tag: done
+        assigned = [e.tag for e in st.events if e.stage == stage and e.version == version.version]
+        return assigned[-1] if assigned else tags.assign_tag(st.model, stage, 0)
+    missing = missing_assets(backend, version.tag, release_metadata(version.message))
+    if missing:
+        raise GitopsError(f"{version.tag} has no {', '.join(missing)}; repair it first "
+                          f"(`gitops release {st.model} --repair {version.version}`)")
     message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n"
-    return _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
+    killpoints.reached("promote.before_tag")
+    tag = _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
+    killpoints.reached("promote.tagged")
+    return tag
 
 
 def demote(backend: Backend, model: str, stage: str) -> str:

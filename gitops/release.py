@@ -381,15 +381,7 @@ def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta:
                     "parts": len(assets) - 2 if len(assets) > 2 else 0}
 
 
-def missing_assets(backend: Backend, tag: str, meta: dict) -> list[str]:
-    """The assets the tag's metadata promises that its release lacks ([] for tags gitops did not make)."""
-    archive = meta.get("archive")
-    if not isinstance(archive, str) or not meta.get("sha256"):
-        return []
-    parts = int(meta.get("parts") or 0)
-    wanted = ["SHA256SUMS", *([f"{archive}.part{i:03d}" for i in range(parts)] if parts else [archive])]
-    have = set(backend.list_assets(tag))
-    return [name for name in wanted if name not in have]
+missing_assets = registry_ops.missing_assets
 
 
 class CannotRepair(GitopsError):
@@ -400,7 +392,7 @@ def _work_folder(root: Path, model: str) -> Path:
     """This release's scratch folder under `.gitops/tmp/`; ones that killed releases left are removed."""
     parent = root / ".gitops" / "tmp"
     scratch.sweep(parent, "release-")
-    return scratch.make(parent, f"release-{model}-")
+    return scratch.make(parent, "release-")
 
 
 def repair(root: Path, backend: Backend, model: str, version: tags.VersionState, *, run: Path | None = None,
@@ -522,6 +514,12 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
         missing = missing_assets(backend, latest.tag, latest_meta)
         if missing:  # a tag made before its assets (an interrupted release of an older gitops)
             return _repair_or_fail(root, backend, model, latest, run, workdir, missing)
+        if not backend.is_published(latest.tag):  # killed between its tag and publishing: finish it
+            location = backend.finalize_release(latest.tag, f"{model} {latest.version}", latest.message)
+            return ReleaseResult(model, latest.version, latest.tag, latest_meta.get("bump"),
+                                 latest_meta.get("reason", ""), location,
+                                 message=f"published {latest.tag} (an interrupted release had staged and tagged it)"
+                                         f" -> {location}")
         return ReleaseResult(model, None, latest.tag, message=f"nothing to release: {model}@{latest.version} "
                              f"already has release fingerprint {cfg.release_fingerprint[:12]}")
     old_cfg = None
@@ -636,7 +634,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
             latest = st.latest() if st else None
             meta = registry_ops.release_metadata(latest.message) if latest else {}
             if latest and meta.get("release_fingerprint") == cfg.release_fingerprint and not missing_assets(
-                    backend, latest.tag, meta):
+                    backend, latest.tag, meta) and backend.is_published(latest.tag):
                 continue  # (a latest version missing its assets goes to release(), which repairs it)
             results.append(release(root, backend, name, push=push, dist=dist))
         except GitopsError as exc:

@@ -86,6 +86,10 @@ class Backend(abc.ABC):
         """Make the staged release of `tag` public once the tag exists; returns its location."""
         return ""
 
+    def is_published(self, tag: str) -> bool:
+        """Whether the release of `tag` was finalized (False: a release killed after its tag; rerun it)."""
+        return True
+
     def discard_staged(self, tag: str) -> None:
         """Remove what `stage_release` put up for `tag` (its tag went to another release)."""
         return None

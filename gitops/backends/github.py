@@ -371,10 +371,15 @@ class GitHubBackend(Backend):
 
     # --- release assets -----------------------------------------------------------------
     def _find_release(self, tag: str) -> GitRelease | None:
+        """The published release of `tag`, else its newest draft: a release killed between creating the
+        tag and publishing left its verified assets there, and readers (who verify every checksum against
+        the tag) use them until the next `release` publishes it."""
         try:
             return self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
         except GithubException:
-            return None
+            pass
+        drafts = [r for r in self._releases_for(tag) if r.draft]
+        return drafts[-1] if drafts else None
 
     def _assets_by_name(self, release: GitRelease, tag: str) -> dict[str, GitReleaseAsset]:
         assets = self._call(f"list assets of {tag}", lambda: list(release.get_assets()))
@@ -407,8 +412,11 @@ class GitHubBackend(Backend):
                                                       target_commitish=commit or github.GithubObject.NotSet),
             )
         existing = self._assets_by_name(release, tag)
+        from gitops import killpoints
+
         for path in files:
             existing = self._upload(release, tag, Path(path), existing)
+            killpoints.reached("release.staging")  # some assets uploaded, not all
         self._verify(release, tag, files)
         self._staged[tag] = release
         return release.html_url
@@ -434,8 +442,10 @@ class GitHubBackend(Backend):
         release = self._staged.pop(tag, None)
         candidates = self._releases_for(tag)
         if release is None:
+            drafts = [r for r in candidates if r.draft]
             release = next((r for r in candidates if not r.draft), None) or next(
-                (r for r in candidates if (r.body or "") == notes), None)
+                (r for r in drafts if (r.body or "").rstrip("\n") == notes.rstrip("\n")), None) or (
+                drafts[-1] if drafts else None)
         if release is None:
             raise GitopsError(f"release {tag}: nothing was staged to publish")
         if release.draft:
@@ -449,6 +459,13 @@ class GitHubBackend(Backend):
                 except GithubException:
                     pass
         return release.html_url
+
+    def is_published(self, tag: str) -> bool:
+        try:
+            self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
+            return True
+        except GithubException:
+            return False
 
     def discard_staged(self, tag: str) -> None:
         release = self._staged.pop(tag, None)

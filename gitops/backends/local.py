@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gitops import gitutil, scratch
+from gitops import gitutil, killpoints, scratch
 from gitops.backends.base import AssetNotFoundError, Backend, TagExistsError, TagInfo
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, UsageError
@@ -128,6 +128,7 @@ class LocalBackend(Backend):
                 shutil.copyfile(src, dest)
                 if sha256_file(dest) != sha256_file(src):
                     raise IntegrityError(f"staging {tag}: {dest.name} did not read back as written")
+                killpoints.reached("release.staging")  # some assets copied, not all
             (tmp / ".release.md").write_text(f"# {title}\n\n{notes}\n", encoding="utf-8")
             replace_dir(tmp, final)
         finally:
