@@ -51,23 +51,47 @@ META = "meta"
 
 
 def _portable(value: Any) -> Any:
-    """A multi-device array as its host value, so the checkpoint records no mesh.
+    """An array as a host (numpy) copy, so the checkpoint records no device and no mesh.
 
-    Orbax stores an array's sharding; a plain `StandardCheckpointer().restore(...)` without a target
-    re-creates it and fails on a machine with other devices ("Topology mismatch"). Arrays on a mesh
-    (data parallel, fsdp, multi-host) are saved from host memory instead (Orbax writes host arrays from
-    process 0 only; an fsdp-split array is gathered first, on every process, as save runs on all), so a
-    run trained on 8 GPUs restores anywhere, and `restore_state` re-shards it onto the current mesh.
+    Orbax stores a jax.Array's sharding (even a single device's: `cuda:0`); a plain
+    `StandardCheckpointer().restore(...)` without a target re-creates it and fails on a machine with
+    other devices ("Topology mismatch", "Device cpu:0 was not found"). So every array is saved from host
+    memory: a single-device array is copied (a copy, not a view: the step loop donates its buffers);
+    a replicated one from its first shard; an fsdp-split one gathered first (on every process, as save
+    runs on all; Orbax writes host arrays from process 0 only). A run trained on 8 GPUs restores on a
+    laptop, and `restore_state` places it on the current devices or mesh from its target.
     """
-    if not isinstance(value, jax.Array) or len(value.sharding.device_set) == 1:
+    if not isinstance(value, jax.Array):
         return value
-    if value.is_fully_replicated:
-        return np.asarray(value.addressable_data(0))
+    if len(value.sharding.device_set) == 1 or value.is_fully_replicated:
+        return np.array(value.addressable_data(0), copy=True)
     if value.is_fully_addressable:
         return np.asarray(value)
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+
+def restore_anywhere(item_dir: Path) -> dict:
+    """Plain-Orbax restore of a `state` item on this machine's default device, whatever device or mesh
+    its metadata names: checkpoints saved before arrays were saved from the host carry `cuda:0` (or a
+    mesh) and restore without a target only where that device exists.
+
+    Returns the nested dict of arrays `StandardCheckpointer().restore(item_dir)` returns.
+    """
+    checkpointer = ocp.StandardCheckpointer()
+    item_dir = Path(item_dir).absolute()
+    metadata = checkpointer.metadata(item_dir)
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+    def target(leaf: Any) -> Any:
+        shape, dtype = getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=here) if shape is not None and dtype is not None \
+            else leaf
+
+    return checkpointer.restore(item_dir, jax.tree.map(target, tree))
 
 
 def state_handler() -> ocp.StandardCheckpointHandler:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -114,3 +115,72 @@ def test_sigkill_damaged_checkpoint_then_train_again_is_bit_identical(example_re
     assert (run_dir / "checkpoints.damaged" / str(latest)).is_dir()
     assert f"resuming from step {steps[-2]}" in err
     assert_same_run(run_dir, resume_reference)
+
+
+FOUR_DEVICES = """
+import sys
+from pathlib import Path
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from gitops.checkpoint import Checkpoints
+devices = jax.devices()
+assert len(devices) == 4, devices
+mesh = Mesh(np.array(devices), ("data",))
+state = {"on_cpu3": jax.device_put(np.arange(6, dtype=np.float32), devices[3]),
+         "replicated": jax.device_put(np.ones((4, 2), np.float32), NamedSharding(mesh, P())),
+         "split": jax.device_put(np.arange(8, dtype=np.float32).reshape(4, 2), NamedSharding(mesh, P("data")))}
+checkpoints = Checkpoints(Path(sys.argv[1]), keep=1)
+checkpoints.save(1, state, {"step": 1})
+checkpoints.close()
+"""
+
+
+def _bind_to_cuda(state_dir: Path) -> None:
+    """Rewrite a `state` item as it was saved on one GPU before this fix: jax arrays whose recorded
+    sharding is `cuda:0`."""
+    import shutil
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    from gitops.checkpoint import restore_anywhere
+
+    tree = jax.tree.map(jax.numpy.asarray, restore_anywhere(state_dir))  # jax arrays on cpu:0
+    shutil.rmtree(state_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(state_dir, tree)
+    sharding = state_dir / "_sharding"
+    assert '"cpu:0' in sharding.read_text().replace('\\"', '"')
+    sharding.write_text(sharding.read_text().replace("cpu:0", "cuda:0"))
+
+
+def test_checkpoints_carry_no_device_binding(tmp_path: Path, trained_examples: dict[str, Path]) -> None:
+    """Saved on 4 devices (one array on cpu:3, one replicated, one split), restored here on 1 with plain
+    Orbax; a published checkpoint whose metadata says cuda:0 still loads with gitops.load."""
+    import shutil
+
+    from gitops import api
+    from gitops.checkpoint import restore_plain
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path / "ck")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    step = tmp_path / "ck" / "1"
+    sharding = step / "state" / "_sharding"
+    assert not sharding.exists() or "cpu:" not in sharding.read_text()
+    tree = restore_plain(step)  # this process has one device
+    assert np.array_equal(tree["on_cpu3"], np.arange(6))
+    assert np.array_equal(tree["replicated"], np.ones((4, 2)))
+    assert np.array_equal(tree["split"], np.arange(8).reshape(4, 2))
+
+    run = tmp_path / "gpu-run"
+    shutil.copytree(trained_examples["digits-mlp"], run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    state_dir = run / "checkpoints" / str(manifest["checkpoint_step"]) / "state"
+    _bind_to_cuda(state_dir)
+    with pytest.raises(Exception, match="(?i)topology|device|cuda"):  # the README snippet, as before the fix
+        restore_plain(state_dir.parent)
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    loaded, original = api.load(run), api.load(trained_examples["digits-mlp"])
+    assert np.array_equal(np.asarray(loaded.predict(x)), np.asarray(original.predict(x)))
