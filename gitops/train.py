@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from gitops import catalog, parallel
 from gitops import config as config_lib
-from gitops.errors import TrainingError
+from gitops.errors import GitopsError, TrainingError
 from gitops.runs import (
     PREPROCESSING_FILE,
     RunFolder,
@@ -652,8 +652,12 @@ def train(
 
     if not force:
         if run.is_finished:
-            return TrainResult(run, run.metrics, True, "local")
-        if cached is not None and cached.is_finished:
+            if _trusted(run, cfg, reporter):
+                return TrainResult(run, run.metrics, True, "local")
+            if primary:
+                aside = move_aside(run.path)
+                reporter.note(f"moved it to {aside}; training")
+        if cached is not None and cached.is_finished and _trusted(cached, cfg, reporter):
             if primary:
                 copy_tree_atomic(cached.path, run.path)
             parallel.barrier("gitops-train-cache-hit")
@@ -704,6 +708,22 @@ def train(
         except OSError as exc:
             reporter.note(f"could not copy the run into the cache {shared}: {exc}")
     return TrainResult(run, metrics, False)
+
+
+def _trusted(run: RunFolder, cfg: Any, reporter: Reporter) -> bool:
+    """Whether a finished run's own config.resolved.yaml hashes to `cfg`'s training fingerprint (a run
+    cache entry can be written by anyone with access to the cache); else a warning and False."""
+    from gitops import registry_ops
+
+    try:
+        actual = registry_ops.recompute_fingerprint(registry_ops.read_run(run.path)) or ""
+    except GitopsError:
+        actual = ""
+    if actual == cfg.training_fingerprint:
+        return True
+    reporter.note(f"warning: {run.path}: its config.resolved.yaml hashes to training fingerprint "
+                  f"{actual[:12] or 'none (unreadable)'}, not {cfg.short_fingerprint}; not reusing it")
+    return False
 
 
 def _has_checkpoints(path: Path) -> bool:
