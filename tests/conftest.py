@@ -24,7 +24,10 @@ pytest_plugins = ["conftest_github"]
 
 
 def example_model_names() -> list[str]:
-    return sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.yaml").is_file())
+    """Every example model; `GITOPS_TEST_EXAMPLES=a,b` limits `trained_examples` to those (.ci/lowest.sh)."""
+    names = sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.yaml").is_file())
+    only = [n for n in os.environ.get("GITOPS_TEST_EXAMPLES", "").split(",") if n]
+    return [n for n in names if n in only] if only else names
 
 
 @pytest.fixture(scope="session")

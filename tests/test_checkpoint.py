@@ -150,8 +150,11 @@ def _bind_to_cuda(state_dir: Path) -> None:
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(state_dir, tree)
     sharding = state_dir / "_sharding"
-    assert '"cpu:0' in sharding.read_text().replace('\\"', '"')
-    sharding.write_text(sharding.read_text().replace("cpu:0", "cuda:0"))
+    entries = {name: json.loads(value) for name, value in json.loads(sharding.read_text()).items()}
+    assert entries and all(e["sharding_type"] == "SingleDeviceSharding" for e in entries.values())
+    for entry in entries.values():
+        entry["device_str"] = "cuda:0"  # (this machine's name for its device is e.g. cpu:0 or TFRT_CPU_0)
+    sharding.write_text(json.dumps({name: json.dumps(e) for name, e in entries.items()}))
 
 
 def test_checkpoints_carry_no_device_binding(tmp_path: Path, trained_examples: dict[str, Path]) -> None:
