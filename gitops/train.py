@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitops import catalog, parallel
+from gitops import catalog, killpoints, parallel
 from gitops import config as config_lib
 from gitops.errors import GitopsError, TrainingError
 from gitops.runs import (
@@ -513,6 +513,7 @@ def train_and_evaluate(
             "best": best.as_dict() if best else None,
         }
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
+        killpoints.reached("train.checkpoint_queued")
 
     from gitops.interrupt import RunInterrupted, StopFlag, StopRequested
 
@@ -593,7 +594,9 @@ def train_and_evaluate(
     ckpt.close()
     final = {f"test/{k}": v for k, v in session.evaluate("test").items()}
     final.update({f"val/{k}": v for k, v in session.evaluate("val").items()})
+    killpoints.reached("train.evaluated")
     run.write_metrics(final)
+    killpoints.reached("train.metrics_written")
     manifest.update(
         steps_done=step,
         checkpoint_step=handed,
