@@ -462,8 +462,12 @@ def _repair_or_fail(root: Path, backend: Backend, model: str, version: tags.Vers
 
 
 def release(root: Path, backend: Backend, model: str, *, run: Path | None = None, bump: str = "auto",
-            push: bool = False, dist: Path | None = None, repair_version: str | None = None) -> ReleaseResult:
+            push: bool = False, dist: Path | None = None, repair_version: str | None = None,
+            track: bool | None = None) -> ReleaseResult:
     """Release `model` at HEAD (see the module docstring); idempotent against the latest release.
+
+    `track` (None: as gitops.yaml says) also sends the run to the trackers and registers the version in
+    MLflow's model registry; a tracker failure is a warning, never a failed release.
 
     Bytes first, tag last: every asset is staged and verified (`Backend.stage_release`) before the
     version tag is created, and the tag is the commit point. A latest version with the same release
@@ -473,16 +477,19 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     """
     if bump not in BUMPS:
         raise UsageError(f"--bump must be one of {', '.join(BUMPS)}")
+    from gitops import trackers
+
+    sinks = trackers.specs_for(root, track)  # a missing extra fails before any tag exists
     workdir = _work_folder(root, model)
     try:
         return _release(root, backend, model, run=run, bump=bump, push=push, dist=dist,
-                        repair_version=repair_version, workdir=workdir)
+                        repair_version=repair_version, workdir=workdir, sinks=sinks)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump: str, push: bool,
-             dist: Path | None, repair_version: str | None, workdir: Path) -> ReleaseResult:
+             dist: Path | None, repair_version: str | None, workdir: Path, sinks: list | None = None) -> ReleaseResult:
     killpoints.reached("release.started")
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
@@ -611,13 +618,18 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
             shutil.copyfile(asset, dist / asset.name)
             kept.append(dist / asset.name)
     final_run = None if run_dir.is_relative_to(workdir) else run_dir
+    if sinks:
+        from gitops import trackers
+
+        trackers.track_release(root, sinks, run_dir, version, registry_ops.state(backend, model).stages,
+                               record=final_run is not None)
     return ReleaseResult(model, version, tag, part, reason, location, kept or [Path(location) / a.name for a in assets],
                          final_run, trained,
                          message=f"released {tag} ({part}: {reason}) -> {location}")
 
 
-def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None
-                    ) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
+def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None,
+                    track: bool | None = None) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
     """Release every model whose release fingerprint differs from its latest release."""
     from gitops.tree import GitTree as _GitTree
 
@@ -636,7 +648,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
             if latest and meta.get("release_fingerprint") == cfg.release_fingerprint and not missing_assets(
                     backend, latest.tag, meta) and backend.is_published(latest.tag):
                 continue  # (a latest version missing its assets goes to release(), which repairs it)
-            results.append(release(root, backend, name, push=push, dist=dist))
+            results.append(release(root, backend, name, push=push, dist=dist, track=track))
         except GitopsError as exc:
             failures.append((name, exc.message))
     return results, failures
