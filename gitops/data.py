@@ -114,6 +114,9 @@ def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.nd
 def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """A .npz (arrays named x_key/y_key) or .npy (2-D; the last column is the label) in the repository."""
     path = (root / params["path"]).resolve()
+    if not path.is_relative_to(Path(root).resolve()):
+        raise TrainingError(f"data file {params['path']} resolves to {path}, outside the repository; "
+                            "gitops reads only files inside the repository")
     if not path.is_file():
         raise TrainingError(f"data file {params['path']} not found under {root}")
     actual = sha256_file(path)

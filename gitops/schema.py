@@ -318,6 +318,40 @@ def write_schemas(directory: Path) -> list[Path]:
     return written
 
 
+# --- selectors (the `extends` merge rule) -----------------------------------------------------------
+
+_SELECTORS: dict[str, dict[tuple, str]] = {}
+
+
+def selectors(kind: str) -> dict[tuple, str]:
+    """Mappings of a file kind whose registry choice is made by one key: {key path: selector key}.
+
+    E.g. train: ``{("optimizer",): "name", ("schedule",): "name"}``; model: ``{(): "architecture"}``.
+    Found in the schema itself (an object whose `allOf` branches switch on one key's const), so a
+    plugin's choice is a selector too. Mappings inside lists are left out: lists replace whole anyway.
+    DESIGN.md: a mapping whose selector differs from the parent's replaces it whole when merging.
+    """
+    if kind not in _SELECTORS:
+        found: dict[tuple, str] = {}
+
+        def walk(node: dict, path: tuple) -> None:
+            keys = {
+                k
+                for branch in node.get("allOf", ())
+                for k, sub in branch.get("if", {}).get("properties", {}).items()
+                if "const" in sub
+            }
+            if len(keys) == 1:
+                found[path] = keys.pop()
+            for key, sub in node.get("properties", {}).items():
+                if isinstance(sub, dict):
+                    walk(sub, (*path, key))
+
+        walk(schema_for(kind), ())
+        _SELECTORS[kind] = found
+    return _SELECTORS[kind]
+
+
 # --- validation ------------------------------------------------------------------------------------
 
 _VALIDATORS: dict[str, Any] = {}
