@@ -297,8 +297,63 @@ def schema_for(kind: str) -> dict:
     return _CACHE[kind]
 
 
+def file_schema(kind: str) -> dict:
+    """The schema editors and schema tools apply to one *file* (`schemas/<kind>.schema.json`).
+
+    A file that `extends:` another model may leave out anything its parent gives, down to a nested
+    choice's selector (``optimizer: {learning_rate: 0.1}``), so every `required` reachable through
+    mappings only applies when `extends` is absent (``if: {required: [extends]}``, ``else:`` the
+    required keys). Types, ranges, enums and closed objects apply to every file. Requirements inside
+    list items stay: a list replaces its parent's whole. gitops itself validates the merged document
+    against `schema_for(kind)`, where everything required is.
+    """
+    doc = copy.deepcopy(schema_for(kind))
+    head = {k: doc.pop(k) for k in ("$schema", "$id", "title") if k in doc}
+    partial, required = _split_required(doc)
+    out = {**head, **partial}
+    if required:
+        out["if"] = {"required": ["extends"]}
+        out["else"] = required
+    return out
+
+
+def _split_required(node: dict) -> tuple[dict, dict | None]:
+    """(node without the `required` constraints reachable through properties and if/then branches,
+    a schema of those constraints alone, at the same places; None when there are none)."""
+    partial = dict(node)
+    required: dict[str, Any] = {}
+    if "required" in partial:
+        required["required"] = partial.pop("required")
+    if isinstance(partial.get("properties"), dict):
+        props, req_props = {}, {}
+        for key, sub in partial["properties"].items():
+            props[key], sub_required = _split_required(sub) if isinstance(sub, dict) else (sub, None)
+            if sub_required:
+                req_props[key] = sub_required
+        partial["properties"] = props
+        if req_props:
+            required["properties"] = req_props
+    if isinstance(partial.get("allOf"), list):
+        branches, req_branches = [], []
+        for branch in partial["allOf"]:
+            if isinstance(branch.get("then"), dict):
+                then, then_required = _split_required(branch["then"])
+                branches.append({**branch, "then": then})
+                if then_required:
+                    req_branches.append({"if": branch["if"], "then": then_required})
+            else:
+                branches.append(branch)
+        partial["allOf"] = branches
+        if req_branches:
+            required["allOf"] = req_branches
+    if required and "type" in node:  # strict tools (ajv) want the type beside object keywords
+        required = {"type": node["type"], **required}
+    return partial, required or None
+
+
 def render(kind: str) -> str:
-    return json.dumps(schema_for(kind), indent=2, sort_keys=False) + "\n"
+    """The text of `schemas/<kind>.schema.json` (see `file_schema`)."""
+    return json.dumps(file_schema(kind), indent=2, sort_keys=False) + "\n"
 
 
 def write_schemas(directory: Path) -> list[Path]:
