@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from gitops import registry_ops, tags
+from gitops import jsonio, registry_ops, tags
 from gitops.backends.base import Backend
 from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, UsageError
@@ -159,10 +159,9 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
 
 
 def _same_release(folder: Path, version: tags.VersionState) -> bool:
-    import json
 
     try:
-        meta = json.loads((folder / "release.json").read_text(encoding="utf-8"))
+        meta = jsonio.loads((folder / "release.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     recorded = registry_ops.release_metadata(version.message)

@@ -353,7 +353,7 @@ def _split_required(node: dict) -> tuple[dict, dict | None]:
 
 def render(kind: str) -> str:
     """The text of `schemas/<kind>.schema.json` (see `file_schema`)."""
-    return json.dumps(file_schema(kind), indent=2, sort_keys=False) + "\n"
+    return json.dumps(file_schema(kind), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def write_schemas(directory: Path) -> list[Path]:
@@ -493,7 +493,7 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
 
     version = getattr(fastjsonschema, "VERSION", "")
     key = hashlib.sha256(
-        (json.dumps(document, sort_keys=True) + version + sys.version).encode("utf-8")
+        (json.dumps(document, sort_keys=True, allow_nan=False) + version + sys.version).encode("utf-8")
     ).hexdigest()[:32]
     path = _validator_cache_dir() / f"{key}.marshal"
     code = None

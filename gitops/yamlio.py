@@ -358,7 +358,7 @@ def parse_scalar(text: str, *, where: str = "--set", key: str | None = None) -> 
     except ConfigError as exc:
         hint = ""
         if key is not None and any(not _is_number_problem(p) for p in exc.problems):
-            hint = f"; to pass it as text, quote it: --set {shlex.quote(key + '=' + json.dumps(text, ensure_ascii=False))}"
+            hint = f"; to pass it as text, quote it: --set {shlex.quote(key + '=' + json.dumps(text, ensure_ascii=False, allow_nan=False))}"
         problems = [
             Problem(p.file, p.line, p.col, p.path.replace(hole, "#"),
                     p.message.replace(hole, "#") + ("" if _is_number_problem(p) else hint))

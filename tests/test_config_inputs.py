@@ -276,3 +276,22 @@ def test_ci_plan_refuses_a_committed_link_like_validate(tmp_path: Path, monkeypa
     assert LINK_MESSAGE in git_problems[0].message and git_problems[0].file.endswith("models/wine-mlp/model.yaml")
     result = invoke("ci", "plan", "--base", "HEAD~1", "--head", "HEAD")
     assert result.exit_code == 1 and LINK_MESSAGE in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [("doctor", "--min-free-gib", "nan"), ("site", "--interval", "inf"),
+                                     ("serve", "digits-mlp", "--poll-seconds", "inf"),
+                                     ("serve", "digits-mlp", "--max-wait-ms", "nan")])
+def test_non_finite_number_options_are_usage_errors(repo: Path, command: tuple[str, ...]) -> None:
+    result = invoke(*command)
+    assert result.exit_code == 2 and f"Invalid value for '{command[-2]}'" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1"])
+def test_non_finite_github_settings_are_usage_errors(value: str) -> None:
+    from gitops.backends.github import GitHubBackend
+    from gitops.errors import UsageError
+
+    env = {"GITHUB_TOKEN": "t", "GITHUB_REPOSITORY": "o/r", "GITOPS_GITHUB_RETRIES": value}
+    with pytest.raises(UsageError, match="GITOPS_GITHUB_RETRIES must be a finite number"):
+        GitHubBackend.from_env(env)
