@@ -103,24 +103,31 @@ console.log(JSON.stringify(out));
 
 
 @pytest.fixture(scope="session")
-def ajv(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    """Node running ajv (ajv-cli's validator, with ajv-formats and js-yaml), installed from npm."""
+def node_tools(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ajv (with ajv-formats and js-yaml, as ajv-cli ships them) and yaml-language-server, from npm,
+    in a temporary folder; the folder holding node_modules/."""
     npm, node = shutil.which("npm"), shutil.which("node")
     if npm is None or node is None:
-        pytest.skip("node/npm are not installed: ajv cannot be installed")
-    prefix = tmp_path_factory.mktemp("ajv")
+        pytest.skip("node/npm are not installed: ajv and yaml-language-server cannot be installed")
+    prefix = tmp_path_factory.mktemp("node-tools")
     env = {**os.environ, "npm_config_cache": str(prefix / ".npm"), "npm_config_update_notifier": "false"}
     try:
         proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent",
-                               "ajv-cli@5", "ajv-formats@3"], capture_output=True, text=True, timeout=180, env=env,
-                              check=False)
+                               "ajv-cli@5", "ajv-formats@3", "yaml-language-server@1"],
+                              capture_output=True, text=True, timeout=240, env=env, check=False)
     except subprocess.TimeoutExpired:
-        pytest.skip("npm install ajv-cli timed out (no npm registry reachable)")
+        pytest.skip("npm install timed out (no npm registry reachable)")
     if proc.returncode != 0 or not (prefix / "node_modules" / "ajv" / "dist" / "2020.js").is_file():
         pytest.skip(f"ajv-cli could not be installed from npm: {proc.stderr.strip()[-300:]}")
-    script = prefix / "check.js"
+    return prefix
+
+
+@pytest.fixture(scope="session")
+def ajv(node_tools: Path) -> list[str]:
+    """Node running ajv (ajv-cli's validator) over many schemas and files in one process."""
+    script = node_tools / "check.js"
     script.write_text(AJV_SCRIPT, encoding="utf-8")
-    return [node, str(script)]
+    return [shutil.which("node") or "node", str(script)]
 
 
 @pytest.mark.slow
@@ -152,3 +159,91 @@ def test_file_schemas_require_keys_only_without_extends() -> None:
         assert missing and all("required" in m for m in missing), missing
     # the schema gitops validates merged documents with still requires everything
     assert schema.schema_for("train")["required"] == ["optimizer", "batch_size"]
+
+
+# --- yaml-language-server, the way VS Code's YAML extension runs it -----------------------------------
+
+
+def _lsp_diagnostics(server: Path, files: list[Path], timeout: float = 60.0) -> dict[Path, list[str]]:
+    """Open `files` in a yaml-language-server over stdio (LSP) and collect the diagnostics it publishes.
+
+    The schema of each file comes from its `# yaml-language-server: $schema=...` line, as in an editor.
+    """
+    import json
+    import select
+    import time
+
+    proc = subprocess.Popen([shutil.which("node") or "node", str(server), "--stdio"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    buffer = b""
+    deadline = time.monotonic() + timeout
+
+    def send(message: dict) -> None:
+        body = json.dumps(message).encode()
+        proc.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        proc.stdin.flush()
+
+    def receive() -> dict | None:
+        nonlocal buffer
+        while True:
+            if b"\r\n\r\n" in buffer:
+                head, rest = buffer.split(b"\r\n\r\n", 1)
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length"))
+                if len(rest) >= length:
+                    buffer = rest[length:]
+                    return json.loads(rest[:length])
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                return None
+            buffer += chunk
+
+    settings = {"validate": True, "schemaStore": {"enable": False}, "format": {"enable": False}}
+    found: dict[Path, list[str]] = {}
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"processId": None, "rootUri": None, "capabilities": {"workspace": {"configuration": True}}}})
+        while (message := receive()) is not None and message.get("id") != 1:
+            pass
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        send({"jsonrpc": "2.0", "method": "workspace/didChangeConfiguration", "params": {"settings": {"yaml": settings}}})
+        uris = {path.resolve().as_uri(): path for path in files}
+        for uri, path in uris.items():
+            send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+                "uri": uri, "languageId": "yaml", "version": 1, "text": path.read_text(encoding="utf-8")}}})
+        while len(found) < len(files) and (message := receive()) is not None:
+            if message.get("method") == "workspace/configuration":
+                send({"jsonrpc": "2.0", "id": message["id"], "result": [settings] * len(message["params"]["items"])})
+            elif "id" in message and "method" in message:
+                send({"jsonrpc": "2.0", "id": message["id"], "result": None})
+            elif message.get("method") == "textDocument/publishDiagnostics":
+                path = uris.get(message["params"]["uri"])
+                if path is not None:
+                    found[path] = [d["message"] for d in message["params"]["diagnostics"]]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(found) == len(files), "yaml-language-server did not answer for every file"
+    return found
+
+
+@pytest.mark.slow
+def test_yaml_language_server_accepts_every_shipped_file(node_tools: Path, tmp_path: Path) -> None:
+    server = node_tools / "node_modules" / "yaml-language-server" / "bin" / "yaml-language-server"
+    if not server.is_file():
+        pytest.skip("yaml-language-server could not be installed from npm")
+    shipped = [Path(p) for kind in schema.KINDS for p in SHIPPED[kind]]
+    written = []
+    for i, (kind, text, *_) in enumerate([*((k, t) for k, t in GOOD), *BAD]):
+        path = tmp_path / f"case{i}" / f"{kind}.yaml"
+        path.parent.mkdir()
+        header = f"# yaml-language-server: $schema={(REPO / 'schemas' / f'{kind}.schema.json').as_uri()}\n"
+        path.write_text(header + text, encoding="utf-8")
+        written.append(path)
+    found = _lsp_diagnostics(server, shipped + written)
+    assert {str(p): found[p] for p in shipped if found[p]} == {}
+    for path in written[: len(GOOD)]:
+        assert found[path] == [], (path.read_text(), found[path])
+    for path in written[len(GOOD):]:
+        assert found[path], path.read_text()  # the tool does check: wrong files are flagged
