@@ -52,6 +52,16 @@ class Tree:
             raise ConfigError([problem])
 
 
+def _escapes(relpath: str) -> bool:
+    """Does a relative path lead out of the repository by itself (absolute, or `..` past the root)?"""
+    norm = posixpath.normpath(relpath)
+    return relpath.startswith("/") or norm == ".." or norm.startswith("../")
+
+
+def _escape_problem(label: str) -> Problem:
+    return Problem(label, 1, 1, "", "leads outside the repository; gitops reads only files inside it")
+
+
 def _link_problem(label: str, target: str) -> Problem:
     return Problem(label, 1, 1, "", f"is a symbolic link (to {target}); gitops reads no symbolic links under "
                    f"{MODELS_DIR}/: put the file itself there (extends: ../<model> shares another model's files)")
@@ -68,6 +78,8 @@ class FsTree(Tree):
         self._refusals: dict[str, Problem | None] = {}
 
     def refused(self, relpath: str) -> Problem | None:
+        if _escapes(relpath):
+            return _escape_problem(relpath)
         parts = PurePosixPath(relpath).parts
         for n in range(1, len(parts) + 1):
             prefix = "/".join(parts[:n])
@@ -137,6 +149,8 @@ class GitTree(Tree):
         self._cache: dict[str, bytes | None] = {}
 
     def refused(self, relpath: str) -> Problem | None:
+        if _escapes(relpath):
+            return _escape_problem(relpath)
         parts = PurePosixPath(relpath).parts
         for n in range(1, len(parts) + 1):
             prefix = "/".join(parts[:n])

@@ -295,3 +295,16 @@ def test_non_finite_github_settings_are_usage_errors(value: str) -> None:
     env = {"GITHUB_TOKEN": "t", "GITHUB_REPOSITORY": "o/r", "GITOPS_GITHUB_RETRIES": value}
     with pytest.raises(UsageError, match="GITOPS_GITHUB_RETRIES must be a finite number"):
         GitHubBackend.from_env(env)
+
+
+@pytest.mark.parametrize("path", ["../outside.npz", "data/../../outside.npz", "/etc/hostname", "data/link.npz"])
+def test_file_dataset_outside_the_repository_is_refused(repo: Path, tmp_path_factory, path: str) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "x.npz"
+    outside.write_bytes(b"not read")
+    (repo / "data").mkdir()
+    (repo / "data" / "link.npz").symlink_to(outside)
+    write(repo / "models" / "wine-mlp" / "data.yaml",
+          f"dataset:\n  name: file\n  path: {path}\n  sha256: {'a' * 64}\n  task: classification\n")
+    _, problems = config.resolve("wine-mlp", FsTree(repo))
+    assert [p.path for p in problems] == ["data.dataset.path"], problems
+    assert "outside the repository" in problems[0].message
