@@ -29,7 +29,9 @@ _COMMON = {
         "type": "string",
         "pattern": r"^\.\./[a-z][a-z0-9-]{0,61}[a-z0-9]$",
         "description": "Inherit the same file of another model (`../other-model`), deep-merged: "
-        "mappings merge, lists and scalars replace.",
+        "mappings merge, lists and scalars replace, and a mapping whose selector (`name:` of an optimizer, "
+        "schedule, dataset or augmentation; `architecture:`) differs from the parent's replaces it whole. "
+        "Keys the parent gives may be left out.",
     },
     "schema_version": {
         "type": "integer",

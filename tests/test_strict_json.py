@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -147,3 +148,9 @@ def test_tag_message_with_bare_nan_still_parses(released: Path, tmp_path: Path) 
     row = next(r for r in built.models[0].metrics if r["metric"] == "val/loss")
     assert built.models[0].baseline.version == "v1.0.1" and math.isnan(row["baseline"]) and row["status"] == "better"
     assert strict_parse([jsonio.dumps(report.as_json(built))])
+    # the registry site builds, with strict JSON embedded in its pages
+    result = runner.invoke(app, ["site", "--out", str(tmp_path / "site")])
+    assert result.exit_code == 0, result.output
+    pages = [p.read_text(encoding="utf-8") for p in (tmp_path / "site").rglob("*.html")]
+    blocks = [m for page in pages for m in re.findall(r'<script type="application/json"[^>]*>(.*?)</script>', page, re.S)]
+    assert blocks and strict_parse(blocks)
