@@ -308,3 +308,12 @@ def test_file_dataset_outside_the_repository_is_refused(repo: Path, tmp_path_fac
     _, problems = config.resolve("wine-mlp", FsTree(repo))
     assert [p.path for p in problems] == ["data.dataset.path"], problems
     assert "outside the repository" in problems[0].message
+
+
+def test_linked_sweep_file_is_refused(repo: Path, tmp_path_factory) -> None:
+    outside = tmp_path_factory.mktemp("outside") / "sweep.yaml"
+    outside.write_text((REPO / "models" / "digits-mlp" / "sweep.yaml").read_text())
+    (repo / "models" / "digits-mlp" / "sweep.yaml").unlink()
+    (repo / "models" / "digits-mlp" / "sweep.yaml").symlink_to(outside)
+    result = invoke("validate")
+    assert result.exit_code == 1 and f"models/digits-mlp/sweep.yaml:1:1: {LINK_MESSAGE}" in result.output
