@@ -364,7 +364,7 @@ def rendered_files() -> dict[str, str]:
     from gitops.sweep import SWEEP_SCHEMA
 
     rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
-    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2) + "\n"
+    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2, allow_nan=False) + "\n"
     rendered["settings.schema.json"] = schema_text()
     return rendered
 
