@@ -52,6 +52,22 @@ class Tree:
             raise ConfigError([problem])
 
 
+def inside_repository(root: Path, relpath: str, what: str) -> Path:
+    """`root/relpath` resolved (links followed), for code that reads a pinned file at training time.
+
+    Raises:
+        TrainingError: the path leads outside the repository (by `..`, an absolute path or a link).
+    """
+    from gitops.errors import TrainingError
+
+    base = Path(root).resolve()
+    path = (base / relpath).resolve()
+    if not path.is_relative_to(base):
+        raise TrainingError(f"{what} {relpath} resolves to {path}, outside the repository; "
+                            "gitops reads only files inside the repository")
+    return path
+
+
 def _escapes(relpath: str) -> bool:
     """Does a relative path lead out of the repository by itself (absolute, or `..` past the root)?"""
     norm = posixpath.normpath(relpath)
@@ -180,7 +196,8 @@ class GitTree(Tree):
 
     def _raw(self, relpath: str) -> bytes | None:
         if relpath not in self._files:
-            return None
+            listed = relpath == "gitops.yaml" or relpath.split("/", 1)[0] in ("models", "schemas")
+            return None if listed else self._read_other(relpath)
         if relpath not in self._cache:
             proc = subprocess.run(
                 ["git", "-C", str(self.root), "cat-file", "blob", f"{self.commit}:{relpath}"],
@@ -190,6 +207,14 @@ class GitTree(Tree):
             if proc.returncode != 0:
                 raise GitopsError(f"git cannot read {relpath} at {self.ref}: {proc.stderr.decode().strip()}")
             self._cache[relpath] = proc.stdout
+        return self._cache[relpath]
+
+    def _read_other(self, relpath: str) -> bytes | None:
+        """A file outside models/ and schemas/ (a pinned data file or corpus): asked of git by path, once."""
+        if relpath not in self._cache:
+            proc = subprocess.run(["git", "-C", str(self.root), "cat-file", "blob", f"{self.commit}:{relpath}"],
+                                  capture_output=True, check=False)
+            self._cache[relpath] = proc.stdout if proc.returncode == 0 else None
         return self._cache[relpath]
 
     def read_many(self, relpaths: list[str]) -> None:

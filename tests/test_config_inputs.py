@@ -317,3 +317,20 @@ def test_linked_sweep_file_is_refused(repo: Path, tmp_path_factory) -> None:
     (repo / "models" / "digits-mlp" / "sweep.yaml").symlink_to(outside)
     result = invoke("validate")
     assert result.exit_code == 1 and f"models/digits-mlp/sweep.yaml:1:1: {LINK_MESSAGE}" in result.output
+
+
+def test_training_reads_no_pinned_file_outside_the_repository(tmp_path: Path, tmp_path_factory) -> None:
+    from gitops import data, text_data, tokenize
+    from gitops.errors import TrainingError
+
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "x.npz").write_bytes(b"secret")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "x.npz").symlink_to(outside / "x.npz")
+    pin = {"sha256": "a" * 64}
+    with pytest.raises(TrainingError, match="outside the repository"):
+        data.DATASETS.get("file")({"path": "data/x.npz", **pin}, tmp_path)
+    with pytest.raises(TrainingError, match="outside the repository"):
+        text_data.load_text({"path": "../" + outside.name + "/x.npz", "sequence_length": 8, **pin}, tmp_path, {})
+    with pytest.raises(TrainingError, match="outside the repository"):
+        tokenize.from_config({"name": "file", "path": str(outside / "x.npz"), **pin}, tmp_path)

@@ -61,6 +61,9 @@ def plan_cmd(
         list[str] | None,
         typer.Option("--label", help="PR labels (default: from $GITHUB_EVENT_PATH); the override label lifts budgets."),
     ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the JSON to this file (the PR workflow uploads it).")
+    ] = None,
 ) -> None:
     """JSON: the models to train (with why), to release only, and deleted; plus the job matrix.
 
@@ -90,7 +93,12 @@ def plan_cmd(
         )
     if github_output:
         plan.write_github_output(result)
-    out(jsonio.dumps(doc, indent=2))
+    text = jsonio.dumps(doc, indent=2)
+    if out_file is not None:
+        from gitops.runs import write_text
+
+        write_text(out_file, text + "\n")
+    out(text)
 
 
 # --- report and comment -------------------------------------------------------------------------------
@@ -370,14 +378,30 @@ def rollback_cmd(
 @command("predict")
 def predict_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL@VERSION, MODEL@STAGE or a run folder.")],
-    input_file: Annotated[Path, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")],
+    input_file: Annotated[Path | None, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write the JSON here instead of stdout.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Array name inside a .npz (default: the first).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Language models: text to continue (repeatable).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy; higher is more random.")] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Sample among the k most likely tokens.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
 ) -> None:
-    """Run a released model on inputs; predictions as JSON."""
+    """Run a released model on inputs (--input), or continue text with a language model (--prompt); JSON out.
+
+    Examples:
+      gitops predict digits-mlp@v1.0.0 --input digits.npy
+      gitops predict stdlib-lm@latest --prompt "def main(" --max-new-tokens 80 --temperature 0.8 --top-k 20
+    """
     from gitops import predict
 
-    doc = predict.predict_file(ref, input_file, key)
+    if (input_file is None) == (not prompt):
+        raise UsageError("give exactly one of --input FILE or --prompt TEXT")
+    if prompt:
+        doc = predict.generate_prompts(ref, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_k=top_k, seed=seed)
+    else:
+        doc = predict.predict_file(ref, input_file, key)
     text = jsonio.dumps(doc, indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
