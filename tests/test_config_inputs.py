@@ -174,11 +174,38 @@ def test_set_switching_a_selector_starts_afresh_in_any_order(family: Path, order
     assert [p.file for p in info.value.problems] == ["--set"]
 
 
-def test_shipped_children_keep_their_fingerprints() -> None:
-    # digits-mlp-wide extends digits-mlp without switching a selector: the merge is the same as before
-    wide, parent = config.load("digits-mlp-wide", REPO), config.load("digits-mlp", REPO)
-    assert dict(wide.train.optimizer) == dict(parent.train.optimizer)
-    assert wide.training_fingerprint.startswith("fcef9343d23790d0")
+def _plain_merge(base, override):
+    """The merge before selectors existed: mappings merge, everything else replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        return {**base, **{k: _plain_merge(base[k], v) if k in base else v for k, v in override.items()}}
+    return override
+
+
+def test_shipped_children_keep_their_fingerprints(tmp_path: Path) -> None:
+    """No shipped child switches a selector: written out in full with the old merge, each resolves to
+    the same fingerprints as through `extends` today."""
+    from gitops.yamlio import dump_yaml, load_yaml_text
+
+    children = sorted({p.parent.name for p in (REPO / "models").glob("*/*.yaml") if "extends:" in p.read_text()})
+    assert children  # digits-mlp-wide at least
+    shutil.copytree(REPO / "models", tmp_path / "models")
+    for name in children:
+        for kind in config.FILE_KINDS:
+            chain, rel = [], f"{name}"
+            while (REPO / "models" / rel / f"{kind}.yaml").is_file():
+                doc = load_yaml_text((REPO / "models" / rel / f"{kind}.yaml").read_bytes()).data
+                chain.append(doc)
+                if "extends" not in doc:
+                    break
+                rel = doc["extends"][3:]
+            merged: dict = {}
+            for doc in reversed(chain):
+                merged = _plain_merge(merged, doc)
+            merged.pop("extends", None)
+            write(tmp_path / "models" / f"{name}-flat" / f"{kind}.yaml", dump_yaml(merged))
+        ours, flat = config.load(name, REPO), config.load(f"{name}-flat", tmp_path)
+        assert (ours.training_fingerprint, ours.release_fingerprint) == (flat.training_fingerprint,
+                                                                         flat.release_fingerprint), name
 
 
 # --- fault 4: non-finite numbers ------------------------------------------------------------------
