@@ -40,11 +40,41 @@ class RunInfo:
 
     @property
     def training_fingerprint(self) -> str:
-        return self.manifest.get("training_fingerprint", "")
+        return text_field(self.manifest, "training_fingerprint")
 
     @property
     def finished(self) -> bool:
         return bool(self.manifest.get("finished_at")) and bool(self.metrics)
+
+
+def text_field(manifest: dict, key: str, absent: str = "") -> str:
+    """A manifest's optional text field (`git_commit`, fingerprints...) as text; `absent` when null or missing.
+
+    Manifests written outside git, before a repository's first commit, or by older versions carry
+    `null` for what they could not record: every formatter reads optional fields through here.
+    """
+    value = manifest.get(key) if isinstance(manifest, dict) else None
+    return value if isinstance(value, str) and value else absent
+
+
+def int_field(manifest: dict, key: str) -> int | None:
+    """A manifest's optional integer field (`steps`, `checkpoint_step`, `param_count`); None when absent."""
+    value = manifest.get(key) if isinstance(manifest, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def device_text(manifest: dict) -> str:
+    """`<device_kind> x<device_count>` ("unknown x1" for what the manifest lacks)."""
+    count = int_field(manifest, "device_count")
+    return f"{text_field(manifest, 'device_kind', 'unknown')} x{count or 1}"
+
+
+def commit_text(manifest: dict) -> str:
+    """Where a run was trained, for people: the commit (and whether the tree had uncommitted changes)."""
+    commit = text_field(manifest, "git_commit")
+    if not commit:
+        return "not recorded (trained outside git or before the first commit)"
+    return commit + (" (with uncommitted changes)" if manifest.get("git_dirty") is True else "")
 
 
 def read_run(path: Path) -> RunInfo:

@@ -67,7 +67,8 @@ class ModelReport:
     wall_time_s: float | None = None
     steps_per_s: float | None = None
     steps: int | None = None
-    git_commit: str = ""
+    git_commit: str = ""  # "" when the run recorded none (trained outside git or before the first commit)
+    git_dirty: bool = False
     training_fingerprint: str = ""
     repeats: int = 1  # seeds behind each value of this run (metrics are their means)
 
@@ -200,7 +201,7 @@ def _seconds(manifest: dict) -> float | None:
         start = datetime.fromisoformat(manifest["started_at"])
         end = datetime.fromisoformat(manifest["finished_at"])
     except (KeyError, TypeError, ValueError):
-        return manifest.get("wall_time_s")
+        return None
     return max(0.0, (end - start).total_seconds())
 
 
@@ -250,7 +251,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             row["status"] = "failed" if name in failed_metrics else "none"
         rows.append(row)
     wall = _seconds(info.manifest)
-    steps = info.manifest.get("steps")
+    steps = registry_ops.int_field(info.manifest, "steps")
     diff = []
     if baseline.config is not None and info.config:
         diff = config_diff(baseline.config, info.config)
@@ -262,11 +263,12 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         gates=gates,
         diff=diff,
         curve=_curve(info.history),
-        device=f"{info.manifest.get('device_kind', 'unknown')} x{info.manifest.get('device_count', 1)}",
+        device=registry_ops.device_text(info.manifest),
         wall_time_s=wall,
         steps_per_s=(steps / wall) if steps and wall else None,
         steps=steps,
-        git_commit=info.manifest.get("git_commit", ""),
+        git_commit=registry_ops.text_field(info.manifest, "git_commit"),
+        git_dirty=info.manifest.get("git_dirty") is True,
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
     )
@@ -312,7 +314,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
         else:
             raise UsageError(f"{run}: no such run folder")
     if head_sha is None:
-        head_sha = gitutil.head_commit(root) if gitutil.is_repo(root) else ""
+        head_sha = gitutil.head_or_none(root) or ""  # "" outside git or before the first commit
     if pr is None:
         pr = _pr_from_event()
     reports = []
@@ -441,7 +443,9 @@ def model_markdown(m: ModelReport) -> str:
     wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
     speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
     lines.append(f"Device {m.device} · wall time {wall} · {m.steps or NONE} steps · {speed} · "
-                 f"run `{m.training_fingerprint[:12]}` · commit `{m.git_commit[:12] or NONE}`")
+                 f"run `{m.training_fingerprint[:12] or NONE}` · "
+                 + (f"commit `{m.git_commit[:12]}`" + (" (uncommitted changes)" if m.git_dirty else "")
+                    if m.git_commit else "commit not recorded"))
     lines.append("")
     return "\n".join(lines)
 
@@ -457,7 +461,7 @@ def markdown(report: Report, limit: int = MAX_CHARS) -> str:
     status = (f"❌ gate failed: {', '.join(failed)}" if failed
               else f"✅ all gates pass ({len(report.models)} model(s))")
     head = [COMMENT_MARKER, "## gitops report", "", status, "",
-            f"Head commit `{report.head_sha[:12] or 'unknown'}`" + (f" · PR #{report.pr}" if report.pr else ""), ""]
+            f"Head commit `{report.head_sha[:12] or 'not recorded'}`" + (f" · PR #{report.pr}" if report.pr else ""), ""]
     text = "\n".join(head) + "\n" + "\n".join(model_markdown(m) for m in report.models)
     return cap(text, limit)
 

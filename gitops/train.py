@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -103,21 +102,27 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(root: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) of the repository at `root`; (None, None) when it is not a git repository."""
+def git_state(root: Path, model_paths: list[str] | None = None) -> tuple[str | None, bool | None, list[str]]:
+    """(HEAD commit, dirty, uncommitted paths) of the repository at `root` (see `gitutil.lineage`)."""
+    from gitops import gitutil
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
+    try:
+        return gitutil.lineage(root, model_paths or [])
+    except OSError:  # no git executable
+        return None, None, []
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), (bool(status.strip()) if status is not None else None)
+
+def model_folders(cfg: Any) -> list[str]:
+    """`models/<name>` and every folder its files' `extends` chains read, relative to the repository root."""
+    import re
+
+    folders = {f"models/{cfg.name}"}
+    for chain in dict(getattr(cfg, "files", None) or {}).values():
+        for label in chain:
+            found = re.search(r"(?:^|/|:)models/([a-z][a-z0-9-]*)/[a-z]+\.yaml$", str(label))
+            if found:
+                folders.add(f"models/{found.group(1)}")
+    return sorted(folders)
 
 
 def _now() -> str:
@@ -371,7 +376,7 @@ def _direction(metric: str) -> bool:
 def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
     import jax
 
-    commit, dirty = git_state(root)
+    commit, dirty, uncommitted = git_state(root, model_folders(cfg))
     devices = jax.devices()
     return {
         "model": cfg.name,
@@ -381,6 +386,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "data_fingerprint": cfg.data_fingerprint,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_uncommitted": uncommitted,
         "packages": package_versions(),
         "device_kind": devices[0].device_kind,
         "device_count": jax.device_count(),
