@@ -67,6 +67,19 @@ def ensure_commit(root: Path, ref: str) -> str:
     )
 
 
+def uncommitted(root: Path, paths: list[str]) -> list[str]:
+    """Files under `paths` that differ from HEAD, untracked files included (a model folder's state)."""
+    done = run(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
+    entries, found, i = done.stdout.split("\0"), [], 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) >= 4:
+            found.append(entry[3:])
+            i += 1 if entry[0] in "RC" else 0
+    return sorted(found)
+
+
 def is_dirty(root: Path, paths: list[str] | None = None) -> bool:
     """True when tracked files (under `paths`, if given) differ from HEAD."""
     args = ["status", "--porcelain", "--untracked-files=no"]

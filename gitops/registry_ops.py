@@ -278,26 +278,34 @@ def _first_line(text: str) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
+def columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Rows of cells as aligned text: each column as wide as its widest cell, two spaces apart."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))).rstrip() for row in rows]
+
+
 def format_history(doc: dict) -> str:
+    """`gitops history` as text: aligned columns under a header, so no value runs into the next."""
     lines = [f"{doc['model']}" + ("  (deprecated)" if doc["deprecated"] else "")]
     if doc["stages"]:
         lines.append("stages: " + ", ".join(f"{s} -> {v}" for s, v in doc["stages"].items()))
     lines.append("")
     lines.append("versions:")
+    rows = [["VERSION", "DATE (UTC)", "COMMIT", "HEADLINE", "BUMP", "REASON", "AUTHOR", "STATUS"]]
     for v in reversed(doc["versions"]):
         head = ", ".join(f"{k} {format_number(x)}" for k, x in v["headline"].items()) or "-"
-        flags = []
-        if not v["active"]:
-            flags.append("deregistered")
+        flags = [] if v["active"] else ["deregistered"]
         flags += [f"[{s}]" for s in v["stages"]]
-        lines.append(
-            f"  {v['version']:<9} {v['date'][:19].replace('T', ' ')}  {v['commit'][:10]}  {head:<24} "
-            f"{v['bump'] or '-':<7} {v['reason'] or ''}  ({_who(v['author'])}) {' '.join(flags)}".rstrip()
-        )
+        rows.append([v["version"], (v["date"] or "")[:19].replace("T", " "), (v["commit"] or "")[:10], head,
+                     v["bump"] or "-", v["reason"] or "-", _who(v["author"]), " ".join(flags)])
+    lines += columns(rows)
     moves = [e for e in doc["events"] if e["event"] != "register"]
     if moves:
         lines.append("")
-        lines.append("stage moves and lifecycle:")
+        lines.append("stage moves and lifecycle (the #N in a tag counts every registry event of the model):")
+        rows = [["DATE (UTC)", "EVENT", "TAG", "AUTHOR"]]
         for e in reversed(moves):
             if e["event"] == "assign":
                 what = f"{e['stage']} <- {e['version']}"
@@ -309,7 +317,8 @@ def format_history(doc: dict) -> str:
                 what = "model deprecated"
             else:
                 what = e["event"]
-            lines.append(f"  {e['date'][:19].replace('T', ' ')}  {what:<32} {e['tag']:<28} {_who(e['author'])}")
+            rows.append([(e["date"] or "")[:19].replace("T", " "), what, e["tag"], _who(e["author"])])
+        lines += columns(rows)
     return "\n".join(lines)
 
 
@@ -416,8 +425,10 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
 
     st, found = resolve(backend, f"{model}@{version}")  # a version, or a stage naming one
     folder = f"{config.MODELS_DIR}/{model}"
-    if gitutil.is_dirty(root, [folder]):
-        raise UsageError(f"{folder} has uncommitted changes; commit or discard them before a rollback")
+    changed = gitutil.uncommitted(root, [folder])  # untracked files too: the rollback commit would take them
+    if changed:
+        raise UsageError(f"{folder} has uncommitted changes ({', '.join(changed[:5])}); commit or discard them "
+                         "before a rollback")
     gitutil.ensure_commit(root, found.commit)
     old_tree = GitTree(root, found.commit)
     old_cfg = config.load(model, root, tree=old_tree)

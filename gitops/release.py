@@ -411,8 +411,7 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
     cfg = config.load(model, root, tree=tree)
-    _, _, uncommitted = gitutil.lineage(root, [f"{config.MODELS_DIR}/{model}"])
-    if any(p == f"{config.MODELS_DIR}/{model}" or p.startswith(f"{config.MODELS_DIR}/{model}/") for p in uncommitted):
+    if gitutil.uncommitted(root, [f"{config.MODELS_DIR}/{model}"]):
         typer_echo(f"warning: models/{model} has uncommitted changes; releasing the committed config at "
                    f"{head[:12]}")
     st = registry_ops.state(backend, model)

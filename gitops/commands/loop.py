@@ -283,7 +283,8 @@ def pull_cmd(
     from gitops import pull
 
     root = config.find_root()
-    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err)
+    out(str(target))  # stdout: the folder alone, so `$(gitops pull ...)` keeps working
 
 
 @command("history")
@@ -312,9 +313,18 @@ def promote_cmd(
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    st, version = registry_ops.resolve(backend, ref)
+    before = st.stages.get(to)
     tag = registry_ops.promote(backend, ref, to)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
+    counter = tag.rsplit("#", 1)[-1]
+    _echo_err(f"promoted {st.model} {version.version} to {to}"
+              + (f" (it replaces {before})" if before else "")
+              + f": {st.model}@{to} now resolves to {version.version}.\n"
+              f"tag {tag} is on commit {version.commit[:12]}; #{counter} counts every stage and lifecycle event "
+              f"of {st.model} (one counter shared by all stages, as in GTO), not the versions of {to}"
+              + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
 
 
@@ -328,7 +338,9 @@ def demote_cmd(
     from gitops import registry_ops
 
     root = config.find_root()
-    out(registry_ops.demote(_backend(backend_name, root), model, stage))
+    tag = registry_ops.demote(_backend(backend_name, root), model, stage)
+    _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
+    out(tag)
 
 
 @command("deprecate")
@@ -351,10 +363,13 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import registry_ops
+    from gitops import gitutil, registry_ops
 
     root = config.find_root()
+    was = gitutil.current_branch(root)
     result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    _echo_err(f"switched your checkout to the new branch {result.branch}"
+              + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
         f"(training fingerprint {result.training_fingerprint[:12]})")
     if result.inlined:
