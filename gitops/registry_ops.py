@@ -170,8 +170,20 @@ def state(backend: Backend, model: str) -> tags.ModelState:
 def resolve(backend: Backend, ref: str | tags.Ref) -> tuple[tags.ModelState, tags.VersionState]:
     """`MODEL`, `MODEL@v1.2.0`, `MODEL@1.2.0` or `MODEL@STAGE` -> the version it names."""
     parsed = tags.parse_ref(ref) if isinstance(ref, str) else ref
-    st = state(backend, parsed.model)
+    all_tags = backend.list_tags()
+    st = tags.model_state(all_tags, parsed.model)
+    if not st.events:
+        hint = unknown_model_hint(all_tags, parsed.model)
+        if hint:
+            raise UsageError(f"{parsed.model} has no releases{hint}")
     return st, tags.resolve_ref(st, parsed)
+
+
+def unknown_model_hint(all_tags: list, model: str) -> str:
+    """" (did you mean 'x'?)" when another model with releases has a close name, else ""."""
+    from gitops.config import did_you_mean
+
+    return did_you_mean(model, names=tags.registry_state(all_tags))
 
 
 # --- stages and lifecycle ------------------------------------------------------------------------
@@ -238,9 +250,10 @@ def deprecate(backend: Backend, ref: str, root: Path) -> str:
 
 def history(backend: Backend, model: str) -> dict:
     """Versions and stage moves of `model`, from tags only."""
-    st = state(backend, model)
+    all_tags = backend.list_tags()
+    st = tags.model_state(all_tags, model)
     if not st.events:
-        raise UsageError(f"{model} has no releases or stage tags")
+        raise UsageError(f"{model} has no releases or stage tags{unknown_model_hint(all_tags, model)}")
     versions = []
     for v in sorted(st.versions.values(), key=lambda v: v.semver):
         meta = release_metadata(v.message)

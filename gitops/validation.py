@@ -30,7 +30,8 @@ def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
     for raw in paths:
         path = (Path.cwd() / raw).resolve()
         if not path.exists():
-            raise UsageError(f"{raw}: no such file or folder")
+            known = config.model_names(FsTree(root))
+            raise UsageError(f"{raw}: no such file or folder{config.did_you_mean(path.name, names=known)}")
         if path == models_dir or path == root.resolve():
             names.extend(config.model_names(FsTree(root)))
             continue
