@@ -238,6 +238,9 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             better = (new > old) if row["higher_is_better"] else (new < old)
             band = stats.noise_band(ours, theirs) if (ours or theirs) else None
             if band is not None:
+                row["noise_band"], row["noise_basis"] = band, "seeds"
+            elif repeats == 1 and baseline.repeats == 1:
+                band, row["noise_basis"] = stats.single_seed_band(name, old, new, _split_size(info.config, name))
                 row["noise_band"] = band
             if name in failed_metrics:
                 row["status"] = "failed"
@@ -272,6 +275,19 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
     )
+
+
+def _split_size(cfg: dict | None, metric: str) -> int | None:
+    """Examples in the held-out split a `val/` or `test/` metric was measured on (None when unknown)."""
+    split = {"val": "validation", "test": "test"}.get(metric.split("/", 1)[0])
+    data = (cfg or {}).get("data") or {}
+    try:
+        entry = catalog.DATASETS.get(data["dataset"]["name"])
+        total = (entry.info.get("examples") if entry else None) or data["dataset"].get("n_samples")
+        fraction = float(data["splits"][split])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return math.ceil(total * fraction) if isinstance(total, int) and total > 0 and fraction > 0 else None
 
 
 def _std(summary: dict | None) -> float | None:
@@ -390,6 +406,13 @@ def _seeds(n: int) -> str:
     return f", mean ± std of {n} seeds" if n > 1 else ""
 
 
+def noise_rules(m: ModelReport) -> list[str]:
+    """The noise rules the rows of `m` used (seeds, single-seed), for the footer and the JSON."""
+    bases = {row.get("noise_basis") for row in m.metrics if row.get("noise_band") is not None}
+    rules = [stats.NOISE_RULE] if "seeds" in bases else []
+    return rules + ([stats.SINGLE_SEED_RULE] if bases - {"seeds", None} else [])
+
+
 def model_markdown(m: ModelReport) -> str:
     b = m.baseline
     title = f"### {'✅' if m.ok else '❌'} `{m.model}`"
@@ -407,14 +430,15 @@ def model_markdown(m: ModelReport) -> str:
     for row in m.metrics:
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = NONE if row["delta"] is None else f"{row['delta']:+.4g}"
-        if row.get("noise_band") is not None and row["delta"] is not None:
+        if row.get("noise_band") is not None and row["delta"] is not None and (
+                row.get("noise_basis") == "seeds" or row["status"] == "noise"):
             delta += f" (±{row['noise_band']:.2g})"
         rel = NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%"
         lines.append(f"| {row['metric']} ({arrow} better) | {_cell_value(row['baseline'], row.get('baseline_std'))} | "
                      f"{_cell_value(row['value'], row.get('value_std'))} | {delta} | {rel} | {_SYMBOL[row['status']]} |")
     lines.append("")
     if m.has_noise_band or m.repeats > 1 or b.repeats > 1:
-        note = [f"_{stats.NOISE_RULE}; the band is shown after Δ._"] if m.has_noise_band else []
+        note = [f"_{rule}; the band is shown after Δ._" for rule in noise_rules(m)]
         if m.repeats > 1:
             note.append(f"_Values are means over {m.repeats} seeds; gates apply to the mean._")
         lines += [" ".join(note), ""]
@@ -466,6 +490,59 @@ def markdown(report: Report, limit: int = MAX_CHARS) -> str:
     return cap(text, limit)
 
 
+_WORD = {"better": "better", "worse": "WORSE", "failed": "FAILED", "equal": "same", "none": "", "noise": "≈ noise"}
+
+
+def terminal(report: Report) -> str:
+    """The report for a terminal: aligned plain-text tables, no Mermaid, sparkline or HTML.
+
+    `gitops report` prints this when stdout is a terminal; the Markdown (PR comment, job summary,
+    `--out`, pipes) is unchanged.
+    """
+    failed = [m.model for m in report.models if not m.ok]
+    lines = ["gitops report" + (f" · head {report.head_sha[:12]}" if report.head_sha else "")
+             + (f" · PR #{report.pr}" if report.pr else ""),
+             f"gate failed: {', '.join(failed)}" if failed else f"all gates pass ({len(report.models)} model(s))", ""]
+    for m in report.models:
+        b = m.baseline
+        base = (f"baseline {m.model}@{b.version}" if b.source == "release" else f"baseline folder {b.version}"
+                if b.source == "folder" else f"no baseline: {b.note or 'no release yet'}")
+        lines.append(f"{m.model}  ({'ok' if m.ok else 'GATE FAILED'}; {base})")
+        rows = [["METRIC", "BASELINE", "THIS RUN", "Δ", "Δ %", ""]]
+        for row in m.metrics:
+            band = (f" (±{row['noise_band']:.2g})" if row.get("noise_band") is not None and row["status"] == "noise"
+                    else "")
+            rows.append([f"{row['metric']} {'↑' if row['higher_is_better'] else '↓'}",
+                         _cell_value(row["baseline"], row.get("baseline_std")),
+                         _cell_value(row["value"], row.get("value_std")),
+                         NONE if row["delta"] is None else f"{row['delta']:+.4g}",
+                         NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%",
+                         _WORD[row["status"]] + band])
+        lines += registry_ops.columns(rows)
+        for rule in noise_rules(m):
+            lines.append(f"  {rule}")
+        for g in m.gates:
+            lines.append(f"  gate {g.metric} {g.kind} {g.threshold:g}: {g.status}" + (f" ({g.note})" if g.note else ""))
+        if not m.gates:
+            lines.append("  no gates in release.yaml")
+        if b.source != "none":
+            if m.diff:
+                lines.append(f"  config diff against {b.version}:")
+                lines += registry_ops.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
+                                              indent="    ")
+            else:
+                lines.append(f"  no config change against {b.version}")
+        if m.curve:
+            lines.append(f"  training loss {registry_ops.format_number(m.curve[0][1])} -> "
+                         f"{registry_ops.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
+        wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
+        speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
+        lines.append(f"  {m.device} · {wall} · {m.steps or NONE} steps · {speed} · run {m.training_fingerprint[:12]}"
+                     f" · commit {m.git_commit[:12] + (' (uncommitted changes)' if m.git_dirty else '') if m.git_commit else 'not recorded'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def cap(text: str, limit: int = MAX_CHARS) -> str:
     if len(text) <= limit:
         return text
@@ -496,7 +573,7 @@ def as_json(report: Report) -> dict:
                 {"version": m.baseline.version, "source": m.baseline.source, "metrics": m.baseline.metrics,
                  "repeats": m.baseline.repeats},
                 "repeats": m.repeats,
-                "noise_rule": stats.NOISE_RULE if m.has_noise_band else None,
+                "noise_rule": "; ".join(noise_rules(m)) or None,
                 "metrics": m.metrics,
                 "gates": [g.as_dict() for g in m.gates],
                 "config_diff": [{"key": k, "baseline": None if is_missing(a) else a,
@@ -567,6 +644,7 @@ REPORT_JSON_SCHEMA: dict = {
                                 "baseline_std": _NUM_OR_NULL,
                                 "baseline_n": {"type": "integer", "minimum": 1},
                                 "noise_band": _NUM_OR_NULL,
+                                "noise_basis": {"type": "string", "maxLength": 64},
                             },
                         },
                     },

@@ -31,6 +31,16 @@ def _backend(name: str | None, root: Path):
     return get_backend(name, root)
 
 
+def _is_terminal() -> bool:
+    """stdout is an interactive terminal (not a pipe, file or CI log)."""
+    import sys
+
+    try:
+        return sys.stdout.isatty() and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
+
+
 def _echo_err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -106,6 +116,8 @@ def report_cmd(
     head_sha: Annotated[str | None, typer.Option("--head-sha", help="Head commit the report is for (default HEAD).")] = None,
     pr: Annotated[int | None, typer.Option("--pr", help="PR number (default: from $GITHUB_EVENT_PATH).")] = None,
     backend_name: BackendOption = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown on a terminal too (default there: a "
+                                                               "plain-text view without Mermaid or sparklines).")] = False,
 ) -> None:
     """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
     from gitops import report
@@ -122,7 +134,7 @@ def report_cmd(
     if as_json:
         out(json.dumps(data, indent=2))
     elif not out_file:
-        out(text)
+        out(report.terminal(built) if not markdown and _is_terminal() else text)
     report.write_step_summary(text)
     if not built.ok:
         failed = ", ".join(m.model for m in built.models if not m.ok)
