@@ -7,6 +7,7 @@ run folder. The git-state cases run git only.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _add_model(repo: Path, name: str = "wine-mlp", steps: int = 40) -> None:
     shutil.copytree(REPO / "models" / "wine-mlp", repo / "models" / name)
     train = repo / "models" / name / "train.yaml"
     text = train.read_text(encoding="utf-8").replace("epochs: 60", f"steps: {steps}")
+    text = text.replace("eval_every: 50", "eval_every: 20").replace("every_steps: 200", "every_steps: 40")
     train.write_text(text.replace("warmup_steps: 20", "warmup_steps: 5"), encoding="utf-8")
 
 
@@ -80,6 +82,14 @@ def test_run_before_the_first_commit_reports_and_releases_with_a_warning(tmp_pat
     assert trained.exit_code == 0, trained.output
     run = next((repo / "runs" / "wine-mlp").iterdir())
     manifest = json.loads((run / "manifest.json").read_text())
+    # fault 11: plain progress lines (not a terminal): percent, training-only steps/s, ETA; eval, saves
+    # and compilation shown apart, and kept out of the training rate
+    log = trained.stderr
+    assert re.search(r"step 20/40 \(50%\) train: .*; [\d,]+ steps/s training; ETA \d+s", log), log
+    assert re.search(r"step 40/40 \(100%\) val: .* \(evaluated in \d+\.\d\d s\)", log)
+    assert "checkpoint saved in" in log and "compiled the training step in" in log
+    assert manifest["train_steps_per_second"] > manifest["steps_per_second"]  # the latter counts eval too
+    assert manifest["eval_time_s"] > 0 and manifest["checkpoint_time_s"] > 0
     assert manifest["git_commit"] is None and manifest["git_dirty"] is True
     assert "models/wine-mlp/train.yaml" in manifest["git_uncommitted"]
 
@@ -144,3 +154,25 @@ def test_optional_manifest_fields_are_formatted_everywhere(example_repo, monkeyp
     assert "None" not in card
     if "device_kind" in manifest_patch:
         assert "- device: unknown x1" in card and "- checkpoint step: unknown of unknown" in card
+
+
+def test_terminal_progress_shows_percent_rate_and_eta():
+    """The rich bar (a terminal): percent, training steps/s, ETA; an evaluation line with its own time."""
+    import io
+
+    from rich.console import Console
+
+    from gitops.commands.training import RichReporter
+
+    buffer = io.StringIO()
+    reporter = RichReporter(Console(file=buffer, force_terminal=True, width=140))
+    reporter.start(100, 0)
+    reporter.timing(0, "compile", 0.5)
+    reporter.log(50, {"split": "train", "loss": 0.25}, 1234.0)
+    reporter.timing(50, "eval", 0.125)
+    reporter.log(50, {"split": "val", "accuracy": 0.9}, 0.0)
+    reporter.finish()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())  # without the colours
+    assert "50%" in text and "1,234 steps/s" in text and "ETA " in text
+    assert "step 50 val: accuracy=0.9 (evaluated in 0.12 s)" in text
+    assert "compiled the training step in 0.50 s" in text
