@@ -214,10 +214,12 @@ def promote(backend: Backend, ref: str, stage: str) -> str:
 def demote(backend: Backend, model: str, stage: str) -> str:
     """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit."""
     tags.check_stage(stage)
-    st = state(backend, model)
+    all_tags = backend.list_tags()
+    st = tags.model_state(all_tags, model)
     holder = st.stages.get(stage)
     if holder is None:
-        raise UsageError(f"no version of {model} is in stage {stage!r}")
+        hint = unknown_model_hint(all_tags, model) if not st.events else ""
+        raise UsageError(f"no version of {model} is in stage {stage!r}{hint}")
     version = st.versions[holder]
     message = f"Demote {model} {holder} from {stage}\n\nversion: {holder}\n"
     return _create_counted(backend, lambda n: tags.unassign_tag(model, stage, n), version.commit, message, model)
@@ -237,7 +239,7 @@ def deprecate(backend: Backend, ref: str, root: Path) -> str:
         return _create_counted(backend, lambda n: tags.deregister_tag(parsed.model, version.version, n),
                                version.commit, message, parsed.model)
     if not st.events:
-        raise UsageError(f"{parsed.model} has no registry tags")
+        raise UsageError(f"{parsed.model} has no registry tags{unknown_model_hint(backend.list_tags(), parsed.model)}")
     if st.deprecated:
         raise UsageError(f"{parsed.model} is already deprecated")
     message = f"Deprecate {parsed.model}\n"

@@ -170,7 +170,9 @@ def test_did_you_mean_for_model_names_everywhere(example_repo, monkeypatch):
     release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
     for args in (["pull", "wine-mpl"], ["pull", "wine-mpl@v1.0.0"], ["history", "wine-mpl"],
                  ["promote", "wine-mpl@v1.0.0", "--to", "production"], ["predict", "wine-mpl@v1.0.0",
-                                                                       "--input", "x.json"]):
+                                                                       "--input", "x.json"],
+                 ["demote", "wine-mpl", "--from", "production"], ["deprecate", "wine-mpl"],
+                 ["rollback", "wine-mpl", "--to", "v1.0.0"], ["release", "wine-mpl"], ["serve", "wine-mpl"]):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "(did you mean 'wine-mlp'?)" in result.stderr, (args, result.stderr)
