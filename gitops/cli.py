@@ -8,7 +8,7 @@ import sys
 from gitops.cli_app import app
 
 # Each module registers its commands on import; none of them imports jax at module level.
-_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep")
+_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep", "data")
 
 for _name in _COMMAND_MODULES:
     try:
@@ -50,6 +50,9 @@ def only_invoked(argv: list[str]) -> None:
 
 
 def main() -> None:
+    from gitops.interrupt import install_terminate_handler
+
+    install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143
     only_invoked(sys.argv[1:])
     app(prog_name="gitops")
 
