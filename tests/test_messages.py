@@ -18,7 +18,7 @@ from conftest import REPO
 from loop_support import fake_run
 from typer.testing import CliRunner
 
-from gitops import config, scaffold, schema
+from gitops import catalog, config, scaffold, schema
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.tree import FsTree
@@ -47,8 +47,8 @@ def test_validate_reports_every_error_in_one_pass(example_repo, monkeypatch):
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert lines == [
-        "models/digits-mlp/model.yaml:1:15: model.architecture: 'MLP' is not one of: cnn, mlp, resnet, "
-        "transformer (did you mean 'mlp'?)",
+        "models/digits-mlp/model.yaml:1:15: model.architecture: 'MLP' is not one of: "
+        f"{', '.join(sorted(catalog.ARCHITECTURES))} (did you mean 'mlp'?)",
         "models/digits-mlp/model.yaml:2:1: model.hiden_sizes: unknown key 'hiden_sizes' (did you mean "
         "'hidden_sizes'?); allowed here: activation, architecture, dropout, extends, hidden_sizes, layer_norm, "
         "schema_version",
