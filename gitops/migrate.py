@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gitops import schema
+from gitops.errors import ConfigError
+from gitops.tree import FsTree
 
 Migration = Callable[[MutableMapping], None]  # edits one file's top-level mapping in place
 
@@ -124,6 +126,9 @@ def migrate_tree(root: Path, names: list[str], *, write: bool = True) -> dict[st
     for name in names:
         for kind in schema.KINDS:
             path = root / "models" / name / f"{kind}.yaml"
+            refused = FsTree(root).refused(f"models/{name}/{kind}.yaml")
+            if refused is not None:  # never rewrite through a link (it may point outside the repository)
+                raise ConfigError([refused])
             if path.is_file():
                 steps = migrate_file(path, kind, write=write)
                 if steps:

@@ -15,7 +15,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from gitops import killpoints, registry_ops, scratch, tags
+from gitops import jsonio, killpoints, registry_ops, scratch, tags
 from gitops.backends.base import Backend
 from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, UsageError
@@ -193,10 +193,9 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
 
 
 def _same_release(folder: Path, version: tags.VersionState) -> bool:
-    import json
 
     try:
-        meta = json.loads((folder / "release.json").read_text(encoding="utf-8"))
+        meta = jsonio.loads((folder / "release.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     recorded = registry_ops.release_metadata(version.message)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, killpoints, tags
+from gitops import config, gitutil, jsonio, killpoints, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.errors import GitopsError, UsageError
 
@@ -97,7 +97,7 @@ def read_run(path: Path) -> RunInfo:
         for line in hist.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 try:
-                    history.append(json.loads(line))
+                    history.append(jsonio.loads(line))
                 except json.JSONDecodeError:
                     continue
     return RunInfo(path, cfg, manifest, metrics, history)
@@ -107,7 +107,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return jsonio.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise GitopsError(f"{path}: unreadable JSON ({exc})") from None
 
@@ -167,7 +167,7 @@ def release_metadata(message: str) -> dict:
     if not m:
         return {}
     try:
-        data = json.loads(m.group("body"))
+        data = jsonio.loads(m.group("body"))  # bare NaN of old tags still reads
     except json.JSONDecodeError:
         return {}
     return data if isinstance(data, dict) else {}
@@ -451,6 +451,10 @@ class _Overlay:
 
     def label(self, relpath: str) -> str:
         return self.base.label(relpath)
+
+    def refused(self, relpath: str):
+        """The base tree's refusal (symbolic links under models/), unless the file is replaced here."""
+        return None if relpath in self.replaced else self.base.refused(relpath)
 
 
 @dataclass

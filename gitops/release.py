@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import os
 import shutil
 import sys
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, killpoints, registry_ops, scratch, tags
+from gitops import config, gitutil, jsonio, killpoints, registry_ops, scratch, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -265,7 +264,7 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
     info = registry_ops.read_run(run_dir)
     entries += _checkpoint_entries(run_dir, info.manifest.get("checkpoint_step"))
     entries.append(("MODEL_CARD.md", card.encode("utf-8")))
-    entries.append(("release.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    entries.append(("release.json", (jsonio.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     archive = out_dir / name
     write_deterministic_tar(archive, entries)
     digest = sha256_file(archive)
@@ -313,7 +312,7 @@ def tag_message(cfg: config.ResolvedConfig, version: str, bump: str, reason: str
         f"headline: {head_name}={metrics.get(head_name, 'n/a')}",
         "",
         "```json",
-        json.dumps(meta, sort_keys=True, indent=1),
+        jsonio.dumps(meta, sort_keys=True, indent=1),
         "```",
         "",
     ]

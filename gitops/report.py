@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, config, gitutil, registry_ops, stats, trackers
+from gitops import catalog, config, gitutil, jsonio, registry_ops, stats, trackers
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
@@ -104,7 +104,8 @@ def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> l
                 continue
             threshold = float(gate[kind])
             if value is None or not _finite(value):
-                results.append(GateResult(metric, kind, threshold, None, "fail", "metric missing from the run"))
+                note = "metric missing from the run" if value is None else f"value is {_num(value)}, not a finite number"
+                results.append(GateResult(metric, kind, threshold, None, "fail", note))
                 continue
             if kind == "min":
                 ok = value >= threshold
@@ -117,8 +118,9 @@ def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> l
             else:
                 old = (baseline or {}).get(metric)
                 if old is None or not _finite(old):
-                    results.append(GateResult(metric, kind, threshold, value, "skipped",
-                                              "no baseline release to compare with"))
+                    note = ("no baseline release to compare with" if old is None
+                            else f"the baseline's value is {_num(old)}, nothing to regress from")
+                    results.append(GateResult(metric, kind, threshold, value, "skipped", note))
                     continue
                 worse_by = (old - value) if higher_is_better(metric) else (value - old)
                 ok = worse_by <= threshold + 1e-12
@@ -130,6 +132,10 @@ def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> l
 
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _non_finite(x: Any) -> bool:
+    return isinstance(x, float) and not math.isfinite(x)
 
 
 # --- baselines -------------------------------------------------------------------------------------
@@ -162,7 +168,7 @@ def baseline_from_folder(path: Path) -> Baseline:
     label = path.name
     if release_json.is_file():
         try:
-            label = json.loads(release_json.read_text(encoding="utf-8")).get("version") or label
+            label = jsonio.loads(release_json.read_text(encoding="utf-8")).get("version") or label
         except ValueError:
             pass
     from gitops.repeats import read_spread
@@ -252,8 +258,14 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
                 row["status"] = "noise"
             else:
                 row["status"] = "better" if better else "worse"
+        elif name in failed_metrics:
+            row["status"] = "failed"
+        elif _non_finite(new):  # inf/NaN (written as null + "non_finite" in JSON): never an improvement
+            row["status"] = "worse"
+        elif _finite(new) and _non_finite(old):
+            row["status"] = "better"
         else:
-            row["status"] = "failed" if name in failed_metrics else "none"
+            row["status"] = "none"
         rows.append(row)
     wall = _seconds(info.manifest)
     steps = registry_ops.int_field(info.manifest, "steps")
@@ -707,6 +719,25 @@ REPORT_JSON_SCHEMA: dict = {
         },
     },
 }
+
+
+def _allow_non_finite(node: Any) -> None:
+    """Every object of the report JSON may carry the strict-JSON `non_finite` names (gitops.jsonio)."""
+    if isinstance(node, dict):
+        for value in list(node.values()):
+            _allow_non_finite(value)
+        types = node.get("type")
+        if types == "object" or (isinstance(types, list) and "object" in types):
+            node.setdefault("properties", {})[jsonio.NON_FINITE_KEY] = {
+                "type": "object", "maxProperties": 1000,
+                "additionalProperties": {"enum": ["inf", "-inf", "nan"]},
+            }
+    elif isinstance(node, list):
+        for value in node:
+            _allow_non_finite(value)
+
+
+_allow_non_finite(REPORT_JSON_SCHEMA)
 
 
 def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:

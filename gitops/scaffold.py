@@ -101,6 +101,12 @@ def new_model(root: Path, name: str, from_model: str | None = None) -> Path:
     if from_model is not None and not (models / from_model).is_dir():
         raise UsageError(f"no model {from_model!r} to copy from ({models / from_model} is not a folder)"
                          f"{config.did_you_mean(from_model, FsTree(root))}")
+    if from_model is not None:  # never copy what a link points at (it may be outside the repository)
+        tree = FsTree(root)
+        for kind in config.FILE_KINDS:
+            refused = tree.refused(f"{config.MODELS_DIR}/{from_model}/{kind}.yaml")
+            if refused is not None:
+                raise ConfigError([refused])
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=models))
     try:
         for kind in config.FILE_KINDS:

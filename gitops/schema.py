@@ -28,7 +28,9 @@ _COMMON = {
         "type": "string",
         "pattern": r"^\.\./[a-z][a-z0-9-]{0,61}[a-z0-9]$",
         "description": "Inherit the same file of another model (`../other-model`), deep-merged: "
-        "mappings merge, lists and scalars replace.",
+        "mappings merge, lists and scalars replace, and a mapping whose selector (`name:` of an optimizer, "
+        "schedule, dataset or augmentation; `architecture:`) differs from the parent's replaces it whole. "
+        "Keys the parent gives may be left out.",
     },
     "schema_version": {
         "type": "integer",
@@ -296,8 +298,63 @@ def schema_for(kind: str) -> dict:
     return _CACHE[kind]
 
 
+def file_schema(kind: str) -> dict:
+    """The schema editors and schema tools apply to one *file* (`schemas/<kind>.schema.json`).
+
+    A file that `extends:` another model may leave out anything its parent gives, down to a nested
+    choice's selector (``optimizer: {learning_rate: 0.1}``), so every `required` reachable through
+    mappings only applies when `extends` is absent (``if: {required: [extends]}``, ``else:`` the
+    required keys). Types, ranges, enums and closed objects apply to every file. Requirements inside
+    list items stay: a list replaces its parent's whole. gitops itself validates the merged document
+    against `schema_for(kind)`, where everything required is.
+    """
+    doc = _copy_json(schema_for(kind))
+    head = {k: doc.pop(k) for k in ("$schema", "$id", "title") if k in doc}
+    partial, required = _split_required(doc)
+    out = {**head, **partial}
+    if required:
+        out["if"] = {"required": ["extends"]}
+        out["else"] = required
+    return out
+
+
+def _split_required(node: dict) -> tuple[dict, dict | None]:
+    """(node without the `required` constraints reachable through properties and if/then branches,
+    a schema of those constraints alone, at the same places; None when there are none)."""
+    partial = dict(node)
+    required: dict[str, Any] = {}
+    if "required" in partial:
+        required["required"] = partial.pop("required")
+    if isinstance(partial.get("properties"), dict):
+        props, req_props = {}, {}
+        for key, sub in partial["properties"].items():
+            props[key], sub_required = _split_required(sub) if isinstance(sub, dict) else (sub, None)
+            if sub_required:
+                req_props[key] = sub_required
+        partial["properties"] = props
+        if req_props:
+            required["properties"] = req_props
+    if isinstance(partial.get("allOf"), list):
+        branches, req_branches = [], []
+        for branch in partial["allOf"]:
+            if isinstance(branch.get("then"), dict):
+                then, then_required = _split_required(branch["then"])
+                branches.append({**branch, "then": then})
+                if then_required:
+                    req_branches.append({"if": branch["if"], "then": then_required})
+            else:
+                branches.append(branch)
+        partial["allOf"] = branches
+        if req_branches:
+            required["allOf"] = req_branches
+    if required and "type" in node:  # strict tools (ajv) want the type beside object keywords
+        required = {"type": node["type"], **required}
+    return partial, required or None
+
+
 def render(kind: str) -> str:
-    return json.dumps(schema_for(kind), indent=2, sort_keys=False) + "\n"
+    """The text of `schemas/<kind>.schema.json` (see `file_schema`)."""
+    return json.dumps(file_schema(kind), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def rendered_files() -> dict[str, str]:
@@ -306,7 +363,7 @@ def rendered_files() -> dict[str, str]:
     from gitops.sweep import SWEEP_SCHEMA
 
     rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
-    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2) + "\n"
+    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2, allow_nan=False) + "\n"
     rendered["settings.schema.json"] = schema_text()
     return rendered
 
@@ -322,6 +379,40 @@ def write_schemas(directory: Path) -> list[Path]:
         tmp.replace(path)
         written.append(path)
     return written
+
+
+# --- selectors (the `extends` merge rule) -----------------------------------------------------------
+
+_SELECTORS: dict[str, dict[tuple, str]] = {}
+
+
+def selectors(kind: str) -> dict[tuple, str]:
+    """Mappings of a file kind whose registry choice is made by one key: {key path: selector key}.
+
+    E.g. train: ``{("optimizer",): "name", ("schedule",): "name"}``; model: ``{(): "architecture"}``.
+    Found in the schema itself (an object whose `allOf` branches switch on one key's const), so a
+    plugin's choice is a selector too. Mappings inside lists are left out: lists replace whole anyway.
+    DESIGN.md: a mapping whose selector differs from the parent's replaces it whole when merging.
+    """
+    if kind not in _SELECTORS:
+        found: dict[tuple, str] = {}
+
+        def walk(node: dict, path: tuple) -> None:
+            keys = {
+                k
+                for branch in node.get("allOf", ())
+                for k, sub in branch.get("if", {}).get("properties", {}).items()
+                if "const" in sub
+            }
+            if len(keys) == 1:
+                found[path] = keys.pop()
+            for key, sub in node.get("properties", {}).items():
+                if isinstance(sub, dict):
+                    walk(sub, (*path, key))
+
+        walk(schema_for(kind), ())
+        _SELECTORS[kind] = found
+    return _SELECTORS[kind]
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -493,7 +584,7 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
     from gitops.checksums import sha256_new
 
     key = sha256_new(
-        (json.dumps(document, sort_keys=True) + version + sys.version).encode("utf-8")
+        (json.dumps(document, sort_keys=True, allow_nan=False) + version + sys.version).encode("utf-8")
     ).hexdigest()[:32]
     path = _validator_cache_dir() / f"{key}.marshal"
     code = None

@@ -7,14 +7,13 @@ jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gitops import config
+from gitops import config, jsonio
 from gitops.cli_app import ci_app, command, out
 from gitops.errors import GitopsError, UsageError
 
@@ -103,14 +102,14 @@ def plan_cmd(
     )
     doc["budget"] = {"violations": found, "lifted_by_label": budgets.override_label if lifted else None}
     if found and not lifted:
-        out(json.dumps(doc, indent=2))
+        out(jsonio.dumps(doc, indent=2))
         raise GitopsError(
             "over budget: " + "; ".join(found)
             + f" (a maintainer can add the label {budgets.override_label!r} to allow it)"
         )
     if github_output:
         plan.write_github_output(result)
-    text = json.dumps(doc, indent=2)
+    text = jsonio.dumps(doc, indent=2)
     if out_file is not None:
         from gitops.runs import write_text
 
@@ -147,9 +146,9 @@ def report_cmd(
     if out_file:
         out_file.write_text(text, encoding="utf-8")
     if json_out:
-        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        json_out.write_text(jsonio.dumps(data, indent=2) + "\n", encoding="utf-8")
     if as_json:
-        out(json.dumps(data, indent=2))
+        out(jsonio.dumps(data, indent=2))
     elif not out_file:
         out(report.terminal(built) if not markdown and _is_terminal() else text)
     report.write_step_summary(text)
@@ -223,7 +222,7 @@ def release_cmd(
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
                              run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
-    out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
+    out(jsonio.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
 @command("release-pending", group=ci_app)
@@ -335,7 +334,7 @@ def history_cmd(
 
     root = config.find_root()
     doc = registry_ops.history(_backend(backend_name, root), model)
-    out(json.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
+    out(jsonio.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
 
 
 @command("promote")
@@ -452,7 +451,7 @@ def predict_cmd(
                                        top_k=top_k, seed=seed)
     else:
         doc = predict.predict_file(ref, input_file, key)
-    text = json.dumps(doc, indent=2)
+    text = jsonio.dumps(doc, indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
     else:

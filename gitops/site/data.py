@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gitops import registry_ops, tags
+from gitops import jsonio, registry_ops, tags
 from gitops.backends.base import Backend
 from gitops.errors import GitopsError
 from gitops.pull import fetch_archive
@@ -299,7 +299,7 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, str]:
         for key in sorted(value, key=str):
             out.update(flatten_config(value[key], f"{prefix}.{key}" if prefix else str(key)))
         return out
-    return {prefix: json.dumps(value, sort_keys=True, ensure_ascii=False)}
+    return {prefix: jsonio.dumps(value, sort_keys=True, ensure_ascii=False)}
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, str | None, str | None]]:
@@ -333,7 +333,7 @@ def _json(raw: bytes | None) -> Any:
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        return jsonio.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 
