@@ -16,8 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
+from gitops import cli_params
 from gitops.errors import EXIT_INTERRUPTED, GitopsError
 from gitops.helptext import GitopsCommand, GitopsGroup
+
+cli_params.install()  # plain str/Path parameters without pydantic: start-up (see gitops/cli_params.py)
 
 app = typer.Typer(
     name="gitops",

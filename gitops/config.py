@@ -9,8 +9,6 @@ Every problem of every file is collected before anything is raised, so a user se
 from __future__ import annotations
 
 import functools
-import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -40,7 +38,9 @@ def canonical_json(value: Any) -> str:
 
 
 def sha256_json(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    from gitops.checksums import sha256_new
+
+    return sha256_new(canonical_json(value).encode("utf-8")).hexdigest()
 
 
 def freeze(value: Any) -> Any:
@@ -406,6 +406,15 @@ def model_names(tree: Tree) -> list[str]:
             if tree.is_dir(f"{MODELS_DIR}/{n}") or tree.refused(f"{MODELS_DIR}/{n}") is not None]
 
 
+def did_you_mean(name: str, tree: Tree | None = None, names: Iterable[str] | None = None) -> str:
+    """" (did you mean 'digits-mlp'?)" for a model name with a close match among the repository's models."""
+    from gitops.schema import suggest
+
+    known = list(names) if names is not None else (model_names(tree) if tree is not None else [])
+    found = suggest(name, [n for n in known if n != name])
+    return f" (did you mean '{found}'?)" if found else ""
+
+
 def find_root(start: Path | None = None) -> Path:
     """The repository root: the nearest folder upwards holding `models/` or `.git`."""
     here = (start or Path.cwd()).resolve()
@@ -438,7 +447,7 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         if ref is not None and (tree.root / model_rel).is_dir():
             # the folder is in the working tree but not in the commit read (release reads HEAD)
             raise GitopsError(f"{model_rel} is not committed; commit it first (it is not in {ref[:12]})")
-        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder")
+        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder{did_you_mean(name, tree)}")
     merged: dict[str, _Merged] = {}
     for kind in FILE_KINDS:
         doc = loader.merged(model_rel, kind)
@@ -461,20 +470,29 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         _apply_override(merged[kind], path, value, mark, loader, kind)
 
     cleaned: dict[str, Any] = {}
+    partial: dict[str, Any] = {}  # invalid documents' parts that parsed, for the semantic checks
+    dropped: list[tuple] = []
     for kind, doc in merged.items():
         errors = schema.validate_document(kind, doc.data)
         for path, message, at_key in errors:
             loader.problem(doc.mark(path, at_key), schema.format_path((kind, *path)), message)
         if not errors:
             cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
-    if loader.problems or any(k not in cleaned for k in FILE_KINDS):
-        blocked = plugins.blocked_package()
-        if blocked and loader.problems:  # a name it provides looks unknown: say why instead
-            raise plugins.PluginError(f"{model_rel}: {plugins.blocked_message(blocked)}; without it:\n"
-                                      + "\n".join(str(p) for p in loader.problems))
+            continue
+        saved, lost = schema.salvage(kind, doc.data)
+        if saved is not None:
+            partial[kind] = schema.fill_defaults(schema.schema_for(kind), saved)
+            dropped += [(kind, *p) for p in lost]
+    blocked = plugins.blocked_package()
+    if blocked and loader.problems:  # a name it provides looks unknown: say why instead
+        raise plugins.PluginError(f"{model_rel}: {plugins.blocked_message(blocked)}; without it:\n"
+                                  + "\n".join(str(p) for p in loader.problems))
+    if any(k not in cleaned and k not in partial for k in FILE_KINDS):
         return None, loader.problems
 
-    for path, message in semantic_problems(cleaned, tree):
+    for path, message in _semantic_on({**cleaned, **partial}, tree, bool(partial)):
+        if any(path[: len(d)] == d or d[: len(path)] == path for d in dropped):
+            continue  # about a value already reported (or guessed): not a second error
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
     if loader.problems:
@@ -483,6 +501,16 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     package = repo_plugin_package(cleaned)
     source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
     return build(name, cleaned, files, source), []
+
+
+def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
+    """semantic_problems; on salvaged documents a check that trips over a guessed value is skipped."""
+    if not partial:
+        return semantic_problems(docs, tree)
+    try:
+        return semantic_problems(docs, tree)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return []  # the schema errors already reported say what to fix first
 
 
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
@@ -546,10 +574,9 @@ def _with_optional_train_keys(train: dict) -> dict:
 
 @functools.cache
 def _package_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from gitops import distinfo  # importlib.metadata costs a quarter of `validate`'s start-up
+
+    return distinfo.version(package)
 
 
 def data_fingerprint(data: dict) -> str:
@@ -616,7 +643,11 @@ def metric_problem(name: str, task: str, classes: int | None) -> str | None:
     entry = catalog.METRICS.get(metric)
     valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)
     if entry is None or task not in entry.tasks:
-        return f"{task} models produce no metric {metric!r}; they produce {split}/ + one of: {', '.join(valid)}"
+        from gitops.schema import suggest
+
+        guess = suggest(metric, valid)
+        hint = f" (did you mean '{split}/{guess}'?)" if guess else ""
+        return f"{task} models produce no metric {metric!r}{hint}; they produce {split}/ + one of: {', '.join(valid)}"
     k = {"top3_accuracy": 3, "top5_accuracy": 5}.get(metric)
     if k and classes is not None and classes <= k:
         return f"{metric} needs more than {k} classes; this dataset has {classes}"

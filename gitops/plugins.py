@@ -30,9 +30,7 @@ jobs that hold write tokens) it is never imported.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import os
 import re
@@ -171,7 +169,7 @@ def check(kind: str, plugin: Plugin, where: str) -> None:
 
 
 def collect(
-    entry_points: Mapping[str, Iterable[importlib.metadata.EntryPoint]],
+    entry_points: Mapping[str, Iterable[Any]],  # importlib.metadata.EntryPoint or distinfo.EntryPoint
     builtin: Mapping[str, Iterable[str]],
 ) -> dict[str, dict[str, Found]]:
     """Load and check the plugins of every kind; kind -> name -> Found.
@@ -202,7 +200,7 @@ def collect(
                                   "module jax-free and name the implementation as build='module:attribute'")
             plugin = _coerce(obj, ep.name, probe.origin)
             check(kind, plugin, probe.origin)
-            module = getattr(ep, "module", None) or ep.value.partition(":")[0]
+            module = (getattr(ep, "module", None) or ep.value.partition(":")[0]).strip()
             entry = Found(kind, plugin, label, probe.distribution, probe.version,
                           package=module.rpartition(".")[0] or module)
             if plugin.name in taken:
@@ -222,9 +220,12 @@ _BUILTIN: dict[str, Mapping[str, Any]] = {}
 @functools.cache
 def _installed() -> dict[str, dict[str, Found]]:
     """Every installed plugin (entry points; loaded once per process); kind -> name -> Found."""
-    from gitops import catalog  # noqa: F401  (fills _BUILTIN)
+    from gitops import (
+        catalog,  # noqa: F401  (fills _BUILTIN)
+        distinfo,  # the dist-info folders read directly: importlib.metadata is slow to import
+    )
 
-    eps = {kind: importlib.metadata.entry_points(group=group) for kind, group in GROUPS.items()}
+    eps = {kind: distinfo.entry_points(group) for kind, group in GROUPS.items()}
     return collect(eps, {kind: list(names) for kind, names in _BUILTIN.items()})
 
 
@@ -358,6 +359,8 @@ def source_hash(tree: Any, package: str) -> str:
 
     Read through a `gitops.tree.Tree`, so `ci plan` hashes the package as it is at each commit.
     """
+    import hashlib  # not at start-up: only models that use a repository plugin get here
+
     digest = hashlib.sha256()
     stack = [package]
     files = []

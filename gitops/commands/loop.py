@@ -36,6 +36,16 @@ def _backend(name: str | None, root: Path):
     return get_backend(name, root)
 
 
+def _is_terminal() -> bool:
+    """stdout is an interactive terminal (not a pipe, file or CI log)."""
+    import sys
+
+    try:
+        return sys.stdout.isatty() and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
+
+
 def _echo_err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -124,6 +134,8 @@ def report_cmd(
     head_sha: Annotated[str | None, typer.Option("--head-sha", help="Head commit the report is for (default HEAD).")] = None,
     pr: Annotated[int | None, typer.Option("--pr", help="PR number (default: from $GITHUB_EVENT_PATH).")] = None,
     backend_name: BackendOption = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown on a terminal too (default there: a "
+                                                               "plain-text view without Mermaid or sparklines).")] = False,
 ) -> None:
     """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
     from gitops import report
@@ -140,7 +152,7 @@ def report_cmd(
     if as_json:
         out(jsonio.dumps(data, indent=2))
     elif not out_file:
-        out(text)
+        out(report.terminal(built) if not markdown and _is_terminal() else text)
     report.write_step_summary(text)
     if not built.ok:
         failed = ", ".join(m.model for m in built.models if not m.ok)
@@ -309,7 +321,8 @@ def pull_cmd(
     from gitops import pull
 
     root = config.find_root()
-    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err)
+    out(str(target))  # stdout: the folder alone, so `$(gitops pull ...)` keeps working
 
 
 @command("history")
@@ -340,9 +353,18 @@ def promote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
+    st, version = registry_ops.resolve(backend, ref)
+    before = st.stages.get(to)
     tag = registry_ops.promote(backend, ref, to)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
+    counter = tag.rsplit("#", 1)[-1]
+    _echo_err(f"promoted {st.model} {version.version} to {to}"
+              + (f" (it replaces {before})" if before else "")
+              + f": {st.model}@{to} now resolves to {version.version}.\n"
+              f"tag {tag} is on commit {version.commit[:12]}; #{counter} counts every stage and lifecycle event "
+              f"of {st.model} (one counter shared by all stages, as in GTO), not the versions of {to}"
+              + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
@@ -361,7 +383,9 @@ def demote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    out(registry_ops.demote(backend, model, stage))
+    tag = registry_ops.demote(backend, model, stage)
+    _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
+    out(tag)
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
@@ -385,10 +409,13 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import registry_ops
+    from gitops import gitutil, registry_ops
 
     root = config.find_root()
+    was = gitutil.current_branch(root)
     result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    _echo_err(f"switched your checkout to the new branch {result.branch}"
+              + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
         f"(training fingerprint {result.training_fingerprint[:12]})")
     if result.inlined:

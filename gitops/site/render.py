@@ -349,7 +349,9 @@ def _version_details(m: ModelData, v: VersionData, previous: VersionData | None,
         ("Bump", f"{escape(v.bump or '-')}: {escape(v.reason)}"),
         ("Previous version", f'<a href="#{escape(previous.version)}">{escape(previous.version)}</a>'
          if previous else "none (first release)"),
-        ("Trained at commit", f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown()),
+        ("Trained at commit", (f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown())
+         + (f' (uncommitted files; reproduced at <code>{escape(v.reproduced_at_commit)}</code>)'
+            if v.reproduced_at_commit else "")),
         ("Training fingerprint", _code(v.training_fingerprint)),
         ("Data fingerprint", _code(v.data_fingerprint)),
         ("Release fingerprint", _code(v.release_fingerprint)),
