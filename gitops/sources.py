@@ -17,6 +17,7 @@ Errors name the file: `RecordError` (a `GitopsError`, exit 1).
 from __future__ import annotations
 
 import io
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -101,14 +102,19 @@ class ParquetSource:
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._handles: dict[int, Any] = {}
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_cache"], state["_handles"] = OrderedDict(), {}
+        state["_cache"], state["_handles"], state["_lock"] = OrderedDict(), {}, None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def group_of(self, index: int) -> int:
         return int(np.searchsorted(self.starts, index, side="right") - 1)
@@ -123,7 +129,8 @@ class ParquetSource:
             handle = self._handles.get(f)
             if handle is None:
                 handle = self._handles[f] = pq.ParquetFile(path)
-            table = handle.read_row_group(g, columns=[*self.features, self.label])
+            # use_threads=False: Grain's reader threads call in here; pyarrow's own pool under them can deadlock
+            table = handle.read_row_group(g, columns=[*self.features, self.label], use_threads=False)
             x = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.features], 1)
             y = table.column(self.label).to_numpy(zero_copy_only=False)
         except (OSError, KeyError, ValueError, TypeError) as exc:
@@ -134,11 +141,12 @@ class ParquetSource:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         index = int(index)
         group = self.group_of(index)
-        if group not in self._cache:
-            self._cache[group] = self.read_group(group)
-            while len(self._cache) > self.CACHED_GROUPS:
-                self._cache.popitem(last=False)
-        x, y = self._cache[group]
+        with self._lock:  # reader threads share the cache and the open files
+            if group not in self._cache:
+                self._cache[group] = self.read_group(group)
+                while len(self._cache) > self.CACHED_GROUPS:
+                    self._cache.popitem(last=False)
+            x, y = self._cache[group]
         row = index - int(self.starts[group])
         return x[row], y[row]
 
