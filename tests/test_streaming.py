@@ -283,7 +283,7 @@ def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_pat
 
     _image_repo(tmp_path, monkeypatch, per_class=16)
     # 28 training images / batch 8: 3 steps per epoch, so checkpoints every 10 steps fall mid-epoch
-    sets = ["train.steps=400", "train.checkpoint.every_steps=10", "train.eval_every=200", "data.dataset.workers=2"]
+    sets = ["train.steps=60", "train.checkpoint.every_steps=10", "train.eval_every=200", "data.dataset.workers=2"]
     cfg = config.load("shapes", tmp_path, sets)
     ckpt_dir = tmp_path / "runs" / "shapes" / cfg.short_fingerprint / "checkpoints"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1", "PYTHONPATH": str(REPO)}
@@ -308,7 +308,7 @@ def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_pat
     ref_cfg = config.load("shapes", tmp_path, [*sets[:-1], "data.dataset.workers=0"])
     assert ref_cfg.training_fingerprint == cfg.training_fingerprint
     train.train_and_evaluate(ref_cfg, reference, root=tmp_path)
-    a, b = _flat(restore_plain(ckpt_dir / "400")), _flat(restore_plain(reference / "checkpoints" / "400"))
+    a, b = _flat(restore_plain(ckpt_dir / "60")), _flat(restore_plain(reference / "checkpoints" / "60"))
     assert a.keys() == b.keys()
     for key in a:
         assert np.array_equal(a[key], b[key]), key
