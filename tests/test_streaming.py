@@ -321,3 +321,29 @@ def test_dry_run_reports_input_throughput_and_the_bottleneck(tmp_path: Path, mon
     assert "input pipeline: " in done.output and " examples/s (0 worker processes); the step takes " in done.output
     assert "bottleneck: " in done.output
     assert not (tmp_path / "runs").exists()
+
+
+# --- the examples: trained once for the suite (conftest.trained_examples), released, predicted ---------------
+
+
+def test_streaming_examples_report_release_and_predict_labels(trained_examples, example_repo: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    for name in ("shapes-cnn", "tabular-mlp"):
+        run = trained_examples[name]
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["data"] == {"skipped": 0, "skipped_files": [], "workers": 0}
+        done = _cli(["report", str(run)], example_repo, monkeypatch)
+        assert done.exit_code == 0, done.output  # its gates pass
+        done = _cli(["release", name, "--run", str(run)], example_repo, monkeypatch)
+        assert done.exit_code == 0, done.output
+    images = REPO / "models" / "shapes-cnn" / "images" / "test"
+    files = [(kind, f) for kind in ("circle", "cross", "square", "triangle") for f in sorted((images / kind).glob("*.png"))[:5]]
+    pixels = np.stack([np.asarray(Image.open(f).convert("L").resize((16, 16), Image.Resampling.BILINEAR), np.float32)[..., None]
+                       for _, f in files])  # raw pixels 0..255: predict applies the saved min-max scaling
+    np.save(tmp_path / "x.npy", pixels)
+    done = _cli(["predict", "shapes-cnn@v1.0.0", "--input", str(tmp_path / "x.npy")], example_repo, monkeypatch)
+    assert done.exit_code == 0, done.output
+    predicted = [p["label"] for p in json.loads(done.output)["predictions"]]
+    assert sum(p == kind for p, (kind, _) in zip(predicted, files, strict=True)) >= 16, predicted
