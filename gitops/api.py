@@ -78,6 +78,23 @@ class LoadedModel:
         batch = self.preprocessing.apply(np.asarray(x))
         return np.asarray(jax.device_get(self._forward(batch)))
 
+    def generate(self, prompt: str | list[str], *, max_new_tokens: int = 64, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int = 0) -> str | list[str]:
+        """Continue `prompt` (or each of a list of prompts) with a language model's sampled text.
+
+        Temperature 0 is greedy. Each new token costs one cached decoding step (`gitops.generate`).
+
+        Raises:
+            UsageError: not a language model, an empty prompt or one longer than the context, or
+                `max_new_tokens`/`temperature`/`top_k` out of range.
+        """
+        from gitops.generate import Sampling, generate_text
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        done = generate_text(self, prompts, Sampling(max_new_tokens, temperature, top_k, seed))
+        texts = [d["text"] for d in done]
+        return texts[0] if isinstance(prompt, str) else texts
+
 
 def _match(target: Any, restored: Any, where: str) -> Any:
     """`restored` re-keyed like `target` (int keys from str), checking that every leaf's shape agrees."""

@@ -364,10 +364,17 @@ def typer_echo(text: str) -> None:
 
 
 def release(root: Path, backend: Backend, model: str, *, run: Path | None = None, bump: str = "auto",
-            push: bool = False, dist: Path | None = None) -> ReleaseResult:
-    """Release `model` at HEAD (see the module docstring); idempotent against the latest release."""
+            push: bool = False, dist: Path | None = None, track: bool | None = None) -> ReleaseResult:
+    """Release `model` at HEAD (see the module docstring); idempotent against the latest release.
+
+    `track` (None: as gitops.yaml says) also sends the run to the trackers and registers the version in
+    MLflow's model registry; a tracker failure is a warning, never a failed release.
+    """
     if bump not in BUMPS:
         raise UsageError(f"--bump must be one of {', '.join(BUMPS)}")
+    from gitops import trackers
+
+    sinks = trackers.specs_for(root, track)  # a missing extra fails before any tag exists
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
     cfg = config.load(model, root, tree=tree)
@@ -472,13 +479,16 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
                 shutil.copyfile(asset, dist / asset.name)
                 kept.append(dist / asset.name)
         final_run = None if run_dir.is_relative_to(workdir) else run_dir
+        if sinks:
+            trackers.track_release(root, sinks, run_dir, version, registry_ops.state(backend, model).stages,
+                                   record=final_run is not None)
     return ReleaseResult(model, version, tag, part, reason, location, kept or [Path(location) / a.name for a in assets],
                          final_run, trained,
                          message=f"released {tag} ({part}: {reason}) -> {location}")
 
 
-def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None
-                    ) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
+def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None,
+                    track: bool | None = None) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
     """Release every model whose release fingerprint differs from its latest release."""
     from gitops.tree import GitTree as _GitTree
 
@@ -496,7 +506,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
             if latest and registry_ops.release_metadata(latest.message).get("release_fingerprint") == \
                     cfg.release_fingerprint:
                 continue
-            results.append(release(root, backend, name, push=push, dist=dist))
+            results.append(release(root, backend, name, push=push, dist=dist, track=track))
         except GitopsError as exc:
             failures.append((name, exc.message))
     return results, failures

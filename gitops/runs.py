@@ -145,6 +145,17 @@ class RunFolder:
         if self.writer:
             write_json(self.metrics_path, dict(metrics))
 
+    def record_trackers(self, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge tracker outcomes into the manifest's `trackers` ({sink name: {status, ...}}).
+
+        Written by `gitops.trackers` after a run finished; never part of any fingerprint.
+        """
+        if not self.writer or not outcomes:
+            return
+        manifest = self.manifest
+        manifest["trackers"] = {**(manifest.get("trackers") or {}), **{k: dict(v) for k, v in outcomes.items()}}
+        write_json(self.manifest_path, manifest)
+
     def clear_history(self) -> None:
         if self.writer:
             write_text(self.history_path, "")

@@ -268,6 +268,17 @@ def _padded_split(split: Any, batch: int, layout: Any = None) -> tuple | None:
     return jax.device_put(padded) if layout is None else layout.put(padded, (layout.eval_batches,) * 3)
 
 
+def _token_bytes(prep: Any) -> Any:
+    """(vocab,) float32 UTF-8 length of each token of a language model's tokenizer; None otherwise."""
+    if getattr(prep, "tokenizer", None) is None:
+        return None
+    import jax.numpy as jnp
+
+    from gitops.tokenize import from_saved
+
+    return jnp.asarray(from_saved(prep.tokenizer).token_bytes(), jnp.float32)
+
+
 def build_session(cfg: Any, dataset: Any) -> Session:
     """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`."""
     import jax
@@ -328,6 +339,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         n_train=n_train,
         steps_per_epoch=steps_per_epoch,
         batch_sharding=layout.batch if layout else None,
+        token_bytes=_token_bytes(prep),
     )
     eval_batch = max(EVAL_BATCH, int(train.batch_size))
     if streamed:

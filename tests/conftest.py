@@ -27,6 +27,10 @@ def example_model_names() -> list[str]:
     return sorted(p.name for p in (REPO / "models").iterdir() if (p / "model.yaml").is_file())
 
 
+# Examples that take minutes to train: their own tests train a tiny variant (tests/test_language_model.py).
+SLOW_EXAMPLES = frozenset({"stdlib-lm"})
+
+
 @pytest.fixture(scope="session")
 def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each example model trained exactly once per session; name -> its finished run folder."""
@@ -35,6 +39,8 @@ def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     out = tmp_path_factory.mktemp("example-runs")
     runs: dict[str, Path] = {}
     for name in example_model_names():
+        if name in SLOW_EXAMPLES:
+            continue
         cfg = config.load(name, REPO)
         runs[name] = train.train(cfg, out, root=REPO).run.path
     return runs
@@ -54,8 +60,9 @@ def _data_folders(folder: str, names: list[str]) -> list[str]:
 
 def make_example_repo(target: Path) -> Path:
     target.mkdir(parents=True, exist_ok=True)
-    for folder in ("models", "schemas"):
-        shutil.copytree(REPO / folder, target / folder, ignore=_data_folders)
+    for folder in ("models", "schemas", "data"):
+        if (REPO / folder).is_dir():
+            shutil.copytree(REPO / folder, target / folder, ignore=_data_folders)
     (target / ".gitignore").write_text("runs/\n.gitops/\n.jax_cache/\n", encoding="utf-8")
     git(target, "init", "-q", "-b", "main")
     git(target, "config", "user.name", "Test User")

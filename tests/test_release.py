@@ -373,8 +373,10 @@ def test_release_promote_pull_history_on_the_github_backend(repo, github_env, gi
     assert doc["stages"] == {"production": "v1.0.0"}
 
 
-def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ancestor(
+def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_github(
         repo, tmp_path, github_env, github_server, monkeypatch):
+    """The PR comes from GitHub's commit-to-PR association (a squash commit is no descendant of the PR
+    head); its run is reused only when GitHub's record of the workflow run vouches for it."""
     import io
     import zipfile
 
@@ -383,36 +385,75 @@ def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ances
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
     git(repo, "rm", "-q", "-r", *[f"models/{p.name}" for p in (repo / "models").iterdir() if p.name != "wine-mlp"])
-    pr_head = commit_all(repo, "only wine-mlp")
-    git(repo, "commit", "-q", "--allow-empty", "-m", "merge commit")  # what is released: a descendant
+    base = commit_all(repo, "only wine-mlp")
+    git(repo, "switch", "-q", "-c", "tune")
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    pr_head = commit_all(repo, "lr 0.04")
+    git(repo, "switch", "-q", "main")
+    git(repo, "merge", "-q", "--squash", "tune")
+    squash = commit_all(repo, "lr 0.04 (#7)")  # what is released: not a descendant of pr_head
+    assert git(repo, "branch", "--contains", pr_head) == "tune", "the squash commit does not contain the PR head"
     run = fake_run(repo, "wine-mlp", GOOD, out=tmp_path / "pr-runs")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:  # upload-artifact of `runs/`: <model>/<fp12>/...
         for f in sorted(run.rglob("*")):
             if f.is_file():
                 zf.writestr(f.relative_to(tmp_path / "pr-runs").as_posix(), f.read_bytes())
+    blob = buf.getvalue()
     name = f"run-wine-mlp-{run.name}"
+    trained: list[str] = []
 
-    def no_training(*args, **kwargs):
+    def no_training(cfg, *args, **kwargs):
+        trained.append(cfg.name)
         raise GitopsError("would train")
 
     monkeypatch.setattr(gitops.train, "train", no_training)
     from gitops.backends.github import GitHubBackend
 
     backend = GitHubBackend.from_env()
-    # built from a commit that is not in the released history (e.g. a fork's unmerged head): never reused
-    github_server.add_artifact(name, buf.getvalue(), run_id=1, head_sha="f" * 40)
-    results, failures = release.release_pending(repo, backend)
-    assert results == [] and failures == [("wine-mlp", "would train")]
-    # built from the PR head that was merged: reused, no training
-    github_server.add_artifact(name, buf.getvalue(), run_id=2, head_sha=pr_head)
-    results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
-    assert failures == []
-    (result,) = results
-    assert result.tag == "wine-mlp@v1.0.0" and result.trained is False
-    assert result.run == repo / "runs/wine-mlp" / run.name
+    me = github_server.full_name
+    train_wf = ".github/workflows/pr-train.yml"
+
+    def attempt() -> list:
+        trained.clear()
+        results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
+        return failures
+
+    # 1. GitHub associates no PR with the released commit: retrain, even though an artifact exists
+    github_server.add_workflow_run(11, path=train_wf, event="pull_request_target", head_sha=pr_head, head_branch="tune")
+    github_server.add_artifact(name, blob, run_id=11)
+    assert attempt() == [("wine-mlp", "would train")] and trained == ["wine-mlp"]
+    # an open (unmerged) PR GitHub associates with the commit does not count either
+    github_server.add_pull(8, head="tune", head_sha=pr_head, base_sha=base)
+    github_server.commit_pulls.setdefault(squash, []).append(8)
+    assert attempt() == [("wine-mlp", "would train")]
+    github_server.commit_pulls[squash].remove(8)
+    # 2. a fork's PR (same head, same fingerprint): its runs never feed a release
+    github_server.add_pull(7, head="tune", head_sha=pr_head, base_sha=base, head_repo="mallory/models")
+    github_server.merge_pull(7, squash)
+    assert attempt() == [("wine-mlp", "would train")]
+    # 3. a same-repository PR, but the artifact's run is not what GitHub says a trusted run is
+    github_server.pulls[7]["head_repo"] = me
+    github_server.artifacts.clear()
+    spoofs = [  # (run id, event, workflow path, head repository): each one thing wrong
+        (21, "pull_request", ".github/workflows/pr.yml", me),  # the PR's own copy of a workflow
+        (22, "pull_request_target", train_wf, "mallory/models"),  # a fork's training run
+        (23, "workflow_dispatch", train_wf, me),
+        (24, "pull_request_target", ".github/workflows/other.yml", me),
+    ]
+    for run_id, event, path, head_repo in spoofs:
+        github_server.add_workflow_run(run_id, path=path, event=event, head_sha=pr_head, head_repo=head_repo)
+        github_server.add_artifact(name, blob, run_id=run_id)
+    assert attempt() == [("wine-mlp", "would train")]
+    assert len(github_server.requests_matching("GET", r"/actions/runs/2[1-4]$")) >= 4, "each run's record was read"
+    assert not github_server.requests_matching("GET", r"/_artifacts/"), "nothing untrusted was downloaded"
+    # 4. the trusted run (pull_request_target of pr-train.yml at the PR head, this repository): reused
+    github_server.add_workflow_run(25, path=train_wf, event="pull_request_target", head_sha=pr_head)
+    github_server.add_artifact(name, blob, run_id=25)
+    assert attempt() == [] and trained == []
+    assert github_server.requests_matching("GET", rf"/commits/{squash}/pulls$")
     assert sorted(github_server.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
-    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+    assert (repo / "runs/wine-mlp" / run.name / "manifest.json").is_file()
 
 
 def test_rollback_on_github_pushes_the_branch_and_opens_the_pr(repo, github_env, github_server, monkeypatch, tmp_path):

@@ -584,6 +584,38 @@ class GitHubBackend(Backend):
             raise GitopsError(f"#{pr} is not a pull request of {self.repository}") from None
         return str((data.get("head") or {}).get("sha") or "")
 
+    def get_json(self, op: str, path: str, *, missing: Iterable[int] = (404,)) -> tuple[int, Any]:
+        """GET `path` (relative to the API root, e.g. `/repos/o/r/environments/x`) with retries.
+
+        Returns (200, JSON) or, for a status in `missing` (e.g. 403 a setting the token may not read, 404),
+        (status, None). Other failures raise like every call here (ServiceError: exit 3).
+        """
+        url = f"{self.api_url}{path}"
+        try:
+            _, data = self._call(op, lambda: self._requester.requestJsonAndCheck("GET", url), expect=tuple(missing))
+        except GithubException as e:
+            return int(e.status), None
+        return 200, data
+
+    def pulls_for_commit(self, sha: str) -> list[dict]:
+        """The pull requests GitHub associates with commit `sha` (GET /repos/{o}/{r}/commits/{sha}/pulls).
+
+        A merge commit, a squash commit and each rebased commit all name the PR they came from; so does a
+        commit of the PR's own branch. Each item is GitHub's PR JSON (number, merged_at, head.sha,
+        head.repo.full_name, base.ref). Empty when GitHub knows none (or the commit is unknown to it).
+        """
+        if not re.fullmatch(r"[0-9a-f]{40}", sha or ""):
+            raise UsageError(f"not a commit SHA: {sha!r}")
+        status, data = self.get_json(f"list pull requests of commit {sha[:12]}",
+                                     f"/repos/{self.repository}/commits/{sha}/pulls?per_page=100", missing=(404, 422))
+        return [p for p in data if isinstance(p, dict)] if status == 200 and isinstance(data, list) else []
+
+    def workflow_run(self, run_id: int) -> dict | None:
+        """GitHub's record of workflow run `run_id` (event, path, head_sha, head_repository, ...); None if gone."""
+        status, data = self.get_json(f"read workflow run {int(run_id)}",
+                                     f"/repos/{self.repository}/actions/runs/{int(run_id)}")
+        return data if status == 200 and isinstance(data, dict) else None
+
     def list_artifacts(self, name: str, run_id: int | None = None) -> list[dict]:
         """Unexpired Actions artifacts called `name` (of workflow run `run_id` if given), newest first.
 

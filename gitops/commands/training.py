@@ -15,6 +15,10 @@ import typer
 from gitops import config
 from gitops.cli_app import command, out
 
+TrackOption = Annotated[
+    bool | None,
+    typer.Option("--track/--no-track", help="Send the run to the trackers of gitops.yaml (default: when it lists any)."),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set train.optimizer.learning_rate=3e-4 (repeatable)."),
@@ -26,6 +30,10 @@ def train_cmd(
     model: Annotated[str, typer.Argument(help="Model name (folder under models/).")],
     overrides: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder of run folders.")] = Path("runs"),
+    trial: Annotated[
+        int | None,
+        typer.Option("--trial", min=0, help="Train trial N of the model's sweep.yaml (its --set lines, applied first)."),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run with this fingerprint exists.")] = False,
     dry_run: Annotated[
@@ -41,6 +49,7 @@ def train_cmd(
     process_id: Annotated[
         int | None, typer.Option("--process-id", min=0, help="Multi-host: this process's index (default: $JAX_PROCESS_ID).")
     ] = None,
+    track: TrackOption = None,
 ) -> None:
     """Train and evaluate a model into runs/<model>/<fingerprint>/ (a finished run is a cache hit).
 
@@ -51,13 +60,19 @@ def train_cmd(
 
     parallel.initialize(parallel.cluster_from(coordinator, num_processes, process_id))  # before jax lists devices
     root = config.find_root()
-    cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
+    name = config.model_name_from_arg(model, root)
+    if trial is not None:
+        from gitops import sweep
+
+        overrides = [*sweep.trial_overrides(name, root, trial), *(overrides or ())]
+    cfg = config.load(name, root, overrides or ())
     if dry_run:
         _dry_run(cfg, root)
         return
-    from gitops import train
+    from gitops import trackers, train
     from gitops.interrupt import RunInterrupted
 
+    sinks = trackers.specs_for(root, track) if parallel.is_primary() else []  # a missing extra fails before training
     reporter = _reporter()
     try:
         result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
@@ -72,6 +87,9 @@ def train_cmd(
         out(f"run: {result.run.path}")
     for name, value in sorted(result.metrics.items()):
         out(f"  {name}: {value:.4f}")
+    for name, outcome in trackers.track_run(root, result.run.path, sinks).items():  # never fails the command
+        if outcome.ok:
+            out(f"  {name}: {outcome.status}" + (f" {outcome.url}" if outcome.url else ""))
 
 
 def _dry_run(cfg: Any, root: Path) -> None:

@@ -216,6 +216,9 @@ class ModelServer:
         max_batch = state.current.max_batch_size if state.current else 32
         self.metrics = ServerMetrics(max(max_batch, 1024))
         self.batcher = Batcher(max_queue_rows=max_queue_rows, on_batch=self._on_batch)
+        from gitops.serve.generation import GenerationBatcher
+
+        self._generation_batcher = GenerationBatcher()
         state.on_switch = self._on_switch
         if state.current is not None:
             self._on_switch(state.current)
@@ -287,13 +290,13 @@ class ModelServer:
     async def models(self, request: Request) -> Response:
         rest = request.path_params["rest"]
         m = _PATH_RE.match(rest)
-        is_predict = rest.endswith(":predict")
+        is_predict = rest.endswith(":predict") or rest.endswith(":generate")
         route = "predict" if is_predict else ("metadata" if rest.endswith("/metadata") else "status")
         if not m:
             return self._fail(route, 404, f"no such endpoint /v1/models/{rest}")
         tail = m["tail"] or ""
-        if tail.startswith(":") and tail != ":predict":
-            return self._fail(route, 404, f"{tail[1:]} is not supported; use :predict")
+        if tail.startswith(":") and tail not in (":predict", ":generate"):
+            return self._fail(route, 404, f"{tail[1:]} is not supported; use :predict (or :generate)")
         want = "POST" if is_predict else "GET"
         if request.method != want:
             if is_predict:  # read the body so a kept-alive connection stays in step
@@ -303,6 +306,8 @@ class ModelServer:
             if is_predict:
                 await _drain(request, self.limits.max_body_bytes)
             return self._fail(route, 404, f"model {m['name']!r} is not served here (serving {self.state.model!r})")
+        if tail == ":generate":
+            return await self._generate(request, m["kind"], m["sel"])
         if is_predict:
             return await self._predict(request, m["kind"], m["sel"])
         if tail == "/metadata":
@@ -376,6 +381,46 @@ class ModelServer:
         response = Response(_dumps({out_key: y.tolist()}), media_type="application/json", headers=headers)
         self.metrics.latency.labels("predict").observe(time.perf_counter() - started)
         return self._count("predict", response)
+
+
+    async def _generate(self, request: Request, kind: str | None, sel: str | None) -> Response:
+        """Language models: text from prompts (gitops.serve.generation), batched or streamed."""
+        from starlette.responses import StreamingResponse
+
+        from gitops.serve import generation
+
+        started = time.perf_counter()
+        version, why = self._select(kind, sel)
+        try:
+            body = await read_body(request, self.limits.max_body_bytes)
+        except BadRequest as exc:
+            return self._fail("generate", exc.status, str(exc), {"Connection": "close"})
+        if version is None:
+            return self._fail("generate", 404 if why else 503, why or "no version is loaded yet; see /readyz")
+        loaded = version.extra.get("loaded")
+        if loaded is None:
+            return self._fail("generate", 400, f"{version.model} {version.version} is not a language model; use :predict")
+        try:
+            req = generation.parse_request(parse_json(body))
+            headers = {"X-Model-Version": version.version, "X-Model-Version-Number": str(version.number),
+                       "X-Model-Fingerprint": version.training_fingerprint[:12]}
+            if req.stream:
+                events = generation.stream(loaded, req)
+                first = await events.__anext__()  # a bad prompt fails here, as a 400, before any event
+
+                async def body_events():
+                    yield first
+                    async for event in events:
+                        yield event
+
+                return self._count("generate", StreamingResponse(body_events(), media_type="text/event-stream",
+                                                                 headers=headers))
+            done = await generation.generate(self._generation_batcher, loaded, req)
+        except (BadRequest, UsageError) as exc:
+            return self._fail("generate", 400, str(exc))
+        self.metrics.latency.labels("generate").observe(time.perf_counter() - started)
+        return self._count("generate", Response(_dumps({"generations": done}), media_type="application/json",
+                                                headers=headers))
 
 
 def _dumps(obj: Any) -> bytes:
