@@ -489,9 +489,11 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
 class Feed:
     """The training batches of one run: a Grain iterator whose state goes into every checkpoint.
 
-    `next()` returns this process's (x, y) of the next global batch; `state()` is the iterator's
-    `get_state()` (JSON) after the batches taken so far; `restore(state)` makes the next `next()` start
-    where that state left off (the checkpoint's `meta["data_iterator"]`).
+    `next()` returns this process's (x, y) of the next global batch. `state()` is what a checkpoint
+    keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
+    `restore(state)` makes the next `next()` continue from there: through Grain's `set_state` when the
+    worker count is the same, else (workers are not part of the fingerprint, so a resume may change
+    them) by starting the random-access pipeline at that batch, which yields the same batches.
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int, seed: int, process_index: int = 0,
@@ -501,33 +503,47 @@ class Feed:
         self.workers = dataset.workers if workers is None else workers
         self._it: Any = None
         self._pending: Mapping | None = None
+        self._start = 0  # batch the current iterator started at
+        self.taken = 0  # batches handed out since the start of training
 
     def restore(self, state: Mapping | None) -> None:
         self.close()
         self._pending = state
+        self.taken = int(state["batches"]) if state else 0
 
     def _iterator(self) -> Any:
         if self._it is None:
-            self._it = self.dataset.iterator(self.pipeline, workers=self.workers)
-            if self._pending is not None:
-                self._it.set_state(dict(self._pending))
-                self._pending = None
+            pending, self._pending = self._pending, None
+            if pending is not None and int(pending.get("workers", -1)) == self.workers:
+                self._start = 0
+                self._it = self.dataset.iterator(self.pipeline, workers=self.workers)
+                self._it.set_state(dict(pending["grain"]))
+            else:
+                self._start = self.taken
+                pipeline = self.pipeline[self._start:] if self._start else self.pipeline
+                self._it = self.dataset.iterator(pipeline, workers=self.workers)
         return self._it
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
         it = self._iterator()
         try:
-            return next(it)
+            batch = next(it)
         except GitopsError:
             raise
         except Exception as exc:  # noqa: BLE001 - Grain re-raises worker errors wrapped
             raise record_error(exc) from None
+        self.taken += 1
+        return batch
 
     def state(self) -> dict:
+        """The JSON state a checkpoint keeps (see the class docstring)."""
         if self._it is None:
-            return dict(self._pending) if self._pending is not None else dict(self.dataset.iterator(
-                self.pipeline, workers=0).get_state())
-        return dict(self._it.get_state())
+            if self._pending is not None:
+                return dict(self._pending)
+            self._iterator()
+        if self._start:  # an iterator started mid-stream: its own state counts from there
+            return {"grain": None, "workers": -1, "batches": self.taken}
+        return {"grain": self._it.get_state(), "workers": self.workers, "batches": self.taken}
 
     def close(self) -> None:
         it, self._it = self._it, None

@@ -347,3 +347,27 @@ def test_streaming_examples_report_release_and_predict_labels(trained_examples, 
     assert done.exit_code == 0, done.output
     predicted = [p["label"] for p in json.loads(done.output)["predictions"]]
     assert sum(p == kind for p, (kind, _) in zip(predicted, files, strict=True)) >= 16, predicted
+
+
+def test_feed_state_resumes_the_same_batches_with_the_same_or_another_worker_count(tmp_path: Path, monkeypatch) -> None:
+    from gitops import data
+
+    _image_repo(tmp_path, monkeypatch, per_class=8)
+    ds = data.load(config.load("shapes", tmp_path).data, tmp_path)
+    whole = streaming.Feed(ds, 4, seed=3)
+    batches = [whole.next()[0] for _ in range(9)]  # 14 training images: 3 batches per epoch, 3 epochs
+    whole.close()
+    first = streaming.Feed(ds, 4, seed=3)
+    for _ in range(4):
+        first.next()
+    saved = json.loads(json.dumps(first.state()))  # what a checkpoint's meta keeps
+    first.close()
+    assert saved["batches"] == 4 and saved["workers"] == 0 and saved["grain"]
+    for state in (saved, {**saved, "workers": 2}):  # Grain's set_state, then the start-at-batch path
+        again = streaming.Feed(ds, 4, seed=3)
+        again.restore(state)
+        rest = [again.next()[0] for _ in range(5)]
+        assert again.state()["batches"] == 9
+        again.close()
+        for a, b in zip(rest, batches[4:], strict=True):
+            assert np.array_equal(a, b)
