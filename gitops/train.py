@@ -885,11 +885,15 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
 
 def _probe_input(session: Session, batches: int) -> tuple[float, tuple[Any, Any]]:
     """(examples/s of the input pipeline after its first batch, the first batch)."""
-    first = session.feed.next()  # starts workers and fills buffers: not timed
+    first = session.feed.next()  # starts the workers: not timed
+    feed = session.feed
+    for _ in range(feed.workers * max(1, feed.dataset.prefetch)):  # every worker up and its buffer drained once
+        feed.next()
     t0 = time.perf_counter()
-    examples = 0
-    for _ in range(batches):
-        x, _ = session.feed.next()
+    examples = taken = 0
+    while taken < batches or (time.perf_counter() - t0 < 1.0 and taken < 64):  # at least ~1 s of reading
+        x, _ = feed.next()
         examples += len(x)
+        taken += 1
     return examples / max(time.perf_counter() - t0, 1e-9), first
 
