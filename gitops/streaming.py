@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -221,6 +222,14 @@ class BlockOrder:
         self.bounds = np.concatenate([[0], cuts, [len(self.indexes)]]).astype(np.int64)
         self.seed, self.per_epoch = int(seed), int(per_epoch)
         self._epoch: int | None = None
+        self._lock = threading.Lock()  # Grain's reader threads share this object and its cached plan
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lock": None, "_epoch": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def _plan(self, epoch: int) -> None:
         rng = np.random.default_rng([self.seed, epoch])
@@ -230,6 +239,10 @@ class BlockOrder:
         self._epoch, self._group, self._perm = epoch, None, None
 
     def __call__(self, position: int, _element: Any = None) -> int:
+        with self._lock:
+            return self._index(position)
+
+    def _index(self, position: int) -> int:
         epoch, k = divmod(int(position), self.per_epoch)
         if epoch != self._epoch:
             self._plan(epoch)
