@@ -28,6 +28,7 @@ import numpy as np
 from gitops.errors import GitopsError
 
 IMAGE_MODES = {1: "L", 3: "RGB"}
+_NPZ_LOCK = threading.Lock()
 
 
 class RecordError(GitopsError):
@@ -180,7 +181,9 @@ class ArrayRecordSource:
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raw = self._open()[int(index)]
         try:
-            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            # one decode at a time per process: numpy parses .npy headers with ast.literal_eval, and
+            # CPython 3.11's parser fails under concurrent threads ("AST constructor recursion depth mismatch")
+            with _NPZ_LOCK, np.load(io.BytesIO(raw), allow_pickle=False) as npz:
                 x, y = npz[self.x_key], npz[self.y_key]
         except (KeyError, ValueError, OSError) as exc:
             raise RecordError(f"record {index} of {', '.join(self.files[:3])}: not an .npz with arrays "
