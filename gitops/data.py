@@ -25,6 +25,7 @@ from gitops import config as config_lib
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, TrainingError
 from gitops.registry import Registry
+from gitops.tree import inside_repository
 
 # Seed of generated datasets (moons, blobs, sequences): fixed, so the data is part of the spec, and
 # kept apart from the split seed and the training seed.
@@ -113,7 +114,7 @@ def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.nd
 @DATASETS.register("file")
 def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """A .npz (arrays named x_key/y_key) or .npy (2-D; the last column is the label) in the repository."""
-    path = (root / params["path"]).resolve()
+    path = inside_repository(root, params["path"], "data file")
     if not path.is_file():
         raise TrainingError(f"data file {params['path']} not found under {root}")
     actual = sha256_file(path)

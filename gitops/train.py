@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -62,6 +61,14 @@ class Reporter(Protocol):
     def start(self, total_steps: int, start_step: int) -> None: ...
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None: ...
     def finish(self) -> None: ...
+    # Optional: `timing(step, what, seconds)` hears how long each evaluation ("eval") and checkpoint
+    # save ("checkpoint") took; those seconds are never counted in the steps/s `log` receives.
+
+
+def _timing(reporter: Any, step: int, what: str, seconds: float) -> None:
+    hook = getattr(reporter, "timing", None)
+    if hook is not None:
+        hook(step, what, seconds)
 
 
 class SilentReporter:
@@ -103,21 +110,27 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(root: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) of the repository at `root`; (None, None) when it is not a git repository."""
+def git_state(root: Path, model_paths: list[str] | None = None) -> tuple[str | None, bool | None, list[str]]:
+    """(HEAD commit, dirty, uncommitted paths) of the repository at `root` (see `gitutil.lineage`)."""
+    from gitops import gitutil
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
+    try:
+        return gitutil.lineage(root, model_paths or [])
+    except OSError:  # no git executable
+        return None, None, []
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), (bool(status.strip()) if status is not None else None)
+
+def model_folders(cfg: Any) -> list[str]:
+    """`models/<name>` and every folder its files' `extends` chains read, relative to the repository root."""
+    import re
+
+    folders = {f"models/{cfg.name}"}
+    for chain in dict(getattr(cfg, "files", None) or {}).values():
+        for label in chain:
+            found = re.search(r"(?:^|/|:)models/([a-z][a-z0-9-]*)/[a-z]+\.yaml$", str(label))
+            if found:
+                folders.add(f"models/{found.group(1)}")
+    return sorted(folders)
 
 
 def _now() -> str:
@@ -445,7 +458,7 @@ def _direction(metric: str) -> bool:
 def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
     import jax
 
-    commit, dirty = git_state(root)
+    commit, dirty, uncommitted = git_state(root, model_folders(cfg))
     devices = jax.devices()
     return {
         "model": cfg.name,
@@ -455,6 +468,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "data_fingerprint": cfg.data_fingerprint,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_uncommitted": uncommitted,
         "packages": package_versions(),
         "device_kind": devices[0].device_kind,
         "device_count": jax.device_count(),
@@ -576,7 +590,9 @@ def train_and_evaluate(
     acc, bad, reset = session.zero_metrics(), session.no_divergence(), False
     t0 = time.perf_counter()
     start_step = step
-    window_t, window_step = t0, step
+    window_train_s, window_step = 0.0, step  # steps/s counts training time only (not eval or saves)
+    spent = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    compiled: set[int] = set()  # chunk lengths whose step is compiled
     reporter.start(total, step)
 
     def elapsed() -> float:
@@ -604,23 +620,30 @@ def train_and_evaluate(
         while step < total and not stopped:
             target = min(_next_multiple(step, log_every), _next_multiple(step, eval_every),
                          _next_multiple(step, ckpt_every), total)
+            t_train = time.perf_counter()
             while step < target and not ctrl_c.requested:
                 length = min(session.chunk, target - step)
+                t_call = time.perf_counter()
                 acc, bad = session.run_chunk(step, length, acc, bad, reset)
+                if length not in compiled:  # a new chunk length compiles (synchronously): apart from steps/s
+                    compiled.add(length)
+                    t_train += (compile_s := time.perf_counter() - t_call)
+                    _timing(reporter, step, "compile", compile_s)
                 reset = False
                 step += length
             if ctrl_c.requested and step < target:  # at an event step, the event runs first
                 raise StopRequested
             host_acc, host_bad = parallel.fetch((acc, bad))  # the one sync per event
+            window_train_s += time.perf_counter() - t_train
+            spent["train"] += time.perf_counter() - t_train
             _divergence(host_bad)
             records = []
             epoch = round(step / session.steps_per_epoch, 4)
             if step % log_every == 0 or step == total:
                 train_metrics = metrics_lib.finalize(host_acc)
                 reset = True
-                now = time.perf_counter()
-                rate = (step - window_step) / max(now - window_t, 1e-9)
-                window_t, window_step = now, step
+                rate = (step - window_step) / max(window_train_s, 1e-9)
+                window_train_s, window_step = 0.0, step
                 record = {"step": step, "epoch": epoch, "split": "train", **train_metrics,
                           "learning_rate": float(session.schedule(step)), "time": round(elapsed(), 4)}
                 records.append(record)
@@ -628,7 +651,10 @@ def train_and_evaluate(
             val_metrics: dict[str, float] = {}
             is_best = False
             if step % eval_every == 0 or step == total:
+                t_eval = time.perf_counter()
                 val_metrics = session.evaluate("val")
+                spent["eval"] += (eval_s := time.perf_counter() - t_eval)
+                _timing(reporter, step, "eval", eval_s)
                 if val_metrics:
                     records.append({"step": step, "epoch": epoch, "split": "val", **val_metrics, "time": round(elapsed(), 4)})
                     reporter.log(step, records[-1], 0.0)
@@ -648,7 +674,10 @@ def train_and_evaluate(
             if records:
                 run.append_history(records)
             if step % ckpt_every == 0 or step == total or stopped or is_best:
+                t_save = time.perf_counter()
                 save(step, val_metrics, stopped)
+                spent["checkpoint"] += (save_s := time.perf_counter() - t_save)
+                _timing(reporter, step, "checkpoint", save_s)
     except StopRequested:  # the first Ctrl-C (a second one raises KeyboardInterrupt: no checkpoint)
         _divergence(parallel.fetch(bad))  # a diverged state is not worth resuming from
         try:
@@ -687,6 +716,10 @@ def train_and_evaluate(
         finished_at=_now(),
         wall_time_s=round(elapsed(), 3),
         steps_per_second=round((step - start_step) / loop_time, 2) if step > start_step and loop_time > 0 else None,
+        train_steps_per_second=(round((step - start_step) / spent["train"], 2)
+                                if step > start_step and spent["train"] > 0 else None),
+        eval_time_s=round(spent["eval"], 3),
+        checkpoint_time_s=round(spent["checkpoint"], 3),
         stopped_early=stopped and step < total,
     )
     run.write_manifest(manifest)

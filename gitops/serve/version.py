@@ -187,7 +187,9 @@ def folder_identity(model_dir: Path) -> tuple[str, str]:
         raise GitopsError(f"{model_dir}: not a run folder or pulled release (no readable manifest.json)",
                           exit_code=2) from None
     model = manifest.get("model") or model_dir.parent.name
-    version = _released_as(model_dir) or f"run-{str(manifest.get('training_fingerprint', ''))[:12] or 'unknown'}"
+    fingerprint = manifest.get("training_fingerprint")
+    fingerprint = fingerprint[:12] if isinstance(fingerprint, str) and fingerprint else "unknown"
+    version = _released_as(model_dir) or f"run-{fingerprint}"
     return model, version
 
 
