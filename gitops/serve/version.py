@@ -220,7 +220,9 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     task = pre.get("task") or loaded.config.task
     input_shape = tuple(int(d) for d in pre["input_shape"])
     n_out = pre.get("num_outputs") or pre.get("num_classes") or 1
-    labels = tuple(loaded.config.release.labels or ())
+    from gitops.predict import class_labels
+
+    labels = tuple(class_labels(loaded))
     if task == "classification":
         return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
     if task == "language_modeling":  # :predict gives next-token logits at every position; :generate gives text
