@@ -37,6 +37,9 @@ def _root(
 ) -> None:
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    from gitops import logs
+
+    logs.setup_command()  # library warnings (e.g. an unreadable registry tag) as `warning: ...` lines
 
 
 def debug_enabled() -> bool:

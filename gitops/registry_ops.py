@@ -159,9 +159,12 @@ def _create_counted(backend: Backend, make_name, commit: str, message: str, mode
     raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
 
 
-def promote(backend: Backend, ref: str, stage: str) -> str:
-    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
-    tags.check_stage(stage)
+def promote(backend: Backend, ref: str, stage: str, *, root: Path | None = None) -> str:
+    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto assign` checks).
+    """
+    _check_stage(stage, root)
     st, version = resolve(backend, ref)
     if st.stages.get(stage) == version.version:
         raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
@@ -169,9 +172,12 @@ def promote(backend: Backend, ref: str, stage: str) -> str:
     return _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
 
 
-def demote(backend: Backend, model: str, stage: str) -> str:
-    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit."""
-    tags.check_stage(stage)
+def demote(backend: Backend, model: str, stage: str, *, root: Path | None = None) -> str:
+    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto unassign` checks).
+    """
+    _check_stage(stage, root)
     st = state(backend, model)
     holder = st.stages.get(stage)
     if holder is None:
@@ -179,6 +185,14 @@ def demote(backend: Backend, model: str, stage: str) -> str:
     version = st.versions[holder]
     message = f"Demote {model} {holder} from {stage}\n\nversion: {holder}\n"
     return _create_counted(backend, lambda n: tags.unassign_tag(model, stage, n), version.commit, message, model)
+
+
+def _check_stage(stage: str, root: Path | None) -> None:
+    tags.check_stage(stage)
+    if root is not None:
+        from gitops import gto_config
+
+        gto_config.load(root).check_stage(stage)
 
 
 def deprecate(backend: Backend, ref: str, root: Path) -> str:
@@ -222,6 +236,7 @@ def history(backend: Backend, model: str) -> dict:
             "commit": v.commit,
             "tag": v.tag,
             "active": v.active,
+            "prerelease": v.prerelease,
             "stages": sorted(v.stages),
             "bump": meta.get("bump"),
             "reason": meta.get("reason") or _first_line(v.message),
@@ -259,6 +274,8 @@ def format_history(doc: dict) -> str:
         flags = []
         if not v["active"]:
             flags.append("deregistered")
+        if v.get("prerelease"):
+            flags.append("pre-release")
         flags += [f"[{s}]" for s in v["stages"]]
         lines.append(
             f"  {v['version']:<9} {v['date'][:19].replace('T', ' ')}  {v['commit'][:10]}  {head:<24} "

@@ -312,7 +312,7 @@ def promote_cmd(
 
     root = config.find_root()
     backend = _backend(backend_name, root)
-    tag = registry_ops.promote(backend, ref, to)
+    tag = registry_ops.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     out(tag)
@@ -328,7 +328,7 @@ def demote_cmd(
     from gitops import registry_ops
 
     root = config.find_root()
-    out(registry_ops.demote(_backend(backend_name, root), model, stage))
+    out(registry_ops.demote(_backend(backend_name, root), model, stage, root=root))
 
 
 @command("deprecate")

@@ -95,7 +95,8 @@ class ModelData:
 
     @property
     def latest(self) -> VersionData | None:
-        active = [v for v in self.versions if v.active]
+        """The highest active release; a pre-release never is (exact references only)."""
+        active = [v for v in self.versions if v.active and not v.semver.is_prerelease]
         return active[-1] if active else None
 
     @property
