@@ -192,6 +192,20 @@ def test_promote_refuses_a_stage_with_a_trailing_newline(repo):
     assert not [t for t in LocalBackend(repo).list_tags() if "staging" in t.name]
 
 
+def test_schema_patterns_match_whole_strings_in_files_settings_and_handed_over_reports(repo):
+    from gitops import report
+
+    edit(repo, "models/wine-mlp/release.yaml", "headline_metric: test/accuracy", 'headline_metric: "test/accuracy\\n"')
+    result = CliRunner().invoke(app, ["validate", "models/wine-mlp"])
+    assert result.exit_code == 1, result.output
+    assert "release.headline_metric: 'test/accuracy\\n' does not match the pattern" in result.output
+    doc = {"version": 1, "head_sha": "a" * 40 + "\n", "pr": None, "ok": True, "models": []}
+    with pytest.raises(Exception, match="schema"):  # a fork's report.json: the head must be 40 hex, whole
+        report.validate_report_json(json.dumps(doc), head_sha=None, pr=1)
+    doc["head_sha"] = "a" * 40
+    report.validate_report_json(json.dumps(doc), head_sha=None, pr=1)
+
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 

@@ -37,8 +37,8 @@ from gitops.serve.version import VERSION_RE, ServedVersion, Signature
 
 log = logging.getLogger("gitops.serve")
 
-_PATH_RE = re.compile(
-    r"^(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<sel>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?$"
+_PATH_RE = re.compile(  # fullmatch only: `$` would also match before a final newline
+    r"(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<sel>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?"
 )
 
 
@@ -200,7 +200,7 @@ def metadata(version: ServedVersion, stage: str | None) -> dict:
 def _matches(version: ServedVersion, sel: str) -> bool:
     if sel == str(version.number) and version.number:
         return True
-    if VERSION_RE.match(sel) and VERSION_RE.match(version.version):
+    if VERSION_RE.fullmatch(sel) and VERSION_RE.fullmatch(version.version):
         return sel.lstrip("v") == version.version.lstrip("v")
     return sel == version.version
 
@@ -286,7 +286,7 @@ class ModelServer:
     # --- /v1/models/... ---
     async def models(self, request: Request) -> Response:
         rest = request.path_params["rest"]
-        m = _PATH_RE.match(rest)
+        m = _PATH_RE.fullmatch(rest)
         is_predict = rest.endswith(":predict")
         route = "predict" if is_predict else ("metadata" if rest.endswith("/metadata") else "status")
         if not m:

@@ -17,7 +17,7 @@ import numpy as np
 
 from gitops.errors import GitopsError
 
-VERSION_RE = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+VERSION_RE = re.compile(r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")  # fullmatch only
 
 
 def version_number(version: str) -> int:
@@ -26,7 +26,7 @@ def version_number(version: str) -> int:
     MAJOR * 1_000_000 + MINOR * 1_000 + PATCH, so integers order like versions while MINOR and PATCH
     stay below 1000 (a larger part raises: the mapping would collide).
     """
-    m = VERSION_RE.match(version)
+    m = VERSION_RE.fullmatch(version)
     if not m:
         return 0
     major, minor, patch = (int(g) for g in m.groups())

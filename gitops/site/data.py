@@ -156,7 +156,8 @@ def collect_registry(root: Path, backend: Backend, cache: Path | None = None) ->
                 break
         if model.versions or model.events:
             models.append(model)
-    as_of = max((e.date for m in models for e in m.events), default="")
+    # the newest instant, not the largest text: tagger dates carry offsets
+    as_of = max((e.date for m in models for e in m.events), key=lambda d: tags.instant(d) or 0.0, default="")
     return RegistryData(models, backend.name, as_of)
 
 
