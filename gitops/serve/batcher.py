@@ -25,7 +25,6 @@ import numpy as np
 
 from gitops.serve.version import ServedVersion
 
-
 INLINE_MAX_S = 0.001  # a predict this short (at warm-up) may block the event loop for a lone request
 
 
