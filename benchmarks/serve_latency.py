@@ -167,8 +167,8 @@ def run_load(url: str, body: str, requests: int, concurrency: int, time_cap: flo
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def direct(run: Path, x, repeats: int, batch: int) -> float:
-    """Instances per second calling the loaded model's predict (jitted forward) on `batch` rows."""
+def direct(run: Path, x, repeats: int, batch: int) -> tuple[float, float]:
+    """(instances per second, median seconds per call) calling the loaded model's predict on `batch` rows."""
     import numpy as np
 
     from gitops import api
@@ -177,11 +177,14 @@ def direct(run: Path, x, repeats: int, batch: int) -> float:
     xb = np.repeat(x[:1], batch, axis=0)
     for _ in range(5):
         loaded.predict(xb)
-    t0 = time.perf_counter()
     n = max(1, repeats // batch)
+    calls = []
+    t0 = time.perf_counter()
     for _ in range(n):
+        t = time.perf_counter()
         loaded.predict(xb)
-    return n * batch / (time.perf_counter() - t0)
+        calls.append(time.perf_counter() - t)
+    return n * batch / (time.perf_counter() - t0), statistics.median(calls)
 
 
 def main() -> None:
@@ -255,8 +258,8 @@ def main() -> None:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        direct1 = direct(run, x, min(args.requests * 5, 5000), 1)
-        direct16 = direct(run, x, min(args.requests * 5, 20000), args.concurrency)
+        direct1, direct1_p50 = direct(run, x, min(args.requests * 5, 5000), 1)
+        direct16, _ = direct(run, x, min(args.requests * 5, 20000), args.concurrency)
 
     def rate(res: dict) -> float:
         return len(res["latencies"]) / res["elapsed"] if res["elapsed"] and res["latencies"] else 0.0
@@ -276,6 +279,12 @@ def main() -> None:
     print(line("served batch 1 (concurrency 1)", one))
     print(f"ideal batch 1 = 1 / (bare latency {bare_latency * 1e6:.0f} us + direct call {1e6 / direct1:.0f} us) "
           f"= {ideal:,.0f} requests/s; served / ideal ratio: {rate(one) / ideal:.3f} (goal >= 0.8)")
+    bare_p50 = percentile(bare_one["latencies"], 50)
+    ideal_p50 = bare_p50 + direct1_p50
+    served_p50 = percentile(one["latencies"], 50)
+    print(f"the same from medians (robust on a busy machine): ideal {ideal_p50 * 1e6:.0f} us = bare p50 "
+          f"{bare_p50 * 1e6:.0f} us + direct p50 {direct1_p50 * 1e6:.0f} us; served p50 {served_p50 * 1e6:.0f} us; "
+          f"ratio {ideal_p50 / served_p50:.3f}")
     print(line(f"bare endpoint concurrency {args.concurrency}", bare_many))
     print(line(f"served concurrency {args.concurrency} (dynamic batching)", many))
     print(f"dynamic batching: mean executed batch {batch_mean:.1f} rows; served / bare ratio at concurrency "
