@@ -143,6 +143,15 @@ def test_one_prerelease_tag_breaks_nothing(repo, tmp_path):
     assert report.baseline_from_release(repo, LocalBackend(repo), "wine-mlp").version == "v1.2.0"
 
 
+def test_build_metadata_versions_make_valid_image_tags_and_labels():
+    from gitops import deploy
+
+    assert deploy.image_name("m1", "v1.2.0+build.7") == "gitops-m1:v1.2.0_build.7"
+    docs = deploy.kubernetes("m1", "v1.2.0-rc.1+b", "img", deploy.DeployOptions())
+    labels = [d["metadata"]["labels"]["app.kubernetes.io/version"] for d in docs.values() if "labels" in d["metadata"]]
+    assert labels and set(labels) == {"v1.2.0-rc.1_b"}
+
+
 # --- fault 8: .gto's allowed stages ----------------------------------------------------------------
 
 

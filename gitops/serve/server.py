@@ -42,7 +42,7 @@ from gitops.errors import UsageError
 from gitops.serve.batcher import Batcher, Overloaded
 from gitops.serve.follower import Follower, ServingState
 from gitops.serve.metrics import ServerMetrics
-from gitops.serve.version import VERSION_RE, ServedVersion, Signature
+from gitops.serve.version import ServedVersion, Signature
 
 log = logging.getLogger("gitops.serve")
 
@@ -271,8 +271,11 @@ def metadata(version: ServedVersion, stage: str | None) -> dict:
 def _matches(version: ServedVersion, sel: str) -> bool:
     if sel == str(version.number) and version.number:
         return True
-    if VERSION_RE.fullmatch(sel) and VERSION_RE.fullmatch(version.version):
-        return sel.lstrip("v") == version.version.lstrip("v")
+    from gitops.tags import SemVer  # `1.2.0-rc.1` and `v1.2.0-rc.1` name the same version
+
+    a, b = SemVer.try_parse(sel), SemVer.try_parse(version.version)
+    if a is not None and b is not None:
+        return str(a) == str(b)
     return sel == version.version
 
 
