@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 _OWNED = "_gitops_owned"  # marks the handlers installed here, so a second setup replaces them
 SERVE_LOGGERS = ("gitops", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
@@ -79,12 +80,26 @@ def _install(logger_names: tuple[str, ...], handler: logging.Handler, level: int
         logger.propagate = False
 
 
-def setup_command() -> None:
-    """Warnings of the `gitops.*` loggers to stderr as `warning: ...`, each once (one per command)."""
+def setup_command() -> Callable[[], None]:
+    """Warnings of the `gitops.*` loggers to stderr as `warning: ...`, each once (one per command).
+
+    Not propagated to the root logger (libraries such as absl install a root handler, which would
+    print each line twice). Returns the function that undoes it, for the end of the command, so a
+    process running several commands (tests, notebooks) is left as it was.
+    """
+    logger = logging.getLogger("gitops")
+    before = (logger.level, logger.propagate)
     handler = _Stderr(logging.WARNING)
     handler.setFormatter(_CommandFormatter())
     handler.addFilter(_Once())
-    _install(("gitops",), handler, logging.WARNING)
+    _install(("gitops",), handler, logger.level)
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+    return restore
 
 
 def setup_serve(level: str = "info", *, as_json: bool = False) -> logging.Handler:

@@ -78,7 +78,7 @@ def test_semver_precedence_follows_the_specification():
         assert tags.SemVer.try_parse(bad) is None, bad
 
 
-def test_prereleases_are_exact_reference_only_and_ambiguous_or_unreadable_tags_are_skipped(caplog):
+def test_prereleases_are_exact_reference_only_and_ambiguous_or_unreadable_tags_are_skipped():
     ts = [
         _t("m1@v1.0.0", "c1", "2026-01-01T00:00:00Z"),
         _t("m1@v1.1.0+build.1", "c2", "2026-01-02T00:00:00Z"),
@@ -103,7 +103,6 @@ def test_prereleases_are_exact_reference_only_and_ambiguous_or_unreadable_tags_a
     for name in ("m1@v1.1.0+build.2", "m1@v1.3", "m1@v1.4.0", "m1#qa#1"):
         assert name in joined, name
     assert states["m2"].latest().version == "v3.0.0" and states["m2"].warnings == []
-    assert "m1@v1.3" in caplog.text  # logged for the command line / the server's log
     only_pre = tags.model_state([_t("m3@v1.0.0-rc.1", "e1", "2026-01-01T00:00:00Z")], "m3")
     with pytest.raises(UsageError, match="m3@v1.0.0-rc.1"):
         tags.resolve_ref(only_pre, tags.parse_ref("m3"))
