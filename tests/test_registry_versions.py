@@ -214,6 +214,18 @@ def test_schema_patterns_match_whole_strings_in_files_settings_and_handed_over_r
     report.validate_report_json(json.dumps(doc), head_sha=None, pr=1)
 
 
+def test_numbers_read_from_text_are_ascii_digits_only():
+    from gitops import parallel
+    from gitops.doctor import check_coordinator
+    from gitops.site.data import _int
+
+    assert "\u00b2".isdigit()  # why isdigit() alone is not enough: int("\u00b2") raises
+    assert _int("\u00b2") is None and _int("12") == 12
+    assert not check_coordinator("host:\u00b2", 0, timeout=0.1).ok
+    with pytest.raises(UsageError, match="HOST:PORT"):
+        parallel.cluster_from("host:\u00b2", 2, 0, env={})
+
+
 # --- helpers ---------------------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -225,7 +226,7 @@ def fetch_runs_cmd(
     from gitops import artifacts
 
     root = config.find_root()
-    if run_id is None and os.environ.get("GITHUB_RUN_ID", "").isdigit():
+    if run_id is None and re.fullmatch("[0-9]+", os.environ.get("GITHUB_RUN_ID", "")):
         run_id = int(os.environ["GITHUB_RUN_ID"])
     items = artifacts.matrix_items(matrix)
     backend = None
