@@ -105,3 +105,44 @@ def pr_labels_from_event(path: str | None) -> list[str]:
         return []
     labels = (event.get("pull_request") or {}).get("labels") or []
     return [label.get("name", "") for label in labels if isinstance(label, dict)]
+
+
+def trial_costs(root, head: str, model: str, trials: list[dict]) -> list[Cost]:
+    """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines)."""
+    from gitops import config
+    from gitops.tree import GitTree
+
+    tree = GitTree(root, head)
+    rate = measured_rate(root, model)
+    costs = []
+    for trial in trials:
+        cfg = config.load(model, root, trial["set"], tree=tree)
+        steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
+        costs.append(Cost(f"{model} trial #{trial['trial']}", steps * cfg.train.repeats if steps else None, rate))
+    return costs
+
+
+def fit_sweeps(base: list[Cost], sweeps: list, budgets: Budgets, costs_of: Callable[[object], list[Cost]]) -> list[Cost]:
+    """All costs of a plan with sweeps; a sweep with `over_budget: sample` keeps a seeded sample that fits.
+
+    Sampling keeps the most trials (k) for which the plan is within budget, chosen by
+    `random.Random(seed).sample` and listed in trial order; the sweep records how many it had.
+    With no k > 0 that fits, every trial stays and the budget refuses the plan as usual.
+    """
+    import random
+
+    total = list(base)
+    for sweep_plan in sweeps:
+        costs = costs_of(sweep_plan)
+        if sweep_plan.over_budget == "sample" and violations(total + costs, budgets):
+            n = len(sweep_plan.trials)
+            picks = random.Random(sweep_plan.seed).sample(range(n), n)
+            for k in range(n - 1, 0, -1):
+                keep = sorted(picks[:k])
+                if not violations(total + [costs[i] for i in keep], budgets):
+                    sweep_plan.sampled_from = n
+                    sweep_plan.trials = [sweep_plan.trials[i] for i in keep]
+                    costs = [costs[i] for i in keep]
+                    break
+        total += costs
+    return total

@@ -46,6 +46,7 @@ class Plan:
     train: list[ModelChange] = field(default_factory=list)
     release_only: list[ModelChange] = field(default_factory=list)
     deleted: list[ModelChange] = field(default_factory=list)
+    sweeps: list[SweepPlan] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -54,11 +55,40 @@ class Plan:
             "train": [c.as_dict() for c in self.train],
             "release_only": [c.as_dict() for c in self.release_only],
             "deleted": [{"model": c.model, "reason": c.reason} for c in self.deleted],
+            "sweeps": [s.as_dict() for s in self.sweeps],
             "matrix": self.matrix(),
         }
 
     def matrix(self) -> dict:
-        return {"include": [{"model": c.model, "fingerprint": c.fingerprint[:12]} for c in self.train]}
+        entries = [{"model": c.model, "fingerprint": c.fingerprint[:12]} for c in self.train]
+        seen = {(c.model, c.fingerprint[:12]) for c in self.train}
+        for sweep_plan in self.sweeps:
+            for trial in sweep_plan.trials:
+                key = (sweep_plan.model, trial["fingerprint"][:12])
+                if key not in seen:  # a trial equal to the model's own config trains once
+                    seen.add(key)
+                    entries.append({"model": sweep_plan.model, "fingerprint": trial["fingerprint"][:12],
+                                    "trial": trial["trial"]})
+        return {"include": entries}
+
+
+@dataclass
+class SweepPlan:
+    """A model's new or changed sweep: every trial trains (cached ones cost nothing)."""
+
+    model: str
+    reason: str
+    metric: str
+    trials: list[dict]  # {trial, fingerprint, set}
+    sampled_from: int | None = None  # the full number of trials when `over_budget: sample` cut them
+    over_budget: str = "refuse"
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        return {"model": self.model, "reason": self.reason, "metric": self.metric,
+                "trials": [{**t, "fingerprint": t["fingerprint"][:12], "training_fingerprint": t["fingerprint"]}
+                           for t in self.trials],
+                "sampled_from": self.sampled_from}
 
 
 # --- config diffs ------------------------------------------------------------------------------
@@ -215,7 +245,40 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
                                                    config_diff(before.as_dict(), cfg.as_dict())))
     for name in sorted(old_names - set(config.model_names(head_tree))):
         result.deleted.append(ModelChange(name, "model folder removed"))
+    result.sweeps = _sweeps(base_tree, head_tree, new, old_names)
     return result
+
+
+def _sweeps(base_tree: Tree, head_tree: Tree, new: dict[str, config.ResolvedConfig],
+            old_names: set[str]) -> list[SweepPlan]:
+    """Sweeps whose sweep.yaml is new or changed (its content, not its comments): all their trials.
+
+    Only an edit of sweep.yaml runs a sweep again: a PR that changes the model's other files trains
+    the model alone, and committing the winner (`gitops sweep apply`) trains nothing new, since the
+    model's fingerprint is then the winning trial's, whose run already exists.
+    """
+    from gitops import sweep
+
+    plans = []
+    for name, cfg in sorted(new.items()):
+        relpath = sweep.sweep_path(name)
+        head_content = _content(head_tree, relpath)
+        if is_missing(head_content):
+            continue
+        if name in old_names and _content(base_tree, relpath) == head_content:
+            continue
+        head_sweep, problems = sweep.load(name, head_tree)
+        if problems:
+            raise ConfigError(problems)
+        resolved, problems = sweep.resolve_trials(head_sweep, head_tree)
+        if problems:
+            raise ConfigError(problems)
+        was = name in old_names and not is_missing(_content(base_tree, relpath))
+        reason = "sweep.yaml changed" if was else "sweep.yaml added"
+        trials = [{"trial": t.index, "fingerprint": c.training_fingerprint, "set": t.overrides()} for t, c in resolved]
+        plans.append(SweepPlan(name, reason, sweep.metric_of(head_sweep, cfg), trials,
+                               over_budget=head_sweep.over_budget, seed=head_sweep.seed))
+    return plans
 
 
 def write_github_output(result: Plan, path: str | None = None) -> None:
@@ -226,7 +289,7 @@ def write_github_output(result: Plan, path: str | None = None) -> None:
     matrix = json.dumps(result.matrix(), separators=(",", ":"))
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(f"matrix={matrix}\n")
-        fh.write(f"has_train={'true' if result.train else 'false'}\n")
+        fh.write(f"has_train={'true' if result.matrix()['include'] else 'false'}\n")
 
 
 def format_diff(result: Plan) -> str:
@@ -239,6 +302,11 @@ def format_diff(result: Plan) -> str:
                 lines.append(f"  {key}: {show_value(a)} -> {show_value(b)}")
     for change in result.deleted:
         lines.append(f"{change.model} (deleted)")
+    for sweep_plan in result.sweeps:
+        lines.append(f"{sweep_plan.model} (sweep: {len(sweep_plan.trials)} trial(s) ranked by {sweep_plan.metric}: "
+                     f"{sweep_plan.reason})")
+        for trial in sweep_plan.trials:
+            lines.append(f"  #{trial['trial']}: " + " ".join(f"--set {line}" for line in trial["set"]))
     if not lines:
         lines.append(f"no model changed between {result.base[:12]} and "
                      f"{result.head if result.head == 'working tree' else result.head[:12]}")

@@ -70,6 +70,7 @@ class ModelReport:
     git_commit: str = ""
     training_fingerprint: str = ""
     repeats: int = 1  # seeds behind each value of this run (metrics are their means)
+    sweep: dict | None = None  # {"markdown", "json", "best_trial"} when this run is a sweep's best trial
 
     @property
     def ok(self) -> bool:
@@ -329,7 +330,9 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
         else:
             base = baseline_from_folder(Path(baseline))
         reports.append(build_model_report(info, base))
-    return Report(reports, head_sha, pr)
+    from gitops.sweep_results import attach_to_report
+
+    return Report(attach_to_report(root, reports), head_sha, pr)
 
 
 def _pr_from_event() -> int | None:
@@ -391,7 +394,11 @@ def _seeds(n: int) -> str:
 def model_markdown(m: ModelReport) -> str:
     b = m.baseline
     title = f"### {'✅' if m.ok else '❌'} `{m.model}`"
+    if m.sweep and m.sweep.get("best_trial") is not None:
+        title += f" — best sweep trial #{m.sweep['best_trial']}"
     lines = [title, ""]
+    if m.sweep:
+        lines += [m.sweep["markdown"], ""]
     if b.source == "none":
         lines.append(f"No baseline: {b.note or m.model + ' has no release yet'}.")
     else:
@@ -503,6 +510,7 @@ def as_json(report: Report) -> dict:
                 "steps": m.steps,
                 "steps_per_s": m.steps_per_s,
                 "git_commit": m.git_commit,
+                "sweep": m.sweep["json"] if m.sweep else None,
             }
             for m in report.models
         ],
@@ -591,6 +599,7 @@ REPORT_JSON_SCHEMA: dict = {
                     "steps": {"type": ["integer", "null"]},
                     "steps_per_s": _NUM_OR_NULL,
                     "git_commit": {"type": "string", "maxLength": 64},
+                    "sweep": {"type": ["object", "null"]},
                 },
             },
         },

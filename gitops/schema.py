@@ -302,15 +302,22 @@ def render(kind: str) -> str:
     return json.dumps(schema_for(kind), indent=2, sort_keys=False) + "\n"
 
 
+def rendered_files() -> dict[str, str]:
+    """{file name: text} of every schema in `schemas/`: the four model files, sweep.yaml, gitops.yaml."""
+    from gitops.settings import schema_text
+    from gitops.sweep import SWEEP_SCHEMA
+
+    rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
+    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2) + "\n"
+    rendered["settings.schema.json"] = schema_text()
+    return rendered
+
+
 def write_schemas(directory: Path) -> list[Path]:
     """Write `schemas/<kind>.schema.json` (what editors load through the yaml-language-server header)."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    from gitops.settings import schema_text
-
-    rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
-    rendered["settings.schema.json"] = schema_text()
-    for name, text in rendered.items():
+    for name, text in rendered_files().items():
         path = directory / name
         tmp = path.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")

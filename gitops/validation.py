@@ -53,9 +53,11 @@ def validate(root: Path, names: list[str] | None = None, tree: Tree | None = Non
         load_settings(tree)
     except ConfigError as exc:
         results[SETTINGS_FILE] = exc.problems
+    from gitops import sweep
+
     for name in names:
-        _, problems = config.resolve(name, tree)
-        results[name] = problems
+        cfg, problems = config.resolve(name, tree)
+        results[name] = problems + sweep.check(name, tree, cfg)
     return ValidationResult(results)
 
 

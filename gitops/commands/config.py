@@ -101,8 +101,8 @@ def schemas_cmd(
     root = config.find_root()
     directory = root / "schemas"
     if check:
-        stale = [k for k in schema.KINDS if not (directory / f"{k}.schema.json").is_file()
-                 or (directory / f"{k}.schema.json").read_text(encoding="utf-8") != schema.render(k)]
+        stale = [name.removesuffix(".schema.json") for name, text in schema.rendered_files().items()
+                 if not (directory / name).is_file() or (directory / name).read_text(encoding="utf-8") != text]
         if stale:
             raise GitopsError(f"schemas out of date: {', '.join(stale)} (run: gitops schemas)")
         out("schemas are current")

@@ -75,8 +75,11 @@ def plan_cmd(
     result = plan.plan(root, base, head)
     doc = result.as_dict()
     budgets = settings.load_settings(GitTree(root, head)).budgets
+    costs = budget.fit_sweeps(budget.plan_costs(root, head, [c.model for c in result.train]), result.sweeps,
+                              budgets, lambda sp: budget.trial_costs(root, head, sp.model, sp.trials))
+    doc = result.as_dict()  # again: sampling may have cut a sweep's trials
     found, lifted = budget.enforce(
-        budget.plan_costs(root, head, [c.model for c in result.train]),
+        costs,
         budgets,
         labels if labels is not None else budget.pr_labels_from_event(os.environ.get("GITHUB_EVENT_PATH")),
     )

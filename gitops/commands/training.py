@@ -26,6 +26,10 @@ def train_cmd(
     model: Annotated[str, typer.Argument(help="Model name (folder under models/).")],
     overrides: SetOption = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder of run folders.")] = Path("runs"),
+    trial: Annotated[
+        int | None,
+        typer.Option("--trial", min=0, help="Train trial N of the model's sweep.yaml (its --set lines, applied first)."),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Retrain even if a finished run with this fingerprint exists.")] = False,
     dry_run: Annotated[
@@ -51,7 +55,12 @@ def train_cmd(
 
     parallel.initialize(parallel.cluster_from(coordinator, num_processes, process_id))  # before jax lists devices
     root = config.find_root()
-    cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
+    name = config.model_name_from_arg(model, root)
+    if trial is not None:
+        from gitops import sweep
+
+        overrides = [*sweep.trial_overrides(name, root, trial), *(overrides or ())]
+    cfg = config.load(name, root, overrides or ())
     if dry_run:
         _dry_run(cfg, root)
         return
