@@ -207,6 +207,12 @@ def test_schema_patterns_match_whole_strings_in_files_settings_and_handed_over_r
     result = CliRunner().invoke(app, ["validate", "models/wine-mlp"])
     assert result.exit_code == 1, result.output
     assert "release.headline_metric: 'test/accuracy\\n' does not match the pattern" in result.output
+    from gitops import sweep
+    from gitops.tree import FsTree
+
+    edit(repo, "models/digits-mlp/sweep.yaml", "metric: val/accuracy", 'metric: "val/accuracy\\n"')
+    _, problems = sweep.load("digits-mlp", FsTree(repo))
+    assert any("sweep.metric" in str(p) for p in problems), problems
     doc = {"version": 1, "head_sha": "a" * 40 + "\n", "pr": None, "ok": True, "models": []}
     with pytest.raises(Exception, match="schema"):  # a fork's report.json: the head must be 40 hex, whole
         report.validate_report_json(json.dumps(doc), head_sha=None, pr=1)
