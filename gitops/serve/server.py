@@ -605,6 +605,8 @@ def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_l
     sock = sock if sock is not None else bind(host, port)
     synchronous_cpu_dispatch()
     uv = make_uvicorn(server, sock, log_level=log_level, log_json=log_json)
+    bound_host, bound_port = sock.getsockname()[:2]  # uvicorn names no URL for a socket it was handed
+    log.info("listening on http://%s:%d", f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port)
     failed = []
     follower = server.follower
     if follower is not None and not follower.source.follows:
