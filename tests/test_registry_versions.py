@@ -128,6 +128,10 @@ def test_one_prerelease_tag_breaks_nothing(repo, tmp_path):
     assert exact.version == "v1.2.0-rc.1"
     site = runner.invoke(app, ["site", "--out", str(tmp_path / "site")])
     assert site.exit_code == 0, site.output
+    page = (tmp_path / "site" / "models" / "wine-mlp.html").read_text(encoding="utf-8")
+    for version in ("v1.0.0", "v1.1.0", "v1.2.0-rc.1"):  # every readable version has its row
+        assert f'<a href="#{version}">{version}</a>' in page, version
+    assert 'v1.2.0-rc.1</a> <span class="badge deregistered">pre-release</span>' in page
     # the next release bumps v1.1.0 (the latest release), not the pre-release
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.04", "learning_rate: 0.03")
     commit_all(repo, "lr again")

@@ -238,8 +238,8 @@ def _versions_table(m: ModelData) -> str:
     metric = m.headline_metric
     for v in reversed(m.versions):
         flags = "" if v.active else ' <span class="badge deregistered">deregistered</span>'
-    if v.semver.is_prerelease:
-        flags += ' <span class="badge deregistered">pre-release</span>'
+        if v.semver.is_prerelease:
+            flags += ' <span class="badge deregistered">pre-release</span>'
         rows.append(
             f'<tr><th scope="row"><a href="#{escape(v.version)}">{escape(v.version)}</a>{flags}</th>'
             f"<td>{_date(v.date)}</td><td>{_author(v.author)}</td>"
