@@ -158,6 +158,15 @@ def mean_batch(base: str) -> float:
     return total / count if count else float("nan")
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process and its threads so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_load(url: str, body: str, requests: int, concurrency: int, time_cap: float) -> dict:
     done = subprocess.run([sys.executable, __file__, "--load", url, "--requests", str(requests),
                            "--concurrency", str(concurrency), "--time-cap", str(time_cap)],
@@ -246,8 +255,14 @@ def main() -> None:
             url = f"{base}/v1/models/{model}:predict"
             bare_url = f"{bare_base}/v1/models/{model}:predict"
             # interleaved, so drift in the machine's load hits both sides alike
+            c0 = cpu_seconds(bare.pid)
             bare_one = run_load(bare_url, body, args.requests, 1, args.time_cap)
+            c1 = cpu_seconds(bare.pid)
+            s0 = cpu_seconds(serve.pid)
             one = run_load(url, body, args.requests, 1, args.time_cap)
+            s1 = cpu_seconds(serve.pid)
+            cpu = None if None in (c0, c1, s0, s1) else (
+                (c1 - c0) / max(1, len(bare_one["latencies"])), (s1 - s0) / max(1, len(one["latencies"])))
             bare_many = run_load(bare_url, body, args.requests, args.concurrency, args.time_cap)
             many = run_load(url, body, args.requests, args.concurrency, args.time_cap)
             batch_mean = mean_batch(base)
@@ -285,6 +300,10 @@ def main() -> None:
     print(f"the same from medians (robust on a busy machine): ideal {ideal_p50 * 1e6:.0f} us = bare p50 "
           f"{bare_p50 * 1e6:.0f} us + direct p50 {direct1_p50 * 1e6:.0f} us; served p50 {served_p50 * 1e6:.0f} us; "
           f"ratio {ideal_p50 / served_p50:.3f}")
+    if cpu is not None:  # what a request costs the server's CPU: steady even when the machine is busy
+        print(f"server CPU per request at batch 1: bare {cpu[0] * 1e6:.0f} us, served {cpu[1] * 1e6:.0f} us "
+              f"(ideal {cpu[0] * 1e6 + direct1_p50 * 1e6:.0f} us with the direct call; ratio "
+              f"{(cpu[0] + direct1_p50) / cpu[1] if cpu[1] else 0.0:.3f})")
     print(line(f"bare endpoint concurrency {args.concurrency}", bare_many))
     print(line(f"served concurrency {args.concurrency} (dynamic batching)", many))
     print(f"dynamic batching: mean executed batch {batch_mean:.1f} rows; served / bare ratio at concurrency "
