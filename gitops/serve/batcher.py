@@ -5,8 +5,9 @@ until the batch holds the version's largest batch or its max wait has passed sin
 waits only while other requests are being read and parsed: a lone request runs at once), and runs the
 version's predict in a worker thread (the event loop keeps accepting requests meanwhile).
 
-A lone request (nothing queued, nothing executing, no other request on its way) whose predict took
-at most `INLINE_MAX_S` at warm-up runs inline on the event loop instead: the hop to the worker
+A lone client's request (nothing queued, nothing executing, no other request on its way, no other
+client seen lately) whose predict took at most `INLINE_MAX_S` at warm-up runs inline on the event
+loop instead: the hop to the worker
 thread and back (a queue put, a GIL hand-over and a self-pipe wake-up) cost more than a small
 model's whole forward pass, and with one client there is nothing to overlap with. A batch
 never mixes versions: an item carries the version its request pinned on arrival, and the worker stops
@@ -70,10 +71,15 @@ class Batcher:
         # One thread runs every batch: device work is serialized, the event loop never blocks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-predict")
 
-    async def submit(self, version: ServedVersion, x: np.ndarray) -> np.ndarray:
-        """Predict all rows of `x` on `version`; returns the outputs in order."""
+    async def submit(self, version: ServedVersion, x: np.ndarray, *, lone: bool = False) -> np.ndarray:
+        """Predict all rows of `x` on `version`; returns the outputs in order.
+
+        `lone`: the caller knows no other client is sending (see `ModelServer`): a small request may
+        then run inline. With several clients the worker thread overlaps predicts with the event
+        loop's HTTP work, which pays more than the hop costs.
+        """
         rows = int(x.shape[0])
-        if (self.arriving == 0 and not self._executing and self._queued_rows == 0
+        if (lone and self.arriving == 0 and not self._executing and self._queued_rows == 0
                 and version.quick(rows, INLINE_MAX_S)):
             y = version.predict(x)  # alone and small: inline, no thread hop (see the module docstring)
             if self.on_batch is not None:

@@ -51,6 +51,9 @@ _PATH_RE = re.compile(  # fullmatch only: `$` would also match before a final ne
 )
 
 
+LONE_GAP_S = 0.005  # another connection's predict this recent means several clients are sending
+
+
 @dataclass(frozen=True)
 class Limits:
     """What requests may carry and hold; beyond these a JSON 413, 408, 503 or 400, never a crash.
@@ -291,6 +294,8 @@ class ModelServer:
         self.metrics = ServerMetrics(max(max_batch, 1024))
         self.batcher = Batcher(max_queue_rows=max_queue_rows, on_batch=self._on_batch)
         self.bodies = BodyBudget(limits.max_inflight_body_bytes)
+        self._last_client: Any = None  # (host, port) of the connection of the last predict
+        self._last_arrival = float("-inf")
         # the hot path's metric children, looked up once
         self._predict_latency = self.metrics.latency.labels("predict")
         self._predict_ok = self.metrics.requests.labels("predict", "200")
@@ -396,6 +401,15 @@ class ModelServer:
             return self._metadata(m["kind"], m["sel"])
         return self._status(m["kind"], m["sel"])
 
+    def _lone(self, request: Request) -> bool:
+        """True while one client is sending: the same connection as the last predict, or nobody else
+        for `LONE_GAP_S`. Several clients interleave connections, and then batching pays."""
+        now = time.monotonic()
+        client = request.client
+        lone = client == self._last_client or now - self._last_arrival > LONE_GAP_S
+        self._last_client, self._last_arrival = client, now
+        return lone
+
     def _fail(self, route: str, status: int, message: str, headers: dict | None = None) -> Response:
         kind = {400: "bad_request", 404: "not_found", 405: "bad_method", 408: "timeout", 413: "too_large",
                 503: "unavailable"}.get(status, "predict")
@@ -462,7 +476,7 @@ class ModelServer:
             self.bodies.give(taken)
             self.batcher.arriving -= 1
         try:
-            y = await self.batcher.submit(version, x)
+            y = await self.batcher.submit(version, x, lone=self._lone(request))
         except Overloaded as exc:
             return self._fail("predict", 503, f"server overloaded ({exc}); retry later", {"Retry-After": "1"})
         except Exception as exc:
