@@ -76,6 +76,23 @@ class LoadedModel:
         batch = self.preprocessing.apply(np.asarray(x))
         return np.asarray(self._forward(batch))  # one host copy (jax.device_get would walk a pytree first)
 
+    def generate(self, prompt: str | list[str], *, max_new_tokens: int = 64, temperature: float = 1.0,
+                 top_k: int | None = None, seed: int = 0) -> str | list[str]:
+        """Continue `prompt` (or each of a list of prompts) with a language model's sampled text.
+
+        Temperature 0 is greedy. Each new token costs one cached decoding step (`gitops.generate`).
+
+        Raises:
+            UsageError: not a language model, an empty prompt or one longer than the context, or
+                `max_new_tokens`/`temperature`/`top_k` out of range.
+        """
+        from gitops.generate import Sampling, generate_text
+
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        done = generate_text(self, prompts, Sampling(max_new_tokens, temperature, top_k, seed))
+        texts = [d["text"] for d in done]
+        return texts[0] if isinstance(prompt, str) else texts
+
 
 def _match(target: Any, restored: Any, where: str) -> Any:
     """`restored` re-keyed like `target` (int keys from str), checking that every leaf's shape agrees."""
@@ -97,7 +114,6 @@ def _match(target: Any, restored: Any, where: str) -> Any:
 def load(ref: str | Path, **_: Any) -> LoadedModel:
     """Load a trained model from a run folder (or, once the registry provides it, `name@version`)."""
     import jax
-    import orbax.checkpoint as ocp
     from flax import nnx
 
     from gitops.architectures import build_model
@@ -135,7 +151,9 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
         raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
     # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
     # structure, with shapes checked: the same path a user without gitops takes.
-    restored = _match(target, ocp.StandardCheckpointer().restore(state_dir)["model"], "model")
+    from gitops.checkpoint import restore_anywhere  # also checkpoints published with `cuda:0` in them
+
+    restored = _match(target, restore_anywhere(state_dir)["model"], "model")
     nnx.replace_by_pure_dict(abstract_state, restored)
     model = nnx.merge(graphdef, abstract_state)
     model.eval()

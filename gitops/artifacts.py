@@ -8,8 +8,9 @@ cache (`$GITOPS_RUN_CACHE`) stands in for the artifacts:
 - `fetch_runs`: the run folders of a plan's matrix into `runs/` (already there, the run cache, or the
   artifact of this workflow run / this head commit);
 - `fetch_report`: the `gitops-report` artifact of one workflow run, taken as data (only its four files);
-- `reuse_released_run`: for `ci release-pending`, a PR run whose artifact was built from a commit that
-  is an ancestor of the one being released (else the caller trains).
+- `reuse_released_run`: for `ci release-pending`, the run of the merged same-repository PR that brought
+  the released config (found by GitHub's commit-to-PR association), from a workflow run whose
+  provenance GitHub's API vouches for (`trusted_training_run`); else the caller trains.
 
 Artifacts are untrusted input (a fork PR's run writes them): zip members are checked (no absolute
 paths, no `..`, no links, bounded sizes) and every run folder is checked against the fingerprint it
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
+import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -81,13 +83,25 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int, only: tuple[s
             total += info.file_size
             if total > max_bytes:
                 raise GitopsError(f"{archive.name}: more than {max_bytes} bytes unpacked")
+        names = [info.filename.rstrip("/") for info in members if not info.is_dir()]
+        if len(names) != len(set(names)):
+            raise GitopsError(f"{archive.name}: a member name appears twice")
+        written_bytes = 0
         for info in members:
             if info.is_dir() or (only is not None and info.filename not in only):
                 continue
             target = dest.joinpath(*PurePosixPath(info.filename).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):  # the header's sizes may lie: count what comes out
+                        written_bytes += len(chunk)
+                        if written_bytes > max_bytes:
+                            raise GitopsError(f"{archive.name}: more than {max_bytes} bytes unpacked")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a lying size or CRC, a
+                # file where a folder must go: this artifact is unusable, the caller tries the next one
+                raise GitopsError(f"{archive.name}: member {info.filename!r} is damaged ({exc})") from None
             written.append(target)
     return written
 
@@ -105,11 +119,21 @@ class Fetched:
 
 
 def _finished(folder: Path, fingerprint: str) -> bool:
+    """A finished run whose own config.resolved.yaml hashes to `fingerprint` (a prefix of it); a folder
+    whose manifest claims it but whose config does not is skipped with a warning (a forged cache entry
+    or artifact, a copy of another run)."""
     try:
         info = registry_ops.read_run(folder)
     except GitopsError:
         return False
-    return info.finished and info.training_fingerprint.startswith(fingerprint)
+    if not (info.finished and info.training_fingerprint.startswith(fingerprint)):
+        return False
+    actual = registry_ops.recompute_fingerprint(info) or ""
+    if not actual.startswith(fingerprint):
+        sys.stderr.write(f"warning: {folder}: its config.resolved.yaml hashes to training fingerprint "
+                         f"{actual[:12] or 'none (unreadable)'}, not {fingerprint[:12]}; skipping it\n")
+        return False
+    return True
 
 
 def matrix_items(matrix: Any) -> list[tuple[str, str]]:
@@ -190,37 +214,119 @@ def fetch_runs(root: Path, matrix: Any, out: Path, backend: Backend | None, *, r
     return results
 
 
+# --- provenance of PR runs, read from GitHub's API only ------------------------------------------------
+
+# The one workflow whose runs may feed a release: the base-branch PR training workflow, triggered by
+# `pull_request_target` (its definition always comes from the default branch, see docs/workflows.md).
+TRAINING_WORKFLOW = ".github/workflows/pr-train.yml"
+TRAINING_EVENT = "pull_request_target"
+
+
+def trusted_training_run(backend: Backend, run_id: Any, *, head_sha: str) -> tuple[bool, str]:
+    """Whether workflow run `run_id` is a trusted PR training run of `head_sha`: (ok, why).
+
+    Decided only from GitHub's record of the run (GET /repos/{o}/{r}/actions/runs/{id}), never from
+    anything the run wrote: its `event` must be `pull_request_target`, its `path` the training workflow
+    (`.github/workflows/pr-train.yml`), its `head_repository` this repository (a fork's run is untrusted
+    whatever it uploaded) and its `head_sha` the PR head being released. Call it before reusing a run.
+    """
+    if not isinstance(run_id, int) or run_id <= 0 or not hasattr(backend, "workflow_run"):
+        return False, f"no workflow run id ({run_id!r})"
+    run = backend.workflow_run(run_id)  # type: ignore[attr-defined]
+    if run is None:
+        return False, f"GitHub has no workflow run {run_id}"
+    repository = str(getattr(backend, "repository", ""))
+    event = str(run.get("event") or "")
+    path = str(run.get("path") or "").split("@", 1)[0]
+    head_repo = str((run.get("head_repository") or {}).get("full_name") or "")
+    run_repo = str((run.get("repository") or {}).get("full_name") or repository)
+    if run_repo != repository:
+        return False, f"run {run_id} belongs to {run_repo or 'another repository'}, not {repository}"
+    if event != TRAINING_EVENT or path != TRAINING_WORKFLOW:
+        return False, (f"run {run_id} is a {event or '?'} run of {path or '?'}, not a {TRAINING_EVENT} run of "
+                       f"{TRAINING_WORKFLOW}")
+    if head_repo != repository:
+        return False, f"run {run_id} built code from {head_repo or 'an unknown repository'} (a fork): untrusted"
+    if str(run.get("head_sha") or "") != head_sha:
+        return False, f"run {run_id} built {str(run.get('head_sha') or '?')[:12]}, not the PR head {head_sha[:12]}"
+    return True, f"run {run_id}: {event} of {path} at {head_sha[:12]} in {repository}"
+
+
+def _commits_to_ask(root: Path, model: str, commit: str) -> list[str]:
+    """The released commit and the last commit at or before it that touched `models/<model>/`."""
+    shas = [commit]
+    touched = gitutil.run(root, "log", "-1", "--format=%H", commit, "--", f"models/{model}/", check=False)
+    sha = touched.stdout.strip() if touched.returncode == 0 else ""
+    if re.fullmatch(r"[0-9a-f]{40}", sha) and sha not in shas:
+        shas.insert(0, sha)
+    return shas
+
+
+def merged_pull_requests(root: Path, backend: Backend, model: str, commit: str) -> list[dict]:
+    """The merged PRs that brought `model`'s current files into `commit`, by GitHub's commit-to-PR
+    association (GET /repos/{o}/{r}/commits/{sha}/pulls), so merge, squash and rebase merges all count."""
+    if not hasattr(backend, "pulls_for_commit"):
+        return []
+    found: dict[int, dict] = {}
+    for sha in _commits_to_ask(root, model, commit):
+        for pr in backend.pulls_for_commit(sha):  # type: ignore[attr-defined]
+            number = pr.get("number")
+            # merged_at, not merge_commit_sha: an open PR has a merge_commit_sha too (its test merge)
+            if isinstance(number, int) and pr.get("merged_at") and number not in found:
+                found[number] = pr
+    return list(found.values())
+
+
 def reuse_released_run(root: Path, backend: Backend, model: str, training_fingerprint: str, commit: str,
                        out: Path) -> tuple[Path | None, str]:
-    """For a release of `commit`: the newest unexpired PR run artifact of this exact training fingerprint
-    whose workflow run's head commit is an ancestor of `commit` (so the run was built from code that is
-    in the released history), unpacked to `out/<model>/<fp12>/`. (None, why) when there is none.
+    """For a release of `commit`: the run of the merged PR that brought this config, unpacked to
+    `out/<model>/<fp12>/`, or (None, why) and the caller retrains.
+
+    The PR is found through GitHub's commit-to-PR association; only a same-repository PR's run is
+    considered, and only an artifact `run-<model>-<fp12>` of a workflow run that
+    `trusted_training_run` accepts (GitHub's record: pull_request_target run of pr-train.yml at the
+    PR head in this repository). The run folder is then checked against the training fingerprint.
     """
-    if not _supports_artifacts(backend):
-        return None, "the backend keeps no artifacts"
+    if not _supports_artifacts(backend) or not hasattr(backend, "pulls_for_commit"):
+        return None, "the backend keeps no PR runs"
     fp = training_fingerprint[:12]
     name = run_artifact_name(model, fp)
-    why = f"no artifact {name}"
-    for artifact in backend.list_artifacts(name)[:5]:  # type: ignore[attr-defined]
-        sha = str((artifact.get("workflow_run") or {}).get("head_sha") or "")
-        if not re.fullmatch(r"[0-9a-f]{40}", sha) or not gitutil.commit_exists(root, sha):
-            why = f"artifact {name} (id {artifact['id']}) was built from {sha[:12] or 'an unknown commit'}, not in this history"
+    prs = merged_pull_requests(root, backend, model, commit)
+    if not prs:
+        return None, f"GitHub associates no merged pull request with {commit[:12]}: no PR run to reuse"
+    repository = str(getattr(backend, "repository", ""))
+    why = ""
+    artifacts_by_name: list[dict] | None = None
+    for pr in prs:
+        number = pr["number"]
+        head = pr.get("head") or {}
+        head_repo = str((head.get("repo") or {}).get("full_name") or "")
+        head_sha = str(head.get("sha") or "")
+        if head_repo != repository:
+            why = f"PR #{number} came from {head_repo or 'a deleted fork'}: a fork's runs never feed a release"
             continue
-        if gitutil.run(root, "merge-base", "--is-ancestor", sha, commit, check=False).returncode != 0:
-            why = f"artifact {name} (id {artifact['id']}) was built from {sha[:12]}, not an ancestor of {commit[:12]}"
-            continue
-        with tempfile.TemporaryDirectory(prefix="gitops-artifact-") as tmp:
-            try:
-                found = _from_artifact(backend, artifact, model, fp, Path(tmp), training_fingerprint)
-            except (GitopsError, AssetNotFoundError) as exc:
-                why = f"artifact {name} (id {artifact['id']}): {exc}"
+        if artifacts_by_name is None:
+            artifacts_by_name = backend.list_artifacts(name)  # type: ignore[attr-defined]
+        candidates = [a for a in artifacts_by_name if (a.get("workflow_run") or {}).get("head_sha") == head_sha]
+        why = f"PR #{number}: no artifact {name} of a run at its head {head_sha[:12]}"
+        for artifact in candidates[:5]:
+            run_id = (artifact.get("workflow_run") or {}).get("id")
+            trusted, reason = trusted_training_run(backend, run_id, head_sha=head_sha)
+            if not trusted:
+                why = f"PR #{number}: artifact {name} (id {artifact['id']}) not reused: {reason}"
                 continue
-            if found is None:
-                why = f"artifact {name} (id {artifact['id']}) holds no finished run of fingerprint {fp}"
-                continue
-            target = Path(out) / model / fp
-            runs.copy_tree_atomic(found, target)
-        return target, f"reused the PR run from artifact {name} (id {artifact['id']}, built at {sha[:12]})"
+            with tempfile.TemporaryDirectory(prefix="gitops-artifact-") as tmp:
+                try:
+                    found = _from_artifact(backend, artifact, model, fp, Path(tmp), training_fingerprint)
+                except (GitopsError, AssetNotFoundError) as exc:
+                    why = f"PR #{number}: artifact {name} (id {artifact['id']}): {exc}"
+                    continue
+                if found is None:
+                    why = f"PR #{number}: artifact {name} (id {artifact['id']}) holds no finished run of fingerprint {fp}"
+                    continue
+                target = Path(out) / model / fp
+                runs.copy_tree_atomic(found, target)
+            return target, f"reused the run of PR #{number} from artifact {name} ({reason})"
     return None, why
 
 

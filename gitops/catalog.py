@@ -135,6 +135,26 @@ ARCHITECTURES: dict[str, Entry] = {
             },
             info={"inputs": "tokens"},
         ),
+        Entry(
+            "decoder",
+            "Decoder-only Transformer language model: RMSNorm, rotary positions, grouped-query attention, SwiGLU.",
+            {
+                "num_layers": integer("Decoder blocks.", 2, 1, 128),
+                "num_heads": integer("Attention (query) heads per block.", 4, 1, 128),
+                "num_kv_heads": {"type": ["integer", "null"], "minimum": 1, "maximum": 128, "default": None,
+                                 "description": "Key/value heads (grouped-query attention); null: one per query head. "
+                                                "Must divide num_heads."},
+                "embed_dim": integer("Model width (divisible by num_heads; head size even for rotary positions).",
+                                     128, 8, 16384),
+                "mlp_dim": integer("Hidden width of each block's SwiGLU MLP.", 256, 8, 65536),
+                "dropout": number("Dropout rate on the residual branches (training only).", 0.0, 0.0, None, None, 1.0),
+                "tie_embeddings": boolean("Use the token embedding as the output projection.", True),
+                "rope_base": number("Base of the rotary position frequencies.", 10000.0, None, None, 1.0),
+                "attention": enum("auto: jax.nn.dot_product_attention (cuDNN flash attention where available); "
+                                  "plain: an einsum-softmax path, bit-stable on CPU.", ["auto", "plain"], "auto"),
+            },
+            info={"inputs": "tokens", "tasks": ["language_modeling"]},
+        ),
     ]
 }
 
@@ -268,6 +288,27 @@ DATASETS: dict[str, Entry] = {
                "y_key": {"type": "string", "description": "Array name of the labels in the .npz.", "default": "y"},
                "task": _TASK},
               ("path", "sha256"), info={"kind": "file"}),
+        Entry("text", "UTF-8 text for language modelling: a .txt or .jsonl file (optionally .gz) in the repository, "
+                      "pinned by SHA-256, tokenized and packed into sequences.",
+              {"path": {"type": "string", "minLength": 1, "description": "Path relative to the repository root."},
+               "sha256": _SHA256,
+               "text_field": {"type": "string", "default": "text", "description": "The string field of each .jsonl line."},
+               "sequence_length": integer("Tokens per training sequence (the model's context).", 128, 2, 1_048_576),
+               "tokenizer": {
+                   "type": "object",
+                   "description": "byte: UTF-8 bytes (no file); file: a `tokenizers` JSON file pinned by SHA-256 "
+                                  "(`gitops data tokenizer` trains one).",
+                   "default": {"name": "byte"},
+                   "required": ["name"],
+                   "additionalProperties": False,
+                   "properties": {"name": enum("Which tokenizer.", ["byte", "file"], "byte"),
+                                  "path": {"type": "string", "minLength": 1,
+                                           "description": "The tokenizer JSON, relative to the repository root."},
+                                  "sha256": _SHA256},
+               },
+               "encoding_errors": enum("strict: text that is not UTF-8 stops training, naming the byte; replace: "
+                                       "substitute U+FFFD.", ["strict", "replace"], "strict")},
+              ("path", "sha256"), info={"kind": "file", "task": "language_modeling", "inputs": "tokens"}),
         Entry("url", "Arrays from a remote .npz (https, s3, gs), pinned by SHA-256 and cached by hash.",
               {"url": {"type": "string", "pattern": "^(https?|s3|gs|file)://", "description": "Where to fetch the file."},
                "sha256": _SHA256,
@@ -302,8 +343,12 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in [
-        Metric("loss", False, ("classification", "regression"), "The training objective."),
-        Metric("accuracy", True, ("classification",), "Fraction of examples whose top class is right."),
+        Metric("loss", False, ("classification", "regression", "language_modeling"), "The training objective."),
+        Metric("accuracy", True, ("classification", "language_modeling"),
+               "Fraction of examples whose top class is right (language models: of next tokens)."),
+        Metric("perplexity", False, ("language_modeling",), "exp(mean next-token cross-entropy in nats)."),
+        Metric("bits_per_byte", False, ("language_modeling",),
+               "Next-token cross-entropy in bits per UTF-8 byte of text: comparable across tokenizers."),
         Metric("top3_accuracy", True, ("classification",), "Fraction whose true class is among the 3 highest."),
         Metric("top5_accuracy", True, ("classification",), "Fraction whose true class is among the 5 highest."),
         Metric("mse", False, ("regression",), "Mean squared error."),
@@ -311,7 +356,8 @@ METRICS: dict[str, Metric] = {
     ]
 }
 SPLITS = ("train", "val", "test")
-LOSSES = {"classification": ["cross_entropy"], "regression": ["mse", "mae", "huber"]}
+LOSSES = {"classification": ["cross_entropy"], "regression": ["mse", "mae", "huber"],
+          "language_modeling": ["cross_entropy"]}
 PRECISIONS = ["float32", "bfloat16"]
 # How a run spreads over several devices (gitops.parallel); with one device both are plain training.
 PARALLELISM = {

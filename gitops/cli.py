@@ -7,7 +7,7 @@ import importlib
 from gitops.cli_app import app
 
 # Each module registers its commands on import; none of them imports jax at module level.
-_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep")
+_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep", "data")
 
 for _name in _COMMAND_MODULES:
     try:
@@ -18,6 +18,9 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
+    from gitops.interrupt import install_terminate_handler
+
+    install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143
     app(prog_name="gitops")
 
 

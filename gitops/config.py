@@ -482,6 +482,8 @@ def input_shape(data: dict) -> list[int] | None:
         return [ds["n_features"]]
     if ds["name"] == "sequences":
         return [ds["length"]]
+    if ds["name"] == "text":
+        return [ds["sequence_length"]]
     return None
 
 
@@ -531,6 +533,29 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
                          f"{'images' if dataset_inputs == 'image' else 'feature vectors'}"))
     if wants != "tokens" and dataset_inputs == "tokens" and arch.name != "mlp":
         problems.append((("model", "architecture"), f"{arch.name} cannot read token sequences; use transformer or mlp"))
+    lm_arch = "language_modeling" in arch.info.get("tasks", ())
+    if task == "language_modeling" and not lm_arch:
+        problems.append((("model", "architecture"), f"{arch.name} is not a language model; language modelling data "
+                         f"({dataset_name!r}) needs architecture: decoder"))
+    if lm_arch and task != "language_modeling":
+        problems.append((("model", "architecture"), f"{arch.name} is a language model; dataset {dataset_name!r} is "
+                         f"{task} data (use dataset: text)"))
+    if model["architecture"] == "decoder":
+        heads, kv = model["num_heads"], model.get("num_kv_heads") or model["num_heads"]
+        if model["embed_dim"] % heads:
+            problems.append((("model", "embed_dim"), f"embed_dim {model['embed_dim']} is not divisible by num_heads {heads}"))
+        elif (model["embed_dim"] // heads) % 2:
+            problems.append((("model", "embed_dim"), f"head size embed_dim/num_heads = {model['embed_dim'] // heads} must "
+                             "be even for rotary positions"))
+        if heads % kv:
+            problems.append((("model", "num_kv_heads"), f"num_kv_heads {kv} must divide num_heads {heads}"))
+    tok = data["dataset"].get("tokenizer") if dataset_name == "text" else None
+    if tok and tok.get("name") == "file":
+        for key in ("path", "sha256"):
+            if not tok.get(key):
+                problems.append((("data", "dataset", "tokenizer"), f"tokenizer name: file needs {key}"))
+        if tok.get("path") and tree is not None and tree.read(tok["path"]) is None:
+            problems.append((("data", "dataset", "tokenizer", "path"), f"no file {tok['path']} in the repository"))
     if model["architecture"] == "transformer" and model["embed_dim"] % model["num_heads"]:
         problems.append((("model", "embed_dim"), f"embed_dim {model['embed_dim']} is not divisible by num_heads {model['num_heads']}"))
     if wants == "tokens" and data["preprocessing"]["scale"] != "none":
@@ -582,7 +607,7 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
             problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
-    if dataset_name == "file" and tree is not None and tree.read(data["dataset"]["path"]) is None:
+    if dataset_name in ("file", "text") and tree is not None and tree.read(data["dataset"]["path"]) is None:
         problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
     return problems
 

@@ -170,6 +170,7 @@ class Preprocessing:
     task: str
     num_classes: int | None
     num_outputs: int
+    tokenizer: dict | None = None  # language models: gitops.tokenize's saved spec (with the file's JSON text)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -181,6 +182,8 @@ class Preprocessing:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw inputs (any shape with the right number of features per example) -> float32 model inputs."""
         x = np.asarray(x, np.float32)
+        if self.task == "language_modeling":  # token ids of any length: the model's context bounds them
+            return x.reshape(1, -1) if x.ndim == 1 else x
         features = math.prod(self.input_shape)
         if x.size % features:
             raise GitopsError(f"inputs of shape {x.shape} do not hold examples of shape {tuple(self.input_shape)}")
@@ -239,8 +242,10 @@ def load(data: Any, root: Path) -> Dataset:
         {k: getattr(data, k) for k in data.__dataclass_fields__}
     )
     ds = doc["dataset"]
-    x, y = DATASETS.get(ds["name"])(ds, Path(root))
     task = catalog.dataset_task(doc)
+    if task == "language_modeling":
+        return _load_language_modeling(doc, Path(root))
+    x, y = DATASETS.get(ds["name"])(ds, Path(root))
     if len(x) != len(y):
         raise TrainingError(f"dataset {ds['name']}: {len(x)} inputs but {len(y)} labels")
     classes = config_lib.num_classes(doc)
@@ -259,6 +264,19 @@ def load(data: Any, root: Path) -> Dataset:
     prep = fit_preprocessing(doc["preprocessing"]["scale"], x[tr], task=task, num_classes=classes, num_outputs=outputs)
     make = lambda idx: Split(prep.apply(x[idx]) if len(idx) else x[idx], y[idx], idx)  # noqa: E731
     return Dataset(make(tr), make(va), make(te), prep, x[te])
+
+
+def _load_language_modeling(doc: Mapping[str, Any], root: Path) -> Dataset:
+    """Token sequences of a `text` dataset (gitops.text_data), split by document; no scaling."""
+    from gitops import text_data
+
+    ds = doc["dataset"]
+    packed = text_data.load_text(ds, root, doc["splits"])
+    tokenizer = packed["tokenizer"]
+    prep = Preprocessing("none", None, None, [int(ds["sequence_length"])], "language_modeling", None,
+                         tokenizer.vocab_size, dict(tokenizer.spec))
+    make = lambda part: Split(part[0], part[1], np.arange(len(part[0])))  # noqa: E731
+    return Dataset(make(packed["train"]), make(packed["val"]), make(packed["test"]), prep, packed["test"][0])
 
 
 # --- device-side batching and augmentation ------------------------------------------------------

@@ -49,7 +49,8 @@ def ensure_commit(root: Path, ref: str) -> str:
     proc = run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
     if proc.returncode == 0:
         return proc.stdout.strip()
-    fetched = run(root, "fetch", "--quiet", "--no-tags", "--depth=1", "origin", ref, check=False)
+    fetched = run(root, "fetch", "--quiet", "--no-tags", "--depth=1", "origin", ref, check=False,
+                  env=_fetch_auth_env(root))
     if fetched.returncode == 0:
         proc = run(root, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
         if proc.returncode == 0:
@@ -59,6 +60,27 @@ def ensure_commit(root: Path, ref: str) -> str:
         f"commit {ref!r} is not in this clone and `git fetch --depth=1 origin {ref}` failed ({why}); "
         "check out with more history (fetch-depth: 0) or pass SHAs that exist"
     )
+
+
+def _fetch_auth_env(root: Path) -> dict[str, str] | None:
+    """Git config (as GIT_CONFIG_* variables, never on the command line) that sends $GITHUB_TOKEN to
+    origin, as actions/checkout does, when origin is on $GITHUB_SERVER_URL's host over https.
+
+    A checkout made with `persist-credentials: false` (every one in our workflows) keeps no token, so
+    a private repository's PR head could not be fetched otherwise. None when there is nothing to add.
+    """
+    import base64
+    import urllib.parse
+
+    token = os.environ.get("GITHUB_TOKEN", "").strip()
+    url = remote_url(root) or ""
+    server = urllib.parse.urlsplit(os.environ.get("GITHUB_SERVER_URL", "https://github.com"))
+    parts = urllib.parse.urlsplit(url)
+    if not token or parts.scheme != "https" or parts.hostname != server.hostname or server.scheme != "https":
+        return None
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{server.scheme}://{server.hostname}/.extraheader",
+            "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}", "GIT_TERMINAL_PROMPT": "0"}
 
 
 def is_dirty(root: Path, paths: list[str] | None = None) -> bool:

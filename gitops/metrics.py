@@ -16,7 +16,8 @@ import optax
 from gitops.registry import Registry
 
 LOSSES: Registry[Callable[..., jnp.ndarray]] = Registry("loss")
-DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse"}
+DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "language_modeling": "cross_entropy"}
+EXP_OF_MEAN = frozenset({"perplexity"})  # finalized as exp(sum / count): accumulated like the loss
 
 
 @LOSSES.register("cross_entropy")
@@ -26,7 +27,9 @@ def cross_entropy(outputs: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing:
     onehot = jax.nn.one_hot(labels, num_classes)
     if label_smoothing:
         onehot = optax.smooth_labels(onehot, label_smoothing)
-    return optax.softmax_cross_entropy(outputs, onehot)
+    loss = optax.softmax_cross_entropy(outputs, onehot)
+    # sequences (language models): the mean over positions is the example's loss
+    return jnp.mean(loss, axis=tuple(range(1, loss.ndim))) if loss.ndim > 1 else loss
 
 
 def _regression_residual(outputs: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndarray:
@@ -52,6 +55,8 @@ def metric_names(task: str, num_classes: int | None) -> list[str]:
     """The metrics a model of this task produces (loss first), matching `catalog.METRICS`."""
     if task == "regression":
         return ["loss", "mse", "mae"]
+    if task == "language_modeling":
+        return ["loss", "accuracy", "perplexity", "bits_per_byte"] + plugin_metric_names(task)
     names = ["loss", "accuracy"]
     for k in (3, 5):
         if num_classes is not None and num_classes > k:
@@ -72,14 +77,33 @@ def _topk_hit(outputs: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
     return (jnp.sum(outputs > true_score, axis=-1) < k).astype(jnp.float32)
 
 
+def _per_example(values: jnp.ndarray) -> jnp.ndarray:
+    """Mean over every axis but the first: a sequence's positions count as one example."""
+    return jnp.mean(values, axis=tuple(range(1, values.ndim))) if values.ndim > 1 else values
+
+
 def batch_sums(
-    names: list[str], per_example_loss: jnp.ndarray, outputs: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray
+    names: list[str], per_example_loss: jnp.ndarray, outputs: jnp.ndarray, labels: jnp.ndarray, weights: jnp.ndarray,
+    token_bytes: jnp.ndarray | None = None,
 ) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
-    """Sums and counts of each metric over a batch; rows with weight 0 (padding) don't count."""
+    """Sums and counts of each metric over a batch; rows with weight 0 (padding) don't count.
+
+    Language models: `labels` are next tokens (batch, length); `token_bytes` (vocab,) gives each
+    token's UTF-8 length, so bits per byte is (sum of cross-entropy in bits) / (sum of label bytes).
+    """
     count = jnp.sum(weights)
     values: dict[str, jnp.ndarray] = {"loss": per_example_loss}
+    special: dict[str, tuple[jnp.ndarray, jnp.ndarray]] = {}
     if "accuracy" in names:
-        values["accuracy"] = (jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32)
+        values["accuracy"] = _per_example((jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32))
+    if "perplexity" in names:
+        values["perplexity"] = per_example_loss
+    if "bits_per_byte" in names:
+        positions = labels.shape[1] if labels.ndim > 1 else 1
+        bits = per_example_loss * positions / jnp.log(2.0)
+        table = jnp.ones((outputs.shape[-1],), jnp.float32) if token_bytes is None else token_bytes
+        n_bytes = jnp.sum(table[labels].reshape(labels.shape[0], -1), axis=-1)
+        special["bits_per_byte"] = (jnp.sum(bits * weights), jnp.sum(n_bytes * weights))
     for k in (3, 5):
         if f"top{k}_accuracy" in names:
             values[f"top{k}_accuracy"] = _topk_hit(outputs, labels, k)
@@ -88,11 +112,11 @@ def batch_sums(
     if "mae" in names:
         values["mae"] = mae(outputs, labels)
     for name in names:
-        if name not in values:  # a plugin metric: fn(outputs, labels) -> per-example values
+        if name not in values and name not in special:  # a plugin metric: fn(outputs, labels) -> per-example values
             from gitops import plugins
 
             values[name] = jnp.asarray(plugins.implementation("metric", name)(outputs, labels), jnp.float32).reshape(-1)
-    return {n: (jnp.sum(values[n] * weights), count) for n in names}
+    return {n: special[n] if n in special else (jnp.sum(values[n] * weights), count) for n in names}
 
 
 def zeros(names: list[str]) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
@@ -105,5 +129,11 @@ def accumulate(acc: Mapping, new: Mapping) -> dict:
 
 def finalize(acc: Mapping, prefix: str = "") -> dict[str, float]:
     """Host-side means, e.g. {"val/accuracy": 0.97}; NaN where nothing was counted."""
+    import math
+
     host = jax.device_get(dict(acc))
-    return {f"{prefix}{n}": (float(s) / float(c) if float(c) else float("nan")) for n, (s, c) in host.items()}
+    out = {}
+    for n, (s, c) in host.items():
+        mean = float(s) / float(c) if float(c) else float("nan")
+        out[f"{prefix}{n}"] = math.exp(min(mean, 700.0)) if n in EXP_OF_MEAN else mean
+    return out

@@ -100,3 +100,15 @@ def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
     task = getattr(loaded, "task", None) or getattr(cfg, "task", "classification")
     labels = list(getattr(getattr(cfg, "release", None), "labels", ()) or ())
     return {"model": ref, "predictions": predictions(loaded, inputs, labels, task)}
+
+
+def generate_prompts(ref: str, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 1.0,
+                     top_k: int | None = None, seed: int = 0) -> dict:
+    """`gitops predict MODEL --prompt TEXT`: {"model", "generations": [{"prompt", "text", "tokens"}]}."""
+    from gitops import api
+    from gitops.generate import Sampling, generate_text
+
+    sampling = Sampling(max_new_tokens, temperature, top_k, seed)
+    sampling.check()  # before loading: a wrong flag fails at once
+    loaded = api.load(ref)
+    return {"model": ref, "generations": generate_text(loaded, prompts, sampling)}

@@ -40,6 +40,7 @@ class StepSpec:
     n_train: int
     steps_per_epoch: int
     batch_sharding: Any = None  # NamedSharding of a batch over the mesh's data axis (gitops.parallel); None: one device
+    token_bytes: Any = None  # language models: (vocab,) float32 UTF-8 length of each token, for bits per byte
 
     def epochs_spanned(self, length: int) -> int:
         """Most epochs a chunk of `length` consecutive steps can touch."""
@@ -57,7 +58,8 @@ def _micro_update(graphdef, spec: StepSpec, state, x, y, key):
 
     (loss, (per_example, outputs)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, jnp.ones_like(per_example))
+    sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, jnp.ones_like(per_example),
+                                  spec.token_bytes)
     _, new_state = nnx.split((model, optimizer))
     return new_state, loss, optax.tree.norm(grads), sums
 
@@ -142,7 +144,8 @@ def eval_step(model_graphdef, spec: StepSpec, model_state, xs, ys, ws) -> dict[s
         model = nnx.merge(model_graphdef, model_state)
         outputs = model(x)
         per_example = spec.loss(outputs, y, label_smoothing=spec.label_smoothing)
-        return metrics_lib.accumulate(acc, metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, w)), None
+        sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, w, spec.token_bytes)
+        return metrics_lib.accumulate(acc, sums), None
 
     acc, _ = jax.lax.scan(body, metrics_lib.zeros(list(spec.metric_names)), (xs, ys, ws))
     return acc

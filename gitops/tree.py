@@ -78,7 +78,8 @@ class GitTree(Tree):
     def read(self, relpath: str) -> bytes | None:
         relpath = str(PurePosixPath(relpath))
         if relpath not in self._files:
-            return None
+            listed = relpath == "gitops.yaml" or relpath.split("/", 1)[0] in ("models", "schemas")
+            return None if listed else self._read_other(relpath)
         if relpath not in self._cache:
             proc = subprocess.run(
                 ["git", "-C", str(self.root), "cat-file", "blob", f"{self.commit}:{relpath}"],
@@ -88,6 +89,14 @@ class GitTree(Tree):
             if proc.returncode != 0:
                 raise GitopsError(f"git cannot read {relpath} at {self.ref}: {proc.stderr.decode().strip()}")
             self._cache[relpath] = proc.stdout
+        return self._cache[relpath]
+
+    def _read_other(self, relpath: str) -> bytes | None:
+        """A file outside models/ and schemas/ (a pinned data file or corpus): asked of git by path, once."""
+        if relpath not in self._cache:
+            proc = subprocess.run(["git", "-C", str(self.root), "cat-file", "blob", f"{self.commit}:{relpath}"],
+                                  capture_output=True, check=False)
+            self._cache[relpath] = proc.stdout if proc.returncode == 0 else None
         return self._cache[relpath]
 
     def read_many(self, relpaths: list[str]) -> None:

@@ -12,6 +12,13 @@ its state in memory, records every request, and injects faults:
         gh.inject_drop("POST", r"^/uploads/", leave_partial=True)
         backend = GitHubBackend(token="ghs_x", repository=gh.full_name, api_url=gh.url, ...)
 
+Besides tags, releases, comments, pulls and artifacts it knows workflow runs (`add_workflow_run`:
+event, workflow path, head SHA and repository, as `GET /actions/runs/{id}` reports them), the
+commit-to-PR association (`merge_pull`, `GET /commits/{sha}/pulls`), and the settings `gitops doctor
+--github` reads (`settings`, `forbidden`, `private`; org runner groups under `/orgs/{org}/...`).
+`POST /_test/artifacts?name=&run_id=` (no token, test-only) files an artifact the way the runner's
+artifact service does for actions/upload-artifact; the act harness's upload stand-in uses it.
+
 Every request body is read completely before any answer (an error answered before the body is read
 would leave the body on a kept-alive connection, to be parsed as the next request); the one exception
 is `inject_drop`, which reads part of the body and then closes the socket, as a dropped connection does.
@@ -151,6 +158,19 @@ class GitHubServer:
         self.assets: dict[int, dict] = {}  # id -> stored asset (with "data")
         self.pulls: dict[int, dict] = {}
         self.artifacts: dict[int, dict] = {}  # id -> stored Actions artifact (with "data": the zip)
+        self.workflow_runs: dict[int, dict] = {}  # id -> stored workflow run (event, path, head repository)
+        self.commit_pulls: dict[str, list[int]] = {}  # commit sha -> PR numbers GitHub associates with it
+        # Settings `gitops doctor --github` reads. Each is the JSON GitHub answers, or None for "404".
+        # `forbidden` names settings answered with 403 (the token may not read them).
+        self.private = False
+        self.settings: dict[str, Any] = {
+            "fork_pr_approval": {"approval_policy": "all_external_contributors"},
+            "fork_pr_private": {"run_workflows_from_fork_pull_requests": True, "send_write_tokens_to_workflows": False,
+                                "send_secrets_and_variables": False, "require_approval_for_fork_pr_workflows": True},
+            "environments": {},  # name -> environment JSON (protection_rules, ...)
+            "runner_groups": None,  # None: the owner is not an organization (404); else a list of groups
+        }
+        self.forbidden: set[str] = set()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -283,20 +303,43 @@ class GitHubServer:
             self.tokens[token] = User(login, next(self._ids), user_type)
 
     def add_pull(self, number: int | None = None, head: str = "feature", base: str = "main",
-                 head_sha: str = "0" * 40, base_sha: str = "0" * 40) -> int:
+                 head_sha: str = "0" * 40, base_sha: str = "0" * 40, head_repo: str | None = None) -> int:
+        """A pull request; `head_repo` (OWNER/NAME) is where its head branch lives (a fork's name, or this one)."""
         with self.lock:
             number = number or self.next_number
             self.next_number = max(self.next_number, number + 1)
             self.issues[number] = {"pull": True}
             self.pulls[number] = self._new_pull(number, head, base, "PR", "", self._any_user())
-            self.pulls[number].update(head_sha=head_sha, base_sha=base_sha)
+            self.pulls[number].update(head_sha=head_sha, base_sha=base_sha, head_repo=head_repo or self.full_name)
             return number
+
+    def merge_pull(self, number: int, merge_commit_sha: str, *commits: str) -> None:
+        """Mark PR `number` merged as `merge_commit_sha` and associate that commit (and `commits`, e.g. the
+        rebased ones) with it, as GitHub does for merge, squash and rebase merges alike."""
+        with self.lock:
+            p = self.pulls[number]
+            p.update(state="closed", merged=True, merge_commit_sha=merge_commit_sha)
+            for sha in (merge_commit_sha, p.get("head_sha", ""), *commits):
+                if sha and number not in self.commit_pulls.setdefault(sha, []):
+                    self.commit_pulls[sha].append(number)
+
+    def add_workflow_run(self, run_id: int, *, path: str, event: str, head_sha: str, head_branch: str = "main",
+                         head_repo: str | None = None, name: str = "", conclusion: str | None = "success") -> None:
+        """A workflow run as GitHub's API describes it: `path` is the workflow file (`.github/workflows/x.yml`),
+        `event` what triggered it, `head_repo` the repository of its head commit (a fork's for fork PRs)."""
+        with self.lock:
+            self.workflow_runs[run_id] = {"id": run_id, "path": path, "event": event, "head_sha": head_sha,
+                                          "head_branch": head_branch, "head_repo": head_repo or self.full_name,
+                                          "name": name or path.rsplit("/", 1)[-1], "conclusion": conclusion}
 
     def add_artifact(self, name: str, data: bytes, *, run_id: int = 1, head_sha: str = "0" * 40,
                      head_branch: str = "feature", expired: bool = False, created_at: str | None = None) -> int:
         """An Actions artifact (`data` is its zip archive) of workflow run `run_id` at `head_sha`."""
         with self.lock:
             aid = next(self._ids)
+            run = self.workflow_runs.get(run_id)
+            if run is not None:  # an artifact's workflow_run fields are its run's
+                head_sha, head_branch = run["head_sha"], run["head_branch"]
             self.artifacts[aid] = {"id": aid, "name": name, "data": data, "run_id": run_id, "head_sha": head_sha,
                                    "head_branch": head_branch, "expired": expired,
                                    "created_at": created_at or _now_iso()}
@@ -422,6 +465,12 @@ class GitHubServer:
             "object": {"type": r["type"], "sha": r["sha"], "url": self._object_url(r["type"], r["sha"])},
         }
 
+    def _ensure_release_tag(self, tag: str, target: str) -> None:
+        """As GitHub does on publishing a release whose tag does not exist: a lightweight tag on target."""
+        if f"refs/tags/{tag}" not in self.refs:
+            sha = target if re.fullmatch(r"[0-9a-f]{40}", target) else hashlib.sha1(target.encode()).hexdigest()
+            self.refs[f"refs/tags/{tag}"] = {"sha": sha, "type": "commit"}
+
     def _release_by_tag(self, tag: str, include_drafts: bool = False) -> dict | None:
         for rel in self.releases.values():
             if rel["tag_name"] == tag and (include_drafts or not rel["draft"]):
@@ -507,9 +556,13 @@ class GitHubServer:
             "created_at": p["created_at"],
             "updated_at": p["created_at"],
             "draft": False,
-            "merged": False,
-            "head": {"label": f"{self.owner}:{p['head']}", "ref": p["head"], "sha": p.get("head_sha", "0" * 40),
-                     "repo": {"full_name": self.full_name}},
+            "merged": bool(p.get("merged")),
+            "merged_at": p["created_at"] if p.get("merged") else None,
+            "merge_commit_sha": p.get("merge_commit_sha"),
+            "head": {"label": f"{p.get('head_repo', self.full_name).split('/')[0]}:{p['head']}", "ref": p["head"],
+                     "sha": p.get("head_sha", "0" * 40),
+                     "repo": {"full_name": p.get("head_repo", self.full_name),
+                              "fork": p.get("head_repo", self.full_name) != self.full_name}},
             "base": {"label": f"{self.owner}:{p['base']}", "ref": p["base"], "sha": p.get("base_sha", "0" * 40),
                      "repo": {"full_name": self.full_name}},
         }
@@ -526,10 +579,22 @@ class GitHubServer:
                              "head_branch": a["head_branch"], "head_sha": a["head_sha"]},
         }
 
+    def _run_json(self, r: dict) -> dict:
+        head = r["head_repo"]
+        return {
+            "id": r["id"], "name": r["name"], "node_id": f"WFR_{r['id']}", "path": r["path"],
+            "event": r["event"], "status": "completed" if r["conclusion"] else "in_progress",
+            "conclusion": r["conclusion"], "head_branch": r["head_branch"], "head_sha": r["head_sha"],
+            "url": f"{self.repo_url}/actions/runs/{r['id']}", "run_attempt": 1,
+            "repository": {"id": 1, "full_name": self.full_name},
+            "head_repository": {"id": 1 if head == self.full_name else 2, "full_name": head},
+        }
+
     def _repo_json(self) -> dict:
         user = User(self.owner, 1, "Organization")
         return {
-            "id": 1, "node_id": "R_1", "name": self.repo, "full_name": self.full_name, "private": False,
+            "id": 1, "node_id": "R_1", "name": self.repo, "full_name": self.full_name, "private": self.private,
+            "visibility": "private" if self.private else "public",
             "owner": user.json(self.url), "html_url": f"{self.url}/{self.full_name}",
             "url": self.repo_url, "default_branch": "main", "fork": False,
             "created_at": "2024-01-01T00:00:00Z", "updated_at": _now_iso(), "pushed_at": _now_iso(),
@@ -665,7 +730,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(fault.status, raw=raw, headers=fault.headers, content_type=ctype)
             return
         try:
-            if self._user is None and not path.startswith(("/_downloads/", "/_artifacts/")):
+            if self._user is None and not path.startswith(("/_downloads/", "/_artifacts/", "/_test/")):
                 raise HTTPError(401, "Bad credentials")
             status, payload, extra = self._route(self.command, path, split.query, body)
         except HTTPError as e:
@@ -708,6 +773,18 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, art["data"], {}
             if path.startswith("/uploads/"):
                 return self._upload(method, path, q, body)
+            if path == "/_test/artifacts" and method == "POST":
+                # Test-only: what actions/upload-artifact does through the runner's artifact service. The
+                # act harness's upload stand-in posts a job's files here (zip body, ?name=&run_id=).
+                name, run_id = q.get("name", [""])[0], q.get("run_id", [""])[0]
+                if not name or not run_id.isdigit():
+                    raise HTTPError(422, "name and run_id are required")
+                if any(a["name"] == name and a["run_id"] == int(run_id) for a in gh.artifacts.values()):
+                    raise HTTPError(409, f"an artifact named {name} already exists in run {run_id}")
+                return 201, {"id": gh.add_artifact(name, body, run_id=int(run_id))}, {}
+            org = re.fullmatch(r"/orgs/([^/]+)/actions/runner-groups(?:/(\d+)/repositories)?", path)
+            if org and method == "GET":
+                return self._runner_groups(org.group(1), org.group(2), q)
             prefix = f"/repos/{gh.full_name}"
             if path != prefix and not path.startswith(prefix + "/"):
                 raise HTTPError(404, "Not Found")
@@ -849,9 +926,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.gh._release_by_tag(tag, include_drafts=False) is not None:
             raise validation_failed("Release", "already_exists", "tag_name")
         target = data.get("target_commitish") or "main"
-        if f"refs/tags/{tag}" not in self.gh.refs:  # GitHub makes a lightweight tag from target_commitish
-            sha = target if re.fullmatch(r"[0-9a-f]{40}", target) else hashlib.sha1(target.encode()).hexdigest()
-            self.gh.refs[f"refs/tags/{tag}"] = {"sha": sha, "type": "commit"}
+        if not data.get("draft"):  # a draft makes no tag; publishing it does
+            self.gh._ensure_release_tag(tag, target)
         rid = next(self.gh._ids)
         rel = {"id": rid, "tag_name": tag, "target_commitish": target, "name": data.get("name") or tag,
                "body": data.get("body") or "", "draft": bool(data.get("draft")),
@@ -883,6 +959,8 @@ class _Handler(BaseHTTPRequestHandler):
         for k in ("tag_name", "target_commitish", "name", "body", "draft", "prerelease"):
             if k in data:
                 rel[k] = data[k]
+        if not rel["draft"]:
+            self.gh._ensure_release_tag(rel["tag_name"], rel["target_commitish"])
         return 200, self.gh._release_json(rel), {}
 
     def delete_release(self, rid: str, *, q, data, path):
@@ -986,6 +1064,56 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(410, "Artifact has expired")
         return 302, None, {"Location": f"{self.gh.url}/_artifacts/{a['id']}/{_q(a['name'])}.zip"}
 
+    # Workflow runs, commit-to-PR association, and the settings `gitops doctor --github` reads
+    def get_run(self, run_id: str, *, q, data, path):
+        r = self.gh.workflow_runs.get(int(run_id))
+        if r is None:
+            raise HTTPError(404, "Not Found")
+        return 200, self.gh._run_json(r), {}
+
+    def get_commitpulls(self, sha: str, *, q, data, path):
+        gh = self.gh
+        items = [gh._pull_json(gh.pulls[n]) for n in gh.commit_pulls.get(sha, []) if n in gh.pulls]
+        return self._page(items, q, path)
+
+    def _setting(self, key: str) -> Any:
+        if key in self.gh.forbidden:
+            raise HTTPError(403, "Resource not accessible by integration")
+        value = self.gh.settings.get(key)
+        if value is None:
+            raise HTTPError(404, "Not Found")
+        return value
+
+    def get_forkapproval(self, *, q, data, path):
+        return 200, self._setting("fork_pr_approval"), {}
+
+    def get_forkprivate(self, *, q, data, path):
+        if not self.gh.private:  # GitHub answers this one only for private repositories
+            raise HTTPError(422, "this setting applies to private repositories")
+        return 200, self._setting("fork_pr_private"), {}
+
+    def get_environment(self, name: str, *, q, data, path):
+        env = self._setting("environments").get(name)
+        if env is None:
+            raise HTTPError(404, "Not Found")
+        return 200, {"id": 1, "name": name, "url": f"{self.gh.repo_url}/environments/{_q(name)}",
+                     "protection_rules": [], "deployment_branch_policy": None, "can_admins_bypass": True,
+                     **env}, {}
+
+    def _runner_groups(self, org: str, group_id: str | None, q: dict) -> tuple[int, Any, dict]:
+        gh = self.gh
+        if org != gh.owner:
+            raise HTTPError(404, "Not Found")
+        groups = self._setting("runner_groups")
+        if group_id is None:
+            items = [{k: v for k, v in g.items() if k != "repositories"} for g in groups]
+            return 200, {"total_count": len(items), "runner_groups": items}, {}
+        group = next((g for g in groups if str(g["id"]) == group_id), None)
+        if group is None:
+            raise HTTPError(404, "Not Found")
+        repos = [{"full_name": name, "id": i} for i, name in enumerate(group.get("repositories", []), 1)]
+        return 200, {"total_count": len(repos), "repositories": repos}, {}
+
     def get_pulls(self, *, q, data, path):
         state = q.get("state", ["open"])[0]
         head = q.get("head", [""])[0].split(":", 1)[-1]
@@ -1026,4 +1154,9 @@ _ROUTES = [
     (r"/actions/runs/(\d+)/artifacts", _Handler.get_runartifacts),
     (r"/actions/artifacts/(\d+)", _Handler.get_artifact),
     (r"/actions/artifacts/(\d+)/zip", _Handler.get_artifactzip),
+    (r"/actions/runs/(\d+)", _Handler.get_run),
+    (rf"/commits/{_SEG}/pulls", _Handler.get_commitpulls),
+    (r"/actions/permissions/fork-pr-contributor-approval", _Handler.get_forkapproval),
+    (r"/actions/permissions/fork-pr-workflows-private-repos", _Handler.get_forkprivate),
+    (rf"/environments/{_SEG}", _Handler.get_environment),
 ]

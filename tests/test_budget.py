@@ -23,6 +23,7 @@ def git(root: Path, *args: str) -> str:
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "models", tmp_path / "models")
+    shutil.copytree(REPO / "data", tmp_path / "data")  # pinned corpora of the examples
     shutil.copytree(REPO / "schemas", tmp_path / "schemas")
     (tmp_path / "gitops.yaml").write_text(
         "budgets:\n  max_models_per_pr: 1\n  max_steps_per_model: 5000\n  max_device_minutes_per_pr: 1\n"

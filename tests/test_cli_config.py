@@ -22,6 +22,7 @@ runner = CliRunner()
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "models", tmp_path / "models")
+    shutil.copytree(REPO / "data", tmp_path / "data")  # pinned corpora of the examples
     shutil.copytree(REPO / "schemas", tmp_path / "schemas")
     monkeypatch.chdir(tmp_path)
     return tmp_path

@@ -20,6 +20,7 @@ EXAMPLES = sorted(p.name for p in (REPO / "models").iterdir() if p.is_dir())
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     shutil.copytree(REPO / "models", tmp_path / "models")
+    shutil.copytree(REPO / "data", tmp_path / "data")  # pinned corpora of the examples
     shutil.copytree(REPO / "schemas", tmp_path / "schemas")
     return tmp_path
 

@@ -26,7 +26,9 @@ def data_cfg(name: str, **params) -> dict:
 
 def test_every_catalog_dataset_and_augmentation_is_registered() -> None:
     assert data.NOT_YET <= set(catalog.DATASETS)
-    assert set(catalog.DATASETS) == set(data.DATASETS.names())
+    # language-modelling datasets load through gitops.text_data (whole documents per split), not the registry
+    arrays = {n for n, e in catalog.DATASETS.items() if e.info.get("task") != "language_modeling"}
+    assert arrays == set(data.DATASETS.names())
     assert set(catalog.AUGMENTATIONS) == set(data.AUGMENTATIONS.names())
 
 

@@ -29,6 +29,7 @@ def v2_schema(monkeypatch: pytest.MonkeyPatch):
 @pytest.fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(REPO / "models", tmp_path / "models")
+    shutil.copytree(REPO / "data", tmp_path / "data")  # pinned corpora of the examples
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -125,8 +125,11 @@ def test_run_of_another_config_is_refused(repo):
     other = fake_run(repo, "wine-mlp", GOOD)
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
     commit_all(repo, "lr")
+    from gitops import config
+
     result = CliRunner().invoke(app, ["release", "wine-mlp", "--run", str(other)])
-    assert result.exit_code == 2 and "another config" in result.output
+    assert result.exit_code == 1 and "another config" in result.output  # state is wrong, not the command line
+    assert other.name in result.output and config.load("wine-mlp", repo).short_fingerprint in result.output
 
 
 def test_racing_identical_releases_make_one_version(repo):
@@ -239,6 +242,76 @@ def test_unsafe_archives_are_refused(tmp_path, member, message):
     with pytest.raises(IntegrityError, match=message):
         pull.safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "x").exists() and not (tmp_path / "dest" / "ok.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([_member("a", tarfile.DIRTYPE), _member("a")], "appears twice"),  # was IsADirectoryError
+        ([_member("a"), _member("a")], "appears twice"),
+        ([_member("a"), _member("a/b")], "which is a file"),
+    ],
+)
+def test_colliding_archive_members_are_refused(tmp_path, members, message):
+    archive = _tar(tmp_path / "odd.tar.gz", members)
+    with pytest.raises(IntegrityError, match=message):
+        pull.safe_extract(archive, tmp_path / "dest")
+
+
+def _zip(path: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("lie", ["crc", "size"])
+def test_zip_members_whose_headers_lie_are_an_error_not_a_traceback(tmp_path, lie):
+    import struct
+
+    from gitops import artifacts
+
+    data = bytearray(_zip(tmp_path / "a.zip", {"m/f/metrics.json": b"{}" * 1000}).read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the central directory entry, which zipfile trusts
+    offset = central + (16 if lie == "crc" else 24)  # CRC-32, or the uncompressed size
+    struct.pack_into("<I", data, offset, 100)  # (a larger size reads to the end and is harmless)
+    (tmp_path / "a.zip").write_bytes(bytes(data))
+    with pytest.raises(GitopsError, match="damaged"):
+        artifacts.safe_extract_zip(tmp_path / "a.zip", tmp_path / "out", max_bytes=10**6)
+
+
+def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatch, capsys):
+    """A run cache entry whose manifest claims HEAD's fingerprint but whose own config is another one."""
+    import gitops.train
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GITOPS_RUN_CACHE", str(cache))
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    forged = fake_run(repo, "wine-mlp", {"test/accuracy": 1.0, "test/loss": 0.0}, out=cache)
+    git(repo, "checkout", "--", "models")
+    head = config_of(repo)
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["training_fingerprint"] = head.training_fingerprint
+    target = cache / "wine-mlp" / head.short_fingerprint
+    forged.rename(target)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_training(*args, **kwargs):
+        raise GitopsError("would train")
+
+    monkeypatch.setattr(gitops.train, "train", no_training)
+    with pytest.raises(GitopsError, match="would train"):
+        _release(repo)
+    assert "skipping it" in capsys.readouterr().err
+    assert LocalBackend(repo).list_tags() == []
+
+
+def config_of(repo: Path):
+    from gitops import config
+
+    return config.load("wine-mlp", repo)
 
 
 def test_unsafe_archive_with_valid_checksums_is_refused_by_pull(repo):
@@ -373,8 +446,10 @@ def test_release_promote_pull_history_on_the_github_backend(repo, github_env, gi
     assert doc["stages"] == {"production": "v1.0.0"}
 
 
-def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ancestor(
+def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_github(
         repo, tmp_path, github_env, github_server, monkeypatch):
+    """The PR comes from GitHub's commit-to-PR association (a squash commit is no descendant of the PR
+    head); its run is reused only when GitHub's record of the workflow run vouches for it."""
     import io
     import zipfile
 
@@ -383,36 +458,75 @@ def test_release_pending_on_github_reuses_the_pr_run_artifact_only_from_an_ances
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
     git(repo, "rm", "-q", "-r", *[f"models/{p.name}" for p in (repo / "models").iterdir() if p.name != "wine-mlp"])
-    pr_head = commit_all(repo, "only wine-mlp")
-    git(repo, "commit", "-q", "--allow-empty", "-m", "merge commit")  # what is released: a descendant
+    base = commit_all(repo, "only wine-mlp")
+    git(repo, "switch", "-q", "-c", "tune")
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    pr_head = commit_all(repo, "lr 0.04")
+    git(repo, "switch", "-q", "main")
+    git(repo, "merge", "-q", "--squash", "tune")
+    squash = commit_all(repo, "lr 0.04 (#7)")  # what is released: not a descendant of pr_head
+    assert git(repo, "branch", "--contains", pr_head) == "tune", "the squash commit does not contain the PR head"
     run = fake_run(repo, "wine-mlp", GOOD, out=tmp_path / "pr-runs")
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:  # upload-artifact of `runs/`: <model>/<fp12>/...
         for f in sorted(run.rglob("*")):
             if f.is_file():
                 zf.writestr(f.relative_to(tmp_path / "pr-runs").as_posix(), f.read_bytes())
+    blob = buf.getvalue()
     name = f"run-wine-mlp-{run.name}"
+    trained: list[str] = []
 
-    def no_training(*args, **kwargs):
+    def no_training(cfg, *args, **kwargs):
+        trained.append(cfg.name)
         raise GitopsError("would train")
 
     monkeypatch.setattr(gitops.train, "train", no_training)
     from gitops.backends.github import GitHubBackend
 
     backend = GitHubBackend.from_env()
-    # built from a commit that is not in the released history (e.g. a fork's unmerged head): never reused
-    github_server.add_artifact(name, buf.getvalue(), run_id=1, head_sha="f" * 40)
-    results, failures = release.release_pending(repo, backend)
-    assert results == [] and failures == [("wine-mlp", "would train")]
-    # built from the PR head that was merged: reused, no training
-    github_server.add_artifact(name, buf.getvalue(), run_id=2, head_sha=pr_head)
-    results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
-    assert failures == []
-    (result,) = results
-    assert result.tag == "wine-mlp@v1.0.0" and result.trained is False
-    assert result.run == repo / "runs/wine-mlp" / run.name
+    me = github_server.full_name
+    train_wf = ".github/workflows/pr-train.yml"
+
+    def attempt() -> list:
+        trained.clear()
+        results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
+        return failures
+
+    # 1. GitHub associates no PR with the released commit: retrain, even though an artifact exists
+    github_server.add_workflow_run(11, path=train_wf, event="pull_request_target", head_sha=pr_head, head_branch="tune")
+    github_server.add_artifact(name, blob, run_id=11)
+    assert attempt() == [("wine-mlp", "would train")] and trained == ["wine-mlp"]
+    # an open (unmerged) PR GitHub associates with the commit does not count either
+    github_server.add_pull(8, head="tune", head_sha=pr_head, base_sha=base)
+    github_server.commit_pulls.setdefault(squash, []).append(8)
+    assert attempt() == [("wine-mlp", "would train")]
+    github_server.commit_pulls[squash].remove(8)
+    # 2. a fork's PR (same head, same fingerprint): its runs never feed a release
+    github_server.add_pull(7, head="tune", head_sha=pr_head, base_sha=base, head_repo="mallory/models")
+    github_server.merge_pull(7, squash)
+    assert attempt() == [("wine-mlp", "would train")]
+    # 3. a same-repository PR, but the artifact's run is not what GitHub says a trusted run is
+    github_server.pulls[7]["head_repo"] = me
+    github_server.artifacts.clear()
+    spoofs = [  # (run id, event, workflow path, head repository): each one thing wrong
+        (21, "pull_request", ".github/workflows/pr.yml", me),  # the PR's own copy of a workflow
+        (22, "pull_request_target", train_wf, "mallory/models"),  # a fork's training run
+        (23, "workflow_dispatch", train_wf, me),
+        (24, "pull_request_target", ".github/workflows/other.yml", me),
+    ]
+    for run_id, event, path, head_repo in spoofs:
+        github_server.add_workflow_run(run_id, path=path, event=event, head_sha=pr_head, head_repo=head_repo)
+        github_server.add_artifact(name, blob, run_id=run_id)
+    assert attempt() == [("wine-mlp", "would train")]
+    assert len(github_server.requests_matching("GET", r"/actions/runs/2[1-4]$")) >= 4, "each run's record was read"
+    assert not github_server.requests_matching("GET", r"/_artifacts/"), "nothing untrusted was downloaded"
+    # 4. the trusted run (pull_request_target of pr-train.yml at the PR head, this repository): reused
+    github_server.add_workflow_run(25, path=train_wf, event="pull_request_target", head_sha=pr_head)
+    github_server.add_artifact(name, blob, run_id=25)
+    assert attempt() == [] and trained == []
+    assert github_server.requests_matching("GET", rf"/commits/{squash}/pulls$")
     assert sorted(github_server.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
-    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+    assert (repo / "runs/wine-mlp" / run.name / "manifest.json").is_file()
 
 
 def test_rollback_on_github_pushes_the_branch_and_opens_the_pr(repo, github_env, github_server, monkeypatch, tmp_path):

@@ -81,7 +81,16 @@ def test_systemd_unit_loops_over_ephemeral_registrations():
     assert re.search(r"^ExecStart=\S*register-runner\.sh run$", service, flags=re.M)
     assert re.search(r"^Restart=always$", service, flags=re.M)
     assert re.search(r"^User=gitops-runner$", service, flags=re.M), "never run jobs as root"
+    stop = re.search(r"^TimeoutStopSec=(\d+)min$", service, flags=re.M)  # the grace period before SIGKILL
+    assert stop and int(stop.group(1)) >= 2, "longer than a checkpoint save"
     assert "WantedBy=multi-user.target" in sections["Install"]
+
+
+def test_pods_give_training_a_grace_period_longer_than_a_checkpoint_save():
+    values = docs(RUNNERS / "kubernetes/values.yaml")[0]
+    assert values["template"]["spec"]["terminationGracePeriodSeconds"] >= 120
+    job = kind(RUNNERS / "kubernetes/multihost-job.yaml", "Job")
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 120
 
 
 def test_scale_set_values_request_one_gpu_on_the_gpu_pool_with_the_cache_volume():
@@ -136,3 +145,44 @@ def test_multihost_job_is_indexed_with_a_headless_service_and_jax_env():
     assert env["JAX_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == (
         "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     )
+
+
+def test_untrusted_scale_set_is_separate_and_shares_no_cache():
+    trusted = docs(RUNNERS / "kubernetes/values.yaml")[0]
+    untrusted = docs(RUNNERS / "kubernetes/values-untrusted.yaml")[0]
+    groups = {g["name"]: g for g in yaml.safe_load((RUNNERS / "runner-groups.yaml").read_text())["groups"]}
+    assert trusted["runnerGroup"] == "gitops-gpu" and groups["gitops-gpu"]["trust"] == "trusted"
+    assert untrusted["runnerGroup"] == "gitops-gpu-untrusted" and groups["gitops-gpu-untrusted"]["trust"] == "untrusted"
+    assert untrusted["runnerScaleSetName"] != trusted["runnerScaleSetName"]
+    assert untrusted["scaleSetLabels"] == [x for x in groups["gitops-gpu-untrusted"]["labels"] if x != "self-hosted"]
+    assert trusted["scaleSetLabels"] == [x for x in groups["gitops-gpu"]["labels"] if x != "self-hosted"]
+    spec = untrusted["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], "no shared volume"
+    runner = next(c for c in spec["containers"] if c["name"] == "runner")
+    env = {e["name"]: e["value"] for e in runner["env"]}
+    assert env["GITOPS_RUN_CACHE"] == "", "the image's default run cache is switched off"
+
+
+def test_single_host_runner_keeps_trust_levels_apart(tmp_path):
+    """register-runner.sh refuses mixed labels and gives an untrusted runner no run cache."""
+    script = RUNNERS / "single-host/register-runner.sh"
+    text = script.read_text(encoding="utf-8")
+    assert '${RUNNER_GROUP:+--runnergroup "$RUNNER_GROUP"}' in text
+    bash = shutil.which("bash")
+    for trust, labels, ok in (("untrusted", "gpu", False), ("trusted", "gpu,gpu-untrusted", False),
+                              ("untrusted", "gpu-untrusted", True), ("other", "gpu", False)):
+        # source the script's functions without running a command, then call check_trust
+        probe = (f'set -euo pipefail; eval "$(sed -e \'/^case "${{1:-}}" in/,$d\' {script})"; check_trust')
+        env = {"PATH": "/usr/bin:/bin", "GITOPS_RUNNER_TRUST": trust, "RUNNER_LABELS": labels}
+        done = subprocess.run([bash, "-c", probe], env=env, capture_output=True, text=True)
+        assert (done.returncode == 0) is ok, (trust, labels, done.stderr)
+    # an untrusted runner's job environment has no run cache and only scratch caches
+    env = {"PATH": "/usr/bin:/bin", "GITOPS_RUNNER_TRUST": "untrusted", "RUNNER_ROOT": str(tmp_path / "r"),
+           "GITOPS_JOB_VENV": "/nonexistent"}
+    (tmp_path / "r").mkdir()
+    probe = f'set -euo pipefail; eval "$(sed -e \'/^case "${{1:-}}" in/,$d\' {script})"; write_runner_env'
+    done = subprocess.run([bash, "-c", probe], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    written = (tmp_path / "r/.env").read_text()
+    assert "GITOPS_RUN_CACHE" not in written and f"{tmp_path}/r/_job-cache/jax" in written

@@ -36,7 +36,7 @@ def build_model(
 
 
 def _load_all() -> None:
-    from gitops.architectures import cnn, mlp, resnet, transformer  # noqa: F401  (registers on import)
+    from gitops.architectures import cnn, decoder, mlp, resnet, transformer  # noqa: F401  (registers on import)
 
 
 def activation(name: str):

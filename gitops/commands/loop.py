@@ -26,6 +26,12 @@ BackendOption = Annotated[
 ]
 
 
+TrackOption = Annotated[
+    bool | None,
+    typer.Option("--track/--no-track", help="Also update the trackers of gitops.yaml (default: when it lists any)."),
+]
+
+
 def _backend(name: str | None, root: Path):
     from gitops.backends import get_backend
 
@@ -63,6 +69,9 @@ def plan_cmd(
         list[str] | None,
         typer.Option("--label", help="PR labels (default: from $GITHUB_EVENT_PATH); the override label lifts budgets."),
     ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Also write the JSON to this file (the PR workflow uploads it).")
+    ] = None,
 ) -> None:
     """JSON: the models to train (with why), to release only, and deleted; plus the job matrix.
 
@@ -92,7 +101,12 @@ def plan_cmd(
         )
     if github_output:
         plan.write_github_output(result)
-    out(json.dumps(doc, indent=2))
+    text = json.dumps(doc, indent=2)
+    if out_file is not None:
+        from gitops.runs import write_text
+
+        write_text(out_file, text + "\n")
+    out(text)
 
 
 # --- report and comment -------------------------------------------------------------------------------
@@ -184,14 +198,20 @@ def release_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push the new tag to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    repair: Annotated[str | None, typer.Option(
+        "--repair", metavar="VERSION",
+        help="Re-publish VERSION's missing assets (from --run DIR or the run with its fingerprint); when they "
+             "can't be rebuilt with the bytes its tag records, retire VERSION and release HEAD as a new version.",
+    )] = None,
     as_json: JsonFlag = False,
+    track: TrackOption = None,
 ) -> None:
     """Tag and publish a version of MODEL at HEAD (reusing the run with the same training fingerprint)."""
     from gitops import release
 
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist)
+                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
     out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
@@ -200,12 +220,14 @@ def release_pending_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    track: TrackOption = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
     from gitops import release
 
     root = config.find_root()
-    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist)
+    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist,
+                                                track=track)
     for result in results:
         out(result.message)
     if not results and not failures:
@@ -310,16 +332,20 @@ def promote_cmd(
     to: Annotated[str, typer.Option("--to", help="Stage to assign, e.g. production.")],
     backend_name: BackendOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
+    track: TrackOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N> on the version's commit)."""
-    from gitops import gitutil, registry_ops
+    from gitops import gitutil, registry_ops, tags, trackers
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    sinks = trackers.specs_for(root, track)
     tag = registry_ops.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     out(tag)
+    model = tags.parse_ref(ref).model
+    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
 @command("demote")
@@ -327,12 +353,16 @@ def demote_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     stage: Annotated[str, typer.Option("--from", help="Stage to unassign.")],
     backend_name: BackendOption = None,
+    track: TrackOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import registry_ops
+    from gitops import registry_ops, trackers
 
     root = config.find_root()
-    out(registry_ops.demote(_backend(backend_name, root), model, stage, root=root))
+    backend = _backend(backend_name, root)
+    sinks = trackers.specs_for(root, track)
+    out(registry_ops.demote(backend, model, stage, root=root))
+    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
 @command("deprecate")
@@ -372,14 +402,30 @@ def rollback_cmd(
 @command("predict")
 def predict_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL@VERSION, MODEL@STAGE or a run folder.")],
-    input_file: Annotated[Path, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")],
+    input_file: Annotated[Path | None, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write the JSON here instead of stdout.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Array name inside a .npz (default: the first).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Language models: text to continue (repeatable).")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 is greedy; higher is more random.")] = 1.0,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Sample among the k most likely tokens.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling.")] = 0,
 ) -> None:
-    """Run a released model on inputs; predictions as JSON."""
+    """Run a released model on inputs (--input), or continue text with a language model (--prompt); JSON out.
+
+    Examples:
+      gitops predict digits-mlp@v1.0.0 --input digits.npy
+      gitops predict stdlib-lm@latest --prompt "def main(" --max-new-tokens 80 --temperature 0.8 --top-k 20
+    """
     from gitops import predict
 
-    doc = predict.predict_file(ref, input_file, key)
+    if (input_file is None) == (not prompt):
+        raise UsageError("give exactly one of --input FILE or --prompt TEXT")
+    if prompt:
+        doc = predict.generate_prompts(ref, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_k=top_k, seed=seed)
+    else:
+        doc = predict.predict_file(ref, input_file, key)
     text = json.dumps(doc, indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
@@ -402,3 +448,57 @@ def gc_cmd(
     if not removed:
         out("nothing to remove")
 
+
+
+@command("track")
+def track_cmd(
+    model: Annotated[str | None, typer.Argument(help="Model name (with --all: every model).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every model with run folders or releases.")] = False,
+    tracker: Annotated[
+        list[str] | None,
+        typer.Option("--tracker", help="Send to this tracker (tensorboard, mlflow) instead of gitops.yaml's list; repeatable."),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs", help="Folder of run folders.")] = Path("runs"),
+    backend_name: BackendOption = None,
+) -> None:
+    """Send existing run folders and releases to the trackers (backfill; a run already there is matched by
+    its training fingerprint, not sent twice). Exit 3 when a tracker still failed after its retries."""
+    from gitops import trackers
+    from gitops.errors import ServiceError
+
+    if (model is None) == (not every):
+        raise UsageError("name one MODEL or pass --all")
+    root = config.find_root()
+    specs = trackers.specs_for(root, None, tracker or ())
+    if not specs:
+        raise UsageError("no trackers: list them under `trackers:` in gitops.yaml, or pass --tracker NAME")
+    runs = root / runs_dir if not runs_dir.is_absolute() else runs_dir
+    try:
+        backend = _backend(backend_name, root)
+    except UsageError as exc:  # no registry here (e.g. no token): run folders still go
+        _echo_err(f"note: {exc.message}; releases are not sent")
+        backend = None
+    if every:
+        from gitops import tags
+        from gitops.tree import FsTree
+
+        names = set(config.model_names(FsTree(root)))
+        names |= {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
+        if backend is not None:
+            names |= set(tags.registry_state(backend.list_tags()))
+        models = sorted(n for n in names if tags.MODEL_RE.fullmatch(n))
+    else:
+        models = [config.model_name_from_arg(model, root)]
+    result = trackers.backfill(root, backend, specs, models, runs_dir=runs)
+    for name, fp, outcomes in result.runs:
+        for sink, o in outcomes.items():
+            out(f"{name}/{fp} -> {sink}: {o.status}" + (f" {o.url}" if o.url else ""))
+    for name, version, outcomes in result.versions:
+        for sink, o in outcomes.items():
+            number = o.details.get("model_version")
+            out(f"{name}@{version} -> {sink}: {o.status}" + (f" (model version {number})" if number else ""))
+    if not result.runs and not result.versions:
+        out("nothing to send: no finished run folders or releases")
+    if result.skipped:
+        raise ServiceError(f"{result.skipped} item(s) could not be sent after retries (see the warnings); "
+                           "run `gitops track` again later")

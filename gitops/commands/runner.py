@@ -21,8 +21,17 @@ def doctor_cmd(
     runs_dir: Annotated[Path, typer.Option("--runs", help="Where run folders are written.")] = Path("runs"),
     min_free_gib: Annotated[float, typer.Option(help="Free disk space required, GiB.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
+    github: Annotated[
+        bool,
+        typer.Option("--github", help="Instead: check the repository's GitHub settings the trust model needs "
+                     "(fork approval, gpu-fork-approval reviewers, runner groups); exit 0 safe, 1 unsafe or "
+                     "unknown, 3 GitHub unreachable. Uses GITHUB_TOKEN, GITHUB_REPOSITORY, GITHUB_API_URL."),
+    ] = False,
 ) -> None:
     """Check devices, versions, disk, caches and the multi-host coordinator; exit 1 with the reason."""
+    if github:
+        _doctor_github(as_json)
+        return
     from gitops import doctor
 
     if expect_gpu is None:
@@ -40,3 +49,32 @@ def doctor_cmd(
         out("runner ready" if not failed else f"{len(failed)} check(s) failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _doctor_github(as_json: bool) -> None:
+    from gitops import config, doctor_github
+    from gitops.backends.github import GitHubBackend
+    from gitops.errors import UsageError
+
+    try:
+        root: Path | None = config.find_root()
+    except UsageError:
+        root = None
+    groups = doctor_github.expected_groups(root)
+    backend = GitHubBackend.from_env(seconds_between_writes=0)
+    findings = doctor_github.run_github_checks(backend, groups)
+    code = doctor_github.exit_code(findings)
+    if as_json:
+        out(json.dumps({"repository": backend.repository, "safe": code == 0,
+                        "findings": [f.as_dict() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            out(f"{f.state:<7} {f.name}: {f.detail}")
+            if f.fix and f.state != doctor_github.SAFE:
+                out(f"        -> {f.fix}")
+        unsafe = sum(f.state == doctor_github.UNSAFE for f in findings)
+        unknown = sum(f.state == doctor_github.UNKNOWN for f in findings)
+        out(f"{backend.repository}: " + ("every setting is safe" if code == 0
+                                        else f"{unsafe} unsafe, {unknown} unknown (unknown is never safe)"))
+    if code:
+        raise typer.Exit(code)

@@ -299,6 +299,9 @@ class ModelServer:
         # the hot path's metric children, looked up once
         self._predict_latency = self.metrics.latency.labels("predict")
         self._predict_ok = self.metrics.requests.labels("predict", "200")
+        from gitops.serve.generation import GenerationBatcher
+
+        self._generation_batcher = GenerationBatcher()
         state.on_switch = self._on_switch
         if state.current is not None:
             self._on_switch(state.current)
@@ -379,13 +382,13 @@ class ModelServer:
     async def models(self, request: Request) -> Response:
         rest = request.path_params["rest"]
         m = _PATH_RE.fullmatch(rest)
-        is_predict = rest.endswith(":predict")
+        is_predict = rest.endswith(":predict") or rest.endswith(":generate")
         route = "predict" if is_predict else ("metadata" if rest.endswith("/metadata") else "status")
         if not m:
             return self._fail(route, 404, f"no such endpoint /v1/models/{rest}")
         tail = m["tail"] or ""
-        if tail.startswith(":") and tail != ":predict":
-            return self._fail(route, 404, f"{tail[1:]} is not supported; use :predict")
+        if tail.startswith(":") and tail not in (":predict", ":generate"):
+            return self._fail(route, 404, f"{tail[1:]} is not supported; use :predict (or :generate)")
         want = "POST" if is_predict else "GET"
         if request.method != want:
             if is_predict:  # read the body so a kept-alive connection stays in step
@@ -395,6 +398,8 @@ class ModelServer:
             if is_predict:
                 await _drain(request, self.limits, self.bodies)
             return self._fail(route, 404, f"model {m['name']!r} is not served here (serving {self.state.model!r})")
+        if tail == ":generate":
+            return await self._generate(request, m["kind"], m["sel"])
         if is_predict:
             return await self._predict(request, m["kind"], m["sel"])
         if tail == "/metadata":
@@ -489,6 +494,48 @@ class ModelServer:
         self._predict_latency.observe(time.perf_counter() - started)
         self._predict_ok.inc()
         return response
+
+
+    async def _generate(self, request: Request, kind: str | None, sel: str | None) -> Response:
+        """Language models: text from prompts (gitops.serve.generation), batched or streamed."""
+        from starlette.responses import StreamingResponse
+
+        from gitops.serve import generation
+
+        started = time.perf_counter()
+        version, why = self._select(kind, sel)
+        try:
+            body, taken = await read_body(request, self.limits, self.bodies)
+        except BadRequest as exc:
+            headers = {"Connection": "close", **({"Retry-After": "1"} if exc.status == 503 else {})}
+            return self._fail("generate", exc.status, str(exc), headers)
+        self.bodies.give(taken)  # the body is small next to the stream; only its reading is bounded
+        if version is None:
+            return self._fail("generate", 404 if why else 503, why or "no version is loaded yet; see /readyz")
+        loaded = version.extra.get("loaded")
+        if loaded is None:
+            return self._fail("generate", 400, f"{version.model} {version.version} is not a language model; use :predict")
+        try:
+            req = generation.parse_request(parse_json(body))
+            headers = {"X-Model-Version": version.version, "X-Model-Version-Number": str(version.number),
+                       "X-Model-Fingerprint": version.training_fingerprint[:12]}
+            if req.stream:
+                events = generation.stream(loaded, req)
+                first = await events.__anext__()  # a bad prompt fails here, as a 400, before any event
+
+                async def body_events():
+                    yield first
+                    async for event in events:
+                        yield event
+
+                return self._count("generate", StreamingResponse(body_events(), media_type="text/event-stream",
+                                                                 headers=headers))
+            done = await generation.generate(self._generation_batcher, loaded, req)
+        except (BadRequest, UsageError) as exc:
+            return self._fail("generate", 400, str(exc))
+        self.metrics.latency.labels("generate").observe(time.perf_counter() - started)
+        return self._count("generate", Response(_dumps({"generations": done}), media_type="application/json",
+                                                headers=headers))
 
 
 def _dumps(obj: Any) -> bytes:

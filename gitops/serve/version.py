@@ -183,6 +183,8 @@ def load_version(model_dir: Path, *, version: str | None = None, max_batch_size:
         source=str(model_dir),
         buckets=buckets_for(max_batch_size),
         max_wait_s=max_wait_ms / 1000.0,
+        # language models also answer :generate, which needs the module and its tokenizer
+        extra={"loaded": loaded} if signature.task == "language_modeling" else {},
     )
 
 
@@ -235,6 +237,8 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     labels = tuple(loaded.config.release.labels or ())
     if task == "classification":
         return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
+    if task == "language_modeling":  # :predict gives next-token logits at every position; :generate gives text
+        return Signature(input_shape, (input_shape[0], int(n_out)), task, "predictions")
     return Signature(input_shape, (int(n_out),), task, "predictions")
 
 

@@ -16,18 +16,42 @@
 #   GITOPS_BASE_VENV    venv holding jax[cuda12] (root-owned, read-only for the runner user)
 #   GITOPS_JOB_VENV     per-job venv, recreated before every job (default /var/lib/gitops-runner/job-venv)
 #   GITOPS_CACHE_ROOT   persistent caches: jax/ (compilation), runs/ (GITOPS_RUN_CACHE), pip/
+#   RUNNER_GROUP        organisation runner group to join (gitops-gpu, or gitops-gpu-untrusted); see
+#                       runners/runner-groups.yaml. Unset: the default group (repository runners)
+#   GITOPS_RUNNER_TRUST trusted (default: same-repository PRs and releases, labels gpu, shared caches)
+#                       or untrusted (approved fork PRs: labels gpu-untrusted, NO persistent cache at
+#                       all, everything under the runner root wiped before every job)
 set -euo pipefail
 
 RUNNER_VERSION="${RUNNER_VERSION:-2.329.0}"
 RUNNER_ROOT="${RUNNER_ROOT:-/var/lib/gitops-runner/runner}"
 RUNNER_TOKEN_FILE="${RUNNER_TOKEN_FILE:-/run/gitops-runner/registration-token}"
-RUNNER_LABELS="${RUNNER_LABELS:-gpu}"
+GITOPS_RUNNER_TRUST="${GITOPS_RUNNER_TRUST:-trusted}"
+if [ "$GITOPS_RUNNER_TRUST" = untrusted ]; then
+  RUNNER_LABELS="${RUNNER_LABELS:-gpu-untrusted}"
+else
+  RUNNER_LABELS="${RUNNER_LABELS:-gpu}"
+fi
+RUNNER_GROUP="${RUNNER_GROUP:-}"
 GITOPS_BASE_VENV="${GITOPS_BASE_VENV:-/opt/gitops-runner/base-venv}"
 GITOPS_JOB_VENV="${GITOPS_JOB_VENV:-/var/lib/gitops-runner/job-venv}"
 GITOPS_CACHE_ROOT="${GITOPS_CACHE_ROOT:-/var/cache/gitops}"
 HOOK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 die() { echo "register-runner: $*" >&2; exit 1; }
+
+check_trust() {
+  # A runner that builds fork code must never look like a trusted one (and the other way round): the
+  # labels decide which jobs it takes, and only trusted ones may share caches that releases reuse.
+  case "$GITOPS_RUNNER_TRUST" in
+    trusted)
+      case ",$RUNNER_LABELS," in *,gpu-untrusted,*) die "a trusted runner must not carry gpu-untrusted" ;; esac ;;
+    untrusted)
+      case ",$RUNNER_LABELS," in *,gpu,*) die "an untrusted runner must not carry the label gpu" ;; esac
+      case ",$RUNNER_LABELS," in *,gpu-untrusted,*) ;; *) die "an untrusted runner needs the label gpu-untrusted" ;; esac ;;
+    *) die "GITOPS_RUNNER_TRUST must be trusted or untrusted" ;;
+  esac
+}
 
 # owner/repo (or org) from the URL, for the REST call
 scope_path() {
@@ -87,8 +111,22 @@ prepare_job_venv() {
 
 write_runner_env() {
   # .env and .path are read by the runner and handed to every job.
-  mkdir -p "$GITOPS_CACHE_ROOT/jax" "$GITOPS_CACHE_ROOT/runs" "$GITOPS_CACHE_ROOT/pip"
-  cat > "$RUNNER_ROOT/.env" <<ENV
+  if [ "$GITOPS_RUNNER_TRUST" = untrusted ]; then
+    # Fork code: per-job scratch caches, wiped before every job; no run cache at all.
+    local scratch="$RUNNER_ROOT/_job-cache"
+    rm -rf "$scratch"
+    mkdir -p "$scratch/jax" "$scratch/pip"
+    cat > "$RUNNER_ROOT/.env" <<ENV
+LANG=C.UTF-8
+GITOPS_RUNNER_PYTHON=$GITOPS_JOB_VENV/bin/python
+JAX_COMPILATION_CACHE_DIR=$scratch/jax
+PIP_CACHE_DIR=$scratch/pip
+ACTIONS_RUNNER_HOOK_JOB_COMPLETED=$HOOK_DIR/job-completed.sh
+GITOPS_JOB_VENV=$GITOPS_JOB_VENV
+ENV
+  else
+    mkdir -p "$GITOPS_CACHE_ROOT/jax" "$GITOPS_CACHE_ROOT/runs" "$GITOPS_CACHE_ROOT/pip"
+    cat > "$RUNNER_ROOT/.env" <<ENV
 LANG=C.UTF-8
 GITOPS_RUNNER_PYTHON=$GITOPS_JOB_VENV/bin/python
 JAX_COMPILATION_CACHE_DIR=$GITOPS_CACHE_ROOT/jax
@@ -97,6 +135,7 @@ PIP_CACHE_DIR=$GITOPS_CACHE_ROOT/pip
 ACTIONS_RUNNER_HOOK_JOB_COMPLETED=$HOOK_DIR/job-completed.sh
 GITOPS_JOB_VENV=$GITOPS_JOB_VENV
 ENV
+  fi
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
     echo "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES" >> "$RUNNER_ROOT/.env"
   fi
@@ -116,6 +155,7 @@ cmd_run() {
   [ -n "$token" ] || die "no registration token"
   unset RUNNER_TOKEN GH_TOKEN GITHUB_TOKEN
 
+  check_trust
   install_runner
   # Start from nothing but the caches, also after a crash that skipped the job-completed hook.
   rm -rf "$RUNNER_ROOT/_work"
@@ -130,6 +170,7 @@ cmd_run() {
     --url "$GITHUB_URL" --token "$token" \
     --name "$(hostname -s)-gpu-${INVOCATION_ID:-$$}" \
     --labels "$RUNNER_LABELS" \
+    ${RUNNER_GROUP:+--runnergroup "$RUNNER_GROUP"} \
     --work "$RUNNER_ROOT/_work"
   unset token
   write_runner_env
