@@ -37,10 +37,15 @@ _DEBUG_ENV = "GITOPS_DEBUG"
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
 ) -> None:
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    from gitops import logs
+
+    # library warnings (e.g. an unreadable registry tag) as `warning: ...` lines, for this command
+    ctx.call_on_close(logs.setup_command())
 
 
 def debug_enabled() -> bool:
