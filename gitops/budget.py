@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gitops.settings import Budgets
+from gitops.tags import instant
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def measured_rate(root, model: str) -> float | None:
     folders = [Path(root) / "runs" / model]
     if os.environ.get("GITOPS_RUN_CACHE"):
         folders.append(Path(os.environ["GITOPS_RUN_CACHE"]) / model)
-    newest: tuple[str, float] | None = None
+    newest: tuple[float, float] | None = None
     for folder in folders:
         for manifest_path in folder.glob("*/manifest.json") if folder.is_dir() else []:
             try:
@@ -72,8 +73,9 @@ def measured_rate(root, model: str) -> float | None:
             except (OSError, ValueError):
                 continue
             rate, finished = manifest.get("steps_per_second"), manifest.get("finished_at")
-            if rate and finished and (newest is None or finished > newest[0]):
-                newest = (finished, float(rate))
+            when = instant(finished) if finished else None  # an instant: dates may carry offsets
+            if rate and when is not None and (newest is None or when > newest[0]):
+                newest = (when, float(rate))
     return newest[1] if newest else None
 
 

@@ -60,12 +60,17 @@ def _show_version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
     version: Annotated[bool, typer.Option(
         "--version", help="Print the version and exit.", is_eager=True, callback=_show_version)] = False,
 ) -> None:
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    from gitops import logs
+
+    # library warnings (e.g. an unreadable registry tag) as `warning: ...` lines, for this command
+    ctx.call_on_close(logs.setup_command())
 
 
 def debug_enabled() -> bool:

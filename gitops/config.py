@@ -9,6 +9,7 @@ Every problem of every file is collected before anything is raised, so a user se
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -546,7 +547,8 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
     hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
-    identity = {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
+    identity = {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]),
+                "data_fingerprint": data_fp}
     if plugin_source:
         identity["plugins"] = {"package": plugin_source["package"], "sha256": plugin_source["sha256"]}
     training_fp = sha256_json(identity)
@@ -579,15 +581,34 @@ def _package_version(package: str) -> str | None:
     return distinfo.version(package)
 
 
+# streaming-dataset keys that change how fast data arrives, never which data (gitops.streaming.EXECUTION_KEYS)
+EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
+
+
+def hashed_data(data: dict) -> dict:
+    """The data spec as fingerprinted: a streaming source's worker and prefetch counts left out."""
+    ds = data.get("dataset") or {}
+    if not any(k in ds for k in EXECUTION_ONLY_DATASET_KEYS):
+        return data
+    return {**data, "dataset": {k: v for k, v in ds.items() if k not in EXECUTION_ONLY_DATASET_KEYS}}
+
+
 def data_fingerprint(data: dict) -> str:
-    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version."""
+    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version.
+
+    A streaming source is pinned by its checksum list's SHA-256 (`checksums_sha256`): neither the list
+    nor the data is read here.
+    """
     entry = catalog.DATASETS[data["dataset"]["name"]]
+    data = hashed_data(data)
     identity: dict[str, Any] = {"spec": data}
     package = entry.info.get("package")
     if package:
         identity["package"] = {"name": package, "version": _package_version(package)}
     if "sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["sha256"]]
+    if "checksums_sha256" in data["dataset"]:
+        identity["pins"] = [data["dataset"]["checksums_sha256"]]
     return sha256_json(identity)
 
 
@@ -621,6 +642,12 @@ def input_shape(data: dict) -> list[int] | None:
         return [ds["n_features"]]
     if ds["name"] == "sequences":
         return [ds["length"]]
+    if ds["name"] == "image_folder":
+        return [*ds["image_size"], ds["channels"]]
+    if ds["name"] == "parquet" and ds.get("features"):
+        return [len(ds["features"])]
+    if ds["name"] == "array_record" and ds.get("input_shape"):
+        return list(ds["input_shape"])
     if ds["name"] == "text":
         return [ds["sequence_length"]]
     return None
@@ -635,7 +662,7 @@ def num_classes(data: dict) -> int | None:
         return ds["centers"]
     if ds["name"] == "sequences":
         return {"majority": ds["vocab_size"], "first_last_equal": 2, "sorted": 2}[ds["rule"]]
-    return None
+    return ds.get("num_classes")  # streaming sources may declare it (checked against the data when training)
 
 
 def metric_problem(name: str, task: str, classes: int | None) -> str | None:
@@ -750,12 +777,40 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
             problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
+    problems += _streaming_problems(data["dataset"], tree)
     if dataset_name in ("file", "text") and tree is not None:
         try:
             if tree.read(data["dataset"]["path"]) is None:
                 problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
         except ConfigError as exc:  # a path leading out of the repository
             problems.append((("data", "dataset", "path"), "; ".join(str(p) for p in exc.problems)))
+    return problems
+
+
+def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
+    """Checks of a streaming source that read the checksum list (small, in the repository), never the data."""
+    problems: list[tuple[tuple, str]] = []
+    if "checksums_sha256" not in ds:
+        return problems
+    if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
+        problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
+    if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):
+        problems.append((("data", "dataset", "num_classes"), "array_record classification needs num_classes"))
+    if tree is None:
+        return problems
+    try:
+        listed = tree.read(ds["checksums"])
+    except ConfigError as exc:  # a path leading out of the repository (a symlink, ..)
+        problems.append((("data", "dataset", "checksums"), "; ".join(str(p) for p in exc.problems)))
+        return problems
+    if listed is None:
+        problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
+                         f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
+    else:
+        actual = hashlib.sha256(listed).hexdigest()
+        if actual != ds["checksums_sha256"]:
+            problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "
+                             "update the pin if the list changed on purpose"))
     return problems
 
 

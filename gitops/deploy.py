@@ -63,8 +63,14 @@ class Rendered:
     files: tuple[str, ...]
 
 
+def label_safe(version: str) -> str:
+    """`version` as a Docker tag or Kubernetes label value allows it: SemVer's build-metadata `+`
+    becomes `_` (as Helm does); pre-release `-rc.1` is already allowed."""
+    return version.replace("+", "_")
+
+
 def image_name(model: str, version: str, registry: str = "") -> str:
-    name = f"gitops-{model}:{version}"
+    name = f"gitops-{model}:{label_safe(version)}"
     return f"{registry.rstrip('/')}/{name}" if registry else name
 
 
@@ -120,7 +126,7 @@ def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: st
 
 
 def _labels(model: str, version: str) -> dict:
-    return {"app.kubernetes.io/name": model, "app.kubernetes.io/version": version,
+    return {"app.kubernetes.io/name": model, "app.kubernetes.io/version": label_safe(version),
             "app.kubernetes.io/managed-by": "gitops"}
 
 

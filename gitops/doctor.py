@@ -101,7 +101,7 @@ def check_git() -> Check:
 
 def check_coordinator(address: str, process_id: int, timeout: float = 3.0) -> Check:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):  # "²".isdigit() is True too
         return Check("coordinator", False, f"JAX_COORDINATOR_ADDRESS={address!r}", "set it to HOST:PORT")
     try:
         socket.getaddrinfo(host, int(port))

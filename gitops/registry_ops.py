@@ -239,9 +239,12 @@ def _create_counted(backend: Backend, make_name, commit: str, message: str, mode
     raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
 
 
-def promote(backend: Backend, ref: str, stage: str) -> str:
-    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
-    tags.check_stage(stage)
+def promote(backend: Backend, ref: str, stage: str, *, root: Path | None = None) -> str:
+    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto assign` checks).
+    """
+    _check_stage(stage, root)
     st, version = resolve(backend, ref)
     if st.stages.get(stage) == version.version:  # e.g. a rerun of a promote killed after its tag: done
         assigned = [e.tag for e in st.events if e.stage == stage and e.version == version.version]
@@ -257,18 +260,28 @@ def promote(backend: Backend, ref: str, stage: str) -> str:
     return tag
 
 
-def demote(backend: Backend, model: str, stage: str) -> str:
-    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit."""
-    tags.check_stage(stage)
-    all_tags = backend.list_tags()
-    st = tags.model_state(all_tags, model)
+def demote(backend: Backend, model: str, stage: str, *, root: Path | None = None) -> str:
+    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto unassign` checks).
+    """
+    _check_stage(stage, root)
+    st = state(backend, model)
     holder = st.stages.get(stage)
     if holder is None:
-        hint = unknown_model_hint(all_tags, model) if not st.events else ""
+        hint = unknown_model_hint(backend.list_tags(), model) if not st.events else ""
         raise UsageError(f"no version of {model} is in stage {stage!r}{hint}")
     version = st.versions[holder]
     message = f"Demote {model} {holder} from {stage}\n\nversion: {holder}\n"
     return _create_counted(backend, lambda n: tags.unassign_tag(model, stage, n), version.commit, message, model)
+
+
+def _check_stage(stage: str, root: Path | None) -> None:
+    tags.check_stage(stage)
+    if root is not None:
+        from gitops import gto_config
+
+        gto_config.load(root).check_stage(stage)
 
 
 def deprecate(backend: Backend, ref: str, root: Path) -> str:
@@ -313,6 +326,7 @@ def history(backend: Backend, model: str) -> dict:
             "commit": v.commit,
             "tag": v.tag,
             "active": v.active,
+            "prerelease": v.prerelease,
             "stages": sorted(v.stages),
             "bump": meta.get("bump"),
             "reason": meta.get("reason") or _first_line(v.message),
@@ -357,7 +371,11 @@ def format_history(doc: dict) -> str:
     rows = [["VERSION", "DATE (UTC)", "COMMIT", "HEADLINE", "BUMP", "REASON", "AUTHOR", "STATUS"]]
     for v in reversed(doc["versions"]):
         head = ", ".join(f"{k} {format_number(x)}" for k, x in v["headline"].items()) or "-"
-        flags = [] if v["active"] else ["deregistered"]
+        flags = []
+        if not v["active"]:
+            flags.append("deregistered")
+        if v.get("prerelease"):
+            flags.append("pre-release")
         flags += [f"[{s}]" for s in v["stages"]]
         rows.append([v["version"], (v["date"] or "")[:19].replace("T", " "), (v["commit"] or "")[:10], head,
                      v["bump"] or "-", v["reason"] or "-", _who(v["author"]), " ".join(flags)])

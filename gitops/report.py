@@ -742,8 +742,6 @@ _allow_non_finite(REPORT_JSON_SCHEMA)
 
 def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
     """Parse and check a report.json handed over from an untrusted run; UsageError/GitopsError on any mismatch."""
-    import jsonschema
-
     from gitops.errors import GitopsError
 
     if len(text) > 10_000_000:
@@ -752,7 +750,9 @@ def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GitopsError(f"report JSON is not valid JSON: {exc}") from None
-    errors = sorted(jsonschema.Draft202012Validator(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
+    from gitops.schema import strict_validator_class
+
+    errors = sorted(strict_validator_class()(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
         raise GitopsError(f"report JSON does not match its schema at {where}: {errors[0].message[:200]}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -432,14 +433,35 @@ def selectors(kind: str) -> dict[tuple, str]:
 # --- validation ------------------------------------------------------------------------------------
 
 _VALIDATORS: dict[str, Any] = {}
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def whole_string_pattern(pattern: str) -> str:
+    """A JSON Schema `pattern` for Python's `re`, with `$` meaning the end of the string.
+
+    JSON Schema patterns are ECMA-262 regexes, where `$` matches only at the end of the input; in
+    Python's `re`, `$` also matches before a final newline, so `"val/acc\\n"` would pass
+    `^val/[a-z_]+$`. fastjsonschema makes the same substitution, so both validators agree.
+    """
+    return _UNESCAPED_DOLLAR.sub(r"\\Z", pattern)
+
+
+def strict_validator_class():
+    """jsonschema's Draft 2020-12 validator with ECMA-262 `$` in `pattern` (see whole_string_pattern)."""
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator, patrn, instance, schema):
+        if validator.is_type(instance, "string") and not re.search(whole_string_pattern(patrn), instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern})
 
 
 def _validator(kind: str):
     _sync()
     if kind not in _VALIDATORS:
-        from jsonschema import Draft202012Validator
-
-        _VALIDATORS[kind] = Draft202012Validator(schema_for(kind))
+        _VALIDATORS[kind] = strict_validator_class()(schema_for(kind))
     return _VALIDATORS[kind]
 
 

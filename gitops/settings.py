@@ -160,9 +160,7 @@ def load_settings(tree: Tree) -> Settings:
         return _settings(doc)
     except fastjsonschema.JsonSchemaException:
         pass
-    from jsonschema import Draft202012Validator
-
-    errors = sorted(Draft202012Validator(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
+    errors = sorted(schema_mod.strict_validator_class()(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
     problems = []
     for error in errors:
         for path, message, at_key in schema_mod._describe(error):

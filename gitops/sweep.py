@@ -346,10 +346,9 @@ def _schema_errors(data: Any) -> list[tuple[tuple, str, bool]]:
         return []
     except fastjsonschema.JsonSchemaException:
         pass
-    from jsonschema import Draft202012Validator
-
     out: list[tuple[tuple, str, bool]] = []
-    errors = sorted(Draft202012Validator(SWEEP_SCHEMA).iter_errors(data),
+    # `$` ends the string, as in JSON Schema (ECMA-262), not before a final newline as in Python's re
+    errors = sorted(schema.strict_validator_class()(SWEEP_SCHEMA).iter_errors(data),
                     key=lambda e: (list(map(str, e.absolute_path)), e.message))
     for error in errors:
         path = tuple(error.absolute_path)

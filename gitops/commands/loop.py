@@ -8,6 +8,7 @@ jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -263,7 +264,7 @@ def fetch_runs_cmd(
     from gitops import artifacts
 
     root = config.find_root()
-    if run_id is None and os.environ.get("GITHUB_RUN_ID", "").isdigit():
+    if run_id is None and re.fullmatch("[0-9]+", os.environ.get("GITHUB_RUN_ID", "")):
         run_id = int(os.environ["GITHUB_RUN_ID"])
     items = artifacts.matrix_items(matrix)
     backend = None
@@ -355,7 +356,7 @@ def promote_cmd(
     sinks = trackers.specs_for(root, track)
     st, version = registry_ops.resolve(backend, ref)
     before = st.stages.get(to)
-    tag = registry_ops.promote(backend, ref, to)
+    tag = registry_ops.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     counter = tag.rsplit("#", 1)[-1]
@@ -383,7 +384,7 @@ def demote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    tag = registry_ops.demote(backend, model, stage)
+    tag = registry_ops.demote(backend, model, stage, root=root)
     _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
     out(tag)
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
@@ -513,7 +514,7 @@ def track_cmd(
         names |= {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
         if backend is not None:
             names |= set(tags.registry_state(backend.list_tags()))
-        models = sorted(n for n in names if tags.MODEL_RE.match(n))
+        models = sorted(n for n in names if tags.MODEL_RE.fullmatch(n))
     else:
         models = [config.model_name_from_arg(model, root)]
     result = trackers.backfill(root, backend, specs, models, runs_dir=runs)

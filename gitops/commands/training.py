@@ -106,6 +106,15 @@ def _dry_run(cfg: Any, root: Path) -> None:
         out(f"compiled memory {name.removesuffix('_in_bytes')}: {value / mib:.3f} MiB")
     out(f"compile: {report['compile_s']:.2f} s ({report['chunk']} steps per dispatch)")
     out(f"speed here: {report['steps_per_second']:,.0f} steps/s")
+    if report.get("input_examples_per_second") is not None:
+        workers = report["input_workers"]
+        out(f"input pipeline: {report['input_examples_per_second']:,.0f} examples/s "
+            f"({workers} worker process{'es' if workers != 1 else ''}); the step takes "
+            f"{report['step_examples_per_second']:,.0f} examples/s")
+        if report["bottleneck"] == "input pipeline":
+            out("bottleneck: the input pipeline, not the model (add data.dataset.workers, or smaller images)")
+        else:
+            out("bottleneck: the model (the input pipeline keeps up)")
     out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")
     out(f"dry run took {report['dry_run_s']:.1f} s; nothing written")
 

@@ -96,7 +96,8 @@ class ModelData:
 
     @property
     def latest(self) -> VersionData | None:
-        active = [v for v in self.versions if v.active]
+        """The highest active release; a pre-release never is (exact references only)."""
+        active = [v for v in self.versions if v.active and not v.semver.is_prerelease]
         return active[-1] if active else None
 
     @property
@@ -156,7 +157,8 @@ def collect_registry(root: Path, backend: Backend, cache: Path | None = None) ->
                 break
         if model.versions or model.events:
             models.append(model)
-    as_of = max((e.date for m in models for e in m.events), default="")
+    # the newest instant, not the largest text: tagger dates carry offsets
+    as_of = max((e.date for m in models for e in m.events), key=lambda d: tags.instant(d) or 0.0, default="")
     return RegistryData(models, backend.name, as_of)
 
 
@@ -343,7 +345,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 

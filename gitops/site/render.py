@@ -238,6 +238,8 @@ def _versions_table(m: ModelData) -> str:
     metric = m.headline_metric
     for v in reversed(m.versions):
         flags = "" if v.active else ' <span class="badge deregistered">deregistered</span>'
+        if v.semver.is_prerelease:
+            flags += ' <span class="badge deregistered">pre-release</span>'
         rows.append(
             f'<tr><th scope="row"><a href="#{escape(v.version)}">{escape(v.version)}</a>{flags}</th>'
             f"<td>{_date(v.date)}</td><td>{_author(v.author)}</td>"
@@ -341,6 +343,8 @@ def _events_table(m: ModelData) -> str:
 def _version_details(m: ModelData, v: VersionData, previous: VersionData | None, task: str, open_: bool) -> str:
     stages = _stage_badges({s: v.version for s in v.stages})
     flags = "" if v.active else ' <span class="badge deregistered">deregistered</span>'
+    if v.semver.is_prerelease:
+        flags += ' <span class="badge deregistered">pre-release</span>'
     lineage = [
         ("Tag", f"<code>{escape(v.tag)}</code>"),
         ("Released", f"{_date(v.date)} by {_author(v.author)}"),
