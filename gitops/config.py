@@ -9,7 +9,6 @@ Every problem of every file is collected before anything is raised, so a user se
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -807,6 +806,8 @@ def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
         problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
                          f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
     else:
+        import hashlib  # not at start-up (tests/test_startup.py)
+
         actual = hashlib.sha256(listed).hexdigest()
         if actual != ds["checksums_sha256"]:
             problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "

@@ -3,7 +3,6 @@ list that pins a streaming dataset (gitops.checksum_list), `tokenizer` trains a 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +59,8 @@ def checksums_cmd(
     finally:
         if progress:
             progress.stop()
+    import hashlib  # not at start-up (tests/test_startup.py)
+
     pin = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if out_file is None:
         out(text)
