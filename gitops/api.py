@@ -18,25 +18,22 @@ import numpy as np
 
 from gitops import config as config_lib
 from gitops import jsonio
-from gitops.errors import GitopsError, IntegrityError, UsageError
+from gitops.errors import GitopsError, IntegrityError
 from gitops.runs import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PREPROCESSING_FILE
 
 
 def resolve_ref(ref: str | Path) -> Path:
-    """The folder a ref names: an existing run folder path, or `name@version` through the release registry."""
-    path = Path(ref)
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    text = str(ref)
-    if "@" in text and not path.exists():
-        try:
-            from gitops.registry_ops import resolve_to_folder  # provided by the release registry
-        except ImportError:
-            raise UsageError(f"{text}: loading released versions is not available yet; pass a run folder") from None
-        return Path(resolve_to_folder(text))
-    if path.is_dir():
-        raise UsageError(f"{path} is not a run folder (no {MANIFEST_FILE})")
-    raise UsageError(f"{text}: no such run folder (expected runs/<model>/<fingerprint>/ or MODEL@VERSION)")
+    """The folder a reference names (`gitops.refs`: a run folder, MODEL, MODEL@latest|VERSION|STAGE).
+
+    A released version is pulled (verified) into `.gitops/pulled/` of the repository first.
+    """
+    from gitops.refs import parse_target
+    from gitops.registry_ops import resolve_to_folder
+
+    target = parse_target(ref)
+    if target.path is not None:
+        return target.path
+    return Path(resolve_to_folder(str(target.ref)))
 
 
 @dataclass

@@ -79,12 +79,12 @@ def measured_rate(root, model: str) -> float | None:
     return newest[1] if newest else None
 
 
-def plan_costs(root, head: str, models: list[str]) -> list[Cost]:
-    """Steps and last measured rate of each model the plan trains, from its config at `head`."""
+def plan_costs(root, head: str | None, models: list[str]) -> list[Cost]:
+    """Steps and last measured rate of each model the plan trains, from its config at `head` (None: the working tree)."""
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.tree import FsTree, GitTree
 
-    tree = GitTree(root, head)
+    tree = GitTree(root, head) if head else FsTree(root)
     costs = []
     for model in models:
         cfg = config.load(model, root, tree=tree)
@@ -107,12 +107,12 @@ def pr_labels_from_event(path: str | None) -> list[str]:
     return [label.get("name", "") for label in labels if isinstance(label, dict)]
 
 
-def trial_costs(root, head: str, model: str, trials: list[dict]) -> list[Cost]:
-    """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines)."""
+def trial_costs(root, head: str | None, model: str, trials: list[dict]) -> list[Cost]:
+    """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines); head None: the working tree."""
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.tree import FsTree, GitTree
 
-    tree = GitTree(root, head)
+    tree = GitTree(root, head) if head else FsTree(root)
     rate = measured_rate(root, model)
     costs = []
     for trial in trials:

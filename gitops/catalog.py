@@ -387,6 +387,7 @@ class Metric:
     higher_is_better: bool
     tasks: tuple[str, ...]
     description: str
+    repo_package: str | None = None  # set for a metric from the repository's plugin package
 
 
 METRICS: dict[str, Metric] = {
@@ -433,6 +434,8 @@ def dataset_task(data: dict) -> str:
 def _plugin_entry(found: Any) -> Entry:
     plugin = found.plugin
     info = {"inputs": "any", **dict(plugin.info), "plugin": found.distribution}
+    if found.repo_package:  # its source hash joins the training fingerprint (config.repo_plugin_package)
+        info["repo_package"] = found.repo_package
     if found.kind == "dataset" and found.distribution:
         info.setdefault("package", found.distribution)  # its version joins the data fingerprint
         info.setdefault("kind", "plugin")
@@ -441,7 +444,8 @@ def _plugin_entry(found: Any) -> Entry:
 
 def _plugin_metric(found: Any) -> Metric:
     plugin = found.plugin
-    return Metric(plugin.name, bool(plugin.higher_is_better), tuple(plugin.tasks), plugin.description)
+    return Metric(plugin.name, bool(plugin.higher_is_better), tuple(plugin.tasks), plugin.description,
+                  found.repo_package)
 
 
 def _with_plugins() -> None:

@@ -8,7 +8,8 @@ import sys
 from gitops.cli_app import app
 
 # Each module registers its commands on import; none of them imports jax at module level.
-_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep", "data")
+_COMMAND_MODULES = ("init", "config", "training", "loop", "browse", "runner", "serving", "site", "demo", "sweep",
+                    "data")
 
 for _name in _COMMAND_MODULES:
     try:

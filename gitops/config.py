@@ -9,7 +9,6 @@ Every problem of every file is collected before anything is raised, so a user se
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
 import os
@@ -21,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gitops import catalog, schema
-from gitops.errors import ConfigError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.schema import _copy_json
 from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
@@ -124,6 +123,7 @@ class ResolvedConfig:
     training_fingerprint: str
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
+    plugins: Mapping[str, Any] | None = None  # {package, sha256} of the repository plugin package it uses
 
     @property
     def task(self) -> str:
@@ -136,12 +136,15 @@ class ResolvedConfig:
     def as_dict(self) -> dict:
         """The resolved config as plain data: {model, train, data, release}."""
         model = {"architecture": self.model.architecture, **thaw(self.model.params)}
-        return {
+        doc = {
             "model": model,
             "train": _dataclass_dict(self.train),
             "data": _dataclass_dict(self.data),
             "release": _dataclass_dict(self.release),
         }
+        if self.plugins:  # the plugin source it was resolved with travels in config.resolved.yaml
+            doc["plugins"] = thaw(self.plugins)
+        return doc
 
     def headline_metric(self) -> str:
         if self.release.headline_metric:
@@ -417,12 +420,18 @@ def find_root(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
         if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
+            from gitops import plugins
+
+            plugins.use_repository(folder)  # its plugin package (if any) is the one in view
             return folder
-    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository")
+    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository, or start one with: gitops init")
 
 
 def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
     """Resolve one model, returning it (or None) with every problem found."""
+    from gitops import plugins
+
+    plugins.use_repository(tree.root)  # the catalog merges this repository's plugin package (if any)
     loader = _Loader(tree)
     model_rel = f"{MODELS_DIR}/{name}"
     folder_mark = Mark(tree.label(model_rel), 1, 1)
@@ -434,6 +443,10 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         loader.problems.append(refused)
         return None, loader.problems
     if not tree.is_dir(model_rel):
+        ref = getattr(tree, "ref", None)
+        if ref is not None and (tree.root / model_rel).is_dir():
+            # the folder is in the working tree but not in the commit read (release reads HEAD)
+            raise GitopsError(f"{model_rel} is not committed; commit it first (it is not in {ref[:12]})")
         raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder{did_you_mean(name, tree)}")
     merged: dict[str, _Merged] = {}
     for kind in FILE_KINDS:
@@ -470,6 +483,10 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         if saved is not None:
             partial[kind] = schema.fill_defaults(schema.schema_for(kind), saved)
             dropped += [(kind, *p) for p in lost]
+    blocked = plugins.blocked_package()
+    if blocked and loader.problems:  # a name it provides looks unknown: say why instead
+        raise plugins.PluginError(f"{model_rel}: {plugins.blocked_message(blocked)}; without it:\n"
+                                  + "\n".join(str(p) for p in loader.problems))
     if any(k not in cleaned and k not in partial for k in FILE_KINDS):
         return None, loader.problems
 
@@ -481,7 +498,9 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
-    return build(name, cleaned, files), []
+    package = repo_plugin_package(cleaned)
+    source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
+    return build(name, cleaned, files, source), []
 
 
 def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
@@ -497,16 +516,41 @@ def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
 
 
-def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
-    """Typed config and fingerprints from already validated, defaults-filled documents."""
+def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
+    """The repository plugin package a model uses (architecture, dataset, augmentation, or a metric of its task)."""
+    used = [catalog.ARCHITECTURES.get(cleaned["model"]["architecture"]),
+            catalog.DATASETS.get(cleaned["data"]["dataset"]["name"])]
+    used += [catalog.AUGMENTATIONS.get(a["name"]) for a in cleaned["data"].get("augmentation") or ()]
+    for entry in used:
+        if entry is not None and entry.info.get("repo_package"):
+            return entry.info["repo_package"]
+    task = catalog.dataset_task(cleaned["data"])
+    for metric in catalog.METRICS.values():
+        package = getattr(metric, "repo_package", None)
+        if package and task in metric.tasks:
+            return package
+    return None
+
+
+def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None,
+          plugin_source: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """Typed config and fingerprints from already validated, defaults-filled documents.
+
+    `plugin_source` ({package, sha256} of the repository plugin package the model uses; else taken
+    from a resolved config's `plugins` key) joins the training fingerprint, so editing the plugin
+    retrains exactly the models that use it.
+    """
     docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
+    plugin_source = plugin_source or cleaned.get("plugins") or None
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
     hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
-    training_fp = sha256_json(
-        {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]), "data_fingerprint": data_fp}
-    )
+    identity = {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]),
+                "data_fingerprint": data_fp}
+    if plugin_source:
+        identity["plugins"] = {"package": plugin_source["package"], "sha256": plugin_source["sha256"]}
+    training_fp = sha256_json(identity)
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
     architecture = model_doc.pop("architecture")
@@ -520,6 +564,7 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
         training_fingerprint=training_fp,
         release_fingerprint=release_fp,
         files=freeze(dict(files or {})),
+        plugins=freeze(dict(identity["plugins"])) if plugin_source else None,
     )
 
 
@@ -761,6 +806,8 @@ def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
         problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
                          f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
     else:
+        import hashlib  # not at start-up (tests/test_startup.py)
+
         actual = hashlib.sha256(listed).hexdigest()
         if actual != ds["checksums_sha256"]:
             problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "

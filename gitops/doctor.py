@@ -50,7 +50,7 @@ def check_packages() -> Check:
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
     if missing:
-        return Check("packages", False, "missing: " + ", ".join(missing), "pip install gitops-nn (or jax[cuda12] on GPU runners)")
+        return Check("packages", False, "missing: " + ", ".join(missing), "reinstall gitops from its wheel or git URL (README, \"Use gitops in your repository\"); jax[cuda12] on GPU runners")
     return Check("packages", True, ", ".join(found))
 
 

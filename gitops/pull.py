@@ -114,7 +114,9 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
     `say` receives one sentence for people (what was verified, or that the folder already holds
     this release); the CLI prints it on stderr so stdout stays the folder alone.
     """
-    st, version = registry_ops.resolve(backend, ref)
+    from gitops.refs import parse_target
+
+    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
     model = st.model
     say = say or (lambda _text: None)
     target = Path(to) if to is not None else default_target(root, model, version.version)

@@ -123,6 +123,11 @@ def new_model(root: Path, name: str, from_model: str | None = None) -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if from_model is None and not (root / "schemas").is_dir():
+        # the files' `$schema` headers point at ../../schemas/: a repository not set up by `gitops init`
+        from gitops.schema import write_schemas
+
+        write_schemas(root / "schemas")
     cfg, problems = config.resolve(name, FsTree(root))
     if cfg is None:  # only possible when copying from an invalid model
         shutil.rmtree(target, ignore_errors=True)

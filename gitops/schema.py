@@ -290,10 +290,24 @@ _BUILDERS: dict[str, Callable[[], dict]] = {
     "release": _release_schema,
 }
 _CACHE: dict[str, dict] = {}
+_CACHE_STATE: list[tuple | None] = [None]
+
+
+def _sync() -> None:
+    """Drop built schemas and validators when the plugins in view change (another repository's package)."""
+    from gitops.plugins import state_key
+
+    key = state_key()
+    if _CACHE_STATE[0] != key:
+        _CACHE.clear()
+        _VALIDATORS.clear()
+        _FAST.clear()
+        _CACHE_STATE[0] = key
 
 
 def schema_for(kind: str) -> dict:
-    """The JSON Schema of one file kind (built once per process)."""
+    """The JSON Schema of one file kind (built once per set of plugins in view)."""
+    _sync()
     if kind not in _CACHE:
         _CACHE[kind] = _BUILDERS[kind]()
     return _CACHE[kind]
@@ -445,6 +459,7 @@ def strict_validator_class():
 
 
 def _validator(kind: str):
+    _sync()
     if kind not in _VALIDATORS:
         _VALIDATORS[kind] = strict_validator_class()(schema_for(kind))
     return _VALIDATORS[kind]
@@ -633,6 +648,7 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
 
 def _fast_check(kind: str) -> Callable[[Any], Any]:
     """A compiled validator (fastjsonschema) for the common case: a valid document, in microseconds."""
+    _sync()
     if kind not in _FAST:
         _FAST[kind] = compiled_validator(schema_for(kind))
     return _FAST[kind]

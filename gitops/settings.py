@@ -83,6 +83,22 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "plugins": {
+            "type": "object",
+            "description": "Your own architectures, datasets, augmentations and metrics from a package in this "
+                           "repository (docs/plugins.md). Its source joins the training fingerprint of the models "
+                           "that use it.",
+            "default": {},
+            "additionalProperties": False,
+            "properties": {
+                "package": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                    "description": "A folder at the repository root holding a Python package whose __init__.py "
+                                   "defines GITOPS_PLUGINS, e.g. plugins.",
+                },
+            },
+        },
     },
 }
 
@@ -110,8 +126,14 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class PluginSettings:
+    package: str | None = None  # a package folder at the repository root (gitops.plugins)
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
+    plugins: PluginSettings = PluginSettings()
     trackers: tuple[TrackerSpec, ...] = ()
 
     def tracker(self, name: str) -> TrackerSpec | None:
@@ -167,4 +189,5 @@ def _settings(doc: Any) -> Settings:
                 raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, key)),
                                            f"{key!r} is not an option of the {spec.name} tracker")])
         trackers.append(spec)
-    return Settings(Budgets(**(data.get("budgets") or {})), tuple(trackers))
+    return Settings(budgets=Budgets(**(data.get("budgets") or {})), trackers=tuple(trackers),
+                    plugins=PluginSettings(**(data.get("plugins") or {})))

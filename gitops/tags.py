@@ -181,7 +181,12 @@ def deprecate_tag(model: str, counter: int) -> str:
     return f"{model}@deprecated#{counter}"
 
 
+RESERVED_STAGES = ("latest", "greatest")  # MODEL@latest names the newest version (GTO: also `greatest`)
+
+
 def check_stage(stage: str) -> str:
+    if stage in RESERVED_STAGES:
+        raise UsageError(f"stage {stage!r} is reserved (MODEL@{stage} names the newest version); pick another name")
     if not isinstance(stage, str) or not STAGE_RE.fullmatch(stage) or "/" in stage:
         raise UsageError(f"stage {stage!r} must be lowercase letters, digits and '-' (e.g. production)")
     return stage

@@ -3,7 +3,6 @@ list that pins a streaming dataset (gitops.checksum_list), `tokenizer` trains a 
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,8 +10,10 @@ from typing import Annotated
 import typer
 
 from gitops.cli_app import app, command, out
+from gitops.helptext import GitopsGroup
 
-data_app = typer.Typer(help="Data commands: checksum lists of streaming datasets.", no_args_is_help=True)
+data_app = typer.Typer(help="Data commands: checksum lists of streaming datasets.", no_args_is_help=True,
+                       cls=GitopsGroup, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 
@@ -58,6 +59,8 @@ def checksums_cmd(
     finally:
         if progress:
             progress.stop()
+    import hashlib  # not at start-up (tests/test_startup.py)
+
     pin = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if out_file is None:
         out(text)

@@ -69,8 +69,10 @@ def diff_cmd(
 
 @command("plan", group=ci_app)
 def plan_cmd(
-    base: Annotated[str, typer.Option("--base", help="Base commit (the PR's base SHA).")],
-    head: Annotated[str, typer.Option("--head", help="Head commit (the PR's head SHA).")],
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Base commit, the PR's base SHA (default: merge-base with main, or HEAD~, like diff).")] = None,
+    head: Annotated[str | None, typer.Option(
+        "--head", help="Head commit, the PR's head SHA (default: the working tree, like diff).")] = None,
     github_output: Annotated[
         bool, typer.Option("--github-output", help="Also append matrix=... and has_train=... to $GITHUB_OUTPUT.")
     ] = False,
@@ -86,13 +88,13 @@ def plan_cmd(
 
     Refuses (exit 1) a plan over the budgets in gitops.yaml unless the PR carries the override label.
     """
-    from gitops import budget, plan, settings
-    from gitops.tree import GitTree
+    from gitops import budget, gitutil, plan, settings
+    from gitops.tree import FsTree, GitTree
 
     root = config.find_root()
-    result = plan.plan(root, base, head)
+    result = plan.plan(root, base or gitutil.default_base(root), head)
     doc = result.as_dict()
-    budgets = settings.load_settings(GitTree(root, head)).budgets
+    budgets = settings.load_settings(GitTree(root, head) if head else FsTree(root)).budgets
     costs = budget.fit_sweeps(budget.plan_costs(root, head, [c.model for c in result.train]), result.sweeps,
                               budgets, lambda sp: budget.trial_costs(root, head, sp.model, sp.trials))
     doc = result.as_dict()  # again: sampling may have cut a sweep's trials

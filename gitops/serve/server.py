@@ -575,13 +575,13 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
     """
     from pathlib import Path
 
+    from gitops.refs import parse_target
     from gitops.serve.follower import FixedSource, RegistrySource
     from gitops.serve.version import folder_identity, load_version
 
-    path = Path(target)
-    if (path / "manifest.json").is_file() or "/" in target or target.startswith("."):
-        if not path.is_dir():
-            raise UsageError(f"{target}: no such run folder")
+    parsed = parse_target(target)
+    if parsed.path is not None:
+        path = parsed.path
         model, version = folder_identity(path)
         source = FixedSource(path, version)
         stage = None
@@ -590,7 +590,7 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
         from gitops.backends import get_backend
 
         root = Path(root) if root is not None else config.find_root()
-        source = RegistrySource(root, target, cache_dir, backend=get_backend(backend, root))
+        source = RegistrySource(root, str(parsed.ref), cache_dir, backend=get_backend(backend, root))
         source.current()  # fail now on an unknown model, version or stage
         model, stage = source.ref.model, source.ref.stage
 
