@@ -38,8 +38,11 @@ def _imported(repo: Path, args: list[str]) -> tuple[set[str], subprocess.Complet
 def test_commands_that_never_train_import_nothing_heavy(example_repo, args):
     modules, done = _imported(example_repo, args)
     assert done.stdout.rstrip().endswith("RC 0"), done.stderr[-2000:]
-    assert not {m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY}, sorted(
-        m for m in modules if m.split(".")[0] in HEAVY or m in HEAVY)
+    heavy = set(HEAVY)
+    if args[0] == "ci":  # resolving every model checks the streaming examples' checksum lists against their pins
+        heavy.discard("hashlib")
+    assert not {m for m in modules if m.split(".")[0] in heavy or m in heavy}, sorted(
+        m for m in modules if m.split(".")[0] in heavy or m in heavy)
     if args == ["--help"]:  # the full command list, although one-command runs build only theirs
         for name in ("validate", "train", "release", "promote", "serve", "ci"):
             assert f"  {name} " in done.stdout
