@@ -194,5 +194,5 @@ def verify(base: Path, entries: list[Entry], *, label: str, pin: str, cache: Pat
                 memo[key] = [size, mtime, digest, problem]
         if memo_file:
             with contextlib.suppress(OSError):
-                write_atomic(memo_file, json.dumps(memo, sort_keys=True))
+                write_atomic(memo_file, json.dumps(memo, sort_keys=True, allow_nan=False))
     return {e.path: memo[stats[e.path][0]][3] if len(memo[stats[e.path][0]]) > 3 else None for e in entries}

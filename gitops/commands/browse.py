@@ -27,7 +27,7 @@ def ls_cmd(as_json: JsonFlag = False, backend_name: BackendOption = None) -> Non
 
     root = config.find_root()
     entries = listing.list_models(root, get_backend(backend_name, root))
-    out(json.dumps(entries, indent=2) if as_json else listing.format_models(entries))
+    out(json.dumps(entries, indent=2, allow_nan=False) if as_json else listing.format_models(entries))
 
 
 @command("runs", rich_help_panel="Inspect")
@@ -49,6 +49,6 @@ def runs_cmd(
     headline, rows = listing.list_runs(root, get_backend(backend_name, root), name)
     if as_json:
         out(json.dumps({"model": name, "headline_metric": headline or None,
-                        "runs": [r.as_dict() for r in rows]}, indent=2))
+                        "runs": [r.as_dict() for r in rows]}, indent=2, allow_nan=False))
     else:
         out(listing.format_runs(name, headline, rows))
