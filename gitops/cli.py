@@ -7,7 +7,7 @@ import importlib
 from gitops.cli_app import app
 
 # Each module registers its commands on import; none of them imports jax at module level.
-_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep", "data")
+_COMMAND_MODULES = ("config", "training", "loop", "runner", "serving", "site", "demo", "sweep", "data", "lineage")
 
 for _name in _COMMAND_MODULES:
     try:

@@ -8,6 +8,7 @@ Every problem of every file is collected before anything is raised, so a user se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib.metadata
@@ -88,6 +89,7 @@ class TrainConfig:
     parallelism: Mapping[str, Any]
     early_stopping: Mapping[str, Any] | None
     checkpoint: Mapping[str, Any]
+    start_from: Mapping[str, Any] | None = None  # with `resolved: {model, version, sha256}` once resolved
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,7 @@ class ResolvedConfig:
     training_fingerprint: str
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
+    parent_error: str | None = None  # start_from.model could not be resolved through the registry's tags
 
     @property
     def task(self) -> str:
@@ -392,10 +395,19 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     for path, message in semantic_problems(cleaned, tree):
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
+    if not loader.problems and cleaned["train"].get("start_from"):
+        from gitops import start_from
+
+        for path, message in start_from.cycle_problems(name, cleaned["train"]["start_from"], tree):
+            loader.problem(merged["train"].mark(path), schema.format_path(("train", *path)), message)
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
-    return build(name, cleaned, files), []
+    from gitops import start_from  # jax-free: reads the registry's tags only
+
+    parent_error = start_from.resolve_into(cleaned["train"], tree)
+    cfg = build(name, cleaned, files)
+    return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
 
 
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
@@ -407,7 +419,10 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     docs["train"] = _with_optional_train_keys(docs["train"])
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
-    hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
+    # start_from: absent and null hash alike (configs from before it existed keep their fingerprints);
+    # a resolved parent ({model, version, sha256} under start_from.resolved) is hashed with it
+    hashed_train = {k: v for k, v in docs["train"].items()
+                    if k not in EXECUTION_ONLY_TRAIN_KEYS and not (k == "start_from" and v is None)}
     training_fp = sha256_json(
         {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
     )
@@ -429,7 +444,7 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
 
 def _with_optional_train_keys(train: dict) -> dict:
     # parallelism: configs resolved before it existed (old run folders, releases) still build
-    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, **train}
+    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, "start_from": None, **train}
 
 
 @functools.cache
@@ -607,6 +622,11 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
             problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
+    if train.get("start_from"):
+        from gitops import start_from
+
+        problems += [(("train", "start_from", *path), message)
+                     for path, message in start_from.form_problems(train["start_from"], model["architecture"], tree)]
     if dataset_name in ("file", "text") and tree is not None and tree.read(data["dataset"]["path"]) is None:
         problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
     return problems

@@ -230,6 +230,7 @@ def history(backend: Backend, model: str) -> dict:
             "metrics": metrics,
             "training_fingerprint": meta.get("training_fingerprint"),
             "release_fingerprint": meta.get("release_fingerprint"),
+            "start_from": meta.get("start_from"),
         })
     events = [
         {"event": e.action.value, "tag": e.tag, "date": e.date, "author": e.tagger, "commit": e.commit,
@@ -264,6 +265,10 @@ def format_history(doc: dict) -> str:
             f"  {v['version']:<9} {v['date'][:19].replace('T', ' ')}  {v['commit'][:10]}  {head:<24} "
             f"{v['bump'] or '-':<7} {v['reason'] or ''}  ({_who(v['author'])}) {' '.join(flags)}".rstrip()
         )
+        if v.get("start_from"):
+            from gitops.lineage import describe_parent
+
+            lines.append(f"            parent: {describe_parent(v['start_from'])}")
     moves = [e for e in doc["events"] if e["event"] != "register"]
     if moves:
         lines.append("")

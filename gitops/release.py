@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, registry_ops, tags
+from gitops import config, gitutil, lineage, registry_ops, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -138,6 +138,8 @@ def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: c
             auto, reason = "major", f"parameter shapes changed: {what or 'data or architecture'}"
         else:
             auto, reason = "minor", f"training config changed: {what or 'data fingerprint'}"
+    if auto == "minor" and (moved := lineage.parent_change(latest_meta, cfg)):
+        auto, reason = "minor", moved + ("" if old_cfg is None or not what else f"; {what}")
     if requested != "auto" and requested != auto:
         return requested, f"{requested} requested ({auto} by the rules: {reason})"
     return auto, reason
@@ -447,6 +449,7 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
                 "checkpoint_step": info.manifest.get("checkpoint_step"),
                 "steps": info.manifest.get("steps"),
                 "trained_at_commit": info.manifest.get("git_commit"),
+                **({"start_from": parent} if (parent := info.manifest.get("start_from")) else {}),
             }
             out_dir = workdir / f"out-{version}"
             out_dir.mkdir()
