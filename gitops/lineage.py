@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config, start_from, tags
-from gitops.errors import GitopsError, UsageError
+from gitops.errors import UsageError
 from gitops.registry_ops import release_metadata
 
 
@@ -46,6 +46,29 @@ def parent_change(latest_meta: dict, cfg: Any) -> str | None:
     if was["model"] != now["model"]:
         return f"parent changed {was['model']}@{was['version']} -> {now['model']}@{now['version']}"
     return f"parent {ref} moved {was['version']} -> {now['version']}"
+
+
+def parents_first(names: list[str], tree: Any) -> list[str]:
+    """`names` reordered so a model whose start_from names another of them comes after it (stable)."""
+    parent: dict[str, str] = {}
+    loader = config._Loader(tree)
+    for name in names:
+        merged = loader.merged(f"{config.MODELS_DIR}/{name}", "train")
+        spec = merged.data.get("start_from") if merged is not None and isinstance(merged.data, dict) else None
+        if isinstance(spec, dict) and isinstance(spec.get("model"), str):
+            parent[name] = spec["model"].partition("@")[0]
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple) -> None:
+        if name in ordered or name in path:
+            return
+        if parent.get(name) in names:
+            visit(parent[name], (*path, name))
+        ordered.append(name)
+
+    for name in names:
+        visit(name, ())
+    return ordered
 
 
 # --- the chain ---------------------------------------------------------------------------------------

@@ -499,7 +499,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
     tree = _GitTree(root, head)
     all_state = tags.registry_state(backend.list_tags())
     results, failures = [], []
-    for name in config.model_names(tree):
+    for name in lineage.parents_first(config.model_names(tree), tree):  # a parent releases before its children
         st = all_state.get(name)
         if st is not None and st.deprecated:
             continue

@@ -182,14 +182,13 @@ def _start_from_schema() -> dict:
                    "description": "Parameter path patterns (fnmatch, e.g. hidden/0/*) that get no updates "
                                   "(optax.multi_transform with set_to_zero)."},
     }
-    model_ref = r"^[a-z][a-z0-9-]{0,61}[a-z0-9]@[A-Za-z0-9][A-Za-z0-9._+-]*$"
     return {
         "type": ["object", "null"],
         "description": "Initialise from a released version (model: NAME@VERSION or NAME@STAGE) or from a pinned "
                        "weights file ({path|url, sha256, format}) instead of random initialisation.",
         "additionalProperties": False,
         "properties": {
-            "model": {"type": "string", "pattern": model_ref,
+            "model": {"type": "string", "minLength": 1,
                       "description": "MODEL@vX.Y.Z (fixed, reproducible) or MODEL@STAGE (resolved when a run starts)."},
             "path": {"type": "string", "minLength": 1, "description": "A weights file in the repository."},
             "url": {"type": "string", "pattern": r"^https?://", "description": "A weights file to download."},
