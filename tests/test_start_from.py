@@ -199,6 +199,7 @@ def test_a_parent_without_releases_validates_but_does_not_train_or_plan(example_
     base = git(example_repo, "rev-parse", "HEAD").strip()
     (example_repo / "models" / CHILD / "train.yaml").write_text(
         (example_repo / "models" / CHILD / "train.yaml").read_text().replace("steps: 300", "steps: 200"))
+    assert "steps: 200" in (example_repo / "models" / CHILD / "train.yaml").read_text()
     _commit(example_repo, "child changes")
     head = git(example_repo, "rev-parse", "HEAD").strip()
     plan = _run("ci", "plan", "--base", base, "--head", head)
@@ -215,8 +216,8 @@ def test_a_parent_without_releases_validates_but_does_not_train_or_plan(example_
 def test_start_from_form_errors_are_config_errors(example_repo, monkeypatch, text, message):
     monkeypatch.chdir(example_repo)
     path = example_repo / "models" / CHILD / "train.yaml"
-    lines = path.read_text().split("start_from:")[0]
-    path.write_text(lines + text + "\nsteps: 300\n")
+    rest = path.read_text().split("seed: 0", 1)[1]
+    path.write_text(text + "\nseed: 0" + rest)
     result = _run("validate", f"models/{CHILD}")
     assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert "models/digits-mlp-finetune/train.yaml:" in result.output
