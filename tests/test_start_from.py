@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from gitops import config, registry_ops, release, start_from
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
+from gitops.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -133,6 +134,15 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     chain = _run("lineage", f"{CHILD}@v1.1.0").stdout
     assert chain.splitlines()[0] == "digits-mlp@v1.1.0  [production]"
 
+    # a parent deprecated later: the child's PR report and its lineage say so
+    assert _run("deprecate", "digits-mlp").exit_code == 0
+    child_run = repo / "runs" / CHILD / config.load(CHILD, repo).short_fingerprint
+    report = _run("report", str(child_run))
+    assert report.exit_code == 0, report.output
+    assert "Starts from: digits-mlp@v1.1.0 (digits-mlp@production, sha256 " in report.stdout
+    assert "the parent model digits-mlp is deprecated" in report.stdout
+    assert "digits-mlp@v1.1.0  model deprecated" in _run("lineage", f"{CHILD}@v1.1.0").stdout
+
 
 def test_shapes_that_do_not_fit_stop_before_a_run_folder_and_strict_false_skips_them(parented, monkeypatch):
     monkeypatch.chdir(parented)
@@ -183,6 +193,32 @@ def test_pinned_weights_file_loads_and_a_wrong_checksum_stops(parented, monkeypa
                                                      "train.start_from.format=npz"])
     assert start_from.prepare(npz, parented, prep).record["format"] == "npz"
     assert npz.training_fingerprint != cfg.training_fingerprint  # the pin is in the fingerprint
+    # the same file from a URL (real HTTP on 127.0.0.1), downloaded once into the cache by checksum
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("GITOPS_CACHE", str(tmp_path / "cache"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(weights))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/digits.safetensors"
+        with pytest.raises(ConfigError, match="train.start_from"):  # path and url together
+            config.load("digits-from-file", parented, [f"train.start_from.url={url}"])
+        (folder / "train.yaml").write_text((folder / "train.yaml").read_text().replace(
+            "path: weights/digits.safetensors", f"url: {url}"))
+        remote = config.load("digits-from-file", parented)
+        init = start_from.prepare(remote, parented, prep)
+        assert init.record["url"] == url and len(init.record["loaded"]) == 4
+        assert (tmp_path / "cache" / "weights" / sha).is_file()
+        server.shutdown()
+        assert start_from.prepare(remote, parented, prep).record["loaded"] == init.record["loaded"]  # from the cache
+    finally:
+        server.shutdown()
+        server.server_close()
+    (folder / "train.yaml").write_text((folder / "train.yaml").read_text().replace(
+        f"url: {url}", "path: weights/digits.safetensors"))
     wrong = "f" * 64
     result = _run("train", "digits-from-file", "--set", f"train.start_from.sha256={wrong}")
     assert result.exit_code == 1 and f"has sha256 {sha}, the config pins {wrong}" in result.output
