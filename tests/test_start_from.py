@@ -142,6 +142,11 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     assert "Starts from: digits-mlp@v1.1.0 (digits-mlp@production, sha256 " in report.stdout
     assert "the parent model digits-mlp is deprecated" in report.stdout
     assert "digits-mlp@v1.1.0  model deprecated" in _run("lineage", f"{CHILD}@v1.1.0").stdout
+    site = _run("site", "--out", str(repo / "site"))
+    assert site.exit_code == 0, site.output
+    page = (repo / "site/models" / f"{CHILD}.html").read_text()
+    assert ('Starts from</dt><dd><a href="digits-mlp.html#v1.1.0">digits-mlp@v1.1.0</a> '
+            '<span class="muted">(digits-mlp@production)</span> · params: all · frozen: <code>hidden/0/bias</code>') in page
 
 
 def test_shapes_that_do_not_fit_stop_before_a_run_folder_and_strict_false_skips_them(parented, monkeypatch):
