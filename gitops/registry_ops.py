@@ -371,6 +371,8 @@ class RollbackResult:
 def _inline(kind: str, model: str, values: dict) -> bytes:
     from gitops.yamlio import dump_yaml
 
+    if kind == "train" and isinstance(values.get("start_from"), dict):  # the parent it resolved to is not a key to write
+        values = {**values, "start_from": {k: v for k, v in values["start_from"].items() if k != "resolved"}}
     header = (f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\n"
               f"# Restored by `gitops rollback`: the values {model} was released with, inherited ones written out.\n")
     return (header + dump_yaml(_drop_nulls(values))).encode("utf-8")

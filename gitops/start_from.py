@@ -22,7 +22,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -239,6 +238,8 @@ def _weights_file(spec: Any, root: Path) -> Path:
             raise GitopsError(f"start_from.path: no file {rel} in the repository")
     else:
         from gitops.pull import cache_dir
+
+        import urllib.request
 
         path = cache_dir() / "weights" / want
         if not path.is_file():
