@@ -237,9 +237,9 @@ def _weights_file(spec: Any, root: Path) -> Path:
         if not path.is_file():
             raise GitopsError(f"start_from.path: no file {rel} in the repository")
     else:
-        from gitops.pull import cache_dir
-
         import urllib.request
+
+        from gitops.pull import cache_dir
 
         path = cache_dir() / "weights" / want
         if not path.is_file():
