@@ -188,8 +188,11 @@ def cache_dir() -> Path | None:
 
 def copy_tree_atomic(source: Path, target: Path) -> None:
     """Copy a folder to `target` via a temporary sibling and a rename; replaces an existing target."""
+    from gitops import scratch
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    scratch.sweep(target.parent, f".{target.name}.copy-")
+    tmp = scratch.make(target.parent, f".{target.name}.copy-")
     try:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         replace_dir(tmp, target)
@@ -200,8 +203,11 @@ def copy_tree_atomic(source: Path, target: Path) -> None:
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target` by renames: `target` is never a half-copied folder, only briefly absent."""
+    from gitops import scratch
+
+    scratch.sweep(target.parent, f".{target.name}.old-")
     if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        trash = scratch.make(target.parent, f".{target.name}.old-")
         os.replace(target, trash / target.name)
         os.replace(new, target)
         shutil.rmtree(trash, ignore_errors=True)

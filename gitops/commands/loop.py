@@ -197,6 +197,11 @@ def release_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push the new tag to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    repair: Annotated[str | None, typer.Option(
+        "--repair", metavar="VERSION",
+        help="Re-publish VERSION's missing assets (from --run DIR or the run with its fingerprint); when they "
+             "can't be rebuilt with the bytes its tag records, retire VERSION and release HEAD as a new version.",
+    )] = None,
     as_json: JsonFlag = False,
     track: TrackOption = None,
 ) -> None:
@@ -205,7 +210,7 @@ def release_cmd(
 
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist, track=track)
+                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
     out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
