@@ -45,7 +45,9 @@ def parent_change(latest_meta: dict, cfg: Any) -> str | None:
         return None
     if was["model"] != now["model"]:
         return f"parent changed {was['model']}@{was['version']} -> {now['model']}@{now['version']}"
-    return f"parent {ref} moved {was['version']} -> {now['version']}"
+    if tags.parse_ref(ref).stage:
+        return f"parent {ref} moved {was['version']} -> {now['version']}"
+    return f"parent {now['model']} changed {was['version']} -> {now['version']}"  # a pinned version edited
 
 
 def parents_first(names: list[str], tree: Any) -> list[str]:
