@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gitops import tags
-from gitops.errors import GitopsError, IntegrityError, UsageError
+from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 
 # The final layer each architecture's backbone leaves out (None: no separate head).
 HEADS: dict[str, str | None] = {"mlp": "head", "cnn": "head", "resnet": "head", "transformer": "head",
@@ -246,8 +246,11 @@ def _weights_file(spec: Any, root: Path) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".download-")
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec["url"], timeout=60) as resp:  # noqa: S310
-                    shutil.copyfileobj(resp, out)
+                try:
+                    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec["url"], timeout=60) as resp:  # noqa: S310
+                        shutil.copyfileobj(resp, out)
+                except OSError as exc:  # URLError, HTTPError, timeouts: the outside service, not the config
+                    raise ServiceError(f"start_from.url {spec['url']}: download failed ({exc})") from None
                 got = _sha256(Path(tmp))
                 if got != want:
                     raise IntegrityError(f"start_from.url {spec['url']}: sha256 is {got}, the config pins {want}")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gitops import config, registry_ops, release, start_from
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
-from gitops.errors import ConfigError
+from gitops.errors import ConfigError, ServiceError
 
 pytestmark = pytest.mark.slow
 
@@ -174,7 +174,9 @@ def test_pinned_weights_file_loads_and_a_wrong_checksum_stops(parented, monkeypa
     from gitops import data
 
     monkeypatch.chdir(parented)
-    parent = _params(parented / ".gitops/pulled/digits-mlp/v1.0.0")
+    from gitops import pull
+
+    parent = _params(pull.pull(parented, LocalBackend(parented), "digits-mlp@v1.0.0"))
     weights = parented / "weights"
     weights.mkdir(exist_ok=True)
     save_file({k.replace("/", "."): np.asarray(v) for k, v in parent.items()}, str(weights / "digits.safetensors"))
@@ -218,7 +220,12 @@ def test_pinned_weights_file_loads_and_a_wrong_checksum_stops(parented, monkeypa
         assert init.record["url"] == url and len(init.record["loaded"]) == 4
         assert (tmp_path / "cache" / "weights" / sha).is_file()
         server.shutdown()
+        server.server_close()  # nothing listens any more
         assert start_from.prepare(remote, parented, prep).record["loaded"] == init.record["loaded"]  # from the cache
+        gone = config.load("digits-from-file", parented, [f"train.start_from.url={url}x",
+                                                          "train.start_from.sha256=" + "e" * 64])  # not cached
+        with pytest.raises(ServiceError, match="download failed"):  # the server is down: exit 3, no traceback
+            start_from.prepare(gone, parented, prep)
     finally:
         server.shutdown()
         server.server_close()
