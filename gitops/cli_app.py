@@ -8,6 +8,7 @@ libraries (jax, flax, optax, orbax) inside the command body only, so `validate`,
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -15,7 +16,10 @@ from typing import Annotated, Any
 
 import typer
 
+from gitops import cli_params
 from gitops.errors import EXIT_INTERRUPTED, GitopsError
+
+cli_params.install()  # plain str/Path parameters without pydantic: start-up (see gitops/cli_params.py)
 
 app = typer.Typer(
     name="gitops",
@@ -79,6 +83,13 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
         return (group or app).command(*args, **kwargs)(handle_errors(fn))
 
     return decorate
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback for numbers: `inf`/`nan` (which Python's float() accepts) are usage errors (exit 2)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def out(text: str = "") -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.metadata
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,7 +40,9 @@ def canonical_json(value: Any) -> str:
 
 
 def sha256_json(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    from gitops.checksums import sha256_new
+
+    return sha256_new(canonical_json(value).encode("utf-8")).hexdigest()
 
 
 def freeze(value: Any) -> Any:
@@ -177,12 +179,33 @@ class _Merged:
         return self.doc_mark
 
 
-def deep_merge(base: Any, override: Any) -> Any:
-    """Mappings merge key by key; lists and scalars replace (DESIGN.md)."""
+def deep_merge(
+    base: Any,
+    override: Any,
+    selectors: Mapping[tuple, str] | None = None,
+    *,
+    replaced: list[tuple] | None = None,
+    _path: tuple = (),
+) -> Any:
+    """Mappings merge key by key; lists and scalars replace (DESIGN.md).
+
+    A mapping at a path in `selectors` (e.g. ``("optimizer",): "name"``) whose selector key differs
+    from the base's replaces the base's mapping whole: a child switching ``adamw`` to ``sgd`` must not
+    inherit ``b1``. The same selector, or none written, merges as usual. Paths replaced that way are
+    appended to `replaced` (so positions of the base's keys below them can be dropped).
+    """
     if isinstance(base, dict) and isinstance(override, dict):
+        key = selectors.get(_path) if selectors else None
+        if key is not None and key in override and key in base and override[key] != base[key]:
+            if replaced is not None:
+                replaced.append(_path)
+            return _copy_json(override)
         merged = dict(base)
-        for key, value in override.items():
-            merged[key] = deep_merge(base[key], value) if key in base else _copy_json(value)
+        for k, value in override.items():
+            if k in base:
+                merged[k] = deep_merge(base[k], value, selectors, replaced=replaced, _path=(*_path, k))
+            else:
+                merged[k] = _copy_json(value)
         return merged
     return _copy_json(override)
 
@@ -200,7 +223,13 @@ class _Loader:
 
     def doc(self, relpath: str) -> YamlDoc | None:
         if relpath not in self._docs:
-            raw = self.tree.read(relpath)
+            try:
+                raw = self.tree.read(relpath)
+            except ConfigError as exc:  # a refused path (a symbolic link under models/)
+                self.problems.extend(p for p in exc.problems if p not in self.problems)
+                self._docs[relpath] = None
+                self._docs[relpath + "#failed"] = None
+                return None
             if raw is None:
                 self._docs[relpath] = None
             else:
@@ -275,8 +304,12 @@ class _Loader:
         data: dict = {}
         marks: dict[tuple, Mark] = {}
         key_marks: dict[tuple, Mark] = {}
+        selectors = schema.selectors(kind) if kind in FILE_KINDS else {}
         for _, doc in reversed(chain):
-            data = deep_merge(data, doc.data)
+            replaced: list[tuple] = []
+            data = deep_merge(data, doc.data, selectors, replaced=replaced)
+            for table in (marks, key_marks):
+                _drop_below(table, replaced)
             _overlay_marks(marks, doc.marks, doc.data)
             _overlay_marks(key_marks, doc.key_marks, doc.data)
         data.pop("extends", None)
@@ -294,6 +327,13 @@ def _overlay_marks(target: dict[tuple, Mark], source: dict[tuple, Mark], data: A
             for stale in [p for p in target if p[: len(path)] == path and len(p) > len(path)]:
                 del target[stale]
         target[path] = mark
+
+
+def _drop_below(table: dict[tuple, Mark], paths: list[tuple]) -> None:
+    """Forget positions strictly below each path (a mapping the child replaced whole)."""
+    for path in paths:
+        for stale in [p for p in table if len(p) > len(path) and p[: len(path)] == path]:
+            del table[stale]
 
 
 def _replaces(data: Any, path: tuple) -> bool:
@@ -317,9 +357,13 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, tuple[str, ...]
         if len(parts) < 2 or parts[0] not in FILE_KINDS or not all(parts):
             kinds = ", ".join(FILE_KINDS)
             raise UsageError(f"--set {text!r}: the path must start with one of {kinds} and name a key, e.g. train.batch_size=64")
-        value = parse_scalar(raw, where=f"--set {dotted}")
+        value = parse_scalar(raw, where=f"--set {dotted}", key=dotted.strip())
         parsed.append((parts[0], parts[1:], value, Mark("--set", index, 1)))
     return parsed
+
+
+def _is_selector(kind: str, path: tuple[str, ...]) -> bool:
+    return kind in FILE_KINDS and schema.selectors(kind).get(path[:-1]) == path[-1]
 
 
 def _apply_override(merged: _Merged, path: tuple[str, ...], value: Any, mark: Mark, loader: _Loader, kind: str) -> None:
@@ -333,6 +377,12 @@ def _apply_override(merged: _Merged, path: tuple[str, ...], value: Any, mark: Ma
             loader.problem(mark, dotted, f"cannot set a key inside {type(child).__name__} value")
             return
         node = child
+    if _is_selector(kind, path) and path[-1] in node and node[path[-1]] != value:
+        node.clear()  # a different choice: the file's parameters for the old one don't apply
+        _drop_below(merged.marks, [path[:-1]])
+        _drop_below(merged.key_marks, [path[:-1]])
+        if path[:-1]:
+            merged.marks[path[:-1]] = mark
     node[path[-1]] = value
     for p in list(merged.marks):
         if p[: len(path)] == path:
@@ -344,7 +394,25 @@ def _apply_override(merged: _Merged, path: tuple[str, ...], value: Any, mark: Ma
 
 
 def model_names(tree: Tree) -> list[str]:
-    return [n for n in tree.listdir(MODELS_DIR) if tree.is_dir(f"{MODELS_DIR}/{n}")]
+    """Folders under models/, and links there (resolving one reports the refusal).
+
+    Raises:
+        ConfigError: `models/` itself is a symbolic link.
+    """
+    refused = tree.refused(MODELS_DIR)
+    if refused is not None:
+        raise ConfigError([refused])
+    return [n for n in tree.listdir(MODELS_DIR)
+            if tree.is_dir(f"{MODELS_DIR}/{n}") or tree.refused(f"{MODELS_DIR}/{n}") is not None]
+
+
+def did_you_mean(name: str, tree: Tree | None = None, names: Iterable[str] | None = None) -> str:
+    """" (did you mean 'digits-mlp'?)" for a model name with a close match among the repository's models."""
+    from gitops.schema import suggest
+
+    known = list(names) if names is not None else (model_names(tree) if tree is not None else [])
+    found = suggest(name, [n for n in known if n != name])
+    return f" (did you mean '{found}'?)" if found else ""
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -364,17 +432,26 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     if not MODEL_NAME_RE.fullmatch(name):
         loader.problem(folder_mark, "", f"model name {name!r} must match {MODEL_NAME_RE.pattern}")
         return None, loader.problems
+    refused = tree.refused(model_rel)
+    if refused is not None:
+        loader.problems.append(refused)
+        return None, loader.problems
     if not tree.is_dir(model_rel):
-        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder")
+        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder{did_you_mean(name, tree)}")
     merged: dict[str, _Merged] = {}
     for kind in FILE_KINDS:
         doc = loader.merged(model_rel, kind)
         if doc is None:
-            if kind in REQUIRED_KINDS and tree.read(f"{model_rel}/{kind}.yaml") is None:
+            relpath = f"{model_rel}/{kind}.yaml"
+            if kind in REQUIRED_KINDS and not loader.failed(relpath) and tree.read(relpath) is None:
                 loader.problem(folder_mark, "", f"missing {kind}.yaml")
             continue
         merged[kind] = doc
-    for kind, path, value, mark in parse_overrides(overrides):
+    parsed = parse_overrides(overrides)
+    # an override switching a selector (train.optimizer.name=sgd) starts that mapping afresh, as a
+    # child file would: applied first, so the other overrides of the same mapping land in the new one
+    parsed.sort(key=lambda o: not _is_selector(o[0], o[1]))
+    for kind, path, value, mark in parsed:
         if kind not in merged:
             if kind == "release":
                 merged[kind] = _Merged({}, {}, {}, [], mark)
@@ -383,16 +460,25 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         _apply_override(merged[kind], path, value, mark, loader, kind)
 
     cleaned: dict[str, Any] = {}
+    partial: dict[str, Any] = {}  # invalid documents' parts that parsed, for the semantic checks
+    dropped: list[tuple] = []
     for kind, doc in merged.items():
         errors = schema.validate_document(kind, doc.data)
         for path, message, at_key in errors:
             loader.problem(doc.mark(path, at_key), schema.format_path((kind, *path)), message)
         if not errors:
             cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
-    if loader.problems or any(k not in cleaned for k in FILE_KINDS):
+            continue
+        saved, lost = schema.salvage(kind, doc.data)
+        if saved is not None:
+            partial[kind] = schema.fill_defaults(schema.schema_for(kind), saved)
+            dropped += [(kind, *p) for p in lost]
+    if any(k not in cleaned and k not in partial for k in FILE_KINDS):
         return None, loader.problems
 
-    for path, message in semantic_problems(cleaned, tree):
+    for path, message in _semantic_on({**cleaned, **partial}, tree, bool(partial)):
+        if any(path[: len(d)] == d or d[: len(path)] == path for d in dropped):
+            continue  # about a value already reported (or guessed): not a second error
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
     if not loader.problems and cleaned["train"].get("start_from"):
@@ -410,6 +496,16 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
 
 
+def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
+    """semantic_problems; on salvaged documents a check that trips over a guessed value is skipped."""
+    if not partial:
+        return semantic_problems(docs, tree)
+    try:
+        return semantic_problems(docs, tree)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return []  # the schema errors already reported say what to fix first
+
+
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
 
 
@@ -424,7 +520,7 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     hashed_train = {k: v for k, v in docs["train"].items()
                     if k not in EXECUTION_ONLY_TRAIN_KEYS and not (k == "start_from" and v is None)}
     training_fp = sha256_json(
-        {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
+        {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]), "data_fingerprint": data_fp}
     )
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
@@ -449,21 +545,39 @@ def _with_optional_train_keys(train: dict) -> dict:
 
 @functools.cache
 def _package_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from gitops import distinfo  # importlib.metadata costs a quarter of `validate`'s start-up
+
+    return distinfo.version(package)
+
+
+# streaming-dataset keys that change how fast data arrives, never which data (gitops.streaming.EXECUTION_KEYS)
+EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
+
+
+def hashed_data(data: dict) -> dict:
+    """The data spec as fingerprinted: a streaming source's worker and prefetch counts left out."""
+    ds = data.get("dataset") or {}
+    if not any(k in ds for k in EXECUTION_ONLY_DATASET_KEYS):
+        return data
+    return {**data, "dataset": {k: v for k, v in ds.items() if k not in EXECUTION_ONLY_DATASET_KEYS}}
 
 
 def data_fingerprint(data: dict) -> str:
-    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version."""
+    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version.
+
+    A streaming source is pinned by its checksum list's SHA-256 (`checksums_sha256`): neither the list
+    nor the data is read here.
+    """
     entry = catalog.DATASETS[data["dataset"]["name"]]
+    data = hashed_data(data)
     identity: dict[str, Any] = {"spec": data}
     package = entry.info.get("package")
     if package:
         identity["package"] = {"name": package, "version": _package_version(package)}
     if "sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["sha256"]]
+    if "checksums_sha256" in data["dataset"]:
+        identity["pins"] = [data["dataset"]["checksums_sha256"]]
     return sha256_json(identity)
 
 
@@ -497,6 +611,12 @@ def input_shape(data: dict) -> list[int] | None:
         return [ds["n_features"]]
     if ds["name"] == "sequences":
         return [ds["length"]]
+    if ds["name"] == "image_folder":
+        return [*ds["image_size"], ds["channels"]]
+    if ds["name"] == "parquet" and ds.get("features"):
+        return [len(ds["features"])]
+    if ds["name"] == "array_record" and ds.get("input_shape"):
+        return list(ds["input_shape"])
     if ds["name"] == "text":
         return [ds["sequence_length"]]
     return None
@@ -511,7 +631,7 @@ def num_classes(data: dict) -> int | None:
         return ds["centers"]
     if ds["name"] == "sequences":
         return {"majority": ds["vocab_size"], "first_last_equal": 2, "sorted": 2}[ds["rule"]]
-    return None
+    return ds.get("num_classes")  # streaming sources may declare it (checked against the data when training)
 
 
 def metric_problem(name: str, task: str, classes: int | None) -> str | None:
@@ -519,7 +639,11 @@ def metric_problem(name: str, task: str, classes: int | None) -> str | None:
     entry = catalog.METRICS.get(metric)
     valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)
     if entry is None or task not in entry.tasks:
-        return f"{task} models produce no metric {metric!r}; they produce {split}/ + one of: {', '.join(valid)}"
+        from gitops.schema import suggest
+
+        guess = suggest(metric, valid)
+        hint = f" (did you mean '{split}/{guess}'?)" if guess else ""
+        return f"{task} models produce no metric {metric!r}{hint}; they produce {split}/ + one of: {', '.join(valid)}"
     k = {"top3_accuracy": 3, "top5_accuracy": 5}.get(metric)
     if k and classes is not None and classes <= k:
         return f"{metric} needs more than {k} classes; this dataset has {classes}"
@@ -627,8 +751,40 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
 
         problems += [(("train", "start_from", *path), message)
                      for path, message in start_from.form_problems(train["start_from"], model["architecture"], tree)]
-    if dataset_name in ("file", "text") and tree is not None and tree.read(data["dataset"]["path"]) is None:
-        problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
+    problems += _streaming_problems(data["dataset"], tree)
+    if dataset_name in ("file", "text") and tree is not None:
+        try:
+            if tree.read(data["dataset"]["path"]) is None:
+                problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
+        except ConfigError as exc:  # a path leading out of the repository
+            problems.append((("data", "dataset", "path"), "; ".join(str(p) for p in exc.problems)))
+    return problems
+
+
+def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
+    """Checks of a streaming source that read the checksum list (small, in the repository), never the data."""
+    problems: list[tuple[tuple, str]] = []
+    if "checksums_sha256" not in ds:
+        return problems
+    if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
+        problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
+    if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):
+        problems.append((("data", "dataset", "num_classes"), "array_record classification needs num_classes"))
+    if tree is None:
+        return problems
+    try:
+        listed = tree.read(ds["checksums"])
+    except ConfigError as exc:  # a path leading out of the repository (a symlink, ..)
+        problems.append((("data", "dataset", "checksums"), "; ".join(str(p) for p in exc.problems)))
+        return problems
+    if listed is None:
+        problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
+                         f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
+    else:
+        actual = hashlib.sha256(listed).hexdigest()
+        if actual != ds["checksums_sha256"]:
+            problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "
+                             "update the pin if the list changed on purpose"))
     return problems
 
 
@@ -649,7 +805,8 @@ def model_name_from_arg(arg: str, root: Path) -> str:
     path = Path(arg)
     if len(path.parts) > 1 or path.is_dir():
         try:
-            rel = (Path.cwd() / path).resolve().relative_to(root / MODELS_DIR)
+            # lexically, without following links: a linked model folder is refused when resolved
+            rel = Path(os.path.abspath(Path.cwd() / path)).relative_to(root / MODELS_DIR)
         except ValueError:
             raise UsageError(f"{arg}: not a folder under {root / MODELS_DIR}") from None
         if len(rel.parts) != 1:

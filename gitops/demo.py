@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitops import jsonio
 from gitops.errors import GitopsError, UsageError
 
 MODELS = ("digits-mlp", "wine-mlp")  # digits-mlp changes; wine-mlp shows that unchanged models are left alone
@@ -193,7 +194,7 @@ def run(keep: Path | None = None, console=None) -> DemoResult:
         plan = json.loads(plan_text)
         for change in plan["train"]:
             r.show(f"train {change['model']} ({change['reason']}), fingerprint {change['fingerprint']}")
-        r.show(f"job matrix: {json.dumps(plan['matrix'])}")
+        r.show(f"job matrix: {jsonio.dumps(plan['matrix'])}")
         if [c["model"] for c in plan["train"]] != [MODEL]:
             raise GitopsError(f"the plan should name only {MODEL}: {plan['train']}")
 
@@ -227,9 +228,9 @@ def run(keep: Path | None = None, console=None) -> DemoResult:
 
         r.header("Predict with production on a few digits")
         sample, labels = _sample_inputs(target)
-        doc = json.loads(r.gitops("predict", "predict", f"{MODEL}@production", "--input", sample.name, show=None))
+        doc = jsonio.loads(r.gitops("predict", "predict", f"{MODEL}@production", "--input", sample.name, show=None))
         predicted = [p.get("class") for p in doc["predictions"]]
-        result.outputs["predictions"] = json.dumps(predicted)
+        result.outputs["predictions"] = jsonio.dumps(predicted)
         r.show(f"predicted: {' '.join(str(p) for p in predicted)}")
         r.show(f"true:      {' '.join(str(v) for v in labels)}")
         right = sum(str(p) == str(v) for p, v in zip(predicted, labels, strict=True))

@@ -20,12 +20,12 @@ Nothing here needs Docker or a cluster; tests parse the YAML and read the Docker
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from gitops import jsonio
 from gitops.errors import UsageError
 from gitops.runs import replace_dir
 
@@ -108,7 +108,7 @@ def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: st
         "HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \\",
         "  CMD [\"python\", \"-c\", \"import sys, urllib.request; "
         f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{PORT}/healthz', timeout=2).status == 200 else 1)\"]",
-        f"CMD {json.dumps(serve_command(opts.pull_at_start, ref))}",
+        f"CMD {jsonio.dumps(serve_command(opts.pull_at_start, ref))}",
         "",
     ]
     return "\n".join(lines)
@@ -287,7 +287,7 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
         for name, doc in kubernetes(model, version, image, opts).items():
             (tmp / "k8s" / name).write_text(_dump_yaml(doc))
         (tmp / "README.md").write_text(readme(model, version, image, opts))
-        (tmp / MARKER).write_text(json.dumps({"model": model, "version": version, "image": image,
+        (tmp / MARKER).write_text(jsonio.dumps({"model": model, "version": version, "image": image,
                                               "options": asdict(opts)}, indent=2) + "\n")
         files = tuple(sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()
                              and not str(p.relative_to(tmp)).startswith(("app/", "model/"))))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gitops import schema
+from gitops.errors import ConfigError
+from gitops.tree import FsTree
 
 Migration = Callable[[MutableMapping], None]  # edits one file's top-level mapping in place
 
@@ -110,6 +111,8 @@ def migrate_file(path: Path, kind: str, *, write: bool = True) -> list[str]:
     if write:
         buffer = io.StringIO()
         yaml.dump(data, buffer)
+        import tempfile  # writing only: importing it costs validate's start-up (random, hashlib)
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())
@@ -123,6 +126,9 @@ def migrate_tree(root: Path, names: list[str], *, write: bool = True) -> dict[st
     for name in names:
         for kind in schema.KINDS:
             path = root / "models" / name / f"{kind}.yaml"
+            refused = FsTree(root).refused(f"models/{name}/{kind}.yaml")
+            if refused is not None:  # never rewrite through a link (it may point outside the repository)
+                raise ConfigError([refused])
             if path.is_file():
                 steps = migrate_file(path, kind, write=write)
                 if steps:

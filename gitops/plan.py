@@ -7,13 +7,12 @@ stay jax-free: this runs on a GitHub-hosted runner before any GPU job starts.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil
+from gitops import config, gitutil, jsonio
 from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.tree import FsTree, GitTree, Tree
 from gitops.yamlio import load_yaml_text
@@ -122,7 +121,7 @@ def config_diff(old: dict | None, new: dict | None) -> list[tuple[str, Any, Any]
 def show_value(value: Any) -> str:
     if value is _MISSING:
         return "(absent)"
-    return json.dumps(value, ensure_ascii=False)
+    return jsonio.dumps(value, ensure_ascii=False)
 
 
 def is_missing(value: Any) -> bool:
@@ -313,7 +312,7 @@ def write_github_output(result: Plan, path: str | None = None) -> None:
     target = path or os.environ.get("GITHUB_OUTPUT")
     if not target:
         raise UsageError("--github-output needs $GITHUB_OUTPUT to name a file (it is set inside GitHub Actions)")
-    matrix = json.dumps(result.matrix(), separators=(",", ":"))
+    matrix = jsonio.dumps(result.matrix(), separators=(",", ":"))
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(f"matrix={matrix}\n")
         fh.write(f"has_train={'true' if result.matrix()['include'] else 'false'}\n")

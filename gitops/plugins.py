@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -149,7 +148,7 @@ def check(kind: str, plugin: Plugin, where: str) -> None:
 
 
 def collect(
-    entry_points: Mapping[str, Iterable[importlib.metadata.EntryPoint]],
+    entry_points: Mapping[str, Iterable[Any]],  # importlib.metadata.EntryPoint or distinfo.EntryPoint
     builtin: Mapping[str, Iterable[str]],
 ) -> dict[str, dict[str, Found]]:
     """Load and check the plugins of every kind; kind -> name -> Found.
@@ -198,9 +197,12 @@ _BUILTIN: dict[str, Mapping[str, Any]] = {}
 @functools.cache
 def discovered() -> dict[str, dict[str, Found]]:
     """Every installed plugin (loaded once per process); kind -> name -> Found."""
-    from gitops import catalog  # noqa: F401  (fills _BUILTIN)
+    from gitops import (
+        catalog,  # noqa: F401  (fills _BUILTIN)
+        distinfo,  # the dist-info folders read directly: importlib.metadata is slow to import
+    )
 
-    eps = {kind: importlib.metadata.entry_points(group=group) for kind, group in GROUPS.items()}
+    eps = {kind: distinfo.entry_points(group) for kind, group in GROUPS.items()}
     return collect(eps, {kind: list(names) for kind, names in _BUILTIN.items()})
 
 

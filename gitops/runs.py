@@ -11,13 +11,14 @@ This module imports no jax: reports and releases read run folders cheaply.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+from gitops import jsonio
 
 CONFIG_FILE = "config.resolved.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -30,7 +31,7 @@ RUN_CACHE_ENV = "GITOPS_RUN_CACHE"
 
 def write_json(path: Path, value: Any) -> None:
     """Write JSON atomically: a temporary file in the same folder, flushed, then renamed over `path`."""
-    write_text(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+    write_text(path, jsonio.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def write_text(path: Path, text: str) -> None:
@@ -49,7 +50,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    return jsonio.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def run_path(out_dir: Path, model: str, training_fingerprint: str) -> Path:
@@ -133,7 +134,7 @@ class RunFolder:
         """The logged records in order, optionally only one split ("train", "val")."""
         if not self.history_path.is_file():
             return []
-        records = [json.loads(line) for line in self.history_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = [jsonio.loads(line) for line in self.history_path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [r for r in records if split is None or r.get("split") == split]
 
     # --- writing (used by gitops.train) ---
@@ -165,14 +166,14 @@ class RunFolder:
             return
         with self.history_path.open("a", encoding="utf-8") as fh:
             for record in records:
-                fh.write(json.dumps(dict(record), allow_nan=True) + "\n")
+                fh.write(jsonio.dumps(dict(record)) + "\n")
 
     def truncate_history(self, after_step: int) -> None:
         """Drop records past `after_step` (a resumed run replays those steps)."""
         if not self.writer:
             return
         kept = [r for r in self.history() if r.get("step", 0) <= after_step]
-        write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in kept))
+        write_text(self.history_path, "".join(jsonio.dumps(r) + "\n" for r in kept))
 
 
 def find_run(out_dir: Path, cfg: Any) -> RunFolder | None:

@@ -8,7 +8,6 @@ with "did you mean" for unknown keys and enum values.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import os
@@ -29,7 +28,9 @@ _COMMON = {
         "type": "string",
         "pattern": r"^\.\./[a-z][a-z0-9-]{0,61}[a-z0-9]$",
         "description": "Inherit the same file of another model (`../other-model`), deep-merged: "
-        "mappings merge, lists and scalars replace.",
+        "mappings merge, lists and scalars replace, and a mapping whose selector (`name:` of an optimizer, "
+        "schedule, dataset or augmentation; `architecture:`) differs from the parent's replaces it whole. "
+        "Keys the parent gives may be left out.",
     },
     "schema_version": {
         "type": "integer",
@@ -62,10 +63,10 @@ def _choice(key: str, entries: dict[str, Entry], description: str, extra: dict[s
 
 def _document(kind: str, title: str, body: dict) -> dict:
     """Wrap a kind's schema with $schema/$id and the keys every file may carry."""
-    body = copy.deepcopy(body)
-    body.setdefault("properties", {}).update(copy.deepcopy(_COMMON))
+    body = _copy_json(body)  # a JSON copy: copy.deepcopy cost several ms per CLI start
+    body.setdefault("properties", {}).update(_copy_json(_COMMON))
     for branch in body.get("allOf", []):
-        branch["then"]["properties"].update(copy.deepcopy(_COMMON))
+        branch["then"]["properties"].update(_copy_json(_COMMON))
     return {
         "$schema": DRAFT,
         "$id": f"{SCHEMA_BASE_URI}/{kind}.v{SCHEMA_VERSION}.schema.json",
@@ -330,8 +331,63 @@ def schema_for(kind: str) -> dict:
     return _CACHE[kind]
 
 
+def file_schema(kind: str) -> dict:
+    """The schema editors and schema tools apply to one *file* (`schemas/<kind>.schema.json`).
+
+    A file that `extends:` another model may leave out anything its parent gives, down to a nested
+    choice's selector (``optimizer: {learning_rate: 0.1}``), so every `required` reachable through
+    mappings only applies when `extends` is absent (``if: {required: [extends]}``, ``else:`` the
+    required keys). Types, ranges, enums and closed objects apply to every file. Requirements inside
+    list items stay: a list replaces its parent's whole. gitops itself validates the merged document
+    against `schema_for(kind)`, where everything required is.
+    """
+    doc = _copy_json(schema_for(kind))
+    head = {k: doc.pop(k) for k in ("$schema", "$id", "title") if k in doc}
+    partial, required = _split_required(doc)
+    out = {**head, **partial}
+    if required:
+        out["if"] = {"required": ["extends"]}
+        out["else"] = required
+    return out
+
+
+def _split_required(node: dict) -> tuple[dict, dict | None]:
+    """(node without the `required` constraints reachable through properties and if/then branches,
+    a schema of those constraints alone, at the same places; None when there are none)."""
+    partial = dict(node)
+    required: dict[str, Any] = {}
+    if "required" in partial:
+        required["required"] = partial.pop("required")
+    if isinstance(partial.get("properties"), dict):
+        props, req_props = {}, {}
+        for key, sub in partial["properties"].items():
+            props[key], sub_required = _split_required(sub) if isinstance(sub, dict) else (sub, None)
+            if sub_required:
+                req_props[key] = sub_required
+        partial["properties"] = props
+        if req_props:
+            required["properties"] = req_props
+    if isinstance(partial.get("allOf"), list):
+        branches, req_branches = [], []
+        for branch in partial["allOf"]:
+            if isinstance(branch.get("then"), dict):
+                then, then_required = _split_required(branch["then"])
+                branches.append({**branch, "then": then})
+                if then_required:
+                    req_branches.append({"if": branch["if"], "then": then_required})
+            else:
+                branches.append(branch)
+        partial["allOf"] = branches
+        if req_branches:
+            required["allOf"] = req_branches
+    if required and "type" in node:  # strict tools (ajv) want the type beside object keywords
+        required = {"type": node["type"], **required}
+    return partial, required or None
+
+
 def render(kind: str) -> str:
-    return json.dumps(schema_for(kind), indent=2, sort_keys=False) + "\n"
+    """The text of `schemas/<kind>.schema.json` (see `file_schema`)."""
+    return json.dumps(file_schema(kind), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
 
 def rendered_files() -> dict[str, str]:
@@ -340,7 +396,7 @@ def rendered_files() -> dict[str, str]:
     from gitops.sweep import SWEEP_SCHEMA
 
     rendered = {f"{kind}.schema.json": render(kind) for kind in KINDS}
-    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2) + "\n"
+    rendered["sweep.schema.json"] = json.dumps(SWEEP_SCHEMA, indent=2, allow_nan=False) + "\n"
     rendered["settings.schema.json"] = schema_text()
     return rendered
 
@@ -356,6 +412,40 @@ def write_schemas(directory: Path) -> list[Path]:
         tmp.replace(path)
         written.append(path)
     return written
+
+
+# --- selectors (the `extends` merge rule) -----------------------------------------------------------
+
+_SELECTORS: dict[str, dict[tuple, str]] = {}
+
+
+def selectors(kind: str) -> dict[tuple, str]:
+    """Mappings of a file kind whose registry choice is made by one key: {key path: selector key}.
+
+    E.g. train: ``{("optimizer",): "name", ("schedule",): "name"}``; model: ``{(): "architecture"}``.
+    Found in the schema itself (an object whose `allOf` branches switch on one key's const), so a
+    plugin's choice is a selector too. Mappings inside lists are left out: lists replace whole anyway.
+    DESIGN.md: a mapping whose selector differs from the parent's replaces it whole when merging.
+    """
+    if kind not in _SELECTORS:
+        found: dict[tuple, str] = {}
+
+        def walk(node: dict, path: tuple) -> None:
+            keys = {
+                k
+                for branch in node.get("allOf", ())
+                for k, sub in branch.get("if", {}).get("properties", {}).items()
+                if "const" in sub
+            }
+            if len(keys) == 1:
+                found[path] = keys.pop()
+            for key, sub in node.get("properties", {}).items():
+                if isinstance(sub, dict):
+                    walk(sub, (*path, key))
+
+        walk(schema_for(kind), ())
+        _SELECTORS[kind] = found
+    return _SELECTORS[kind]
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -378,22 +468,69 @@ def format_path(path: tuple) -> str:
     return out
 
 
+def suggest(word: Any, options: list[Any]) -> str | None:
+    """The option `word` most likely meant: a case-insensitive match first, then a close spelling."""
+    text = str(word)
+    names = [str(o) for o in options]
+    folded = [n for n in names if n.lower() == text.lower() or n.replace("_", "-").lower() == text.replace("_", "-").lower()]
+    if folded:
+        return folded[0]
+    prefixed = [n for n in names if len(text) >= 3 and n.lower().startswith(text.lower())]
+    if len(prefixed) == 1:  # `acc` -> accuracy
+        return prefixed[0]
+    close = difflib.get_close_matches(text.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    return next((n for n in names if n.lower() == close[0]), None) if close else None
+
+
 def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    found = suggest(word, options)
+    return f" (did you mean '{found}'?)" if found is not None else ""
 
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
+_SCHEMA_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+                      "number": "a number", "boolean": "true or false", "null": "null"}
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _shown(value: Any) -> str:
+    """A value as YAML would write it (true, null, 0.001), for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}" if value == value and abs(value) != float("inf") else str(value)
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# What the schemas' patterns mean, for messages (the pattern itself helps nobody).
+_PATTERN_FORMS = (
+    ("^(train|val|test)/", "a metric name as <split>/<metric> with split train, val or test (e.g. test/accuracy)"),
+    ("^val/", "a validation metric as val/<metric> (e.g. val/accuracy)"),
+    (r"^\.\./", "'../<model-name>' (a sibling model folder)"),
+    ("^[0-9a-f]{64}$", "a SHA-256 as 64 lower-case hex digits"),
+    ("^(https?|s3|gs|file)://", "a URL starting with http://, https://, s3://, gs:// or file://"),
+)
+
+
 def _describe(error) -> list[tuple[tuple, str, bool]]:
-    """(relative path, message, point-at-key) triples for one jsonschema error."""
+    """(relative path, message, point-at-key) triples for one jsonschema error.
+
+    Every validator the schemas use gets a sentence that says what is expected ("must be at most
+    1", "expected an integer, got string 'lots'"), never jsonschema's own phrasing.
+    """
     path = tuple(error.absolute_path)
-    validator = error.validator
+    validator, limit, value = error.validator, error.validator_value, error.instance
     if validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extras = [k for k in error.instance if k not in allowed]
@@ -402,20 +539,55 @@ def _describe(error) -> list[tuple[tuple, str, bool]]:
             for k in extras
         ]
     if validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
+        missing = [k for k in limit if k not in error.instance]
         return [(path, f"missing required key '{k}'", False) for k in missing]
     if validator in ("enum", "const"):
-        options = error.validator_value if validator == "enum" else [error.validator_value]
-        shown = ", ".join("null" if o is None else str(o) for o in options)
-        return [(path, f"{error.instance!r} is not one of: {shown}{_suggest(error.instance, [o for o in options if o])}", False)]
+        options = limit if validator == "enum" else [limit]
+        shown = ", ".join(_shown(o) if not isinstance(o, str) else o for o in options)
+        hint = _suggest(value, [o for o in options if isinstance(o, str)]) if isinstance(value, str) else ""
+        if validator == "const":
+            return [(path, f"must be {_shown(limit)}, got {_shown(value)}", False)]
+        return [(path, f"{_shown(value)} is not one of: {shown}{hint}", False)]
     if validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [(path, f"expected {expected}, got {_type_name(error.instance)} {error.instance!r}", False)]
+        expected = limit if isinstance(limit, list) else [limit]
+        wanted = " or ".join(_SCHEMA_TYPE_NAMES.get(t, t) for t in expected)
+        return [(path, f"expected {wanted}, got {_type_name(value)} {_shown(value)}", False)]
+    bounds = {
+        "minimum": "must be at least {limit}",
+        "maximum": "must be at most {limit}",
+        "exclusiveMinimum": "must be greater than {limit}",
+        "exclusiveMaximum": "must be less than {limit}",
+        "multipleOf": "must be a multiple of {limit}",
+    }
+    if validator in bounds:
+        return [(path, bounds[validator].format(limit=_number(limit)) + f", got {_shown(value)}", False)]
+    if validator in ("minItems", "maxItems"):
+        word = "at least" if validator == "minItems" else "at most"
+        return [(path, f"must have {word} {limit} item{'s' if limit != 1 else ''}, got {len(value)}", False)]
+    if validator in ("minLength", "maxLength"):
+        word = "at least" if validator == "minLength" else "at most"
+        return [(path, f"must be {word} {limit} character{'s' if limit != 1 else ''} long, got {len(value)}", False)]
+    if validator in ("minProperties", "maxProperties"):
+        word = "at least" if validator == "minProperties" else "at most"
+        return [(path, f"must have {word} {limit} key{'s' if limit != 1 else ''}, got {len(value)}", False)]
+    if validator == "uniqueItems":
+        seen, repeated = [], []
+        for item in value:
+            (repeated if item in seen else seen).append(item)
+        return [(path, f"must not repeat items ({', '.join(_shown(r) for r in repeated[:3])} repeated)", False)]
     if validator == "anyOf" and isinstance(error.instance, dict) and path and "gates" in path:
         return [(path, "a gate needs at least one of min, max, max_regression", False)]
     if validator == "pattern":
-        return [(path, f"{error.instance!r} does not match the pattern {error.validator_value}", False)]
+        form = next((text for prefix, text in _PATTERN_FORMS if str(limit).startswith(prefix)), None)
+        return [(path, f"expected {form}, got {_shown(value)}" if form else
+                 f"{_shown(value)} does not have the expected form (pattern {limit})", False)]
+    if validator in ("anyOf", "oneOf") and error.context:
+        from jsonschema.exceptions import best_match
+
+        best = best_match(error.context)
+        return _describe(best) if best is not None else [(path, "matches none of the allowed forms", False)]
+    if validator == "not":
+        return [(path, f"{_shown(value)} is not allowed here", False)]
     return [(path, error.message, False)]
 
 
@@ -436,15 +608,16 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
     marshalled code object costs ~0.1 ms. The key covers the schema, fastjsonschema and Python, so a
     stale entry is never used; an unwritable cache only costs the time.
     """
-    import hashlib
     import marshal
     import sys
 
     import fastjsonschema
 
     version = getattr(fastjsonschema, "VERSION", "")
-    key = hashlib.sha256(
-        (json.dumps(document, sort_keys=True) + version + sys.version).encode("utf-8")
+    from gitops.checksums import sha256_new
+
+    key = sha256_new(
+        (json.dumps(document, sort_keys=True, allow_nan=False) + version + sys.version).encode("utf-8")
     ).hexdigest()[:32]
     path = _validator_cache_dir() / f"{key}.marshal"
     code = None
@@ -480,7 +653,10 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
     """All schema errors of one merged document as (path, message, at_key) triples, deterministic order.
 
     The compiled validator answers "valid" fast; only an invalid document pays for jsonschema's
-    complete error list (every error at once, with paths).
+    complete error list (every error at once, with paths). A selector that names nothing
+    (`architecture: MLP`) hides its branch's checks in JSON Schema; here the rest of that mapping
+    is checked against the branch the selector most likely meant, or, with no close name, its
+    keys against every branch's keys, so a misspelled key shows in the same pass.
     """
     import fastjsonschema
 
@@ -489,6 +665,37 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
         return []
     except fastjsonschema.JsonSchemaException:
         pass
+    out: list[tuple[tuple, str, bool]] = []
+    seen: set[tuple] = set()
+
+    def add(items: list[tuple[tuple, str, bool]]) -> None:
+        for item in items:
+            if item[:2] not in seen:
+                seen.add(item[:2])
+                out.append(item)
+
+    add(_errors(kind, data))
+    choices = list(_bad_selectors(schema_for(kind), data, ()))
+    if choices:
+        patched = _copy_json(data)
+        selector_paths = []
+        for path, key, names, union in choices:
+            node = _at(patched, path)
+            guess = suggest(node.get(key), names) if isinstance(node.get(key), str) else None
+            selector_paths.append(path + (key,))
+            if guess is not None:
+                node[key] = guess
+                continue
+            for extra in sorted(k for k in node if k not in union):
+                add([(path + (extra,), f"unknown key '{extra}'{_suggest(extra, sorted(union))} (no "
+                      f"{key} has it)", True)])
+            for extra in [k for k in node if k not in union]:
+                del node[extra]
+        add([e for e in _errors(kind, patched) if e[0] not in selector_paths])
+    return sorted(out, key=lambda e: (list(map(str, e[0])), e[1]))
+
+
+def _errors(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
     errors = sorted(_validator(kind).iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     out: list[tuple[tuple, str, bool]] = []
     seen = set()
@@ -499,6 +706,127 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
                 seen.add(item[:2])
                 out.append(item)
     return out
+
+
+def _at(data: Any, path: tuple) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _selector(schema: dict) -> tuple[str, list[str], set[str]] | None:
+    """(selector key, its names, every key some branch allows) for a `_choice` schema, else None."""
+    branches = [b for b in schema.get("allOf", ()) if isinstance(b, dict) and "if" in b]
+    if not branches:
+        return None
+    key = next(iter(branches[0]["if"].get("properties", {})), None)
+    if key is None:
+        return None
+    names = [b["if"]["properties"][key]["const"] for b in branches if key in b["if"].get("properties", {})]
+    union = set(schema.get("properties", {}))
+    for b in branches:
+        union |= set(b.get("then", {}).get("properties", {}))
+    return key, names, union
+
+
+def _bad_selectors(schema: dict, data: Any, path: tuple):
+    """(path, key, names, allowed keys) of each mapping whose selector names no branch, depth first."""
+    if isinstance(data, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for i, item in enumerate(data):
+                yield from _bad_selectors(items, item, path + (i,))
+        return
+    if not isinstance(data, dict):
+        return
+    found = _selector(schema)
+    props = dict(schema.get("properties", {}))
+    if found is not None:
+        key, names, union = found
+        if data.get(key) not in names:
+            yield path, key, names, union
+            return
+        for b in schema.get("allOf", ()):
+            if _branch_applies(b.get("if", {}), data):
+                props.update(b.get("then", {}).get("properties", {}))
+    for key, sub in props.items():
+        if key in data and isinstance(sub, dict):
+            yield from _bad_selectors(sub, data[key], path + (key,))
+
+
+def _salvage_one(doc: dict, error: Any, dropped: list[tuple]) -> bool | str | None:
+    """Repair `doc` where one error points; True if it changed, None when the document can't be saved."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties":
+        node = _at(doc, path)
+        allowed = set(error.schema.get("properties", {}))
+        extras = [k for k in node if k not in allowed]
+        for extra in extras:
+            del node[extra]
+            dropped.append(path + (extra,))
+        return bool(extras)
+    if error.validator == "required":
+        node = _at(doc, path)
+        missing = [k for k in error.validator_value if k not in node]
+        for key in missing:
+            prop = error.schema.get("properties", {}).get(key, {})
+            if "default" in prop:
+                node[key] = _copy_json(prop["default"])
+            elif prop.get("type") == "integer" and "minimum" in prop:
+                node[key] = prop["minimum"]
+            else:
+                return None
+            dropped.append(path + (key,))
+        return bool(missing)
+    if not path:
+        return None
+    parent, leaf = _at(doc, path[:-1]), path[-1]
+    guess = (suggest(error.instance, [o for o in error.validator_value if isinstance(o, str)])
+             if error.validator == "enum" and isinstance(error.instance, str) else None)
+    if guess is not None:
+        parent[leaf] = guess  # a misspelled selector: the branch it most likely meant
+    elif isinstance(parent, dict) and leaf in parent:
+        del parent[leaf]
+    elif isinstance(parent, list) and isinstance(leaf, int) and leaf < len(parent):
+        parent.pop(leaf)
+        dropped.append(path)
+        return "shifted"  # later indices moved: validate again before the next repair
+    else:
+        return False
+    dropped.append(path)
+    return True
+
+
+def salvage(kind: str, data: Any) -> tuple[dict | None, list[tuple]]:
+    """The parts of an invalid document that parsed: (a valid copy, paths dropped or guessed).
+
+    Offending keys are dropped (their defaults fill in), list items removed, a misspelled selector
+    replaced by its closest name, and a required integer with a type error set to its minimum. The
+    semantic checks then run on what is left, so one pass reports them beside the schema errors;
+    the caller hides semantic findings at or under a dropped path. None when nothing usable is left.
+    """
+    if not isinstance(data, dict):
+        return None, []
+    doc = _copy_json(data)
+    dropped: list[tuple] = []
+    for _round in range(24):
+        errors = list(_validator(kind).iter_errors(doc))
+        if not errors:
+            return doc, dropped
+        progressed = False
+        for error in sorted(errors, key=lambda e: -len(e.absolute_path)):
+            try:
+                outcome = _salvage_one(doc, error, dropped)
+            except (KeyError, IndexError, TypeError):
+                continue  # already dropped with an enclosing value
+            if outcome is None:
+                return None, dropped
+            progressed = progressed or bool(outcome)
+            if outcome == "shifted":
+                break
+        if not progressed:
+            return None, dropped
+    return None, dropped
 
 
 # --- defaults and number casting (after validation) ---------------------------------------------
@@ -520,6 +848,8 @@ def _copy_json(value: Any) -> Any:
         return {k: _copy_json(v) for k, v in value.items()}
     if cls is list:
         return [_copy_json(v) for v in value]
+    import copy
+
     return copy.deepcopy(value)
 
 

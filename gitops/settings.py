@@ -119,7 +119,7 @@ class Settings:
 
 
 def schema_text() -> str:
-    return json.dumps(SETTINGS_SCHEMA, indent=2) + "\n"
+    return json.dumps(SETTINGS_SCHEMA, indent=2, allow_nan=False) + "\n"
 
 
 def load_settings(tree: Tree) -> Settings:

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gitops import jsonio
 from gitops.errors import ConfigError, Problem
 from gitops.tree import Tree
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text
@@ -157,7 +158,7 @@ class Trial:
 
     def overrides(self) -> list[str]:
         """The `--set` lines that turn the model's config into this trial's (values as JSON, which YAML reads)."""
-        return [f"{path}={json.dumps(value, separators=(', ', ': '))}" for path, value in self.values]
+        return [f"{path}={json.dumps(value, separators=(', ', ': '), allow_nan=False)}" for path, value in self.values]
 
     def as_dict(self) -> dict:
         return {"trial": self.index, "values": dict(self.values), "set": self.overrides()}
@@ -198,7 +199,10 @@ def sweep_path(name: str) -> str:
 def load(name: str, tree: Tree) -> tuple[Sweep | None, list[Problem]]:
     """Read and schema-check `models/<name>/sweep.yaml`; (None, []) when the model has none."""
     relpath = sweep_path(name)
-    raw = tree.read(relpath)
+    try:
+        raw = tree.read(relpath)
+    except ConfigError as exc:  # refused: a symbolic link under models/
+        return None, list(exc.problems)
     if raw is None:
         return None, []
     label = tree.label(relpath)
@@ -269,7 +273,7 @@ def resolve_trials(sweep: Sweep, tree: Tree) -> tuple[list[tuple[Trial, Any]], l
             unknown = "unknown key" in problem.message or "cannot set a key" in problem.message
             value = dict(trial.values)[param.path]
             mark = param.key_mark if unknown else param.mark_of(value)
-            message = problem.message if unknown else f"{problem.message} (value {json.dumps(value)})"
+            message = problem.message if unknown else f"{problem.message} (value {jsonio.dumps(value)})"
             p = _at(mark or Mark(sweep.file, 1, 1), f"{SWEEP_KIND}.parameters.{param.path}", message)
             problems.setdefault((p.file, p.line, p.col, p.message), p)
         if cfg is not None:
@@ -333,9 +337,16 @@ _PARAMETER_FORM = ("a parameter is either `{values: [...]}` or a range `{min: A,
 
 def _schema_errors(data: Any) -> list[tuple[tuple, str, bool]]:
     """Every schema error of a sweep document as (path, message, at_key), with plain wording."""
-    from jsonschema import Draft202012Validator
+    import fastjsonschema
 
     from gitops import schema
+
+    try:  # the common case, a valid sweep, without importing jsonschema (a third of validate's start-up)
+        schema.compiled_validator(SWEEP_SCHEMA)(data)
+        return []
+    except fastjsonschema.JsonSchemaException:
+        pass
+    from jsonschema import Draft202012Validator
 
     out: list[tuple[tuple, str, bool]] = []
     errors = sorted(Draft202012Validator(SWEEP_SCHEMA).iter_errors(data),

@@ -13,13 +13,13 @@ values rarely repeat, the squared Spearman rank correlation between value and me
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gitops import jsonio
 from gitops.sweep import Sweep, Trial
 
 IMPORTANCE_RULE = ("importance: share of the metric's variance across finished trials explained by the "
@@ -128,7 +128,7 @@ def _eta_squared(xs: list[Any], ys: list[float]) -> float:
         return 0.0
     groups: dict[str, list[float]] = {}
     for x, y in zip(xs, ys, strict=True):
-        groups.setdefault(json.dumps(x, sort_keys=True), []).append(y)
+        groups.setdefault(jsonio.dumps(x, sort_keys=True), []).append(y)
     between = math.fsum(len(g) * (math.fsum(g) / len(g) - mean) ** 2 for g in groups.values())
     return max(0.0, min(1.0, between / total))
 
@@ -169,7 +169,7 @@ def _json_number(x: float | None) -> float | None:
 
 
 def _value_text(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":")) if not isinstance(value, float) else f"{value:.6g}"
+    return jsonio.dumps(value, separators=(",", ":")) if not isinstance(value, float) else f"{value:.6g}"
 
 
 def table_rows(sweep: Sweep, results: list[TrialResult], metric: str) -> tuple[list[str], list[list[str]]]:

@@ -15,7 +15,6 @@ stopped in `<out>/.sweeps/<model>.json`: no report ranks it as finished and no r
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops import config, sweep, sweep_results
+from gitops import config, jsonio, sweep, sweep_results
 from gitops.errors import GitopsError
 from gitops.runs import RunFolder, run_path, write_json
 
@@ -66,7 +65,7 @@ def state_path(out_dir: Path, model: str) -> Path:
 
 def read_state(out_dir: Path, model: str) -> dict:
     try:
-        doc = json.loads(state_path(out_dir, model).read_text(encoding="utf-8"))
+        doc = jsonio.loads(state_path(out_dir, model).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"stopped": {}}
     return doc if isinstance(doc, dict) and isinstance(doc.get("stopped"), dict) else {"stopped": {}}

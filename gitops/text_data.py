@@ -28,6 +28,7 @@ import numpy as np
 from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, TrainingError
 from gitops.tokenize import Tokenizer, from_config
+from gitops.tree import inside_repository
 
 PACK_VERSION = 1  # bump when the packing rule changes (it is part of the cache key)
 
@@ -136,7 +137,7 @@ def load_text(params: Mapping[str, Any], root: Path, splits: Mapping[str, Any]) 
         IntegrityError: the file's or the tokenizer's SHA-256 differs from its pin.
     """
     rel = params["path"]
-    path = (Path(root) / rel).resolve()
+    path = inside_repository(root, rel, "text file")
     if not path.is_file():
         raise TrainingError(f"text file {rel} not found under {root}")
     actual = sha256_file(path)
@@ -148,7 +149,7 @@ def load_text(params: Mapping[str, Any], root: Path, splits: Mapping[str, Any]) 
     key_doc = {"v": PACK_VERSION, "file": actual, "tokenizer": tokenizer.spec.get("sha256", "byte"),
                "length": length, "splits": dict(splits), "field": params.get("text_field", "text"),
                "errors": params.get("encoding_errors", "strict")}
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, allow_nan=False).encode()).hexdigest()
     cached = _cache_dir() / f"{key}.npz"
     if cached.is_file():
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops.errors import IntegrityError, TrainingError
+from gitops.tree import inside_repository
 
 BYTE_VOCAB = 257
 BYTE_EOS = 256
@@ -79,7 +80,7 @@ def from_config(spec: Mapping[str, Any], root: Path) -> Tokenizer:
     """
     if spec.get("name", "byte") == "byte":
         return Tokenizer({"name": "byte"}, BYTE_VOCAB, BYTE_EOS)
-    path = Path(root) / spec["path"]
+    path = inside_repository(root, spec["path"], "tokenizer file")
     if not path.is_file():
         raise TrainingError(f"tokenizer file {spec['path']} not found under {root}")
     raw = path.read_bytes()

@@ -2,15 +2,25 @@
 
 Config loading reads through a `Tree`, so `ci plan` resolves a model at the PR's base and head
 commits with the same code that `validate` uses on the working folder.
+
+Symbolic links: every link under `models/` (a file, a model folder, `models/` itself) is refused,
+in both trees alike, and no read follows a link out of the repository. A link inside a model folder
+would make `validate` (which would follow it) and `ci plan` (which reads git's link object) disagree,
+and a link out of the repository would echo another file's contents in errors and CI annotations.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
+import stat
 import subprocess
 from pathlib import Path, PurePosixPath
 
-from gitops.errors import GitopsError, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
+
+MODELS_DIR = "models"
+MAX_LINK_HOPS = 16
 
 
 class Tree:
@@ -31,12 +41,88 @@ class Tree:
         """How a file is named in messages (a path relative to where the user runs)."""
         return relpath
 
+    def refused(self, relpath: str) -> Problem | None:
+        """Why `relpath` must not be read (a symbolic link under models/, or a path leading out of
+        the repository), as a problem naming the offending path; None when it may be read."""
+        return None
+
+    def _refuse(self, relpath: str) -> None:
+        problem = self.refused(relpath)
+        if problem is not None:
+            raise ConfigError([problem])
+
+
+def inside_repository(root: Path, relpath: str, what: str) -> Path:
+    """`root/relpath` resolved (links followed), for code that reads a pinned file at training time.
+
+    Raises:
+        TrainingError: the path leads outside the repository (by `..`, an absolute path or a link).
+    """
+    from gitops.errors import TrainingError
+
+    base = Path(root).resolve()
+    path = (base / relpath).resolve()
+    if not path.is_relative_to(base):
+        raise TrainingError(f"{what} {relpath} resolves to {path}, outside the repository; "
+                            "gitops reads only files inside the repository")
+    return path
+
+
+def _escapes(relpath: str) -> bool:
+    """Does a relative path lead out of the repository by itself (absolute, or `..` past the root)?"""
+    norm = posixpath.normpath(relpath)
+    return relpath.startswith("/") or norm == ".." or norm.startswith("../")
+
+
+def _escape_problem(label: str) -> Problem:
+    return Problem(label, 1, 1, "", "leads outside the repository; gitops reads only files inside it")
+
+
+def _link_problem(label: str, target: str) -> Problem:
+    return Problem(label, 1, 1, "", f"is a symbolic link (to {target}); gitops reads no symbolic links under "
+                   f"{MODELS_DIR}/: put the file itself there (extends: ../<model> shares another model's files)")
+
+
+def _outside_problem(label: str, target: str) -> Problem:
+    return Problem(label, 1, 1, "", f"is a symbolic link to {target}, outside the repository; "
+                   "gitops reads only files inside the repository")
+
 
 class FsTree(Tree):
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
+        self._refusals: dict[str, Problem | None] = {}
+
+    def refused(self, relpath: str) -> Problem | None:
+        if _escapes(relpath):
+            return _escape_problem(relpath)
+        parts = PurePosixPath(relpath).parts
+        for n in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:n])
+            if prefix not in self._refusals:
+                self._refusals[prefix] = self._check_one(prefix, under_models=parts[0] == MODELS_DIR)
+            if self._refusals[prefix] is not None:
+                return self._refusals[prefix]
+        return None
+
+    def _check_one(self, prefix: str, *, under_models: bool) -> Problem | None:
+        path = f"{self.root}/{prefix}"
+        try:
+            if not stat.S_ISLNK(os.lstat(path).st_mode):
+                return None
+            target = os.readlink(path)
+        except OSError:  # missing: the reader says so
+            return None
+        if under_models:
+            return _link_problem(self.label(prefix), target)
+        resolved = os.path.realpath(path)
+        if resolved != str(self.root) and not resolved.startswith(f"{self.root}/"):
+            return _outside_problem(self.label(prefix), target)
+        return None
 
     def read(self, relpath: str) -> bytes | None:
+        """The file's bytes; None when absent. ConfigError for a refused path (see `refused`)."""
+        self._refuse(relpath)
         path = self.root / relpath
         if not path.is_file():
             return None
@@ -71,12 +157,44 @@ class GitTree(Tree):
         # for every file (1,000 models: ~0.8 s of git time per commit, against ~0.05 s by id)
         self._blobs = {entry.split("\t", 1)[1]: entry.split("\t", 1)[0].split()[2]
                        for entry in listing.split("\0") if "\t" in entry}
+        # symbolic links are blobs of mode 120000 holding the target path
+        self._links = {entry.split("\t", 1)[1] for entry in listing.split("\0")
+                       if "\t" in entry and entry.split()[0] == "120000"}
         self._files = set(self._blobs)
         self._dirs = {str(p) for f in self._files for p in PurePosixPath(f).parents if str(p) != "."}
         self._cache: dict[str, bytes | None] = {}
 
+    def refused(self, relpath: str) -> Problem | None:
+        if _escapes(relpath):
+            return _escape_problem(relpath)
+        parts = PurePosixPath(relpath).parts
+        for n in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:n])
+            if prefix in self._links:
+                target = self._link_target(prefix)
+                if parts[0] == MODELS_DIR:
+                    return _link_problem(self.label(prefix), target)
+                resolved = posixpath.normpath(posixpath.join(posixpath.dirname(prefix), target))
+                if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+                    return _outside_problem(self.label(prefix), target)
+        return None
+
+    def _link_target(self, relpath: str) -> str:
+        return self._raw(relpath).decode("utf-8", "replace")
+
     def read(self, relpath: str) -> bytes | None:
+        """The file's bytes at the commit; None when absent. Links outside models/ that stay inside the
+        repository are followed, as the working folder would; ConfigError for a refused path."""
         relpath = str(PurePosixPath(relpath))
+        self._refuse(relpath)
+        for _ in range(MAX_LINK_HOPS):
+            if relpath not in self._links:
+                return self._raw(relpath)
+            relpath = posixpath.normpath(posixpath.join(posixpath.dirname(relpath), self._link_target(relpath)))
+            self._refuse(relpath)
+        raise ConfigError([Problem(self.label(relpath), 1, 1, "", "too many levels of symbolic links")])
+
+    def _raw(self, relpath: str) -> bytes | None:
         if relpath not in self._files:
             listed = relpath == "gitops.yaml" or relpath.split("/", 1)[0] in ("models", "schemas")
             return None if listed else self._read_other(relpath)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,13 @@ class ValidationResult:
 
 def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
     """Model names named by paths: model folders, files inside them, or `models/` itself."""
-    models_dir = (root / config.MODELS_DIR).resolve()
+    models_dir = Path(os.path.abspath(root / config.MODELS_DIR))
     names: list[str] = []
     for raw in paths:
-        path = (Path.cwd() / raw).resolve()
-        if not path.exists():
-            raise UsageError(f"{raw}: no such file or folder")
+        path = Path(os.path.abspath(Path.cwd() / raw))  # links are not followed: resolving refuses them
+        if not os.path.lexists(path):
+            known = config.model_names(FsTree(root))
+            raise UsageError(f"{raw}: no such file or folder{config.did_you_mean(path.name, names=known)}")
         if path == models_dir or path == root.resolve():
             names.extend(config.model_names(FsTree(root)))
             continue

@@ -21,8 +21,10 @@ so results and messages are the same either way.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import shlex
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -151,8 +153,18 @@ def _core_tag(value: str) -> str:
     return STR_TAG
 
 
+class NonFiniteNumber(ValueError):
+    """A plain scalar reads as a number JSON cannot hold (``.inf``, ``.nan``, or a float that overflows)."""
+
+
 def _core_value(value: str) -> Any:
-    """Plain scalar text -> Python value under the core schema. ValueError for a too-long integer."""
+    """Plain scalar text -> Python value under the core schema.
+
+    Raises:
+        NonFiniteNumber: ``.inf``/``.nan`` or a float literal past the float range (``1e999``): configs
+            are hashed as strict JSON, which has no such numbers.
+        ValueError: an integer longer than Python's int-from-str digit limit.
+    """
     tag = _core_tag(value)
     if tag == STR_TAG:
         return value
@@ -166,11 +178,15 @@ def _core_value(value: str) -> Any:
         if value.startswith("0x"):
             return int(value[2:], 16)
         return int(value)  # may raise ValueError past Python's int-from-str digit limit
-    if _CORE_NAN.fullmatch(value):
-        return math.nan
-    if _CORE_INF.fullmatch(value):
-        return -math.inf if value.startswith("-") else math.inf
-    return float(value)
+    if _CORE_NAN.fullmatch(value) or _CORE_INF.fullmatch(value):
+        raise NonFiniteNumber(
+            f"non-finite number {value!r} is not allowed (configs are hashed as strict JSON); "
+            f"write a finite number, or quote it ('{value}') for text"
+        )
+    number = float(value)
+    if not math.isfinite(number):
+        raise NonFiniteNumber(f"number {value!r} is out of range (largest is about 1.8e308)")
+    return number
 
 
 try:  # libyaml's scanner and parser in C; the composer below stays in Python (5x faster overall)
@@ -318,13 +334,52 @@ def load_yaml_text(text: str | bytes, file: str = "<string>", *, max_bytes: int 
     return _load(text, file, max_bytes=max_bytes, require_mapping=True)
 
 
-def parse_scalar(text: str, *, where: str = "--set") -> Any:
-    """Parse one command-line value the way it would read in a file (core schema).
+def parse_scalar(text: str, *, where: str = "--set", key: str | None = None) -> Any:
+    """Parse one command-line value the way it would read in a file (core schema), comments aside.
 
     ``"3e-4"`` -> 3e-4, ``"on"`` -> "on", ``""`` -> None, ``"[1, 2]"`` -> [1, 2], ``"{a: 1}"`` -> {"a": 1}.
-    Errors are ConfigError problems whose file is `where`.
+    A ``#`` never starts a comment: ``"see #12 for details"`` stays that text (in a file, YAML would
+    cut it at `` #``; on a command line nobody writes comments, so a ``#`` is always meant as typed).
+
+    Args:
+        text: the value as typed after ``KEY=``.
+        where: the "file" named in problems (``--set train.seed``).
+        key: the dotted key, used to show how to quote a value YAML can't read.
+
+    Raises:
+        ConfigError: problems whose file is `where`; when the text isn't valid YAML (``@x``, ``%x``,
+            a tag...), the message shows the same override with the value quoted.
     """
-    return _load(text, where, max_bytes=1_000_000, require_mapping=False).data
+    # '#' is only ever syntax as a comment start (tags are refused anyway): stand it in by a character
+    # absent from the text, parse, and put it back in every string and message.
+    hole = next(chr(c) for c in range(0xE000, 0xF900) if chr(c) not in text)
+    try:
+        data = _load(text.replace("#", hole), where, max_bytes=1_000_000, require_mapping=False).data
+    except ConfigError as exc:
+        hint = ""
+        if key is not None and any(not _is_number_problem(p) for p in exc.problems):
+            hint = f"; to pass it as text, quote it: --set {shlex.quote(key + '=' + json.dumps(text, ensure_ascii=False, allow_nan=False))}"
+        problems = [
+            Problem(p.file, p.line, p.col, p.path.replace(hole, "#"),
+                    p.message.replace(hole, "#") + ("" if _is_number_problem(p) else hint))
+            for p in exc.problems
+        ]
+        raise ConfigError(problems, exit_code=exc.exit_code) from None
+    return _put_back(data, hole)
+
+
+def _is_number_problem(problem: Problem) -> bool:
+    return problem.message.startswith(("non-finite number", "number "))
+
+
+def _put_back(value: Any, hole: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(hole, "#")
+    if isinstance(value, list):
+        return [_put_back(v, hole) for v in value]
+    if isinstance(value, dict):
+        return {_put_back(k, hole): _put_back(v, hole) for k, v in value.items()}
+    return value
 
 
 def _too_large(file: str, size: int, limit: int, *, at_least: bool = False) -> ConfigError:
@@ -607,6 +662,9 @@ def _problem(file: str, mark, path: tuple, message: str) -> Problem:
     return Problem(file, mark.line + 1, mark.column + 1, format_path(path), message)
 
 
+_KEY_KINDS = {_NULL_TAG: "null", _BOOL_TAG: "a boolean", _INT_TAG: "a number", _FLOAT_TAG: "a number"}
+
+
 def _describe(value: Any) -> str:
     if value is None:
         return "null"
@@ -718,14 +776,15 @@ class _Builder:
                 )
                 continue
             if key_target.style is None:
-                key = self._scalar(key_target, path)
-                if not isinstance(key, str):
+                key_tag = _core_tag(key_target.value)
+                key = key_target.value
+                if key_tag != STR_TAG:
                     self.problems.append(
                         _problem(
                             self.file,
                             site,
                             path,
-                            f"keys must be strings, found {_describe(key)} key {key_target.value!r}"
+                            f"keys must be strings, found {_KEY_KINDS[key_tag]} key {key_target.value!r}"
                             f" (quote it: '{key_target.value}')",
                         )
                     )
@@ -754,6 +813,9 @@ class _Builder:
             return node.value
         try:
             return _core_value(node.value)
+        except NonFiniteNumber as exc:
+            self.problems.append(_problem(self.file, node.start_mark, path, str(exc)))
+            return None
         except ValueError:
             self.problems.append(
                 _problem(self.file, node.start_mark, path, f"number has too many digits ({len(node.value)})")

@@ -158,3 +158,14 @@ def test_release_pending_killed_after_staging_then_rerun(repo):
     assert sorted(t.name for t in LocalBackend(repo).list_tags()) == ["digits-mlp@v1.0.0", "wine-mlp@v1.0.0"]
     _no_tag_without_assets(LocalBackend(repo))
     _no_scratch(repo)
+
+
+def test_sigterm_outside_training_unwinds_cleans_up_and_exits_143(repo):
+    """SIGTERM (systemd, Kubernetes) in the middle of a pull: `finally` blocks run, exit 143, no scratch."""
+    fake_run(repo, "wine-mlp", GOOD)
+    assert CliRunner().invoke(app, ["release", "wine-mlp"]).exit_code == 0
+    env = {**os.environ, killpoints.ENV: "pull.downloaded:TERM", "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "gitops.cli", "pull", "wine-mlp"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143 and "terminated (SIGTERM)" in done.stderr and "Traceback" not in done.stderr
+    assert [p.name for p in (repo / ".gitops/pulled/wine-mlp").iterdir()] == []

@@ -220,5 +220,5 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
     from gitops import catalog
 
     assert plugins.discovered() == {kind: {} for kind in plugins.GROUPS}
-    assert sorted(catalog.ARCHITECTURES) == ["cnn", "mlp", "resnet", "transformer"]
+    assert sorted(catalog.ARCHITECTURES) == ["cnn", "decoder", "mlp", "resnet", "transformer"]
     assert "brier" not in catalog.METRICS

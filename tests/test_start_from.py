@@ -5,6 +5,7 @@ bad inputs (no such parent, cycles, shapes, checksums) that must stop before any
 from __future__ import annotations
 
 import json
+import re
 import tarfile
 
 import numpy as np
@@ -101,7 +102,8 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
         inside = json.loads(tar.extractfile("release.json").read())
     assert inside["start_from"]["frozen"] == ["hidden/0/bias", "hidden/0/kernel"]
     history = _run("history", CHILD)
-    assert "parent: digits-mlp@v1.0.0 (digits-mlp@production, sha256 " in history.stdout
+    assert "parents (train.start_from):" in history.stdout
+    assert re.search(r"\n\s*v1\.0\.0\s+digits-mlp@v1\.0\.0 \(digits-mlp@production, sha256 [0-9a-f]{12}\)", history.stdout)
     lineage = _run("lineage", "digits-mlp@v1.0.0")
     assert lineage.exit_code == 0, lineage.output
     assert lineage.stdout.splitlines()[:2] == ["digits-mlp@v1.0.0  [production] <", f"  -> {CHILD}@v1.0.0"]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import mimetypes
 import os
 import random
@@ -68,8 +69,8 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise UsageError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value < 0:
-        raise UsageError(f"{name} must not be negative, not {raw!r}")
+    if not math.isfinite(value) or value < 0:  # float() reads "inf" and "nan"; int(inf) would crash later
+        raise UsageError(f"{name} must be a finite number, not negative, not {raw!r}")
     return value
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gitops import config
+from gitops import config, jsonio
 from gitops.cli_app import command, out
 from gitops.errors import GitopsError
 
@@ -34,7 +33,7 @@ def validate_cmd(
     names = validation.models_for_paths(root, paths) if paths else None
     result = validation.validate(root, names)
     if as_json:
-        out(json.dumps({"ok": result.ok, "models": {n: [p.as_dict() for p in ps] for n, ps in result.models.items()}}, indent=2))
+        out(jsonio.dumps({"ok": result.ok, "models": {n: [p.as_dict() for p in ps] for n, ps in result.models.items()}}, indent=2))
     else:
         for problem in result.problems:
             out(str(problem))
@@ -69,7 +68,7 @@ def show_cmd(
         "data_fingerprint": cfg.data_fingerprint,
     }
     if as_json:
-        out(json.dumps(doc, indent=2))
+        out(jsonio.dumps(doc, indent=2))
         return
     out(f"# {cfg.name}")
     out(f"# training fingerprint: {cfg.training_fingerprint}")

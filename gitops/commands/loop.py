@@ -7,14 +7,13 @@ jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gitops import config
+from gitops import config, jsonio
 from gitops.cli_app import ci_app, command, out
 from gitops.errors import GitopsError, UsageError
 
@@ -35,6 +34,16 @@ def _backend(name: str | None, root: Path):
     from gitops.backends import get_backend
 
     return get_backend(name, root)
+
+
+def _is_terminal() -> bool:
+    """stdout is an interactive terminal (not a pipe, file or CI log)."""
+    import sys
+
+    try:
+        return sys.stdout.isatty() and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
 
 
 def _echo_err(text: str) -> None:
@@ -93,14 +102,14 @@ def plan_cmd(
     )
     doc["budget"] = {"violations": found, "lifted_by_label": budgets.override_label if lifted else None}
     if found and not lifted:
-        out(json.dumps(doc, indent=2))
+        out(jsonio.dumps(doc, indent=2))
         raise GitopsError(
             "over budget: " + "; ".join(found)
             + f" (a maintainer can add the label {budgets.override_label!r} to allow it)"
         )
     if github_output:
         plan.write_github_output(result)
-    text = json.dumps(doc, indent=2)
+    text = jsonio.dumps(doc, indent=2)
     if out_file is not None:
         from gitops.runs import write_text
 
@@ -123,6 +132,8 @@ def report_cmd(
     head_sha: Annotated[str | None, typer.Option("--head-sha", help="Head commit the report is for (default HEAD).")] = None,
     pr: Annotated[int | None, typer.Option("--pr", help="PR number (default: from $GITHUB_EVENT_PATH).")] = None,
     backend_name: BackendOption = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown on a terminal too (default there: a "
+                                                               "plain-text view without Mermaid or sparklines).")] = False,
 ) -> None:
     """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
     from gitops import report
@@ -135,11 +146,11 @@ def report_cmd(
     if out_file:
         out_file.write_text(text, encoding="utf-8")
     if json_out:
-        json_out.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        json_out.write_text(jsonio.dumps(data, indent=2) + "\n", encoding="utf-8")
     if as_json:
-        out(json.dumps(data, indent=2))
+        out(jsonio.dumps(data, indent=2))
     elif not out_file:
-        out(text)
+        out(report.terminal(built) if not markdown and _is_terminal() else text)
     report.write_step_summary(text)
     if not built.ok:
         failed = ", ".join(m.model for m in built.models if not m.ok)
@@ -211,7 +222,7 @@ def release_cmd(
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
                              run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
-    out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
+    out(jsonio.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
 @command("release-pending", group=ci_app)
@@ -308,7 +319,8 @@ def pull_cmd(
     from gitops import pull
 
     root = config.find_root()
-    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err)
+    out(str(target))  # stdout: the folder alone, so `$(gitops pull ...)` keeps working
 
 
 @command("history")
@@ -322,7 +334,7 @@ def history_cmd(
 
     root = config.find_root()
     doc = registry_ops.history(_backend(backend_name, root), model)
-    out(json.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
+    out(jsonio.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
 
 
 @command("promote")
@@ -339,9 +351,18 @@ def promote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
+    st, version = registry_ops.resolve(backend, ref)
+    before = st.stages.get(to)
     tag = registry_ops.promote(backend, ref, to)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
+    counter = tag.rsplit("#", 1)[-1]
+    _echo_err(f"promoted {st.model} {version.version} to {to}"
+              + (f" (it replaces {before})" if before else "")
+              + f": {st.model}@{to} now resolves to {version.version}.\n"
+              f"tag {tag} is on commit {version.commit[:12]}; #{counter} counts every stage and lifecycle event "
+              f"of {st.model} (one counter shared by all stages, as in GTO), not the versions of {to}"
+              + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
@@ -360,7 +381,9 @@ def demote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    out(registry_ops.demote(backend, model, stage))
+    tag = registry_ops.demote(backend, model, stage)
+    _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
+    out(tag)
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
@@ -384,10 +407,13 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import registry_ops
+    from gitops import gitutil, registry_ops
 
     root = config.find_root()
+    was = gitutil.current_branch(root)
     result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    _echo_err(f"switched your checkout to the new branch {result.branch}"
+              + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
         f"(training fingerprint {result.training_fingerprint[:12]})")
     if result.inlined:
@@ -425,7 +451,7 @@ def predict_cmd(
                                        top_k=top_k, seed=seed)
     else:
         doc = predict.predict_file(ref, input_file, key)
-    text = json.dumps(doc, indent=2)
+    text = jsonio.dumps(doc, indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")
     else:

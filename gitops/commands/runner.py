@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gitops.cli_app import command, out
+from gitops import jsonio
+from gitops.cli_app import command, finite, out
 
 
 @command("doctor")
@@ -19,7 +19,7 @@ def doctor_cmd(
         typer.Option("--expect-gpu/--no-expect-gpu", help="Fail unless JAX sees a GPU (default: $GITOPS_EXPECT_GPU)."),
     ] = None,
     runs_dir: Annotated[Path, typer.Option("--runs", help="Where run folders are written.")] = Path("runs"),
-    min_free_gib: Annotated[float, typer.Option(help="Free disk space required, GiB.")] = 5.0,
+    min_free_gib: Annotated[float, typer.Option(callback=finite, help="Free disk space required, GiB.")] = 5.0,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON.")] = False,
     github: Annotated[
         bool,
@@ -39,7 +39,7 @@ def doctor_cmd(
     checks = doctor.run_checks(expect_gpu=expect_gpu, runs_dir=runs_dir, min_free_gib=min_free_gib)
     failed = [c for c in checks if not c.ok and c.required]
     if as_json:
-        out(json.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+        out(jsonio.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
     else:
         for check in checks:
             mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
@@ -65,7 +65,7 @@ def _doctor_github(as_json: bool) -> None:
     findings = doctor_github.run_github_checks(backend, groups)
     code = doctor_github.exit_code(findings)
     if as_json:
-        out(json.dumps({"repository": backend.repository, "safe": code == 0,
+        out(jsonio.dumps({"repository": backend.repository, "safe": code == 0,
                         "findings": [f.as_dict() for f in findings]}, indent=2))
     else:
         for f in findings:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from gitops.cli_app import command, out
+from gitops.cli_app import command, finite, out
 
 BackendOption = Annotated[
     str | None,
@@ -28,9 +28,9 @@ def serve_cmd(
     max_batch_size: Annotated[int | None, typer.Option(
         "--max-batch-size", min=1, max=65536, help="Largest dynamic batch (default: release.yaml serving.max_batch_size).")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(
-        "--max-wait-ms", min=0.0, help="How long a batch waits to fill (default: release.yaml serving.max_wait_ms).")] = None,
+        "--max-wait-ms", min=0.0, callback=finite, help="How long a batch waits to fill (default: release.yaml serving.max_wait_ms).")] = None,
     poll_seconds: Annotated[float, typer.Option(
-        "--poll-seconds", min=0.05, help="How often a followed stage is checked for a new version.")] = 10.0,
+        "--poll-seconds", min=0.05, callback=finite, help="How often a followed stage is checked for a new version.")] = 10.0,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 above).")] = 8 * 1024 * 1024,
     max_instances: Annotated[int, typer.Option("--max-instances", min=1, help="Most instances per request.")] = 1024,
     backend_name: BackendOption = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from gitops.cli_app import command, out
+from gitops.cli_app import command, finite, out
 
 
 @command("site")
@@ -19,7 +19,7 @@ def site_cmd(
     serve: Annotated[bool, typer.Option("--serve", help="Serve a live preview; rebuild when tags change.")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --serve (0 picks a free one).")] = 8000,
     host: Annotated[str, typer.Option("--host", help="Address for --serve.")] = "127.0.0.1",
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between tag checks with --serve.")] = 3.0,
+    interval: Annotated[float, typer.Option("--interval", callback=finite, help="Seconds between tag checks with --serve.")] = 3.0,
 ) -> None:
     """Generate the model registry's static site: every model, version, stage, metric and config diff."""
     from gitops import config

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gitops import config
+from gitops import config, jsonio
 from gitops.cli_app import command, out
 from gitops.errors import UsageError
 
@@ -61,7 +60,7 @@ def sweep_cmd(
                            echo=lambda text: typer.echo(text, err=True))
     spec, metric, _ = sweep_run.results(name, root, out_dir)
     if as_json:
-        out(json.dumps(sweep_results.as_json(spec, ranked, metric), indent=2))
+        out(jsonio.dumps(sweep_results.as_json(spec, ranked, metric), indent=2))
         return
     header, rows = sweep_results.table_rows(spec, ranked, metric)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

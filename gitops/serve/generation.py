@@ -183,6 +183,6 @@ async def stream(loaded: Any, request: GenerateRequest) -> AsyncIterator[bytes]:
         text = tokenizer.decode(made)
         if text.endswith("\ufffd"):  # an unfinished UTF-8 character: wait for its other bytes
             continue
-        yield f"data: {json.dumps({'text': text[len(shown):]})}\n\n".encode()
+        yield f"data: {json.dumps({'text': text[len(shown):]}, allow_nan=False)}\n\n".encode()
         shown = text
-    yield f"data: {json.dumps({'done': True, 'tokens': len(made)})}\n\n".encode()
+    yield f"data: {json.dumps({'done': True, 'tokens': len(made)}, allow_nan=False)}\n\n".encode()

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gitops import jsonio
 from gitops.errors import UsageError
 from gitops.serve.batcher import Batcher, Overloaded
 from gitops.serve.follower import Follower, ServingState
@@ -424,7 +425,7 @@ class ModelServer:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+    return jsonio.dumps(obj, separators=(",", ":")).encode()  # NaN outputs: null + non_finite
 
 
 async def _drain(request: Request, limit: int) -> None:

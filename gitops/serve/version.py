@@ -187,7 +187,9 @@ def folder_identity(model_dir: Path) -> tuple[str, str]:
         raise GitopsError(f"{model_dir}: not a run folder or pulled release (no readable manifest.json)",
                           exit_code=2) from None
     model = manifest.get("model") or model_dir.parent.name
-    version = _released_as(model_dir) or f"run-{str(manifest.get('training_fingerprint', ''))[:12] or 'unknown'}"
+    fingerprint = manifest.get("training_fingerprint")
+    fingerprint = fingerprint[:12] if isinstance(fingerprint, str) and fingerprint else "unknown"
+    version = _released_as(model_dir) or f"run-{fingerprint}"
     return model, version
 
 
@@ -218,7 +220,9 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     task = pre.get("task") or loaded.config.task
     input_shape = tuple(int(d) for d in pre["input_shape"])
     n_out = pre.get("num_outputs") or pre.get("num_classes") or 1
-    labels = tuple(loaded.config.release.labels or ())
+    from gitops.predict import class_labels
+
+    labels = tuple(class_labels(loaded))
     if task == "classification":
         return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
     if task == "language_modeling":  # :predict gives next-token logits at every position; :generate gives text

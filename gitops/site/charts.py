@@ -13,6 +13,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from gitops import jsonio
+
 # Series styles in a fixed order: (line style, marker); colours come from a palette that is
 # also distinguishable in grey scale, but no chart depends on them.
 STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 2)), "P"))
@@ -93,11 +95,10 @@ def _memoized(fn):
     """Charts are pure functions of their arguments: `--serve` rebuilds reuse the unchanged ones."""
     import functools
     import hashlib
-    import json
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> str:
-        digest = hashlib.sha256(json.dumps([fn.__name__, args, kwargs], sort_keys=True, default=str).encode()).hexdigest()
+        digest = hashlib.sha256(jsonio.dumps([fn.__name__, args, kwargs], sort_keys=True, default=str).encode()).hexdigest()
         if digest not in _MEMO:
             if len(_MEMO) >= _MEMO_MAX:
                 _MEMO.clear()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gitops import registry_ops, tags
+from gitops import jsonio, registry_ops, tags
 from gitops.backends.base import Backend
 from gitops.errors import GitopsError
 from gitops.pull import fetch_archive
@@ -53,6 +53,7 @@ class VersionData:
     release_fingerprint: str | None = None
     data_fingerprint: str | None = None
     trained_at_commit: str | None = None
+    reproduced_at_commit: str | None = None  # a run trained from uncommitted files: the commit that reproduces it
     pr: int | None = None
     packages: dict[str, str] = field(default_factory=dict)
     device: str | None = None  # "cpu x1"
@@ -170,6 +171,7 @@ def _version(root: Path, backend: Backend, model: str, vs: tags.VersionState, ca
         headline_metric=meta.get("headline_metric"), metrics=dict(metrics),
         training_fingerprint=meta.get("training_fingerprint"), release_fingerprint=meta.get("release_fingerprint"),
         data_fingerprint=meta.get("data_fingerprint"), trained_at_commit=meta.get("trained_at_commit"),
+        reproduced_at_commit=meta.get("reproduced_at_commit"),
         pr=_int(meta.get("pr")) or _pr_from_commit(root, vs.commit),
         steps=_int(meta.get("steps")), checkpoint_step=_int(meta.get("checkpoint_step")),
         parent=meta.get("start_from") if isinstance(meta.get("start_from"), dict) else None,
@@ -194,7 +196,7 @@ def _apply_files(v: VersionData, files: dict[str, bytes]) -> None:
         v.param_count = _int(manifest.get("param_count"))
         v.steps = v.steps or _int(manifest.get("steps_done") or manifest.get("steps"))
         v.checkpoint_step = v.checkpoint_step or _int(manifest.get("checkpoint_step"))
-        v.trained_at_commit = v.trained_at_commit or manifest.get("git_commit")
+        v.trained_at_commit = v.trained_at_commit or registry_ops.text_field(manifest, "git_commit") or None
         for key in ("training_fingerprint", "release_fingerprint", "data_fingerprint"):
             if not getattr(v, key) and manifest.get(key):
                 setattr(v, key, manifest[key])
@@ -299,7 +301,7 @@ def flatten_config(value: Any, prefix: str = "") -> dict[str, str]:
         for key in sorted(value, key=str):
             out.update(flatten_config(value[key], f"{prefix}.{key}" if prefix else str(key)))
         return out
-    return {prefix: json.dumps(value, sort_keys=True, ensure_ascii=False)}
+    return {prefix: jsonio.dumps(value, sort_keys=True, ensure_ascii=False)}
 
 
 def config_diff(old: dict, new: dict) -> list[tuple[str, str | None, str | None]]:
@@ -333,7 +335,7 @@ def _json(raw: bytes | None) -> Any:
     if raw is None:
         return None
     try:
-        return json.loads(raw)
+        return jsonio.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gitops import jsonio
 from gitops.errors import UsageError
 from gitops.site import charts
 from gitops.site.data import ModelData, RegistryData, VersionData, config_diff, flatten_config
@@ -152,7 +152,7 @@ def render_site(data: RegistryData) -> dict[str, str]:
     files = {
         "index.html": render_index(data),
         "site.css": resources.files("gitops.site").joinpath("static/site.css").read_text(encoding="utf-8"),
-        MARKER: json.dumps({"generator": "gitops site", "backend": data.backend, "as_of": data.as_of}) + "\n",
+        MARKER: jsonio.dumps({"generator": "gitops site", "backend": data.backend, "as_of": data.as_of}) + "\n",
     }
     for model in data.models:
         files[f"models/{slug(model.name)}.html"] = render_model(model, data)
@@ -365,7 +365,9 @@ def _version_details(m: ModelData, v: VersionData, previous: VersionData | None,
         ("Bump", f"{escape(v.bump or '-')}: {escape(v.reason)}"),
         ("Previous version", f'<a href="#{escape(previous.version)}">{escape(previous.version)}</a>'
          if previous else "none (first release)"),
-        ("Trained at commit", f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown()),
+        ("Trained at commit", (f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown())
+         + (f' (uncommitted files; reproduced at <code>{escape(v.reproduced_at_commit)}</code>)'
+            if v.reproduced_at_commit else "")),
         *([("Starts from", _parent_html(v.parent))] if v.parent else []),
         ("Training fingerprint", _code(v.training_fingerprint)),
         ("Data fingerprint", _code(v.data_fingerprint)),
@@ -568,7 +570,7 @@ def _fmt(value: Any) -> str:
 
 
 def _script_json(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    text = jsonio.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 

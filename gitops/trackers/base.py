@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import math
 import os
 import re
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from gitops import jsonio
 from gitops.errors import GitopsError
 
 T = TypeVar("T")
@@ -145,7 +145,7 @@ def scalar_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if value is None or isinstance(value, bool) or isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+        return jsonio.dumps(value, separators=(",", ":"), sort_keys=True)
     return str(value)
 
 
@@ -228,7 +228,7 @@ def model_summary(run: RunData) -> str:
     architecture = model_cfg.pop("architecture", "unknown")
     prep = {}
     with contextlib.suppress(Exception):  # a summary is best effort, never an error
-        prep = json.loads((run.path / "preprocessing.json").read_text(encoding="utf-8"))
+        prep = jsonio.loads((run.path / "preprocessing.json").read_text(encoding="utf-8"))
     lines = [f"**{run.model}**: `{architecture}`, {run.manifest.get('param_count', 'unknown')} parameters",
              "", f"input shape {prep.get('input_shape', 'unknown')}, {prep.get('num_outputs', 'unknown')} outputs",
              "", "| parameter | shape |", "| --- | --- |"]
@@ -236,7 +236,7 @@ def model_summary(run: RunData) -> str:
     with contextlib.suppress(Exception):  # a summary is best effort, never an error
         rows = _param_shapes(architecture, model_cfg, prep)
     if not rows:
-        return "\n".join(lines[:3] + ["", "```json", json.dumps(model_cfg, indent=1, sort_keys=True), "```"])
+        return "\n".join(lines[:3] + ["", "```json", jsonio.dumps(model_cfg, indent=1, sort_keys=True), "```"])
     lines += [f"| `{name}` | {tuple(shape)} |" for name, shape in rows]
     return "\n".join(lines)
 
