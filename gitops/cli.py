@@ -9,7 +9,7 @@ from gitops.cli_app import app
 
 # Each module registers its commands on import; none of them imports jax at module level.
 _COMMAND_MODULES = ("init", "config", "training", "loop", "browse", "runner", "serving", "site", "demo", "sweep",
-                    "data")
+                    "data", "lineage")
 
 for _name in _COMMAND_MODULES:
     try:

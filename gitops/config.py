@@ -8,6 +8,7 @@ Every problem of every file is collected before anything is raised, so a user se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -89,6 +90,7 @@ class TrainConfig:
     parallelism: Mapping[str, Any]
     early_stopping: Mapping[str, Any] | None
     checkpoint: Mapping[str, Any]
+    start_from: Mapping[str, Any] | None = None  # with `resolved: {model, version, sha256}` once resolved
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class ResolvedConfig:
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
     plugins: Mapping[str, Any] | None = None  # {package, sha256} of the repository plugin package it uses
+    parent_error: str | None = None  # start_from.model could not be resolved through the registry's tags
 
     @property
     def task(self) -> str:
@@ -495,12 +498,21 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
             continue  # about a value already reported (or guessed): not a second error
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
+    if not loader.problems and cleaned["train"].get("start_from"):
+        from gitops import start_from
+
+        for path, message in start_from.cycle_problems(name, cleaned["train"]["start_from"], tree):
+            loader.problem(merged["train"].mark(path), schema.format_path(("train", *path)), message)
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
     package = repo_plugin_package(cleaned)
     source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
-    return build(name, cleaned, files, source), []
+    from gitops import start_from  # jax-free: reads the registry's tags only
+
+    parent_error = start_from.resolve_into(cleaned["train"], tree)
+    cfg = build(name, cleaned, files, source)
+    return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
 
 
 def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
@@ -545,7 +557,10 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     plugin_source = plugin_source or cleaned.get("plugins") or None
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
-    hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
+    # start_from: absent and null hash alike (configs from before it existed keep their fingerprints);
+    # a resolved parent ({model, version, sha256} under start_from.resolved) is hashed with it
+    hashed_train = {k: v for k, v in docs["train"].items()
+                    if k not in EXECUTION_ONLY_TRAIN_KEYS and not (k == "start_from" and v is None)}
     identity = {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]),
                 "data_fingerprint": data_fp}
     if plugin_source:
@@ -570,7 +585,7 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
 
 def _with_optional_train_keys(train: dict) -> dict:
     # parallelism: configs resolved before it existed (old run folders, releases) still build
-    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, **train}
+    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, "start_from": None, **train}
 
 
 @functools.cache
@@ -776,6 +791,11 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
             problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
+    if train.get("start_from"):
+        from gitops import start_from
+
+        problems += [(("train", "start_from", *path), message)
+                     for path, message in start_from.form_problems(train["start_from"], model["architecture"], tree)]
     problems += _streaming_problems(data["dataset"], tree)
     if dataset_name in ("file", "text") and tree is not None:
         try:

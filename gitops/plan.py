@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config, gitutil, jsonio
-from gitops.errors import ConfigError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.tree import FsTree, GitTree, Tree
 from gitops.yamlio import load_yaml_text
 
@@ -251,10 +251,37 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
             result.release_only.append(ModelChange(name, "release.yaml changed", cfg.training_fingerprint,
                                                    cfg.release_fingerprint,
                                                    config_diff(before.as_dict(), cfg.as_dict())))
+    _parents(root, new, result)
     for name in sorted(old_names - set(config.model_names(head_tree))):
         result.deleted.append(ModelChange(name, "model folder removed"))
     result.sweeps = _sweeps(base_tree, head_tree, new, old_names)
     return result
+
+
+def _parents(root: Path, new: dict[str, config.ResolvedConfig], result: Plan) -> None:
+    """`start_from`: a parent stage that moved since a child's latest release retrains the child; a
+    child to train whose parent does not resolve (no such version or stage) is an error (exit 1)."""
+    children = {n: c for n, c in new.items() if c.train.start_from and "model" in c.train.start_from}
+    if not children:
+        return
+    from gitops import lineage, start_from
+
+    tag_list = start_from.registry_tags(root) or []
+    planned = {c.model: c for c in result.train}
+    for moved in lineage.moved_parents(children, tag_list):
+        name, cfg = moved["model"], new[moved["model"]]
+        if name in planned:
+            planned[name].reason += f"; {moved['reason']}"
+            continue
+        result.release_only = [c for c in result.release_only if c.model != name]
+        change = ModelChange(name, moved["reason"], cfg.training_fingerprint, cfg.release_fingerprint,
+                             [("train.start_from.resolved.version", moved["was"], moved["now"])])
+        result.train.append(change)
+        planned[name] = change
+    result.train.sort(key=lambda c: c.model)
+    broken = [f"{n}: train.start_from: {new[n].parent_error}" for n in sorted(planned) if new[n].parent_error]
+    if broken:
+        raise GitopsError("; ".join(broken))
 
 
 def _sweeps(base_tree: Tree, head_tree: Tree, new: dict[str, config.ResolvedConfig],

@@ -335,6 +335,7 @@ def history(backend: Backend, model: str) -> dict:
             "metrics": metrics,
             "training_fingerprint": meta.get("training_fingerprint"),
             "release_fingerprint": meta.get("release_fingerprint"),
+            "start_from": meta.get("start_from"),
         })
     events = [
         {"event": e.action.value, "tag": e.tag, "date": e.date, "author": e.tagger, "commit": e.commit,
@@ -380,6 +381,13 @@ def format_history(doc: dict) -> str:
         rows.append([v["version"], (v["date"] or "")[:19].replace("T", " "), (v["commit"] or "")[:10], head,
                      v["bump"] or "-", v["reason"] or "-", _who(v["author"]), " ".join(flags)])
     lines += columns(rows)
+    parents = [v for v in reversed(doc["versions"]) if v.get("start_from")]
+    if parents:
+        from gitops.lineage import describe_parent
+
+        lines.append("")
+        lines.append("parents (train.start_from):")
+        lines += columns([["VERSION", "PARENT"], *([v["version"], describe_parent(v["start_from"])] for v in parents)])
     moves = [e for e in doc["events"] if e["event"] != "register"]
     if moves:
         lines.append("")
@@ -488,6 +496,8 @@ class RollbackResult:
 def _inline(kind: str, model: str, values: dict) -> bytes:
     from gitops.yamlio import dump_yaml
 
+    if kind == "train" and isinstance(values.get("start_from"), dict):  # the parent it resolved to is not a key to write
+        values = {**values, "start_from": {k: v for k, v in values["start_from"].items() if k != "resolved"}}
     header = (f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\n"
               f"# Restored by `gitops rollback`: the values {model} was released with, inherited ones written out.\n")
     return (header + dump_yaml(_drop_nulls(values))).encode("utf-8")

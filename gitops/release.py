@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, jsonio, killpoints, registry_ops, scratch, tags
+from gitops import config, gitutil, jsonio, killpoints, lineage, registry_ops, scratch, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -136,6 +136,8 @@ def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: c
             auto, reason = "major", f"parameter shapes changed: {what or 'data or architecture'}"
         else:
             auto, reason = "minor", f"training config changed: {what or 'data fingerprint'}"
+    if auto == "minor" and (moved := lineage.parent_change(latest_meta, cfg)):
+        auto, reason = "minor", moved + ("" if old_cfg is None or not what else f"; {what}")
     if requested != "auto" and requested != auto:
         return requested, f"{requested} requested ({auto} by the rules: {reason})"
     return auto, reason
@@ -630,6 +632,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
                 "steps": info.manifest.get("steps"),
                 "trained_at_commit": registry_ops.text_field(info.manifest, "git_commit") or None,
                 **({"reproduced_at_commit": reproduced_at} if reproduced_at else {}),
+                **({"start_from": parent} if (parent := info.manifest.get("start_from")) else {}),
             }
             out_dir = workdir / f"out-{version}"
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -681,7 +684,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
     tree = _GitTree(root, head)
     all_state = tags.registry_state(backend.list_tags())
     results, failures = [], []
-    for name in config.model_names(tree):
+    for name in lineage.parents_first(config.model_names(tree), tree):  # a parent releases before its children
         st = all_state.get(name)
         if st is not None and st.deprecated:
             continue

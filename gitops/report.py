@@ -73,6 +73,7 @@ class ModelReport:
     repeats: int = 1  # seeds behind each value of this run (metrics are their means)
     trackers: list[dict] = field(default_factory=list)  # [{name, url}] where the run is in a tracker
     sweep: dict | None = None  # {"markdown", "json", "best_trial"} when this run is a sweep's best trial
+    parent: dict | None = None  # the run's train.start_from record (manifest), with `warning` when deprecated
 
     @property
     def ok(self) -> bool:
@@ -362,9 +363,26 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
         else:
             base = baseline_from_folder(Path(baseline))
         reports.append(build_model_report(info, base))
+        reports[-1].parent = _parent(info, backend)
     from gitops.sweep_results import attach_to_report
 
     return Report(attach_to_report(root, reports), head_sha, pr)
+
+
+def _parent(info: registry_ops.RunInfo, backend: Backend | None) -> dict | None:
+    """The run's parent (start_from), flagged when its model is deprecated or its version deregistered."""
+    record = info.manifest.get("start_from")
+    if not record:
+        return None
+    record = dict(record)
+    if record.get("model") and backend is not None:
+        st = registry_ops.state(backend, record["model"])
+        found = st.find(record.get("version") or "")
+        if st.deprecated:
+            record["warning"] = f"the parent model {record['model']} is deprecated"
+        elif found is not None and not found.active:
+            record["warning"] = f"the parent {record['model']}@{found.version} is deregistered"
+    return record
 
 
 def pr_from_event() -> int | None:
@@ -439,6 +457,14 @@ def model_markdown(m: ModelReport) -> str:
     lines = [title, ""]
     if m.sweep:
         lines += [m.sweep["markdown"], ""]
+    if m.parent:
+        from gitops.lineage import describe_parent
+
+        lines.append(f"Starts from: {describe_parent(m.parent)}"
+                     + (f", frozen: {', '.join(m.parent['frozen'])}" if m.parent.get("frozen") else ""))
+        if m.parent.get("warning"):
+            lines.append(f"> [!WARNING]\n> {m.parent['warning']}: releasing this model builds on it.")
+        lines.append("")
     if b.source == "none":
         lines.append(f"No baseline: {b.note or m.model + ' has no release yet'}.")
     else:

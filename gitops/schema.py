@@ -136,6 +136,7 @@ def _train_schema() -> dict:
                         ),
                     },
                 },
+                "start_from": _start_from_schema(),
                 "repeats": integer("Train this many seeds (seed, seed+1, ...) and report mean and spread.", 1, 1, 32),
                 "early_stopping": {
                     "type": ["object", "null"],
@@ -168,6 +169,38 @@ def _train_schema() -> dict:
             },
         },
     )
+
+
+def _start_from_schema() -> dict:
+    """train.start_from: a released version of this registry, or a pinned single weights file."""
+    common = {
+        "params": enum("Which parameters load: all, or backbone (all but the final classifier/regression head; "
+                       "docs/start-from.md lists the paths per architecture).", ["all", "backbone"], "all"),
+        "strict": {"type": "boolean", "default": True,
+                   "description": "true: a parameter whose shape differs (or that the source lacks) is an error; "
+                                  "false: it is skipped and keeps its fresh initialisation."},
+        "freeze": {"type": "array", "default": [], "uniqueItems": True,
+                   "items": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9_*?\[\]/.-]+$"},
+                   "description": "Parameter path patterns (fnmatch, e.g. hidden/0/*) that get no updates "
+                                  "(optax.multi_transform with set_to_zero)."},
+    }
+    return {
+        "type": ["object", "null"],
+        "description": "Initialise from a released version (model: NAME@VERSION or NAME@STAGE) or from a pinned "
+                       "weights file ({path|url, sha256, format}) instead of random initialisation.",
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "minLength": 1,
+                      "description": "MODEL@vX.Y.Z (fixed, reproducible) or MODEL@STAGE (resolved when a run starts)."},
+            "path": {"type": "string", "minLength": 1, "description": "A weights file in the repository."},
+            "url": {"type": "string", "pattern": r"^https?://", "description": "A weights file to download."},
+            "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$", "description": "SHA-256 of the weights file."},
+            "format": {"type": "string", "enum": ["safetensors", "npz"],
+                       "description": "Format of the weights file (default: safetensors)."},
+            **common,
+        },
+        "oneOf": [{"required": ["model"]}, {"required": ["path", "sha256"]}, {"required": ["url", "sha256"]}],
+    }
 
 
 def _data_schema() -> dict:

@@ -292,8 +292,12 @@ def _token_bytes(prep: Any) -> Any:
     return jnp.asarray(from_saved(prep.tokenizer).token_bytes(), jnp.float32)
 
 
-def build_session(cfg: Any, dataset: Any) -> Session:
-    """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`."""
+def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
+    """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`.
+
+    `init`: the `start_from.Init` prepared before the run folder existed (None: prepared here when
+    train.start_from is set); its parameters load before the first step, its frozen paths get no updates.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -301,7 +305,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
 
     from gitops import data as data_lib
     from gitops import metrics as metrics_lib
-    from gitops import optim, steps
+    from gitops import optim, start_from, steps
     from gitops.architectures import build_model
 
     train = cfg.train  # repeats > 1: gitops.repeats builds one session per seed; this builds the first
@@ -331,7 +335,11 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         rngs=nnx.Rngs(params=jax.random.fold_in(root_key, 0)),
         dtype=dtype,
     )
-    tx = optim.build_optimizer(train, total)
+    if init is None and cfg.train.start_from:
+        init = start_from.prepare(cfg, config_lib.find_root(), prep)
+    if init is not None:
+        start_from.apply(model, init)
+    tx = start_from.freeze(optim.build_optimizer(train, total), init.frozen if init is not None else [])
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     model.eval()
     eval_graphdef, _ = nnx.split(model)
@@ -372,7 +380,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         device.update(layout.replicate({k: device[k] for k in ("x_train", "y_train", "data_key", "base_key")}))
         replicated = layout.replicated
         chunk_out = (layout.shardings_like(state), replicated, replicated)
-    return Session(
+    session = Session(
         cfg=cfg,
         dataset=dataset,
         total_steps=total,
@@ -389,6 +397,9 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         metric_names=names,
         layout=layout,
     )
+    if init is not None:
+        session.extra["start_from"] = init.record
+    return session
 
 
 def _streaming_session(cfg: Any, dataset: Any, total: int, graphdef: Any, state: Any, eval_graphdef: Any, spec: Any,
@@ -484,6 +495,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "checkpoint_step": None,
         "wall_time_s": None,
         "steps_per_second": None,
+        "start_from": session.extra.get("start_from"),  # the parent: identity, loaded, skipped, frozen
         **({"data": {"skipped": len(session.dataset.skipped), "skipped_files": session.dataset.skipped[:20],
                      "workers": session.feed.workers}} if session.feed is not None else {}),
     }
@@ -537,8 +549,11 @@ def train_and_evaluate(
     root = Path(root) if root else config_lib.find_root()
     run = RunFolder(workdir, writer=parallel.is_primary())  # multi-host: process 0 writes the files
     dataset = dataset or data_lib.load(cfg.data, root)  # first: a data pin mismatch leaves no run folder behind
+    from gitops import start_from
+
+    init = start_from.prepare(cfg, root, dataset.preprocessing)  # a parent that doesn't fit: no run folder either
     run.path.mkdir(parents=True, exist_ok=True)
-    session = build_session(cfg, dataset)
+    session = build_session(cfg, dataset, init)
     train = cfg.train
     total = session.total_steps
 
@@ -764,6 +779,9 @@ def train(
     """
     reporter = reporter or SilentReporter()
     root = Path(root) if root else config_lib.find_root()
+    from gitops import start_from
+
+    start_from.require_resolved(cfg)  # an unknown parent version: exit 1 before any folder is touched
     out_dir = Path(out_dir)
     run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
     shared = cache_dir()
@@ -883,7 +901,10 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     t_start = time.perf_counter()
     root = Path(root) if root else config_lib.find_root()
     dataset = data_lib.load(cfg.data, root)
-    session = build_session(cfg, dataset)
+    from gitops import start_from
+
+    init = start_from.prepare(cfg, root, dataset.preprocessing)
+    session = build_session(cfg, dataset, init)
 
     def nbytes(tree: Any) -> int:
         return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
@@ -963,6 +984,7 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
         "estimated_train_s": (session.total_steps / rate + evals * eval_s) * cfg.train.repeats + compile_s,
         "repeats": cfg.train.repeats,
         "dry_run_s": time.perf_counter() - t_start,
+        "start_from": init.record if init is not None else None,  # frozen parameters listed here
         "device_kind": jax.devices()[0].device_kind,
         "input_examples_per_second": input_rate,  # None: the split lives on the device (no input pipeline)
         "step_examples_per_second": compute_rate,

@@ -74,6 +74,8 @@ def show_cmd(
     out(f"# training fingerprint: {cfg.training_fingerprint}")
     out(f"# release fingerprint:  {cfg.release_fingerprint}")
     out(f"# data fingerprint:     {cfg.data_fingerprint}")
+    if cfg.parent_error:  # validate-level fine; train/ci plan would refuse
+        out(f"# start_from not resolved ({cfg.parent_error}): the training fingerprint covers the reference only")
     out(dump_yaml(doc["config"]))
 
 

@@ -116,6 +116,15 @@ def _dry_run(cfg: Any, root: Path) -> None:
         else:
             out("bottleneck: the model (the input pipeline keeps up)")
     out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")
+    parent = report.get("start_from")
+    if parent:
+        from gitops import lineage
+
+        out("start from: " + lineage.describe_parent(parent))
+        out(f"  loaded ({len(parent['loaded'])}): {', '.join(parent['loaded'])}")
+        if parent["skipped"]:
+            out(f"  kept fresh ({len(parent['skipped'])}): {'; '.join(parent['skipped'])}")
+        out(f"  frozen ({len(parent['frozen'])}): {', '.join(parent['frozen']) or 'none'}")
     out(f"dry run took {report['dry_run_s']:.1f} s; nothing written")
 
 

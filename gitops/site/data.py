@@ -63,6 +63,7 @@ class VersionData:
     config: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # history.jsonl rows
     note: str | None = None  # why archive details are missing, if they are
+    parent: dict[str, Any] | None = None  # train.start_from record of the tag message (lineage across models)
 
     @property
     def semver(self) -> tags.SemVer:
@@ -175,6 +176,7 @@ def _version(root: Path, backend: Backend, model: str, vs: tags.VersionState, ca
         reproduced_at_commit=meta.get("reproduced_at_commit"),
         pr=_int(meta.get("pr")) or _pr_from_commit(root, vs.commit),
         steps=_int(meta.get("steps")), checkpoint_step=_int(meta.get("checkpoint_step")),
+        parent=meta.get("start_from") if isinstance(meta.get("start_from"), dict) else None,
     )
     try:
         files = release_files(backend, vs, meta, cache)
