@@ -18,10 +18,8 @@ embedding, so their backbone is every parameter. Borrowed idea: timm's / Hugging
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -219,6 +217,8 @@ def flatten(tree: Any) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # not at start-up (tests/test_startup.py)
+
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -244,6 +244,8 @@ def _weights_file(spec: Any, root: Path) -> Path:
         path = cache_dir() / "weights" / want
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
+            import tempfile  # not at start-up (tests/test_startup.py)
+
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".download-")
             try:
                 try:

@@ -258,7 +258,7 @@ def test_a_parent_without_releases_validates_but_does_not_train_or_plan(example_
 
 @pytest.mark.parametrize(("text", "message"), [
     ("start_from: {model: digits-mlp}", "must name a version (MODEL@v1.2.0) or a stage (MODEL@production)"),
-    ("start_from: {model: digits-mlp@v1}", "version must be MAJOR.MINOR.PATCH"),
+    ("start_from: {model: digits-mlp@v1}", "not a semantic version"),
     (f"start_from: {{model: {CHILD}@production}}", f"start_from forms a cycle: {CHILD} -> {CHILD}"),
     ("start_from: {model: digits-mlp@production, path: w.safetensors, sha256: " + "a" * 64 + "}", "train.start_from"),
     ("start_from: {path: ../outside.npz, sha256: " + "a" * 64 + ", format: npz}", "must be a path inside the repository"),
