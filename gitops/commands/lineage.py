@@ -20,7 +20,12 @@ def lineage_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL@VERSION, MODEL@STAGE or MODEL (its latest version).")],
     as_json: JsonFlag = False,
 ) -> None:
-    """The chain a version grew from (across models) and the versions grown from it."""
+    """The chain a version grew from (across models) and the versions grown from it.
+
+    Examples:
+      gitops lineage digits-mlp-finetune@v1.0.0
+      gitops lineage digits-mlp@production --json
+    """
     from gitops import lineage, start_from
 
     root = config.find_root()
@@ -34,7 +39,12 @@ def lineage_cmd(
 @command("stale", group=ci_app)
 def stale_cmd(as_json: JsonFlag = False) -> None:
     """Children whose start_from stage now resolves to another version than their latest release used
-    (a scheduled workflow runs this; `ci plan` plans the same models for retraining)."""
+    (a scheduled workflow runs this; `ci plan` plans the same models for retraining).
+
+    Examples:
+      gitops ci stale
+      gitops ci stale --json
+    """
     from gitops import lineage
 
     found = lineage.stale(config.find_root())
