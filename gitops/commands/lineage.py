@@ -33,7 +33,7 @@ def lineage_cmd(
     if tag_list is None:
         raise GitopsError(f"{root} is not a git repository: no registry tags to read")
     doc = lineage.lineage(tag_list, ref)
-    out(json.dumps(doc, indent=2) if as_json else lineage.format_lineage(doc))
+    out(json.dumps(doc, indent=2, allow_nan=False) if as_json else lineage.format_lineage(doc))
 
 
 @command("stale", group=ci_app)
@@ -49,7 +49,7 @@ def stale_cmd(as_json: JsonFlag = False) -> None:
 
     found = lineage.stale(config.find_root())
     if as_json:
-        out(json.dumps({"stale": found}, indent=2))
+        out(json.dumps({"stale": found}, indent=2, allow_nan=False))
         return
     for entry in found:
         out(f"{entry['model']}: {entry['reason']} (latest release {entry['latest_release']})")
