@@ -87,9 +87,19 @@ def default_target(root: Path, model: str, version: str) -> Path:
     return root / PULLED_DIR / model / version
 
 
-def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False) -> Path:
-    """Download, verify and unpack the release `ref` names; return the folder (a run folder)."""
+def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False,
+         expect_sha256: str = "") -> Path:
+    """Download, verify and unpack the release `ref` names; return the folder (a run folder).
+
+    `expect_sha256`: the archive's checksum as a deployment names it (the deploy ConfigMap); the tag
+    must record the same one, so a pod never serves another build than the one deployed.
+    """
     st, version = registry_ops.resolve(backend, ref)
+    if expect_sha256:
+        recorded = registry_ops.release_metadata(version.message).get("sha256")
+        if recorded != expect_sha256.strip().lower():
+            raise IntegrityError(f"{version.tag} records archive sha256 {str(recorded)[:16]}…, but "
+                                 f"{expect_sha256[:16]}… was expected (the deployment names another build)")
     model = st.model
     target = Path(to) if to is not None else default_target(root, model, version.version)
     if target.exists():

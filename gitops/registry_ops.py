@@ -159,13 +159,16 @@ def _create_counted(backend: Backend, make_name, commit: str, message: str, mode
     raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
 
 
-def promote(backend: Backend, ref: str, stage: str) -> str:
-    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
+def promote(backend: Backend, ref: str, stage: str, note: str = "") -> str:
+    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit.
+
+    `note` is appended to the tag message (a protected stage's `promotion:`/`pull-request:` lines).
+    """
     tags.check_stage(stage)
     st, version = resolve(backend, ref)
     if st.stages.get(stage) == version.version:
         raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
-    message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n"
+    message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n{note}"
     return _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
 
 
@@ -280,6 +283,8 @@ def format_history(doc: dict) -> str:
             else:
                 what = e["event"]
             lines.append(f"  {e['date'][:19].replace('T', ' ')}  {what:<32} {e['tag']:<28} {_who(e['author'])}")
+            if e.get("unapproved"):
+                lines.append(f"    UNAPPROVED: {e['unapproved']}")
     return "\n".join(lines)
 
 

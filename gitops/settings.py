@@ -41,6 +41,40 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "deploy": {
+            "type": "object",
+            "description": "Where stage moves are deployed: a Kustomize deploy repository that Argo CD or Flux syncs.",
+            "default": {},
+            "additionalProperties": False,
+            "properties": {
+                "repository": {"type": "string", "default": "",
+                               "description": "A folder of this repository (e.g. deploy) or a git URL; empty: no deploys."},
+                "path": {"type": "string", "default": "overlays/{stage}",
+                         "description": "Each stage's overlay folder inside the deploy repository ({stage} is replaced)."},
+                "image": {"type": "string", "default": "",
+                          "description": "The generic serving image (default ghcr.io/gitops-nn/gitops-serve:<gitops version>)."},
+                "gpu": {"type": "boolean", "default": False, "description": "Ask for one nvidia.com/gpu per pod."},
+                "replicas": integer("Deployment replicas (the autoscaler's minimum).", 2, 1),
+            },
+        },
+        "protected_stages": {
+            "type": "object",
+            "description": "Stages a promotion PR must be reviewed for; the value names who may approve.",
+            "default": {},
+            "propertyNames": {"pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["approvers"],
+                "properties": {
+                    "approvers": {
+                        "type": "array", "minItems": 1, "uniqueItems": True,
+                        "description": "GitHub teams (@org/team) or users (@login) whose review is required (CODEOWNERS).",
+                        "items": {"type": "string", "pattern": "^@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(/[A-Za-z0-9._-]+)?$"},
+                    },
+                },
+            },
+        },
     },
 }
 
@@ -54,8 +88,28 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class DeploySettings:
+    repository: str = ""
+    path: str = "overlays/{stage}"
+    image: str = ""
+    gpu: bool = False
+    replicas: int = 2
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
+    deploy: DeploySettings = DeploySettings()
+    protected_stages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (stage, approvers), in file order
+
+    def approvers(self, stage: str) -> tuple[str, ...] | None:
+        """Who may approve a promotion to `stage`; None when the stage is not protected."""
+        return dict(self.protected_stages).get(stage)
+
+
+def _settings(data: dict) -> Settings:
+    protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
+    return Settings(Budgets(**(data.get("budgets") or {})), DeploySettings(**(data.get("deploy") or {})), protected)
 
 
 def schema_text() -> str:
@@ -75,7 +129,7 @@ def load_settings(tree: Tree) -> Settings:
     doc = load_yaml_text(raw, tree.label(SETTINGS_FILE))
     try:  # the common case, valid settings, without importing jsonschema
         schema_mod.compiled_validator(SETTINGS_SCHEMA)(doc.data)
-        return Settings(Budgets(**(doc.data.get("budgets") or {})))
+        return _settings(doc.data or {})
     except fastjsonschema.JsonSchemaException:
         pass
     from jsonschema import Draft202012Validator
@@ -88,5 +142,4 @@ def load_settings(tree: Tree) -> Settings:
             problems.append(Problem(mark.file, mark.line, mark.col, schema_mod.format_path(path), message))
     if problems:
         raise ConfigError(problems)
-    budgets = {k: v for k, v in (doc.data.get("budgets") or {}).items()}
-    return Settings(Budgets(**budgets))
+    return _settings(doc.data or {})

@@ -288,13 +288,15 @@ def fetch_report_cmd(
 def pull_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL, MODEL@VERSION or MODEL@STAGE.")],
     to: Annotated[Path | None, typer.Option("--to", help="Target folder (default .gitops/pulled/<model>/v<version>/).")] = None,
+    sha256: Annotated[str, typer.Option("--sha256", help="The archive checksum the release must have "
+                                                         "(a deployment's GITOPS_SHA256).")] = "",
     backend_name: BackendOption = None,
 ) -> None:
     """Download a release, verify its checksums, and unpack it safely."""
     from gitops import pull
 
     root = config.find_root()
-    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+    out(str(pull.pull(root, _backend(backend_name, root), ref, to, expect_sha256=sha256)))
 
 
 @command("history")
@@ -304,10 +306,14 @@ def history_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Every version and stage move: date, author, commit, bump reason, headline metrics."""
-    from gitops import registry_ops
+    from gitops import promotions, registry_ops
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
-    doc = registry_ops.history(_backend(backend_name, root), model)
+    backend = _backend(backend_name, root)
+    doc = promotions.annotate_history(root, backend, registry_ops.history(backend, model),
+                                      load_settings(FsTree(root)))
     out(json.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
 
 
@@ -318,15 +324,47 @@ def promote_cmd(
     backend_name: BackendOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
 ) -> None:
-    """Assign a stage to a version (GTO tag <model>#<stage>#<N> on the version's commit)."""
-    from gitops import gitutil, registry_ops
+    """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
+    from gitops import gitutil, promotions, registry_ops
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    if settings.approvers(to) is not None:
+        req = promotions.request(root, backend, ref, to, settings)
+        out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
+            f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
+        out(f"pull request: {req.pull_request}" if req.pull_request else
+            f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
+            "then writes the stage tag and deploys")
+        return
     tag = registry_ops.promote(backend, ref, to)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     out(tag)
+
+
+@command("promote-approved", group=ci_app)
+def promote_approved_cmd(
+    push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
+    backend_name: BackendOption = None,
+) -> None:
+    """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet."""
+    from gitops import gitutil, promotions
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
+
+    root = config.find_root()
+    backend = _backend(backend_name, root)
+    written = promotions.approve_merged(root, backend, load_settings(FsTree(root)))
+    if push and backend.name == "local":
+        gitutil.push_tags(root, written)
+    for tag in written:
+        out(tag)
+    if not written:
+        out("no merged promotion waits for its stage tag")
 
 
 @command("demote")
