@@ -125,6 +125,8 @@ def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, 
         r = deploy_repo.stage_from_ref(ref)
         pairs = [(r.model, r.stage)]
     opts = deploy.DeployOptions(gpu=gpu or settings.deploy.gpu, replicas=replicas or settings.deploy.replicas)
+    for _, stage in pairs:  # a bad --path is the command line's fault: refuse before any commit
+        deploy_repo.overlay_path(stage, path or settings.deploy.path.replace("{stage}", stage))
     failures = []
     for model, stage in pairs:
         state = states.get(model, tags.ModelState(model))
