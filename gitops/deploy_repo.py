@@ -309,26 +309,48 @@ def apply(target: str, move: StageMove, opts: deploy.DeployOptions, *, image: st
         return DeployResult(move, _commit(repo, root, changes, message), message)
     from gitops.errors import ServiceError
 
+    env = _auth_env(target)
     last = ""
     for _ in range(PUSH_ATTEMPTS):
         work = Path(tempfile.mkdtemp(prefix="gitops-deploy-"))
         try:
             clone = gitutil.run(work, "clone", "--quiet", "--depth", "1", "--branch", branch, target, "repo",
-                                check=False)
+                                check=False, env=env)
             if clone.returncode != 0:
-                raise ServiceError(f"could not clone the deploy repository: {clone.stderr.strip()[-300:]}")
+                raise ServiceError(f"could not clone the deploy repository: {_scrub(clone.stderr)}")
             repo = work / "repo"
             changes = plan_files(repo, move, opts, image, path, github_repository)
             if not changes:
                 return DeployResult(move, None, message)
             commit = _commit(repo, repo, changes, message)
-            pushed = gitutil.run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", check=False)
+            pushed = gitutil.run(repo, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}", check=False,
+                                 env=env)
             if pushed.returncode == 0:
                 return DeployResult(move, commit, message)
-            last = pushed.stderr.strip()[-300:]
+            last = _scrub(pushed.stderr)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     raise ServiceError(f"could not push to the deploy repository after {PUSH_ATTEMPTS} attempts: {last}")
+
+
+def _scrub(text: str) -> str:
+    """Git's message, last 300 characters, with any `user:password@` of a URL blanked."""
+    return re.sub(r"//[^/@\s]+@", "//***@", text.strip())[-300:]
+
+
+def _auth_env(url: str) -> dict[str, str] | None:
+    """Git config (GIT_CONFIG_* variables, never on the command line or in the clone's config) sending
+    $GITOPS_DEPLOY_TOKEN to an https deploy repository, as actions/checkout sends its token."""
+    import base64
+    import urllib.parse
+
+    token = os.environ.get("GITOPS_DEPLOY_TOKEN", "").strip()
+    parts = urllib.parse.urlsplit(url)
+    if not token or parts.scheme != "https" or not parts.hostname:
+        return None
+    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.https://{parts.hostname}/.extraheader",
+            "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}", "GIT_TERMINAL_PROMPT": "0"}
 
 
 def stage_from_ref(ref: str) -> tags.Ref:

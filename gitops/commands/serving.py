@@ -110,6 +110,9 @@ def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, 
 
     settings = load_settings(FsTree(root))
     target = to_repo or settings.deploy.repository
+    if not target and all_stages and ref is None:  # the release workflow's job in a repository without deploys
+        out("no deploy repository (gitops.yaml deploy.repository): nothing to deploy")
+        return
     if not target:
         raise UsageError("no deploy repository: pass --to-repo PATH|URL (or set deploy.repository in gitops.yaml), "
                          "or --render DIR")
