@@ -7,7 +7,7 @@ overlays, so users add their own patches beside ours):
 <deploy root>/
   base/<model>/            Deployment, Service, HorizontalPodAutoscaler for the generic serving image
                            (version-free: the same for every stage), kustomization.yaml
-  overlays/<stage>/        kustomization.yaml listing one folder per model the stage serves
+  overlays/<stage>/        kustomization.yaml listing (under `bases:`) one folder per model the stage serves
                            (`--path` picks another folder, e.g. envs/production)
   overlays/<stage>/<model>/
                            configmap.yaml (GITOPS_MODEL/VERSION/SHA256/STAGE/STAGE_TAG: what the pod
@@ -66,7 +66,7 @@ def default_image() -> str:
     """The generic serving image of this gitops version."""
     import gitops
 
-    return f"{GENERIC_IMAGE}:{gitops.__version__}"
+    return f"{GENERIC_IMAGE}:v{gitops.__version__}"
 
 
 def is_url(target: str) -> bool:
@@ -163,7 +163,8 @@ def model_overlay(move: StageMove, base_rel: str, github_repository: str = "") -
         "configmap.yaml": configmap(move, github_repository),
         "kustomization.yaml": {
             "apiVersion": KUSTOMIZE_API, "kind": "Kustomization",
-            "resources": [base_rel, "configmap.yaml"],
+            "bases": [base_rel],
+            "resources": ["configmap.yaml"],
             "commonAnnotations": {f"{ANNOTATION}/version": move.version or "",
                                   f"{ANNOTATION}/sha256": move.sha256,
                                   f"{ANNOTATION}/stage-tag": move.stage_tag},
@@ -192,20 +193,24 @@ def plan_files(root: Path, move: StageMove, opts: deploy.DeployOptions, image: s
     stage_kust = root / overlay / "kustomization.yaml"
     if stage_kust.is_file():
         doc = load_yaml_text(stage_kust.read_bytes(), str(stage_kust)).data or {}
-        if not isinstance(doc, dict) or not isinstance(doc.get("resources", []), list):
-            raise UsageError(f"{stage_kust}: expected a Kustomization with a `resources:` list")
+        if not isinstance(doc, dict) or not all(isinstance(doc.get(k) or [], list) for k in ("resources", "bases")):
+            raise UsageError(f"{stage_kust}: expected a Kustomization whose `resources:` and `bases:` are lists")
     else:
-        doc = {"apiVersion": KUSTOMIZE_API, "kind": "Kustomization", "resources": []}
+        doc = {"apiVersion": KUSTOMIZE_API, "kind": "Kustomization"}
+    # Folders go under `bases:` (deprecated in kustomize v5 but still read there, and the only way
+    # kustomize v2.0 -- Debian's kubectl 1.20 -- accepts a folder); a user who moved our entry to
+    # `resources:` (`kustomize edit fix`) keeps it there.
+    bases = list(doc.get("bases") or [])
     resources = list(doc.get("resources") or [])
     if move.version is None:
-        if move.model in resources:
-            resources.remove(move.model)
+        bases = [b for b in bases if b != move.model]
+        resources = [r for r in resources if r != move.model]
         for existing in sorted((root / model_dir).rglob("*")) if (root / model_dir).is_dir() else []:
             if existing.is_file():
                 changes[existing.relative_to(root).as_posix()] = None
     else:
-        if move.model not in resources:
-            resources = sorted([*resources, move.model])
+        if move.model not in bases and move.model not in resources:
+            bases = sorted([*bases, move.model])
         base_dir = f"base/{move.model}"
         for name, body in base_manifests(move.model, image, opts).items():
             changes[f"{base_dir}/{name}"] = _dump(body)
@@ -213,7 +218,9 @@ def plan_files(root: Path, move: StageMove, opts: deploy.DeployOptions, image: s
         for name, body in model_overlay(move, base_rel, github_repository).items():
             changes[f"{model_dir}/{name}"] = _dump(body)
     if stage_kust.is_file() or move.version is not None:
-        doc["resources"] = resources
+        doc["bases"] = bases
+        if resources or "resources" in doc:
+            doc["resources"] = resources
         changes[f"{overlay}/kustomization.yaml"] = _dump(doc)
     # keep only real changes
     out: dict[str, str | None] = {}

@@ -120,7 +120,7 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
     assert cm["data"]["GITOPS_VERSION"] == "v1.0.0" and cm["data"]["GITOPS_SHA256"] == sha
     assert cm["data"]["GITOPS_STAGE_TAG"] == "wine-mlp#staging#1"
     stage_k = yaml.safe_load((deploy_root / "overlays/staging/kustomization.yaml").read_text())
-    assert stage_k["resources"] == ["wine-mlp"]
+    assert stage_k["bases"] == ["wine-mlp"]  # folders: `bases` is what kustomize v2.0 (Debian's kubectl) reads
     base = {p.name: yaml.safe_load(p.read_text()) for p in (deploy_root / "base/wine-mlp").glob("*.yaml")}
     assert "v1.0.0" not in json.dumps(base), "the base must be the same for every version and stage"
     for name in ("deployment.yaml", "service.yaml", "hpa.yaml"):
@@ -158,7 +158,7 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
     assert log(deploy_root)[0] == "Remove wine-mlp from staging (demoted: wine-mlp#staging!#2)"
     assert not (deploy_root / "overlays/staging/wine-mlp").exists()
     kdoc = yaml.safe_load(kpath.read_text())
-    assert kdoc["resources"] == [] and kdoc["namespace"] == "ml-staging"
+    assert kdoc["bases"] == [] and kdoc["namespace"] == "ml-staging"
     assert kustomize(deploy_root / "overlays/staging") == []
     assert not git(deploy_root, "status", "--porcelain").strip()
 
@@ -189,7 +189,7 @@ def test_deploy_all_to_a_url_and_a_custom_path(repo, monkeypatch, tmp_path):
     ok(gitops(repo, monkeypatch, "deploy", "wine-mlp@staging", "--to-repo", str(folder), "--path", "envs/staging"))
     assert (folder / "envs/staging/wine-mlp/configmap.yaml").is_file()
     kust = yaml.safe_load((folder / "envs/staging/wine-mlp/kustomization.yaml").read_text())
-    assert kust["resources"][0] == "../../../base/wine-mlp"
+    assert kust["bases"] == ["../../../base/wine-mlp"] and kust["resources"] == ["configmap.yaml"]
     kustomize(folder / "envs/staging")
     for bad in ("../outside", "/abs"):
         result = gitops(repo, monkeypatch, "deploy", "wine-mlp@staging", "--to-repo", str(folder), "--path", bad)
