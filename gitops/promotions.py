@@ -185,7 +185,7 @@ def _pull_request_of(root: Path, backend, commit: str) -> str:
     finder = getattr(backend, "pulls_for_commit", None)
     if finder is not None:
         for pr in finder(commit):
-            if pr.get("merged_at") or pr.get("state") == "closed":
+            if pr.get("merged_at"):
                 return f"#{pr['number']}"
     log = gitutil.run(root, "log", "--format=%H %s", "--ancestry-path", f"{commit}..HEAD", check=False).stdout
     for line in reversed(log.splitlines()):
