@@ -40,17 +40,13 @@ protected_stages:
 
 
 @pytest.fixture(scope="module")
-def released(request, tmp_path_factory):
-    trained_examples = request.getfixturevalue("trained_examples") if not os.environ.get("I22_DEV_RELEASED") else None  # DEVONLY
+def released(trained_examples, tmp_path_factory):
     """A git repository with wine-mlp v1.0.0 released by the local backend."""
     from conftest import make_example_repo
 
     from gitops.backends.local import LocalBackend
     from gitops.release import release
 
-    dev = os.environ.get("I22_DEV_RELEASED")  # DEVONLY
-    if dev:  # DEVONLY
-        return Path(dev)  # DEVONLY
     repo = make_example_repo(tmp_path_factory.mktemp("deployrepo") / "repo")
     run = trained_examples["wine-mlp"]
     shutil.copytree(run, repo / "runs" / "wine-mlp" / run.name)
