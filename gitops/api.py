@@ -116,7 +116,6 @@ def _match(target: Any, restored: Any, where: str) -> Any:
 def load(ref: str | Path, **_: Any) -> LoadedModel:
     """Load a trained model from a run folder (or, once the registry provides it, `name@version`)."""
     import jax
-    import orbax.checkpoint as ocp
     from flax import nnx
 
     from gitops.architectures import build_model
@@ -154,7 +153,9 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
         raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
     # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
     # structure, with shapes checked: the same path a user without gitops takes.
-    restored = _match(target, ocp.StandardCheckpointer().restore(state_dir)["model"], "model")
+    from gitops.checkpoint import restore_anywhere  # also checkpoints published with `cuda:0` in them
+
+    restored = _match(target, restore_anywhere(state_dir)["model"], "model")
     nnx.replace_by_pure_dict(abstract_state, restored)
     model = nnx.merge(graphdef, abstract_state)
     model.eval()

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import stat
+import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -82,13 +83,25 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int, only: tuple[s
             total += info.file_size
             if total > max_bytes:
                 raise GitopsError(f"{archive.name}: more than {max_bytes} bytes unpacked")
+        names = [info.filename.rstrip("/") for info in members if not info.is_dir()]
+        if len(names) != len(set(names)):
+            raise GitopsError(f"{archive.name}: a member name appears twice")
+        written_bytes = 0
         for info in members:
             if info.is_dir() or (only is not None and info.filename not in only):
                 continue
             target = dest.joinpath(*PurePosixPath(info.filename).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                shutil.copyfileobj(src, out, 1 << 20)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):  # the header's sizes may lie: count what comes out
+                        written_bytes += len(chunk)
+                        if written_bytes > max_bytes:
+                            raise GitopsError(f"{archive.name}: more than {max_bytes} bytes unpacked")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:  # a lying size or CRC, a
+                # file where a folder must go: this artifact is unusable, the caller tries the next one
+                raise GitopsError(f"{archive.name}: member {info.filename!r} is damaged ({exc})") from None
             written.append(target)
     return written
 
@@ -106,11 +119,21 @@ class Fetched:
 
 
 def _finished(folder: Path, fingerprint: str) -> bool:
+    """A finished run whose own config.resolved.yaml hashes to `fingerprint` (a prefix of it); a folder
+    whose manifest claims it but whose config does not is skipped with a warning (a forged cache entry
+    or artifact, a copy of another run)."""
     try:
         info = registry_ops.read_run(folder)
     except GitopsError:
         return False
-    return info.finished and info.training_fingerprint.startswith(fingerprint)
+    if not (info.finished and info.training_fingerprint.startswith(fingerprint)):
+        return False
+    actual = registry_ops.recompute_fingerprint(info) or ""
+    if not actual.startswith(fingerprint):
+        sys.stderr.write(f"warning: {folder}: its config.resolved.yaml hashes to training fingerprint "
+                         f"{actual[:12] or 'none (unreadable)'}, not {fingerprint[:12]}; skipping it\n")
+        return False
+    return True
 
 
 def matrix_items(matrix: Any) -> list[tuple[str, str]]:

@@ -18,6 +18,9 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
+    from gitops.interrupt import install_terminate_handler
+
+    install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143
     app(prog_name="gitops")
 
 

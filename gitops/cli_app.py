@@ -60,9 +60,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug_enabled():
                 raise
             raise fail(exc.message, exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupt.Terminated)
             if debug_enabled():
                 raise
+            from gitops.interrupt import EXIT_TERMINATED, Terminated
+
+            if isinstance(exc, Terminated):
+                raise fail("terminated (SIGTERM)", EXIT_TERMINATED) from None
             raise fail("interrupted", EXIT_INTERRUPTED) from None
 
     return wrapper

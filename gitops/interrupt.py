@@ -1,4 +1,9 @@
-"""Ctrl-C during training: stop at a step boundary, checkpoint, exit 130 with the command that resumes.
+"""Ctrl-C or SIGTERM during training: stop at a step boundary, checkpoint, exit 130 (143 for SIGTERM) with
+the command that resumes.
+
+SIGTERM is what systemd, Kubernetes and CI runners send before they kill a job; it is handled exactly
+like Ctrl-C (the exit code says which one came). Outside training, `install_terminate_handler` turns
+SIGTERM into `Terminated` (a KeyboardInterrupt), so `finally` blocks clean up and the CLI exits 143.
 
 Python's default SIGINT handler raises `KeyboardInterrupt` between any two bytecodes: between a
 jitted chunk returning (its input buffers already donated) and the assignment of its result, or
@@ -20,28 +25,48 @@ from typing import Any
 
 from gitops.errors import Interrupted
 
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop: unwinds like Ctrl-C; the CLI exits 143."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def install_terminate_handler() -> None:
+    """Make SIGTERM raise `Terminated` in the main thread (where it is not ignored)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
+            signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
 
 class RunInterrupted(Interrupted):
-    """Training stopped by Ctrl-C after a committed checkpoint at `step` (exit 130).
+    """Training stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) after a committed checkpoint at `step`.
 
     `where` adds context to the step (e.g. " of seed 1 (2 of 3)"); `command` is the command line
     that resumes (the CLI fills in the overrides and output folder it was given).
     """
 
     def __init__(self, model: str, step: int, *, where: str = "", command: str | None = None,
-                 saved: bool = True, reason: str = ""):
+                 saved: bool = True, reason: str = "", signum: int = signal.SIGINT):
         self.model, self.step, self.where, self.saved, self.reason = model, step, where, saved, reason
+        self.signum = signum
         self.command = command or f"gitops train {model} --resume"
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
         if saved:
-            text = f"interrupted at step {step}{where}; resume with: {self.command}"
+            text = f"{what} at step {step}{where}; resume with: {self.command}"
         else:
-            text = (f"interrupted at step {step}{where}; the checkpoint could not be saved ({reason}); "
+            text = (f"{what} at step {step}{where}; the checkpoint could not be saved ({reason}); "
                     f"--resume continues from the last committed checkpoint: {self.command}")
-        super().__init__(text)
+        super().__init__(text, exit_code=EXIT_TERMINATED if signum == signal.SIGTERM else None)
 
     def replace(self, *, where: str | None = None, command: str | None = None) -> RunInterrupted:
         return RunInterrupted(self.model, self.step, where=self.where if where is None else where,
-                              command=command or self.command, saved=self.saved, reason=self.reason)
+                              command=command or self.command, saved=self.saved, reason=self.reason,
+                              signum=self.signum)
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not an error
@@ -49,33 +74,37 @@ class StopRequested(Exception):  # noqa: N818 - a request, not an error
 
 
 class StopFlag:
-    """Turns (between `install()` and `restore()`, or as a context manager) the first SIGINT into `requested = True` (main thread only).
+    """Turns (between `install()` and `restore()`, or as a context manager) the first SIGINT or SIGTERM into
+    `requested = True` (main thread only); `signum` says which came.
 
     Off the main thread (where signal handlers cannot be installed) it does nothing and Ctrl-C keeps
-    Python's default behaviour; where SIGINT is ignored (nohup, background jobs) it stays ignored.
+    Python's default behaviour; where a signal is ignored (nohup, background jobs) it stays ignored.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.signum: int = signal.SIGINT
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:  # the second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.requested:  # the second Ctrl-C (or SIGTERM): stop now
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+        self.requested, self.signum = True, signum
 
     def install(self) -> StopFlag:
-        # a process started with SIGINT ignored (nohup, a background job) keeps ignoring it
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for signum in self.SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:  # nohup, a background job: keep ignoring it
+                self._previous[signum] = signal.signal(signum, self._handler)
         return self
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def __enter__(self) -> StopFlag:
         return self.install()

@@ -12,10 +12,9 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 from pathlib import Path, PurePosixPath
 
-from gitops import registry_ops, tags
+from gitops import killpoints, registry_ops, scratch, tags
 from gitops.backends.base import Backend
 from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, UsageError
@@ -61,6 +60,25 @@ def check_member(member: tarfile.TarInfo, dest: Path) -> None:
         raise IntegrityError(f"archive member {name!r} resolves outside the target")
 
 
+def check_layout(members: list[tarfile.TarInfo]) -> None:
+    """Refuse members that collide: one path twice as a file, or as a file and a folder, or a file used
+    as another member's folder (extracting those raises IsADirectoryError or silently overwrites)."""
+    kinds: dict[str, str] = {}
+    for member in members:
+        key = os.path.normpath(member.name)
+        kind = "folder" if member.isdir() else "file"
+        seen = kinds.get(key)
+        if seen is not None and (seen != kind or kind == "file"):
+            raise IntegrityError(f"archive member {member.name!r} appears twice (as a {seen} and a {kind}); "
+                                 "refusing to extract")
+        kinds[key] = kind
+    for key in kinds:
+        for parent in PurePosixPath(key).parents:
+            if kinds.get(str(parent)) == "file":
+                raise IntegrityError(f"archive member {key!r} is inside {str(parent)!r}, which is a file; "
+                                     "refusing to extract")
+
+
 def safe_extract(archive: Path, dest: Path) -> None:
     """Extract with our own checks first, then tarfile's `data` filter as a second line."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -72,6 +90,7 @@ def safe_extract(archive: Path, dest: Path) -> None:
         for member in members:
             check_member(member, dest)
             total += max(0, member.size)
+        check_layout(members)
         if total > MAX_EXTRACTED_BYTES:
             raise IntegrityError(f"archive would extract to {total} bytes (limit {MAX_EXTRACTED_BYTES})")
         try:
@@ -102,6 +121,7 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
                                  f"{expect_sha256[:16]}… was expected (the deployment names another build)")
     model = st.model
     target = Path(to) if to is not None else default_target(root, model, version.version)
+    scratch.sweep(target.parent, f".pull-{model}-")  # what killed pulls left
     if target.exists():
         if not force and (target / "manifest.json").is_file() and _same_release(target, version):
             return target
@@ -109,14 +129,17 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
             raise UsageError(f"{target} already exists and is not this release; pass another --to")
     meta = registry_ops.release_metadata(version.message)
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".pull-{model}-", dir=target.parent))
+    work = scratch.make(target.parent, f".pull-{model}-")
     try:
         archive = fetch_archive(backend, version, meta, work / "download")
+        killpoints.reached("pull.downloaded")
         unpacked = work / "unpacked"
         safe_extract(archive, unpacked)
+        killpoints.reached("pull.extracted")
         if target.exists():
             target.rmdir()
         unpacked.rename(target)
+        killpoints.reached("pull.done")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return target

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, tags
+from gitops import config, gitutil, killpoints, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.errors import GitopsError, UsageError
 
@@ -82,10 +82,31 @@ def _read_json(path: Path) -> Any:
         raise GitopsError(f"{path}: unreadable JSON ({exc})") from None
 
 
-def find_run(root: Path, model: str, training_fingerprint: str) -> Path | None:
-    """A finished run with this fingerprint: `runs/<model>/<fp12>/` or `$GITOPS_RUN_CACHE/<model>/<fp12>/`."""
-    import os
+def recompute_fingerprint(info: RunInfo) -> str | None:
+    """The training fingerprint of a run, recomputed from its own `config.resolved.yaml` (None: unreadable).
 
+    A run folder's manifest can say anything (a forged cache entry, a copy of another run): what the
+    run was trained from is its resolved config, so reuse is decided by hashing that.
+    """
+    if not info.config:
+        return None
+    try:
+        cfg = config.build(info.model, info.config)
+    except (GitopsError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return cfg.training_fingerprint
+
+
+def find_run(root: Path, model: str, training_fingerprint: str, *, warn=None) -> Path | None:
+    """A finished run with this fingerprint: `runs/<model>/<fp12>/` or `$GITOPS_RUN_CACHE/<model>/<fp12>/`.
+
+    The fingerprint is recomputed from each candidate's own config.resolved.yaml; a candidate whose
+    config hashes to another fingerprint is skipped, with a line to `warn` (stderr by default).
+    """
+    import os
+    import sys
+
+    warn = warn or (lambda text: sys.stderr.write(text + "\n"))
     fp12 = training_fingerprint[:12]
     candidates = [root / RUNS_DIR / model / fp12]
     cache = os.environ.get("GITOPS_RUN_CACHE")
@@ -96,8 +117,14 @@ def find_run(root: Path, model: str, training_fingerprint: str) -> Path | None:
             info = read_run(folder)
         except (UsageError, GitopsError):
             continue
-        if info.finished and info.training_fingerprint == training_fingerprint:
-            return folder
+        if not (info.finished and info.training_fingerprint == training_fingerprint):
+            continue
+        actual = recompute_fingerprint(info)
+        if actual != training_fingerprint:
+            warn(f"warning: {folder}: its config.resolved.yaml hashes to training fingerprint "
+                 f"{(actual or 'unreadable')[:12]}, not {fp12} as its manifest says; skipping it")
+            continue
+        return folder
     return None
 
 
@@ -114,6 +141,17 @@ def release_metadata(message: str) -> dict:
     except json.JSONDecodeError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def missing_assets(backend: Backend, tag: str, meta: dict) -> list[str]:
+    """The assets a release tag's metadata promises that its release lacks ([] for tags gitops did not make)."""
+    archive = meta.get("archive")
+    if not isinstance(archive, str) or not meta.get("sha256"):
+        return []
+    parts = int(meta.get("parts") or 0)
+    wanted = ["SHA256SUMS", *([f"{archive}.part{i:03d}" for i in range(parts)] if parts else [archive])]
+    have = set(backend.list_assets(tag))
+    return [name for name in wanted if name not in have]
 
 
 def headline(metrics: dict, name: str | None) -> str:
@@ -166,10 +204,18 @@ def promote(backend: Backend, ref: str, stage: str, note: str = "") -> str:
     """
     tags.check_stage(stage)
     st, version = resolve(backend, ref)
-    if st.stages.get(stage) == version.version:
-        raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
+    if st.stages.get(stage) == version.version:  # e.g. a rerun of a promote killed after its tag: done
+        assigned = [e.tag for e in st.events if e.stage == stage and e.version == version.version]
+        return assigned[-1] if assigned else tags.assign_tag(st.model, stage, 0)
+    missing = missing_assets(backend, version.tag, release_metadata(version.message))
+    if missing:
+        raise GitopsError(f"{version.tag} has no {', '.join(missing)}; repair it first "
+                          f"(`gitops release {st.model} --repair {version.version}`)")
     message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n{note}"
-    return _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
+    killpoints.reached("promote.before_tag")
+    tag = _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
+    killpoints.reached("promote.tagged")
+    return tag
 
 
 def demote(backend: Backend, model: str, stage: str) -> str:

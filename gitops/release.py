@@ -15,12 +15,11 @@ import os
 import shutil
 import sys
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, registry_ops, tags
+from gitops import config, gitutil, killpoints, registry_ops, scratch, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -322,10 +321,12 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
     release's (patch), the PR's run artifact (github backend, built from an ancestor of `commit`), or trained."""
     if run is not None:
         info = registry_ops.read_run(run)
-        if info.training_fingerprint != cfg.training_fingerprint:
-            raise UsageError(
-                f"{run} was trained from another config (training fingerprint {info.training_fingerprint[:12]}, "
-                f"HEAD's {cfg.name} is {cfg.short_fingerprint}); release the matching run or omit --run"
+        actual = registry_ops.recompute_fingerprint(info) or "unreadable"
+        if actual != cfg.training_fingerprint or info.training_fingerprint != cfg.training_fingerprint:
+            raise GitopsError(
+                f"{run} was trained from another config: its config.resolved.yaml has training fingerprint "
+                f"{actual[:12]} (its manifest says {info.training_fingerprint[:12] or 'none'}), HEAD's {cfg.name} "
+                f"is {cfg.short_fingerprint}; release the matching run or omit --run"
             )
         if not info.finished:
             raise UsageError(f"{run} has not finished training")
@@ -363,11 +364,133 @@ def typer_echo(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+ARCHIVE_KEYS = ("archive", "sha256", "parts")  # added to the metadata once the archive exists
+
+
+def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta: dict, info: registry_ops.RunInfo,
+                 out_dir: Path) -> tuple[list[Path], dict]:
+    """The assets of the version `meta` describes, and `meta` completed with the archive's name and sha256.
+
+    A function of (the commit's files, the run folder, `meta`) only, so a rerun rebuilds the same
+    bytes: that is how a version whose assets went missing is repaired (its tag records the sha256).
+    """
+    base = {k: v for k, v in meta.items() if k not in ARCHIVE_KEYS}
+    card = model_card(cfg, base["version"], base["bump"], base["reason"], info, base["commit"], base.get("previous"))
+    assets, digest = package(cfg, run_dir, tree, base["version"], base, card, out_dir)
+    return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
+                    "parts": len(assets) - 2 if len(assets) > 2 else 0}
+
+
+missing_assets = registry_ops.missing_assets
+
+
+class CannotRepair(GitopsError):
+    """A version's assets are missing and cannot be rebuilt with the bytes its tag records (exit 1)."""
+
+
+def _work_folder(root: Path, model: str) -> Path:
+    """This release's scratch folder under `.gitops/tmp/`; ones that killed releases left are removed."""
+    parent = root / ".gitops" / "tmp"
+    scratch.sweep(parent, "release-")
+    return scratch.make(parent, "release-")
+
+
+def repair(root: Path, backend: Backend, model: str, version: tags.VersionState, *, run: Path | None = None,
+           workdir: Path) -> ReleaseResult:
+    """Re-publish the assets of `version` from a run, if the rebuilt archive's sha256 is the tag's.
+
+    Raises:
+        CannotRepair: no run of the tag's training fingerprint, the config at the tag's commit no
+            longer resolves to the same release fingerprint, or the rebuilt bytes differ.
+    """
+    tag = version.tag
+    meta = registry_ops.release_metadata(version.message)
+    try:
+        gitutil.ensure_commit(root, version.commit)
+        tree = GitTree(root, version.commit)
+        cfg = config.load(model, root, tree=tree)
+    except GitopsError as exc:
+        raise CannotRepair(f"the config at {version.commit[:12]} does not load here ({exc.message})") from None
+    if cfg.release_fingerprint != meta.get("release_fingerprint"):
+        raise CannotRepair("the config at the tag's commit resolves to another release fingerprint with this "
+                           "version of gitops")
+    if run is not None:
+        info = registry_ops.read_run(run)
+        if _recomputed_fingerprint(info) != meta.get("training_fingerprint"):
+            raise CannotRepair(f"{run} is not a run of {tag}'s training fingerprint "
+                               f"{str(meta.get('training_fingerprint'))[:12]}")
+        run_dir = Path(run)
+    else:
+        run_dir = registry_ops.find_run(root, model, meta.get("training_fingerprint", ""))
+        if run_dir is None:
+            raise CannotRepair(f"no finished run with training fingerprint {str(meta.get('training_fingerprint'))[:12]} "
+                               "is here (runs/ or $GITOPS_RUN_CACHE)")
+        info = registry_ops.read_run(run_dir)
+    out_dir = workdir / f"repair-{version.version}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    assets, full = build_assets(cfg, run_dir, tree, meta, info, out_dir)
+    if full["sha256"] != meta.get("sha256"):
+        raise CannotRepair(f"the archive rebuilt from {run_dir} has sha256 {full['sha256'][:12]}, the tag records "
+                           f"{str(meta.get('sha256'))[:12]} (a retrain that is not bit-identical, or another run)")
+    notes = tag_message(cfg, version.version, full["bump"], full["reason"], full)
+    title = f"{model} {version.version}"
+    with backend.release_lock(model):
+        backend.stage_release(tag, version.commit, title, notes, assets)
+    location = backend.finalize_release(tag, title, notes)
+    return ReleaseResult(model, version.version, tag, full["bump"], full["reason"], location, assets, run_dir,
+                         message=f"repaired {tag}: its assets are published again (sha256 {full['sha256'][:12]} "
+                                 f"matches the tag) -> {location}")
+
+
+def _recomputed_fingerprint(info: registry_ops.RunInfo) -> str:
+    """The training fingerprint of a run folder, recomputed from its own config.resolved.yaml."""
+    return registry_ops.recompute_fingerprint(info) or ""
+
+
+def _repair_or_fail(root: Path, backend: Backend, model: str, version: tags.VersionState, run: Path | None,
+                    workdir: Path, missing: list[str]) -> ReleaseResult:
+    try:
+        return repair(root, backend, model, version, run=run, workdir=workdir)
+    except CannotRepair as exc:
+        raise GitopsError(
+            f"{version.tag} has no {', '.join(missing)} (a release interrupted before this fix) and cannot be "
+            f"rebuilt with the bytes its tag records: {exc.message}. Run `gitops release {model} --repair "
+            f"{version.version}` (with --run DIR to re-publish from that run; otherwise the empty version is "
+            f"retired and the config released as a new version)"
+        ) from None
+
+
 def release(root: Path, backend: Backend, model: str, *, run: Path | None = None, bump: str = "auto",
-            push: bool = False, dist: Path | None = None) -> ReleaseResult:
-    """Release `model` at HEAD (see the module docstring); idempotent against the latest release."""
+            push: bool = False, dist: Path | None = None, repair_version: str | None = None,
+            track: bool | None = None) -> ReleaseResult:
+    """Release `model` at HEAD (see the module docstring); idempotent against the latest release.
+
+    `track` (None: as gitops.yaml says) also sends the run to the trackers and registers the version in
+    MLflow's model registry; a tracker failure is a warning, never a failed release.
+
+    Bytes first, tag last: every asset is staged and verified (`Backend.stage_release`) before the
+    version tag is created, and the tag is the commit point. A latest version with the same release
+    fingerprint whose assets are missing is repaired (rebuilt; published when its sha256 is the tag's).
+    `repair_version` ("v1.2.0"): repair that version from `run` (or the run found by its fingerprint),
+    or, when it can't be rebuilt identically, retire it (deregister) and release HEAD as a new version.
+    """
     if bump not in BUMPS:
         raise UsageError(f"--bump must be one of {', '.join(BUMPS)}")
+    from gitops import trackers
+
+    sinks = trackers.specs_for(root, track)  # a missing extra fails before any tag exists
+    workdir = _work_folder(root, model)
+    try:
+        return _release(root, backend, model, run=run, bump=bump, push=push, dist=dist,
+                        repair_version=repair_version, workdir=workdir, sinks=sinks)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump: str, push: bool,
+             dist: Path | None, repair_version: str | None, workdir: Path, sinks: list | None = None) -> ReleaseResult:
+    killpoints.reached("release.started")
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
     cfg = config.load(model, root, tree=tree)
@@ -377,9 +500,33 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     st = registry_ops.state(backend, model)
     if st.deprecated:
         raise UsageError(f"{model} is deprecated; it takes no new releases")
+    if repair_version is not None:
+        _, target = registry_ops.resolve(backend, f"{model}@{repair_version}")
+        missing = missing_assets(backend, target.tag, registry_ops.release_metadata(target.message))
+        if not missing:
+            return ReleaseResult(model, None, target.tag, message=f"nothing to repair: {target.tag} has all its assets")
+        try:
+            return repair(root, backend, model, target, run=run, workdir=workdir)
+        except CannotRepair as exc:
+            typer_echo(f"{target.tag} cannot be rebuilt identically ({exc.message}); retiring it (deregistered, its "
+                       "number is never reused) and releasing HEAD as a new version")
+            if target.active:
+                registry_ops.deprecate(backend, f"{model}@{target.version}", root)
+            st = registry_ops.state(backend, model)
+            if run is not None and registry_ops.read_run(run).training_fingerprint != cfg.training_fingerprint:
+                run = None  # that run belongs to the retired version, not to HEAD
     latest = st.latest()
     latest_meta = registry_ops.release_metadata(latest.message) if latest else {}
     if latest is not None and latest_meta.get("release_fingerprint") == cfg.release_fingerprint:
+        missing = missing_assets(backend, latest.tag, latest_meta)
+        if missing:  # a tag made before its assets (an interrupted release of an older gitops)
+            return _repair_or_fail(root, backend, model, latest, run, workdir, missing)
+        if not backend.is_published(latest.tag):  # killed between its tag and publishing: finish it
+            location = backend.finalize_release(latest.tag, f"{model} {latest.version}", latest.message)
+            return ReleaseResult(model, latest.version, latest.tag, latest_meta.get("bump"),
+                                 latest_meta.get("reason", ""), location,
+                                 message=f"published {latest.tag} (an interrupted release had staged and tagged it)"
+                                         f" -> {location}")
         return ReleaseResult(model, None, latest.tag, message=f"nothing to release: {model}@{latest.version} "
                              f"already has release fingerprint {cfg.release_fingerprint[:12]}")
     old_cfg = None
@@ -397,20 +544,19 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     else:
         part, reason = "initial", "first release"
 
-    with tempfile.TemporaryDirectory(prefix=f"gitops-release-{model}-") as tmp:
-        workdir = Path(tmp)
-        run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head)
-        info = registry_ops.read_run(run_dir)
-        from gitops.report import evaluate_gates
+    run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head)
+    info = registry_ops.read_run(run_dir)
+    from gitops.report import evaluate_gates
 
-        gates = evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
-                               latest_meta.get("metrics") if latest else None)
-        failed = [g for g in gates if g.status == "fail"]
-        if failed:
-            detail = "; ".join(f"{g.metric} {g.kind} {g.threshold:g}: {g.note}" for g in failed)
-            raise GitopsError(f"{model}: quality gate failed, not releasing ({detail})")
+    gates = evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
+                           latest_meta.get("metrics") if latest else None)
+    failed = [g for g in gates if g.status == "fail"]
+    if failed:
+        detail = "; ".join(f"{g.metric} {g.kind} {g.threshold:g}: {g.note}" for g in failed)
+        raise GitopsError(f"{model}: quality gate failed, not releasing ({detail})")
 
-        for _attempt in range(MAX_TAG_RETRIES):
+    for _attempt in range(MAX_TAG_RETRIES):
+        with backend.release_lock(model):
             st = registry_ops.state(backend, model)
             now = st.latest()
             if now is not None and now.tag != (latest.tag if latest else None) and registry_ops.release_metadata(
@@ -442,43 +588,48 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
                 "trained_at_commit": info.manifest.get("git_commit"),
             }
             out_dir = workdir / f"out-{version}"
+            shutil.rmtree(out_dir, ignore_errors=True)
             out_dir.mkdir()
-            card = model_card(cfg, version, part, reason, info, head, latest.version if latest else None)
-            assets, digest = package(cfg, run_dir, tree, version, meta, card, out_dir)
-            meta = {**meta, "archive": f"{model}-{version}.tar.gz", "sha256": digest,
-                    "parts": len(assets) - 2 if len(assets) > 2 else 0}
+            assets, meta = build_assets(cfg, run_dir, tree, meta, info, out_dir)
+            killpoints.reached("release.packaged")
             tag = tags.version_tag(model, version)
-            try:
-                backend.create_tag(tag, head, tag_message(cfg, version, part, reason, meta))
-            except TagExistsError:  # a concurrent release won this version: look again
-                shutil.rmtree(out_dir, ignore_errors=True)
-                continue
-            break
-        else:
-            raise GitopsError(f"{model}: could not claim a version tag after {MAX_TAG_RETRIES} tries")
-
-        try:
             notes = tag_message(cfg, version, part, reason, meta)
-            location = backend.publish_release(tag, f"{model} {version}", notes, assets)
-        except BaseException:
-            backend.delete_tag(tag)
-            raise
-        if push and backend.name == "local":
-            gitutil.push_tags(root, [tag])
-        kept = []
-        if dist is not None:
-            dist.mkdir(parents=True, exist_ok=True)
-            for asset in assets:
-                shutil.copyfile(asset, dist / asset.name)
-                kept.append(dist / asset.name)
-        final_run = None if run_dir.is_relative_to(workdir) else run_dir
+            title = f"{model} {version}"
+            backend.stage_release(tag, head, title, notes, assets)  # bytes first: uploaded and verified
+            killpoints.reached("release.staged")
+            try:
+                backend.create_tag(tag, head, notes)  # the commit point
+            except TagExistsError:  # a concurrent release won this version: look again
+                backend.discard_staged(tag)
+                continue
+            killpoints.reached("release.tagged")
+            break
+    else:
+        raise GitopsError(f"{model}: could not claim a version tag after {MAX_TAG_RETRIES} tries")
+
+    location = backend.finalize_release(tag, title, notes)
+    killpoints.reached("release.published")
+    if push and backend.name == "local":
+        gitutil.push_tags(root, [tag])
+    kept = []
+    if dist is not None:
+        dist.mkdir(parents=True, exist_ok=True)
+        for asset in assets:
+            shutil.copyfile(asset, dist / asset.name)
+            kept.append(dist / asset.name)
+    final_run = None if run_dir.is_relative_to(workdir) else run_dir
+    if sinks:
+        from gitops import trackers
+
+        trackers.track_release(root, sinks, run_dir, version, registry_ops.state(backend, model).stages,
+                               record=final_run is not None)
     return ReleaseResult(model, version, tag, part, reason, location, kept or [Path(location) / a.name for a in assets],
                          final_run, trained,
                          message=f"released {tag} ({part}: {reason}) -> {location}")
 
 
-def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None
-                    ) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
+def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None,
+                    track: bool | None = None) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
     """Release every model whose release fingerprint differs from its latest release."""
     from gitops.tree import GitTree as _GitTree
 
@@ -493,10 +644,11 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
         try:
             cfg = config.load(name, root, tree=tree)
             latest = st.latest() if st else None
-            if latest and registry_ops.release_metadata(latest.message).get("release_fingerprint") == \
-                    cfg.release_fingerprint:
-                continue
-            results.append(release(root, backend, name, push=push, dist=dist))
+            meta = registry_ops.release_metadata(latest.message) if latest else {}
+            if latest and meta.get("release_fingerprint") == cfg.release_fingerprint and not missing_assets(
+                    backend, latest.tag, meta) and backend.is_published(latest.tag):
+                continue  # (a latest version missing its assets goes to release(), which repairs it)
+            results.append(release(root, backend, name, push=push, dist=dist, track=track))
         except GitopsError as exc:
             failures.append((name, exc.message))
     return results, failures

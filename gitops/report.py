@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, config, gitutil, registry_ops, stats
+from gitops import catalog, config, gitutil, registry_ops, stats, trackers
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
@@ -70,6 +70,7 @@ class ModelReport:
     git_commit: str = ""
     training_fingerprint: str = ""
     repeats: int = 1  # seeds behind each value of this run (metrics are their means)
+    trackers: list[dict] = field(default_factory=list)  # [{name, url}] where the run is in a tracker
     sweep: dict | None = None  # {"markdown", "json", "best_trial"} when this run is a sweep's best trial
 
     @property
@@ -270,6 +271,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         git_commit=info.manifest.get("git_commit", ""),
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
+        trackers=trackers.links(info.manifest),
     )
 
 
@@ -315,7 +317,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     if head_sha is None:
         head_sha = gitutil.head_commit(root) if gitutil.is_repo(root) else ""
     if pr is None:
-        pr = _pr_from_event()
+        pr = pr_from_event()
     reports = []
     cache: dict[str, Baseline] = {}
     for folder in folders:
@@ -335,7 +337,8 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     return Report(attach_to_report(root, reports), head_sha, pr)
 
 
-def _pr_from_event() -> int | None:
+def pr_from_event() -> int | None:
+    """The pull request number of the GitHub event this job runs for ($GITHUB_EVENT_PATH); None outside one."""
     path = os.environ.get("GITHUB_EVENT_PATH")
     if not path:
         return None
@@ -447,10 +450,19 @@ def model_markdown(m: ModelReport) -> str:
         lines += ["", "</details>", ""]
     wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
     speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
+    tracked = "".join(f" · [{TRACKER_LABELS.get(t['name'], t['name'])}]({_link(t['url'])})" for t in m.trackers)
     lines.append(f"Device {m.device} · wall time {wall} · {m.steps or NONE} steps · {speed} · "
-                 f"run `{m.training_fingerprint[:12]}` · commit `{m.git_commit[:12] or NONE}`")
+                 f"run `{m.training_fingerprint[:12]}` · commit `{m.git_commit[:12] or NONE}`{tracked}")
     lines.append("")
     return "\n".join(lines)
+
+
+TRACKER_LABELS = {"mlflow": "MLflow run", "tensorboard": "TensorBoard"}
+
+
+def _link(url: str) -> str:
+    """A URL safe inside Markdown's `(...)`: spaces, parentheses and angle brackets percent-encoded."""
+    return "".join({" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E"}.get(ch, ch) for ch in url)
 
 
 def _cell(value: Any) -> str:
@@ -510,6 +522,7 @@ def as_json(report: Report) -> dict:
                 "steps": m.steps,
                 "steps_per_s": m.steps_per_s,
                 "git_commit": m.git_commit,
+                "trackers": m.trackers,
                 "sweep": m.sweep["json"] if m.sweep else None,
             }
             for m in report.models
@@ -599,6 +612,13 @@ REPORT_JSON_SCHEMA: dict = {
                     "steps": {"type": ["integer", "null"]},
                     "steps_per_s": _NUM_OR_NULL,
                     "git_commit": {"type": "string", "maxLength": 64},
+                    "trackers": {
+                        "type": "array", "maxItems": 8,
+                        "items": {"type": "object", "required": ["name", "url"], "additionalProperties": False,
+                                  "properties": {"name": {"enum": list(trackers.NAMES)},
+                                                 "url": {"type": "string", "maxLength": 2048,
+                                                         "pattern": "^https?://[^\\s]+$"}}},
+                    },
                     "sweep": {"type": ["object", "null"]},
                 },
             },

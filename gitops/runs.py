@@ -145,6 +145,17 @@ class RunFolder:
         if self.writer:
             write_json(self.metrics_path, dict(metrics))
 
+    def record_trackers(self, outcomes: Mapping[str, Mapping[str, Any]]) -> None:
+        """Merge tracker outcomes into the manifest's `trackers` ({sink name: {status, ...}}).
+
+        Written by `gitops.trackers` after a run finished; never part of any fingerprint.
+        """
+        if not self.writer or not outcomes:
+            return
+        manifest = self.manifest
+        manifest["trackers"] = {**(manifest.get("trackers") or {}), **{k: dict(v) for k, v in outcomes.items()}}
+        write_json(self.manifest_path, manifest)
+
     def clear_history(self) -> None:
         if self.writer:
             write_text(self.history_path, "")
@@ -177,8 +188,11 @@ def cache_dir() -> Path | None:
 
 def copy_tree_atomic(source: Path, target: Path) -> None:
     """Copy a folder to `target` via a temporary sibling and a rename; replaces an existing target."""
+    from gitops import scratch
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    scratch.sweep(target.parent, f".{target.name}.copy-")
+    tmp = scratch.make(target.parent, f".{target.name}.copy-")
     try:
         shutil.copytree(source, tmp, dirs_exist_ok=True)
         replace_dir(tmp, target)
@@ -189,8 +203,11 @@ def copy_tree_atomic(source: Path, target: Path) -> None:
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put folder `new` at `target` by renames: `target` is never a half-copied folder, only briefly absent."""
+    from gitops import scratch
+
+    scratch.sweep(target.parent, f".{target.name}.old-")
     if target.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        trash = scratch.make(target.parent, f".{target.name}.old-")
         os.replace(target, trash / target.name)
         os.replace(new, target)
         shutil.rmtree(trash, ignore_errors=True)

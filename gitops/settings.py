@@ -1,6 +1,8 @@
-"""Repository-level settings (`gitops.yaml` at the root): budgets that cap what one PR may spend.
+"""Repository-level settings (`gitops.yaml` at the root): budgets that cap what one PR may spend, and
+the experiment trackers every run is also sent to.
 
-Validated with the same strict loader and positioned errors as model files. Absent file: no caps.
+Validated with the same strict loader and positioned errors as model files. Absent file: no caps, no
+trackers. Nothing here is part of a model's files, so no setting changes a fingerprint.
 """
 
 from __future__ import annotations
@@ -75,8 +77,62 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "trackers": {
+            "type": "array",
+            "description": "Experiment trackers each run is also sent to (the run folder stays the source of "
+                           "truth). Turned off for one command with --no-track.",
+            "default": [],
+            "maxItems": 8,
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"enum": ["tensorboard", "mlflow"],
+                             "description": "tensorboard: event files (tensorboardX); mlflow: a tracking server."},
+                    "tracking_uri": {
+                        "type": "string", "minLength": 1, "pattern": "^(https?|file|sqlite|postgresql|mysql|databricks)[:+]",
+                        "description": "mlflow: the tracking server when $MLFLOW_TRACKING_URI is unset (the "
+                                       "environment wins, so a job's credentials go only to the server it names).",
+                    },
+                    "ui_url": {
+                        "type": "string", "pattern": "^https?://[^\\s@]+$",
+                        "description": "mlflow: the address people open in a browser, for links in reports "
+                                       "(default: the tracking URI when it is http(s)).",
+                    },
+                    "experiment_prefix": {
+                        "type": "string", "default": "", "pattern": "^[A-Za-z0-9_.-]{0,100}$",
+                        "description": "mlflow: experiment and registered model name = prefix + model name "
+                                       "(one experiment per model; a prefix shares one server between repositories).",
+                    },
+                    "logdir": {
+                        "type": "string", "minLength": 1, "pattern": r"^(?!/)(?!(.*/)?\.\.(/|$))[^\\]+$",
+                        "description": "tensorboard: a folder (relative to the repository, no '..') holding "
+                                       "<model>/<fingerprint>/ per run; default: tensorboard/ inside each run folder.",
+                    },
+                    "attempts": integer("Calls tried before the sink is skipped for this run (with a warning "
+                                        "recorded in manifest.json).", 4, 1, 10),
+                    "backoff_s": number("First wait between attempts, doubled each time.", 1.0, 0.0, 60.0),
+                    "timeout_s": number("mlflow: seconds one HTTP request may take.", 30.0, 0.1, 600.0),
+                },
+            },
+        },
     },
 }
+
+
+@dataclass(frozen=True)
+class TrackerSpec:
+    """One sink of `trackers:` (defaults as in the schema)."""
+
+    name: str
+    tracking_uri: str | None = None
+    ui_url: str | None = None
+    experiment_prefix: str = ""
+    logdir: str | None = None
+    attempts: int = 4
+    backoff_s: float = 1.0
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,17 +155,16 @@ class DeploySettings:
 @dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
+    trackers: tuple[TrackerSpec, ...] = ()
     deploy: DeploySettings = DeploySettings()
     protected_stages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (stage, approvers), in file order
+
+    def tracker(self, name: str) -> TrackerSpec | None:
+        return next((t for t in self.trackers if t.name == name), None)
 
     def approvers(self, stage: str) -> tuple[str, ...] | None:
         """Who may approve a promotion to `stage`; None when the stage is not protected."""
         return dict(self.protected_stages).get(stage)
-
-
-def _settings(data: dict) -> Settings:
-    protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
-    return Settings(Budgets(**(data.get("budgets") or {})), DeploySettings(**(data.get("deploy") or {})), protected)
 
 
 def schema_text() -> str:
@@ -129,7 +184,7 @@ def load_settings(tree: Tree) -> Settings:
     doc = load_yaml_text(raw, tree.label(SETTINGS_FILE))
     try:  # the common case, valid settings, without importing jsonschema
         schema_mod.compiled_validator(SETTINGS_SCHEMA)(doc.data)
-        return _settings(doc.data or {})
+        return _settings(doc)
     except fastjsonschema.JsonSchemaException:
         pass
     from jsonschema import Draft202012Validator
@@ -142,4 +197,27 @@ def load_settings(tree: Tree) -> Settings:
             problems.append(Problem(mark.file, mark.line, mark.col, schema_mod.format_path(path), message))
     if problems:
         raise ConfigError(problems)
-    return _settings(doc.data or {})
+    return _settings(doc)
+
+
+def _settings(doc: Any) -> Settings:
+    from gitops.schema import format_path
+
+    data = doc.data or {}
+    trackers, seen = [], {}
+    for index, raw in enumerate(data.get("trackers") or []):
+        if raw["name"] in seen:
+            mark = doc.mark_for(("trackers", index, "name"))
+            raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, "name")),
+                                       f"{raw['name']!r} is listed twice (first as trackers[{seen[raw['name']]}])")])
+        seen[raw["name"]] = index
+        spec = TrackerSpec(**raw)
+        for key in ("tracking_uri", "ui_url", "experiment_prefix") if spec.name == "tensorboard" else ("logdir",):
+            if key in raw:
+                mark = doc.key_mark_for(("trackers", index, key))
+                raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, key)),
+                                           f"{key!r} is not an option of the {spec.name} tracker")])
+        trackers.append(spec)
+    protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
+    return Settings(Budgets(**(data.get("budgets") or {})), tuple(trackers),
+                    DeploySettings(**(data.get("deploy") or {})), protected)

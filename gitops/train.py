@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitops import catalog, parallel
+from gitops import catalog, killpoints, parallel
 from gitops import config as config_lib
-from gitops.errors import TrainingError
+from gitops.errors import GitopsError, TrainingError
 from gitops.runs import (
     PREPROCESSING_FILE,
     RunFolder,
@@ -479,10 +479,11 @@ def train_and_evaluate(
 
     step, elapsed_before, stopped = 0, 0.0, False
     started_at = _now()
-    latest = ckpt.latest_step() if resume else None
-    if latest is not None:
-        session.load_state_tree(ckpt.restore_state(latest, session.state_tree()))
-        meta = ckpt.meta(latest)
+    found = ckpt.restore_latest(session.state_tree(), reporter.note) if resume else None
+    latest = found[0] if found else None
+    if found is not None:
+        latest, restored, meta = found
+        session.load_state_tree(restored)
         step, elapsed_before, stopped = latest, float(meta.get("elapsed_s", 0.0)), bool(meta.get("stopped"))
         if stopper:
             stopper.load(meta.get("early_stopping"))
@@ -524,6 +525,7 @@ def train_and_evaluate(
             "best": best.as_dict() if best else None,
         }
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
+        killpoints.reached("train.checkpoint_queued")
 
     from gitops.interrupt import RunInterrupted, StopFlag, StopRequested
 
@@ -586,8 +588,8 @@ def train_and_evaluate(
         except Exception as exc:  # noqa: BLE001 - reported to the user, who resumes from an older step
             with contextlib.suppress(Exception):
                 ckpt.close()
-            raise RunInterrupted(cfg.name, step, saved=False, reason=str(exc)[:200]) from None
-        raise RunInterrupted(cfg.name, step) from None
+            raise RunInterrupted(cfg.name, step, saved=False, reason=str(exc)[:200], signum=ctrl_c.signum) from None
+        raise RunInterrupted(cfg.name, step, signum=ctrl_c.signum) from None
     except BaseException:
         with contextlib.suppress(Exception):
             ckpt.close()
@@ -604,7 +606,9 @@ def train_and_evaluate(
     ckpt.close()
     final = {f"test/{k}": v for k, v in session.evaluate("test").items()}
     final.update({f"val/{k}": v for k, v in session.evaluate("val").items()})
+    killpoints.reached("train.evaluated")
     run.write_metrics(final)
+    killpoints.reached("train.metrics_written")
     manifest.update(
         steps_done=step,
         checkpoint_step=handed,
@@ -644,8 +648,10 @@ def train(
         cfg: a ResolvedConfig.
         out_dir: folder of run folders; the run goes to `<out_dir>/<model>/<fingerprint[:12]>/`.
         root: repository root (default: found from the working directory).
-        resume: continue an unfinished run folder from its latest checkpoint.
-        force: retrain even when a finished run exists; the new run replaces it only once finished.
+        resume: kept for the command line; an unfinished run folder of the same fingerprint is always
+            resumed from its newest checkpoint that restores (never deleted).
+        force: retrain even when a finished run exists; the new run replaces it only once finished; an
+            unfinished run is moved aside (`.<fp12>.aside-<time>`) for `gitops gc`.
         reporter: progress sink.
 
     Returns:
@@ -661,8 +667,12 @@ def train(
 
     if not force:
         if run.is_finished:
-            return TrainResult(run, run.metrics, True, "local")
-        if cached is not None and cached.is_finished:
+            if _trusted(run, cfg, reporter):
+                return TrainResult(run, run.metrics, True, "local")
+            if primary:
+                aside = move_aside(run.path)
+                reporter.note(f"moved it to {aside}; training")
+        if cached is not None and cached.is_finished and _trusted(cached, cfg, reporter):
             if primary:
                 copy_tree_atomic(cached.path, run.path)
             parallel.barrier("gitops-train-cache-hit")
@@ -670,6 +680,9 @@ def train(
 
     if force:
         run.path.parent.mkdir(parents=True, exist_ok=True)
+        if primary and run.path.exists() and not run.is_finished:  # never deleted: moved aside for `gitops gc`
+            aside = move_aside(run.path)
+            reporter.note(f"--force: moved the unfinished run to {aside} (`gitops gc` removes it)")
         if parallel.joined():  # one scratch folder all processes agree on
             workdir = run.path.parent / f".{run.path.name}.force"
             if primary:
@@ -687,15 +700,22 @@ def train(
                 shutil.rmtree(workdir, ignore_errors=True)
             raise
     else:
-        if run.path.exists() and not resume:
-            if run.manifest_path.is_file() or any(run.path.iterdir()):
-                reporter.note(f"removing the unfinished run {run.path} (use --resume to continue it)")
-            if primary:
-                shutil.rmtree(run.path)
-        elif resume and not any(run.path.glob("checkpoints/*")) and not any(run.path.glob("repeats/*/checkpoints/*")):
-            reporter.note(f"nothing to resume in {run.path}; starting from step 0")
-        parallel.barrier("gitops-train-clean")  # no process starts before the old folder is gone
-        metrics = train_and_evaluate(cfg, run.path, root=root, resume=resume, reporter=reporter)
+        # An unfinished run of this fingerprint is resumed, never deleted (a CI re-run, a forgotten
+        # --resume): resuming is bit-identical to training from the start.
+        if run.path.exists():
+            recorded = _recorded_fingerprint(run)
+            if recorded not in (None, cfg.training_fingerprint):
+                raise TrainingError(
+                    f"{run.path} holds an unfinished run of another config (training fingerprint {recorded[:12]}, "
+                    f"this one is {cfg.short_fingerprint}); pass --force to move it aside and start over")
+            if _has_checkpoints(run.path):
+                if not resume:
+                    reporter.note(f"resuming the unfinished run in {run.path} (same training fingerprint; "
+                                  "--force starts over)")
+            elif resume:
+                reporter.note(f"nothing to resume in {run.path}; starting from step 0")
+        parallel.barrier("gitops-train-clean")
+        metrics = train_and_evaluate(cfg, run.path, root=root, resume=True, reporter=reporter)
 
     if primary and cached is not None and not cached.is_finished:
         try:
@@ -703,6 +723,41 @@ def train(
         except OSError as exc:
             reporter.note(f"could not copy the run into the cache {shared}: {exc}")
     return TrainResult(run, metrics, False)
+
+
+def _trusted(run: RunFolder, cfg: Any, reporter: Reporter) -> bool:
+    """Whether a finished run's own config.resolved.yaml hashes to `cfg`'s training fingerprint (a run
+    cache entry can be written by anyone with access to the cache); else a warning and False."""
+    from gitops import registry_ops
+
+    try:
+        actual = registry_ops.recompute_fingerprint(registry_ops.read_run(run.path)) or ""
+    except GitopsError:
+        actual = ""
+    if actual == cfg.training_fingerprint:
+        return True
+    reporter.note(f"warning: {run.path}: its config.resolved.yaml hashes to training fingerprint "
+                  f"{actual[:12] or 'none (unreadable)'}, not {cfg.short_fingerprint}; not reusing it")
+    return False
+
+
+def _has_checkpoints(path: Path) -> bool:
+    return any(path.glob("checkpoints/*")) or any(path.glob("repeats/*/checkpoints/*"))
+
+
+def _recorded_fingerprint(run: RunFolder) -> str | None:
+    try:
+        return run.manifest.get("training_fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a run folder to `.<name>.aside-<UTC time>` beside it (hidden from `runs/` listings; gc removes it)."""
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = path.parent / f".{path.name}.aside-{stamp}"
+    os.replace(path, aside)
+    return aside
 
 
 # --- dry run --------------------------------------------------------------------------------------

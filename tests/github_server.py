@@ -465,6 +465,12 @@ class GitHubServer:
             "object": {"type": r["type"], "sha": r["sha"], "url": self._object_url(r["type"], r["sha"])},
         }
 
+    def _ensure_release_tag(self, tag: str, target: str) -> None:
+        """As GitHub does on publishing a release whose tag does not exist: a lightweight tag on target."""
+        if f"refs/tags/{tag}" not in self.refs:
+            sha = target if re.fullmatch(r"[0-9a-f]{40}", target) else hashlib.sha1(target.encode()).hexdigest()
+            self.refs[f"refs/tags/{tag}"] = {"sha": sha, "type": "commit"}
+
     def _release_by_tag(self, tag: str, include_drafts: bool = False) -> dict | None:
         for rel in self.releases.values():
             if rel["tag_name"] == tag and (include_drafts or not rel["draft"]):
@@ -920,9 +926,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.gh._release_by_tag(tag, include_drafts=False) is not None:
             raise validation_failed("Release", "already_exists", "tag_name")
         target = data.get("target_commitish") or "main"
-        if f"refs/tags/{tag}" not in self.gh.refs:  # GitHub makes a lightweight tag from target_commitish
-            sha = target if re.fullmatch(r"[0-9a-f]{40}", target) else hashlib.sha1(target.encode()).hexdigest()
-            self.gh.refs[f"refs/tags/{tag}"] = {"sha": sha, "type": "commit"}
+        if not data.get("draft"):  # a draft makes no tag; publishing it does
+            self.gh._ensure_release_tag(tag, target)
         rid = next(self.gh._ids)
         rel = {"id": rid, "tag_name": tag, "target_commitish": target, "name": data.get("name") or tag,
                "body": data.get("body") or "", "draft": bool(data.get("draft")),
@@ -954,6 +959,8 @@ class _Handler(BaseHTTPRequestHandler):
         for k in ("tag_name", "target_commitish", "name", "body", "draft", "prerelease"):
             if k in data:
                 rel[k] = data[k]
+        if not rel["draft"]:
+            self.gh._ensure_release_tag(rel["tag_name"], rel["target_commitish"])
         return 200, self.gh._release_json(rel), {}
 
     def delete_release(self, rid: str, *, q, data, path):

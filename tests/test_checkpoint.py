@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -74,42 +75,115 @@ def _gitops(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_then_resume_is_bit_identical(example_repo: Path, tmp_path: Path) -> None:
-    from gitops import config, train
-    from gitops.checkpoint import restore_plain
+def test_sigkill_damaged_checkpoint_then_train_again_is_bit_identical(example_repo: Path, resume_reference: Path) -> None:
+    """SIGKILL mid-run, the newest checkpoint then damaged (an array file truncated to 0 bytes), then plain
+    `gitops train` (no --resume): the unfinished run is resumed, not deleted; the damaged step is moved out
+    with one line naming it; the result equals the uninterrupted run (best step, metrics, params)."""
+    from conftest import RESUME_OVERRIDES, assert_same_run
 
-    overrides = ["train.steps=3000", "train.checkpoint.every_steps=100", "train.eval_every=500", "train.log_every=50"]
-    sets = [a for o in overrides for a in ("--set", o)]
-    cfg = config.load("digits-mlp", example_repo, overrides)
+    from gitops import config
+
+    sets = [a for o in RESUME_OVERRIDES for a in ("--set", o)]
+    cfg = config.load("digits-mlp", example_repo, RESUME_OVERRIDES)
     run_dir = example_repo / "runs" / "digits-mlp" / cfg.short_fingerprint
     ckpt_dir = run_dir / "checkpoints"
 
     proc = _gitops(["train", "digits-mlp", *sets], example_repo)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     committed: list[int] = []
     while time.monotonic() < deadline and proc.poll() is None:
         if ckpt_dir.is_dir():
             committed = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()]
-            if committed:
+            if committed and max(committed) >= 900:  # past the best (500) and two more saves
                 break
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed; make it longer"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert committed
+    steps = sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit())
+    latest = steps[-1]
+    damaged = sorted((ckpt_dir / str(latest) / "state").glob("model.*/0*"))[0]
+    damaged.write_bytes(b"")
 
-    resumed = _gitops(["train", "digits-mlp", *sets, "--resume"], example_repo)
-    out, err = resumed.communicate(timeout=120)
-    assert resumed.returncode == 0, err
-    assert "resuming from step" in err and "resuming from step 0" not in err
+    again = _gitops(["train", "digits-mlp", *sets], example_repo)
+    out, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err
+    assert "Traceback" not in err
+    assert "resuming the unfinished run" in err
+    lines = [line for line in err.splitlines() if f"checkpoint {latest} is damaged" in line]
+    assert len(lines) == 1 and damaged.parent.name in lines[0], err
+    assert (run_dir / "checkpoints.damaged" / str(latest)).is_dir()
+    assert f"resuming from step {steps[-2]}" in err
+    assert_same_run(run_dir, resume_reference)
 
-    reference = tmp_path / "reference"
-    train.train_and_evaluate(cfg, reference, root=example_repo)
-    a = restore_plain(ckpt_dir / "3000")
-    b = restore_plain(reference / "checkpoints" / "3000")
-    from test_train import _flatten
 
-    fa, fb = _flatten(a), _flatten(b)
-    assert fa.keys() == fb.keys()
-    for key in fa:
-        assert np.array_equal(fa[key], fb[key]), key
+FOUR_DEVICES = """
+import sys
+from pathlib import Path
+import jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from gitops.checkpoint import Checkpoints
+devices = jax.devices()
+assert len(devices) == 4, devices
+mesh = Mesh(np.array(devices), ("data",))
+state = {"on_cpu3": jax.device_put(np.arange(6, dtype=np.float32), devices[3]),
+         "replicated": jax.device_put(np.ones((4, 2), np.float32), NamedSharding(mesh, P())),
+         "split": jax.device_put(np.arange(8, dtype=np.float32).reshape(4, 2), NamedSharding(mesh, P("data")))}
+checkpoints = Checkpoints(Path(sys.argv[1]), keep=1)
+checkpoints.save(1, state, {"step": 1})
+checkpoints.close()
+"""
+
+
+def _bind_to_cuda(state_dir: Path) -> None:
+    """Rewrite a `state` item as it was saved on one GPU before this fix: jax arrays whose recorded
+    sharding is `cuda:0`."""
+    import shutil
+
+    import jax
+    import orbax.checkpoint as ocp
+
+    from gitops.checkpoint import restore_anywhere
+
+    tree = jax.tree.map(jax.numpy.asarray, restore_anywhere(state_dir))  # jax arrays on cpu:0
+    shutil.rmtree(state_dir)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(state_dir, tree)
+    sharding = state_dir / "_sharding"
+    entries = {name: json.loads(value) for name, value in json.loads(sharding.read_text()).items()}
+    assert entries and all(e["sharding_type"] == "SingleDeviceSharding" for e in entries.values())
+    for entry in entries.values():
+        entry["device_str"] = "cuda:0"  # (this machine's name for its device is e.g. cpu:0 or TFRT_CPU_0)
+    sharding.write_text(json.dumps({name: json.dumps(e) for name, e in entries.items()}))
+
+
+def test_checkpoints_carry_no_device_binding(tmp_path: Path, trained_examples: dict[str, Path]) -> None:
+    """Saved on 4 devices (one array on cpu:3, one replicated, one split), restored here on 1 with plain
+    Orbax; a published checkpoint whose metadata says cuda:0 still loads with gitops.load."""
+    import shutil
+
+    from gitops import api
+    from gitops.checkpoint import restore_plain
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path / "ck")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    step = tmp_path / "ck" / "1"
+    sharding = step / "state" / "_sharding"
+    assert not sharding.exists() or "cpu:" not in sharding.read_text()
+    tree = restore_plain(step)  # this process has one device
+    assert np.array_equal(tree["on_cpu3"], np.arange(6))
+    assert np.array_equal(tree["replicated"], np.ones((4, 2)))
+    assert np.array_equal(tree["split"], np.arange(8).reshape(4, 2))
+
+    run = tmp_path / "gpu-run"
+    shutil.copytree(trained_examples["digits-mlp"], run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    state_dir = run / "checkpoints" / str(manifest["checkpoint_step"]) / "state"
+    _bind_to_cuda(state_dir)
+    with pytest.raises(Exception, match="(?i)topology|device|cuda"):  # the README snippet, as before the fix
+        restore_plain(state_dir.parent)
+    x = np.random.default_rng(0).random((3, 64), dtype=np.float32)
+    loaded, original = api.load(run), api.load(trained_examples["digits-mlp"])
+    assert np.array_equal(np.asarray(loaded.predict(x)), np.asarray(original.predict(x)))

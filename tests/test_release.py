@@ -125,8 +125,11 @@ def test_run_of_another_config_is_refused(repo):
     other = fake_run(repo, "wine-mlp", GOOD)
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
     commit_all(repo, "lr")
+    from gitops import config
+
     result = CliRunner().invoke(app, ["release", "wine-mlp", "--run", str(other)])
-    assert result.exit_code == 2 and "another config" in result.output
+    assert result.exit_code == 1 and "another config" in result.output  # state is wrong, not the command line
+    assert other.name in result.output and config.load("wine-mlp", repo).short_fingerprint in result.output
 
 
 def test_racing_identical_releases_make_one_version(repo):
@@ -239,6 +242,76 @@ def test_unsafe_archives_are_refused(tmp_path, member, message):
     with pytest.raises(IntegrityError, match=message):
         pull.safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "x").exists() and not (tmp_path / "dest" / "ok.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("members", "message"),
+    [
+        ([_member("a", tarfile.DIRTYPE), _member("a")], "appears twice"),  # was IsADirectoryError
+        ([_member("a"), _member("a")], "appears twice"),
+        ([_member("a"), _member("a/b")], "which is a file"),
+    ],
+)
+def test_colliding_archive_members_are_refused(tmp_path, members, message):
+    archive = _tar(tmp_path / "odd.tar.gz", members)
+    with pytest.raises(IntegrityError, match=message):
+        pull.safe_extract(archive, tmp_path / "dest")
+
+
+def _zip(path: Path, files: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("lie", ["crc", "size"])
+def test_zip_members_whose_headers_lie_are_an_error_not_a_traceback(tmp_path, lie):
+    import struct
+
+    from gitops import artifacts
+
+    data = bytearray(_zip(tmp_path / "a.zip", {"m/f/metrics.json": b"{}" * 1000}).read_bytes())
+    central = data.rindex(b"PK\x01\x02")  # the central directory entry, which zipfile trusts
+    offset = central + (16 if lie == "crc" else 24)  # CRC-32, or the uncompressed size
+    struct.pack_into("<I", data, offset, 100)  # (a larger size reads to the end and is harmless)
+    (tmp_path / "a.zip").write_bytes(bytes(data))
+    with pytest.raises(GitopsError, match="damaged"):
+        artifacts.safe_extract_zip(tmp_path / "a.zip", tmp_path / "out", max_bytes=10**6)
+
+
+def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatch, capsys):
+    """A run cache entry whose manifest claims HEAD's fingerprint but whose own config is another one."""
+    import gitops.train
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GITOPS_RUN_CACHE", str(cache))
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    forged = fake_run(repo, "wine-mlp", {"test/accuracy": 1.0, "test/loss": 0.0}, out=cache)
+    git(repo, "checkout", "--", "models")
+    head = config_of(repo)
+    manifest = json.loads((forged / "manifest.json").read_text())
+    manifest["training_fingerprint"] = head.training_fingerprint
+    target = cache / "wine-mlp" / head.short_fingerprint
+    forged.rename(target)
+    (target / "manifest.json").write_text(json.dumps(manifest))
+
+    def no_training(*args, **kwargs):
+        raise GitopsError("would train")
+
+    monkeypatch.setattr(gitops.train, "train", no_training)
+    with pytest.raises(GitopsError, match="would train"):
+        _release(repo)
+    assert "skipping it" in capsys.readouterr().err
+    assert LocalBackend(repo).list_tags() == []
+
+
+def config_of(repo: Path):
+    from gitops import config
+
+    return config.load("wine-mlp", repo)
 
 
 def test_unsafe_archive_with_valid_checksums_is_refused_by_pull(repo):

@@ -81,7 +81,16 @@ def test_systemd_unit_loops_over_ephemeral_registrations():
     assert re.search(r"^ExecStart=\S*register-runner\.sh run$", service, flags=re.M)
     assert re.search(r"^Restart=always$", service, flags=re.M)
     assert re.search(r"^User=gitops-runner$", service, flags=re.M), "never run jobs as root"
+    stop = re.search(r"^TimeoutStopSec=(\d+)min$", service, flags=re.M)  # the grace period before SIGKILL
+    assert stop and int(stop.group(1)) >= 2, "longer than a checkpoint save"
     assert "WantedBy=multi-user.target" in sections["Install"]
+
+
+def test_pods_give_training_a_grace_period_longer_than_a_checkpoint_save():
+    values = docs(RUNNERS / "kubernetes/values.yaml")[0]
+    assert values["template"]["spec"]["terminationGracePeriodSeconds"] >= 120
+    job = kind(RUNNERS / "kubernetes/multihost-job.yaml", "Job")
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 120
 
 
 def test_scale_set_values_request_one_gpu_on_the_gpu_pool_with_the_cache_volume():

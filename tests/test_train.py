@@ -108,16 +108,24 @@ def test_cache_hit_force_and_shared_cache(example_repo: Path, tmp_path: Path, mo
     assert (example_repo / "out-b" / "wine-mlp" / run_dir.name / "metrics.json").is_file()
 
 
-def test_unfinished_run_without_resume_starts_over(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unfinished_run_is_never_deleted(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without checkpoints it is trained in place; another config's unfinished run is refused; --force
+    moves it aside for gc."""
     from gitops import config
 
     cfg = config.load("wine-mlp", example_repo, ["train.epochs=10"])
     stale = example_repo / "runs" / "wine-mlp" / cfg.short_fingerprint
     stale.mkdir(parents=True)
-    (stale / "manifest.json").write_text(json.dumps({"finished_at": None}))
-    result = cli(["train", "wine-mlp", "--set", "train.epochs=10"], example_repo, monkeypatch)
-    assert result.exit_code == 0, result.output
-    assert "removing the unfinished run" in result.stderr
+    (stale / "manifest.json").write_text(json.dumps({"finished_at": None, "training_fingerprint": "f" * 64}))
+    (stale / "checkpoints" / "40").mkdir(parents=True)
+    args = ["train", "wine-mlp", "--set", "train.epochs=10"]
+    refused = cli(args, example_repo, monkeypatch)
+    assert refused.exit_code == 1 and "another config" in refused.stderr and "--force" in refused.stderr
+    assert (stale / "checkpoints" / "40").is_dir()
+    forced = cli([*args, "--force"], example_repo, monkeypatch)
+    assert forced.exit_code == 0, forced.output
+    aside = [p for p in stale.parent.iterdir() if p.name.startswith(f".{stale.name}.aside-")]
+    assert len(aside) == 1 and (aside[0] / "checkpoints" / "40").is_dir() and "moved the unfinished run" in forced.stderr
     assert json.loads((stale / "manifest.json").read_text())["finished_at"]
 
 

@@ -8,6 +8,8 @@ same tests exercise the logic once.
 from __future__ import annotations
 
 import abc
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,37 @@ class Backend(abc.ABC):
 
         Returns a human-readable location (a folder or a URL).
         """
+
+    # --- the release invariant: bytes first, tag last --------------------------------------
+    # `release` stages every asset (uploaded and verified, invisible to readers, who go through the
+    # tag), then creates the tag (the commit point), then finalizes. A process killed anywhere in
+    # between leaves either no tag (the next release restages, reusing or replacing what it finds)
+    # or a tag whose assets are staged (the next release finalizes it).
+
+    @contextlib.contextmanager
+    def release_lock(self, model: str) -> Iterator[None]:
+        """Held while a release of `model` chooses its version, stages and tags (a no-op by default)."""
+        yield
+
+    def stage_release(self, tag: str, commit: str, title: str, notes: str, files: list[Path]) -> str:
+        """Upload `files` for `tag` (which need not exist yet) and verify them; returns a location.
+
+        Raises:
+            IntegrityError: an uploaded file does not read back with the size or checksum sent.
+        """
+        return self.publish_release(tag, title, notes, files)
+
+    def finalize_release(self, tag: str, title: str, notes: str) -> str:
+        """Make the staged release of `tag` public once the tag exists; returns its location."""
+        return ""
+
+    def is_published(self, tag: str) -> bool:
+        """Whether the release of `tag` was finalized (False: a release killed after its tag; rerun it)."""
+        return True
+
+    def discard_staged(self, tag: str) -> None:
+        """Remove what `stage_release` put up for `tag` (its tag went to another release)."""
+        return None
 
     @abc.abstractmethod
     def list_assets(self, tag: str) -> list[str]:

@@ -148,6 +148,7 @@ class GitHubBackend(Backend):
         self._requester = self._gh.requester
         self._tag_objects: dict[str, tuple[str, str, str, str, str]] = {}  # sha -> (type, object, msg, tagger, date)
         self._login: str | None = None
+        self._staged: dict[str, GitRelease] = {}  # tag -> the draft stage_release filled
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kwargs: Any) -> GitHubBackend:
@@ -370,42 +371,113 @@ class GitHubBackend(Backend):
 
     # --- release assets -----------------------------------------------------------------
     def _find_release(self, tag: str) -> GitRelease | None:
+        """The published release of `tag`, else its newest draft: a release killed between creating the
+        tag and publishing left its verified assets there, and readers (who verify every checksum against
+        the tag) use them until the next `release` publishes it."""
         try:
             return self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
         except GithubException:
-            return None
+            pass
+        drafts = [r for r in self._releases_for(tag) if r.draft]
+        return drafts[-1] if drafts else None
 
     def _assets_by_name(self, release: GitRelease, tag: str) -> dict[str, GitReleaseAsset]:
         assets = self._call(f"list assets of {tag}", lambda: list(release.get_assets()))
         return {a.name: a for a in assets}
 
-    def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
-        release = self._find_release(tag)
+    def _releases_for(self, tag: str) -> list[GitRelease]:
+        """Every release (drafts included: the token can push) whose tag name is `tag`, oldest first."""
+        found = self._call("list releases", lambda: [r for r in self._repo.get_releases() if r.tag_name == tag])
+        return sorted(found, key=lambda r: r.id)
+
+    def stage_release(self, tag: str, commit: str, title: str, notes: str, files: list[Path]) -> str:
+        """Upload `files` to a *draft* release of `tag` and verify them; the tag need not exist.
+
+        A draft makes no tag and is invisible to readers, who go through the published release of a
+        tag. A draft with the same notes (they carry the archive's sha256) is one an interrupted run
+        of this very release left: it is reused, and its finished assets are not uploaded again. A
+        published release of `tag` (a repair: the tag exists, assets went missing) is completed.
+
+        Raises:
+            IntegrityError: an asset reads back with another size or sha256 digest than the file sent.
+        """
+        candidates = self._releases_for(tag)
+        release = next((r for r in candidates if not r.draft), None)
         if release is None:
-            try:
-                release = self._call(
-                    f"create release {tag}",
-                    lambda: self._repo.create_git_release(tag, name=title, message=notes),
-                    expect=(422,),
-                )
-            except GithubException as e:
-                if "already_exists" not in _gh_codes(e):
-                    raise ServiceError(
-                        f"GitHub create release {tag} failed: HTTP 422: {self._scrub(_gh_message(e))}"
-                    ) from None
-                release = self._find_release(tag)  # another run created it first
-                if release is None:
-                    raise ServiceError(f"GitHub create release {tag}: it exists but cannot be read") from None
-        elif (release.name or "") != title or (release.body or "") != notes:
-            rel = release
+            release = next((r for r in candidates if r.draft and (r.body or "") == notes), None)
+        if release is None:
             release = self._call(
-                f"update release {tag}",
-                lambda: rel.update_release(name=title, message=notes, draft=False, prerelease=rel.prerelease),
+                f"create draft release {tag}",
+                lambda: self._repo.create_git_release(tag, name=title, message=notes, draft=True,
+                                                      target_commitish=commit or github.GithubObject.NotSet),
             )
         existing = self._assets_by_name(release, tag)
+        from gitops import killpoints
+
         for path in files:
             existing = self._upload(release, tag, Path(path), existing)
+            killpoints.reached("release.staging")  # some assets uploaded, not all
+        self._verify(release, tag, files)
+        self._staged[tag] = release
         return release.html_url
+
+    def _verify(self, release: GitRelease, tag: str, files: list[Path]) -> None:
+        from gitops.checksums import sha256_file
+        from gitops.errors import IntegrityError
+
+        listed = self._assets_by_name(release, tag)
+        for path in files:
+            asset = listed.get(Path(path).name)
+            size = Path(path).stat().st_size
+            if asset is None or asset.state != "uploaded" or asset.size != size:
+                raise IntegrityError(f"release {tag}: {Path(path).name} is not on GitHub as uploaded "
+                                     f"({'missing' if asset is None else f'{asset.state}, {asset.size} bytes'})")
+            digest = getattr(asset, "digest", None)  # "sha256:<hex>" (GitHub computes it since 2025)
+            if digest and digest != "sha256:" + sha256_file(Path(path)):
+                raise IntegrityError(f"release {tag}: {asset.name} on GitHub has digest {digest[:23]}..., "
+                                     "not the file's")
+
+    def finalize_release(self, tag: str, title: str, notes: str) -> str:
+        """Publish the staged draft of `tag` (the tag exists now); remove other drafts of `tag`."""
+        release = self._staged.pop(tag, None)
+        candidates = self._releases_for(tag)
+        if release is None:
+            drafts = [r for r in candidates if r.draft]
+            release = next((r for r in candidates if not r.draft), None) or next(
+                (r for r in drafts if (r.body or "").rstrip("\n") == notes.rstrip("\n")), None) or (
+                drafts[-1] if drafts else None)
+        if release is None:
+            raise GitopsError(f"release {tag}: nothing was staged to publish")
+        if release.draft:
+            rel = release
+            release = self._call(f"publish release {tag}", lambda: rel.update_release(
+                name=title, message=notes, draft=False, prerelease=rel.prerelease))
+        for other in candidates:  # drafts that interrupted or losing runs left for this tag
+            if other.draft and other.id != release.id:
+                try:
+                    self._call(f"delete stale draft of {tag}", other.delete_release, expect=(404,))
+                except GithubException:
+                    pass
+        return release.html_url
+
+    def is_published(self, tag: str) -> bool:
+        try:
+            self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
+            return True
+        except GithubException:
+            return False
+
+    def discard_staged(self, tag: str) -> None:
+        release = self._staged.pop(tag, None)
+        if release is not None and release.draft:
+            try:
+                self._call(f"delete draft release {tag}", release.delete_release, expect=(404,))
+            except GithubException:
+                pass
+
+    def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        self.stage_release(tag, "", title, notes, files)
+        return self.finalize_release(tag, title, notes)
 
     def _upload(
         self, release: GitRelease, tag: str, path: Path, existing: dict[str, GitReleaseAsset]

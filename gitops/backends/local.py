@@ -6,14 +6,20 @@ files (git-ignored), `.gitops/comments/pr-<N>.md` the sticky comment. `--push` p
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from gitops import gitutil
+from gitops import gitutil, killpoints, scratch
 from gitops.backends.base import AssetNotFoundError, Backend, TagExistsError, TagInfo
-from gitops.errors import GitopsError, UsageError
+from gitops.checksums import sha256_file
+from gitops.errors import GitopsError, IntegrityError, UsageError
+from gitops.runs import replace_dir
+
+_STAGE_PREFIX = ".stage-"
 
 # One for-each-ref call for all tags: fields split by NUL, each record ends with NUL + newline.
 _FIELDS = (
@@ -93,29 +99,47 @@ class LocalBackend(Backend):
             raise UsageError(f"{tag!r} is not a version tag (<model>@v1.2.3)")
         return self.state_dir / "releases" / parsed.model / parsed.version
 
-    def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+    @contextlib.contextmanager
+    def release_lock(self, model: str) -> Iterator[None]:
+        """An exclusive `flock` on `.gitops/releases/<model>/.lock`: one release of a model at a time
+        chooses its version, stages and tags. The kernel drops it when the holder dies (even SIGKILL)."""
+        folder = self.state_dir / "releases" / model
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a+b") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def stage_release(self, tag: str, commit: str, title: str, notes: str, files: list[Path]) -> str:
+        """Copy `files` into a scratch folder, verify each copy's sha256, then rename it into place.
+
+        An existing folder for this version is replaced whole: without a tag it is what an interrupted
+        release left; with one (a repair) `release` has checked that the bytes are the tag's.
+        """
         final = self.release_dir(tag)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.is_dir():  # complete a release that stopped half-way
-            for src in files:
-                if not (final / src.name).is_file():
-                    _atomic_copy(src, final / src.name)
-            return str(final)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+        scratch.sweep(final.parent, _STAGE_PREFIX)
+        tmp = scratch.make(final.parent, _STAGE_PREFIX)
         tmp.chmod(0o755)
         try:
             for src in files:
-                shutil.copyfile(src, tmp / src.name)
+                dest = tmp / src.name
+                shutil.copyfile(src, dest)
+                if sha256_file(dest) != sha256_file(src):
+                    raise IntegrityError(f"staging {tag}: {dest.name} did not read back as written")
+                killpoints.reached("release.staging")  # some assets copied, not all
             (tmp / ".release.md").write_text(f"# {title}\n\n{notes}\n", encoding="utf-8")
-            try:
-                tmp.rename(final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-                # another process published the same release first; keep theirs
+            replace_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return str(final)
+
+    def finalize_release(self, tag: str, title: str, notes: str) -> str:
+        return str(self.release_dir(tag))
+
+    def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        return self.stage_release(tag, "", title, notes, files)
 
     def list_assets(self, tag: str) -> list[str]:
         folder = self.release_dir(tag)
@@ -145,9 +169,3 @@ class LocalBackend(Backend):
 
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
         return None
-
-
-def _atomic_copy(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dest)

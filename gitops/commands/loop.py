@@ -25,6 +25,12 @@ BackendOption = Annotated[
 ]
 
 
+TrackOption = Annotated[
+    bool | None,
+    typer.Option("--track/--no-track", help="Also update the trackers of gitops.yaml (default: when it lists any)."),
+]
+
+
 def _backend(name: str | None, root: Path):
     from gitops.backends import get_backend
 
@@ -191,14 +197,20 @@ def release_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push the new tag to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    repair: Annotated[str | None, typer.Option(
+        "--repair", metavar="VERSION",
+        help="Re-publish VERSION's missing assets (from --run DIR or the run with its fingerprint); when they "
+             "can't be rebuilt with the bytes its tag records, retire VERSION and release HEAD as a new version.",
+    )] = None,
     as_json: JsonFlag = False,
+    track: TrackOption = None,
 ) -> None:
     """Tag and publish a version of MODEL at HEAD (reusing the run with the same training fingerprint)."""
     from gitops import release
 
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist)
+                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
     out(json.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
@@ -207,12 +219,14 @@ def release_pending_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    track: TrackOption = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
     from gitops import release
 
     root = config.find_root()
-    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist)
+    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist,
+                                                track=track)
     for result in results:
         out(result.message)
     if not results and not failures:
@@ -323,16 +337,17 @@ def promote_cmd(
     to: Annotated[str, typer.Option("--to", help="Stage to assign, e.g. production.")],
     backend_name: BackendOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
+    track: TrackOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import gitutil, promotions, registry_ops
+    from gitops import gitutil, promotions, registry_ops, tags, trackers
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
     settings = load_settings(FsTree(root))
-    if settings.approvers(to) is not None:
+    if settings.approvers(to) is not None:  # no stage moves yet: the trackers follow the tag, after the merge
         req = promotions.request(root, backend, ref, to, settings)
         out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
             f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
@@ -340,29 +355,36 @@ def promote_cmd(
             f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
             "then writes the stage tag and deploys")
         return
+    sinks = trackers.specs_for(root, track)
     tag = registry_ops.promote(backend, ref, to)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     out(tag)
+    model = tags.parse_ref(ref).model
+    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
 @command("promote-approved", group=ci_app)
 def promote_approved_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
     backend_name: BackendOption = None,
+    track: TrackOption = None,
 ) -> None:
     """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet."""
-    from gitops import gitutil, promotions
+    from gitops import gitutil, promotions, registry_ops, tags, trackers
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    sinks = trackers.specs_for(root, track)
     written = promotions.approve_merged(root, backend, load_settings(FsTree(root)))
     if push and backend.name == "local":
         gitutil.push_tags(root, written)
     for tag in written:
         out(tag)
+    for model in sorted({tags.parse(t).model for t in written}):
+        trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
     if not written:
         out("no merged promotion waits for its stage tag")
 
@@ -372,12 +394,16 @@ def demote_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
     stage: Annotated[str, typer.Option("--from", help="Stage to unassign.")],
     backend_name: BackendOption = None,
+    track: TrackOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import registry_ops
+    from gitops import registry_ops, trackers
 
     root = config.find_root()
-    out(registry_ops.demote(_backend(backend_name, root), model, stage))
+    backend = _backend(backend_name, root)
+    sinks = trackers.specs_for(root, track)
+    out(registry_ops.demote(backend, model, stage))
+    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
 @command("deprecate")
@@ -463,3 +489,57 @@ def gc_cmd(
     if not removed:
         out("nothing to remove")
 
+
+
+@command("track")
+def track_cmd(
+    model: Annotated[str | None, typer.Argument(help="Model name (with --all: every model).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every model with run folders or releases.")] = False,
+    tracker: Annotated[
+        list[str] | None,
+        typer.Option("--tracker", help="Send to this tracker (tensorboard, mlflow) instead of gitops.yaml's list; repeatable."),
+    ] = None,
+    runs_dir: Annotated[Path, typer.Option("--runs", help="Folder of run folders.")] = Path("runs"),
+    backend_name: BackendOption = None,
+) -> None:
+    """Send existing run folders and releases to the trackers (backfill; a run already there is matched by
+    its training fingerprint, not sent twice). Exit 3 when a tracker still failed after its retries."""
+    from gitops import trackers
+    from gitops.errors import ServiceError
+
+    if (model is None) == (not every):
+        raise UsageError("name one MODEL or pass --all")
+    root = config.find_root()
+    specs = trackers.specs_for(root, None, tracker or ())
+    if not specs:
+        raise UsageError("no trackers: list them under `trackers:` in gitops.yaml, or pass --tracker NAME")
+    runs = root / runs_dir if not runs_dir.is_absolute() else runs_dir
+    try:
+        backend = _backend(backend_name, root)
+    except UsageError as exc:  # no registry here (e.g. no token): run folders still go
+        _echo_err(f"note: {exc.message}; releases are not sent")
+        backend = None
+    if every:
+        from gitops import tags
+        from gitops.tree import FsTree
+
+        names = set(config.model_names(FsTree(root)))
+        names |= {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
+        if backend is not None:
+            names |= set(tags.registry_state(backend.list_tags()))
+        models = sorted(n for n in names if tags.MODEL_RE.match(n))
+    else:
+        models = [config.model_name_from_arg(model, root)]
+    result = trackers.backfill(root, backend, specs, models, runs_dir=runs)
+    for name, fp, outcomes in result.runs:
+        for sink, o in outcomes.items():
+            out(f"{name}/{fp} -> {sink}: {o.status}" + (f" {o.url}" if o.url else ""))
+    for name, version, outcomes in result.versions:
+        for sink, o in outcomes.items():
+            number = o.details.get("model_version")
+            out(f"{name}@{version} -> {sink}: {o.status}" + (f" (model version {number})" if number else ""))
+    if not result.runs and not result.versions:
+        out("nothing to send: no finished run folders or releases")
+    if result.skipped:
+        raise ServiceError(f"{result.skipped} item(s) could not be sent after retries (see the warnings); "
+                           "run `gitops track` again later")

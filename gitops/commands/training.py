@@ -15,6 +15,10 @@ import typer
 from gitops import config
 from gitops.cli_app import command, out
 
+TrackOption = Annotated[
+    bool | None,
+    typer.Option("--track/--no-track", help="Send the run to the trackers of gitops.yaml (default: when it lists any)."),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set train.optimizer.learning_rate=3e-4 (repeatable)."),
@@ -45,6 +49,7 @@ def train_cmd(
     process_id: Annotated[
         int | None, typer.Option("--process-id", min=0, help="Multi-host: this process's index (default: $JAX_PROCESS_ID).")
     ] = None,
+    track: TrackOption = None,
 ) -> None:
     """Train and evaluate a model into runs/<model>/<fingerprint>/ (a finished run is a cache hit).
 
@@ -64,9 +69,10 @@ def train_cmd(
     if dry_run:
         _dry_run(cfg, root)
         return
-    from gitops import train
+    from gitops import trackers, train
     from gitops.interrupt import RunInterrupted
 
+    sinks = trackers.specs_for(root, track) if parallel.is_primary() else []  # a missing extra fails before training
     reporter = _reporter()
     try:
         result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
@@ -81,6 +87,9 @@ def train_cmd(
         out(f"run: {result.run.path}")
     for name, value in sorted(result.metrics.items()):
         out(f"  {name}: {value:.4f}")
+    for name, outcome in trackers.track_run(root, result.run.path, sinks).items():  # never fails the command
+        if outcome.ok:
+            out(f"  {name}: {outcome.status}" + (f" {outcome.url}" if outcome.url else ""))
 
 
 def _dry_run(cfg: Any, root: Path) -> None:
