@@ -302,6 +302,12 @@ def test_promotion_pr_on_github(repo, monkeypatch, tmp_path, github_server, gith
     release_tag = "wine-mlp@v1.0.0"
     github_server.add_annotated_tag(release_tag, git(repo, "rev-list", "-1", release_tag).strip(),
                                     git(repo, "tag", "-l", "--format=%(contents)", release_tag))
+    from gitops.backends.github import GitHubBackend
+    from gitops.backends.local import LocalBackend
+
+    local, assets = LocalBackend(repo), tmp_path / "assets"
+    files = [local.download_asset(release_tag, name, assets / name) for name in local.list_assets(release_tag)]
+    GitHubBackend.from_env(github_env).publish_release(release_tag, release_tag, "notes", files)
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(repo)
