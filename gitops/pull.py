@@ -108,15 +108,22 @@ def default_target(root: Path, model: str, version: str) -> Path:
 
 
 def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False,
-         say: Callable[[str], None] | None = None) -> Path:
+         say: Callable[[str], None] | None = None, expect_sha256: str = "") -> Path:
     """Download, verify and unpack the release `ref` names; return the folder (a run folder).
 
     `say` receives one sentence for people (what was verified, or that the folder already holds
     this release); the CLI prints it on stderr so stdout stays the folder alone.
+    `expect_sha256`: the archive's checksum as a deployment names it (the deploy ConfigMap); the tag
+    must record the same one, so a pod never serves another build than the one deployed.
     """
     from gitops.refs import parse_target
 
     st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
+    if expect_sha256:
+        recorded = registry_ops.release_metadata(version.message).get("sha256")
+        if recorded != expect_sha256.strip().lower():
+            raise IntegrityError(f"{version.tag} records archive sha256 {str(recorded)[:16]}…, but "
+                                 f"{expect_sha256[:16]}… was expected (the deployment names another build)")
     model = st.model
     say = say or (lambda _text: None)
     target = Path(to) if to is not None else default_target(root, model, version.version)

@@ -239,10 +239,11 @@ def _create_counted(backend: Backend, make_name, commit: str, message: str, mode
     raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
 
 
-def promote(backend: Backend, ref: str, stage: str, *, root: Path | None = None) -> str:
+def promote(backend: Backend, ref: str, stage: str, note: str = "", *, root: Path | None = None) -> str:
     """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit.
 
     With `root`, the stage must be one `<root>/.gto` allows (as `gto assign` checks).
+    `note` is appended to the tag message (a protected stage's `promotion:`/`pull-request:` lines).
     """
     _check_stage(stage, root)
     st, version = resolve(backend, ref)
@@ -253,7 +254,7 @@ def promote(backend: Backend, ref: str, stage: str, *, root: Path | None = None)
     if missing:
         raise GitopsError(f"{version.tag} has no {', '.join(missing)}; repair it first "
                           f"(`gitops release {st.model} --repair {version.version}`)")
-    message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n"
+    message = f"Promote {st.model} {version.version} to {stage}\n\nversion: {version.version}\n{note}"
     killpoints.reached("promote.before_tag")
     tag = _create_counted(backend, lambda n: tags.assign_tag(st.model, stage, n), version.commit, message, st.model)
     killpoints.reached("promote.tagged")
@@ -393,6 +394,7 @@ def format_history(doc: dict) -> str:
         lines.append("")
         lines.append("stage moves and lifecycle (the #N in a tag counts every registry event of the model):")
         rows = [["DATE (UTC)", "EVENT", "TAG", "AUTHOR"]]
+        unapproved: list[str | None] = []
         for e in reversed(moves):
             if e["event"] == "assign":
                 what = f"{e['stage']} <- {e['version']}"
@@ -405,7 +407,11 @@ def format_history(doc: dict) -> str:
             else:
                 what = e["event"]
             rows.append([(e["date"] or "")[:19].replace("T", " "), what, e["tag"], _who(e["author"])])
-        lines += columns(rows)
+            unapproved.append(e.get("unapproved"))
+        for line, why in zip(columns(rows), [None, *unapproved], strict=True):
+            lines.append(line)
+            if why:
+                lines.append(f"    UNAPPROVED: {why}")
     return "\n".join(lines)
 
 

@@ -43,6 +43,40 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "deploy": {
+            "type": "object",
+            "description": "Where stage moves are deployed: a Kustomize deploy repository that Argo CD or Flux syncs.",
+            "default": {},
+            "additionalProperties": False,
+            "properties": {
+                "repository": {"type": "string", "default": "",
+                               "description": "A folder of this repository (e.g. deploy) or a git URL; empty: no deploys."},
+                "path": {"type": "string", "default": "overlays/{stage}",
+                         "description": "Each stage's overlay folder inside the deploy repository ({stage} is replaced)."},
+                "image": {"type": "string", "default": "",
+                          "description": "The generic serving image (default ghcr.io/gitops-nn/gitops-serve:<gitops version>)."},
+                "gpu": {"type": "boolean", "default": False, "description": "Ask for one nvidia.com/gpu per pod."},
+                "replicas": integer("Deployment replicas (the autoscaler's minimum).", 2, 1),
+            },
+        },
+        "protected_stages": {
+            "type": "object",
+            "description": "Stages a promotion PR must be reviewed for; the value names who may approve.",
+            "default": {},
+            "propertyNames": {"pattern": "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"},
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["approvers"],
+                "properties": {
+                    "approvers": {
+                        "type": "array", "minItems": 1, "uniqueItems": True,
+                        "description": "GitHub teams (@org/team) or users (@login) whose review is required (CODEOWNERS).",
+                        "items": {"type": "string", "pattern": "^@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(/[A-Za-z0-9._-]+)?$"},
+                    },
+                },
+            },
+        },
         "trackers": {
             "type": "array",
             "description": "Experiment trackers each run is also sent to (the run folder stays the source of "
@@ -131,13 +165,28 @@ class PluginSettings:
 
 
 @dataclass(frozen=True)
+class DeploySettings:
+    repository: str = ""
+    path: str = "overlays/{stage}"
+    image: str = ""
+    gpu: bool = False
+    replicas: int = 2
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
     plugins: PluginSettings = PluginSettings()
     trackers: tuple[TrackerSpec, ...] = ()
+    deploy: DeploySettings = DeploySettings()
+    protected_stages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (stage, approvers), in file order
 
     def tracker(self, name: str) -> TrackerSpec | None:
         return next((t for t in self.trackers if t.name == name), None)
+
+    def approvers(self, stage: str) -> tuple[str, ...] | None:
+        """Who may approve a promotion to `stage`; None when the stage is not protected."""
+        return dict(self.protected_stages).get(stage)
 
 
 def schema_text() -> str:
@@ -189,5 +238,7 @@ def _settings(doc: Any) -> Settings:
                 raise ConfigError([Problem(mark.file, mark.line, mark.col, format_path(("trackers", index, key)),
                                            f"{key!r} is not an option of the {spec.name} tracker")])
         trackers.append(spec)
+    protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
     return Settings(budgets=Budgets(**(data.get("budgets") or {})), trackers=tuple(trackers),
-                    plugins=PluginSettings(**(data.get("plugins") or {})))
+                    plugins=PluginSettings(**(data.get("plugins") or {})),
+                    deploy=DeploySettings(**(data.get("deploy") or {})), protected_stages=protected)

@@ -32,7 +32,9 @@ trains on the trusted runner, reports and comments; (c) #2's edited pr.yml sched
 self-hosted runner; (d) pr-train.yml for #2 waits for the reviewer, who rejects: nothing of #2 runs; (e) pr-train
 for #3 runs only after approval of its exact head, on the untrusted runner; (f) after a squash merge of
 #1 and a merge of #3, release.yml on main reuses #1's run (found by GitHub's commit-to-PR association,
-provenance from the API) and retrains #3's model.
+provenance from the API) and retrains #3's model; (g) after a merged production promotion PR, release.yml
+writes the stage tag (naming the PR) and its `deploy` job commits the stages to a bare deploy repository;
+(h) a demote tag pushed by a person starts deploy.yml, which removes the model from the overlay.
 
 Offline act details as before: `--no-cache-server`, HOME/XDG_* under a temp folder, `$/` rewritten to
 `./` in the copy (act 0.2.89 does not know the self-repository syntax; on GitHub `$/` is the base
@@ -528,3 +530,98 @@ def test_g_a_sweep_trains_every_trial_and_the_comment_ranks_them(world, same_rep
     assert "best sweep trial #" in body and "| rank | trial | train.optimizer.learning_rate |" in body
     assert "gitops sweep apply wine-mlp --trial" in body and body.count("### ") == 1
 
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _tag_commit(world: ActWorld, tag: str) -> str:
+    ref = world.gh.refs[f"refs/tags/{tag}"]
+    return world.gh.tag_objects[ref["sha"]]["object"] if ref["type"] == "tag" else ref["sha"]
+
+
+@pytest.fixture(scope="module")
+def deploy_repo(world):
+    """A deploy repository (bare, `main` with one commit) that gitops.yaml on main names; production protected."""
+    bare = world.root / "deploy.git"
+    seed = world.root / "deploy-seed"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    subprocess.run(["git", "clone", "-q", str(bare), str(seed)], check=True, capture_output=True)
+    (seed / "README.md").write_text("what Argo CD syncs\n", encoding="utf-8")
+    git(seed, "add", "-A")
+    git(seed, "-c", "user.name=ops", "-c", "user.email=ops@example.com", "commit", "-q", "-m", "init")
+    git(seed, "push", "-q", "origin", "HEAD:main")
+    settings = world.repo / "gitops.yaml"
+    settings.write_text(settings.read_text(encoding="utf-8") + f"""
+deploy:
+  repository: {bare.as_uri()}
+protected_stages:
+  production:
+    approvers: ["@acme/ml-leads"]
+""", encoding="utf-8")
+    _commit(world.repo, "deploys: a deploy repository; production is protected")
+    return bare
+
+
+def test_h_a_merged_promotion_pr_makes_the_release_workflow_tag_and_deploy(
+        world, deploy_repo, same_repo_training, fork_training):
+    """After (f): a person pushed wine-mlp#staging#1; the production promotion PR #5 is merged. The
+    release run writes the production tag (naming PR #5) and its `deploy` job commits both stages."""
+    from gitops import promotions
+
+    if "wine-mlp@v1.0.0" not in world.gh.tag_names():
+        pytest.skip("needs the release of (f)")
+    repo = world.repo
+    release_commit = _tag_commit(world, "wine-mlp@v1.0.0")
+    world.gh.add_annotated_tag("wine-mlp#staging#1", release_commit, "Promote wine-mlp v1.0.0 to staging\n",
+                               date=_now())
+    git(repo, "switch", "-q", "-c", "promote/wine-mlp-production-v1.0.0")
+    (repo / "promotions").mkdir(exist_ok=True)
+    (repo / "promotions/wine-mlp.yaml").write_text(
+        promotions.promotion_text("wine-mlp", "v1.0.0", "production", "Test User <test@example.com>",
+                                  ("@acme/ml-leads",)), encoding="utf-8")
+    promo = _commit(repo, "Promote wine-mlp v1.0.0 to production")
+    git(repo, "switch", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "promote/wine-mlp-production-v1.0.0",
+        "-m", "Merge pull request #5 from acme/promote/wine-mlp-production-v1.0.0")
+    merge = git(repo, "rev-parse", "HEAD")
+    world.gh.add_pull(5, head="promote/wine-mlp-production-v1.0.0", head_sha=promo, base_sha=world.sha["base"])
+    world.gh.merge_pull(5, merge, promo)
+    event = {"ref": "refs/heads/main", "before": world.sha["base"], "after": merge, "repository": world.repository(),
+             "head_commit": {"id": merge}, "act": True}
+    done = world.act("release-promote", "push", "release.yml", event, run_id=403, checkout="main",
+                     ref="refs/heads/main", head_sha=merge, run_cache=world.root / "release-runner-cache")
+    out = done.stdout
+    assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
+    assert "wine-mlp#production#2" in world.gh.tag_names()
+    (message,) = [t["message"] for t in world.gh.tag_objects.values() if t["tag"] == "wine-mlp#production#2"]
+    assert f"promotion: {promo}" in message and "pull-request: #5" in message
+    assert job_result(out, "gitops-release/deploy stages") == "success"
+    log = git(deploy_repo, "log", "--format=%s", "main").splitlines()
+    assert sorted(log[:2]) == ["Deploy wine-mlp v1.0.0 to production (wine-mlp#production#2)",
+                               "Deploy wine-mlp v1.0.0 to staging (wine-mlp#staging#1)"]
+    files = git(deploy_repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    assert "overlays/production/wine-mlp/configmap.yaml" in files and "base/wine-mlp/deployment.yaml" in files
+
+
+def test_i_a_stage_tag_pushed_by_a_person_starts_deploy_yml(world, deploy_repo):
+    """A demote pushed from a laptop (wine-mlp#staging!#3) removes wine-mlp from the staging overlay."""
+    if "wine-mlp#staging#1" not in world.gh.tag_names():
+        pytest.skip("needs (h)")
+    tag = "wine-mlp#staging!#3"
+    world.gh.add_annotated_tag(tag, _tag_commit(world, "wine-mlp@v1.0.0"), "Demote wine-mlp v1.0.0 from staging\n",
+                               date=_now())
+    head = git(world.repo, "rev-parse", "HEAD")
+    event = {"ref": f"refs/tags/{tag}", "before": "0" * 40, "after": head, "repository": world.repository(),
+             "head_commit": {"id": head}, "act": True}
+    done = world.act("deploy-tag", "push", "deploy.yml", event, run_id=501, checkout="main", ref=f"refs/tags/{tag}",
+                     head_sha=head)
+    out = done.stdout
+    assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
+    log = git(deploy_repo, "log", "--format=%s", "main").splitlines()
+    assert log[0] == f"Remove wine-mlp from staging (demoted: {tag})"
+    files = git(deploy_repo, "ls-tree", "-r", "--name-only", "main").splitlines()
+    assert not [f for f in files if f.startswith("overlays/staging/wine-mlp/")]
+    assert "overlays/production/wine-mlp/configmap.yaml" in files, "production is untouched"

@@ -1,4 +1,4 @@
-"""`gitops deploy --render`: Dockerfile, Kubernetes manifests and README for one released version.
+"""`gitops deploy --render --bake`: Dockerfile, Kubernetes manifests and README for one released version.
 
 No Docker engine or cluster here: the YAML must parse and carry what it should, the Dockerfile's
 commands must be the ones docs/serving.md documents, and the folder is written atomically.
@@ -39,6 +39,8 @@ def released(trained_examples, tmp_path_factory):
 def cli(repo: Path, monkeypatch, *args: str):
     monkeypatch.chdir(repo)
     monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    if "--render" in args and "--pull-at-start" not in args:
+        args = (*args, "--bake")  # the per-version image (plain --render: tests/test_deploy_repo.py)
     return CliRunner().invoke(app, ["deploy", *args])
 
 

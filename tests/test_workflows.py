@@ -600,3 +600,37 @@ def test_expression_evaluator_understands_operators():
     assert evaluate("!cancelled() && a == 'x'", ctx, cancelled=True) is False
     with pytest.raises(KeyError):
         evaluate("c == 'x'", ctx)
+
+
+# --- deploys (issue 22) -----------------------------------------------------------------------------
+
+
+def test_deploy_workflow_runs_on_stage_tags_and_by_hand():
+    deploy = workflow("deploy.yml")
+    assert deploy["on"]["push"] == {"tags": ["*#*"]} and "branches" not in deploy["on"]["push"]
+    assert deploy["on"]["workflow_dispatch"]["inputs"]["stage"]["required"] is True
+    assert deploy["concurrency"] == {"group": "deploy", "cancel-in-progress": False}
+    (job,) = deploy["jobs"].values()
+    assert job["permissions"] == {"contents": "read"} and job["environment"] == "gitops-deploy"
+    assert job["runs-on"] == "ubuntu-latest"
+    (step,) = [s for s in job["steps"] if "run" in s]
+    assert step["run"] == 'gitops deploy "$STAGE_REF"'
+    assert step["env"]["STAGE_REF"] == "${{ inputs.stage || github.ref_name }}"
+
+
+def test_release_writes_approved_stage_tags_then_deploys_in_a_later_job():
+    jobs = workflow("release.yml")["jobs"]
+    runs = [s["run"] for s in jobs["release"]["steps"] if "run" in s]
+    assert runs.index("gitops ci promote-approved") > runs.index("gitops ci release-pending --dist dist")
+    deploy = jobs["deploy"]
+    assert deploy["needs"] == "release" and deploy["permissions"] == {"contents": "read"}
+    assert deploy["environment"] == "gitops-deploy" and deploy["runs-on"] == "ubuntu-latest"
+    assert [s["run"] for s in deploy["steps"] if "run" in s] == ["gitops deploy --all"]
+
+
+def test_serving_image_is_built_with_build_push_action_from_the_repository_dockerfile():
+    image = workflow("image.yml")
+    (job,) = image["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "packages": "write"}
+    (build,) = [s for s in job["steps"] if str(s.get("uses", "")).startswith("docker/build-push-action@")]
+    assert build["with"]["file"] == "docker/Dockerfile" and (ROOT / "docker/Dockerfile").is_file()

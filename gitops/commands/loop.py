@@ -316,13 +316,15 @@ def fetch_report_cmd(
 def pull_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL, MODEL@VERSION or MODEL@STAGE.")],
     to: Annotated[Path | None, typer.Option("--to", help="Target folder (default .gitops/pulled/<model>/v<version>/).")] = None,
+    sha256: Annotated[str, typer.Option("--sha256", help="The archive checksum the release must have "
+                                                         "(a deployment's GITOPS_SHA256).")] = "",
     backend_name: BackendOption = None,
 ) -> None:
     """Download a release, verify its checksums, and unpack it safely."""
     from gitops import pull
 
     root = config.find_root()
-    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err)
+    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err, expect_sha256=sha256)
     out(str(target))  # stdout: the folder alone, so `$(gitops pull ...)` keeps working
 
 
@@ -333,10 +335,14 @@ def history_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Every version and stage move: date, author, commit, bump reason, headline metrics."""
-    from gitops import registry_ops
+    from gitops import promotions, registry_ops
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
-    doc = registry_ops.history(_backend(backend_name, root), model)
+    backend = _backend(backend_name, root)
+    doc = promotions.annotate_history(root, backend, registry_ops.history(backend, model),
+                                      load_settings(FsTree(root)))
     out(jsonio.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
 
 
@@ -348,11 +354,22 @@ def promote_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
     track: TrackOption = None,
 ) -> None:
-    """Assign a stage to a version (GTO tag <model>#<stage>#<N> on the version's commit)."""
-    from gitops import gitutil, registry_ops, tags, trackers
+    """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
+    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    if settings.approvers(to) is not None:  # no stage moves yet: the trackers follow the tag, after the merge
+        req = promotions.request(root, backend, ref, to, settings)
+        out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
+            f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
+        out(f"pull request: {req.pull_request}" if req.pull_request else
+            f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
+            "then writes the stage tag and deploys")
+        return
     sinks = trackers.specs_for(root, track)
     st, version = registry_ops.resolve(backend, ref)
     before = st.stages.get(to)
@@ -369,6 +386,31 @@ def promote_cmd(
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+
+
+@command("promote-approved", group=ci_app)
+def promote_approved_cmd(
+    push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
+    backend_name: BackendOption = None,
+    track: TrackOption = None,
+) -> None:
+    """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet."""
+    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
+
+    root = config.find_root()
+    backend = _backend(backend_name, root)
+    sinks = trackers.specs_for(root, track)
+    written = promotions.approve_merged(root, backend, load_settings(FsTree(root)))
+    if push and backend.name == "local":
+        gitutil.push_tags(root, written)
+    for tag in written:
+        out(tag)
+    for model in sorted({tags.parse(t).model for t in written}):
+        trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    if not written:
+        out("no merged promotion waits for its stage tag")
 
 
 @command("demote")

@@ -37,6 +37,9 @@ def doctor_cmd(
     if expect_gpu is None:
         expect_gpu = os.environ.get("GITOPS_EXPECT_GPU", "").lower() in ("1", "true", "yes")
     checks = doctor.run_checks(expect_gpu=expect_gpu, runs_dir=runs_dir, min_free_gib=min_free_gib)
+    approvals = _approvals_check()
+    if approvals is not None:
+        checks.append(approvals)
     failed = [c for c in checks if not c.ok and c.required]
     if as_json:
         out(jsonio.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
@@ -49,6 +52,24 @@ def doctor_cmd(
         out("runner ready" if not failed else f"{len(failed)} check(s) failed")
     if failed:
         raise typer.Exit(1)
+
+
+def _approvals_check():
+    """Protected stages (gitops.yaml): unapproved stage tags, as a warning; None outside a repository."""
+    from gitops import config, promotions
+    from gitops.backends import get_backend
+    from gitops.errors import GitopsError
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
+
+    try:
+        root = config.find_root()
+        settings = load_settings(FsTree(root))
+        if not settings.protected_stages:
+            return None
+        return promotions.doctor_check(root, get_backend(None, root), settings)
+    except GitopsError:
+        return None
 
 
 def _doctor_github(as_json: bool) -> None:

@@ -67,27 +67,106 @@ def serve_cmd(
 
 @command("deploy")
 def deploy_cmd(
-    ref: Annotated[str, typer.Argument(help="MODEL@VERSION (or MODEL@STAGE: rendered for the version it holds now).")],
-    render_dir: Annotated[Path, typer.Option("--render", help="Folder to write the build context and manifests into.")],
-    gpu: Annotated[bool, typer.Option("--gpu", help="Ask for one nvidia.com/gpu and install jax[cuda12].")] = False,
-    replicas: Annotated[int, typer.Option("--replicas", min=1, help="Deployment replicas (the autoscaler's minimum).")] = 2,
+    ref: Annotated[str | None, typer.Argument(help="MODEL@STAGE or a stage tag (--to-repo); MODEL@VERSION or "
+                                                   "MODEL@STAGE (--render).")] = None,
+    render_dir: Annotated[Path | None, typer.Option("--render", help="Folder to write the manifests (and with --bake "
+                                                                   "the build context) into.")] = None,
+    bake: Annotated[bool, typer.Option("--bake", help="With --render: a per-version image with the release baked in "
+                                                      "(air-gapped clusters).")] = False,
+    to_repo: Annotated[str | None, typer.Option("--to-repo", help="Deploy repository: a folder or a git URL "
+                                                              "(default gitops.yaml deploy.repository).")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="The stage's overlay folder in the deploy repository "
+                                                         "(default overlays/<stage>).")] = None,
+    all_stages: Annotated[bool, typer.Option("--all", help="Deploy every model's every stage (idempotent).")] = False,
+    image: Annotated[str, typer.Option("--image", help="Generic serving image (default: gitops.yaml deploy.image, "
+                                                       "else ghcr.io/gitops-nn/gitops-serve:<version>).")] = "",
+    gpu: Annotated[bool, typer.Option("--gpu", help="Ask for one nvidia.com/gpu (and with --bake install jax[cuda12]).")] = False,
+    replicas: Annotated[int | None, typer.Option("--replicas", min=1, help="Deployment replicas (the autoscaler's minimum).")] = None,
     image_registry: Annotated[str, typer.Option("--image-registry", help="Registry prefix, e.g. ghcr.io/acme.")] = "",
     pull_at_start: Annotated[bool, typer.Option(
-        "--pull-at-start", help="Pull the release from GitHub when the container starts instead of baking it in.")] = False,
+        "--pull-at-start", help="With --render: a per-version image that pulls the release at start.")] = False,
     github_repository: Annotated[str, typer.Option(
-        "--github-repository", help="OWNER/NAME to pull from with --pull-at-start (default: $GITHUB_REPOSITORY).")] = "",
+        "--github-repository", help="OWNER/NAME the pods pull from (default: $GITHUB_REPOSITORY).")] = "",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty folder that is not an earlier render.")] = False,
     backend_name: BackendOption = None,
 ) -> None:
-    """Render a Dockerfile and Kubernetes manifests (Deployment, Service, HPA) serving one version."""
+    """Deploy a stage to a Kustomize deploy repository (--to-repo), or render manifests (--render [--bake])."""
     from gitops import config, deploy
     from gitops.backends import get_backend
+    from gitops.errors import UsageError
 
     root = config.find_root()
-    opts = deploy.DeployOptions(gpu=gpu, replicas=replicas, image_registry=image_registry,
-                                pull_at_start=pull_at_start,
-                                github_repository=github_repository or os.environ.get("GITHUB_REPOSITORY", ""))
-    result = deploy.deploy(root, get_backend(backend_name, root), ref, render_dir, opts, force=force)
-    out(f"rendered {result.model} {result.version} into {result.dir}")
-    out(f"  docker build -t {result.image} {result.dir}")
-    out(f"  kubectl apply -f {result.dir / 'k8s'}")
+    repo_slug = github_repository or os.environ.get("GITHUB_REPOSITORY", "")
+    if render_dir is not None:
+        if ref is None or all_stages or to_repo:
+            raise UsageError("--render takes one MODEL@VERSION (or MODEL@STAGE), not --all or --to-repo")
+        opts = deploy.DeployOptions(gpu=gpu, replicas=replicas or 2, image_registry=image_registry,
+                                    pull_at_start=pull_at_start, github_repository=repo_slug)
+        backend = get_backend(backend_name, root)
+        if bake or pull_at_start:
+            result = deploy.deploy(root, backend, ref, render_dir, opts, force=force)
+            out(f"rendered {result.model} {result.version} into {result.dir}")
+            out(f"  docker build -t {result.image} {result.dir}")
+            out(f"  kubectl apply -f {result.dir / 'k8s'}")
+            return
+        from gitops import deploy_repo
+
+        rendered, stage = deploy_repo.render(backend, ref, render_dir, opts, image=image or None,
+                                      github_repository=repo_slug, force=force)
+        out(f"rendered {rendered} (generic image; the pods pull and verify the version at start)")
+        out(f"  kubectl kustomize {rendered}/overlays/{stage}")
+        return
+    _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name)
+
+
+def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name) -> None:
+    from gitops import deploy, deploy_repo, promotions, tags
+    from gitops.backends import get_backend
+    from gitops.errors import GitopsError, UsageError
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
+
+    settings = load_settings(FsTree(root))
+    target = to_repo or settings.deploy.repository
+    if not target and all_stages and ref is None:  # the release workflow's job in a repository without deploys
+        out("no deploy repository (gitops.yaml deploy.repository): nothing to deploy")
+        return
+    if not target:
+        raise UsageError("no deploy repository: pass --to-repo PATH|URL (or set deploy.repository in gitops.yaml), "
+                         "or --render DIR")
+    if (ref is None) == (not all_stages):
+        raise UsageError("give one MODEL@STAGE (or a stage tag), or --all")
+    if not deploy_repo.is_url(target) and not Path(target).is_absolute():
+        target = str(root / target)
+    backend = get_backend(backend_name, root)
+    states = tags.registry_state(backend.list_tags())
+    if all_stages:
+        pairs = deploy_repo.stages_to_sync(states)
+    else:
+        r = deploy_repo.stage_from_ref(ref)
+        pairs = [(r.model, r.stage)]
+    opts = deploy.DeployOptions(gpu=gpu or settings.deploy.gpu, replicas=replicas or settings.deploy.replicas)
+    for _, stage in pairs:  # a bad --path is the command line's fault: refuse before any commit
+        deploy_repo.overlay_path(stage, path or settings.deploy.path.replace("{stage}", stage))
+    failures = []
+    for model, stage in pairs:
+        state = states.get(model, tags.ModelState(model))
+        move = deploy_repo.stage_move(state, stage)
+        if move.version is not None and settings.approvers(stage) is not None:
+            holder = [e for e in state.events if e.stage == stage and e.action == tags.Action.ASSIGN
+                      and e.version == move.version]
+            why = promotions.approval(root, holder[-1], settings) if holder else "no assign tag found"
+            if why:
+                failures.append(f"{model}@{stage}: not deployed: {move.version} is unapproved ({why})")
+                continue
+        stage_path = path or settings.deploy.path.replace("{stage}", stage)
+        try:
+            result = deploy_repo.apply(target, move, opts, image=image or settings.deploy.image or None,
+                                       path=stage_path, github_repository=repo_slug)
+        except GitopsError as exc:
+            failures.append(f"{model}@{stage}: {exc.message}")
+            continue
+        what = result.message.splitlines()[0]
+        out(f"{what}: commit {result.commit[:12]}" if result.commit else f"{model}@{stage}: unchanged (no commit)")
+    if failures:
+        raise GitopsError("\n".join(failures))
