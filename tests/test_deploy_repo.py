@@ -72,7 +72,7 @@ def gitops(repo: Path, monkeypatch, *args: str):
 
 def ok(result) -> str:
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 def log(repo: Path) -> list[str]:
