@@ -159,6 +159,16 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
         raise IntegrityError(f"SHA256SUMS of {tag} does not list {archive_name}")
     if meta.get("sha256") and sums[archive_name] != meta["sha256"]:
         raise IntegrityError(f"SHA256SUMS of {tag} disagrees with the tag's recorded checksum of {archive_name}")
+    if meta.get("objects"):  # the archive lives in an artifact store (gitops.artifact_store)
+        from gitops import artifact_store
+
+        archive = artifact_store.fetch_archive(artifact_store.objects_from_meta(meta), sums, archive_name, work,
+                                               getattr(backend, "root", None))
+        got = sha256_file(archive)
+        if got != sums[archive_name]:
+            raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "
+                                 f"got {got[:16]}…")
+        return archive
     parts = sorted(a for a in assets if a.startswith(archive_name + ".part"))
     for name in parts or [archive_name]:
         if name not in sums:
