@@ -212,3 +212,23 @@ def test_settings_refuse_a_bad_store_url(repo):
     (repo / "gitops.yaml").write_text("artifacts:\n  url: ftp://host/x\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["validate"])
     assert result.exit_code == 1 and "gitops.yaml" in result.output and "artifacts" in result.output, result.output
+
+
+def test_github_release_carries_the_sums_and_the_objects_list(repo, tmp_path, github_env, github_server,
+                                                              monkeypatch):
+    for key, value in github_env.items():
+        monkeypatch.setenv(key, value)
+    store_dir = tmp_path / "store"
+    _configure(repo, f"file://{store_dir}")
+    fake_run(repo, "wine-mlp", GOOD)
+    runner = CliRunner()
+    result = runner.invoke(app, ["release", "wine-mlp", "--backend", "github"])
+    assert result.exit_code == 0, result.output
+    assets = github_server.release_assets("wine-mlp@v1.0.0")
+    assert sorted(assets) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz.objects.json"]
+    [release_doc] = [r for r in github_server.releases.values() if r["tag_name"] == "wine-mlp@v1.0.0"]
+    [obj] = json.loads(assets["wine-mlp-v1.0.0.tar.gz.objects.json"])["objects"]
+    assert f"object: {obj['url']}" in release_doc["body"]  # the notes link to the object
+    pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled", "--backend", "github"])
+    assert pulled.exit_code == 0, pulled.output
+    assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
