@@ -4,10 +4,14 @@ Configured by `gitops.yaml`'s `artifacts:` (`url`, optional `endpoint_url`, `par
 content-addressed like DVC's cache and git's object store:
 
     <prefix>/sha256/<first two hex>/<sha256>      one object per archive part (or the whole archive)
-    <prefix>/tmp/<sha256>.<random>                 an upload in flight (renamed/copied into place)
+    <prefix>/tmp/<sha256>.<random>                 file:// only: an upload in flight (renamed into place)
 
-- a part is streamed to a temporary key (s3fs/gcsfs/adlfs upload it in blocks of `block_size`, a
-  multipart upload), then moved to its final key, so a reader never sees a partial object; a part
+- a part is streamed in blocks of `block_size_mb` (s3fs/gcsfs/adlfs make that a multipart, resumable or
+  block-list upload, which the store publishes only when it completes: S3's CompleteMultipartUpload,
+  GCS's final chunk, Azure's Put Block List), so a reader never sees a partial object; a `file://`
+  store writes a temporary file and renames it. An upload killed midway leaves an incomplete multipart
+  upload, invisible to readers (a bucket lifecycle rule AbortIncompleteMultipartUpload reclaims it)
+  or, for a folder, a file under `tmp/` that `gc --artifacts` removes after the grace period; a part
   whose final key already exists with the same size is skipped (re-releases and retries cost nothing);
 - every object is read back by size after the move (`verify`); readers hash every byte they fetch
   against the sha256 the tag recorded, so a tampered object is refused (`IntegrityError`, exit 1);
@@ -165,14 +169,17 @@ class ArtifactStore:
                 progress(length)
             return StoredObject(name, sha256, length, url)
         final = self.key(sha256)
-        tmp = f"{self._root}/tmp/{sha256}.{secrets.token_hex(6)}"
+        from fsspec.implementations.local import LocalFileSystem
+
+        local = isinstance(self.fs, LocalFileSystem)
+        # Object stores publish an object only when its (multipart) upload completes, so writing the final
+        # key is already all-or-nothing there; a folder needs a temporary file and a rename.
+        tmp = f"{self._root}/tmp/{sha256}.{secrets.token_hex(6)}" if local else final
         block = max(5, int(self.settings.block_size_mb)) * 1024**2
 
         def upload() -> None:
             fs = self.fs
-            from fsspec.implementations.local import LocalFileSystem
-
-            if isinstance(fs, LocalFileSystem):
+            if local:
                 fs.makedirs(fs._parent(tmp), exist_ok=True)
             with open(path, "rb") as src, fs.open(tmp, "wb", block_size=block) as out:
                 src.seek(start)
@@ -186,15 +193,16 @@ class ArtifactStore:
                     if progress:
                         progress(len(data))
                 killpoints.reached("release.uploading")  # bytes sent, object not yet in place
-            if isinstance(fs, LocalFileSystem):
+            if local:
                 fs.makedirs(fs._parent(final), exist_ok=True)
-            fs.mv(tmp, final)
+                fs.mv(tmp, final)  # a rename: atomic
 
         try:
             self._call("uploading", url, upload)
         finally:
-            with contextlib.suppress(Exception):
-                self.fs.rm(tmp)
+            if local:
+                with contextlib.suppress(Exception):
+                    self.fs.rm(tmp)
         got = self.size_of(sha256)
         if got != length:
             raise IntegrityError(f"artifact store: {url} reads back with {got} bytes, {length} were sent")

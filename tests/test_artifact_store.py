@@ -145,15 +145,31 @@ def test_failing_store_leaves_no_tag_and_exit_3_without_credentials(repo):
     assert LocalBackend(repo).list_tags() == []
 
 
-def test_killed_upload_leaves_no_version_and_the_rerun_completes(repo, tmp_path):
-    store_dir = tmp_path / "store"
-    _configure(repo, f"file://{store_dir}")
-    fake_run(repo, "wine-mlp", GOOD)
+def _kill_release_midway(repo: Path) -> None:
     env = {**os.environ, killpoints.ENV: "release.uploading", "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "gitops.cli", "release", "wine-mlp"], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr
     assert LocalBackend(repo).list_tags() == []
+
+
+def test_killed_s3_upload_leaves_no_version_and_no_object(repo, s3_server):
+    _configure(repo, f"s3://{BUCKET}/registry-d", endpoint_url=s3_server, block_size_mb=5)
+    run = fake_run(repo, "wine-mlp", GOOD)
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(6 * 1024**2))  # > one multipart block
+    _kill_release_midway(repo)
+    assert _store(repo).list_objects() == []  # the multipart upload never completed: nothing visible
+    runner = CliRunner()
+    assert runner.invoke(app, ["release", "wine-mlp"]).exit_code == 0
+    assert [t.name for t in LocalBackend(repo).list_tags()] == ["wine-mlp@v1.0.0"]
+    assert runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled"]).exit_code == 0
+
+
+def test_killed_upload_leaves_no_version_and_the_rerun_completes(repo, tmp_path):
+    store_dir = tmp_path / "store"
+    _configure(repo, f"file://{store_dir}")
+    fake_run(repo, "wine-mlp", GOOD)
+    _kill_release_midway(repo)
     assert list((store_dir / "tmp").iterdir()) and not (store_dir / "sha256").exists()  # partial: never visible
     runner = CliRunner()
     assert runner.invoke(app, ["release", "wine-mlp"]).exit_code == 0
