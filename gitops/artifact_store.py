@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 
 CHUNK = 1 << 20
+FETCH_CHUNK = 8 << 20
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "file": None}
 OBJECTS_SUFFIX = ".objects.json"
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_KEY",
@@ -181,6 +183,14 @@ class ArtifactStore:
             fs = self.fs
             if local:
                 fs.makedirs(fs._parent(tmp), exist_ok=True)
+                if start == 0 and length == path.stat().st_size:  # the kernel's copy, then a rename
+                    fs.put_file(str(path), tmp)
+                    if progress:
+                        progress(length)
+                    killpoints.reached("release.uploading")
+                    fs.makedirs(fs._parent(final), exist_ok=True)
+                    fs.mv(tmp, final)
+                    return
             with open(path, "rb") as src, fs.open(tmp, "wb", block_size=block) as out:
                 src.seek(start)
                 left = length
@@ -228,11 +238,17 @@ class ArtifactStore:
 
         def download() -> str:
             digest = hashlib.sha256()
-            with self.fs.open(key, "rb", block_size=max(5, int(self.settings.block_size_mb)) * 1024**2) as src, \
+            pending = None
+            with ThreadPoolExecutor(max_workers=1) as hasher, \
+                    self.fs.open(key, "rb", block_size=max(5, int(self.settings.block_size_mb)) * 1024**2) as src, \
                     open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(CHUNK), b""):
-                    digest.update(block)
+                for block in iter(lambda: src.read(FETCH_CHUNK), b""):
+                    if pending is not None:
+                        pending.result()
+                    pending = hasher.submit(digest.update, block)  # hashlib drops the GIL: overlaps the write
                     out.write(block)
+                if pending is not None:
+                    pending.result()
             return digest.hexdigest()
 
         try:
@@ -308,8 +324,11 @@ def for_root(root: Path | None) -> ArtifactStore | None:
 # --- releases -------------------------------------------------------------------------------------
 
 
-def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path) -> tuple[list[Path], list[dict]]:
+def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path, sha256: str | None = None,
+                    ) -> tuple[list[Path], list[dict]]:
     """Upload `archive` (whole, or in parts of `part_size_mb`) and write the small assets beside it.
+
+    `sha256`: the archive's, when the caller already hashed it (saves a pass when it is one object).
 
     Returns ([SHA256SUMS, <archive>.objects.json], the objects as dicts for the tag message). SHA256SUMS
     lists the archive and, when split, each part, exactly as for backend-held parts.
@@ -320,8 +339,12 @@ def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path) -> tuple
     ranges = [(i, min(size, total - i)) for i in range(0, total, size)] or [(0, 0)]
     name = archive.name
     names = [name] if len(ranges) == 1 else [f"{name}.part{i:03d}" for i in range(len(ranges))]
-    digests = [_range_sha256(archive, start, length) for start, length in ranges]
-    whole = sha256_file(archive) if len(ranges) > 1 else digests[0]
+    if len(ranges) == 1:
+        whole = sha256 or sha256_file(archive)
+        digests = [whole]
+    else:
+        digests = [_range_sha256(archive, start, length) for start, length in ranges]
+        whole = sha256 or sha256_file(archive)
     report = _progress(name, total)
     objects = [store.put_range(archive, start, length, digest, part_name, report)
                for (start, length), digest, part_name in zip(ranges, digests, names, strict=True)]

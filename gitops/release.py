@@ -384,7 +384,7 @@ def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta:
     store = artifact_store.for_tree(tree)  # gitops.yaml's artifacts: at the released commit
     assets, digest = package(cfg, run_dir, tree, base["version"], base, card, out_dir, split=store is None)
     if store is not None:  # the archive goes to the store; the backend keeps SHA256SUMS and the objects list
-        assets, objects = artifact_store.publish_archive(store, assets[0], out_dir)
+        assets, objects = artifact_store.publish_archive(store, assets[0], out_dir, digest)
         return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
                         "parts": len(objects) if len(objects) > 1 else 0, "objects": objects}
     return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
