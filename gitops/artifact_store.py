@@ -209,6 +209,9 @@ class ArtifactStore:
 
         try:
             self._call("uploading", url, upload)
+        except FileNotFoundError as exc:
+            raise GitopsError(f"artifact store: cannot write {url}: the bucket or folder does not exist "
+                              f"({_mask(str(exc))}); create it or fix gitops.yaml's artifacts.url") from None
         finally:
             if local:
                 with contextlib.suppress(Exception):
@@ -283,7 +286,8 @@ class ArtifactStore:
         return out
 
     def remove(self, key: str) -> None:
-        self._call("removing", key, lambda: self.fs.rm(key))
+        with contextlib.suppress(FileNotFoundError):  # already gone (another gc)
+            self._call("removing", key, lambda: self.fs.rm(key))
 
 
 def _mtime(info: dict) -> float | None:
@@ -402,7 +406,15 @@ def objects_from_meta(meta: dict) -> list[StoredObject]:
 
 
 def store_for_objects(objects: list[StoredObject], root: Path | None) -> ArtifactStore:
-    """The configured store when it holds these URLs (its endpoint and options), else one at their prefix."""
+    """The configured store when it holds these URLs (its endpoint and options), else one at their prefix.
+
+    `root` None: the repository around the working folder, if any (a server or the site outside one
+    reaches the store with the SDK's own settings, e.g. $AWS_ENDPOINT_URL)."""
+    if root is None:
+        from gitops.config import find_root
+
+        with contextlib.suppress(GitopsError):
+            root = find_root()
     configured = for_root(root)
     prefix = objects[0].url.split("/sha256/", 1)[0]
     if configured is not None and configured.url == prefix.rstrip("/"):

@@ -145,6 +145,15 @@ def test_failing_store_leaves_no_tag_and_exit_3_without_credentials(repo):
     assert LocalBackend(repo).list_tags() == []
 
 
+def test_a_missing_bucket_is_a_config_error_and_leaves_no_tag(repo, s3_server):
+    _configure(repo, "s3://no-such-bucket/x", endpoint_url=s3_server)
+    fake_run(repo, "wine-mlp", GOOD)
+    result = CliRunner().invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 1 and "does not exist" in result.output and "s3://no-such-bucket/x/sha256/" in \
+        result.output, result.output
+    assert LocalBackend(repo).list_tags() == []
+
+
 def _kill_release_midway(repo: Path) -> None:
     env = {**os.environ, killpoints.ENV: "release.uploading", "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     done = subprocess.run([sys.executable, "-m", "gitops.cli", "release", "wine-mlp"], cwd=repo, env=env,
