@@ -50,6 +50,20 @@ def s3_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def gcs_server():
+    """gcp-storage-emulator (PyPI) on a free 127.0.0.1 port, in memory, with one bucket; stopped at the end."""
+    pytest.importorskip("gcsfs")
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
 @pytest.fixture
 def repo(example_repo, monkeypatch, tmp_path):
     monkeypatch.chdir(example_repo)
@@ -257,3 +271,20 @@ def test_github_release_carries_the_sums_and_the_objects_list(repo, tmp_path, gi
     pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled", "--backend", "github"])
     assert pulled.exit_code == 0, pulled.output
     assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
+
+
+def test_release_to_and_pull_from_a_gcs_emulator(repo, gcs_server, monkeypatch, tmp_path):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)  # gcsfs's own variable (as the Google SDKs')
+    _configure(repo, f"gs://{BUCKET}/registry-g", part_size_mb=1)
+    run = fake_run(repo, "wine-mlp", GOOD)
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(1024**2 + 999))
+    runner = CliRunner()
+    result = runner.invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 0, result.output
+    objects = _meta(repo)["objects"]
+    assert len(objects) == 2 and all(o["url"].startswith(f"gs://{BUCKET}/registry-g/sha256/") for o in objects)
+    assert sorted(sha for sha, _, _ in _store(repo).list_objects()) == sorted(o["sha256"] for o in objects)
+    pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled"])
+    assert pulled.exit_code == 0, pulled.output
+    assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
+        (run / "checkpoints/100/state/params.bin").read_bytes()
