@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -64,51 +62,6 @@ def gcs_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
-
-
-# Azurite's documented development account (public, the same in every installation).
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory):
-    """Azurite's blob service (npm, installed once into ~/.cache/gitops-tests) on 127.0.0.1, in memory;
-    yields the connection string (the Azure SDK's own variable); stopped at the end."""
-    pytest.importorskip("adlfs")
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        pytest.skip("node/npm are not installed: Azurite cannot be installed")
-    prefix = Path.home() / ".cache" / "gitops-tests" / "azurite"
-    binary = prefix / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.is_file():
-        prefix.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent",
-                                   "azurite@3"], capture_output=True, text=True, timeout=240, check=False,
-                                  env={**os.environ, "npm_config_update_notifier": "false"})
-        except subprocess.TimeoutExpired:
-            pytest.skip("npm install azurite timed out (no npm registry reachable)")
-        if proc.returncode != 0 or not binary.is_file():
-            pytest.skip(f"azurite could not be installed from npm: {proc.stderr.strip()[-300:]}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    data = tmp_path_factory.mktemp("azurite")
-    server = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                               "--silent", "--skipApiVersionCheck", "--location", str(data)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-               f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture
@@ -335,19 +288,3 @@ def test_release_to_and_pull_from_a_gcs_emulator(repo, gcs_server, monkeypatch, 
     assert pulled.exit_code == 0, pulled.output
     assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
         (run / "checkpoints/100/state/params.bin").read_bytes()
-
-
-def test_release_to_and_pull_from_azurite(repo, azurite, monkeypatch):
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)  # the Azure SDK's variable, never the config
-    _configure(repo, f"az://{BUCKET}/registry-z")
-    _store(repo).fs.mkdir(BUCKET)  # a container
-    fake_run(repo, "wine-mlp", GOOD)
-    runner = CliRunner()
-    result = runner.invoke(app, ["release", "wine-mlp"])
-    assert result.exit_code == 0, result.output
-    [obj] = _meta(repo)["objects"]
-    assert obj["url"] == f"az://{BUCKET}/registry-z/sha256/{obj['sha256'][:2]}/{obj['sha256']}"
-    assert AZURITE_KEY not in result.output
-    pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled"])
-    assert pulled.exit_code == 0, pulled.output
-    assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
