@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/validate_scale.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/cli_startup.py --check
 
 clean:
 	rm -rf runs .gitops .jax_cache .pytest_cache

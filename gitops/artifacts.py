@@ -150,7 +150,7 @@ def matrix_items(matrix: Any) -> list[tuple[str, str]]:
     for entry in include:
         model = entry.get("model") if isinstance(entry, dict) else None
         fp = str(entry.get("fingerprint") or "")[:12] if isinstance(entry, dict) else ""
-        if not isinstance(model, str) or not _MODEL_RE.match(model) or not _FP12_RE.match(fp):
+        if not isinstance(model, str) or not _MODEL_RE.fullmatch(model) or not _FP12_RE.fullmatch(fp):
             raise UsageError(f"--matrix entry {entry!r} needs a model name and a 12-hex fingerprint")
         items.append((model, fp))
     return items

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from gitops.settings import Budgets
+from gitops.tags import instant
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def measured_rate(root, model: str) -> float | None:
     folders = [Path(root) / "runs" / model]
     if os.environ.get("GITOPS_RUN_CACHE"):
         folders.append(Path(os.environ["GITOPS_RUN_CACHE"]) / model)
-    newest: tuple[str, float] | None = None
+    newest: tuple[float, float] | None = None
     for folder in folders:
         for manifest_path in folder.glob("*/manifest.json") if folder.is_dir() else []:
             try:
@@ -72,17 +73,18 @@ def measured_rate(root, model: str) -> float | None:
             except (OSError, ValueError):
                 continue
             rate, finished = manifest.get("steps_per_second"), manifest.get("finished_at")
-            if rate and finished and (newest is None or finished > newest[0]):
-                newest = (finished, float(rate))
+            when = instant(finished) if finished else None  # an instant: dates may carry offsets
+            if rate and when is not None and (newest is None or when > newest[0]):
+                newest = (when, float(rate))
     return newest[1] if newest else None
 
 
-def plan_costs(root, head: str, models: list[str]) -> list[Cost]:
-    """Steps and last measured rate of each model the plan trains, from its config at `head`."""
+def plan_costs(root, head: str | None, models: list[str]) -> list[Cost]:
+    """Steps and last measured rate of each model the plan trains, from its config at `head` (None: the working tree)."""
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.tree import FsTree, GitTree
 
-    tree = GitTree(root, head)
+    tree = GitTree(root, head) if head else FsTree(root)
     costs = []
     for model in models:
         cfg = config.load(model, root, tree=tree)
@@ -105,12 +107,12 @@ def pr_labels_from_event(path: str | None) -> list[str]:
     return [label.get("name", "") for label in labels if isinstance(label, dict)]
 
 
-def trial_costs(root, head: str, model: str, trials: list[dict]) -> list[Cost]:
-    """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines)."""
+def trial_costs(root, head: str | None, model: str, trials: list[dict]) -> list[Cost]:
+    """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines); head None: the working tree."""
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.tree import FsTree, GitTree
 
-    tree = GitTree(root, head)
+    tree = GitTree(root, head) if head else FsTree(root)
     rate = measured_rate(root, model)
     costs = []
     for trial in trials:

@@ -249,6 +249,23 @@ _N_SAMPLES = integer("Examples to generate.", 1000, 10, 10_000_000)
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "SHA-256 of the file (hex)."}
 _TASK = enum("What the labels are: class indexes or real values.", ["classification", "regression"], "classification")
 
+# Streaming sources (gitops.streaming): files under a repository folder or URL prefix, pinned by a
+# checksum list in the sha256sum format whose own SHA-256 is the pin (the data is never read to plan).
+_STREAM_PATH = {
+    "path": {"type": "string", "minLength": 1,
+             "description": "Folder (or file) relative to the repository root, or a URL prefix (file://, https://, s3://, gs://)."},
+    "checksums": {"type": "string", "minLength": 1,
+                  "description": "Checksum list in the repository (sha256sum format; `gitops data checksums` writes it)."},
+    "checksums_sha256": {**_SHA256, "description": "SHA-256 of the checksum list: the data's pin."},
+}
+_STREAM_OPTIONS = {
+    "workers": integer("Decode worker processes (0: threads in the training process). Not part of the fingerprint.",
+                       0, 0, 256),
+    "prefetch": integer("Batches read ahead per worker. Not part of the fingerprint.", 2, 1, 1024),
+    "stats_sample": integer("Records sampled to fit preprocessing statistics (0: one pass over the whole training split).",
+                            0, 0),
+}
+
 DATASETS: dict[str, Entry] = {
     e.name: e
     for e in [
@@ -316,6 +333,38 @@ DATASETS: dict[str, Entry] = {
                "y_key": {"type": "string", "description": "Array name of the labels in the .npz.", "default": "y"},
                "task": _TASK},
               ("url", "sha256"), info={"kind": "url"}),
+        Entry("image_folder", "Images (PNG/JPEG) in <path>/<class>/<file> or <path>/<split>/<class>/<file>, "
+              "streamed and resized; labels are the sorted folder names.",
+              {**_STREAM_PATH,
+               "image_size": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 4096},
+                              "minItems": 2, "maxItems": 2, "description": "[height, width] every image is resized to."},
+               "channels": {"type": "integer", "enum": [1, 3], "default": 3, "description": "1 (grayscale) or 3 (RGB)."},
+               "num_classes": integer("Label folders expected (checked when training; sizes the model without reading data).",
+                                      None, 2, 1_000_000),
+               "skip_bad": boolean("Skip undecodable images (their count goes to manifest.json) instead of failing.", False),
+               **_STREAM_OPTIONS},
+              ("path", "checksums", "checksums_sha256", "image_size"), info={"kind": "streaming", "inputs": "image"}),
+        Entry("parquet", "Rows of Parquet files, read one row group at a time; features and a label column.",
+              {**_STREAM_PATH,
+               "features": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                            "description": "Feature column names, in model input order."},
+               "feature_prefix": {"type": "string", "minLength": 1,
+                                  "description": "Instead of features: every column whose name starts with this."},
+               "label": {"type": "string", "minLength": 1, "description": "The label (target) column."},
+               "split_column": {"type": "string", "minLength": 1,
+                                "description": "Optional column naming each row's split (train, val, test)."},
+               "num_classes": integer("Classes (classification; default: largest label + 1).", None, 2, 1_000_000),
+               "task": _TASK, **_STREAM_OPTIONS},
+              ("path", "checksums", "checksums_sha256", "label"), info={"kind": "streaming"}),
+        Entry("array_record", "Records of ArrayRecord files (Grain's format), each an .npz with arrays x_key and y_key.",
+              {**_STREAM_PATH,
+               "x_key": {"type": "string", "description": "Array name of the inputs in each record.", "default": "x"},
+               "y_key": {"type": "string", "description": "Array name of the label in each record.", "default": "y"},
+               "input_shape": int_list("Shape of one record's inputs (sizes the model without reading data).", [],
+                                       min_items=0),
+               "num_classes": integer("Classes (classification).", None, 2, 1_000_000),
+               "task": _TASK, **_STREAM_OPTIONS},
+              ("path", "checksums", "checksums_sha256"), info={"kind": "streaming"}),
     ]
 }
 
@@ -338,6 +387,7 @@ class Metric:
     higher_is_better: bool
     tasks: tuple[str, ...]
     description: str
+    repo_package: str | None = None  # set for a metric from the repository's plugin package
 
 
 METRICS: dict[str, Metric] = {
@@ -384,6 +434,8 @@ def dataset_task(data: dict) -> str:
 def _plugin_entry(found: Any) -> Entry:
     plugin = found.plugin
     info = {"inputs": "any", **dict(plugin.info), "plugin": found.distribution}
+    if found.repo_package:  # its source hash joins the training fingerprint (config.repo_plugin_package)
+        info["repo_package"] = found.repo_package
     if found.kind == "dataset" and found.distribution:
         info.setdefault("package", found.distribution)  # its version joins the data fingerprint
         info.setdefault("kind", "plugin")
@@ -392,7 +444,8 @@ def _plugin_entry(found: Any) -> Entry:
 
 def _plugin_metric(found: Any) -> Metric:
     plugin = found.plugin
-    return Metric(plugin.name, bool(plugin.higher_is_better), tuple(plugin.tasks), plugin.description)
+    return Metric(plugin.name, bool(plugin.higher_is_better), tuple(plugin.tasks), plugin.description,
+                  found.repo_package)
 
 
 def _with_plugins() -> None:

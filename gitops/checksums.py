@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+from typing import Any
 
 CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    import hashlib  # OpenSSL's SHA-256: the fastest for large files
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_new(data: bytes = b"") -> Any:
+    """A SHA-256 hasher for small inputs (fingerprints, cache keys).
+
+    Python's built-in `_sha2` (`_sha256` before 3.12) gives the same digests without importing
+    hashlib, which loads OpenSSL: a few milliseconds of every `gitops validate`. Falls back to
+    hashlib where the built-in module is missing.
+    """
+    try:
+        from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # Python 3.11
+        except ImportError:
+            from hashlib import sha256  # type: ignore[no-redef]
+    return sha256(data)

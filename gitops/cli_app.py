@@ -16,7 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
+from gitops import cli_params
 from gitops.errors import EXIT_INTERRUPTED, GitopsError
+from gitops.helptext import GitopsCommand, GitopsGroup
+
+cli_params.install()  # plain str/Path parameters without pydantic: start-up (see gitops/cli_params.py)
 
 app = typer.Typer(
     name="gitops",
@@ -25,19 +29,48 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=GitopsGroup,
 )
-ci_app = typer.Typer(help="Commands the CI workflows call.", no_args_is_help=True)
+ci_app = typer.Typer(help="Commands the CI workflows call.", no_args_is_help=True, cls=GitopsGroup,
+                     rich_markup_mode=None)
 app.add_typer(ci_app, name="ci")
 
 _DEBUG_ENV = "GITOPS_DEBUG"
 
 
+def version_text() -> str:
+    """`gitops X.Y.Z (gitops-nn, Python A.B.C)`: the installed distribution's version when there is one."""
+    import importlib.metadata
+    import platform
+
+    from gitops import __version__
+
+    try:
+        version = importlib.metadata.version("gitops-nn")
+    except importlib.metadata.PackageNotFoundError:
+        version = __version__
+    return f"gitops {version} (gitops-nn, Python {platform.python_version()})"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", is_eager=True, callback=_show_version)] = False,
 ) -> None:
     if debug:
         os.environ[_DEBUG_ENV] = "1"
+    from gitops import logs
+
+    # library warnings (e.g. an unreadable registry tag) as `warning: ...` lines, for this command
+    ctx.call_on_close(logs.setup_command())
 
 
 def debug_enabled() -> bool:
@@ -77,6 +110,7 @@ def command(*args: Any, group: typer.Typer | None = None, **kwargs: Any) -> Call
     """`@app.command()` with error handling; `group=ci_app` registers a `gitops ci ...` command."""
 
     def decorate(fn: Callable) -> Callable:
+        kwargs.setdefault("cls", GitopsCommand)
         return (group or app).command(*args, **kwargs)(handle_errors(fn))
 
     return decorate

@@ -8,9 +8,8 @@ Every problem of every file is collected before anything is raised, so a user se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -22,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gitops import catalog, schema
-from gitops.errors import ConfigError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.schema import _copy_json
 from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
@@ -40,7 +39,9 @@ def canonical_json(value: Any) -> str:
 
 
 def sha256_json(value: Any) -> str:
-    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+    from gitops.checksums import sha256_new
+
+    return sha256_new(canonical_json(value).encode("utf-8")).hexdigest()
 
 
 def freeze(value: Any) -> Any:
@@ -89,6 +90,7 @@ class TrainConfig:
     parallelism: Mapping[str, Any]
     early_stopping: Mapping[str, Any] | None
     checkpoint: Mapping[str, Any]
+    start_from: Mapping[str, Any] | None = None  # with `resolved: {model, version, sha256}` once resolved
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ class ResolvedConfig:
     training_fingerprint: str
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
+    plugins: Mapping[str, Any] | None = None  # {package, sha256} of the repository plugin package it uses
+    parent_error: str | None = None  # start_from.model could not be resolved through the registry's tags
 
     @property
     def task(self) -> str:
@@ -135,12 +139,15 @@ class ResolvedConfig:
     def as_dict(self) -> dict:
         """The resolved config as plain data: {model, train, data, release}."""
         model = {"architecture": self.model.architecture, **thaw(self.model.params)}
-        return {
+        doc = {
             "model": model,
             "train": _dataclass_dict(self.train),
             "data": _dataclass_dict(self.data),
             "release": _dataclass_dict(self.release),
         }
+        if self.plugins:  # the plugin source it was resolved with travels in config.resolved.yaml
+            doc["plugins"] = thaw(self.plugins)
+        return doc
 
     def headline_metric(self) -> str:
         if self.release.headline_metric:
@@ -402,17 +409,32 @@ def model_names(tree: Tree) -> list[str]:
             if tree.is_dir(f"{MODELS_DIR}/{n}") or tree.refused(f"{MODELS_DIR}/{n}") is not None]
 
 
+def did_you_mean(name: str, tree: Tree | None = None, names: Iterable[str] | None = None) -> str:
+    """" (did you mean 'digits-mlp'?)" for a model name with a close match among the repository's models."""
+    from gitops.schema import suggest
+
+    known = list(names) if names is not None else (model_names(tree) if tree is not None else [])
+    found = suggest(name, [n for n in known if n != name])
+    return f" (did you mean '{found}'?)" if found else ""
+
+
 def find_root(start: Path | None = None) -> Path:
     """The repository root: the nearest folder upwards holding `models/` or `.git`."""
     here = (start or Path.cwd()).resolve()
     for folder in [here, *here.parents]:
         if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
+            from gitops import plugins
+
+            plugins.use_repository(folder)  # its plugin package (if any) is the one in view
             return folder
-    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository")
+    raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository, or start one with: gitops init")
 
 
 def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
     """Resolve one model, returning it (or None) with every problem found."""
+    from gitops import plugins
+
+    plugins.use_repository(tree.root)  # the catalog merges this repository's plugin package (if any)
     loader = _Loader(tree)
     model_rel = f"{MODELS_DIR}/{name}"
     folder_mark = Mark(tree.label(model_rel), 1, 1)
@@ -424,7 +446,11 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         loader.problems.append(refused)
         return None, loader.problems
     if not tree.is_dir(model_rel):
-        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder")
+        ref = getattr(tree, "ref", None)
+        if ref is not None and (tree.root / model_rel).is_dir():
+            # the folder is in the working tree but not in the commit read (release reads HEAD)
+            raise GitopsError(f"{model_rel} is not committed; commit it first (it is not in {ref[:12]})")
+        raise UsageError(f"no model {name!r}: {tree.label(model_rel)} is not a folder{did_you_mean(name, tree)}")
     merged: dict[str, _Merged] = {}
     for kind in FILE_KINDS:
         doc = loader.merged(model_rel, kind)
@@ -447,37 +473,99 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         _apply_override(merged[kind], path, value, mark, loader, kind)
 
     cleaned: dict[str, Any] = {}
+    partial: dict[str, Any] = {}  # invalid documents' parts that parsed, for the semantic checks
+    dropped: list[tuple] = []
     for kind, doc in merged.items():
         errors = schema.validate_document(kind, doc.data)
         for path, message, at_key in errors:
             loader.problem(doc.mark(path, at_key), schema.format_path((kind, *path)), message)
         if not errors:
             cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
-    if loader.problems or any(k not in cleaned for k in FILE_KINDS):
+            continue
+        saved, lost = schema.salvage(kind, doc.data)
+        if saved is not None:
+            partial[kind] = schema.fill_defaults(schema.schema_for(kind), saved)
+            dropped += [(kind, *p) for p in lost]
+    blocked = plugins.blocked_package()
+    if blocked and loader.problems:  # a name it provides looks unknown: say why instead
+        raise plugins.PluginError(f"{model_rel}: {plugins.blocked_message(blocked)}; without it:\n"
+                                  + "\n".join(str(p) for p in loader.problems))
+    if any(k not in cleaned and k not in partial for k in FILE_KINDS):
         return None, loader.problems
 
-    for path, message in semantic_problems(cleaned, tree):
+    for path, message in _semantic_on({**cleaned, **partial}, tree, bool(partial)):
+        if any(path[: len(d)] == d or d[: len(path)] == path for d in dropped):
+            continue  # about a value already reported (or guessed): not a second error
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
+    if not loader.problems and cleaned["train"].get("start_from"):
+        from gitops import start_from
+
+        for path, message in start_from.cycle_problems(name, cleaned["train"]["start_from"], tree):
+            loader.problem(merged["train"].mark(path), schema.format_path(("train", *path)), message)
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
-    return build(name, cleaned, files), []
+    package = repo_plugin_package(cleaned)
+    source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
+    from gitops import start_from  # jax-free: reads the registry's tags only
+
+    parent_error = start_from.resolve_into(cleaned["train"], tree)
+    cfg = build(name, cleaned, files, source)
+    return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
+
+
+def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
+    """semantic_problems; on salvaged documents a check that trips over a guessed value is skipped."""
+    if not partial:
+        return semantic_problems(docs, tree)
+    try:
+        return semantic_problems(docs, tree)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return []  # the schema errors already reported say what to fix first
 
 
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
 
 
-def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None) -> ResolvedConfig:
-    """Typed config and fingerprints from already validated, defaults-filled documents."""
+def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
+    """The repository plugin package a model uses (architecture, dataset, augmentation, or a metric of its task)."""
+    used = [catalog.ARCHITECTURES.get(cleaned["model"]["architecture"]),
+            catalog.DATASETS.get(cleaned["data"]["dataset"]["name"])]
+    used += [catalog.AUGMENTATIONS.get(a["name"]) for a in cleaned["data"].get("augmentation") or ()]
+    for entry in used:
+        if entry is not None and entry.info.get("repo_package"):
+            return entry.info["repo_package"]
+    task = catalog.dataset_task(cleaned["data"])
+    for metric in catalog.METRICS.values():
+        package = getattr(metric, "repo_package", None)
+        if package and task in metric.tasks:
+            return package
+    return None
+
+
+def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...]] | None = None,
+          plugin_source: Mapping[str, Any] | None = None) -> ResolvedConfig:
+    """Typed config and fingerprints from already validated, defaults-filled documents.
+
+    `plugin_source` ({package, sha256} of the repository plugin package the model uses; else taken
+    from a resolved config's `plugins` key) joins the training fingerprint, so editing the plugin
+    retrains exactly the models that use it.
+    """
     docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
+    plugin_source = plugin_source or cleaned.get("plugins") or None
     data_fp = data_fingerprint(docs["data"])
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
-    hashed_train = {k: v for k, v in docs["train"].items() if k not in EXECUTION_ONLY_TRAIN_KEYS}
-    training_fp = sha256_json(
-        {"model": docs["model"], "train": hashed_train, "data": docs["data"], "data_fingerprint": data_fp}
-    )
+    # start_from: absent and null hash alike (configs from before it existed keep their fingerprints);
+    # a resolved parent ({model, version, sha256} under start_from.resolved) is hashed with it
+    hashed_train = {k: v for k, v in docs["train"].items()
+                    if k not in EXECUTION_ONLY_TRAIN_KEYS and not (k == "start_from" and v is None)}
+    identity = {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]),
+                "data_fingerprint": data_fp}
+    if plugin_source:
+        identity["plugins"] = {"package": plugin_source["package"], "sha256": plugin_source["sha256"]}
+    training_fp = sha256_json(identity)
     release_fp = sha256_json({"training_fingerprint": training_fp, "release": docs["release"]})
     model_doc = dict(docs["model"])
     architecture = model_doc.pop("architecture")
@@ -491,31 +579,50 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
         training_fingerprint=training_fp,
         release_fingerprint=release_fp,
         files=freeze(dict(files or {})),
+        plugins=freeze(dict(identity["plugins"])) if plugin_source else None,
     )
 
 
 def _with_optional_train_keys(train: dict) -> dict:
     # parallelism: configs resolved before it existed (old run folders, releases) still build
-    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, **train}
+    return {"steps": None, "epochs": None, "parallelism": {"strategy": "data"}, "start_from": None, **train}
 
 
 @functools.cache
 def _package_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    from gitops import distinfo  # importlib.metadata costs a quarter of `validate`'s start-up
+
+    return distinfo.version(package)
+
+
+# streaming-dataset keys that change how fast data arrives, never which data (gitops.streaming.EXECUTION_KEYS)
+EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
+
+
+def hashed_data(data: dict) -> dict:
+    """The data spec as fingerprinted: a streaming source's worker and prefetch counts left out."""
+    ds = data.get("dataset") or {}
+    if not any(k in ds for k in EXECUTION_ONLY_DATASET_KEYS):
+        return data
+    return {**data, "dataset": {k: v for k, v in ds.items() if k not in EXECUTION_ONLY_DATASET_KEYS}}
 
 
 def data_fingerprint(data: dict) -> str:
-    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version."""
+    """Identity of the data without loading it: the spec, SHA-256 pins, and the shipping package's version.
+
+    A streaming source is pinned by its checksum list's SHA-256 (`checksums_sha256`): neither the list
+    nor the data is read here.
+    """
     entry = catalog.DATASETS[data["dataset"]["name"]]
+    data = hashed_data(data)
     identity: dict[str, Any] = {"spec": data}
     package = entry.info.get("package")
     if package:
         identity["package"] = {"name": package, "version": _package_version(package)}
     if "sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["sha256"]]
+    if "checksums_sha256" in data["dataset"]:
+        identity["pins"] = [data["dataset"]["checksums_sha256"]]
     return sha256_json(identity)
 
 
@@ -549,6 +656,12 @@ def input_shape(data: dict) -> list[int] | None:
         return [ds["n_features"]]
     if ds["name"] == "sequences":
         return [ds["length"]]
+    if ds["name"] == "image_folder":
+        return [*ds["image_size"], ds["channels"]]
+    if ds["name"] == "parquet" and ds.get("features"):
+        return [len(ds["features"])]
+    if ds["name"] == "array_record" and ds.get("input_shape"):
+        return list(ds["input_shape"])
     if ds["name"] == "text":
         return [ds["sequence_length"]]
     return None
@@ -563,7 +676,7 @@ def num_classes(data: dict) -> int | None:
         return ds["centers"]
     if ds["name"] == "sequences":
         return {"majority": ds["vocab_size"], "first_last_equal": 2, "sorted": 2}[ds["rule"]]
-    return None
+    return ds.get("num_classes")  # streaming sources may declare it (checked against the data when training)
 
 
 def metric_problem(name: str, task: str, classes: int | None) -> str | None:
@@ -571,7 +684,11 @@ def metric_problem(name: str, task: str, classes: int | None) -> str | None:
     entry = catalog.METRICS.get(metric)
     valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)
     if entry is None or task not in entry.tasks:
-        return f"{task} models produce no metric {metric!r}; they produce {split}/ + one of: {', '.join(valid)}"
+        from gitops.schema import suggest
+
+        guess = suggest(metric, valid)
+        hint = f" (did you mean '{split}/{guess}'?)" if guess else ""
+        return f"{task} models produce no metric {metric!r}{hint}; they produce {split}/ + one of: {', '.join(valid)}"
     k = {"top3_accuracy": 3, "top5_accuracy": 5}.get(metric)
     if k and classes is not None and classes <= k:
         return f"{metric} needs more than {k} classes; this dataset has {classes}"
@@ -674,12 +791,47 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
             problems.append((("data", "augmentation", i, "name"), f"{aug['name']} needs image inputs; dataset {dataset_name!r} is not images"))
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
+    if train.get("start_from"):
+        from gitops import start_from
+
+        problems += [(("train", "start_from", *path), message)
+                     for path, message in start_from.form_problems(train["start_from"], model["architecture"], tree)]
+    problems += _streaming_problems(data["dataset"], tree)
     if dataset_name in ("file", "text") and tree is not None:
         try:
             if tree.read(data["dataset"]["path"]) is None:
                 problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
         except ConfigError as exc:  # a path leading out of the repository
             problems.append((("data", "dataset", "path"), "; ".join(str(p) for p in exc.problems)))
+    return problems
+
+
+def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
+    """Checks of a streaming source that read the checksum list (small, in the repository), never the data."""
+    problems: list[tuple[tuple, str]] = []
+    if "checksums_sha256" not in ds:
+        return problems
+    if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
+        problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
+    if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):
+        problems.append((("data", "dataset", "num_classes"), "array_record classification needs num_classes"))
+    if tree is None:
+        return problems
+    try:
+        listed = tree.read(ds["checksums"])
+    except ConfigError as exc:  # a path leading out of the repository (a symlink, ..)
+        problems.append((("data", "dataset", "checksums"), "; ".join(str(p) for p in exc.problems)))
+        return problems
+    if listed is None:
+        problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
+                         f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
+    else:
+        import hashlib  # not at start-up (tests/test_startup.py)
+
+        actual = hashlib.sha256(listed).hexdigest()
+        if actual != ds["checksums_sha256"]:
+            problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "
+                             "update the pin if the list changed on purpose"))
     return problems
 
 

@@ -135,6 +135,15 @@ def _url(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]
     return _read_arrays(path, params, f"data URL {params['url']}")
 
 
+def _streamed(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Streaming sources are never loaded whole: `load` hands them to `gitops.streaming`."""
+    raise TrainingError(f"dataset {params['name']} streams from files; load it with gitops.data.load")
+
+
+for _name in ("image_folder", "parquet", "array_record"):
+    DATASETS.register(_name)(_streamed)
+
+
 def _read_arrays(path: Path, params: Mapping[str, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
     """Inputs and labels from a verified .npz or .npy (told apart by content, since cached files have no suffix)."""
     try:
@@ -172,6 +181,7 @@ class Preprocessing:
     num_classes: int | None
     num_outputs: int
     tokenizer: dict | None = None  # language models: gitops.tokenize's saved spec (with the file's JSON text)
+    labels: list[str] | None = None  # class names (image folders: the sorted label folders), for predict
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,12 +247,20 @@ def split_indexes(n: int, validation: float, test: float, seed: int) -> tuple[np
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
-def load(data: Any, root: Path) -> Dataset:
-    """Load, split and preprocess the data a `DataConfig` (or its dict) describes."""
+def load(data: Any, root: Path) -> Any:
+    """Load, split and preprocess the data a `DataConfig` (or its dict) describes.
+
+    In-memory sources return a `Dataset` (arrays); streaming sources (`image_folder`, `parquet`,
+    `array_record`) a `gitops.streaming.StreamingDataset` (verified files and record indexes).
+    """
     doc = config_lib.thaw(data) if isinstance(data, Mapping) else config_lib.thaw(
         {k: getattr(data, k) for k in data.__dataclass_fields__}
     )
     ds = doc["dataset"]
+    from gitops import streaming
+
+    if ds["name"] in streaming.SOURCES:  # read while training, never whole (gitops.streaming)
+        return streaming.load(doc, Path(root))
     task = catalog.dataset_task(doc)
     if task == "language_modeling":
         return _load_language_modeling(doc, Path(root))

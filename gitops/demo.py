@@ -6,7 +6,8 @@ on the embedded local backend (git tags + `.gitops/`):
 
     train + release the baselines (v1.0.0) -> branch, change digits-mlp's learning rate -> ci plan
     (only digits-mlp) -> train -> the PR report -> sticky comment -> merge -> ci release-pending
-    (v1.1.0) -> promote to production -> pull -> predict -> history
+    (v1.1.0) -> promote to production -> pull -> predict -> history -> add digits-mlp-finetune (starts
+    from digits-mlp@production, first layer frozen) -> release-pending -> lineage
 
 Each step prints the command a user would type and its key output. The scratch repository is kept
 (to look around in) and the summary says where it is and how to delete it.
@@ -31,6 +32,7 @@ from gitops.errors import GitopsError, UsageError
 
 MODELS = ("digits-mlp", "wine-mlp")  # digits-mlp changes; wine-mlp shows that unchanged models are left alone
 MODEL = "digits-mlp"
+FINETUNE = "digits-mlp-finetune"  # starts from digits-mlp@production (train.start_from), added once that exists
 BRANCH = "tune-digits-lr"
 # Environment that would point the demo at GitHub or at a CI job's files; unset while it runs.
 _CI_ENV = ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_EVENT_PATH", "GITOPS_BACKEND")
@@ -236,6 +238,17 @@ def run(keep: Path | None = None, console=None) -> DemoResult:
 
         r.header(f"History of {MODEL}")
         r.gitops("history", "history", MODEL)
+
+        if (source / "models" / FINETUNE / "train.yaml").is_file():
+            r.header(f"Fine-tune production: {FINETUNE} starts from {MODEL}@production")
+            shutil.copytree(source / "models" / FINETUNE, target / "models" / FINETUNE)
+            r.say(f"models/{FINETUNE}/train.yaml: start_from: {{model: {MODEL}@production, freeze: [hidden/0]}}; "
+                  "data.yaml: shifted, noisy training images")
+            r.git("add", f"models/{FINETUNE}")
+            r.git("commit", "-q", "-m", f"{FINETUNE}: fine-tune {MODEL}@production")
+            r.gitops("release-finetune", "ci", "release-pending", show=r"^released|nothing to release")
+            r.header(f"Lineage: {FINETUNE} grew from {MODEL}")
+            r.gitops("lineage", "lineage", f"{FINETUNE}@v1.0.0")
     finally:
         os.chdir(cwd)
         os.environ.pop("GITOPS_BACKEND", None)

@@ -63,8 +63,14 @@ class Rendered:
     files: tuple[str, ...]
 
 
+def label_safe(version: str) -> str:
+    """`version` as a Docker tag or Kubernetes label value allows it: SemVer's build-metadata `+`
+    becomes `_` (as Helm does); pre-release `-rc.1` is already allowed."""
+    return version.replace("+", "_")
+
+
 def image_name(model: str, version: str, registry: str = "") -> str:
-    name = f"gitops-{model}:{version}"
+    name = f"gitops-{model}:{label_safe(version)}"
     return f"{registry.rstrip('/')}/{name}" if registry else name
 
 
@@ -79,7 +85,12 @@ def serve_command(pull_at_start: bool, ref: str) -> list[str]:
 
 def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: str, source_copied: bool) -> str:
     ref = f"{model}@{version}"
-    install = ["/opt/gitops-src"] if source_copied else [opts.package or "gitops-nn"]
+    if source_copied:
+        install = ["/opt/gitops-src"]
+    else:  # there is no PyPI release: the same pin `gitops init` writes (a git URL when installed from one)
+        from gitops.init import installed_package_spec
+
+        install = [opts.package or installed_package_spec()]
     install += list(SERVE_REQUIREMENTS)
     if opts.gpu:
         install.append(f"jax[cuda12]=={jax_version}")
@@ -115,7 +126,7 @@ def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: st
 
 
 def _labels(model: str, version: str) -> dict:
-    return {"app.kubernetes.io/name": model, "app.kubernetes.io/version": version,
+    return {"app.kubernetes.io/name": model, "app.kubernetes.io/version": label_safe(version),
             "app.kubernetes.io/managed-by": "gitops"}
 
 
@@ -230,6 +241,13 @@ def _copy_source(src: Path, dest: Path) -> None:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (src / name).is_file():
             shutil.copy2(src / name, dest / name)
+    # the wheel build force-includes the workflow templates `gitops init` copies (pyproject.toml)
+    from gitops.init import WORKFLOW_FILES
+
+    for _, rel in WORKFLOW_FILES:
+        if (src / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dest / rel)
 
 
 def _dump_yaml(doc: dict) -> str:
@@ -301,7 +319,8 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
 def deploy(root: Path, backend, ref: str, out_dir: Path, opts: DeployOptions, *, force: bool = False) -> Rendered:
     """Resolve `ref` to a released version, pull and verify it (unless pulled at start), render."""
     from gitops import pull, registry_ops
+    from gitops.refs import parse_target
 
-    st, version = registry_ops.resolve(backend, ref)
+    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
     release_dir = None if opts.pull_at_start else pull.pull(root, backend, f"{st.model}@{version.version}")
     return render(st.model, version.version, out_dir, opts, release_dir=release_dir, force=force)

@@ -50,7 +50,7 @@ def check_packages() -> Check:
         except importlib.metadata.PackageNotFoundError:
             missing.append(name)
     if missing:
-        return Check("packages", False, "missing: " + ", ".join(missing), "pip install gitops-nn (or jax[cuda12] on GPU runners)")
+        return Check("packages", False, "missing: " + ", ".join(missing), "reinstall gitops from its wheel or git URL (README, \"Use gitops in your repository\"); jax[cuda12] on GPU runners")
     return Check("packages", True, ", ".join(found))
 
 
@@ -101,7 +101,7 @@ def check_git() -> Check:
 
 def check_coordinator(address: str, process_id: int, timeout: float = 3.0) -> Check:
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):  # "²".isdigit() is True too
         return Check("coordinator", False, f"JAX_COORDINATOR_ADDRESS={address!r}", "set it to HOST:PORT")
     try:
         socket.getaddrinfo(host, int(port))

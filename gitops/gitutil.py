@@ -40,6 +40,12 @@ def head_commit(root: Path) -> str:
     return proc.stdout.strip()
 
 
+def head_or_none(root: Path) -> str | None:
+    """HEAD's SHA, or None outside a repository or before its first commit."""
+    proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
 def commit_exists(root: Path, sha: str) -> bool:
     return run(root, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
 
@@ -60,6 +66,19 @@ def ensure_commit(root: Path, ref: str) -> str:
         f"commit {ref!r} is not in this clone and `git fetch --depth=1 origin {ref}` failed ({why}); "
         "check out with more history (fetch-depth: 0) or pass SHAs that exist"
     )
+
+
+def uncommitted(root: Path, paths: list[str]) -> list[str]:
+    """Files under `paths` that differ from HEAD, untracked files included (a model folder's state)."""
+    done = run(root, "status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
+    entries, found, i = done.stdout.split("\0"), [], 0
+    while i < len(entries):
+        entry = entries[i]
+        i += 1
+        if len(entry) >= 4:
+            found.append(entry[3:])
+            i += 1 if entry[0] in "RC" else 0
+    return sorted(found)
 
 
 def _fetch_auth_env(root: Path) -> dict[str, str] | None:
@@ -89,6 +108,46 @@ def is_dirty(root: Path, paths: list[str] | None = None) -> bool:
     if paths:
         args += ["--", *paths]
     return bool(run(root, *args).stdout.strip())
+
+
+MAX_LISTED_PATHS = 50
+
+
+def lineage(root: Path, model_paths: list[str]) -> tuple[str | None, bool | None, list[str]]:
+    """Where a run is being trained: (HEAD commit or None, dirty or None, uncommitted paths).
+
+    Dirty means HEAD alone does not reproduce the working tree the run reads: a tracked file anywhere
+    differs from HEAD (staged or not), or a file under `model_paths` (the model's folder and the
+    folders its `extends` chains name) is untracked; a model folder that was never committed is all
+    untracked, so it is dirty. Untracked files elsewhere (scratch files, other new models) don't
+    count. Outside a git repository: (None, None, []); before the first commit: (None, True, paths).
+    At most MAX_LISTED_PATHS paths are listed (sorted; the flag covers the rest).
+    """
+    if run(root, "rev-parse", "--git-dir", check=False).returncode != 0:
+        return None, None, []
+    proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
+    commit = proc.stdout.strip() if proc.returncode == 0 else None
+    changed: set[str] = set()
+    listings = [("status", "--porcelain=v1", "-z", "--untracked-files=no")]
+    if model_paths:
+        listings.append(("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *model_paths))
+    for args in listings:
+        done = run(root, *args, check=False)
+        if done.returncode != 0:
+            return commit, None, []
+        entries = done.stdout.split("\0")
+        i = 0
+        while i < len(entries):
+            entry = entries[i]
+            i += 1
+            if len(entry) < 4:
+                continue
+            changed.add(entry[3:])
+            if entry[0] in "RC":  # a rename's source path follows as its own entry
+                i += 1
+    if commit is None and not changed:
+        return None, True, []  # no commit at all: nothing reproduces the tree
+    return commit, bool(changed) or commit is None, sorted(changed)[:MAX_LISTED_PATHS]
 
 
 def identity(root: Path) -> dict[str, str]:

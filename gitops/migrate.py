@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +111,8 @@ def migrate_file(path: Path, kind: str, *, write: bool = True) -> list[str]:
     if write:
         buffer = io.StringIO()
         yaml.dump(data, buffer)
+        import tempfile  # writing only: importing it costs validate's start-up (random, hashlib)
+
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(buffer.getvalue())

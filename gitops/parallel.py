@@ -96,7 +96,7 @@ def cluster_from(
         raise UsageError("multi-host training needs all three of coordinator, process count and process id; missing: "
                          + ", ".join(missing))
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):  # "²".isdigit() is True too
         raise UsageError(f"coordinator address {address!r} is not HOST:PORT")
     if count < 1 or not 0 <= index < count:
         raise UsageError(f"process id {index} is not in [0, {count}) (num processes {count})")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config, gitutil, jsonio
-from gitops.errors import ConfigError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, Problem, UsageError
 from gitops.tree import FsTree, GitTree, Tree
 from gitops.yamlio import load_yaml_text
 
@@ -148,6 +148,8 @@ def _resolve_all(tree: Tree, names: list[str] | None = None
 
 def _inputs(tree: Tree, name: str, cfg: config.ResolvedConfig) -> list[str] | None:
     """Every file `cfg`'s resolution read: its own four, each `extends` parent, a pinned data file."""
+    if cfg.plugins:  # it also reads the plugin package's source: resolve it at base too (hash compared there)
+        return None
     paths = {f"{config.MODELS_DIR}/{name}/{k}.yaml" for k in config.FILE_KINDS}
     for chain in cfg.files.values():
         for label in chain:
@@ -187,7 +189,8 @@ def _content(tree: Tree, relpath: str) -> Any:
         return raw
 
 
-def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.ResolvedConfig) -> str:
+def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.ResolvedConfig,
+            base_cfg: config.ResolvedConfig | None = None) -> str:
     own = [f"{k}.yaml" for k in config.FILE_KINDS
            if _content(base_tree, f"{config.MODELS_DIR}/{name}/{k}.yaml")
            != _content(head_tree, f"{config.MODELS_DIR}/{name}/{k}.yaml")]
@@ -203,6 +206,12 @@ def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.Resolv
     if own:
         pieces.append("own files changed: " + ", ".join(own))
     pieces += [f"parent {p} changed (extends)" for p in parents]
+    before = dict(base_cfg.plugins or {}) if base_cfg is not None else {}
+    after = dict(head_cfg.plugins or {})
+    if before != after:
+        package = after.get("package") or before.get("package")
+        pieces.append(f"plugin package {package}/ changed" if before and after else
+                      f"{'uses' if after else 'no longer uses'} the plugin package {package}/")
     return "; ".join(pieces) or "resolved config changed (schema/defaults)"
 
 
@@ -236,16 +245,43 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
                                  cfg.release_fingerprint, config_diff(None, cfg.as_dict()))
             result.train.append(change)
         elif before.training_fingerprint != cfg.training_fingerprint:
-            result.train.append(ModelChange(name, _reason(name, base_tree, head_tree, cfg), cfg.training_fingerprint,
+            result.train.append(ModelChange(name, _reason(name, base_tree, head_tree, cfg, before), cfg.training_fingerprint,
                                             cfg.release_fingerprint, config_diff(before.as_dict(), cfg.as_dict())))
         elif before.release_fingerprint != cfg.release_fingerprint:
             result.release_only.append(ModelChange(name, "release.yaml changed", cfg.training_fingerprint,
                                                    cfg.release_fingerprint,
                                                    config_diff(before.as_dict(), cfg.as_dict())))
+    _parents(root, new, result)
     for name in sorted(old_names - set(config.model_names(head_tree))):
         result.deleted.append(ModelChange(name, "model folder removed"))
     result.sweeps = _sweeps(base_tree, head_tree, new, old_names)
     return result
+
+
+def _parents(root: Path, new: dict[str, config.ResolvedConfig], result: Plan) -> None:
+    """`start_from`: a parent stage that moved since a child's latest release retrains the child; a
+    child to train whose parent does not resolve (no such version or stage) is an error (exit 1)."""
+    children = {n: c for n, c in new.items() if c.train.start_from and "model" in c.train.start_from}
+    if not children:
+        return
+    from gitops import lineage, start_from
+
+    tag_list = start_from.registry_tags(root) or []
+    planned = {c.model: c for c in result.train}
+    for moved in lineage.moved_parents(children, tag_list):
+        name, cfg = moved["model"], new[moved["model"]]
+        if name in planned:
+            planned[name].reason += f"; {moved['reason']}"
+            continue
+        result.release_only = [c for c in result.release_only if c.model != name]
+        change = ModelChange(name, moved["reason"], cfg.training_fingerprint, cfg.release_fingerprint,
+                             [("train.start_from.resolved.version", moved["was"], moved["now"])])
+        result.train.append(change)
+        planned[name] = change
+    result.train.sort(key=lambda c: c.model)
+    broken = [f"{n}: train.start_from: {new[n].parent_error}" for n in sorted(planned) if new[n].parent_error]
+    if broken:
+        raise GitopsError("; ".join(broken))
 
 
 def _sweeps(base_tree: Tree, head_tree: Tree, new: dict[str, config.ResolvedConfig],

@@ -1,4 +1,5 @@
-"""Plugins: architectures, datasets, augmentations and metrics from installed packages (entry points).
+"""Plugins: architectures, datasets, augmentations and metrics from installed packages (entry points)
+or from a package inside the repository (`plugins: {package: plugins}` in gitops.yaml).
 
 A package registers an entry point in one group per kind:
 
@@ -16,17 +17,27 @@ implementation is imported when training or `load` first needs it. See docs/plug
 The catalog (`gitops.catalog`) merges plugin entries into its built-in ones at first use (once per
 process); a plugin whose name is already taken, by a built-in or another plugin, is an error naming
 both. Configs still name entries only, never import paths.
+
+A repository package (see `repo_package`) lists its specs in its `__init__.py` as
+`GITOPS_PLUGINS = {"architectures": [...], "datasets": [...], "augmentations": [...], "metrics": [...]}`
+and goes through the same checks. `build` references may be relative to the spec's package
+(`".model:TinyLinear"`), so one package works installed (entry points) and copied into a repository.
+Its source files are hashed (`source_hash`) into the training fingerprint of every model that uses
+one of its entries. It is code from pull requests: with `GITOPS_REPO_PLUGINS=off` (set in workflow
+jobs that hold write tokens) it is never imported.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
+import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gitops.errors import GitopsError
@@ -41,6 +52,10 @@ GROUPS: dict[str, str] = {
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # metrics appear in `split/name` references
 TASKS = ("classification", "regression")
+# `GITOPS_PLUGINS` keys of a repository package -> kind
+REPO_KEYS = {"architectures": "architecture", "datasets": "dataset", "augmentations": "augmentation", "metrics": "metric"}
+REPO_PLUGINS_ENV = "GITOPS_REPO_PLUGINS"  # "off": never import the repository's plugin package
+PACKAGE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 class PluginError(GitopsError):
@@ -89,9 +104,14 @@ class Found:
     entry_point: str  # "name = module:attr"
     distribution: str | None
     version: str | None
+    package: str | None = None  # the package relative `build` references start from
+    repo_package: str | None = None  # set for a repository's plugin package (its folder name)
 
     @property
     def origin(self) -> str:
+        if self.repo_package:
+            return (f"{self.kind} '{self.plugin.name}' in GITOPS_PLUGINS of the repository package "
+                    f"{self.repo_package}/ (gitops.yaml plugins.package)")
         dist = f"{self.distribution} {self.version}" if self.distribution else "an unknown distribution"
         return f"entry point '{self.entry_point}' in group {GROUPS[self.kind]} of {dist}"
 
@@ -149,7 +169,7 @@ def check(kind: str, plugin: Plugin, where: str) -> None:
 
 
 def collect(
-    entry_points: Mapping[str, Iterable[importlib.metadata.EntryPoint]],
+    entry_points: Mapping[str, Iterable[Any]],  # importlib.metadata.EntryPoint or distinfo.EntryPoint
     builtin: Mapping[str, Iterable[str]],
 ) -> dict[str, dict[str, Found]]:
     """Load and check the plugins of every kind; kind -> name -> Found.
@@ -180,7 +200,9 @@ def collect(
                                   "module jax-free and name the implementation as build='module:attribute'")
             plugin = _coerce(obj, ep.name, probe.origin)
             check(kind, plugin, probe.origin)
-            entry = Found(kind, plugin, label, probe.distribution, probe.version)
+            module = (getattr(ep, "module", None) or ep.value.partition(":")[0]).strip()
+            entry = Found(kind, plugin, label, probe.distribution, probe.version,
+                          package=module.rpartition(".")[0] or module)
             if plugin.name in taken:
                 raise PluginError(f"plugin {kind} {plugin.name!r} from {entry.origin} collides with the built-in "
                                   f"{kind} {plugin.name!r}; rename the plugin's entry")
@@ -196,12 +218,218 @@ _BUILTIN: dict[str, Mapping[str, Any]] = {}
 
 
 @functools.cache
-def discovered() -> dict[str, dict[str, Found]]:
-    """Every installed plugin (loaded once per process); kind -> name -> Found."""
-    from gitops import catalog  # noqa: F401  (fills _BUILTIN)
+def _installed() -> dict[str, dict[str, Found]]:
+    """Every installed plugin (entry points; loaded once per process); kind -> name -> Found."""
+    from gitops import (
+        catalog,  # noqa: F401  (fills _BUILTIN)
+        distinfo,  # the dist-info folders read directly: importlib.metadata is slow to import
+    )
 
-    eps = {kind: importlib.metadata.entry_points(group=group) for kind, group in GROUPS.items()}
+    eps = {kind: distinfo.entry_points(group) for kind, group in GROUPS.items()}
     return collect(eps, {kind: list(names) for kind, names in _BUILTIN.items()})
+
+
+# --- the repository's own plugin package --------------------------------------------------------------
+
+_active_root: list[Path | None] = [None]
+_state_memo: list[tuple | None] = [None]  # set by config.resolve (the tree's root); else found from cwd
+_root_of_cwd: dict[str, Path | None] = {}
+_package_of_root: dict[tuple[Path, int], str | None] = {}
+_settings_paths: dict[Path, str] = {}
+
+
+def use_repository(root: Path | None) -> None:
+    """Make `root`'s plugin package (if gitops.yaml declares one) the one the catalog merges in.
+
+    Called by `config.find_root` and for every model `config.resolve` reads; it is also when gitops.yaml
+    and $GITOPS_REPO_PLUGINS are looked at again (`state_key` is remembered until the next call).
+    """
+    _active_root[0] = Path(root).resolve() if root is not None else None
+    _state_memo[0] = None
+
+
+def _current_root() -> Path | None:
+    if _active_root[0] is not None:
+        return _active_root[0]
+    cwd = os.getcwd()
+    if cwd not in _root_of_cwd:
+        from gitops.errors import UsageError
+
+        try:
+            from gitops.config import find_root
+
+            _root_of_cwd[cwd] = find_root(Path(cwd))
+        except UsageError:
+            _root_of_cwd[cwd] = None
+    return _root_of_cwd[cwd]
+
+
+def repo_package(root: Path | None) -> str | None:
+    """The plugin package gitops.yaml at `root` declares (`plugins: {package: NAME}`), or None."""
+    if root is None:
+        return None
+    settings_path = _settings_paths.get(root)
+    if settings_path is None:  # called for every catalog lookup: strings and one stat, no pathlib
+        settings_path = _settings_paths[root] = os.path.join(root, "gitops.yaml")
+    try:
+        mtime = os.stat(settings_path).st_mtime_ns
+    except OSError:
+        return None
+    key = (root, mtime)
+    if key not in _package_of_root:
+        from gitops.settings import load_settings
+        from gitops.tree import FsTree
+
+        _package_of_root[key] = load_settings(FsTree(root)).plugins.package
+    return _package_of_root[key]
+
+
+def _package_folder(root: Path, package: str) -> Path:
+    """`root/package`, checked: a plain folder inside the repository holding `__init__.py`."""
+    if not PACKAGE_RE.fullmatch(package):
+        raise PluginError(f"gitops.yaml: plugins.package {package!r} must be a Python package name (a folder at the "
+                          "repository root)")
+    folder = root / package
+    if folder.is_symlink() or not folder.is_dir() or not (folder / "__init__.py").is_file():
+        raise PluginError(f"gitops.yaml: plugins.package {package!r}: {folder} is not a package folder (a folder "
+                          "with __init__.py, not a link)")
+    if not folder.resolve().is_relative_to(root.resolve()):
+        raise PluginError(f"gitops.yaml: plugins.package {package!r} resolves outside the repository")
+    return folder
+
+
+_loaded_by_us: dict[str, Path] = {}
+
+
+@functools.cache
+def _repo_plugins(root: Path, package: str) -> dict[str, dict[str, Found]]:
+    """Import the repository's plugin package (jax-free specs only) and check its GITOPS_PLUGINS."""
+    if repo_plugins_off():
+        raise PluginError(blocked_message(package))
+    folder = _package_folder(root, package)
+    init = folder / "__init__.py"
+    loaded = sys.modules.get(package)
+    if loaded is not None and _loaded_by_us.get(package) not in (None, init.resolve()):
+        # another repository's plugin package of the same name (one process, several repositories)
+        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+            del sys.modules[name]
+        loaded = None
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() != init.resolve():
+            raise PluginError(f"gitops.yaml: plugins.package {package!r} is already imported from "
+                              f"{getattr(loaded, '__file__', '?')}; rename the folder (names must not shadow installed modules)")
+        module = loaded
+    else:
+        spec = importlib.util.spec_from_file_location(package, init, submodule_search_locations=[str(folder)])
+        if spec is None or spec.loader is None:
+            raise PluginError(f"{init}: cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        _loaded_by_us[package] = init.resolve()
+        jax_before = "jax" in sys.modules
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[package]
+            raise PluginError(f"{init}: does not import: {type(exc).__name__}: {exc}") from None
+        if not jax_before and "jax" in sys.modules:
+            raise PluginError(f"{init} imports jax when its metadata loads; keep the specs jax-free and name "
+                              "implementations as build='.module:attribute'")
+    table = getattr(module, "GITOPS_PLUGINS", None)
+    if not isinstance(table, Mapping) or not set(table) <= set(REPO_KEYS):
+        raise PluginError(f"{init}: GITOPS_PLUGINS must map some of {', '.join(REPO_KEYS)} to lists of "
+                          "gitops.plugins.Plugin")
+    found: dict[str, dict[str, Found]] = {kind: {} for kind in GROUPS}
+    for key, specs in table.items():
+        kind = REPO_KEYS[key]
+        for obj in specs:
+            where = f"GITOPS_PLUGINS[{key!r}] of the repository package {package}/"
+            plugin = _coerce(obj, getattr(obj, "name", "?"), where)
+            check(kind, plugin, where)
+            entry = Found(kind, plugin, f"{plugin.name} = {package}", None, None, package=package,
+                          repo_package=package)
+            if plugin.name in found[kind]:
+                raise PluginError(f"plugin {kind} {plugin.name!r} is listed twice in {where}")
+            found[kind][plugin.name] = entry
+    return found
+
+
+def source_hash(tree: Any, package: str) -> str:
+    """SHA-256 over the package's files (paths and bytes, sorted; caches like __pycache__ skipped) in `tree`.
+
+    Read through a `gitops.tree.Tree`, so `ci plan` hashes the package as it is at each commit.
+    """
+    import hashlib  # not at start-up: only models that use a repository plugin get here
+
+    digest = hashlib.sha256()
+    stack = [package]
+    files = []
+    while stack:
+        rel = stack.pop()
+        for name in tree.listdir(rel):
+            if name == "__pycache__" or name.endswith((".pyc", ".pyo")):
+                continue
+            path = f"{rel}/{name}"
+            (stack.append(path) if tree.is_dir(path) else files.append(path))
+    for path in sorted(files):
+        data = tree.read(path) or b""
+        digest.update(f"{path}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+_merged_cache: dict[tuple, dict[str, dict[str, Found]]] = {}
+
+
+def repo_plugins_off() -> bool:
+    """True in jobs that must not run repository code ($GITOPS_REPO_PLUGINS=off: those holding write tokens)."""
+    return os.environ.get(REPO_PLUGINS_ENV, "").lower() in ("off", "0", "false", "no")
+
+
+def blocked_message(package: str) -> str:
+    return (f"the repository plugin package {package}/ is not imported here ({REPO_PLUGINS_ENV}=off): this job "
+            "holds a write token and plugin code comes from pull requests (docs/plugins.md)")
+
+
+def blocked_package() -> str | None:
+    """The current repository's plugin package when it is declared but must not be imported here."""
+    return repo_package(_current_root()) if repo_plugins_off() else None
+
+
+def discovered() -> dict[str, dict[str, Found]]:
+    """Every plugin: installed ones plus the current repository's package; kind -> name -> Found."""
+    key = state_key()
+    root, package, _off = key
+    if key not in _merged_cache:
+        installed = _installed()
+        if root is None or package is None or repo_plugins_off():  # off: names it provides stay unknown
+            _merged_cache[key] = installed
+        else:
+            local = _repo_plugins(root, package)
+            merged: dict[str, dict[str, Found]] = {}
+            for kind in GROUPS:
+                mine, theirs = local.get(kind, {}), installed.get(kind, {})
+                builtin = set(_BUILTIN.get(kind, ()))
+                for name, entry in mine.items():
+                    if name in builtin:
+                        raise PluginError(f"plugin {entry.origin} collides with the built-in {kind} {name!r}; rename it")
+                    if name in theirs:
+                        raise PluginError(f"plugin {kind} {name!r} is registered twice: by {theirs[name].origin} and "
+                                          f"by {entry.origin}")
+                merged[kind] = {**theirs, **mine}
+            _merged_cache[key] = merged
+    return _merged_cache[key]
+
+
+def state_key() -> tuple:
+    """Changes when the set of plugins may change (another repository, another gitops.yaml, the guard)."""
+    if _state_memo[0] is not None:  # every catalog lookup asks: remembered until use_repository()
+        return _state_memo[0]
+    root = _current_root()
+    key = (root, repo_package(root), repo_plugins_off())
+    if _active_root[0] is not None:
+        _state_memo[0] = key
+    return key
 
 
 def found(kind: str, name: str) -> Found | None:
@@ -212,9 +440,13 @@ def names(kind: str) -> list[str]:
     return sorted(discovered().get(kind, {}))
 
 
-@functools.cache
 def implementation(kind: str, name: str) -> Any:
     """The plugin's implementation object (its `build` imported), or None when no plugin has that name."""
+    return _implementation(state_key(), kind, name)
+
+
+@functools.cache
+def _implementation(_state: tuple, kind: str, name: str) -> Any:
     entry = found(kind, name) if kind in GROUPS else None
     if entry is None:
         return None
@@ -223,7 +455,7 @@ def implementation(kind: str, name: str) -> Any:
         return build
     module_name, _, attribute = build.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = importlib.import_module(module_name, package=entry.package if module_name.startswith(".") else None)
         for part in attribute.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
@@ -240,12 +472,15 @@ class PluginCatalog(Mapping):
         self.builtin = builtin
         self._convert = convert
         self._merged: dict[str, Any] | None = None
+        self._key: tuple | None = None
         _BUILTIN[kind] = builtin
 
     def _all(self) -> dict[str, Any]:
-        if self._merged is None:
+        key = state_key()
+        if self._merged is None or self._key != key:
             plugins = discovered().get(self.kind, {})
             self._merged = {**self.builtin, **{name: self._convert(f) for name, f in plugins.items()}}
+            self._key = key
         return self._merged
 
     def __getitem__(self, name: str) -> Any:

@@ -91,6 +91,15 @@ def predictions(model: Any, inputs, labels: list[str] | None, task: str) -> list
     return result
 
 
+def class_labels(loaded: Any) -> list[str]:
+    """Class names of a loaded model: release.yaml's `labels`, else those the data recorded (image folder names)."""
+    cfg = getattr(loaded, "config", None)
+    declared = list(getattr(getattr(cfg, "release", None), "labels", ()) or ())
+    if declared:
+        return declared
+    return list(getattr(getattr(loaded, "preprocessing", None), "labels", None) or ())
+
+
 def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
     from gitops import api
 
@@ -98,7 +107,7 @@ def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
     cfg = loaded.config
     inputs = read_inputs(input_path, key)
     task = getattr(loaded, "task", None) or getattr(cfg, "task", "classification")
-    labels = list(getattr(getattr(cfg, "release", None), "labels", ()) or ())
+    labels = class_labels(loaded)
     return {"model": ref, "predictions": predictions(loaded, inputs, labels, task)}
 
 

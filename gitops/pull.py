@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from gitops import jsonio, killpoints, registry_ops, scratch, tags
@@ -106,14 +107,24 @@ def default_target(root: Path, model: str, version: str) -> Path:
     return root / PULLED_DIR / model / version
 
 
-def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False) -> Path:
-    """Download, verify and unpack the release `ref` names; return the folder (a run folder)."""
-    st, version = registry_ops.resolve(backend, ref)
+def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, force: bool = False,
+         say: Callable[[str], None] | None = None) -> Path:
+    """Download, verify and unpack the release `ref` names; return the folder (a run folder).
+
+    `say` receives one sentence for people (what was verified, or that the folder already holds
+    this release); the CLI prints it on stderr so stdout stays the folder alone.
+    """
+    from gitops.refs import parse_target
+
+    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
     model = st.model
+    say = say or (lambda _text: None)
     target = Path(to) if to is not None else default_target(root, model, version.version)
     scratch.sweep(target.parent, f".pull-{model}-")  # what killed pulls left
     if target.exists():
         if not force and (target / "manifest.json").is_file() and _same_release(target, version):
+            say(f"{model}@{version.version} is already in {target} (same release; its checksums were verified "
+                "when it was pulled)")
             return target
         if any(target.iterdir()) if target.is_dir() else True:
             raise UsageError(f"{target} already exists and is not this release; pass another --to")
@@ -132,6 +143,8 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
         killpoints.reached("pull.done")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    recorded = f" and the sha256 its tag records ({meta['sha256'][:16]}…)" if meta.get("sha256") else ""
+    say(f"pulled {model}@{version.version} into {target}: {archive.name} verified against SHA256SUMS{recorded}")
     return target
 
 

@@ -40,11 +40,41 @@ class RunInfo:
 
     @property
     def training_fingerprint(self) -> str:
-        return self.manifest.get("training_fingerprint", "")
+        return text_field(self.manifest, "training_fingerprint")
 
     @property
     def finished(self) -> bool:
         return bool(self.manifest.get("finished_at")) and bool(self.metrics)
+
+
+def text_field(manifest: dict, key: str, absent: str = "") -> str:
+    """A manifest's optional text field (`git_commit`, fingerprints...) as text; `absent` when null or missing.
+
+    Manifests written outside git, before a repository's first commit, or by older versions carry
+    `null` for what they could not record: every formatter reads optional fields through here.
+    """
+    value = manifest.get(key) if isinstance(manifest, dict) else None
+    return value if isinstance(value, str) and value else absent
+
+
+def int_field(manifest: dict, key: str) -> int | None:
+    """A manifest's optional integer field (`steps`, `checkpoint_step`, `param_count`); None when absent."""
+    value = manifest.get(key) if isinstance(manifest, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def device_text(manifest: dict) -> str:
+    """`<device_kind> x<device_count>` ("unknown x1" for what the manifest lacks)."""
+    count = int_field(manifest, "device_count")
+    return f"{text_field(manifest, 'device_kind', 'unknown')} x{count or 1}"
+
+
+def commit_text(manifest: dict) -> str:
+    """Where a run was trained, for people: the commit (and whether the tree had uncommitted changes)."""
+    commit = text_field(manifest, "git_commit")
+    if not commit:
+        return "not recorded (trained outside git or before the first commit)"
+    return commit + (" (with uncommitted changes)" if manifest.get("git_dirty") is True else "")
 
 
 def read_run(path: Path) -> RunInfo:
@@ -181,8 +211,20 @@ def state(backend: Backend, model: str) -> tags.ModelState:
 def resolve(backend: Backend, ref: str | tags.Ref) -> tuple[tags.ModelState, tags.VersionState]:
     """`MODEL`, `MODEL@v1.2.0`, `MODEL@1.2.0` or `MODEL@STAGE` -> the version it names."""
     parsed = tags.parse_ref(ref) if isinstance(ref, str) else ref
-    st = state(backend, parsed.model)
+    all_tags = backend.list_tags()
+    st = tags.model_state(all_tags, parsed.model)
+    if not st.events:
+        hint = unknown_model_hint(all_tags, parsed.model)
+        if hint:
+            raise UsageError(f"{parsed.model} has no releases{hint}")
     return st, tags.resolve_ref(st, parsed)
+
+
+def unknown_model_hint(all_tags: list, model: str) -> str:
+    """" (did you mean 'x'?)" when another model with releases has a close name, else ""."""
+    from gitops.config import did_you_mean
+
+    return did_you_mean(model, names=tags.registry_state(all_tags))
 
 
 # --- stages and lifecycle ------------------------------------------------------------------------
@@ -200,9 +242,12 @@ def _create_counted(backend: Backend, make_name, commit: str, message: str, mode
     raise GitopsError(f"could not create a tag for {model}: the counter kept being taken")
 
 
-def promote(backend: Backend, ref: str, stage: str) -> str:
-    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit."""
-    tags.check_stage(stage)
+def promote(backend: Backend, ref: str, stage: str, *, root: Path | None = None) -> str:
+    """Assign `stage` to a version: tag `<model>#<stage>#<N>` on the version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto assign` checks).
+    """
+    _check_stage(stage, root)
     st, version = resolve(backend, ref)
     if st.stages.get(stage) == version.version:  # e.g. a rerun of a promote killed after its tag: done
         assigned = [e.tag for e in st.events if e.stage == stage and e.version == version.version]
@@ -218,16 +263,28 @@ def promote(backend: Backend, ref: str, stage: str) -> str:
     return tag
 
 
-def demote(backend: Backend, model: str, stage: str) -> str:
-    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit."""
-    tags.check_stage(stage)
+def demote(backend: Backend, model: str, stage: str, *, root: Path | None = None) -> str:
+    """Unassign `stage` from the version holding it: `<model>#<stage>!#<N>` on that version's commit.
+
+    With `root`, the stage must be one `<root>/.gto` allows (as `gto unassign` checks).
+    """
+    _check_stage(stage, root)
     st = state(backend, model)
     holder = st.stages.get(stage)
     if holder is None:
-        raise UsageError(f"no version of {model} is in stage {stage!r}")
+        hint = unknown_model_hint(backend.list_tags(), model) if not st.events else ""
+        raise UsageError(f"no version of {model} is in stage {stage!r}{hint}")
     version = st.versions[holder]
     message = f"Demote {model} {holder} from {stage}\n\nversion: {holder}\n"
     return _create_counted(backend, lambda n: tags.unassign_tag(model, stage, n), version.commit, message, model)
+
+
+def _check_stage(stage: str, root: Path | None) -> None:
+    tags.check_stage(stage)
+    if root is not None:
+        from gitops import gto_config
+
+        gto_config.load(root).check_stage(stage)
 
 
 def deprecate(backend: Backend, ref: str, root: Path) -> str:
@@ -244,7 +301,7 @@ def deprecate(backend: Backend, ref: str, root: Path) -> str:
         return _create_counted(backend, lambda n: tags.deregister_tag(parsed.model, version.version, n),
                                version.commit, message, parsed.model)
     if not st.events:
-        raise UsageError(f"{parsed.model} has no registry tags")
+        raise UsageError(f"{parsed.model} has no registry tags{unknown_model_hint(backend.list_tags(), parsed.model)}")
     if st.deprecated:
         raise UsageError(f"{parsed.model} is already deprecated")
     message = f"Deprecate {parsed.model}\n"
@@ -257,9 +314,10 @@ def deprecate(backend: Backend, ref: str, root: Path) -> str:
 
 def history(backend: Backend, model: str) -> dict:
     """Versions and stage moves of `model`, from tags only."""
-    st = state(backend, model)
+    all_tags = backend.list_tags()
+    st = tags.model_state(all_tags, model)
     if not st.events:
-        raise UsageError(f"{model} has no releases or stage tags")
+        raise UsageError(f"{model} has no releases or stage tags{unknown_model_hint(all_tags, model)}")
     versions = []
     for v in sorted(st.versions.values(), key=lambda v: v.semver):
         meta = release_metadata(v.message)
@@ -271,6 +329,7 @@ def history(backend: Backend, model: str) -> dict:
             "commit": v.commit,
             "tag": v.tag,
             "active": v.active,
+            "prerelease": v.prerelease,
             "stages": sorted(v.stages),
             "bump": meta.get("bump"),
             "reason": meta.get("reason") or _first_line(v.message),
@@ -279,6 +338,7 @@ def history(backend: Backend, model: str) -> dict:
             "metrics": metrics,
             "training_fingerprint": meta.get("training_fingerprint"),
             "release_fingerprint": meta.get("release_fingerprint"),
+            "start_from": meta.get("start_from"),
         })
     events = [
         {"event": e.action.value, "tag": e.tag, "date": e.date, "author": e.tagger, "commit": e.commit,
@@ -297,26 +357,45 @@ def _first_line(text: str) -> str:
     return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
 
 
+def columns(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """Rows of cells as aligned text: each column as wide as its widest cell, two spaces apart."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [(indent + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))).rstrip() for row in rows]
+
+
 def format_history(doc: dict) -> str:
+    """`gitops history` as text: aligned columns under a header, so no value runs into the next."""
     lines = [f"{doc['model']}" + ("  (deprecated)" if doc["deprecated"] else "")]
     if doc["stages"]:
         lines.append("stages: " + ", ".join(f"{s} -> {v}" for s, v in doc["stages"].items()))
     lines.append("")
     lines.append("versions:")
+    rows = [["VERSION", "DATE (UTC)", "COMMIT", "HEADLINE", "BUMP", "REASON", "AUTHOR", "STATUS"]]
     for v in reversed(doc["versions"]):
         head = ", ".join(f"{k} {format_number(x)}" for k, x in v["headline"].items()) or "-"
         flags = []
         if not v["active"]:
             flags.append("deregistered")
+        if v.get("prerelease"):
+            flags.append("pre-release")
         flags += [f"[{s}]" for s in v["stages"]]
-        lines.append(
-            f"  {v['version']:<9} {v['date'][:19].replace('T', ' ')}  {v['commit'][:10]}  {head:<24} "
-            f"{v['bump'] or '-':<7} {v['reason'] or ''}  ({_who(v['author'])}) {' '.join(flags)}".rstrip()
-        )
+        rows.append([v["version"], (v["date"] or "")[:19].replace("T", " "), (v["commit"] or "")[:10], head,
+                     v["bump"] or "-", v["reason"] or "-", _who(v["author"]), " ".join(flags)])
+    lines += columns(rows)
+    parents = [v for v in reversed(doc["versions"]) if v.get("start_from")]
+    if parents:
+        from gitops.lineage import describe_parent
+
+        lines.append("")
+        lines.append("parents (train.start_from):")
+        lines += columns([["VERSION", "PARENT"], *([v["version"], describe_parent(v["start_from"])] for v in parents)])
     moves = [e for e in doc["events"] if e["event"] != "register"]
     if moves:
         lines.append("")
-        lines.append("stage moves and lifecycle:")
+        lines.append("stage moves and lifecycle (the #N in a tag counts every registry event of the model):")
+        rows = [["DATE (UTC)", "EVENT", "TAG", "AUTHOR"]]
         for e in reversed(moves):
             if e["event"] == "assign":
                 what = f"{e['stage']} <- {e['version']}"
@@ -328,7 +407,8 @@ def format_history(doc: dict) -> str:
                 what = "model deprecated"
             else:
                 what = e["event"]
-            lines.append(f"  {e['date'][:19].replace('T', ' ')}  {what:<32} {e['tag']:<28} {_who(e['author'])}")
+            rows.append([(e["date"] or "")[:19].replace("T", " "), what, e["tag"], _who(e["author"])])
+        lines += columns(rows)
     return "\n".join(lines)
 
 
@@ -419,6 +499,8 @@ class RollbackResult:
 def _inline(kind: str, model: str, values: dict) -> bytes:
     from gitops.yamlio import dump_yaml
 
+    if kind == "train" and isinstance(values.get("start_from"), dict):  # the parent it resolved to is not a key to write
+        values = {**values, "start_from": {k: v for k, v in values["start_from"].items() if k != "resolved"}}
     header = (f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\n"
               f"# Restored by `gitops rollback`: the values {model} was released with, inherited ones written out.\n")
     return (header + dump_yaml(_drop_nulls(values))).encode("utf-8")
@@ -439,8 +521,10 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
 
     st, found = resolve(backend, f"{model}@{version}")  # a version, or a stage naming one
     folder = f"{config.MODELS_DIR}/{model}"
-    if gitutil.is_dirty(root, [folder]):
-        raise UsageError(f"{folder} has uncommitted changes; commit or discard them before a rollback")
+    changed = gitutil.uncommitted(root, [folder])  # untracked files too: the rollback commit would take them
+    if changed:
+        raise UsageError(f"{folder} has uncommitted changes ({', '.join(changed[:5])}); commit or discard them "
+                         "before a rollback")
     gitutil.ensure_commit(root, found.commit)
     old_tree = GitTree(root, found.commit)
     old_cfg = config.load(model, root, tree=old_tree)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, jsonio, killpoints, registry_ops, scratch, tags
+from gitops import config, gitutil, jsonio, killpoints, lineage, registry_ops, scratch, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -136,6 +136,8 @@ def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: c
             auto, reason = "major", f"parameter shapes changed: {what or 'data or architecture'}"
         else:
             auto, reason = "minor", f"training config changed: {what or 'data fingerprint'}"
+    if auto == "minor" and (moved := lineage.parent_change(latest_meta, cfg)):
+        auto, reason = "minor", moved + ("" if old_cfg is None or not what else f"; {what}")
     if requested != "auto" and requested != auto:
         return requested, f"{requested} requested ({auto} by the rules: {reason})"
     return auto, reason
@@ -193,7 +195,7 @@ def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -
 
 
 def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, run: registry_ops.RunInfo,
-               commit: str, previous: str | None) -> str:
+               commit: str, previous: str | None, reproduced_at: str | None = None) -> str:
     from gitops.yamlio import dump_yaml
 
     rel = cfg.release
@@ -227,15 +229,21 @@ def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str,
               f"- version: {version} ({bump}: {reason})",
               f"- previous version: {previous or 'none (first release)'}",
               f"- commit: {commit}",
-              f"- trained at commit: {m.get('git_commit', 'unknown')}{' (dirty)' if m.get('git_dirty') else ''}",
+              f"- trained at commit: {registry_ops.commit_text(m)}",
+              *([f"- reproduced at commit: {reproduced_at} (same training fingerprint)"] if reproduced_at else []),
               f"- training fingerprint: {cfg.training_fingerprint}",
               f"- release fingerprint: {cfg.release_fingerprint}",
               f"- data fingerprint: {cfg.data_fingerprint}",
-              f"- checkpoint step: {m.get('checkpoint_step', 'unknown')} of {m.get('steps', 'unknown')}",
-              f"- device: {m.get('device_kind', 'unknown')} x{m.get('device_count', 1)}",
-              f"- parameters: {m.get('param_count', 'unknown')}",
+              f"- checkpoint step: {_or_unknown(registry_ops.int_field(m, 'checkpoint_step'))} of "
+              f"{_or_unknown(registry_ops.int_field(m, 'steps'))}",
+              f"- device: {registry_ops.device_text(m)}",
+              f"- parameters: {_or_unknown(registry_ops.int_field(m, 'param_count'))}",
               "", "## Config (resolved)", "", "```yaml", dump_yaml(cfg.as_dict()).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def _or_unknown(value: Any) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: str, meta: dict, card: str,
@@ -356,6 +364,40 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
     return Path(result.run.path), not result.cache_hit
 
 
+def lineage_check(info: registry_ops.RunInfo, cfg: config.ResolvedConfig, head: str) -> str | None:
+    """The commit that reproduces a run trained from uncommitted files (None for a clean run); warns.
+
+    A run records the commit it was trained at and whether the files it read matched it
+    (`git_dirty`, see `gitutil.lineage`). Training before committing is the normal local loop, so a
+    dirty run is released when the release commit reproduces its training fingerprint: the committed
+    config, data pins and plugin sources hash to what the run was trained from. `_run_for` only ever
+    hands on such a run (a `--run` trained from another config is refused), so this warns and
+    records the reproducing commit in the release metadata and model card.
+
+    Raises:
+        UsageError: the run's training fingerprint is not the release commit's (no commit reproduces it).
+    """
+    commit = registry_ops.text_field(info.manifest, "git_commit")
+    dirty = info.manifest.get("git_dirty")
+    if commit and dirty is False:
+        return None
+    if info.training_fingerprint != cfg.training_fingerprint:
+        raise UsageError(f"{info.path} was trained from files no commit holds (training fingerprint "
+                         f"{info.training_fingerprint[:12]}; {head[:12]} gives {cfg.short_fingerprint})")
+    if not commit:
+        how = "outside git or before the repository's first commit"
+    elif dirty is None:
+        how = f"at {commit[:12]} without recording whether the tree was clean"
+    else:
+        listed = [str(p) for p in info.manifest.get("git_uncommitted") or []]
+        shown = ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+        how = f"at {commit[:12]} with uncommitted files" + (f" ({shown})" if shown else "")
+    typer_echo(f"warning: {cfg.name}: run {info.path.name} was trained {how}; commit {head[:12]} reproduces its "
+               f"training fingerprint {cfg.short_fingerprint}, so the release records {head[:12]} as the commit "
+               "that reproduces it (retrain from a clean checkout for a run with exact lineage)")
+    return head
+
+
 def _spread(run_dir: Path) -> dict | None:
     """A repeated run's per-seed metrics for the tag message (the report's baseline noise band reads it)."""
     from gitops.repeats import read_spread
@@ -378,7 +420,8 @@ def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta:
     bytes: that is how a version whose assets went missing is repaired (its tag records the sha256).
     """
     base = {k: v for k, v in meta.items() if k not in ARCHIVE_KEYS}
-    card = model_card(cfg, base["version"], base["bump"], base["reason"], info, base["commit"], base.get("previous"))
+    card = model_card(cfg, base["version"], base["bump"], base["reason"], info, base["commit"], base.get("previous"),
+                      base.get("reproduced_at_commit"))
     from gitops import artifact_store
 
     store = artifact_store.for_tree(tree)  # gitops.yaml's artifacts: at the released commit
@@ -504,7 +547,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
     cfg = config.load(model, root, tree=tree)
-    if gitutil.is_dirty(root, [f"{config.MODELS_DIR}/{model}"]):
+    if gitutil.uncommitted(root, [f"{config.MODELS_DIR}/{model}"]):
         typer_echo(f"warning: models/{model} has uncommitted changes; releasing the committed config at "
                    f"{head[:12]}")
     st = registry_ops.state(backend, model)
@@ -556,6 +599,9 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
 
     run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head)
     info = registry_ops.read_run(run_dir)
+    reproduced_at = (latest_meta.get("reproduced_at_commit")  # a patch reusing a run checked before
+                     if latest_meta.get("training_fingerprint") == cfg.training_fingerprint else None)
+    reproduced_at = reproduced_at or lineage_check(info, cfg, head)
     from gitops.report import evaluate_gates
 
     gates = evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
@@ -595,7 +641,9 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
                 **({"metrics_spread": spread} if (spread := _spread(run_dir)) else {}),
                 "checkpoint_step": info.manifest.get("checkpoint_step"),
                 "steps": info.manifest.get("steps"),
-                "trained_at_commit": info.manifest.get("git_commit"),
+                "trained_at_commit": registry_ops.text_field(info.manifest, "git_commit") or None,
+                **({"reproduced_at_commit": reproduced_at} if reproduced_at else {}),
+                **({"start_from": parent} if (parent := info.manifest.get("start_from")) else {}),
             }
             out_dir = workdir / f"out-{version}"
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -647,7 +695,7 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
     tree = _GitTree(root, head)
     all_state = tags.registry_state(backend.list_tags())
     results, failures = [], []
-    for name in config.model_names(tree):
+    for name in lineage.parents_first(config.model_names(tree), tree):  # a parent releases before its children
         st = all_state.get(name)
         if st is not None and st.deprecated:
             continue

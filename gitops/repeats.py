@@ -117,6 +117,10 @@ def train_repeats(
     subdir = run.path / REPEATS_DIR
     if subdir.exists() and any(subdir.iterdir()) and not resume:
         raise TrainingError(f"{subdir} already holds seeds; resume or remove the run folder")
+    from gitops import start_from
+
+    dataset = dataset or data_lib.load(cfg.data, root)  # a data pin or a parent that doesn't fit: no run folder
+    start_from.prepare(cfg, root, dataset.preprocessing)
     run.path.mkdir(parents=True, exist_ok=True)
     started_at = _now()
     if resume and run.manifest_path.is_file():
@@ -129,7 +133,6 @@ def train_repeats(
         "seed": cfg.train.seed, "started_at": started_at, "finished_at": None, "repeats": section,
     })
 
-    dataset = dataset or data_lib.load(cfg.data, root)
     per_seed: list[dict[str, float]] = []
     subs: list[RunFolder] = []
     for i, seed in enumerate(seeds):

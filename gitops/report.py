@@ -67,11 +67,13 @@ class ModelReport:
     wall_time_s: float | None = None
     steps_per_s: float | None = None
     steps: int | None = None
-    git_commit: str = ""
+    git_commit: str = ""  # "" when the run recorded none (trained outside git or before the first commit)
+    git_dirty: bool = False
     training_fingerprint: str = ""
     repeats: int = 1  # seeds behind each value of this run (metrics are their means)
     trackers: list[dict] = field(default_factory=list)  # [{name, url}] where the run is in a tracker
     sweep: dict | None = None  # {"markdown", "json", "best_trial"} when this run is a sweep's best trial
+    parent: dict | None = None  # the run's train.start_from record (manifest), with `warning` when deprecated
 
     @property
     def ok(self) -> bool:
@@ -208,7 +210,7 @@ def _seconds(manifest: dict) -> float | None:
         start = datetime.fromisoformat(manifest["started_at"])
         end = datetime.fromisoformat(manifest["finished_at"])
     except (KeyError, TypeError, ValueError):
-        return manifest.get("wall_time_s")
+        return None
     return max(0.0, (end - start).total_seconds())
 
 
@@ -245,6 +247,9 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             better = (new > old) if row["higher_is_better"] else (new < old)
             band = stats.noise_band(ours, theirs) if (ours or theirs) else None
             if band is not None:
+                row["noise_band"], row["noise_basis"] = band, "seeds"
+            elif repeats == 1 and baseline.repeats == 1:
+                band, row["noise_basis"] = stats.single_seed_band(name, old, new, _split_size(info.config, name))
                 row["noise_band"] = band
             if name in failed_metrics:
                 row["status"] = "failed"
@@ -264,7 +269,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             row["status"] = "none"
         rows.append(row)
     wall = _seconds(info.manifest)
-    steps = info.manifest.get("steps")
+    steps = registry_ops.int_field(info.manifest, "steps")
     diff = []
     if baseline.config is not None and info.config:
         diff = config_diff(baseline.config, info.config)
@@ -276,15 +281,29 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         gates=gates,
         diff=diff,
         curve=_curve(info.history),
-        device=f"{info.manifest.get('device_kind', 'unknown')} x{info.manifest.get('device_count', 1)}",
+        device=registry_ops.device_text(info.manifest),
         wall_time_s=wall,
         steps_per_s=(steps / wall) if steps and wall else None,
         steps=steps,
-        git_commit=info.manifest.get("git_commit", ""),
+        git_commit=registry_ops.text_field(info.manifest, "git_commit"),
+        git_dirty=info.manifest.get("git_dirty") is True,
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
         trackers=trackers.links(info.manifest),
     )
+
+
+def _split_size(cfg: dict | None, metric: str) -> int | None:
+    """Examples in the held-out split a `val/` or `test/` metric was measured on (None when unknown)."""
+    split = {"val": "validation", "test": "test"}.get(metric.split("/", 1)[0])
+    data = (cfg or {}).get("data") or {}
+    try:
+        entry = catalog.DATASETS.get(data["dataset"]["name"])
+        total = (entry.info.get("examples") if entry else None) or data["dataset"].get("n_samples")
+        fraction = float(data["splits"][split])
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return math.ceil(total * fraction) if isinstance(total, int) and total > 0 and fraction > 0 else None
 
 
 def _std(summary: dict | None) -> float | None:
@@ -327,7 +346,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
         else:
             raise UsageError(f"{run}: no such run folder")
     if head_sha is None:
-        head_sha = gitutil.head_commit(root) if gitutil.is_repo(root) else ""
+        head_sha = gitutil.head_or_none(root) or ""  # "" outside git or before the first commit
     if pr is None:
         pr = pr_from_event()
     reports = []
@@ -344,9 +363,26 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
         else:
             base = baseline_from_folder(Path(baseline))
         reports.append(build_model_report(info, base))
+        reports[-1].parent = _parent(info, backend)
     from gitops.sweep_results import attach_to_report
 
     return Report(attach_to_report(root, reports), head_sha, pr)
+
+
+def _parent(info: registry_ops.RunInfo, backend: Backend | None) -> dict | None:
+    """The run's parent (start_from), flagged when its model is deprecated or its version deregistered."""
+    record = info.manifest.get("start_from")
+    if not record:
+        return None
+    record = dict(record)
+    if record.get("model") and backend is not None:
+        st = registry_ops.state(backend, record["model"])
+        found = st.find(record.get("version") or "")
+        if st.deprecated:
+            record["warning"] = f"the parent model {record['model']} is deprecated"
+        elif found is not None and not found.active:
+            record["warning"] = f"the parent {record['model']}@{found.version} is deregistered"
+    return record
 
 
 def pr_from_event() -> int | None:
@@ -406,6 +442,13 @@ def _seeds(n: int) -> str:
     return f", mean ± std of {n} seeds" if n > 1 else ""
 
 
+def noise_rules(m: ModelReport) -> list[str]:
+    """The noise rules the rows of `m` used (seeds, single-seed), for the footer and the JSON."""
+    bases = {row.get("noise_basis") for row in m.metrics if row.get("noise_band") is not None}
+    rules = [stats.NOISE_RULE] if "seeds" in bases else []
+    return rules + ([stats.SINGLE_SEED_RULE] if bases - {"seeds", None} else [])
+
+
 def model_markdown(m: ModelReport) -> str:
     b = m.baseline
     title = f"### {'✅' if m.ok else '❌'} `{m.model}`"
@@ -414,6 +457,14 @@ def model_markdown(m: ModelReport) -> str:
     lines = [title, ""]
     if m.sweep:
         lines += [m.sweep["markdown"], ""]
+    if m.parent:
+        from gitops.lineage import describe_parent
+
+        lines.append(f"Starts from: {describe_parent(m.parent)}"
+                     + (f", frozen: {', '.join(m.parent['frozen'])}" if m.parent.get("frozen") else ""))
+        if m.parent.get("warning"):
+            lines.append(f"> [!WARNING]\n> {m.parent['warning']}: releasing this model builds on it.")
+        lines.append("")
     if b.source == "none":
         lines.append(f"No baseline: {b.note or m.model + ' has no release yet'}.")
     else:
@@ -427,14 +478,15 @@ def model_markdown(m: ModelReport) -> str:
     for row in m.metrics:
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = NONE if row["delta"] is None else f"{row['delta']:+.4g}"
-        if row.get("noise_band") is not None and row["delta"] is not None:
+        if row.get("noise_band") is not None and row["delta"] is not None and (
+                row.get("noise_basis") == "seeds" or row["status"] == "noise"):
             delta += f" (±{row['noise_band']:.2g})"
         rel = NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%"
         lines.append(f"| {row['metric']} ({arrow} better) | {_cell_value(row['baseline'], row.get('baseline_std'))} | "
                      f"{_cell_value(row['value'], row.get('value_std'))} | {delta} | {rel} | {_SYMBOL[row['status']]} |")
     lines.append("")
     if m.has_noise_band or m.repeats > 1 or b.repeats > 1:
-        note = [f"_{stats.NOISE_RULE}; the band is shown after Δ._"] if m.has_noise_band else []
+        note = [f"_{rule}; the band is shown after Δ._" for rule in noise_rules(m)]
         if m.repeats > 1:
             note.append(f"_Values are means over {m.repeats} seeds; gates apply to the mean._")
         lines += [" ".join(note), ""]
@@ -464,7 +516,9 @@ def model_markdown(m: ModelReport) -> str:
     speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
     tracked = "".join(f" · [{TRACKER_LABELS.get(t['name'], t['name'])}]({_link(t['url'])})" for t in m.trackers)
     lines.append(f"Device {m.device} · wall time {wall} · {m.steps or NONE} steps · {speed} · "
-                 f"run `{m.training_fingerprint[:12]}` · commit `{m.git_commit[:12] or NONE}`{tracked}")
+                 f"run `{m.training_fingerprint[:12] or NONE}` · "
+                 + (f"commit `{m.git_commit[:12]}`" + (" (uncommitted changes)" if m.git_dirty else "")
+                    if m.git_commit else "commit not recorded") + tracked)
     lines.append("")
     return "\n".join(lines)
 
@@ -488,9 +542,62 @@ def markdown(report: Report, limit: int = MAX_CHARS) -> str:
     status = (f"❌ gate failed: {', '.join(failed)}" if failed
               else f"✅ all gates pass ({len(report.models)} model(s))")
     head = [COMMENT_MARKER, "## gitops report", "", status, "",
-            f"Head commit `{report.head_sha[:12] or 'unknown'}`" + (f" · PR #{report.pr}" if report.pr else ""), ""]
+            f"Head commit `{report.head_sha[:12] or 'not recorded'}`" + (f" · PR #{report.pr}" if report.pr else ""), ""]
     text = "\n".join(head) + "\n" + "\n".join(model_markdown(m) for m in report.models)
     return cap(text, limit)
+
+
+_WORD = {"better": "better", "worse": "WORSE", "failed": "FAILED", "equal": "same", "none": "", "noise": "≈ noise"}
+
+
+def terminal(report: Report) -> str:
+    """The report for a terminal: aligned plain-text tables, no Mermaid, sparkline or HTML.
+
+    `gitops report` prints this when stdout is a terminal; the Markdown (PR comment, job summary,
+    `--out`, pipes) is unchanged.
+    """
+    failed = [m.model for m in report.models if not m.ok]
+    lines = ["gitops report" + (f" · head {report.head_sha[:12]}" if report.head_sha else "")
+             + (f" · PR #{report.pr}" if report.pr else ""),
+             f"gate failed: {', '.join(failed)}" if failed else f"all gates pass ({len(report.models)} model(s))", ""]
+    for m in report.models:
+        b = m.baseline
+        base = (f"baseline {m.model}@{b.version}" if b.source == "release" else f"baseline folder {b.version}"
+                if b.source == "folder" else f"no baseline: {b.note or 'no release yet'}")
+        lines.append(f"{m.model}  ({'ok' if m.ok else 'GATE FAILED'}; {base})")
+        rows = [["METRIC", "BASELINE", "THIS RUN", "Δ", "Δ %", ""]]
+        for row in m.metrics:
+            band = (f" (±{row['noise_band']:.2g})" if row.get("noise_band") is not None and row["status"] == "noise"
+                    else "")
+            rows.append([f"{row['metric']} {'↑' if row['higher_is_better'] else '↓'}",
+                         _cell_value(row["baseline"], row.get("baseline_std")),
+                         _cell_value(row["value"], row.get("value_std")),
+                         NONE if row["delta"] is None else f"{row['delta']:+.4g}",
+                         NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%",
+                         _WORD[row["status"]] + band])
+        lines += registry_ops.columns(rows)
+        for rule in noise_rules(m):
+            lines.append(f"  {rule}")
+        for g in m.gates:
+            lines.append(f"  gate {g.metric} {g.kind} {g.threshold:g}: {g.status}" + (f" ({g.note})" if g.note else ""))
+        if not m.gates:
+            lines.append("  no gates in release.yaml")
+        if b.source != "none":
+            if m.diff:
+                lines.append(f"  config diff against {b.version}:")
+                lines += registry_ops.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
+                                              indent="    ")
+            else:
+                lines.append(f"  no config change against {b.version}")
+        if m.curve:
+            lines.append(f"  training loss {registry_ops.format_number(m.curve[0][1])} -> "
+                         f"{registry_ops.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
+        wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
+        speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
+        lines.append(f"  {m.device} · {wall} · {m.steps or NONE} steps · {speed} · run {m.training_fingerprint[:12]}"
+                     f" · commit {m.git_commit[:12] + (' (uncommitted changes)' if m.git_dirty else '') if m.git_commit else 'not recorded'}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def cap(text: str, limit: int = MAX_CHARS) -> str:
@@ -523,7 +630,7 @@ def as_json(report: Report) -> dict:
                 {"version": m.baseline.version, "source": m.baseline.source, "metrics": m.baseline.metrics,
                  "repeats": m.baseline.repeats},
                 "repeats": m.repeats,
-                "noise_rule": stats.NOISE_RULE if m.has_noise_band else None,
+                "noise_rule": "; ".join(noise_rules(m)) or None,
                 "metrics": m.metrics,
                 "gates": [g.as_dict() for g in m.gates],
                 "config_diff": [{"key": k, "baseline": None if is_missing(a) else a,
@@ -596,6 +703,7 @@ REPORT_JSON_SCHEMA: dict = {
                                 "baseline_std": _NUM_OR_NULL,
                                 "baseline_n": {"type": "integer", "minimum": 1},
                                 "noise_band": _NUM_OR_NULL,
+                                "noise_basis": {"type": "string", "maxLength": 64},
                             },
                         },
                     },
@@ -660,8 +768,6 @@ _allow_non_finite(REPORT_JSON_SCHEMA)
 
 def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
     """Parse and check a report.json handed over from an untrusted run; UsageError/GitopsError on any mismatch."""
-    import jsonschema
-
     from gitops.errors import GitopsError
 
     if len(text) > 10_000_000:
@@ -670,7 +776,9 @@ def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GitopsError(f"report JSON is not valid JSON: {exc}") from None
-    errors = sorted(jsonschema.Draft202012Validator(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
+    from gitops.schema import strict_validator_class
+
+    errors = sorted(strict_validator_class()(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:
         where = "/".join(str(p) for p in errors[0].absolute_path) or "(top)"
         raise GitopsError(f"report JSON does not match its schema at {where}: {errors[0].message[:200]}")

@@ -8,10 +8,10 @@ with "did you mean" for unknown keys and enum values.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,10 +64,10 @@ def _choice(key: str, entries: dict[str, Entry], description: str, extra: dict[s
 
 def _document(kind: str, title: str, body: dict) -> dict:
     """Wrap a kind's schema with $schema/$id and the keys every file may carry."""
-    body = copy.deepcopy(body)
-    body.setdefault("properties", {}).update(copy.deepcopy(_COMMON))
+    body = _copy_json(body)  # a JSON copy: copy.deepcopy cost several ms per CLI start
+    body.setdefault("properties", {}).update(_copy_json(_COMMON))
     for branch in body.get("allOf", []):
-        branch["then"]["properties"].update(copy.deepcopy(_COMMON))
+        branch["then"]["properties"].update(_copy_json(_COMMON))
     return {
         "$schema": DRAFT,
         "$id": f"{SCHEMA_BASE_URI}/{kind}.v{SCHEMA_VERSION}.schema.json",
@@ -136,6 +136,7 @@ def _train_schema() -> dict:
                         ),
                     },
                 },
+                "start_from": _start_from_schema(),
                 "repeats": integer("Train this many seeds (seed, seed+1, ...) and report mean and spread.", 1, 1, 32),
                 "early_stopping": {
                     "type": ["object", "null"],
@@ -168,6 +169,38 @@ def _train_schema() -> dict:
             },
         },
     )
+
+
+def _start_from_schema() -> dict:
+    """train.start_from: a released version of this registry, or a pinned single weights file."""
+    common = {
+        "params": enum("Which parameters load: all, or backbone (all but the final classifier/regression head; "
+                       "docs/start-from.md lists the paths per architecture).", ["all", "backbone"], "all"),
+        "strict": {"type": "boolean", "default": True,
+                   "description": "true: a parameter whose shape differs (or that the source lacks) is an error; "
+                                  "false: it is skipped and keeps its fresh initialisation."},
+        "freeze": {"type": "array", "default": [], "uniqueItems": True,
+                   "items": {"type": "string", "minLength": 1, "pattern": r"^[A-Za-z0-9_*?\[\]/.-]+$"},
+                   "description": "Parameter path patterns (fnmatch, e.g. hidden/0/*) that get no updates "
+                                  "(optax.multi_transform with set_to_zero)."},
+    }
+    return {
+        "type": ["object", "null"],
+        "description": "Initialise from a released version (model: NAME@VERSION or NAME@STAGE) or from a pinned "
+                       "weights file ({path|url, sha256, format}) instead of random initialisation.",
+        "additionalProperties": False,
+        "properties": {
+            "model": {"type": "string", "minLength": 1,
+                      "description": "MODEL@vX.Y.Z (fixed, reproducible) or MODEL@STAGE (resolved when a run starts)."},
+            "path": {"type": "string", "minLength": 1, "description": "A weights file in the repository."},
+            "url": {"type": "string", "pattern": r"^https?://", "description": "A weights file to download."},
+            "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$", "description": "SHA-256 of the weights file."},
+            "format": {"type": "string", "enum": ["safetensors", "npz"],
+                       "description": "Format of the weights file (default: safetensors)."},
+            **common,
+        },
+        "oneOf": [{"required": ["model"]}, {"required": ["path", "sha256"]}, {"required": ["url", "sha256"]}],
+    }
 
 
 def _data_schema() -> dict:
@@ -290,10 +323,24 @@ _BUILDERS: dict[str, Callable[[], dict]] = {
     "release": _release_schema,
 }
 _CACHE: dict[str, dict] = {}
+_CACHE_STATE: list[tuple | None] = [None]
+
+
+def _sync() -> None:
+    """Drop built schemas and validators when the plugins in view change (another repository's package)."""
+    from gitops.plugins import state_key
+
+    key = state_key()
+    if _CACHE_STATE[0] != key:
+        _CACHE.clear()
+        _VALIDATORS.clear()
+        _FAST.clear()
+        _CACHE_STATE[0] = key
 
 
 def schema_for(kind: str) -> dict:
-    """The JSON Schema of one file kind (built once per process)."""
+    """The JSON Schema of one file kind (built once per set of plugins in view)."""
+    _sync()
     if kind not in _CACHE:
         _CACHE[kind] = _BUILDERS[kind]()
     return _CACHE[kind]
@@ -309,7 +356,7 @@ def file_schema(kind: str) -> dict:
     list items stay: a list replaces its parent's whole. gitops itself validates the merged document
     against `schema_for(kind)`, where everything required is.
     """
-    doc = copy.deepcopy(schema_for(kind))
+    doc = _copy_json(schema_for(kind))
     head = {k: doc.pop(k) for k in ("$schema", "$id", "title") if k in doc}
     partial, required = _split_required(doc)
     out = {**head, **partial}
@@ -419,13 +466,35 @@ def selectors(kind: str) -> dict[tuple, str]:
 # --- validation ------------------------------------------------------------------------------------
 
 _VALIDATORS: dict[str, Any] = {}
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+def whole_string_pattern(pattern: str) -> str:
+    """A JSON Schema `pattern` for Python's `re`, with `$` meaning the end of the string.
+
+    JSON Schema patterns are ECMA-262 regexes, where `$` matches only at the end of the input; in
+    Python's `re`, `$` also matches before a final newline, so `"val/acc\\n"` would pass
+    `^val/[a-z_]+$`. fastjsonschema makes the same substitution, so both validators agree.
+    """
+    return _UNESCAPED_DOLLAR.sub(r"\\Z", pattern)
+
+
+def strict_validator_class():
+    """jsonschema's Draft 2020-12 validator with ECMA-262 `$` in `pattern` (see whole_string_pattern)."""
+    from jsonschema import Draft202012Validator, validators
+    from jsonschema.exceptions import ValidationError
+
+    def pattern(validator, patrn, instance, schema):
+        if validator.is_type(instance, "string") and not re.search(whole_string_pattern(patrn), instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    return validators.extend(Draft202012Validator, {"pattern": pattern})
 
 
 def _validator(kind: str):
+    _sync()
     if kind not in _VALIDATORS:
-        from jsonschema import Draft202012Validator
-
-        _VALIDATORS[kind] = Draft202012Validator(schema_for(kind))
+        _VALIDATORS[kind] = strict_validator_class()(schema_for(kind))
     return _VALIDATORS[kind]
 
 
@@ -436,22 +505,69 @@ def format_path(path: tuple) -> str:
     return out
 
 
+def suggest(word: Any, options: list[Any]) -> str | None:
+    """The option `word` most likely meant: a case-insensitive match first, then a close spelling."""
+    text = str(word)
+    names = [str(o) for o in options]
+    folded = [n for n in names if n.lower() == text.lower() or n.replace("_", "-").lower() == text.replace("_", "-").lower()]
+    if folded:
+        return folded[0]
+    prefixed = [n for n in names if len(text) >= 3 and n.lower().startswith(text.lower())]
+    if len(prefixed) == 1:  # `acc` -> accuracy
+        return prefixed[0]
+    close = difflib.get_close_matches(text.lower(), [n.lower() for n in names], n=1, cutoff=0.6)
+    return next((n for n in names if n.lower() == close[0]), None) if close else None
+
+
 def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    found = suggest(word, options)
+    return f" (did you mean '{found}'?)" if found is not None else ""
 
 
 _TYPE_NAMES = {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "integer", float: "number"}
+_SCHEMA_TYPE_NAMES = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+                      "number": "a number", "boolean": "true or false", "null": "null"}
 
 
 def _type_name(value: Any) -> str:
     return "null" if value is None else _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _shown(value: Any) -> str:
+    """A value as YAML would write it (true, null, 0.001), for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, float):
+        return f"{value:g}" if value == value and abs(value) != float("inf") else str(value)
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# What the schemas' patterns mean, for messages (the pattern itself helps nobody).
+_PATTERN_FORMS = (
+    ("^(train|val|test)/", "a metric name as <split>/<metric> with split train, val or test (e.g. test/accuracy)"),
+    ("^val/", "a validation metric as val/<metric> (e.g. val/accuracy)"),
+    (r"^\.\./", "'../<model-name>' (a sibling model folder)"),
+    ("^[0-9a-f]{64}$", "a SHA-256 as 64 lower-case hex digits"),
+    ("^(https?|s3|gs|file)://", "a URL starting with http://, https://, s3://, gs:// or file://"),
+)
+
+
 def _describe(error) -> list[tuple[tuple, str, bool]]:
-    """(relative path, message, point-at-key) triples for one jsonschema error."""
+    """(relative path, message, point-at-key) triples for one jsonschema error.
+
+    Every validator the schemas use gets a sentence that says what is expected ("must be at most
+    1", "expected an integer, got string 'lots'"), never jsonschema's own phrasing.
+    """
     path = tuple(error.absolute_path)
-    validator = error.validator
+    validator, limit, value = error.validator, error.validator_value, error.instance
     if validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extras = [k for k in error.instance if k not in allowed]
@@ -460,20 +576,55 @@ def _describe(error) -> list[tuple[tuple, str, bool]]:
             for k in extras
         ]
     if validator == "required":
-        missing = [k for k in error.validator_value if k not in error.instance]
+        missing = [k for k in limit if k not in error.instance]
         return [(path, f"missing required key '{k}'", False) for k in missing]
     if validator in ("enum", "const"):
-        options = error.validator_value if validator == "enum" else [error.validator_value]
-        shown = ", ".join("null" if o is None else str(o) for o in options)
-        return [(path, f"{error.instance!r} is not one of: {shown}{_suggest(error.instance, [o for o in options if o])}", False)]
+        options = limit if validator == "enum" else [limit]
+        shown = ", ".join(_shown(o) if not isinstance(o, str) else o for o in options)
+        hint = _suggest(value, [o for o in options if isinstance(o, str)]) if isinstance(value, str) else ""
+        if validator == "const":
+            return [(path, f"must be {_shown(limit)}, got {_shown(value)}", False)]
+        return [(path, f"{_shown(value)} is not one of: {shown}{hint}", False)]
     if validator == "type":
-        expected = error.validator_value
-        expected = " or ".join(expected) if isinstance(expected, list) else expected
-        return [(path, f"expected {expected}, got {_type_name(error.instance)} {error.instance!r}", False)]
+        expected = limit if isinstance(limit, list) else [limit]
+        wanted = " or ".join(_SCHEMA_TYPE_NAMES.get(t, t) for t in expected)
+        return [(path, f"expected {wanted}, got {_type_name(value)} {_shown(value)}", False)]
+    bounds = {
+        "minimum": "must be at least {limit}",
+        "maximum": "must be at most {limit}",
+        "exclusiveMinimum": "must be greater than {limit}",
+        "exclusiveMaximum": "must be less than {limit}",
+        "multipleOf": "must be a multiple of {limit}",
+    }
+    if validator in bounds:
+        return [(path, bounds[validator].format(limit=_number(limit)) + f", got {_shown(value)}", False)]
+    if validator in ("minItems", "maxItems"):
+        word = "at least" if validator == "minItems" else "at most"
+        return [(path, f"must have {word} {limit} item{'s' if limit != 1 else ''}, got {len(value)}", False)]
+    if validator in ("minLength", "maxLength"):
+        word = "at least" if validator == "minLength" else "at most"
+        return [(path, f"must be {word} {limit} character{'s' if limit != 1 else ''} long, got {len(value)}", False)]
+    if validator in ("minProperties", "maxProperties"):
+        word = "at least" if validator == "minProperties" else "at most"
+        return [(path, f"must have {word} {limit} key{'s' if limit != 1 else ''}, got {len(value)}", False)]
+    if validator == "uniqueItems":
+        seen, repeated = [], []
+        for item in value:
+            (repeated if item in seen else seen).append(item)
+        return [(path, f"must not repeat items ({', '.join(_shown(r) for r in repeated[:3])} repeated)", False)]
     if validator == "anyOf" and isinstance(error.instance, dict) and path and "gates" in path:
         return [(path, "a gate needs at least one of min, max, max_regression", False)]
     if validator == "pattern":
-        return [(path, f"{error.instance!r} does not match the pattern {error.validator_value}", False)]
+        form = next((text for prefix, text in _PATTERN_FORMS if str(limit).startswith(prefix)), None)
+        return [(path, f"expected {form}, got {_shown(value)}" if form else
+                 f"{_shown(value)} does not have the expected form (pattern {limit})", False)]
+    if validator in ("anyOf", "oneOf") and error.context:
+        from jsonschema.exceptions import best_match
+
+        best = best_match(error.context)
+        return _describe(best) if best is not None else [(path, "matches none of the allowed forms", False)]
+    if validator == "not":
+        return [(path, f"{_shown(value)} is not allowed here", False)]
     return [(path, error.message, False)]
 
 
@@ -494,14 +645,15 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
     marshalled code object costs ~0.1 ms. The key covers the schema, fastjsonschema and Python, so a
     stale entry is never used; an unwritable cache only costs the time.
     """
-    import hashlib
     import marshal
     import sys
 
     import fastjsonschema
 
     version = getattr(fastjsonschema, "VERSION", "")
-    key = hashlib.sha256(
+    from gitops.checksums import sha256_new
+
+    key = sha256_new(
         (json.dumps(document, sort_keys=True, allow_nan=False) + version + sys.version).encode("utf-8")
     ).hexdigest()[:32]
     path = _validator_cache_dir() / f"{key}.marshal"
@@ -529,6 +681,7 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
 
 def _fast_check(kind: str) -> Callable[[Any], Any]:
     """A compiled validator (fastjsonschema) for the common case: a valid document, in microseconds."""
+    _sync()
     if kind not in _FAST:
         _FAST[kind] = compiled_validator(schema_for(kind))
     return _FAST[kind]
@@ -538,7 +691,10 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
     """All schema errors of one merged document as (path, message, at_key) triples, deterministic order.
 
     The compiled validator answers "valid" fast; only an invalid document pays for jsonschema's
-    complete error list (every error at once, with paths).
+    complete error list (every error at once, with paths). A selector that names nothing
+    (`architecture: MLP`) hides its branch's checks in JSON Schema; here the rest of that mapping
+    is checked against the branch the selector most likely meant, or, with no close name, its
+    keys against every branch's keys, so a misspelled key shows in the same pass.
     """
     import fastjsonschema
 
@@ -547,6 +703,37 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
         return []
     except fastjsonschema.JsonSchemaException:
         pass
+    out: list[tuple[tuple, str, bool]] = []
+    seen: set[tuple] = set()
+
+    def add(items: list[tuple[tuple, str, bool]]) -> None:
+        for item in items:
+            if item[:2] not in seen:
+                seen.add(item[:2])
+                out.append(item)
+
+    add(_errors(kind, data))
+    choices = list(_bad_selectors(schema_for(kind), data, ()))
+    if choices:
+        patched = _copy_json(data)
+        selector_paths = []
+        for path, key, names, union in choices:
+            node = _at(patched, path)
+            guess = suggest(node.get(key), names) if isinstance(node.get(key), str) else None
+            selector_paths.append(path + (key,))
+            if guess is not None:
+                node[key] = guess
+                continue
+            for extra in sorted(k for k in node if k not in union):
+                add([(path + (extra,), f"unknown key '{extra}'{_suggest(extra, sorted(union))} (no "
+                      f"{key} has it)", True)])
+            for extra in [k for k in node if k not in union]:
+                del node[extra]
+        add([e for e in _errors(kind, patched) if e[0] not in selector_paths])
+    return sorted(out, key=lambda e: (list(map(str, e[0])), e[1]))
+
+
+def _errors(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
     errors = sorted(_validator(kind).iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
     out: list[tuple[tuple, str, bool]] = []
     seen = set()
@@ -557,6 +744,127 @@ def validate_document(kind: str, data: Any) -> list[tuple[tuple, str, bool]]:
                 seen.add(item[:2])
                 out.append(item)
     return out
+
+
+def _at(data: Any, path: tuple) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _selector(schema: dict) -> tuple[str, list[str], set[str]] | None:
+    """(selector key, its names, every key some branch allows) for a `_choice` schema, else None."""
+    branches = [b for b in schema.get("allOf", ()) if isinstance(b, dict) and "if" in b]
+    if not branches:
+        return None
+    key = next(iter(branches[0]["if"].get("properties", {})), None)
+    if key is None:
+        return None
+    names = [b["if"]["properties"][key]["const"] for b in branches if key in b["if"].get("properties", {})]
+    union = set(schema.get("properties", {}))
+    for b in branches:
+        union |= set(b.get("then", {}).get("properties", {}))
+    return key, names, union
+
+
+def _bad_selectors(schema: dict, data: Any, path: tuple):
+    """(path, key, names, allowed keys) of each mapping whose selector names no branch, depth first."""
+    if isinstance(data, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            for i, item in enumerate(data):
+                yield from _bad_selectors(items, item, path + (i,))
+        return
+    if not isinstance(data, dict):
+        return
+    found = _selector(schema)
+    props = dict(schema.get("properties", {}))
+    if found is not None:
+        key, names, union = found
+        if data.get(key) not in names:
+            yield path, key, names, union
+            return
+        for b in schema.get("allOf", ()):
+            if _branch_applies(b.get("if", {}), data):
+                props.update(b.get("then", {}).get("properties", {}))
+    for key, sub in props.items():
+        if key in data and isinstance(sub, dict):
+            yield from _bad_selectors(sub, data[key], path + (key,))
+
+
+def _salvage_one(doc: dict, error: Any, dropped: list[tuple]) -> bool | str | None:
+    """Repair `doc` where one error points; True if it changed, None when the document can't be saved."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties":
+        node = _at(doc, path)
+        allowed = set(error.schema.get("properties", {}))
+        extras = [k for k in node if k not in allowed]
+        for extra in extras:
+            del node[extra]
+            dropped.append(path + (extra,))
+        return bool(extras)
+    if error.validator == "required":
+        node = _at(doc, path)
+        missing = [k for k in error.validator_value if k not in node]
+        for key in missing:
+            prop = error.schema.get("properties", {}).get(key, {})
+            if "default" in prop:
+                node[key] = _copy_json(prop["default"])
+            elif prop.get("type") == "integer" and "minimum" in prop:
+                node[key] = prop["minimum"]
+            else:
+                return None
+            dropped.append(path + (key,))
+        return bool(missing)
+    if not path:
+        return None
+    parent, leaf = _at(doc, path[:-1]), path[-1]
+    guess = (suggest(error.instance, [o for o in error.validator_value if isinstance(o, str)])
+             if error.validator == "enum" and isinstance(error.instance, str) else None)
+    if guess is not None:
+        parent[leaf] = guess  # a misspelled selector: the branch it most likely meant
+    elif isinstance(parent, dict) and leaf in parent:
+        del parent[leaf]
+    elif isinstance(parent, list) and isinstance(leaf, int) and leaf < len(parent):
+        parent.pop(leaf)
+        dropped.append(path)
+        return "shifted"  # later indices moved: validate again before the next repair
+    else:
+        return False
+    dropped.append(path)
+    return True
+
+
+def salvage(kind: str, data: Any) -> tuple[dict | None, list[tuple]]:
+    """The parts of an invalid document that parsed: (a valid copy, paths dropped or guessed).
+
+    Offending keys are dropped (their defaults fill in), list items removed, a misspelled selector
+    replaced by its closest name, and a required integer with a type error set to its minimum. The
+    semantic checks then run on what is left, so one pass reports them beside the schema errors;
+    the caller hides semantic findings at or under a dropped path. None when nothing usable is left.
+    """
+    if not isinstance(data, dict):
+        return None, []
+    doc = _copy_json(data)
+    dropped: list[tuple] = []
+    for _round in range(24):
+        errors = list(_validator(kind).iter_errors(doc))
+        if not errors:
+            return doc, dropped
+        progressed = False
+        for error in sorted(errors, key=lambda e: -len(e.absolute_path)):
+            try:
+                outcome = _salvage_one(doc, error, dropped)
+            except (KeyError, IndexError, TypeError):
+                continue  # already dropped with an enclosing value
+            if outcome is None:
+                return None, dropped
+            progressed = progressed or bool(outcome)
+            if outcome == "shifted":
+                break
+        if not progressed:
+            return None, dropped
+    return None, dropped
 
 
 # --- defaults and number casting (after validation) ---------------------------------------------
@@ -578,6 +886,8 @@ def _copy_json(value: Any) -> Any:
         return {k: _copy_json(v) for k, v in value.items()}
     if cls is list:
         return [_copy_json(v) for v in value]
+    import copy
+
     return copy.deepcopy(value)
 
 

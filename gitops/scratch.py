@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 
@@ -25,6 +24,8 @@ def make(parent: Path, prefix: str) -> Path:
     """Create and return a new scratch folder in `parent` (created too), named for this process."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # not at start-up: `ci plan` reads tags through the local backend (tests/test_startup.py)
+
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{_host()}-{os.getpid()}-", dir=parent))
 
 

@@ -103,6 +103,22 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "plugins": {
+            "type": "object",
+            "description": "Your own architectures, datasets, augmentations and metrics from a package in this "
+                           "repository (docs/plugins.md). Its source joins the training fingerprint of the models "
+                           "that use it.",
+            "default": {},
+            "additionalProperties": False,
+            "properties": {
+                "package": {
+                    "type": "string",
+                    "pattern": "^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+                    "description": "A folder at the repository root holding a Python package whose __init__.py "
+                                   "defines GITOPS_PLUGINS, e.g. plugins.",
+                },
+            },
+        },
     },
 }
 
@@ -130,8 +146,14 @@ class Budgets:
 
 
 @dataclass(frozen=True)
+class PluginSettings:
+    package: str | None = None  # a package folder at the repository root (gitops.plugins)
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
+    plugins: PluginSettings = PluginSettings()
     trackers: tuple[TrackerSpec, ...] = ()
     artifacts: Any = None  # gitops.artifact_store.StoreSettings, or None: assets stay with the backend
 
@@ -159,9 +181,7 @@ def load_settings(tree: Tree) -> Settings:
         return _settings(doc)
     except fastjsonschema.JsonSchemaException:
         pass
-    from jsonschema import Draft202012Validator
-
-    errors = sorted(Draft202012Validator(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
+    errors = sorted(schema_mod.strict_validator_class()(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
     problems = []
     for error in errors:
         for path, message, at_key in schema_mod._describe(error):
@@ -195,4 +215,5 @@ def _settings(doc: Any) -> Settings:
         from gitops.artifact_store import StoreSettings
 
         store = StoreSettings(**data["artifacts"])
-    return Settings(Budgets(**(data.get("budgets") or {})), tuple(trackers), store)
+    return Settings(budgets=Budgets(**(data.get("budgets") or {})), trackers=tuple(trackers),
+                    plugins=PluginSettings(**(data.get("plugins") or {})), artifacts=store)

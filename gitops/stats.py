@@ -6,8 +6,17 @@ The noise rule (the report's footer states it): a change between two means is *n
 `|delta| <= NOISE_Z * SE`, with `SE = sqrt(s1**2 / n1 + s2**2 / n2)` the standard error of the
 difference of two means (Welch's), `s` the sample standard deviation over seeds (ddof 1) and `n` the
 seed count. A side trained once (n = 1) has no spread of its own and borrows the other side's `s`:
-seed noise is a property of the model and recipe, which a PR usually changes only a little. With no
-spread on either side there is no band, and the report compares values as before.
+seed noise is a property of the model and recipe, which a PR usually changes only a little.
+
+With no spread on either side (both trained once) a band still keeps sub-noise deltas from being
+flagged worse, by the *single-seed rule*:
+- a proportion metric (accuracy, top-k accuracy) measured on a held-out split of `n` examples has
+  the sampling noise of that split: `|delta| <= NOISE_Z * sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n)`
+  (binomial standard error of each side, taken as independent, which overstates a paired difference
+  a little: a conservative band);
+- any other metric, or a split of unknown size: `|delta| <= SINGLE_SEED_FLOOR * |baseline|`, a
+  floor (0.5 %) for run-to-run variation that one run cannot measure. It is a convention, not a
+  measurement: set `train.repeats` for a band measured over seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +26,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 NOISE_Z = 2.0  # about a 95 % two-sided band for a normal difference; see the module docstring
+SINGLE_SEED_FLOOR = 0.005
+SINGLE_SEED_RULE = ("≈ noise (single seed): for accuracy-type metrics |Δ| ≤ 2 × √(p₁(1−p₁)/n + p₂(1−p₂)/n), the "
+                    "sampling noise of the n held-out examples; for other metrics |Δ| ≤ 0.5 % of the baseline "
+                    "(a floor, not a measurement: train.repeats measures the band over seeds)")
 NOISE_RULE = ("≈ noise: |Δ| ≤ 2 × SE of the difference of the means, SE = √(s₁²/n₁ + s₂²/n₂), "
               "s the standard deviation over seeds (a side trained once borrows the other side's s)")
 
@@ -68,6 +81,26 @@ def noise_band(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> floa
     borrowed = max(known)
     variance = math.fsum((std if n > 1 and _finite(std) else borrowed) ** 2 / n for std, n in sides)
     return NOISE_Z * math.sqrt(variance)
+
+
+def is_proportion(metric: str) -> bool:
+    """A metric that is a fraction of examples (accuracy, top3_accuracy...): binomial noise applies."""
+    return metric.rsplit("/", 1)[-1].endswith("accuracy")
+
+
+def single_seed_band(metric: str, old: float, new: float, n: int | None) -> tuple[float, str]:
+    """(band, basis) for two single-seed values of `metric`; see the module docstring's single-seed rule.
+
+    Args:
+        metric: `split/name`, e.g. test/accuracy.
+        old, new: the baseline's and this run's values (finite).
+        n: examples in the split the metric was measured on (None when unknown).
+    Returns:
+        The band in the metric's units and its basis: "binomial (n=270)" or "0.5% floor".
+    """
+    if is_proportion(metric) and n and 0.0 <= old <= 1.0 and 0.0 <= new <= 1.0:
+        return NOISE_Z * math.sqrt((old * (1 - old) + new * (1 - new)) / n), f"binomial (n={n})"
+    return SINGLE_SEED_FLOOR * abs(old), "0.5% floor"
 
 
 def _finite(x: Any) -> bool:

@@ -73,7 +73,11 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
     idx = data_lib.batch_indices(perms, first_epoch, step, spec.steps_per_epoch, spec.batch_size)
     if spec.batch_sharding is not None:  # data parallel: each device gathers and trains on its slice
         idx = jax.lax.with_sharding_constraint(idx, spec.batch_sharding)
-    x, y = x_all[idx], y_all[idx]
+    return train_on_batch(graphdef, spec, state, acc, bad, step, x_all[idx], y_all[idx], base_key)
+
+
+def train_on_batch(graphdef, spec: StepSpec, state, acc, bad, step, x, y, base_key):
+    """One optimizer step (pure) on a given batch: augment, update, accumulate metrics (see `train_step`)."""
     key = jax.random.fold_in(base_key, step)
     if spec.augment is not None:
         x = spec.augment(jax.random.fold_in(key, 2), x)
@@ -132,6 +136,22 @@ def make_train_chunk(graphdef, spec: StepSpec, out_shardings: Any = None) -> Cal
             return train_step(graphdef, spec, state, acc, bad, start, x_all, y_all, perms, first_epoch, base_key)
         (state, acc, bad), _ = jax.lax.scan(body, (state, acc, bad), start + jnp.arange(length))
         return state, acc, bad
+
+    return run
+
+
+def make_batch_step(graphdef, spec: StepSpec, out_shardings: Any = None) -> Callable:
+    """`run(state, acc, bad, step, x, y, base_key, reset)`: one step on a batch fed from the host.
+
+    The streaming pipeline (`gitops.streaming`) uses it: batches come from Grain, not from a split held
+    on the device. Keys are folded from (seed, step) exactly as in `make_train_chunk`.
+    """
+    pinned = {} if out_shardings is None else {"out_shardings": out_shardings}
+
+    @partial(jax.jit, donate_argnums=(0, 1, 2), **pinned)
+    def run(state, acc, bad, step, x, y, base_key, reset):
+        acc = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc)
+        return train_on_batch(graphdef, spec, state, acc, bad, step, x, y, base_key)
 
     return run
 

@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
@@ -62,6 +61,14 @@ class Reporter(Protocol):
     def start(self, total_steps: int, start_step: int) -> None: ...
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None: ...
     def finish(self) -> None: ...
+    # Optional: `timing(step, what, seconds)` hears how long each evaluation ("eval") and checkpoint
+    # save ("checkpoint") took; those seconds are never counted in the steps/s `log` receives.
+
+
+def _timing(reporter: Any, step: int, what: str, seconds: float) -> None:
+    hook = getattr(reporter, "timing", None)
+    if hook is not None:
+        hook(step, what, seconds)
 
 
 class SilentReporter:
@@ -103,21 +110,27 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
-def git_state(root: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) of the repository at `root`; (None, None) when it is not a git repository."""
+def git_state(root: Path, model_paths: list[str] | None = None) -> tuple[str | None, bool | None, list[str]]:
+    """(HEAD commit, dirty, uncommitted paths) of the repository at `root` (see `gitutil.lineage`)."""
+    from gitops import gitutil
 
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
+    try:
+        return gitutil.lineage(root, model_paths or [])
+    except OSError:  # no git executable
+        return None, None, []
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), (bool(status.strip()) if status is not None else None)
+
+def model_folders(cfg: Any) -> list[str]:
+    """`models/<name>` and every folder its files' `extends` chains read, relative to the repository root."""
+    import re
+
+    folders = {f"models/{cfg.name}"}
+    for chain in dict(getattr(cfg, "files", None) or {}).values():
+        for label in chain:
+            found = re.search(r"(?:^|/|:)models/([a-z][a-z0-9-]*)/[a-z]+\.yaml$", str(label))
+            if found:
+                folders.add(f"models/{found.group(1)}")
+    return sorted(folders)
 
 
 def _now() -> str:
@@ -167,6 +180,9 @@ class Session:
     metric_names: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
     layout: Any = None  # gitops.parallel.Layout when training over several devices
+    feed: Any = None  # gitops.streaming.Feed for a streaming dataset (batches from Grain, not the device)
+    batch_fn: Any = None  # steps.make_batch_step, with `feed`
+    eval_batch: int = EVAL_BATCH
 
     @property
     def steps_per_epoch(self) -> int:
@@ -189,6 +205,12 @@ class Session:
         import numpy as np
 
         d = self.device
+        if self.feed is not None:  # streaming: one dispatch per batch taken from the Grain iterator
+            for i in range(length):
+                x, y = self.place_batch(*self.feed.next())
+                self.state, acc, bad = self.batch_fn(
+                    self.state, acc, bad, np.int32(step + i), x, y, d["base_key"], np.bool_(reset and i == 0))
+            return acc, bad
         self.state, acc, bad = self.chunk_fn(
             self.state, acc, bad, np.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"],
             np.bool_(reset), length=length,
@@ -199,11 +221,35 @@ class Session:
         """Metrics of the current (or given) model state on a split; {} for an empty split."""
         from gitops import metrics as metrics_lib
 
+        if self.feed is not None:
+            return self._evaluate_streamed(split, model_state)
         padded = self.device.get(split)
         if padded is None:
             return {}
         sums = self.eval_fn(self.state[0] if model_state is None else model_state, *padded)
         return metrics_lib.finalize(parallel.fetch(sums))
+
+    def place_batch(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """A host batch where the step wants it: as is on one device, split over the mesh's data axis otherwise."""
+        if self.layout is None:
+            return x, y
+        import jax
+
+        return (jax.make_array_from_process_local_data(self.layout.batch, x),
+                jax.make_array_from_process_local_data(self.layout.batch, y))
+
+    def _evaluate_streamed(self, split: str, model_state: Any) -> dict[str, float]:
+        from gitops import metrics as metrics_lib
+
+        total = None
+        model_state = self.state[0] if model_state is None else model_state
+        for x, y, w in self.dataset.eval_batches(split, self.eval_batch):
+            batch = (x[None], y[None], w[None])
+            if self.layout is not None:
+                batch = self.layout.put(batch, (self.layout.eval_batches,) * 3)
+            sums = self.eval_fn(model_state, *batch)
+            total = sums if total is None else metrics_lib.accumulate(total, sums)
+        return {} if total is None else metrics_lib.finalize(parallel.fetch(total))
 
     def zero_metrics(self) -> Any:
         from gitops import metrics as metrics_lib
@@ -246,8 +292,12 @@ def _token_bytes(prep: Any) -> Any:
     return jnp.asarray(from_saved(prep.tokenizer).token_bytes(), jnp.float32)
 
 
-def build_session(cfg: Any, dataset: Any) -> Session:
-    """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`."""
+def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
+    """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`.
+
+    `init`: the `start_from.Init` prepared before the run folder existed (None: prepared here when
+    train.start_from is set); its parameters load before the first step, its frozen paths get no updates.
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -255,11 +305,12 @@ def build_session(cfg: Any, dataset: Any) -> Session:
 
     from gitops import data as data_lib
     from gitops import metrics as metrics_lib
-    from gitops import optim, steps
+    from gitops import optim, start_from, steps
     from gitops.architectures import build_model
 
     train = cfg.train  # repeats > 1: gitops.repeats builds one session per seed; this builds the first
     prep = dataset.preprocessing
+    streamed = bool(getattr(dataset, "streaming", False))
     n_train = len(dataset.train)
     if train.batch_size > n_train:
         raise TrainingError(f"batch size {train.batch_size} is larger than the training split ({n_train} examples)")
@@ -284,7 +335,11 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         rngs=nnx.Rngs(params=jax.random.fold_in(root_key, 0)),
         dtype=dtype,
     )
-    tx = optim.build_optimizer(train, total)
+    if init is None and cfg.train.start_from:
+        init = start_from.prepare(cfg, config_lib.find_root(), prep)
+    if init is not None:
+        start_from.apply(model, init)
+    tx = start_from.freeze(optim.build_optimizer(train, total), init.frozen if init is not None else [])
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     model.eval()
     eval_graphdef, _ = nnx.split(model)
@@ -308,6 +363,9 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         token_bytes=_token_bytes(prep),
     )
     eval_batch = max(EVAL_BATCH, int(train.batch_size))
+    if streamed:
+        return _streaming_session(cfg, dataset, total, graphdef, state, eval_graphdef, spec, root_key, eval_batch,
+                                  param_count, names, layout, optim.learning_rate_schedule(train, total))
     device = {
         "x_train": jax.device_put(dataset.train.x),
         "y_train": jax.device_put(dataset.train.y),
@@ -322,7 +380,7 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         device.update(layout.replicate({k: device[k] for k in ("x_train", "y_train", "data_key", "base_key")}))
         replicated = layout.replicated
         chunk_out = (layout.shardings_like(state), replicated, replicated)
-    return Session(
+    session = Session(
         cfg=cfg,
         dataset=dataset,
         total_steps=total,
@@ -338,6 +396,34 @@ def build_session(cfg: Any, dataset: Any) -> Session:
         param_count=param_count,
         metric_names=names,
         layout=layout,
+    )
+    if init is not None:
+        session.extra["start_from"] = init.record
+    return session
+
+
+def _streaming_session(cfg: Any, dataset: Any, total: int, graphdef: Any, state: Any, eval_graphdef: Any, spec: Any,
+                       root_key: Any, eval_batch: int, param_count: int, names: list[str], layout: Any,
+                       schedule: Any) -> Session:
+    """The Session of a streaming dataset: batches from a Grain `Feed`, one dispatch per step."""
+    import jax
+
+    from gitops import steps, streaming
+
+    device = {"data_key": jax.random.fold_in(root_key, 1), "base_key": jax.random.fold_in(root_key, 2)}
+    batch_out = None
+    if layout:
+        state = layout.place_state(state)
+        device.update(layout.replicate(device))
+        batch_out = (layout.shardings_like(state), layout.replicated, layout.replicated)
+        eval_batch = parallel.round_up(eval_batch, layout.device_count)
+    feed = streaming.Feed(dataset, int(cfg.train.batch_size), int(cfg.train.seed), jax.process_index(),
+                          jax.process_count())
+    return Session(
+        cfg=cfg, dataset=dataset, total_steps=total, graphdef=graphdef, state=state, eval_graphdef=eval_graphdef,
+        spec=spec, chunk_fn=None, eval_fn=steps.make_eval(eval_graphdef, spec), device=device,
+        schedule=jax.jit(schedule), chunk=1, param_count=param_count, metric_names=names, layout=layout,
+        feed=feed, batch_fn=steps.make_batch_step(graphdef, spec, batch_out), eval_batch=eval_batch,
     )
 
 
@@ -383,7 +469,7 @@ def _direction(metric: str) -> bool:
 def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
     import jax
 
-    commit, dirty = git_state(root)
+    commit, dirty, uncommitted = git_state(root, model_folders(cfg))
     devices = jax.devices()
     return {
         "model": cfg.name,
@@ -393,6 +479,7 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "data_fingerprint": cfg.data_fingerprint,
         "git_commit": commit,
         "git_dirty": dirty,
+        "git_uncommitted": uncommitted,
         "packages": package_versions(),
         "device_kind": devices[0].device_kind,
         "device_count": jax.device_count(),
@@ -408,6 +495,9 @@ def _manifest(cfg: Any, root: Path, session: Session, started_at: str) -> dict:
         "checkpoint_step": None,
         "wall_time_s": None,
         "steps_per_second": None,
+        "start_from": session.extra.get("start_from"),  # the parent: identity, loaded, skipped, frozen
+        **({"data": {"skipped": len(session.dataset.skipped), "skipped_files": session.dataset.skipped[:20],
+                     "workers": session.feed.workers}} if session.feed is not None else {}),
     }
 
 
@@ -459,8 +549,11 @@ def train_and_evaluate(
     root = Path(root) if root else config_lib.find_root()
     run = RunFolder(workdir, writer=parallel.is_primary())  # multi-host: process 0 writes the files
     dataset = dataset or data_lib.load(cfg.data, root)  # first: a data pin mismatch leaves no run folder behind
+    from gitops import start_from
+
+    init = start_from.prepare(cfg, root, dataset.preprocessing)  # a parent that doesn't fit: no run folder either
     run.path.mkdir(parents=True, exist_ok=True)
-    session = build_session(cfg, dataset)
+    session = build_session(cfg, dataset, init)
     train = cfg.train
     total = session.total_steps
 
@@ -484,6 +577,10 @@ def train_and_evaluate(
     if found is not None:
         latest, restored, meta = found
         session.load_state_tree(restored)
+        if session.feed is not None:  # the input pipeline continues where the checkpoint's batches ended
+            if meta.get("data_iterator") is None:
+                raise TrainingError(f"the checkpoint at step {latest} holds no input-pipeline state; train again without --resume")
+            session.feed.restore(meta["data_iterator"])
         step, elapsed_before, stopped = latest, float(meta.get("elapsed_s", 0.0)), bool(meta.get("stopped"))
         if stopper:
             stopper.load(meta.get("early_stopping"))
@@ -508,7 +605,9 @@ def train_and_evaluate(
     acc, bad, reset = session.zero_metrics(), session.no_divergence(), False
     t0 = time.perf_counter()
     start_step = step
-    window_t, window_step = t0, step
+    window_train_s, window_step = 0.0, step  # steps/s counts training time only (not eval or saves)
+    spent = {"train": 0.0, "eval": 0.0, "checkpoint": 0.0}
+    compiled: set[int] = set()  # chunk lengths whose step is compiled
     reporter.start(total, step)
 
     def elapsed() -> float:
@@ -524,6 +623,8 @@ def train_and_evaluate(
             "early_stopping": stopper.as_dict() if stopper else None,
             "best": best.as_dict() if best else None,
         }
+        if session.feed is not None:
+            meta["data_iterator"] = session.feed.state()  # Grain's iterator state: a resume replays no batch
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
         killpoints.reached("train.checkpoint_queued")
 
@@ -534,23 +635,30 @@ def train_and_evaluate(
         while step < total and not stopped:
             target = min(_next_multiple(step, log_every), _next_multiple(step, eval_every),
                          _next_multiple(step, ckpt_every), total)
+            t_train = time.perf_counter()
             while step < target and not ctrl_c.requested:
                 length = min(session.chunk, target - step)
+                t_call = time.perf_counter()
                 acc, bad = session.run_chunk(step, length, acc, bad, reset)
+                if length not in compiled:  # a new chunk length compiles (synchronously): apart from steps/s
+                    compiled.add(length)
+                    t_train += (compile_s := time.perf_counter() - t_call)
+                    _timing(reporter, step, "compile", compile_s)
                 reset = False
                 step += length
             if ctrl_c.requested and step < target:  # at an event step, the event runs first
                 raise StopRequested
             host_acc, host_bad = parallel.fetch((acc, bad))  # the one sync per event
+            window_train_s += time.perf_counter() - t_train
+            spent["train"] += time.perf_counter() - t_train
             _divergence(host_bad)
             records = []
             epoch = round(step / session.steps_per_epoch, 4)
             if step % log_every == 0 or step == total:
                 train_metrics = metrics_lib.finalize(host_acc)
                 reset = True
-                now = time.perf_counter()
-                rate = (step - window_step) / max(now - window_t, 1e-9)
-                window_t, window_step = now, step
+                rate = (step - window_step) / max(window_train_s, 1e-9)
+                window_train_s, window_step = 0.0, step
                 record = {"step": step, "epoch": epoch, "split": "train", **train_metrics,
                           "learning_rate": float(session.schedule(step)), "time": round(elapsed(), 4)}
                 records.append(record)
@@ -558,7 +666,10 @@ def train_and_evaluate(
             val_metrics: dict[str, float] = {}
             is_best = False
             if step % eval_every == 0 or step == total:
+                t_eval = time.perf_counter()
                 val_metrics = session.evaluate("val")
+                spent["eval"] += (eval_s := time.perf_counter() - t_eval)
+                _timing(reporter, step, "eval", eval_s)
                 if val_metrics:
                     records.append({"step": step, "epoch": epoch, "split": "val", **val_metrics, "time": round(elapsed(), 4)})
                     reporter.log(step, records[-1], 0.0)
@@ -578,7 +689,10 @@ def train_and_evaluate(
             if records:
                 run.append_history(records)
             if step % ckpt_every == 0 or step == total or stopped or is_best:
+                t_save = time.perf_counter()
                 save(step, val_metrics, stopped)
+                spent["checkpoint"] += (save_s := time.perf_counter() - t_save)
+                _timing(reporter, step, "checkpoint", save_s)
     except StopRequested:  # the first Ctrl-C (a second one raises KeyboardInterrupt: no checkpoint)
         _divergence(parallel.fetch(bad))  # a diverged state is not worth resuming from
         try:
@@ -596,6 +710,8 @@ def train_and_evaluate(
         raise
     finally:
         ctrl_c.restore()
+        if session.feed is not None:
+            session.feed.close()
     loop_time = time.perf_counter() - t0
 
     handed = ckpt.best_step()
@@ -615,6 +731,10 @@ def train_and_evaluate(
         finished_at=_now(),
         wall_time_s=round(elapsed(), 3),
         steps_per_second=round((step - start_step) / loop_time, 2) if step > start_step and loop_time > 0 else None,
+        train_steps_per_second=(round((step - start_step) / spent["train"], 2)
+                                if step > start_step and spent["train"] > 0 else None),
+        eval_time_s=round(spent["eval"], 3),
+        checkpoint_time_s=round(spent["checkpoint"], 3),
         stopped_early=stopped and step < total,
     )
     run.write_manifest(manifest)
@@ -659,6 +779,9 @@ def train(
     """
     reporter = reporter or SilentReporter()
     root = Path(root) if root else config_lib.find_root()
+    from gitops import start_from
+
+    start_from.require_resolved(cfg)  # an unknown parent version: exit 1 before any folder is touched
     out_dir = Path(out_dir)
     run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
     shared = cache_dir()
@@ -778,7 +901,10 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     t_start = time.perf_counter()
     root = Path(root) if root else config_lib.find_root()
     dataset = data_lib.load(cfg.data, root)
-    session = build_session(cfg, dataset)
+    from gitops import start_from
+
+    init = start_from.prepare(cfg, root, dataset.preprocessing)
+    session = build_session(cfg, dataset, init)
 
     def nbytes(tree: Any) -> int:
         return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
@@ -790,14 +916,26 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     length = min(session.chunk, session.total_steps)
     acc, bad = session.zero_metrics(), session.no_divergence()
     d = session.device
-    args = (session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], d["data_key"], d["base_key"], np.bool_(False))
+    input_rate = None
+    if session.feed is not None:  # time the input pipeline alone, then the step on one fixed batch
+        try:
+            input_rate, batch = _probe_input(session, probe_chunks + 2)
+        finally:
+            session.feed.close()
+        fixed = session.place_batch(*batch)
+        lower = lambda n: session.batch_fn.lower(  # noqa: E731
+            session.state, acc, bad, np.int32(0), *fixed, d["base_key"], np.bool_(False))
+        args = None
+    else:
+        args = (session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], d["data_key"], d["base_key"], np.bool_(False))
+        lower = lambda n: session.chunk_fn.lower(*args, length=n)  # noqa: E731
     t0 = time.perf_counter()
-    compiled = session.chunk_fn.lower(*args, length=length).compile()
+    compiled = lower(length).compile()
     compile_s = time.perf_counter() - t0
     flops = None
     with contextlib.suppress(Exception):
         # XLA counts a loop body once, so FLOPs come from the one-step program (no scan)
-        single = compiled if length == 1 else session.chunk_fn.lower(*args, length=1).compile()
+        single = compiled if length == 1 else lower(1).compile()
         cost = single.cost_analysis()
         cost = cost[0] if isinstance(cost, list | tuple) else cost
         if cost and cost.get("flops") is not None:
@@ -810,15 +948,25 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
                 memory[name] = int(getattr(mem, name))
     # warm-up chunk (fills caches), then timed chunks; the state is a throwaway copy of the fresh one
     step = 0
-    acc, bad = session.run_chunk(step, length, acc, bad)
+    if session.feed is not None:
+        run = lambda at, acc, bad: session.batch_fn(  # noqa: E731
+            session.state, acc, bad, np.int32(at), *fixed, d["base_key"], np.bool_(False))
+    else:
+        def run(at: int, acc: Any, bad: Any) -> tuple[Any, Any, Any]:
+            acc, bad = session.run_chunk(at, length, acc, bad)
+            return session.state, acc, bad
+    session.state, acc, bad = run(step, acc, bad)
     jax.block_until_ready(session.state)
     step += length
     t1 = time.perf_counter()
     for _ in range(probe_chunks):
-        acc, bad = session.run_chunk(step % max(1, session.total_steps), length, acc, bad)
+        session.state, acc, bad = run(step % max(1, session.total_steps), acc, bad)
         step += length
     jax.block_until_ready(session.state)
     rate = probe_chunks * length / max(time.perf_counter() - t1, 1e-9)
+    compute_rate = rate * int(cfg.train.batch_size)  # examples/s the step could take
+    if input_rate is not None:
+        rate = min(rate, input_rate / int(cfg.train.batch_size))  # the run goes at the slower of the two
     t2 = time.perf_counter()
     session.evaluate("val")
     eval_s = time.perf_counter() - t2
@@ -836,6 +984,26 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
         "estimated_train_s": (session.total_steps / rate + evals * eval_s) * cfg.train.repeats + compile_s,
         "repeats": cfg.train.repeats,
         "dry_run_s": time.perf_counter() - t_start,
+        "start_from": init.record if init is not None else None,  # frozen parameters listed here
         "device_kind": jax.devices()[0].device_kind,
+        "input_examples_per_second": input_rate,  # None: the split lives on the device (no input pipeline)
+        "step_examples_per_second": compute_rate,
+        "bottleneck": None if input_rate is None else ("input pipeline" if input_rate < compute_rate else "model"),
+        "input_workers": session.feed.workers if session.feed is not None else None,
     }
+
+
+def _probe_input(session: Session, batches: int) -> tuple[float, tuple[Any, Any]]:
+    """(examples/s of the input pipeline after its first batch, the first batch)."""
+    first = session.feed.next()  # starts the workers: not timed
+    feed = session.feed
+    for _ in range(feed.workers * max(1, feed.dataset.prefetch)):  # every worker up and its buffer drained once
+        feed.next()
+    t0 = time.perf_counter()
+    examples = taken = 0
+    while taken < batches or (time.perf_counter() - t0 < 1.0 and taken < 64):  # at least ~1 s of reading
+        x, _ = feed.next()
+        examples += len(x)
+        taken += 1
+    return examples / max(time.perf_counter() - t0, 1e-9), first
 

@@ -152,17 +152,36 @@ class GitTree(Tree):
         self.root = Path(root).resolve()
         self.ref = ref
         self.commit = resolve_commit(self.root, ref)
-        listing = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", self.commit, "--", "models", "schemas", "gitops.yaml")
         # path -> blob id: reads ask git for the object itself; a `commit:path` lookup walks the trees again
         # for every file (1,000 models: ~0.8 s of git time per commit, against ~0.05 s by id)
-        self._blobs = {entry.split("\t", 1)[1]: entry.split("\t", 1)[0].split()[2]
-                       for entry in listing.split("\0") if "\t" in entry}
-        # symbolic links are blobs of mode 120000 holding the target path
-        self._links = {entry.split("\t", 1)[1] for entry in listing.split("\0")
-                       if "\t" in entry and entry.split()[0] == "120000"}
-        self._files = set(self._blobs)
-        self._dirs = {str(p) for f in self._files for p in PurePosixPath(f).parents if str(p) != "."}
+        self._blobs: dict[str, str] = {}
+        self._links: set[str] = set()  # symbolic links are blobs of mode 120000 holding the target path
+        self._files: set[str] = set()
+        self._dirs: set[str] = set()
+        self._listed: set[str] = set()
+        self._list("models", "schemas", "gitops.yaml")
         self._cache: dict[str, bytes | None] = {}
+
+    def _list(self, *tops: str) -> None:
+        """List the files under these top-level paths (others, like a plugin package, on first listdir)."""
+        tops = tuple(t for t in tops if t not in self._listed)
+        if not tops:
+            return
+        listing = _git(self.root, "ls-tree", "-r", "-z", "--full-tree", self.commit, "--", *tops)
+        entries = [entry for entry in listing.split("\0") if "\t" in entry]
+        blobs = {entry.split("\t", 1)[1]: entry.split("\t", 1)[0].split()[2] for entry in entries}
+        self._blobs.update(blobs)
+        self._links |= {entry.split("\t", 1)[1] for entry in entries if entry.split()[0] == "120000"}
+        self._files |= set(blobs)
+        self._dirs |= {str(p) for f in blobs for p in PurePosixPath(f).parents if str(p) != "."}
+        self._listed |= set(tops)
+
+    def _ensure(self, relpath: str) -> str:
+        relpath = str(PurePosixPath(relpath))
+        top = relpath.split("/", 1)[0]
+        if top not in self._listed and top not in (".", "..") and not _escapes(relpath):
+            self._list(top)
+        return relpath
 
     def refused(self, relpath: str) -> Problem | None:
         if _escapes(relpath):
@@ -235,12 +254,12 @@ class GitTree(Tree):
             pos = header_end + 1 + size + 1
 
     def listdir(self, relpath: str) -> list[str]:
-        prefix = str(PurePosixPath(relpath)) + "/"
+        prefix = self._ensure(relpath) + "/"
         names = {p[len(prefix) :].split("/", 1)[0] for p in self._files | self._dirs if p.startswith(prefix)}
         return sorted(names)
 
     def is_dir(self, relpath: str) -> bool:
-        return str(PurePosixPath(relpath)) in self._dirs
+        return self._ensure(relpath) in self._dirs
 
     def label(self, relpath: str) -> str:
         return f"{self.ref}:{relpath}"

@@ -31,7 +31,8 @@ def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
     for raw in paths:
         path = Path(os.path.abspath(Path.cwd() / raw))  # links are not followed: resolving refuses them
         if not os.path.lexists(path):
-            raise UsageError(f"{raw}: no such file or folder")
+            known = config.model_names(FsTree(root))
+            raise UsageError(f"{raw}: no such file or folder{config.did_you_mean(path.name, names=known)}")
         if path == models_dir or path == root.resolve():
             names.extend(config.model_names(FsTree(root)))
             continue

@@ -245,6 +245,12 @@ class ActWorld:
         self.repo = root / "repo"
         self.sha = _make_repo(self.repo)
         self.python = _runner_venv(root / "runner-venv")
+        # act runs a matrix's jobs at once and they share this one runner venv (a real runner gives each
+        # job its own): the setup action's pip installs take turns through this wrapper
+        self.locked_python = root / "runner-python"
+        self.locked_python.write_text(f'#!/bin/sh\nexec flock "{root / "runner-python.lock"}" "{self.python}" "$@"\n',
+                                      encoding="utf-8")
+        self.locked_python.chmod(0o755)
         self.trusted_cache = root / "trusted-run-cache"
         self.untrusted_cache = root / "untrusted-run-cache"
         self.state = root / "state"
@@ -287,7 +293,7 @@ class ActWorld:
         job_env = {
             "GITHUB_API_URL": self.gh.url, "GITHUB_RUN_ID": str(run_id), "ACT_CHECKOUT_SOURCE": str(self.repo),
             "ACT_UPLOAD_SCRIPT": str(self.root / "upload.py"),
-            "GITOPS_RUNNER_PYTHON": str(self.python), "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1",
+            "GITOPS_RUNNER_PYTHON": str(self.locked_python), "PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1",
             "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": os.environ.get("JAX_COMPILATION_CACHE_DIR", ""),
             "GITOPS_RUN_CACHE": str(run_cache or self.trusted_cache), "GITOPS_GITHUB_WRITE_INTERVAL": "0",

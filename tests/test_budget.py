@@ -95,5 +95,5 @@ def test_invalid_settings_are_reported_by_validate(repo: Path) -> None:
     (repo / "gitops.yaml").write_text("budgets:\n  max_models_per_pr: many\n  max_stepz: 3\n")
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 1
-    assert "gitops.yaml:2:22: budgets.max_models_per_pr: expected integer" in result.output
+    assert "gitops.yaml:2:22: budgets.max_models_per_pr: expected an integer" in result.output
     assert "unknown key 'max_stepz'" in result.output

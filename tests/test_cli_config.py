@@ -47,7 +47,7 @@ BAD_INPUTS = {
     "tabs": ("model.yaml", "architecture: mlp\nhidden_sizes:\n\t- 3\n", "syntax"),
     "duplicate": ("model.yaml", "architecture: mlp\narchitecture: cnn\n", "duplicate"),
     "unknown-key": ("model.yaml", "architecture: mlp\nwidth: 3\n", "unknown key 'width'"),
-    "wrong-type": ("train.yaml", "batch_size: lots\nsteps: 10\noptimizer: {name: sgd, learning_rate: 0.1}\n", "expected integer"),
+    "wrong-type": ("train.yaml", "batch_size: lots\nsteps: 10\noptimizer: {name: sgd, learning_rate: 0.1}\n", "expected an integer"),
     "missing-required": ("train.yaml", "steps: 10\noptimizer: {name: sgd, learning_rate: 0.1}\n", "missing required key 'batch_size'"),
     "out-of-range": ("model.yaml", "architecture: mlp\ndropout: 1.5\n", "dropout"),
     "python-tag": ("model.yaml", "architecture: !!python/object/apply:os.system ['true']\n", "tag"),

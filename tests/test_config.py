@@ -204,7 +204,7 @@ def test_set_unknown_path_suggests(repo: Path) -> None:
 
 def test_set_bad_value_is_validated_like_files(repo: Path) -> None:
     _, problems = resolve(repo, "digits-mlp", ["train.batch_size=many"])
-    assert any(p.path == "train.batch_size" and "expected integer" in p.message for p in problems)
+    assert any(p.path == "train.batch_size" and "expected an integer" in p.message for p in problems)
 
 
 @pytest.mark.parametrize("bad", ["train.batch_size", "trian.batch_size=3", "train=3", "train..x=1"])

@@ -63,7 +63,8 @@ def plugin_repo(tmp_path) -> Path:
 
 
 def run(cwd: Path, *args: str, sites: tuple[Path, ...] = (), python: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(s) for s in sites), "JAX_PLATFORMS": "cpu"}
+    # the checkout under test first (not whatever gitops the venv's editable install points at)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *(str(s) for s in sites)]), "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-c", python] if python else [GITOPS, *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
@@ -220,5 +221,6 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
     from gitops import catalog
 
     assert plugins.discovered() == {kind: {} for kind in plugins.GROUPS}
-    assert sorted(catalog.ARCHITECTURES) == ["cnn", "mlp", "resnet", "transformer"]
+    assert sorted(catalog.ARCHITECTURES) == sorted(catalog.ARCHITECTURES.builtin)
+    assert {"cnn", "mlp", "resnet", "transformer"} <= set(catalog.ARCHITECTURES)
     assert "brier" not in catalog.METRICS

@@ -549,3 +549,53 @@ def test_rollback_on_github_pushes_the_branch_and_opens_the_pr(repo, github_env,
     assert "rollback/wine-mlp-v1.0.0" in git(repo, "ls-remote", "--heads", "origin")
     opened = [p for p in github_server.pulls.values() if p["head"] == "rollback/wine-mlp-v1.0.0"]
     assert len(opened) == 1 and opened[0]["base"] == "main" and "v1.0.0" in opened[0]["title"]
+
+
+def test_registry_commands_say_what_they_did_on_stderr_and_keep_stdout(repo):
+    """promote/pull/rollback/demote explain themselves in prose on stderr; stdout stays what scripts read."""
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
+    commit_all(repo, "lr")
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    runner = CliRunner()
+    first = runner.invoke(app, ["promote", "wine-mlp@v1.0.0", "--to", "production"])
+    assert first.stdout == "wine-mlp#production#1\n"
+    assert "promoted wine-mlp v1.0.0 to production: wine-mlp@production now resolves to v1.0.0" in first.stderr
+    assert "#1 counts every stage and lifecycle event of wine-mlp" in first.stderr
+    runner.invoke(app, ["promote", "wine-mlp@v1.1.0", "--to", "staging"])
+    second = runner.invoke(app, ["promote", "wine-mlp@v1.1.0", "--to", "production"])
+    assert second.stdout == "wine-mlp#production#3\n"  # #3: the counter is shared with staging's #2
+    assert "(it replaces v1.0.0)" in second.stderr
+    demoted = runner.invoke(app, ["demote", "wine-mlp", "--from", "staging"])
+    assert demoted.stdout == "wine-mlp#staging!#4\n" and "removed stage staging from wine-mlp" in demoted.stderr
+
+    pulled = runner.invoke(app, ["pull", "wine-mlp@production", "--to", "out"])
+    assert pulled.stdout == f"{Path('out')}\n"
+    assert "pulled wine-mlp@v1.1.0 into out: wine-mlp-v1.1.0.tar.gz verified against SHA256SUMS and the sha256 " \
+        "its tag records" in pulled.stderr
+    again = runner.invoke(app, ["pull", "wine-mlp@production", "--to", "out"])
+    assert again.stdout == pulled.stdout and "is already in out (same release" in again.stderr
+
+    history = runner.invoke(app, ["history", "wine-mlp"]).stdout.splitlines()
+    header = next(line for line in history if "VERSION" in line)
+    row = next(line for line in history if line.strip().startswith("v1.0.0"))
+    bump_col, reason_col = header.index("BUMP"), header.index("REASON")
+    assert row[bump_col:reason_col].strip() == "initial"  # the bump no longer runs into the reason
+    assert row[reason_col:].startswith("first release")
+
+    rolled = runner.invoke(app, ["rollback", "wine-mlp", "--to", "v1.0.0"])
+    assert rolled.exit_code == 0, rolled.output
+    assert rolled.stdout.startswith("branch rollback/wine-mlp-v1.0.0 at ")
+    assert "switched your checkout to the new branch rollback/wine-mlp-v1.0.0 (from main); go back with " \
+        "`git switch main`" in rolled.stderr
+
+
+def test_rollback_refuses_untracked_files_in_the_model_folder(repo):
+    fake_run(repo, "wine-mlp", GOOD)
+    _release(repo)
+    (repo / "models" / "wine-mlp" / "scratch.yaml").write_text("x: 1\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["rollback", "wine-mlp", "--to", "v1.0.0"])
+    assert result.exit_code == 2 and "models/wine-mlp/scratch.yaml" in result.stderr
+    assert git(repo, "rev-parse", "--abbrev-ref", "HEAD") == "main"

@@ -175,7 +175,7 @@ def test_server_errors_until_the_retries_run_out_exit_3(example_repo, server, da
 @pytest.mark.slow
 def test_file_dataset_hash_mismatch_exits_1_before_training(example_repo, monkeypatch):
     body = _npz_bytes()
-    (example_repo / "data").mkdir()
+    (example_repo / "data").mkdir(exist_ok=True)  # the repository has a data/ folder too
     (example_repo / "data" / "d.npz").write_bytes(body)
     wrong = "cd" * 32
     _write_model(example_repo, "file-mlp", f"  name: file\n  path: data/d.npz\n  sha256: {wrong}\n")

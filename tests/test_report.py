@@ -40,14 +40,16 @@ def test_table_values_and_direction_aware_status(released):
     acc, loss = _row(built, "test/accuracy"), _row(built, "test/loss")
     assert acc["baseline"] == 0.95 and acc["value"] == 0.97
     assert acc["delta"] == pytest.approx(0.02) and acc["relative"] == pytest.approx(0.02 / 0.95)
-    assert acc["status"] == "better"  # higher accuracy is better
+    # +2 points of accuracy on wine's 36 test examples is inside their sampling noise (single-seed rule)
+    assert acc["status"] == "noise" and acc["noise_basis"] == "binomial (n=36)"
+    assert acc["noise_band"] == pytest.approx(2 * ((0.95 * 0.05 + 0.97 * 0.03) / 36) ** 0.5)
     assert loss["status"] == "worse"  # higher loss is worse
     assert _row(built, "val/loss")["status"] == "better"
     assert _row(built, "val/accuracy")["status"] == "equal"
     text = report.markdown(built)
     assert text.startswith(COMMENT_MARKER + "\n")
     assert "wine-mlp@v1.0.0" in text
-    assert "| test/accuracy (↑ better) | 0.95 | 0.97 | +0.02 | +2.11% | ✅ |" in text
+    assert "| test/accuracy (↑ better) | 0.95 | 0.97 | +0.02 (±0.092) | +2.11% | ≈ noise |" in text
     assert "| test/loss (↓ better) | 0.2 | 0.25 | +0.05 | +25.00% | ⚠️ |" in text
     assert "| val/accuracy (↑ better) | 0.96 | 0.96 | +0 | +0.00% | ➖ |" in text
     assert "`train.optimizer.learning_rate` | `0.05` | `0.02`" in text  # config diff against the baseline
@@ -265,3 +267,40 @@ def test_fetch_report_takes_only_the_four_files(tmp_path, monkeypatch, github_en
     assert got.exit_code == 0, got.output
     assert sorted(p.name for p in out.iterdir()) == ["head-sha", "pr-number", "report.json", "report.md"]
     assert (tmp_path / "output").read_text() == "found=false\nfound=true\n"
+
+
+def test_single_seed_deltas_inside_the_noise_band_get_no_warning(released):
+    """A fraction of a percent worse is noise for a single seed; a real regression still warns."""
+    run = fake_run(released, "wine-mlp", {"test/accuracy": 0.9472, "test/loss": 0.2008, "val/accuracy": 0.80,
+                                          "val/loss": 0.18})
+    built = report.build(released, [run], LocalBackend(released))
+    assert _row(built, "test/accuracy")["status"] == "noise"  # -0.3 points on 36 examples
+    assert _row(built, "test/loss")["status"] == "noise"  # +0.4 % < the 0.5 % floor
+    assert _row(built, "test/loss")["noise_basis"] == "0.5% floor"
+    assert _row(built, "val/accuracy")["status"] == "worse"  # -16 points: beyond 2 x binomial SE on 36
+    text = report.markdown(built)
+    assert "≈ noise (single seed)" in text and "⚠️" in text.split("val/accuracy", 1)[1].splitlines()[0]
+    assert report.as_json(built)["models"][0]["noise_rule"].startswith("≈ noise (single seed)")
+    checked = report.validate_report_json(json.dumps(report.as_json(built)), head_sha=built.head_sha, pr=0)
+    assert checked["models"][0]["metrics"][0]["noise_basis"] == "binomial (n=36)"  # test/accuracy first
+
+
+def test_terminal_view_has_no_mermaid_or_sparkline(released, monkeypatch):
+    run = fake_run(released, "wine-mlp", {**GOOD, "test/loss": 0.3})
+    built = report.build(released, [run], LocalBackend(released))
+    text = report.terminal(built)
+    assert "mermaid" not in text and "<details>" not in text and not any(c in text for c in report.SPARK)
+    lines = text.splitlines()
+    header = next(line for line in lines if "METRIC" in line)
+    loss = next(line for line in lines if line.strip().startswith("test/loss"))
+    assert loss[header.index("THIS RUN"):].split()[0] == "0.3" and loss.rstrip().endswith("WORSE")
+    assert "train.optimizer.learning_rate" in text and "-> " in text
+    # the command picks it on a terminal only; pipes, --out and --markdown keep the Markdown
+    from gitops.commands import loop
+
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setattr(loop, "_is_terminal", lambda: True)
+    shown = CliRunner().invoke(app, ["report", str(run)])
+    assert "METRIC" in shown.stdout and "```mermaid" not in shown.stdout
+    forced = CliRunner().invoke(app, ["report", str(run), "--markdown"])
+    assert forced.stdout.startswith(COMMENT_MARKER)

@@ -303,7 +303,7 @@ def test_mlflow_run_release_stages_report(repo, mlflow_server, monkeypatch):
 def test_backfill_sends_old_runs_and_releases_once(repo, mlflow_server, monkeypatch):
     prefix = "t2-"
     cli("release", MODEL)  # released and promoted before any tracker was configured
-    cli("promote", f"{MODEL}@v1.0.0", "--to", "latest")
+    cli("promote", f"{MODEL}@v1.0.0", "--to", "v2")  # a stage name MLflow reserves for its own aliases
     _settings(repo, f"trackers:\n  - name: mlflow\n    experiment_prefix: {prefix}\n{FAST_RETRIES}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     client, name = mlflow_server.client(), f"{prefix}{MODEL}"
@@ -314,7 +314,7 @@ def test_backfill_sends_old_runs_and_releases_once(repo, mlflow_server, monkeypa
         [found] = client.search_runs([experiment.experiment_id])
         [mv] = client.search_model_versions(f"name = '{name}'")
         assert mv.run_id == found.info.run_id and mv.tags["gitops.version"] == "v1.0.0"
-        assert client.get_registered_model(name).aliases == {"stage_latest": mv.version}
+        assert client.get_registered_model(name).aliases == {"stage_v2": mv.version}
     # a run cut off half way (no completion tag) is replaced, not duplicated
     client.delete_tag(found.info.run_id, "gitops.logged")
     cli("track", MODEL)

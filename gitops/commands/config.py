@@ -74,6 +74,8 @@ def show_cmd(
     out(f"# training fingerprint: {cfg.training_fingerprint}")
     out(f"# release fingerprint:  {cfg.release_fingerprint}")
     out(f"# data fingerprint:     {cfg.data_fingerprint}")
+    if cfg.parent_error:  # validate-level fine; train/ci plan would refuse
+        out(f"# start_from not resolved ({cfg.parent_error}): the training fingerprint covers the reference only")
     out(dump_yaml(doc["config"]))
 
 
@@ -100,10 +102,14 @@ def schemas_cmd(
     root = config.find_root()
     directory = root / "schemas"
     if check:
-        stale = [name.removesuffix(".schema.json") for name, text in schema.rendered_files().items()
-                 if not (directory / name).is_file() or (directory / name).read_text(encoding="utf-8") != text]
-        if stale:
-            raise GitopsError(f"schemas out of date: {', '.join(stale)} (run: gitops schemas)")
+        rendered = schema.rendered_files()
+        missing = [name for name in rendered if not (directory / name).is_file()]
+        stale = [name for name, text in rendered.items()
+                 if name not in missing and (directory / name).read_text(encoding="utf-8") != text]
+        if missing or stale:
+            found = ([f"missing: {', '.join(f'schemas/{n}' for n in missing)}"] if missing else []) + \
+                    ([f"out of date: {', '.join(f'schemas/{n}' for n in stale)}"] if stale else [])
+            raise GitopsError(f"schemas {'; '.join(found)} (run: gitops schemas)")
         out("schemas are current")
         return
     for path in schema.write_schemas(directory):

@@ -8,6 +8,7 @@ jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,16 @@ def _backend(name: str | None, root: Path):
     return get_backend(name, root)
 
 
+def _is_terminal() -> bool:
+    """stdout is an interactive terminal (not a pipe, file or CI log)."""
+    import sys
+
+    try:
+        return sys.stdout.isatty() and not os.environ.get("CI")
+    except (AttributeError, ValueError):
+        return False
+
+
 def _echo_err(text: str) -> None:
     typer.echo(text, err=True)
 
@@ -58,8 +69,10 @@ def diff_cmd(
 
 @command("plan", group=ci_app)
 def plan_cmd(
-    base: Annotated[str, typer.Option("--base", help="Base commit (the PR's base SHA).")],
-    head: Annotated[str, typer.Option("--head", help="Head commit (the PR's head SHA).")],
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Base commit, the PR's base SHA (default: merge-base with main, or HEAD~, like diff).")] = None,
+    head: Annotated[str | None, typer.Option(
+        "--head", help="Head commit, the PR's head SHA (default: the working tree, like diff).")] = None,
     github_output: Annotated[
         bool, typer.Option("--github-output", help="Also append matrix=... and has_train=... to $GITHUB_OUTPUT.")
     ] = False,
@@ -75,13 +88,13 @@ def plan_cmd(
 
     Refuses (exit 1) a plan over the budgets in gitops.yaml unless the PR carries the override label.
     """
-    from gitops import budget, plan, settings
-    from gitops.tree import GitTree
+    from gitops import budget, gitutil, plan, settings
+    from gitops.tree import FsTree, GitTree
 
     root = config.find_root()
-    result = plan.plan(root, base, head)
+    result = plan.plan(root, base or gitutil.default_base(root), head)
     doc = result.as_dict()
-    budgets = settings.load_settings(GitTree(root, head)).budgets
+    budgets = settings.load_settings(GitTree(root, head) if head else FsTree(root)).budgets
     costs = budget.fit_sweeps(budget.plan_costs(root, head, [c.model for c in result.train]), result.sweeps,
                               budgets, lambda sp: budget.trial_costs(root, head, sp.model, sp.trials))
     doc = result.as_dict()  # again: sampling may have cut a sweep's trials
@@ -122,6 +135,8 @@ def report_cmd(
     head_sha: Annotated[str | None, typer.Option("--head-sha", help="Head commit the report is for (default HEAD).")] = None,
     pr: Annotated[int | None, typer.Option("--pr", help="PR number (default: from $GITHUB_EVENT_PATH).")] = None,
     backend_name: BackendOption = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Markdown on a terminal too (default there: a "
+                                                               "plain-text view without Mermaid or sparklines).")] = False,
 ) -> None:
     """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
     from gitops import report
@@ -138,7 +153,7 @@ def report_cmd(
     if as_json:
         out(jsonio.dumps(data, indent=2))
     elif not out_file:
-        out(text)
+        out(report.terminal(built) if not markdown and _is_terminal() else text)
     report.write_step_summary(text)
     if not built.ok:
         failed = ", ".join(m.model for m in built.models if not m.ok)
@@ -249,7 +264,7 @@ def fetch_runs_cmd(
     from gitops import artifacts
 
     root = config.find_root()
-    if run_id is None and os.environ.get("GITHUB_RUN_ID", "").isdigit():
+    if run_id is None and re.fullmatch("[0-9]+", os.environ.get("GITHUB_RUN_ID", "")):
         run_id = int(os.environ["GITHUB_RUN_ID"])
     items = artifacts.matrix_items(matrix)
     backend = None
@@ -307,7 +322,8 @@ def pull_cmd(
     from gitops import pull
 
     root = config.find_root()
-    out(str(pull.pull(root, _backend(backend_name, root), ref, to)))
+    target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err)
+    out(str(target))  # stdout: the folder alone, so `$(gitops pull ...)` keeps working
 
 
 @command("history")
@@ -338,9 +354,18 @@ def promote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    tag = registry_ops.promote(backend, ref, to)
+    st, version = registry_ops.resolve(backend, ref)
+    before = st.stages.get(to)
+    tag = registry_ops.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
+    counter = tag.rsplit("#", 1)[-1]
+    _echo_err(f"promoted {st.model} {version.version} to {to}"
+              + (f" (it replaces {before})" if before else "")
+              + f": {st.model}@{to} now resolves to {version.version}.\n"
+              f"tag {tag} is on commit {version.commit[:12]}; #{counter} counts every stage and lifecycle event "
+              f"of {st.model} (one counter shared by all stages, as in GTO), not the versions of {to}"
+              + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
@@ -359,7 +384,9 @@ def demote_cmd(
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    out(registry_ops.demote(backend, model, stage))
+    tag = registry_ops.demote(backend, model, stage, root=root)
+    _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
+    out(tag)
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
 
 
@@ -383,10 +410,13 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import registry_ops
+    from gitops import gitutil, registry_ops
 
     root = config.find_root()
+    was = gitutil.current_branch(root)
     result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    _echo_err(f"switched your checkout to the new branch {result.branch}"
+              + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
         f"(training fingerprint {result.training_fingerprint[:12]})")
     if result.inlined:
@@ -503,7 +533,7 @@ def track_cmd(
         names |= {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()
         if backend is not None:
             names |= set(tags.registry_state(backend.list_tags()))
-        models = sorted(n for n in names if tags.MODEL_RE.match(n))
+        models = sorted(n for n in names if tags.MODEL_RE.fullmatch(n))
     else:
         models = [config.model_name_from_arg(model, root)]
     result = trackers.backfill(root, backend, specs, models, runs_dir=runs)

@@ -33,16 +33,34 @@ def serve_cmd(
         "--poll-seconds", min=0.05, callback=finite, help="How often a followed stage is checked for a new version.")] = 10.0,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 above).")] = 8 * 1024 * 1024,
     max_instances: Annotated[int, typer.Option("--max-instances", min=1, help="Most instances per request.")] = 1024,
+    body_timeout: Annotated[float, typer.Option(
+        "--body-timeout", min=0.001, help="Seconds a request body may take to arrive (408 after).")] = 30.0,
+    max_inflight_body_bytes: Annotated[int, typer.Option(
+        "--max-inflight-body-bytes", min=1, help="Bytes of bodies being received at once, all requests together "
+                                                 "(503 above).")] = 64 * 1024 * 1024,
+    max_connections: Annotated[int, typer.Option(
+        "--max-connections", min=1, help="Open connections plus running requests (503 above); leave room for "
+                                         "streaming responses.")] = 2048,
     backend_name: BackendOption = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error.")] = "info",
+    log_json: Annotated[bool, typer.Option("--log-json", help="Log one JSON object per line (ours and uvicorn's).")] = False,
 ) -> None:
     """HTTP inference server with TF Serving's REST API; follows a stage when given one."""
     from gitops.serve import server
 
-    limits = server.Limits(max_body_bytes=max_body_bytes, max_instances=max_instances)
-    srv = server.build(target, backend=backend_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                       poll_seconds=poll_seconds, limits=limits)
-    code = server.run(srv, host, port, log_level=log_level)
+    if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise typer.BadParameter(f"{log_level!r}: use debug, info, warning or error", param_hint="--log-level")
+    sock = server.bind(host, port)  # a busy port fails here, before anything is loaded
+    try:
+        limits = server.Limits(max_body_bytes=max_body_bytes, max_instances=max_instances,
+                               body_timeout_s=body_timeout, max_inflight_body_bytes=max_inflight_body_bytes,
+                               max_connections=max_connections)
+        srv = server.build(target, backend=backend_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                           poll_seconds=poll_seconds, limits=limits)
+    except BaseException:
+        sock.close()
+        raise
+    code = server.run(srv, host, port, log_level=log_level.lower(), log_json=log_json, sock=sock)
     if code:
         raise typer.Exit(code)
 

@@ -27,14 +27,7 @@ def sweep_cmd(
     commit: Annotated[bool, typer.Option("--commit", help="apply: also git-commit the changed files.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranked trials as JSON.")] = False,
 ) -> None:
-    """Run the trials of models/MODEL/sweep.yaml and rank them, or write one trial into the model's files.
-
-    Examples:
-      gitops sweep digits-mlp                       # every trial, one after another (finished ones are cached)
-      gitops sweep digits-mlp --parallel 2          # two trials at a time
-      gitops sweep digits-mlp --halving             # stop clearly losing trials early
-      gitops sweep apply digits-mlp --commit        # write the best trial's values and commit them
-    """
+    """Run the trials of models/MODEL/sweep.yaml and rank them, or write one trial into the model's files."""
     from gitops import sweep_results, sweep_run
 
     if len(words) == 2 and words[0] == "apply":

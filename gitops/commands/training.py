@@ -106,7 +106,25 @@ def _dry_run(cfg: Any, root: Path) -> None:
         out(f"compiled memory {name.removesuffix('_in_bytes')}: {value / mib:.3f} MiB")
     out(f"compile: {report['compile_s']:.2f} s ({report['chunk']} steps per dispatch)")
     out(f"speed here: {report['steps_per_second']:,.0f} steps/s")
+    if report.get("input_examples_per_second") is not None:
+        workers = report["input_workers"]
+        out(f"input pipeline: {report['input_examples_per_second']:,.0f} examples/s "
+            f"({workers} worker process{'es' if workers != 1 else ''}); the step takes "
+            f"{report['step_examples_per_second']:,.0f} examples/s")
+        if report["bottleneck"] == "input pipeline":
+            out("bottleneck: the input pipeline, not the model (add data.dataset.workers, or smaller images)")
+        else:
+            out("bottleneck: the model (the input pipeline keeps up)")
     out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")
+    parent = report.get("start_from")
+    if parent:
+        from gitops import lineage
+
+        out("start from: " + lineage.describe_parent(parent))
+        out(f"  loaded ({len(parent['loaded'])}): {', '.join(parent['loaded'])}")
+        if parent["skipped"]:
+            out(f"  kept fresh ({len(parent['skipped'])}): {'; '.join(parent['skipped'])}")
+        out(f"  frozen ({len(parent['frozen'])}): {', '.join(parent['frozen']) or 'none'}")
     out(f"dry run took {report['dry_run_s']:.1f} s; nothing written")
 
 
@@ -119,52 +137,120 @@ def _fmt(record: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in record.items() if k not in skip and isinstance(v, float))
 
 
+class Pace:
+    """Percent done and ETA from the run's own pace; compile time is kept out of both.
+
+    The ETA spreads evaluation and checkpoint time over the steps (they recur at a fixed interval), so
+    it stays honest while `steps/s` reports training alone.
+    """
+
+    def __init__(self) -> None:
+        self.total, self.first_step, self.t0, self.compile_s = 0, 0, time.perf_counter(), 0.0
+        self.eval_s: float | None = None
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        self.total, self.first_step, self.t0 = total_steps, start_step, time.perf_counter()
+
+    def percent(self, step: int) -> str:
+        return f"{100 * step / self.total:.0f}%" if self.total else "?"
+
+    def eta(self, step: int) -> str:
+        done = step - self.first_step
+        if done <= 0 or step >= self.total:
+            return "0s" if step >= self.total else "?"
+        per_step = max(time.perf_counter() - self.t0 - self.compile_s, 0.0) / done
+        return _duration((self.total - step) * per_step)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 class PlainReporter:
-    """One line per logged step (CI logs, pipes)."""
+    """One line per logged step (CI logs, pipes): percent, ETA, training steps/s; eval and saves apart."""
+
+    def __init__(self) -> None:
+        self.pace = Pace()
 
     def note(self, text: str) -> None:
         typer.echo(f"note: {text}", err=True)
 
     def start(self, total_steps: int, start_step: int) -> None:
         self.total = total_steps
+        self.pace.start(total_steps, start_step)
         typer.echo(f"training {total_steps} steps" + (f" (from step {start_step})" if start_step else ""), err=True)
 
+    def timing(self, step: int, what: str, seconds: float) -> None:
+        if what == "compile":
+            self.pace.compile_s += seconds
+            typer.echo(f"step {step}: compiled the training step in {seconds:.2f} s (not counted in steps/s)", err=True)
+        elif what == "eval":
+            self.pace.eval_s = seconds
+        elif what == "checkpoint":
+            typer.echo(f"step {step}/{self.total}: checkpoint saved in {seconds:.2f} s", err=True)
+
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
-        rate = f" {steps_per_second:,.0f} steps/s" if steps_per_second else ""
-        typer.echo(f"step {step}/{self.total} {record['split']}: {_fmt(record)}{rate}", err=True)
+        where = f"step {step}/{self.total} ({self.pace.percent(step)})"
+        if record["split"] == "train":
+            rate = f"; {steps_per_second:,.0f} steps/s training" if steps_per_second else ""
+            typer.echo(f"{where} train: {_fmt(record)}{rate}; ETA {self.pace.eta(step)}", err=True)
+        else:
+            took = f" (evaluated in {self.pace.eval_s:.2f} s)" if self.pace.eval_s is not None else ""
+            typer.echo(f"{where} {record['split']}: {_fmt(record)}{took}", err=True)
 
     def finish(self) -> None:
         pass
 
 
 class RichReporter:
-    """A progress bar with loss, steps/s and ETA on a terminal."""
+    """A progress bar with percent, loss, training steps/s and ETA on a terminal; eval and saves apart."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
 
-        self.console = Console(stderr=True)
+        self.console = console or Console(stderr=True)
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+            TextColumn("{task.fields[info]}"), TextColumn("ETA {task.fields[eta]}"),
+            console=self.console, transient=False,
         )
         self.task: Any = None
-        self.started = time.perf_counter()
+        self.pace = Pace()
+        self.last_save = ""
 
     def note(self, text: str) -> None:
         self.console.print(f"note: {text}")
 
     def start(self, total_steps: int, start_step: int) -> None:
+        self.pace.start(total_steps, start_step)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="compiling...")
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="compiling...",
+                                           eta="?")
+
+    def timing(self, step: int, what: str, seconds: float) -> None:
+        if what == "compile":
+            self.pace.compile_s += seconds
+            self.progress.console.print(f"compiled the training step in {seconds:.2f} s")
+        elif what == "eval":
+            self.pace.eval_s = seconds
+        elif what == "checkpoint":
+            self.last_save = f"  last save {seconds:.2f} s"
 
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
         if record["split"] == "train":
-            info = f"loss {record.get('loss', float('nan')):.4f}  {steps_per_second:,.0f} steps/s"
-            self.progress.update(self.task, completed=step, info=info)
+            info = f"loss {record.get('loss', float('nan')):.4f}  {steps_per_second:,.0f} steps/s{self.last_save}"
+            self.progress.update(self.task, completed=step, info=info, eta=self.pace.eta(step))
         else:
-            self.progress.console.print(f"step {step} {record['split']}: {_fmt(record)}")
+            took = f" (evaluated in {self.pace.eval_s:.2f} s)" if self.pace.eval_s is not None else ""
+            self.progress.console.print(f"step {step} {record['split']}: {_fmt(record)}{took}")
 
     def finish(self) -> None:
         if self.task is not None:

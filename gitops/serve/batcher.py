@@ -3,7 +3,13 @@
 Requests arrive on the event loop; a single worker task takes the first waiting item, gathers more
 until the batch holds the version's largest batch or its max wait has passed since the first (it
 waits only while other requests are being read and parsed: a lone request runs at once), and runs the
-version's predict in a worker thread (the event loop keeps accepting requests meanwhile). A batch
+version's predict in a worker thread (the event loop keeps accepting requests meanwhile).
+
+A lone client's request (nothing queued, nothing executing, no other request on its way, no other
+client seen lately) whose predict took at most `INLINE_MAX_S` at warm-up runs inline on the event
+loop instead: the hop to the worker
+thread and back (a queue put, a GIL hand-over and a self-pipe wake-up) cost more than a small
+model's whole forward pass, and with one client there is nothing to overlap with. A batch
 never mixes versions: an item carries the version its request pinned on arrival, and the worker stops
 gathering at the first item of another version. So every response comes from one whole version, even
 while the follower switches versions under load.
@@ -19,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from gitops.serve.version import ServedVersion
+
+INLINE_MAX_S = 0.001  # a predict this short (at warm-up) may block the event loop for a lone request
 
 
 class Overloaded(Exception):
@@ -56,16 +64,28 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._getter: asyncio.Future | None = None
         self._queued_rows = 0
+        self._executing = False  # a batch is running (in the worker thread)
         # Requests the server has accepted but not yet submitted (body being read or parsed). A batch
         # waits for company only while some are on their way: alone, it runs at once.
         self.arriving = 0
         # One thread runs every batch: device work is serialized, the event loop never blocks.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-predict")
 
-    async def submit(self, version: ServedVersion, x: np.ndarray) -> np.ndarray:
-        """Predict all rows of `x` on `version`; returns the outputs in order."""
-        self._ensure_worker()
+    async def submit(self, version: ServedVersion, x: np.ndarray, *, lone: bool = False) -> np.ndarray:
+        """Predict all rows of `x` on `version`; returns the outputs in order.
+
+        `lone`: the caller knows no other client is sending (see `ModelServer`): a small request may
+        then run inline. With several clients the worker thread overlaps predicts with the event
+        loop's HTTP work, which pays more than the hop costs.
+        """
         rows = int(x.shape[0])
+        if (lone and self.arriving == 0 and not self._executing and self._queued_rows == 0
+                and version.quick(rows, INLINE_MAX_S)):
+            y = version.predict(x)  # alone and small: inline, no thread hop (see the module docstring)
+            if self.on_batch is not None:
+                self.on_batch(rows)
+            return y
+        self._ensure_worker()
         if self._queued_rows + rows > self.max_queue_rows:
             raise Overloaded(f"{self._queued_rows} rows already waiting")
         loop = asyncio.get_running_loop()
@@ -145,6 +165,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         version = batch[0].version
         x = batch[0].x if len(batch) == 1 else np.concatenate([it.x for it in batch])
+        self._executing = True
         try:
             y = await loop.run_in_executor(self._executor, version.predict, x)
         except Exception as exc:  # the model failed: every caller in this batch gets the error
@@ -153,6 +174,8 @@ class Batcher:
                 if not it.future.done():
                     it.future.set_exception(exc)
             return
+        finally:
+            self._executing = False
         if self.on_batch is not None:
             self.on_batch(rows)
         start = 0

@@ -216,7 +216,9 @@ class Follower:
                 self.on_failure(version, message)
             return False
         old = self.state.switch(new)
-        log.info("serving %s %s (warmed in %.2fs)%s", self.state.model, version, time.perf_counter() - started,
+        one = new.predict_seconds.get(new.buckets[0])
+        log.info("serving %s %s (warmed in %.2fs%s)%s", self.state.model, version, time.perf_counter() - started,
+                 f"; a batch of {new.buckets[0]} predicts in {one * 1e3:.3f} ms" if one is not None else "",
                  f", replaced {old.version}" if old is not None else "")
         return True
 

@@ -8,15 +8,24 @@ Routes (TF Serving's shapes, https://www.tensorflow.org/tfx/serving/api_rest):
     GET  /healthz   the process answers          GET /readyz   a warmed version is serving (else 503)
     GET  /metrics   Prometheus text format
 
-Every request failure is a JSON `{"error": "..."}` with a 4xx code; a 500 means the model itself
-failed. Each predict response names the version that computed it in `X-Model-Version`.
+Every request failure is a JSON `{"error": "..."}` with a 4xx code (any other path too, `GET
+/v1/models` included: TF Serving has no model list); a 500 means the model itself failed. Each
+predict response names the version that computed it in `X-Model-Version`.
+
+Edges (`Limits`): a body must arrive whole within `body_timeout_s` (else 408 and the connection is
+closed: a stalled client cannot hold its bytes for ever); bodies being received or parsed at once may
+hold at most `max_inflight_body_bytes` (else 503 with Retry-After), so memory stays bounded whatever
+the number of slow clients; uvicorn's `limit_concurrency` caps connections plus requests
+(`max_connections`), generously, so long-lived streaming responses keep their room.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,7 +34,7 @@ from typing import Any
 import numpy as np
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -34,21 +43,38 @@ from gitops.errors import UsageError
 from gitops.serve.batcher import Batcher, Overloaded
 from gitops.serve.follower import Follower, ServingState
 from gitops.serve.metrics import ServerMetrics
-from gitops.serve.version import VERSION_RE, ServedVersion, Signature
+from gitops.serve.version import ServedVersion, Signature
 
 log = logging.getLogger("gitops.serve")
 
-_PATH_RE = re.compile(
-    r"^(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<sel>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?$"
+_PATH_RE = re.compile(  # fullmatch only: `$` would also match before a final newline
+    r"(?P<name>[^/:]+)(?:/(?P<kind>versions|labels)/(?P<sel>[^/:]+))?(?P<tail>/metadata|:[a-z]+)?"
 )
+
+
+LONE_GAP_S = 0.005  # another connection's predict this recent means several clients are sending
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry; beyond these it gets 413 or 400, never a crash."""
+    """What requests may carry and hold; beyond these a JSON 413, 408, 503 or 400, never a crash.
+
+    Attributes:
+        max_body_bytes: largest body of one request (413 above).
+        max_instances: most instances in one request (413 above).
+        body_timeout_s: seconds a request's body may take to arrive, from its first read (408 after;
+            TF Serving's REST timeout, `--rest_api_timeout_in_ms`, defaults to 30 s for a whole request).
+        max_inflight_body_bytes: bytes of bodies being received or parsed at one time across all
+            requests (503 above): the memory slow clients can pin.
+        max_connections: uvicorn's `limit_concurrency` (connections plus running requests; plain
+            503 above it); room for long-lived streaming responses.
+    """
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_instances: int = 1024
+    body_timeout_s: float = 30.0
+    max_inflight_body_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 2048
 
 
 class BadRequest(Exception):
@@ -135,11 +161,14 @@ def parse_inputs(payload: Any, signature: Signature, limits: Limits) -> tuple[np
         else:
             raise BadRequest(f"each instance must have shape {list(shape)} (or {signature.input_size} flat "
                              f"numbers); got {list(arr.shape[1:])}")
-    with np.errstate(over="ignore", invalid="ignore"):
-        x = arr.astype(np.float32)
-    if not np.all(np.isfinite(x)):
+    # Range-check before the cast (no np.errstate context per request: it costs more than the check).
+    if arr.size and (arr.dtype.kind == "f" or arr.dtype.itemsize > 4) and not (
+            np.abs(arr).max() <= _FLOAT32_MAX):  # also False for NaN
         raise BadRequest(f"{what} must be finite numbers within float32 range (found NaN, inf or overflow)")
-    return x, out_key
+    return arr.astype(np.float32, copy=False), out_key
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _single_named(row: dict) -> Any:
@@ -148,8 +177,32 @@ def _single_named(row: dict) -> Any:
     return row["inputs"]
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+class BodyBudget:
+    """Bytes of request bodies held at once (being received or parsed), across all requests."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> None:
+        if n > 0 and self.held + n > self.limit:
+            raise BadRequest(f"the server is receiving {self.held} bytes of other request bodies (limit "
+                             f"{self.limit}); retry later", 503)
+        self.held += n
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+async def read_body(request: Request, limits: Limits, budget: BodyBudget | None = None) -> tuple[bytes, int]:
+    """The whole body within `limits`; returns (body, bytes taken from `budget`: give them back).
+
+    Raises BadRequest: 413 too large, 408 not received within `limits.body_timeout_s`, 503 when the
+    budget of in-flight body bytes is spent, 400 for a bad Content-Length or a client that went away.
+    """
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
+    size = 0
     if declared is not None:
         try:
             size = int(declared)
@@ -157,13 +210,34 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("invalid Content-Length") from None
         if size > limit:
             raise BadRequest(f"request body of {size} bytes exceeds the limit of {limit}", 413)
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    taken = 0
+    try:
+        if budget is not None:
+            budget.take(size)  # reserve what was announced before reading any of it
+            taken = size
+        chunks, total = [], 0
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
+                if budget is not None and total > taken:
+                    budget.take(total - taken)
+                    taken = total
+                chunks.append(chunk)
+    except TimeoutError:
+        if budget is not None:
+            budget.give(taken)
+        raise BadRequest(f"request body not received within {limits.body_timeout_s:g} s", 408) from None
+    except ClientDisconnect:
+        if budget is not None:
+            budget.give(taken)
+        raise BadRequest("the client disconnected while sending the body") from None
+    except BaseException:
+        if budget is not None:
+            budget.give(taken)
+        raise
+    return b"".join(chunks), taken
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -201,8 +275,11 @@ def metadata(version: ServedVersion, stage: str | None) -> dict:
 def _matches(version: ServedVersion, sel: str) -> bool:
     if sel == str(version.number) and version.number:
         return True
-    if VERSION_RE.match(sel) and VERSION_RE.match(version.version):
-        return sel.lstrip("v") == version.version.lstrip("v")
+    from gitops.tags import SemVer  # `1.2.0-rc.1` and `v1.2.0-rc.1` name the same version
+
+    a, b = SemVer.try_parse(sel), SemVer.try_parse(version.version)
+    if a is not None and b is not None:
+        return str(a) == str(b)
     return sel == version.version
 
 
@@ -217,6 +294,12 @@ class ModelServer:
         max_batch = state.current.max_batch_size if state.current else 32
         self.metrics = ServerMetrics(max(max_batch, 1024))
         self.batcher = Batcher(max_queue_rows=max_queue_rows, on_batch=self._on_batch)
+        self.bodies = BodyBudget(limits.max_inflight_body_bytes)
+        self._last_client: Any = None  # (host, port) of the connection of the last predict
+        self._last_arrival = float("-inf")
+        # the hot path's metric children, looked up once
+        self._predict_latency = self.metrics.latency.labels("predict")
+        self._predict_ok = self.metrics.requests.labels("predict", "200")
         from gitops.serve.generation import GenerationBatcher
 
         self._generation_batcher = GenerationBatcher()
@@ -232,11 +315,14 @@ class ModelServer:
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
                 Route("/metrics", self.prom, methods=["GET"]),
+                Route("/v1/models", self.no_model_list, methods=["GET", "POST"]),
                 Route("/v1/models/{rest:path}", self.models, methods=["GET", "POST"]),
             ],
             exception_handlers={HTTPException: self._http_error, Exception: self._internal_error},
             lifespan=self._lifespan,
         )
+        # One answer per request: an unknown path is a JSON 404, never a 307 to the same path with '/'.
+        self.app.router.redirect_slashes = False
 
     # --- lifecycle ---
     @asynccontextmanager
@@ -288,9 +374,15 @@ class ModelServer:
         return self._count("other", error(500, f"internal error: {type(exc).__name__}"))
 
     # --- /v1/models/... ---
+    async def no_model_list(self, request: Request) -> Response:
+        if request.method == "POST":
+            await _drain(request, self.limits, self.bodies)
+        return self._fail("status", 404, f"no such endpoint /v1/models (TF Serving's REST API has no model list); "
+                                         f"use GET /v1/models/{self.state.model}")
+
     async def models(self, request: Request) -> Response:
         rest = request.path_params["rest"]
-        m = _PATH_RE.match(rest)
+        m = _PATH_RE.fullmatch(rest)
         is_predict = rest.endswith(":predict") or rest.endswith(":generate")
         route = "predict" if is_predict else ("metadata" if rest.endswith("/metadata") else "status")
         if not m:
@@ -301,11 +393,11 @@ class ModelServer:
         want = "POST" if is_predict else "GET"
         if request.method != want:
             if is_predict:  # read the body so a kept-alive connection stays in step
-                await _drain(request, self.limits.max_body_bytes)
+                await _drain(request, self.limits, self.bodies)
             return self._fail(route, 405, f"use {want} for /v1/models/{rest}")
         if m["name"] != self.state.model:
             if is_predict:
-                await _drain(request, self.limits.max_body_bytes)
+                await _drain(request, self.limits, self.bodies)
             return self._fail(route, 404, f"model {m['name']!r} is not served here (serving {self.state.model!r})")
         if tail == ":generate":
             return await self._generate(request, m["kind"], m["sel"])
@@ -315,8 +407,17 @@ class ModelServer:
             return self._metadata(m["kind"], m["sel"])
         return self._status(m["kind"], m["sel"])
 
+    def _lone(self, request: Request) -> bool:
+        """True while one client is sending: the same connection as the last predict, or nobody else
+        for `LONE_GAP_S`. Several clients interleave connections, and then batching pays."""
+        now = time.monotonic()
+        client = request.client
+        lone = client == self._last_client or now - self._last_arrival > LONE_GAP_S
+        self._last_client, self._last_arrival = client, now
+        return lone
+
     def _fail(self, route: str, status: int, message: str, headers: dict | None = None) -> Response:
-        kind = {400: "bad_request", 404: "not_found", 405: "bad_method", 413: "too_large",
+        kind = {400: "bad_request", 404: "not_found", 405: "bad_method", 408: "timeout", 413: "too_large",
                 503: "unavailable"}.get(status, "predict")
         self.metrics.errors.labels(kind).inc()
         return self._count(route, error(status, message, headers))
@@ -356,21 +457,32 @@ class ModelServer:
         started = time.perf_counter()
         version, why = self._select(kind, sel)  # pinned: this request runs on this version only
         self.batcher.arriving += 1  # tells the batcher a request may join the batch it is filling
+        taken = 0
         try:
             try:
-                body = await read_body(request, self.limits.max_body_bytes)
+                body, taken = await read_body(request, self.limits, self.bodies)
             except BadRequest as exc:
-                return self._fail("predict", exc.status, str(exc), {"Connection": "close"})
+                headers = {"Connection": "close"}
+                if exc.status == 503:
+                    headers["Retry-After"] = "1"
+                return self._fail("predict", exc.status, str(exc), headers)
             if version is None:
                 return self._fail("predict", 404 if why else 503, why or "no version is loaded yet; see /readyz")
             try:
                 x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
             except BadRequest as exc:
                 return self._fail("predict", exc.status, str(exc))
+            del body
+            self.bodies.give(taken)
+            taken = 0
+            # Let requests that arrived with this one reach this point too: they then join one batch
+            # instead of each running alone (a lone request pays one event-loop turn).
+            await asyncio.sleep(0)
         finally:
+            self.bodies.give(taken)
             self.batcher.arriving -= 1
         try:
-            y = await self.batcher.submit(version, x)
+            y = await self.batcher.submit(version, x, lone=self._lone(request))
         except Overloaded as exc:
             return self._fail("predict", 503, f"server overloaded ({exc}); retry later", {"Retry-After": "1"})
         except Exception as exc:
@@ -380,8 +492,9 @@ class ModelServer:
         headers = {"X-Model-Version": version.version, "X-Model-Version-Number": str(version.number),
                    "X-Model-Fingerprint": version.training_fingerprint[:12]}
         response = Response(_dumps({out_key: y.tolist()}), media_type="application/json", headers=headers)
-        self.metrics.latency.labels("predict").observe(time.perf_counter() - started)
-        return self._count("predict", response)
+        self._predict_latency.observe(time.perf_counter() - started)
+        self._predict_ok.inc()
+        return response
 
 
     async def _generate(self, request: Request, kind: str | None, sel: str | None) -> Response:
@@ -393,9 +506,11 @@ class ModelServer:
         started = time.perf_counter()
         version, why = self._select(kind, sel)
         try:
-            body = await read_body(request, self.limits.max_body_bytes)
+            body, taken = await read_body(request, self.limits, self.bodies)
         except BadRequest as exc:
-            return self._fail("generate", exc.status, str(exc), {"Connection": "close"})
+            headers = {"Connection": "close", **({"Retry-After": "1"} if exc.status == 503 else {})}
+            return self._fail("generate", exc.status, str(exc), headers)
+        self.bodies.give(taken)  # the body is small next to the stream; only its reading is bounded
         if version is None:
             return self._fail("generate", 404 if why else 503, why or "no version is loaded yet; see /readyz")
         loaded = version.extra.get("loaded")
@@ -428,9 +543,10 @@ def _dumps(obj: Any) -> bytes:
     return jsonio.dumps(obj, separators=(",", ":")).encode()  # NaN outputs: null + non_finite
 
 
-async def _drain(request: Request, limit: int) -> None:
+async def _drain(request: Request, limits: Limits, budget: BodyBudget) -> None:
     try:
-        await read_body(request, limit)
+        _, taken = await read_body(request, limits, budget)
+        budget.give(taken)
     except BadRequest:
         pass
 
@@ -459,13 +575,13 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
     """
     from pathlib import Path
 
+    from gitops.refs import parse_target
     from gitops.serve.follower import FixedSource, RegistrySource
     from gitops.serve.version import folder_identity, load_version
 
-    path = Path(target)
-    if (path / "manifest.json").is_file() or "/" in target or target.startswith("."):
-        if not path.is_dir():
-            raise UsageError(f"{target}: no such run folder")
+    parsed = parse_target(target)
+    if parsed.path is not None:
+        path = parsed.path
         model, version = folder_identity(path)
         source = FixedSource(path, version)
         stage = None
@@ -474,7 +590,7 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
         from gitops.backends import get_backend
 
         root = Path(root) if root is not None else config.find_root()
-        source = RegistrySource(root, target, cache_dir, backend=get_backend(backend, root))
+        source = RegistrySource(root, str(parsed.ref), cache_dir, backend=get_backend(backend, root))
         source.current()  # fail now on an unknown model, version or stage
         model, stage = source.ref.model, source.ref.stage
 
@@ -486,20 +602,73 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
     return ModelServer(state, follower, limits=limits)
 
 
-def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_level: str = "info") -> int:
-    """Serve until interrupted. Returns 0, or 1 when a fixed version could not be loaded at all."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a busy port fails at once (UsageError, exit 2), before any
+    model is loaded. Hand it to `run`."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is not "busy"
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def make_uvicorn(server: ModelServer, sock: socket.socket, *, log_level: str = "info", log_json: bool = False):
+    """The uvicorn server for `server` on the bound `sock` (start it with `.run(sockets=[sock])`).
+
+    Logging is set up first (`gitops.logs.setup_serve`) and uvicorn is told to keep it
+    (`log_config=None`), so its lines come out in our format.
+    """
     import uvicorn
 
-    level = getattr(logging, log_level.upper(), logging.INFO)
-    if not log.handlers:  # our own lines only: jax, orbax and absl stay at their defaults
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        log.addHandler(handler)
-        log.propagate = False
-    log.setLevel(level)
-    config = uvicorn.Config(server.app, host=host, port=port, log_level=log_level, access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=5)
-    uv = uvicorn.Server(config)
+    from gitops import logs
+
+    logs.setup_serve(log_level, as_json=log_json)
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(server.app, host=host, port=port, log_level=log_level, log_config=None,
+                            access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                            limit_concurrency=server.limits.max_connections)
+    return uvicorn.Server(config)
+
+
+def synchronous_cpu_dispatch() -> None:
+    """Run CPU computations on the calling thread (jax's `jax_cpu_enable_async_dispatch=False`).
+
+    With async dispatch a batch-1 predict hands the computation to an XLA worker thread and waits for
+    it to wake: on a busy host that hand-over costs more than the forward pass of a small model (a
+    20 us predict became 100-200 us once the server did other work between calls). A serving
+    process only ever waits for each result, so nothing is lost. Process-wide: called by `run`
+    (the `gitops serve` process), never by training.
+    """
+    try:
+        import jax
+
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
+    except (ImportError, AttributeError, ValueError):  # an older jax without the option: keep its default
+        pass
+
+
+def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_level: str = "info",
+        log_json: bool = False, sock: socket.socket | None = None) -> int:
+    """Serve until interrupted. Returns 0, or 1 when a fixed version could not be loaded at all.
+
+    Our log lines and uvicorn's share one format (`gitops.logs.setup_serve`): text, or one JSON
+    object per line with `log_json`. `sock` is a socket from `bind` (bound here when None).
+    """
+    sock = sock if sock is not None else bind(host, port)
+    synchronous_cpu_dispatch()
+    uv = make_uvicorn(server, sock, log_level=log_level, log_json=log_json)
+    bound_host, bound_port = sock.getsockname()[:2]  # uvicorn names no URL for a socket it was handed
+    log.info("listening on http://%s:%d", f"[{bound_host}]" if ":" in bound_host else bound_host, bound_port)
     failed = []
     follower = server.follower
     if follower is not None and not follower.source.follows:
@@ -513,5 +682,8 @@ def run(server: ModelServer, host: str = "127.0.0.1", port: int = 8501, *, log_l
                 uv.should_exit = True
 
         follower.on_failure = give_up
-    uv.run()
+    try:
+        uv.run(sockets=[sock])
+    finally:
+        sock.close()
     return 1 if failed else 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from gitops.errors import GitopsError
 
-VERSION_RE = re.compile(r"^v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
+VERSION_RE = re.compile(r"v?(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")  # fullmatch only
 
 
 def version_number(version: str) -> int:
@@ -26,7 +27,7 @@ def version_number(version: str) -> int:
     MAJOR * 1_000_000 + MINOR * 1_000 + PATCH, so integers order like versions while MINOR and PATCH
     stay below 1000 (a larger part raises: the mapping would collide).
     """
-    m = VERSION_RE.match(version)
+    m = VERSION_RE.fullmatch(version)
     if not m:
         return 0
     major, minor, patch = (int(g) for g in m.groups())
@@ -92,6 +93,9 @@ class ServedVersion:
     max_wait_s: float = 0.002  # how long a batch waits to fill (release.yaml serving.max_wait_ms)
     warmed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # seconds one predict took per bucket after compiling, measured by `warm` (the batcher runs a
+    # lone small request inline on the event loop when this is short: no thread hop)
+    predict_seconds: dict[int, float] = field(default_factory=dict)
 
     @property
     def max_batch_size(self) -> int:
@@ -120,13 +124,25 @@ class ServedVersion:
         shape = self.signature.input_shape
         one = np.zeros((1, *shape), np.float32) if probe is None else np.asarray(probe, np.float32).reshape(1, *shape)
         for size in self.buckets:
-            y = np.asarray(self.predict_fn(np.repeat(one, size, axis=0)))
+            batch = np.repeat(one, size, axis=0)
+            y = np.asarray(self.predict_fn(batch))
             if y.shape != (size, *self.signature.output_shape):
                 raise GitopsError(f"{self.model} {self.version}: warm-up output shape {y.shape}, expected "
                                   f"{(size, *self.signature.output_shape)}")
             if not np.all(np.isfinite(y)):
                 raise GitopsError(f"{self.model} {self.version}: warm-up produced non-finite outputs")
+            timings = []
+            for _ in range(3):  # compiled now: the best of three is what a request will cost
+                started = time.perf_counter()
+                np.asarray(self.predict_fn(batch))
+                timings.append(time.perf_counter() - started)
+            self.predict_seconds[size] = min(timings)
         self.warmed = True
+
+    def quick(self, rows: int, limit_s: float) -> bool:
+        """True when predicting `rows` rows took at most `limit_s` seconds at warm-up."""
+        seconds = self.predict_seconds.get(bucket_for(rows, self.buckets)) if rows <= self.buckets[-1] else None
+        return seconds is not None and seconds <= limit_s
 
 
 # --- from a trained run or a pulled release -------------------------------------------------------
@@ -187,7 +203,9 @@ def folder_identity(model_dir: Path) -> tuple[str, str]:
         raise GitopsError(f"{model_dir}: not a run folder or pulled release (no readable manifest.json)",
                           exit_code=2) from None
     model = manifest.get("model") or model_dir.parent.name
-    version = _released_as(model_dir) or f"run-{str(manifest.get('training_fingerprint', ''))[:12] or 'unknown'}"
+    fingerprint = manifest.get("training_fingerprint")
+    fingerprint = fingerprint[:12] if isinstance(fingerprint, str) and fingerprint else "unknown"
+    version = _released_as(model_dir) or f"run-{fingerprint}"
     return model, version
 
 
@@ -218,7 +236,9 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     task = pre.get("task") or loaded.config.task
     input_shape = tuple(int(d) for d in pre["input_shape"])
     n_out = pre.get("num_outputs") or pre.get("num_classes") or 1
-    labels = tuple(loaded.config.release.labels or ())
+    from gitops.predict import class_labels
+
+    labels = tuple(class_labels(loaded))
     if task == "classification":
         return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
     if task == "language_modeling":  # :predict gives next-token logits at every position; :generate gives text

@@ -53,6 +53,7 @@ class VersionData:
     release_fingerprint: str | None = None
     data_fingerprint: str | None = None
     trained_at_commit: str | None = None
+    reproduced_at_commit: str | None = None  # a run trained from uncommitted files: the commit that reproduces it
     pr: int | None = None
     packages: dict[str, str] = field(default_factory=dict)
     device: str | None = None  # "cpu x1"
@@ -62,6 +63,7 @@ class VersionData:
     config: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # history.jsonl rows
     note: str | None = None  # why archive details are missing, if they are
+    parent: dict[str, Any] | None = None  # train.start_from record of the tag message (lineage across models)
 
     @property
     def semver(self) -> tags.SemVer:
@@ -95,7 +97,8 @@ class ModelData:
 
     @property
     def latest(self) -> VersionData | None:
-        active = [v for v in self.versions if v.active]
+        """The highest active release; a pre-release never is (exact references only)."""
+        active = [v for v in self.versions if v.active and not v.semver.is_prerelease]
         return active[-1] if active else None
 
     @property
@@ -155,7 +158,8 @@ def collect_registry(root: Path, backend: Backend, cache: Path | None = None) ->
                 break
         if model.versions or model.events:
             models.append(model)
-    as_of = max((e.date for m in models for e in m.events), default="")
+    # the newest instant, not the largest text: tagger dates carry offsets
+    as_of = max((e.date for m in models for e in m.events), key=lambda d: tags.instant(d) or 0.0, default="")
     return RegistryData(models, backend.name, as_of)
 
 
@@ -169,8 +173,10 @@ def _version(root: Path, backend: Backend, model: str, vs: tags.VersionState, ca
         headline_metric=meta.get("headline_metric"), metrics=dict(metrics),
         training_fingerprint=meta.get("training_fingerprint"), release_fingerprint=meta.get("release_fingerprint"),
         data_fingerprint=meta.get("data_fingerprint"), trained_at_commit=meta.get("trained_at_commit"),
+        reproduced_at_commit=meta.get("reproduced_at_commit"),
         pr=_int(meta.get("pr")) or _pr_from_commit(root, vs.commit),
         steps=_int(meta.get("steps")), checkpoint_step=_int(meta.get("checkpoint_step")),
+        parent=meta.get("start_from") if isinstance(meta.get("start_from"), dict) else None,
     )
     try:
         files = release_files(backend, vs, meta, cache)
@@ -192,7 +198,7 @@ def _apply_files(v: VersionData, files: dict[str, bytes]) -> None:
         v.param_count = _int(manifest.get("param_count"))
         v.steps = v.steps or _int(manifest.get("steps_done") or manifest.get("steps"))
         v.checkpoint_step = v.checkpoint_step or _int(manifest.get("checkpoint_step"))
-        v.trained_at_commit = v.trained_at_commit or manifest.get("git_commit")
+        v.trained_at_commit = v.trained_at_commit or registry_ops.text_field(manifest, "git_commit") or None
         for key in ("training_fingerprint", "release_fingerprint", "data_fingerprint"):
             if not getattr(v, key) and manifest.get(key):
                 setattr(v, key, manifest[key])
@@ -341,7 +347,7 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 

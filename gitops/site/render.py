@@ -238,6 +238,8 @@ def _versions_table(m: ModelData) -> str:
     metric = m.headline_metric
     for v in reversed(m.versions):
         flags = "" if v.active else ' <span class="badge deregistered">deregistered</span>'
+        if v.semver.is_prerelease:
+            flags += ' <span class="badge deregistered">pre-release</span>'
         rows.append(
             f'<tr><th scope="row"><a href="#{escape(v.version)}">{escape(v.version)}</a>{flags}</th>'
             f"<td>{_date(v.date)}</td><td>{_author(v.author)}</td>"
@@ -338,9 +340,27 @@ def _events_table(m: ModelData) -> str:
 </section>"""
 
 
+def _parent_html(parent: dict) -> str:
+    """The parent version (linked to its model page) or weights file, what loaded and what was frozen."""
+    if parent.get("model") and parent.get("version"):
+        model, version = str(parent["model"]), str(parent["version"])
+        what = f'<a href="{slug(model)}.html#{escape(version)}">{escape(model)}@{escape(version)}</a>'
+        if parent.get("ref") and parent["ref"] != f"{model}@{version}":
+            what += f' <span class="muted">({escape(str(parent["ref"]))})</span>'
+    else:
+        what = f"<code>{escape(str(parent.get('path') or parent.get('url') or '?'))}</code>"
+    what += f" · params: {escape(str(parent.get('params', 'all')))}"
+    frozen = parent.get("frozen") or []
+    if frozen:
+        what += " · frozen: " + ", ".join(f"<code>{escape(str(p))}</code>" for p in frozen)
+    return what
+
+
 def _version_details(m: ModelData, v: VersionData, previous: VersionData | None, task: str, open_: bool) -> str:
     stages = _stage_badges({s: v.version for s in v.stages})
     flags = "" if v.active else ' <span class="badge deregistered">deregistered</span>'
+    if v.semver.is_prerelease:
+        flags += ' <span class="badge deregistered">pre-release</span>'
     lineage = [
         ("Tag", f"<code>{escape(v.tag)}</code>"),
         ("Released", f"{_date(v.date)} by {_author(v.author)}"),
@@ -349,7 +369,10 @@ def _version_details(m: ModelData, v: VersionData, previous: VersionData | None,
         ("Bump", f"{escape(v.bump or '-')}: {escape(v.reason)}"),
         ("Previous version", f'<a href="#{escape(previous.version)}">{escape(previous.version)}</a>'
          if previous else "none (first release)"),
-        ("Trained at commit", f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown()),
+        ("Trained at commit", (f"<code>{escape(v.trained_at_commit)}</code>" if v.trained_at_commit else _unknown())
+         + (f' (uncommitted files; reproduced at <code>{escape(v.reproduced_at_commit)}</code>)'
+            if v.reproduced_at_commit else "")),
+        *([("Starts from", _parent_html(v.parent))] if v.parent else []),
         ("Training fingerprint", _code(v.training_fingerprint)),
         ("Data fingerprint", _code(v.data_fingerprint)),
         ("Release fingerprint", _code(v.release_fingerprint)),

@@ -55,7 +55,7 @@ _RESERVED_ALIAS = re.compile(r"^(latest|v\d+)$", re.I)
 
 def alias_for(stage: str) -> str:
     """The MLflow alias of a registry stage (see the module docstring for the rule)."""
-    return f"stage_{stage}" if _RESERVED_ALIAS.match(stage) else stage
+    return f"stage_{stage}" if _RESERVED_ALIAS.fullmatch(stage) else stage
 
 
 class MlflowSink:

@@ -1,12 +1,14 @@
-"""The metadata gitops reads through the entry points. Imports nothing heavy: `gitops validate` loads
-this module without jax; the implementations are named by `build` and imported on first use."""
+"""The metadata gitops reads through the entry points (or, copied into a repository as its plugin
+package, through GITOPS_PLUGINS in __init__.py). Imports nothing heavy: `gitops validate` loads this
+module without jax; the implementations are named by `build`, relative to this package (".model:..."),
+and imported on first use, so the package works under any name."""
 
 from gitops.plugins import Plugin
 
 TINY_LINEAR = Plugin(
     name="tiny-linear",
     description="Linear classifier over the flattened inputs and, optionally, their pairwise products.",
-    build="gitops_plugin_example.model:TinyLinear",
+    build=".model:TinyLinear",
     params={
         "pairwise": {
             "type": "boolean",
@@ -20,7 +22,7 @@ TINY_LINEAR = Plugin(
 XOR_BLOBS = Plugin(
     name="xor-blobs",
     description="Four Gaussian blobs at (+-1, +-1); the label is whether the two signs differ (XOR).",
-    build="gitops_plugin_example.data:xor_blobs",
+    build=".data:xor_blobs",
     params={
         "n_samples": {"type": "integer", "minimum": 8, "maximum": 1_000_000, "default": 400,
                       "description": "Examples to generate."},
@@ -32,7 +34,7 @@ XOR_BLOBS = Plugin(
 FEATURE_DROPOUT = Plugin(
     name="feature-dropout",
     description="Zero each input feature of a training example with the given probability.",
-    build="gitops_plugin_example.augment:feature_dropout",
+    build=".augment:feature_dropout",
     params={
         "probability": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.1,
                         "description": "Chance that a feature is zeroed."},
@@ -42,7 +44,7 @@ FEATURE_DROPOUT = Plugin(
 BRIER = Plugin(
     name="brier",
     description="Brier score: squared distance between the predicted class probabilities and the one-hot label.",
-    build="gitops_plugin_example.metrics:brier",
+    build=".metrics:brier",
     higher_is_better=False,
     tasks=("classification",),
 )

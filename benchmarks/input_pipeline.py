@@ -1,0 +1,217 @@
+"""The streaming input pipeline (gitops.streaming, Grain): memory, feed speed, decode scaling.
+
+Every figure is a ratio of two measurements made in this same run:
+
+1. memory: peak RSS of a whole `gitops train` process on a large Parquet table over the same on a
+   table 10x smaller (784 float32 columns, same model, same steps). Goal: <= 1.2 (memory does not
+   grow with the dataset; only the record-index arrays do, 8 bytes per row);
+2. feed: training steps/s of a compute-bound MLP (784-1024-1024-10, batch 1024) fed from ArrayRecord
+   files on disk through the pipeline (`--workers` decode processes) over the same model fed from
+   memory (the split on the device). Goal: >= 0.9. Also printed, without a goal: the same ratio for a
+   tiny MLP (64-128-10, batch 128), whose steps are far cheaper than reading a batch;
+3. decode: image-folder examples/s with N worker processes over one worker (models/shapes-cnn's PNGs).
+
+    .venv/bin/python benchmarks/input_pipeline.py [--quick] [--workers N]
+
+`--quick` (the test suite's smoke run) uses 1 MB / 5 MB tables and a few steps: it checks that the
+benchmark runs and prints its figures, not the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+FEATURES = 784
+CHILD = """
+import resource, sys
+sys.argv = ["gitops", *sys.argv[1:]]
+from gitops.cli import app
+try:
+    app(prog_name="gitops")
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+sys.exit(code or 0)
+"""
+
+
+def _write_model(repo: Path, name: str, dataset: dict, train: dict, model: dict) -> None:
+    folder = repo / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.yaml").write_text(json.dumps({"dataset": dataset, "splits": {"validation": 0.0, "test": 0.01},
+                                                  "preprocessing": {"scale": "none"}}))
+    (folder / "model.yaml").write_text(json.dumps(model))
+    (folder / "train.yaml").write_text(json.dumps({"seed": 0, "optimizer": {"name": "adam", "learning_rate": 1e-3},
+                                                   **train}))
+    (folder / "release.yaml").write_text(json.dumps({"description": "benchmark"}))
+
+
+def _pin(repo: Path, folder: str) -> dict:
+    from gitops import checksum_list
+
+    text, _ = checksum_list.write(repo / folder, repo / f"{folder}.sha256")
+    return {"path": folder, "checksums": f"{folder}.sha256", "checksums_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def _parquet(folder: Path, megabytes: float, seed: int) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = int(megabytes * 1024**2 / (FEATURES * 4))
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    schema = pa.schema([*(pa.field(f"p{i:03d}", pa.float32()) for i in range(FEATURES)), pa.field("label", pa.int64())])
+    with pq.ParquetWriter(folder / "part-0.parquet", schema, compression="none") as writer:
+        for start in range(0, rows, 8192):  # written in slices: the generator itself stays small
+            n = min(8192, rows - start)
+            x = rng.random((n, FEATURES), dtype=np.float32)
+            cols = [pa.array(x[:, i]) for i in range(FEATURES)] + [pa.array(rng.integers(0, 10, n))]
+            writer.write_table(pa.Table.from_arrays(cols, schema=schema), row_group_size=4096)
+    return rows
+
+
+def memory(quick: bool) -> float:
+    small_mb, big_mb = (1, 5) if quick else (100, 1024)
+    steps = 5 if quick else 200
+    peaks = {}
+    with tempfile.TemporaryDirectory(prefix="gitops-bench-mem-") as tmp:
+        repo = Path(tmp)
+        (repo / "gitops.yaml").write_text("{}\n")
+        for label, size in (("small", small_mb), ("big", big_mb)):
+            rows = _parquet(repo / label, size, 1)
+            _write_model(repo, f"pq-{label}", {"name": "parquet", **_pin(repo, label), "feature_prefix": "p",
+                                              "label": "label", "num_classes": 10},
+                         {"batch_size": 256, "steps": steps, "eval_every": steps, "checkpoint": {"every_steps": steps}},
+                         {"architecture": "mlp", "hidden_sizes": [256]})
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1", "GITOPS_DATA_CACHE": str(repo / ".cache")}
+            done = subprocess.run([sys.executable, "-c", CHILD, "train", f"pq-{label}", "--out", str(repo / "runs")],
+                                  cwd=repo, env=env, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"train pq-{label} failed:\n{done.stderr[-3000:]}")
+            peak = int(done.stdout.split("MAXRSS_KB")[-1].split()[0]) / 1024
+            peaks[label] = peak
+            print(f"memory: {size} MB Parquet ({rows:,} rows x {FEATURES} columns): peak RSS {peak:,.0f} MiB", flush=True)
+    ratio = peaks["big"] / peaks["small"]
+    print(f"memory ratio (peak RSS {big_mb} MB table / {small_mb} MB table): {ratio:.3f}  (goal <= 1.2)", flush=True)
+    return ratio
+
+
+def _session(repo: Path, name: str, dataset: dict, batch: int, hidden: list[int], steps: int):
+    from gitops import config, data, train
+
+    _write_model(repo, name, dataset, {"batch_size": batch, "steps": steps, "eval_every": steps,
+                                       "checkpoint": {"every_steps": steps}},
+                 {"architecture": "mlp", "hidden_sizes": hidden})
+    cfg = config.load(name, repo)
+    return train.build_session(cfg, data.load(cfg.data, repo))
+
+
+def _steps_per_second(session, steps: int) -> float:
+    import jax
+
+    acc, bad = session.zero_metrics(), session.no_divergence()
+
+    def run(first: int, acc, bad):
+        step = first
+        while step < first + steps:
+            length = min(session.chunk, first + steps - step)
+            acc, bad = session.run_chunk(step, length, acc, bad)
+            step += length
+        jax.block_until_ready(session.state)
+        return acc, bad
+
+    acc, bad = run(0, acc, bad)  # compiles every chunk length, starts the workers, fills their buffers
+    t0 = time.perf_counter()
+    run(steps, acc, bad)
+    rate = steps / (time.perf_counter() - t0)
+    if session.feed is not None:
+        session.feed.close()
+    return rate
+
+
+def feed(quick: bool, workers: int) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    with tempfile.TemporaryDirectory(prefix="gitops-bench-feed-") as tmp:
+        repo = Path(tmp)
+        (repo / "gitops.yaml").write_text("{}\n")
+        os.environ["GITOPS_DATA_CACHE"] = str(repo / ".cache")
+        for label, n, width, batch, hidden, steps in (
+            ("compute-bound 784-1024-1024-10, batch 1024", 2048 if quick else 40_000, 784, 1024, [1024, 1024],
+             2 if quick else 30),
+            ("tiny 64-128-10, batch 128", 1024 if quick else 4096, 64, 128, [128], 10 if quick else 400),
+        ):
+            rng = np.random.default_rng(0)
+            x = rng.random((n, width), dtype=np.float32)
+            y = rng.integers(0, 10, n)
+            key = f"{width}"
+            (repo / f"ar{key}").mkdir()
+            writer = ArrayRecordWriter(str(repo / f"ar{key}" / "part-0.array_record"), "group_size:1")
+            for i in range(n):
+                buf = io.BytesIO()
+                np.savez(buf, x=x[i], y=y[i])
+                writer.write(buf.getvalue())
+            writer.close()
+            (repo / f"mem{key}").mkdir()
+            np.savez(repo / f"mem{key}" / "all.npz", x=x, y=y)
+            digest = hashlib.sha256((repo / f"mem{key}" / "all.npz").read_bytes()).hexdigest()
+            memory_session = _session(repo, f"mem{key}", {"name": "file", "path": f"mem{key}/all.npz", "sha256": digest},
+                                      batch, hidden, steps)
+            streamed = _session(repo, f"ar{key}", {"name": "array_record", **_pin(repo, f"ar{key}"), "input_shape": [width],
+                                                    "num_classes": 10, "workers": workers, "prefetch": 4},
+                                batch, hidden, steps)
+            a, b = _steps_per_second(streamed, steps), _steps_per_second(memory_session, steps)
+            goal = "  (goal >= 0.9)" if "compute" in label else "  (no goal)"
+            print(f"feed {label}: ArrayRecord + {workers} workers {a:,.1f} steps/s, from memory {b:,.1f} steps/s, "
+                  f"ratio {a / b:.3f}{goal}", flush=True)
+
+
+def decode(quick: bool, workers: int) -> None:
+    from gitops import config, data, streaming
+
+    os.environ.setdefault("GITOPS_DATA_CACHE", tempfile.mkdtemp(prefix="gitops-bench-cache-"))
+    cfg = config.load("shapes-cnn", ROOT)
+    ds = data.load(cfg.data, ROOT)
+    batches = 4 if quick else 30
+    rates = {}
+    for n in (1, workers):
+        f = streaming.Feed(ds, 64, seed=0, workers=n)
+        f.next()  # workers started, buffers filled
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            f.next()
+        rates[n] = batches * 64 / (time.perf_counter() - t0)
+        f.close()
+    print(f"decode image folder: 1 worker {rates[1]:,.0f} examples/s, {workers} workers {rates[workers]:,.0f} examples/s, "
+          f"ratio {rates[workers] / rates[1]:.2f} (on {os.cpu_count()} CPUs)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--workers", type=int, default=2, help="decode worker processes of the streamed runs")
+    args = parser.parse_args()
+    memory(args.quick)
+    feed(args.quick, args.workers)
+    decode(args.quick, args.workers)
+
+
+if __name__ == "__main__":
+    main()

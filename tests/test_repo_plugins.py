@@ -1,0 +1,168 @@
+"""A plugin package inside the repository (issue 17, fault 15): declared in gitops.yaml, loaded through
+the same registry and checks as installed plugins, hashed into the training fingerprint of the models
+that use it, and never imported where GITOPS_REPO_PLUGINS=off (jobs holding write tokens).
+
+The example plugin (examples/gitops-plugin-example) is copied in as `plugins/`; tests/test_plugins.py
+installs the same files as a package (entry points): one package, both ways.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from loop_support import commit_all, git
+from typer.testing import CliRunner
+
+from gitops import config
+from gitops.cli import app
+
+EXAMPLE = REPO / "examples" / "gitops-plugin-example" / "gitops_plugin_example"
+XOR = {
+    "model.yaml": "architecture: tiny-linear\npairwise: true\n",
+    "train.yaml": "seed: 0\nbatch_size: 32\nsteps: 200\noptimizer:\n  name: adam\n  learning_rate: 5e-2\n"
+                  "eval_every: 100\nlog_every: 50\ncheckpoint:\n  every_steps: 100\n  best_metric: val/brier\n",
+    "data.yaml": "dataset:\n  name: xor-blobs\n  n_samples: 400\n  noise: 0.3\naugmentation:\n"
+                 "  - name: feature-dropout\n    probability: 0.05\n",
+    "release.yaml": "description: XOR with the repository's plugin.\ngates:\n  - metric: test/brier\n    max: 0.1\n",
+}
+REGRESSION = {  # uses nothing of the plugin (brier is a classification metric)
+    "model.yaml": "architecture: mlp\nhidden_sizes: [8]\n",
+    "train.yaml": "seed: 0\nbatch_size: 32\nsteps: 50\noptimizer:\n  name: adam\n  learning_rate: 1e-2\n",
+    "data.yaml": "dataset:\n  name: diabetes\n",
+}
+
+
+def write_model(repo: Path, name: str, files: dict[str, str]) -> None:
+    folder = repo / "models" / name
+    folder.mkdir(parents=True)
+    for file, text in files.items():
+        (folder / file).write_text(text)
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch) -> Path:
+    """A repository set up by `gitops init` whose plugin package is a copy of the example."""
+    repo = tmp_path / "repo"
+    assert CliRunner().invoke(app, ["init", str(repo)]).exit_code == 0
+    shutil.copytree(EXAMPLE, repo / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    with (repo / "gitops.yaml").open("a") as fh:
+        fh.write("plugins:\n  package: plugins\n")
+    write_model(repo, "xor-tiny", XOR)
+    write_model(repo, "diabetes-mlp", REGRESSION)
+    shutil.copytree(REPO / "models" / "wine-mlp", repo / "models" / "wine-mlp")
+    git(repo, "config", "user.name", "T")
+    git(repo, "config", "user.email", "t@example.com")
+    commit_all(repo, "models and plugins")
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def cli(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_that_use_them(repo) -> None:
+    done = cli("validate")
+    assert done.exit_code == 0, done.output
+    xor = json.loads(cli("show", "xor-tiny", "--json").stdout)
+    assert xor["config"]["plugins"]["package"] == "plugins" and len(xor["config"]["plugins"]["sha256"]) == 64
+    # brier is a classification metric: wine-mlp computes it too; the regression model uses nothing of it
+    assert json.loads(cli("show", "wine-mlp", "--json").stdout)["config"]["plugins"] == xor["config"]["plugins"]
+    assert "plugins" not in json.loads(cli("show", "diabetes-mlp", "--json").stdout)["config"]
+    assert cli("schemas").exit_code == 0
+    assert "tiny-linear" in (repo / "schemas/model.schema.json").read_text()
+
+    # a PR that edits only the plugin retrains exactly the models that use it
+    git(repo, "switch", "-q", "-c", "plugin-edit")
+    (repo / "plugins/model.py").write_text((repo / "plugins/model.py").read_text() + "\n# a change\n")
+    commit_all(repo, "edit the plugin only")
+    plan = json.loads(cli("ci", "plan", "--base", "main", "--head", "HEAD").stdout)
+    assert sorted(t["model"] for t in plan["train"]) == ["wine-mlp", "xor-tiny"]
+    assert {t["reason"] for t in plan["train"]} == {"plugin package plugins/ changed"}
+    before = config.load("xor-tiny", repo, tree=__import__("gitops.tree", fromlist=["GitTree"]).GitTree(repo, "main"))
+    assert before.training_fingerprint != config.load("xor-tiny", repo).training_fingerprint
+    # bytecode caches never count
+    (repo / "plugins/__pycache__").mkdir(exist_ok=True)
+    (repo / "plugins/__pycache__/x.cpython-311.pyc").write_bytes(b"junk")
+    assert json.loads(cli("ci", "plan", "--head", "HEAD").stdout)["train"] == plan["train"]
+
+
+def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
+    marker = repo / "imported"
+    init = repo / "plugins/__init__.py"
+    init.write_text(f"open({str(marker)!r}, 'w').close()\n" + init.read_text())
+    (repo / "plugins").rename(repo / "plugins_guarded")  # a fresh package name: nothing cached in this process
+    (repo / "gitops.yaml").write_text((repo / "gitops.yaml").read_text().replace("package: plugins", "package: plugins_guarded"))
+    monkeypatch.setenv("GITOPS_REPO_PLUGINS", "off")
+    done = cli("show", "xor-tiny")
+    assert done.exit_code == 1 and "GITOPS_REPO_PLUGINS=off" in done.output and "write token" in done.output
+    assert cli("show", "diabetes-mlp").exit_code == 0  # models that don't use it still resolve
+    assert not marker.exists()
+    monkeypatch.delenv("GITOPS_REPO_PLUGINS")
+    assert cli("show", "xor-tiny").exit_code == 0 and marker.exists()
+
+
+def test_release_workflow_jobs_with_write_tokens_set_the_guard() -> None:
+    import yaml
+
+    for name in ("release.yml", "pr-train.yml"):
+        doc = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
+        for job in doc["jobs"].values():
+            writes = [k for k, v in (job.get("permissions") or {}).items() if v == "write"]
+            steps_run_gitops = any("gitops" in str(s.get("run", "")) for s in job.get("steps", []))
+            if writes and steps_run_gitops:
+                assert job.get("env", {}).get("GITOPS_REPO_PLUGINS") == "off", (name, writes)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("builtin", "collides with the built-in architecture 'mlp'"),
+    ("symlink", "not a package folder"),
+    ("no-table", "GITOPS_PLUGINS must map"),
+])
+def test_bad_repository_packages_are_clear_errors(tmp_path, monkeypatch, case, message) -> None:
+    repo = tmp_path / f"repo-{case}"
+    assert cli("init", str(repo)).exit_code == 0
+    package = f"bad_{case.replace('-', '_')}"
+    folder = repo / package
+    if case == "symlink":
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        (outside / "__init__.py").write_text("GITOPS_PLUGINS = {}\n")
+        folder.symlink_to(outside)
+    else:
+        folder.mkdir()
+        body = "" if case == "no-table" else textwrap.dedent("""
+            from gitops.plugins import Plugin
+            GITOPS_PLUGINS = {"architectures": [Plugin(name="mlp", description="Clash.", build=".m:M")]}
+        """)
+        (folder / "__init__.py").write_text(body)
+    with (repo / "gitops.yaml").open("a") as fh:
+        fh.write(f"plugins:\n  package: {package}\n")
+    write_model(repo, "diabetes-mlp", REGRESSION)
+    monkeypatch.chdir(repo)
+    done = cli("validate")
+    assert done.exit_code == 1 and message in done.output, done.output
+    assert "Traceback" not in done.output
+
+
+@pytest.mark.slow
+def test_trains_releases_and_loads_with_the_repository_plugin(repo) -> None:
+    import numpy as np
+
+    import gitops
+
+    done = cli("train", "xor-tiny")
+    assert done.exit_code == 0, done.output
+    run = next((repo / "runs/xor-tiny").iterdir())
+    assert "plugins:" in (run / "config.resolved.yaml").read_text()
+    assert json.loads((run / "metrics.json").read_text())["test/brier"] < 0.1
+    done = cli("release", "xor-tiny")
+    assert done.exit_code == 0, done.output
+    model = gitops.load("xor-tiny@v1.0.0")  # config.resolved.yaml carries the plugin hash: the fingerprint checks
+    probs = model.predict(np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32))
+    assert probs.argmax(-1).tolist() == [0, 1, 1, 0]

@@ -1,0 +1,373 @@
+"""Streaming datasets (gitops.streaming): checksum lists, image folders, Parquet, ArrayRecord, resume, bad input.
+
+Each test builds a small repository in a temporary folder: a few dozen tiny PNGs or a small Parquet
+table, its checksum list written by `gitops data checksums`, and a model pointing at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from gitops import config, streaming
+from gitops.errors import GitopsError
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ("ring", "bar", "dot")
+
+
+def _png(path: Path, kind: str, rng: np.random.Generator, side: int = 8) -> None:
+    from PIL import Image
+
+    img = rng.integers(0, 40, size=(side, side)).astype(np.uint8)
+    c = int(rng.integers(2, side - 2))
+    if kind == "ring":
+        img[1, :] = img[-2, :] = img[:, 1] = img[:, -2] = 230
+    elif kind == "bar":
+        img[:, c] = 230
+    else:
+        img[c - 1:c + 1, c - 1:c + 1] = 230
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path)
+
+
+def _cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch):
+    from gitops.cli import app
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("CI", "1")
+    return CliRunner().invoke(app, args)
+
+
+def _write_model(repo: Path, name: str, dataset: dict, *, steps: int = 40, batch: int = 8, extra_train: str = "",
+                 splits: str = "validation: 0.2\n  test: 0.2\n") -> None:
+    folder = repo / "models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.yaml").write_text(
+        "dataset:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in dataset.items())
+        + f"splits:\n  {splits}preprocessing:\n  scale: minmax\n", encoding="utf-8")
+    arch = "architecture: mlp\nhidden_sizes: [16]\n"
+    (folder / "model.yaml").write_text(arch, encoding="utf-8")
+    (folder / "train.yaml").write_text(
+        f"seed: 0\nbatch_size: {batch}\nsteps: {steps}\noptimizer: {{name: adam, learning_rate: 1e-2}}\n"
+        f"eval_every: 10\nlog_every: 10\ncheckpoint: {{every_steps: 10, keep: 50}}\n{extra_train}", encoding="utf-8")
+    (folder / "release.yaml").write_text("description: streaming test\n", encoding="utf-8")
+
+
+def _pin(repo: Path, folder: str, listing: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    done = _cli(["data", "checksums", folder, "--out", listing], repo, monkeypatch)
+    assert done.exit_code == 0, done.output
+    pin = done.output.strip().splitlines()[-1].split(": ")[1]
+    assert pin == hashlib.sha256((repo / listing).read_bytes()).hexdigest()
+    return pin
+
+
+def _image_repo(repo: Path, monkeypatch: pytest.MonkeyPatch, *, per_class: int = 16, split_folders: bool = False,
+                **dataset) -> dict:
+    rng = np.random.default_rng(0)
+    for kind in CLASSES:
+        for n in range(per_class):
+            split = ("train/" if n < per_class - 4 else "test/") if split_folders else ""
+            _png(repo / "imgs" / f"{split}{kind}" / f"{n:03d}.png", kind, rng)
+    spec = {"name": "image_folder", "path": "imgs", "checksums": "imgs.sha256",
+            "checksums_sha256": _pin(repo, "imgs", "imgs.sha256", monkeypatch), "image_size": [8, 8], "channels": 1,
+            **dataset}
+    _write_model(repo, "shapes", spec)
+    return spec
+
+
+@pytest.fixture(autouse=True)
+def _data_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITOPS_DATA_CACHE", str(tmp_path / "data-cache"))
+
+
+# --- checksum lists and pins -------------------------------------------------------------------------
+
+
+def test_checksums_command_writes_what_sha256sum_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _image_repo(tmp_path, monkeypatch, per_class=2)
+    listing = (tmp_path / "imgs.sha256").read_text()
+    assert len(listing.splitlines()) == 6 and listing.splitlines()[0].endswith("  bar/000.png")
+    done = subprocess.run(["sha256sum", "-c", "--quiet", str(tmp_path / "imgs.sha256")], cwd=tmp_path / "imgs",
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = _cli(["data", "checksums", "imgs"], tmp_path, monkeypatch)
+    assert printed.exit_code == 0 and printed.output == listing
+
+
+def test_fingerprint_follows_the_pin_not_the_data_nor_the_worker_count(tmp_path: Path, monkeypatch) -> None:
+    _image_repo(tmp_path, monkeypatch, per_class=2)
+    base = config.load("shapes", tmp_path)
+    for f in (tmp_path / "imgs").rglob("*.png"):
+        f.unlink()  # the fingerprint never opens the data
+    same = config.load("shapes", tmp_path, ["data.dataset.workers=3", "data.dataset.prefetch=7"])
+    assert (same.data_fingerprint, same.training_fingerprint) == (base.data_fingerprint, base.training_fingerprint)
+    (tmp_path / "imgs.sha256").write_text((tmp_path / "imgs.sha256").read_text() + "0" * 64 + "  bar/new.png\n")
+    other_pin = hashlib.sha256((tmp_path / "imgs.sha256").read_bytes()).hexdigest()
+    with pytest.raises(GitopsError, match="imgs.sha256 has SHA-256 " + other_pin):
+        config.load("shapes", tmp_path)  # a list that changed without its pin is refused at validation
+    moved = config.load("shapes", tmp_path, [f"data.dataset.checksums_sha256={other_pin}"])
+    assert moved.data_fingerprint != base.data_fingerprint
+
+
+# --- sources -----------------------------------------------------------------------------------------
+
+
+def test_image_folder_labels_splits_and_statistics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from gitops import data
+
+    _image_repo(tmp_path, monkeypatch, split_folders=True)
+    cfg = config.load("shapes", tmp_path)
+    ds = data.load(cfg.data, tmp_path)
+    assert ds.preprocessing.labels == sorted(CLASSES)
+    assert ds.preprocessing.input_shape == [8, 8, 1] and ds.preprocessing.num_classes == 3
+    assert len(ds.test) == 12 and len(ds.train) + len(ds.val) == 36 and len(ds.val) == 8  # val: 0.2 of train/
+    x = np.stack([ds.source[int(i)][0] for i in ds.train.indexes]).reshape(len(ds.train), -1)
+    assert np.allclose(ds.preprocessing.shift, x.min(0)) and np.allclose(
+        ds.preprocessing.divisor, np.where(x.max(0) - x.min(0) > 1e-8, x.max(0) - x.min(0), 1.0))
+    # re-encoding the files (other bytes, same pixels) keeps every split: they come from record indexes
+    for f in (tmp_path / "imgs").rglob("*.png"):
+        Image.open(f).save(f, optimize=True, compress_level=1)
+    pin = _pin(tmp_path, "imgs", "imgs.sha256", monkeypatch)
+    again = data.load(config.load("shapes", tmp_path, [f"data.dataset.checksums_sha256={pin}"]).data, tmp_path)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(getattr(ds, split).indexes, getattr(again, split).indexes)
+
+
+def test_parquet_streams_row_groups_and_each_epoch_reads_every_row_once(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gitops import data
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "table").mkdir()
+    for part in range(2):
+        x = rng.normal(size=(150, 3)).astype(np.float32)
+        columns = {"a_x": x[:, 0], "a_y": x[:, 1], "a_z": x[:, 2], "other": x[:, 0],
+                   "target": (x[:, 0] > 0).astype(np.int64) + part, "fold": np.where(np.arange(150) < 120, "train", "test")}
+        pq.write_table(pa.table(columns), tmp_path / "table" / f"part-{part}.parquet", row_group_size=40)
+    spec = {"name": "parquet", "path": "table", "checksums": "table.sha256",
+            "checksums_sha256": _pin(tmp_path, "table", "table.sha256", monkeypatch), "feature_prefix": "a_",
+            "label": "target", "split_column": "fold"}
+    _write_model(tmp_path, "tab", spec, splits="validation: 0.0\n  test: 0.0\n")
+    ds = data.load(config.load("tab", tmp_path).data, tmp_path)
+    assert ds.preprocessing.input_shape == [3] and ds.preprocessing.num_classes == 3
+    assert len(ds.train) == 240 and len(ds.test) == 60
+    feed = streaming.Feed(ds, 16, seed=5)
+    seen = [feed.next()[0] for _ in range(2 * (240 // 16))]
+    feed.close()
+    raw = np.concatenate([pq.read_table(tmp_path / "table" / f"part-{p}.parquet").to_pandas()[["a_x", "a_y", "a_z"]]
+                          .to_numpy(np.float32)[:120] for p in range(2)])
+    scaled = (raw - np.asarray(ds.preprocessing.shift)) / np.asarray(ds.preprocessing.divisor)
+    for epoch in range(2):  # every training row exactly once per epoch, in a different order each epoch
+        rows = np.concatenate(seen[epoch * 15:(epoch + 1) * 15])
+        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        assert rows.shape == scaled.shape
+        np.testing.assert_allclose(order(rows), order(scaled), rtol=1e-5, atol=1e-5)
+    assert not np.array_equal(np.concatenate(seen[:15]), np.concatenate(seen[15:]))
+
+
+def test_array_record_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    from gitops import data
+
+    (tmp_path / "shards").mkdir()
+    rng = np.random.default_rng(2)
+    for shard in range(2):
+        writer = ArrayRecordWriter(str(tmp_path / "shards" / f"s{shard}.array_record"), "group_size:1")
+        for _ in range(30):
+            buf = io.BytesIO()
+            label = int(rng.integers(0, 2))
+            np.savez(buf, x=rng.normal(size=4).astype(np.float32) + 3 * label, y=np.int64(label))
+            writer.write(buf.getvalue())
+        writer.close()
+    spec = {"name": "array_record", "path": "shards", "checksums": "shards.sha256",
+            "checksums_sha256": _pin(tmp_path, "shards", "shards.sha256", monkeypatch), "input_shape": [4],
+            "num_classes": 2}
+    _write_model(tmp_path, "rec", spec)
+    ds = data.load(config.load("rec", tmp_path).data, tmp_path)
+    assert len(ds.source) == 60 and ds.preprocessing.input_shape == [4]
+    x, y = ds.source[31]
+    assert x.shape == (4,) and y.dtype == np.int32
+
+
+# --- bad input: one clear error naming the file, exit 1, no run folder -----------------------------------
+
+
+def _train_fails(repo: Path, monkeypatch, match: str, *sets: str) -> None:
+    args = ["train", "shapes", *(a for s in sets for a in ("--set", s))]
+    done = _cli(args, repo, monkeypatch)
+    assert done.exit_code == 1, done.output
+    assert match in done.output, done.output
+    assert "Traceback" not in done.output
+    assert not (repo / "runs" / "shapes").exists() or not any((repo / "runs" / "shapes").iterdir())
+
+
+def test_bad_inputs_name_the_file_and_leave_no_run_folder(tmp_path: Path, monkeypatch) -> None:
+    _image_repo(tmp_path, monkeypatch, per_class=4)
+    target = tmp_path / "imgs" / "bar" / "001.png"
+    original = target.read_bytes()
+    target.write_bytes(original[:-9] + b"xxxxxxxxx")  # changed bytes
+    _train_fails(tmp_path, monkeypatch, f"{target}: SHA-256 mismatch")
+    target.unlink()  # a listed file that is missing
+    _train_fails(tmp_path, monkeypatch, "lists bar/001.png, but")
+    target.write_bytes(b"not a png at all")  # undecodable, but listed with its hash
+    pin = _pin(tmp_path, "imgs", "imgs.sha256", monkeypatch)
+    _train_fails(tmp_path, monkeypatch, f"{target}: cannot decode the image", f"data.dataset.checksums_sha256={pin}")
+    # skip_bad: the run trains without it, and the manifest counts it
+    done = _cli(["train", "shapes", "--set", f"data.dataset.checksums_sha256={pin}", "--set", "data.dataset.skip_bad=true",
+                 "--set", "train.steps=2", "--set", "train.batch_size=2"], tmp_path, monkeypatch)
+    assert done.exit_code == 0, done.output
+    manifest = json.loads(next((tmp_path / "runs" / "shapes").glob("*/manifest.json")).read_text())
+    assert manifest["data"]["skipped"] == 1 and manifest["data"]["skipped_files"] == [str(target)]
+
+
+def test_label_folder_in_one_split_only_and_empty_lists(tmp_path: Path, monkeypatch) -> None:
+    _image_repo(tmp_path, monkeypatch, per_class=6, split_folders=True)
+    stray = tmp_path / "imgs" / "train" / "star" / "000.png"
+    _png(stray, "dot", np.random.default_rng(3))
+    pin = _pin(tmp_path, "imgs", "imgs.sha256", monkeypatch)
+    _train_fails(tmp_path, monkeypatch, "imgs/train/star/000.png: the label folder 'star' appears in split train but not in test",
+                 f"data.dataset.checksums_sha256={pin}")
+    (tmp_path / "imgs.sha256").write_text("# nothing\n")
+    pin = hashlib.sha256(b"# nothing\n").hexdigest()
+    _train_fails(tmp_path, monkeypatch, "imgs.sha256: lists no files: the dataset is empty",
+                 f"data.dataset.checksums_sha256={pin}")
+
+
+def test_parquet_without_the_named_column(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"f1": np.zeros(20, np.float32), "y": np.zeros(20, np.int64)}), tmp_path / "t" / "a.parquet")
+    spec = {"name": "parquet", "path": "t", "checksums": "t.sha256",
+            "checksums_sha256": _pin(tmp_path, "t", "t.sha256", monkeypatch), "features": ["f1", "f2"], "label": "y"}
+    _write_model(tmp_path, "shapes", spec)
+    _train_fails(tmp_path, monkeypatch, f"{tmp_path / 't' / 'a.parquet'}: no column 'f2' (columns: f1, y)")
+
+
+# --- training: resume after kill -9 is bit-identical, also with worker processes ------------------------
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
+    from gitops import train
+    from gitops.checkpoint import restore_plain
+
+    _image_repo(tmp_path, monkeypatch, per_class=16)
+    # 28 training images / batch 8: 3 steps per epoch, so checkpoints every 10 steps fall mid-epoch
+    sets = ["train.steps=60", "train.checkpoint.every_steps=10", "train.eval_every=200", "data.dataset.workers=2"]
+    cfg = config.load("shapes", tmp_path, sets)
+    ckpt_dir = tmp_path / "runs" / "shapes" / cfg.short_fingerprint / "checkpoints"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "gitops.cli", "train", "shapes", *(a for s in sets for a in ("--set", s))]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline, committed = time.monotonic() + 120, []
+    while time.monotonic() < deadline and proc.poll() is None:
+        committed = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
+        if any(step >= 20 for step in committed):
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its Grain workers
+    proc.wait()
+    assert committed
+    resumed = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step" in resumed.stderr and "resuming from step 0" not in resumed.stderr
+
+    reference = tmp_path / "reference"  # uninterrupted, in-process, with no worker processes at all
+    ref_cfg = config.load("shapes", tmp_path, [*sets[:-1], "data.dataset.workers=0"])
+    assert ref_cfg.training_fingerprint == cfg.training_fingerprint
+    train.train_and_evaluate(ref_cfg, reference, root=tmp_path)
+    a, b = _flat(restore_plain(ckpt_dir / "60")), _flat(restore_plain(reference / "checkpoints" / "60"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
+def test_dry_run_reports_input_throughput_and_the_bottleneck(tmp_path: Path, monkeypatch) -> None:
+    _image_repo(tmp_path, monkeypatch, per_class=8)
+    done = _cli(["train", "shapes", "--dry-run"], tmp_path, monkeypatch)
+    assert done.exit_code == 0, done.output
+    assert "input pipeline: " in done.output and " examples/s (0 worker processes); the step takes " in done.output
+    assert "bottleneck: " in done.output
+    assert not (tmp_path / "runs").exists()
+
+
+# --- the examples: trained once for the suite (conftest.trained_examples), released, predicted ---------------
+
+
+def test_streaming_examples_report_release_and_predict_labels(trained_examples, example_repo: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    for name in ("shapes-cnn", "tabular-mlp"):
+        run = trained_examples[name]
+        manifest = json.loads((run / "manifest.json").read_text())
+        assert manifest["data"] == {"skipped": 0, "skipped_files": [], "workers": 0}
+        done = _cli(["report", str(run)], example_repo, monkeypatch)
+        assert done.exit_code == 0, done.output  # its gates pass
+        done = _cli(["release", name, "--run", str(run)], example_repo, monkeypatch)
+        assert done.exit_code == 0, done.output
+    images = REPO / "models" / "shapes-cnn" / "images" / "test"
+    files = [(kind, f) for kind in ("circle", "cross", "square", "triangle") for f in sorted((images / kind).glob("*.png"))[:5]]
+    pixels = np.stack([np.asarray(Image.open(f).convert("L").resize((16, 16), Image.Resampling.BILINEAR), np.float32)[..., None]
+                       for _, f in files])  # raw pixels 0..255: predict applies the saved min-max scaling
+    np.save(tmp_path / "x.npy", pixels)
+    done = _cli(["predict", "shapes-cnn@v1.0.0", "--input", str(tmp_path / "x.npy")], example_repo, monkeypatch)
+    assert done.exit_code == 0, done.output
+    predicted = [p["label"] for p in json.loads(done.output)["predictions"]]
+    assert sum(p == kind for p, (kind, _) in zip(predicted, files, strict=True)) >= 16, predicted
+
+
+def test_feed_state_resumes_the_same_batches_with_the_same_or_another_worker_count(tmp_path: Path, monkeypatch) -> None:
+    from gitops import data
+
+    _image_repo(tmp_path, monkeypatch, per_class=8)
+    ds = data.load(config.load("shapes", tmp_path).data, tmp_path)
+    whole = streaming.Feed(ds, 4, seed=3)
+    batches = [whole.next()[0] for _ in range(9)]  # 14 training images: 3 batches per epoch, 3 epochs
+    whole.close()
+    first = streaming.Feed(ds, 4, seed=3)
+    for _ in range(4):
+        first.next()
+    saved = json.loads(json.dumps(first.state()))  # what a checkpoint's meta keeps
+    first.close()
+    assert saved["batches"] == 4 and saved["workers"] == 0 and saved["grain"]
+    for state in (saved, {**saved, "workers": 2}):  # Grain's set_state, then the start-at-batch path
+        again = streaming.Feed(ds, 4, seed=3)
+        again.restore(state)
+        rest = [again.next()[0] for _ in range(5)]
+        assert again.state()["batches"] == 9
+        again.close()
+        for a, b in zip(rest, batches[4:], strict=True):
+            assert np.array_equal(a, b)
