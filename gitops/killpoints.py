@@ -19,6 +19,7 @@ ENV = "GITOPS_TEST_KILL_AT"
 POINTS = {
     "release": ("release.started", "release.packaged", "release.staging", "release.staged", "release.tagged",
                 "release.published"),
+    "artifacts": ("release.uploading",),  # reached only with gitops.yaml's artifacts: (an object store)
     "promote": ("promote.before_tag", "promote.tagged"),
     "pull": ("pull.downloaded", "pull.extracted", "pull.done"),
     "train": ("train.checkpoint_queued", "train.evaluated", "train.metrics_written"),

@@ -139,7 +139,7 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
     target.parent.mkdir(parents=True, exist_ok=True)
     work = scratch.make(target.parent, f".pull-{model}-")
     try:
-        archive = fetch_archive(backend, version, meta, work / "download")
+        archive = fetch_archive(backend, version, meta, work / "download", root)
         killpoints.reached("pull.downloaded")
         unpacked = work / "unpacked"
         safe_extract(archive, unpacked)
@@ -155,11 +155,13 @@ def pull(root: Path, backend: Backend, ref: str, to: Path | None = None, *, forc
     return target
 
 
-def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work: Path) -> Path:
+def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work: Path,
+                  root: Path | None = None) -> Path:
     """Download a release's archive into `work` (joining split parts), verifying every checksum.
 
     SHA256SUMS must list the archive and each part, and agree with the checksum the tag recorded,
-    so swapping an asset (or an asset and SHA256SUMS together) is refused.
+    so swapping an asset (or an asset and SHA256SUMS together) is refused. A release whose tag lists
+    `objects` is fetched from the artifact store (`root`'s gitops.yaml gives its endpoint).
 
     Raises:
         IntegrityError: a missing SHA256SUMS or entry, or any checksum that differs.
@@ -179,6 +181,16 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
         raise IntegrityError(f"SHA256SUMS of {tag} does not list {archive_name}")
     if meta.get("sha256") and sums[archive_name] != meta["sha256"]:
         raise IntegrityError(f"SHA256SUMS of {tag} disagrees with the tag's recorded checksum of {archive_name}")
+    if meta.get("objects"):  # the archive lives in an artifact store (gitops.artifact_store)
+        from gitops import artifact_store
+
+        archive = artifact_store.fetch_archive(artifact_store.objects_from_meta(meta), sums, archive_name, work,
+                                               root or getattr(backend, "root", None))
+        got = sha256_file(archive)
+        if got != sums[archive_name]:
+            raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "
+                                 f"got {got[:16]}…")
+        return archive
     parts = sorted(a for a in assets if a.startswith(archive_name + ".part"))
     for name in parts or [archive_name]:
         if name not in sums:

@@ -179,7 +179,10 @@ def missing_assets(backend: Backend, tag: str, meta: dict) -> list[str]:
     if not isinstance(archive, str) or not meta.get("sha256"):
         return []
     parts = int(meta.get("parts") or 0)
-    wanted = ["SHA256SUMS", *([f"{archive}.part{i:03d}" for i in range(parts)] if parts else [archive])]
+    if meta.get("objects"):  # the archive lives in an artifact store; the release holds its objects list
+        wanted = ["SHA256SUMS", f"{archive}.objects.json"]
+    else:
+        wanted = ["SHA256SUMS", *([f"{archive}.part{i:03d}" for i in range(parts)] if parts else [archive])]
     have = set(backend.list_assets(tag))
     return [name for name in wanted if name not in have]
 

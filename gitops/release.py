@@ -247,8 +247,10 @@ def _or_unknown(value: Any) -> str:
 
 
 def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: str, meta: dict, card: str,
-            out_dir: Path) -> tuple[list[Path], str]:
-    """Write the archive (or its parts) and SHA256SUMS into `out_dir`; (assets to upload, archive sha)."""
+            out_dir: Path, *, split: bool = True) -> tuple[list[Path], str]:
+    """Write the archive (or its parts) and SHA256SUMS into `out_dir`; (assets to upload, archive sha).
+
+    `split=False` (an artifact store is configured): never split at the backend's asset limit."""
     name = f"{cfg.name}-{version}.tar.gz"
     entries: list[tuple[str, bytes | Path]] = []
     from gitops.yamlio import dump_yaml
@@ -273,7 +275,7 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
     sums = [f"{digest}  {name}"]
     assets = [archive]
     limit = max_asset_bytes()
-    if archive.stat().st_size > limit:
+    if split and archive.stat().st_size > limit:
         assets = split_file(archive, limit)
         sums += [f"{sha256_file(p)}  {p.name}" for p in assets]
     (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
@@ -312,6 +314,8 @@ def tag_message(cfg: config.ResolvedConfig, version: str, bump: str, reason: str
         f"release_fingerprint: {cfg.release_fingerprint}",
         f"data_fingerprint: {cfg.data_fingerprint}",
         f"headline: {head_name}={metrics.get(head_name, 'n/a')}",
+        "",
+        *[f"object: {o.get('url')} ({o.get('size')} bytes, sha256 {o.get('sha256')})" for o in meta.get("objects") or []],
         "",
         "```json",
         jsonio.dumps(meta, sort_keys=True, indent=1),
@@ -405,7 +409,7 @@ def typer_echo(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
-ARCHIVE_KEYS = ("archive", "sha256", "parts")  # added to the metadata once the archive exists
+ARCHIVE_KEYS = ("archive", "sha256", "parts", "objects")  # added to the metadata once the archive exists
 
 
 def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta: dict, info: registry_ops.RunInfo,
@@ -418,7 +422,14 @@ def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta:
     base = {k: v for k, v in meta.items() if k not in ARCHIVE_KEYS}
     card = model_card(cfg, base["version"], base["bump"], base["reason"], info, base["commit"], base.get("previous"),
                       base.get("reproduced_at_commit"))
-    assets, digest = package(cfg, run_dir, tree, base["version"], base, card, out_dir)
+    from gitops import artifact_store
+
+    store = artifact_store.for_tree(tree)  # gitops.yaml's artifacts: at the released commit
+    assets, digest = package(cfg, run_dir, tree, base["version"], base, card, out_dir, split=store is None)
+    if store is not None:  # the archive goes to the store; the backend keeps SHA256SUMS and the objects list
+        assets, objects = artifact_store.publish_archive(store, assets[0], out_dir, digest)
+        return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
+                        "parts": len(objects) if len(objects) > 1 else 0, "objects": objects}
     return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
                     "parts": len(assets) - 2 if len(assets) > 2 else 0}
 

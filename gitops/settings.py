@@ -77,6 +77,26 @@ SETTINGS_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "artifacts": {
+            "type": "object",
+            "description": "An object store that holds release archives (content-addressed by sha256); the tags "
+                           "(and GitHub releases) stay the index. Credentials come only from the SDK's environment.",
+            "required": ["url"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "pattern": "^(s3|gs|gcs|az|abfs|file)://[^\\s@?#]+$",
+                        "description": "s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or "
+                                       "file:///folder (one prefix per registry; no credentials in it)."},
+                "endpoint_url": {"type": "string", "pattern": "^https?://[^\\s@]+$",
+                                 "description": "S3-compatible stores (MinIO, Ceph, moto): the endpoint; default: "
+                                                "the SDK's own (e.g. $AWS_ENDPOINT_URL)."},
+                "part_size_mb": integer("Split archives into objects of this many MiB (default: one object).",
+                                        None, 1),
+                "block_size_mb": integer("Multipart upload block size in MiB.", 64, 5, 5120),
+                "attempts": integer("Tries per store call before the command fails (exit 3).", 4, 1, 10),
+                "backoff_s": number("First wait between attempts, doubled each time.", 1.0, 0.0, 60.0),
+            },
+        },
         "trackers": {
             "type": "array",
             "description": "Experiment trackers each run is also sent to (the run folder stays the source of "
@@ -180,6 +200,7 @@ class Settings:
     trackers: tuple[TrackerSpec, ...] = ()
     deploy: DeploySettings = DeploySettings()
     protected_stages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (stage, approvers), in file order
+    artifacts: Any = None  # gitops.artifact_store.StoreSettings, or None: assets stay with the backend
 
     def tracker(self, name: str) -> TrackerSpec | None:
         return next((t for t in self.trackers if t.name == name), None)
@@ -239,6 +260,12 @@ def _settings(doc: Any) -> Settings:
                                            f"{key!r} is not an option of the {spec.name} tracker")])
         trackers.append(spec)
     protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
+    store = None
+    if data.get("artifacts"):
+        from gitops.artifact_store import StoreSettings
+
+        store = StoreSettings(**data["artifacts"])
     return Settings(budgets=Budgets(**(data.get("budgets") or {})), trackers=tuple(trackers),
                     plugins=PluginSettings(**(data.get("plugins") or {})),
-                    deploy=DeploySettings(**(data.get("deploy") or {})), protected_stages=protected)
+                    deploy=DeploySettings(**(data.get("deploy") or {})), protected_stages=protected,
+                    artifacts=store)

@@ -506,12 +506,31 @@ def predict_cmd(
 @command("gc")
 def gc_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    artifacts: Annotated[bool, typer.Option(
+        "--artifacts", help="Instead: remove objects in gitops.yaml's artifact store that no tag references.")] = False,
+    grace: Annotated[str, typer.Option(
+        "--grace", help="With --artifacts: keep objects younger than this (24h, 30m, 2d; an in-flight release's "
+                        "uploads are never taken).")] = "24h",
     backend_name: BackendOption = None,
 ) -> None:
     """Remove run folders under runs/ that no release (or stage) refers to, nor the current configs."""
     from gitops import registry_ops
 
     root = config.find_root()
+    if artifacts:
+        from gitops import artifact_store
+
+        grace_s = artifact_store.parse_duration(grace)
+        store = artifact_store.for_root(root)
+        if store is None:
+            raise UsageError("gc --artifacts: gitops.yaml has no artifacts: store")
+        messages = [t.message for t in _backend(backend_name, root).list_tags()]
+        gone = artifact_store.gc(store, messages, grace_s=grace_s, dry_run=dry_run)
+        for url in gone:
+            out(f"{'would remove' if dry_run else 'removed'} {url}")
+        if not gone:
+            out("nothing to remove")
+        return
     removed = registry_ops.gc(root, _backend(backend_name, root), dry_run=dry_run)
     for path in removed:
         out(f"{'would remove' if dry_run else 'removed'} {path.relative_to(root)}")
