@@ -34,7 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from gitops import deploy, gitutil, tags
+from gitops import deploy, gitutil, jsonio, tags
 from gitops.errors import GitopsError, UsageError
 
 KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
@@ -392,7 +392,6 @@ def render(backend, ref: str, out_dir: Path, opts: deploy.DeployOptions, *, imag
     The folder is written beside and renamed into place (never half written); an existing non-empty
     folder must be an earlier render (or `force`).
     """
-    import json
 
     from gitops import registry_ops
     from gitops.registry_ops import release_metadata
@@ -412,8 +411,8 @@ def render(backend, ref: str, out_dir: Path, opts: deploy.DeployOptions, *, imag
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         write_files(tmp, plan_files(tmp, move, opts, image or default_image(), None, github_repository))
-        (tmp / deploy.MARKER).write_text(json.dumps({"model": st.model, "version": version.version,
-                                                     "stage": stage, "layout": "kustomize"}, indent=2) + "\n")
+        (tmp / deploy.MARKER).write_text(jsonio.dumps({"model": st.model, "version": version.version,
+                                                       "stage": stage, "layout": "kustomize"}, indent=2) + "\n")
         replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -79,7 +79,8 @@ def test_top_level_list_is_grouped_and_never_cut_short() -> None:
 def test_reference_commands_share_one_argument_name() -> None:
     for path in ("pull", "predict", "serve", "deploy", "promote"):
         usage = help_of(path).splitlines()[0]
-        assert usage == f"Usage: gitops {path} [OPTIONS] REF", usage
+        optional = path == "deploy"  # `gitops deploy --all --to-repo ...` names no ref
+        assert usage == f"Usage: gitops {path} [OPTIONS] {'[REF]' if optional else 'REF'}", usage
         assert "MODEL@latest" in " ".join(help_of(path).split())
 
 

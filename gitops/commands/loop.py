@@ -394,7 +394,12 @@ def promote_approved_cmd(
     backend_name: BackendOption = None,
     track: TrackOption = None,
 ) -> None:
-    """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet."""
+    """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet.
+
+    Examples:
+      gitops ci promote-approved
+      gitops ci promote-approved --backend github
+    """
     from gitops import gitutil, promotions, registry_ops, tags, trackers
     from gitops.settings import load_settings
     from gitops.tree import FsTree
