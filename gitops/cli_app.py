@@ -97,7 +97,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupt.Terminated)
             if debug_enabled():
                 raise
-            from gitops.interrupt import EXIT_TERMINATED, Terminated
+            from gitops.errors import EXIT_TERMINATED
+            from gitops.interrupt import Terminated
 
             if isinstance(exc, Terminated):
                 raise fail("terminated (SIGTERM)", EXIT_TERMINATED) from None

@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gitops import catalog, schema
-from gitops.errors import ConfigError, GitopsError, Problem, UsageError
+from gitops.errors import ConfigError, GitopsError, OverrideError, Problem, UsageError
 from gitops.schema import _copy_json
 from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
@@ -354,12 +354,11 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, tuple[str, ...]
     parsed = []
     for index, text in enumerate(overrides, start=1):
         if "=" not in text:
-            raise UsageError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.optimizer.learning_rate=3e-4")
+            raise OverrideError(text, "no_value", FILE_KINDS)
         dotted, raw = text.split("=", 1)
         parts = tuple(dotted.strip().split("."))
         if len(parts) < 2 or parts[0] not in FILE_KINDS or not all(parts):
-            kinds = ", ".join(FILE_KINDS)
-            raise UsageError(f"--set {text!r}: the path must start with one of {kinds} and name a key, e.g. train.batch_size=64")
+            raise OverrideError(text, "bad_path", FILE_KINDS)
         value = parse_scalar(raw, where=f"--set {dotted}", key=dotted.strip())
         parsed.append((parts[0], parts[1:], value, Mark("--set", index, 1)))
     return parsed

@@ -6,6 +6,9 @@ traceback only under `--debug`.
 
 from __future__ import annotations
 
+import shlex
+import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 EXIT_OK = 0
@@ -13,6 +16,7 @@ EXIT_INVALID = 1  # the thing checked is wrong: invalid config, gate failed, che
 EXIT_USAGE = 2  # bad flag, missing path, unknown model
 EXIT_SERVICE = 3  # an outside service (GitHub, a data URL) still failing after retries
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
 
 
 class GitopsError(Exception):
@@ -49,7 +53,61 @@ class TrainingError(GitopsError):
 
 
 class Interrupted(GitopsError):
+    """Stopped by Ctrl-C (exit 130) or SIGTERM (exit 143)."""
+
     exit_code = EXIT_INTERRUPTED
+
+
+class RunInterrupted(Interrupted):
+    """Training stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) after a committed checkpoint at `step`.
+
+    The library fills in what it knows: `model`, `step`, `where` (context for the step, e.g.
+    " of seed 1 (2 of 3)"), whether the checkpoint was `saved` (else `reason`), and `signum`. The
+    command line that resumes is `gitops train ARGS --resume`: `train_args` defaults to the model's name,
+    and the CLI, which knows how the run was started (the model as typed, its `--set` overrides, `--out`),
+    hands those in with `replace(train_args=...)`; the message is worded from these fields alone.
+    """
+
+    def __init__(self, model: str, step: int, *, where: str = "", train_args: Sequence[str] | None = None,
+                 saved: bool = True, reason: str = "", signum: int = signal.SIGINT):
+        self.model, self.step, self.where, self.saved, self.reason = model, step, where, saved, reason
+        self.signum = signum
+        self.train_args: tuple[str, ...] = tuple(train_args) if train_args is not None else (model,)
+        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+        if saved:
+            text = f"{what} at step {step}{where}; resume with: {self.command}"
+        else:
+            text = (f"{what} at step {step}{where}; the checkpoint could not be saved ({reason}); "
+                    f"--resume continues from the last committed checkpoint: {self.command}")
+        super().__init__(text, exit_code=EXIT_TERMINATED if signum == signal.SIGTERM else None)
+
+    @property
+    def command(self) -> str:
+        """The command line that resumes the run: `gitops train ARGS --resume`, shell-quoted."""
+        return shlex.join(["gitops", "train", *self.train_args, "--resume"])
+
+    def replace(self, *, where: str | None = None, train_args: Sequence[str] | None = None) -> RunInterrupted:
+        """A copy with `where` and/or `train_args` replaced (the other fields kept)."""
+        return RunInterrupted(self.model, self.step, where=self.where if where is None else where,
+                              train_args=self.train_args if train_args is None else train_args, saved=self.saved, reason=self.reason,
+                              signum=self.signum)
+
+
+class OverrideError(UsageError):
+    """A `--set KEY.PATH=VALUE` override that is not one: `text` as given, `kinds` the first keys allowed.
+
+    `problem` is "no_value" (no `=`) or "bad_path" (the path does not start with one of `kinds` or
+    does not name a key below it).
+    """
+
+    def __init__(self, text: str, problem: str, kinds: Sequence[str]):
+        self.text, self.problem, self.kinds = text, problem, tuple(kinds)
+        if problem == "no_value":
+            message = f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.optimizer.learning_rate=3e-4"
+        else:
+            message = (f"--set {text!r}: the path must start with one of {', '.join(self.kinds)} and name a key, "
+                       "e.g. train.batch_size=64")
+        super().__init__(message)
 
 
 @dataclass(frozen=True, order=True)

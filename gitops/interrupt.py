@@ -1,5 +1,6 @@
 """Ctrl-C or SIGTERM during training: stop at a step boundary, checkpoint, exit 130 (143 for SIGTERM) with
-the command that resumes.
+the command that resumes (`gitops.errors.RunInterrupted` carries the model and step; the CLI adds how the
+run was started).
 
 SIGTERM is what systemd, Kubernetes and CI runners send before they kill a job; it is handled exactly
 like Ctrl-C (the exit code says which one came). Outside training, `install_terminate_handler` turns
@@ -23,10 +24,6 @@ import threading
 from types import FrameType
 from typing import Any
 
-from gitops.errors import Interrupted
-
-EXIT_TERMINATED = 143  # 128 + SIGTERM, as shells report it
-
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop: unwinds like Ctrl-C; the CLI exits 143."""
@@ -41,32 +38,6 @@ def install_terminate_handler() -> None:
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (
             signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-class RunInterrupted(Interrupted):
-    """Training stopped by Ctrl-C (exit 130) or SIGTERM (exit 143) after a committed checkpoint at `step`.
-
-    `where` adds context to the step (e.g. " of seed 1 (2 of 3)"); `command` is the command line
-    that resumes (the CLI fills in the overrides and output folder it was given).
-    """
-
-    def __init__(self, model: str, step: int, *, where: str = "", command: str | None = None,
-                 saved: bool = True, reason: str = "", signum: int = signal.SIGINT):
-        self.model, self.step, self.where, self.saved, self.reason = model, step, where, saved, reason
-        self.signum = signum
-        self.command = command or f"gitops train {model} --resume"
-        what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
-        if saved:
-            text = f"{what} at step {step}{where}; resume with: {self.command}"
-        else:
-            text = (f"{what} at step {step}{where}; the checkpoint could not be saved ({reason}); "
-                    f"--resume continues from the last committed checkpoint: {self.command}")
-        super().__init__(text, exit_code=EXIT_TERMINATED if signum == signal.SIGTERM else None)
-
-    def replace(self, *, where: str | None = None, command: str | None = None) -> RunInterrupted:
-        return RunInterrupted(self.model, self.step, where=self.where if where is None else where,
-                              command=command or self.command, saved=self.saved, reason=self.reason,
-                              signum=self.signum)
 
 
 class StopRequested(Exception):  # noqa: N818 - a request, not an error

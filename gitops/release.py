@@ -358,9 +358,9 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
         if found_run is not None:
             return found_run, False
     typer_echo(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
-    from gitops import train  # heavy: jax, flax, optax, orbax
+    from gitops import dispatch  # heavy: jax, flax, optax, orbax
 
-    result = train.train(cfg, root / registry_ops.RUNS_DIR, root=root)
+    result = dispatch.train(cfg, root / registry_ops.RUNS_DIR, root=root)
     return Path(result.run.path), not result.cache_hit
 
 

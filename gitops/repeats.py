@@ -38,7 +38,8 @@ from typing import Any
 
 from gitops import config as config_lib
 from gitops import stats
-from gitops.errors import TrainingError
+from gitops import train as train_lib
+from gitops.errors import RunInterrupted, TrainingError
 from gitops.runs import PREPROCESSING_FILE, RunFolder, read_json, replace_dir, write_json
 from gitops.yamlio import dump_yaml
 
@@ -106,8 +107,6 @@ def train_repeats(
         RunInterrupted: Ctrl-C; the interrupted seed has a checkpoint of its step.
     """
     from gitops import data as data_lib
-    from gitops import train as train_lib
-    from gitops.interrupt import RunInterrupted
 
     reporter = reporter or train_lib.SilentReporter()
     root = Path(root) if root else config_lib.find_root()

@@ -106,13 +106,13 @@ def results(name: str, root: Path, out_dir: Path) -> tuple[sweep.Sweep, str, lis
 def _train_one(name: str, root: Path, out_dir: Path, trial: sweep.Trial, reporter: Any,
                stop_at: int | None = None) -> str:
     """Train (or resume, or find cached) one trial in this process; 'finished' or 'stopped'."""
-    from gitops import train
+    from gitops import dispatch
 
     cfg = config.load(name, root, trial.overrides())
     folder = RunFolder(run_path(out_dir, name, cfg.training_fingerprint))
     resume = folder.path.exists() and not folder.is_finished
     try:
-        train.train(cfg, out_dir, root=root, resume=resume, reporter=_RungReporter(reporter, stop_at))
+        dispatch.train(cfg, out_dir, root=root, resume=resume, reporter=_RungReporter(reporter, stop_at))
     except HalvingStop:
         return "stopped"
     return "finished"

@@ -1,8 +1,7 @@
-"""Training and evaluation of one resolved config into a run folder.
+"""Training and evaluation of one resolved config (one seed) into a run folder.
 
-`train(cfg, out_dir)` is what the CLI calls: it answers from the run cache when it can (a finished run
-folder with the same training fingerprint, locally or under `$GITOPS_RUN_CACHE`), and otherwise runs
-`train_and_evaluate(cfg, workdir)`, the loop itself:
+`train_and_evaluate(cfg, workdir)` is the loop itself (`gitops.dispatch` decides whether it runs at all:
+run-cache hits, `train.repeats` seeds, `--force`):
 
 - the (model, optimizer) graph is split once; `steps.make_train_chunk` runs K steps per dispatch;
 - batches, dropout and augmentation draw from keys that are functions of (seed, step), and the data
@@ -23,8 +22,6 @@ import importlib.metadata
 import math
 import os
 import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,14 +30,10 @@ from typing import Any, Protocol
 
 from gitops import catalog, killpoints, parallel
 from gitops import config as config_lib
-from gitops.errors import GitopsError, TrainingError
+from gitops.errors import TrainingError
 from gitops.runs import (
     PREPROCESSING_FILE,
     RunFolder,
-    cache_dir,
-    copy_tree_atomic,
-    replace_dir,
-    run_path,
     write_json,
 )
 from gitops.yamlio import dump_yaml
@@ -535,10 +528,9 @@ def train_and_evaluate(
         TrainingError: the loss or gradients became NaN/inf ("training diverged at step N: ...").
         Interrupted: Ctrl-C; a checkpoint of the current step was written first, so --resume continues.
     """
-    if cfg.train.repeats > 1:  # N seeds in one run folder: gitops.repeats (each seed comes back here)
-        from gitops import repeats
-
-        return repeats.train_repeats(cfg, workdir, root=root, resume=resume, reporter=reporter, dataset=dataset)
+    if cfg.train.repeats > 1:  # N seeds in one run folder: gitops.dispatch sends them to gitops.repeats
+        raise TrainingError(f"{cfg.name}: train.repeats is {cfg.train.repeats}; gitops.train trains one seed "
+                            "(gitops.dispatch.run_training trains every seed)")
 
     from gitops import data as data_lib
     from gitops import metrics as metrics_lib
@@ -628,7 +620,8 @@ def train_and_evaluate(
         ckpt.save(at, session.state_tree(), meta, meta["metrics"])
         killpoints.reached("train.checkpoint_queued")
 
-    from gitops.interrupt import RunInterrupted, StopFlag, StopRequested
+    from gitops.errors import RunInterrupted
+    from gitops.interrupt import StopFlag, StopRequested
 
     ctrl_c = StopFlag().install()  # Ctrl-C is read at chunk boundaries, where state and step agree
     try:
@@ -740,147 +733,6 @@ def train_and_evaluate(
     run.write_manifest(manifest)
     reporter.finish()
     return final
-
-
-# --- the cached entry point -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run: RunFolder
-    metrics: dict[str, float]
-    cache_hit: bool
-    source: str | None = None  # "local" or "cache" for a cache hit
-
-
-def train(
-    cfg: Any,
-    out_dir: str | os.PathLike = "runs",
-    *,
-    root: Path | None = None,
-    resume: bool = False,
-    force: bool = False,
-    reporter: Reporter | None = None,
-) -> TrainResult:
-    """Train `cfg` unless a finished run of the same training fingerprint exists (locally or in the cache).
-
-    Args:
-        cfg: a ResolvedConfig.
-        out_dir: folder of run folders; the run goes to `<out_dir>/<model>/<fingerprint[:12]>/`.
-        root: repository root (default: found from the working directory).
-        resume: kept for the command line; an unfinished run folder of the same fingerprint is always
-            resumed from its newest checkpoint that restores (never deleted).
-        force: retrain even when a finished run exists; the new run replaces it only once finished; an
-            unfinished run is moved aside (`.<fp12>.aside-<time>`) for `gitops gc`.
-        reporter: progress sink.
-
-    Returns:
-        TrainResult with the run folder, its metrics and whether it was a cache hit.
-    """
-    reporter = reporter or SilentReporter()
-    root = Path(root) if root else config_lib.find_root()
-    from gitops import start_from
-
-    start_from.require_resolved(cfg)  # an unknown parent version: exit 1 before any folder is touched
-    out_dir = Path(out_dir)
-    run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
-    shared = cache_dir()
-    cached = RunFolder(run_path(shared, cfg.name, cfg.training_fingerprint)) if shared else None
-    primary = parallel.is_primary()  # multi-host: process 0 moves folders, the others wait at barriers
-
-    if not force:
-        if run.is_finished:
-            if _trusted(run, cfg, reporter):
-                return TrainResult(run, run.metrics, True, "local")
-            if primary:
-                aside = move_aside(run.path)
-                reporter.note(f"moved it to {aside}; training")
-        if cached is not None and cached.is_finished and _trusted(cached, cfg, reporter):
-            if primary:
-                copy_tree_atomic(cached.path, run.path)
-            parallel.barrier("gitops-train-cache-hit")
-            return TrainResult(run, run.metrics, True, "cache")
-
-    if force:
-        run.path.parent.mkdir(parents=True, exist_ok=True)
-        if primary and run.path.exists() and not run.is_finished:  # never deleted: moved aside for `gitops gc`
-            aside = move_aside(run.path)
-            reporter.note(f"--force: moved the unfinished run to {aside} (`gitops gc` removes it)")
-        if parallel.joined():  # one scratch folder all processes agree on
-            workdir = run.path.parent / f".{run.path.name}.force"
-            if primary:
-                shutil.rmtree(workdir, ignore_errors=True)
-            parallel.barrier("gitops-train-force")
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", suffix=".force", dir=run.path.parent))
-        try:
-            metrics = train_and_evaluate(cfg, workdir, root=root, reporter=reporter)
-            if primary:
-                replace_dir(workdir, run.path)
-            parallel.barrier("gitops-train-force-done")
-        except BaseException:
-            if primary:
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
-    else:
-        # An unfinished run of this fingerprint is resumed, never deleted (a CI re-run, a forgotten
-        # --resume): resuming is bit-identical to training from the start.
-        if run.path.exists():
-            recorded = _recorded_fingerprint(run)
-            if recorded not in (None, cfg.training_fingerprint):
-                raise TrainingError(
-                    f"{run.path} holds an unfinished run of another config (training fingerprint {recorded[:12]}, "
-                    f"this one is {cfg.short_fingerprint}); pass --force to move it aside and start over")
-            if _has_checkpoints(run.path):
-                if not resume:
-                    reporter.note(f"resuming the unfinished run in {run.path} (same training fingerprint; "
-                                  "--force starts over)")
-            elif resume:
-                reporter.note(f"nothing to resume in {run.path}; starting from step 0")
-        parallel.barrier("gitops-train-clean")
-        metrics = train_and_evaluate(cfg, run.path, root=root, resume=True, reporter=reporter)
-
-    if primary and cached is not None and not cached.is_finished:
-        try:
-            copy_tree_atomic(run.path, cached.path)
-        except OSError as exc:
-            reporter.note(f"could not copy the run into the cache {shared}: {exc}")
-    return TrainResult(run, metrics, False)
-
-
-def _trusted(run: RunFolder, cfg: Any, reporter: Reporter) -> bool:
-    """Whether a finished run's own config.resolved.yaml hashes to `cfg`'s training fingerprint (a run
-    cache entry can be written by anyone with access to the cache); else a warning and False."""
-    from gitops import registry_ops
-
-    try:
-        actual = registry_ops.recompute_fingerprint(registry_ops.read_run(run.path)) or ""
-    except GitopsError:
-        actual = ""
-    if actual == cfg.training_fingerprint:
-        return True
-    reporter.note(f"warning: {run.path}: its config.resolved.yaml hashes to training fingerprint "
-                  f"{actual[:12] or 'none (unreadable)'}, not {cfg.short_fingerprint}; not reusing it")
-    return False
-
-
-def _has_checkpoints(path: Path) -> bool:
-    return any(path.glob("checkpoints/*")) or any(path.glob("repeats/*/checkpoints/*"))
-
-
-def _recorded_fingerprint(run: RunFolder) -> str | None:
-    try:
-        return run.manifest.get("training_fingerprint")
-    except (OSError, ValueError):
-        return None
-
-
-def move_aside(path: Path) -> Path:
-    """Rename a run folder to `.<name>.aside-<UTC time>` beside it (hidden from `runs/` listings; gc removes it)."""
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    aside = path.parent / f".{path.name}.aside-{stamp}"
-    os.replace(path, aside)
-    return aside
 
 
 # --- dry run --------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ SLOW_EXAMPLES = frozenset({"stdlib-lm"})
 @pytest.fixture(scope="session")
 def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each example model trained exactly once per session; name -> its finished run folder."""
-    from gitops import config, train
+    from gitops import config, dispatch
 
     out = tmp_path_factory.mktemp("example-runs")
     runs: dict[str, Path] = {}
@@ -47,7 +47,7 @@ def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
         cfg = config.load(name, REPO)
         if cfg.train.start_from and "model" in cfg.train.start_from:
             continue  # starts from a release of this registry, which a test repository makes first (test_start_from.py)
-        runs[name] = train.train(cfg, out, root=REPO).run.path
+        runs[name] = dispatch.train(cfg, out, root=REPO).run.path
     return runs
 
 

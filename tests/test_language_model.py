@@ -107,15 +107,15 @@ def test_tiny_lm_learns_and_reports_perplexity_and_bits_per_byte(tiny_run: Path)
 
 
 def test_resume_after_an_interruption_is_bit_identical(lm_repo: Path, tiny_run: Path, monkeypatch) -> None:
-    from gitops import train
+    from gitops import dispatch, train
     from gitops.sweep_run import HalvingStop, _RungReporter
 
     monkeypatch.chdir(lm_repo)
     cfg = config.load("stdlib-lm", lm_repo, TINY)
     out = lm_repo / "interrupted"
     with pytest.raises(HalvingStop):  # stopped at the first evaluation at step 40, as a kill would leave it
-        train.train(cfg, out, root=lm_repo, reporter=_RungReporter(train.SilentReporter(), 40))
-    resumed = train.train(cfg, out, root=lm_repo, resume=True)
+        dispatch.train(cfg, out, root=lm_repo, reporter=_RungReporter(train.SilentReporter(), 40))
+    resumed = dispatch.train(cfg, out, root=lm_repo, resume=True)
     assert resumed.metrics == json.loads((tiny_run / "metrics.json").read_text())
 
 

@@ -106,10 +106,10 @@ def _unfinish(finished: Path, target: Path, keep_until: int) -> Path:
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one process, one device (in this test process)."""
-    from gitops import train
+    from gitops import dispatch
 
     out = tmp_path_factory.mktemp("one-device")
-    return train.train(_cfg(), out, root=REPO).run.path
+    return dispatch.train(_cfg(), out, root=REPO).run.path
 
 
 @pytest.fixture(scope="module")
@@ -134,11 +134,11 @@ def test_four_devices_follow_the_one_device_curve(one_device: Path, four_devices
 
 def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: Path, tmp_path: Path) -> None:
     import gitops
-    from gitops import train
+    from gitops import dispatch
 
     # written on 4 devices, resumed here on 1
     resumed_here = _unfinish(four_devices, tmp_path / "a" / MODEL / four_devices.name, keep_until=100)
-    result = train.train(_cfg(), tmp_path / "a", root=REPO, resume=True)
+    result = dispatch.train(_cfg(), tmp_path / "a", root=REPO, resume=True)
     assert result.run.path == resumed_here and not result.cache_hit
     _assert_curves_close(one_device, resumed_here)
     # written on 1 device, resumed on 4
@@ -157,11 +157,11 @@ def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: 
 
 def test_fsdp_splits_large_arrays_and_follows_the_one_device_curve(tmp_path: Path) -> None:
     import gitops
-    from gitops import config, train
+    from gitops import config, dispatch
     from gitops.runs import RunFolder
 
     wide = ["model.hidden_sizes=[256,256]", "train.steps=200"]  # 256x256 kernels: split over the 4 devices
-    one = train.train(config.load(MODEL, REPO, [*OVERRIDES, *wide]), tmp_path / "one", root=REPO).run.path
+    one = dispatch.train(config.load(MODEL, REPO, [*OVERRIDES, *wide]), tmp_path / "one", root=REPO).run.path
     extra = [arg for item in [*wide, "train.parallelism.strategy=fsdp"] for arg in ("--set", item)]
     _run(_args(tmp_path / "four", *extra), _env(devices=4))
     four = _run_dir(tmp_path / "four")

@@ -284,7 +284,7 @@ def test_zip_members_whose_headers_lie_are_an_error_not_a_traceback(tmp_path, li
 
 def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatch, capsys):
     """A run cache entry whose manifest claims HEAD's fingerprint but whose own config is another one."""
-    import gitops.train
+    import gitops.dispatch
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("GITOPS_RUN_CACHE", str(cache))
@@ -301,7 +301,7 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise GitopsError("would train")
 
-    monkeypatch.setattr(gitops.train, "train", no_training)
+    monkeypatch.setattr(gitops.dispatch, "train", no_training)
     with pytest.raises(GitopsError, match="would train"):
         _release(repo)
     assert "skipping it" in capsys.readouterr().err
@@ -453,7 +453,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
     import io
     import zipfile
 
-    import gitops.train
+    import gitops.dispatch
 
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
@@ -480,7 +480,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
         trained.append(cfg.name)
         raise GitopsError("would train")
 
-    monkeypatch.setattr(gitops.train, "train", no_training)
+    monkeypatch.setattr(gitops.dispatch, "train", no_training)
     from gitops.backends.github import GitHubBackend
 
     backend = GitHubBackend.from_env()

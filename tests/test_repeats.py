@@ -128,9 +128,9 @@ class _CtrlCAt:
 def test_repeats_layout_resume_release_and_report(example_repo: Path, monkeypatch, tmp_path) -> None:
     from test_train import _flatten, cli
 
-    from gitops import config, train
+    from gitops import config, dispatch, train
     from gitops.checkpoint import restore_plain
-    from gitops.interrupt import RunInterrupted
+    from gitops.errors import RunInterrupted
     from gitops.repeats import seed_config
     from gitops.runs import RunFolder
 
@@ -171,13 +171,13 @@ def test_repeats_layout_resume_release_and_report(example_repo: Path, monkeypatc
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # even when the runner ignores SIGINT
     try:
         with pytest.raises(RunInterrupted) as info:
-            train.train_and_evaluate(cfg, again, root=example_repo, reporter=_CtrlCAt(2))
+            dispatch.run_training(cfg, again, root=example_repo, reporter=_CtrlCAt(2))
     finally:
         signal.signal(signal.SIGINT, before)
     assert "of seed 1 (2 of 3); resume with: gitops train wine-mlp --resume" in info.value.message
     assert not RunFolder(again).is_finished
     notes = _CtrlCAt(0)
-    train.train_and_evaluate(cfg, again, root=example_repo, resume=True, reporter=notes)
+    dispatch.run_training(cfg, again, root=example_repo, resume=True, reporter=notes)
     assert any("seed 0 (1 of 3) already finished; skipped" in n for n in notes.notes)
     assert any("seed 1 (2 of 3): resuming" in n for n in notes.notes)
     assert json.loads((again / "metrics_spread.json").read_text())["metrics"] == spread["metrics"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -69,17 +68,17 @@ def train_cmd(
     if dry_run:
         _dry_run(cfg, root)
         return
-    from gitops import trackers, train
-    from gitops.interrupt import RunInterrupted
+    from gitops import dispatch, trackers
+    from gitops.errors import RunInterrupted
 
     sinks = trackers.specs_for(root, track) if parallel.is_primary() else []  # a missing extra fails before training
     reporter = _reporter()
     try:
-        result = train.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
-    except RunInterrupted as exc:  # name the command that resumes this very run (same overrides, same --out)
-        again = ["gitops", "train", model, *(a for o in overrides or () for a in ("--set", o))]
-        again += ["--out", str(out_dir)] if out_dir != Path("runs") else []
-        raise exc.replace(command=shlex.join([*again, "--resume"])) from None
+        result = dispatch.train(cfg, out_dir, root=root, resume=resume, force=force, reporter=reporter)
+    except RunInterrupted as exc:  # the command that resumes this very run: same model, overrides and --out
+        args = [model, *(a for o in overrides or () for a in ("--set", o))]
+        args += ["--out", str(out_dir)] if out_dir != Path("runs") else []
+        raise exc.replace(train_args=args) from None
     if result.cache_hit:
         where = " (from $GITOPS_RUN_CACHE)" if result.source == "cache" else ""
         out(f"cache hit: {result.run.path}{where}")
