@@ -12,11 +12,11 @@ _COMMAND_MODULES = ("init", "config", "training", "loop", "browse", "runner", "s
                     "data", "lineage")
 
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"gitops.commands.{_name}")
-    except ModuleNotFoundError as exc:  # a command group not built yet
-        if exc.name != f"gitops.commands.{_name}":
-            raise
+    importlib.import_module(f"gitops.commands.{_name}")
+
+# What every command module registered, before `only_invoked` trims `app` for one command's start-up.
+_EVERY = (list(app.registered_commands), list(app.registered_groups),
+          {id(g): list(g.typer_instance.registered_commands) for g in app.registered_groups})
 
 
 def _command_name(info) -> str:
@@ -48,6 +48,15 @@ def only_invoked(argv: list[str]) -> None:
             sub.registered_commands[:] = chosen
             app.registered_commands[:] = []
             app.registered_groups[:] = groups
+
+
+def every_command() -> None:
+    """Put back on `app` every command `only_invoked` dropped (`gitops demo` runs the others in-process)."""
+    commands, groups, within = _EVERY
+    app.registered_commands[:] = commands
+    app.registered_groups[:] = groups
+    for group in groups:
+        group.typer_instance.registered_commands[:] = within[id(group)]
 
 
 def main() -> None:

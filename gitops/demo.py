@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,8 +91,9 @@ def make_repo(source: Path, target: Path) -> Path:
 class _Runner:
     """Runs `gitops ...` in this process and prints a step header, the command and its key output."""
 
-    def __init__(self, console, repo: Path, result: DemoResult):
+    def __init__(self, console, repo: Path, result: DemoResult, invoke: Callable[[list[str]], int]):
         self.console, self.repo, self.result, self.step = console, repo, result, 0
+        self.invoke = invoke
 
     def header(self, title: str) -> None:
         self.step += 1
@@ -111,16 +113,10 @@ class _Runner:
 
     def gitops(self, key: str, *args: str, show: str | None = "all") -> str:
         """Run `gitops args...`; raise GitopsError (with its output) unless it exits 0."""
-        from gitops.cli import app
-
         self.console.print(f"[bold]$ gitops {' '.join(args)}[/bold]", highlight=False)
         stdout, stderr = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            try:
-                code = app(list(args), prog_name="gitops", standalone_mode=False)
-            except SystemExit as exc:  # click's own usage errors
-                code = exc.code
-        code = code if isinstance(code, int) else 0
+            code = self.invoke(list(args))
         text = stdout.getvalue()
         self.result.outputs[key] = text
         if code != 0:
@@ -155,8 +151,19 @@ def _sample_inputs(repo: Path, n: int = 8) -> tuple[Path, list[int]]:
     return path, [int(v) for v in y[-n:]]
 
 
-def run(keep: Path | None = None, console=None) -> DemoResult:
-    """Run the demo (see the module docstring); returns the scratch repository and each step's output."""
+def run(keep: Path | None = None, console=None, *, invoke: Callable[[list[str]], int]) -> DemoResult:
+    """Run the demo (see the module docstring); returns the scratch repository and each step's output.
+
+    Args:
+        keep: build the scratch repository here (a new or empty folder), else in a temporary folder.
+        console: a `rich.console.Console` to print to (default: stdout).
+        invoke: runs one `gitops ARGS` command line in this process and returns its exit code (the
+            command layer's; this module never imports it).
+
+    Raises:
+        UsageError: `keep` is not empty.
+        GitopsError: a step's command failed (its output is printed first).
+    """
     from rich.console import Console
 
     console = console or Console(highlight=False, soft_wrap=True)
@@ -167,7 +174,7 @@ def run(keep: Path | None = None, console=None) -> DemoResult:
     os.environ["GITOPS_BACKEND"] = "local"
     cwd = Path.cwd()
     result = DemoResult(target)
-    r = _Runner(console, target, result)
+    r = _Runner(console, target, result, invoke)
     try:
         console.rule("[bold]gitops demo: the whole loop, locally (no GitHub)")
         r.header("A scratch repository")

@@ -96,3 +96,21 @@ def test_startup_benchmark_runs_and_prints_ratios():
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "reference" in done.stdout and "validate" in done.stdout and "worst CPU ratio" in done.stdout
+
+
+def test_gitops_demo_runs_every_command_although_its_process_trimmed_the_app(example_repo, monkeypatch, capsys):
+    """`gitops demo` (`make demo`) starts as a one-command app, then runs train, release, plan... in-process."""
+    from gitops import cli
+    from gitops.commands.demo import _invoke
+
+    monkeypatch.chdir(example_repo)
+    try:
+        cli.only_invoked(["demo", "--keep", "scratch"])  # what main() does for `gitops demo`
+        assert [cli._command_name(c) for c in cli.app.registered_commands] == ["demo"]
+        assert _invoke(["validate", "models/wine-mlp"]) == 0
+        assert _invoke(["ci", "plan", "--base", "HEAD", "--head", "HEAD"]) == 0
+        captured = capsys.readouterr()
+        assert "1 model(s) valid" in captured.err and '"matrix"' in captured.out
+    finally:
+        cli.every_command()
+    assert len(cli.app.registered_commands) > 20

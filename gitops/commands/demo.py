@@ -21,4 +21,17 @@ def demo_cmd(
     on a scratch copy of this repository's digits-mlp and wine-mlp, with no GitHub (about a minute)."""
     from gitops import demo
 
-    demo.run(keep)
+    demo.run(keep, invoke=_invoke)
+
+
+def _invoke(args: list[str]) -> int:
+    """Run `gitops ARGS` in this process (every command, whichever one this process was started for);
+    its exit code. Output goes to sys.stdout/sys.stderr, which the demo captures."""
+    from gitops.cli import app, every_command
+
+    every_command()
+    try:
+        code = app(list(args), prog_name="gitops", standalone_mode=False)
+    except SystemExit as exc:  # click's own usage errors
+        code = exc.code
+    return code if isinstance(code, int) else 0
