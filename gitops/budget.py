@@ -53,9 +53,6 @@ def enforce(costs: list[Cost], budgets: Budgets, labels: Iterable[str]) -> tuple
     return found, bool(found) and budgets.override_label in set(labels)
 
 
-RateLookup = Callable[[str], float | None]
-
-
 def measured_rate(root, model: str) -> float | None:
     """steps/s of the model's most recent finished run (runs/ or $GITOPS_RUN_CACHE), if any."""
     import json

@@ -34,9 +34,6 @@ GENERATOR_SEED = 0
 DATASETS: Registry[Callable[..., tuple[np.ndarray, np.ndarray]]] = Registry("dataset")
 AUGMENTATIONS: Registry[Callable[..., Callable]] = Registry("augmentation")
 
-# Declared in the catalog but not implemented yet; tests/test_data.py keeps this list honest.
-NOT_YET: frozenset[str] = frozenset()
-
 
 # --- loaders -------------------------------------------------------------------------------------
 

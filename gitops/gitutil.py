@@ -29,10 +29,6 @@ def run(root: Path, *args: str, input: str | None = None, env: dict[str, str] | 
     return proc
 
 
-def is_repo(root: Path) -> bool:
-    return run(root, "rev-parse", "--git-dir", check=False).returncode == 0
-
-
 def head_commit(root: Path) -> str:
     proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
     if proc.returncode != 0:
@@ -100,14 +96,6 @@ def _fetch_auth_env(root: Path) -> dict[str, str] | None:
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
     return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": f"http.{server.scheme}://{server.hostname}/.extraheader",
             "GIT_CONFIG_VALUE_0": f"AUTHORIZATION: basic {basic}", "GIT_TERMINAL_PROMPT": "0"}
-
-
-def is_dirty(root: Path, paths: list[str] | None = None) -> bool:
-    """True when tracked files (under `paths`, if given) differ from HEAD."""
-    args = ["status", "--porcelain", "--untracked-files=no"]
-    if paths:
-        args += ["--", *paths]
-    return bool(run(root, *args).stdout.strip())
 
 
 MAX_LISTED_PATHS = 50
@@ -207,16 +195,6 @@ def default_base(root: Path) -> str:
             return base
     proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD~^{commit}", check=False)
     return proc.stdout.strip() if proc.returncode == 0 else head
-
-
-def commit_paths(root: Path, branch: str, paths: list[str], message: str) -> str:
-    """Create `branch` at HEAD, switch to it, stage `paths` (added or removed) and commit."""
-    if branch_exists(root, branch):
-        raise UsageError(f"branch {branch!r} already exists; pass --branch NAME")
-    run(root, "switch", "--quiet", "-c", branch)
-    run(root, "add", "-A", "--", *paths)
-    run(root, "commit", "--quiet", "-m", message, "--", *paths, env=identity_env(root))
-    return head_commit(root)
 
 
 def remote_url(root: Path, remote: str = "origin") -> str | None:

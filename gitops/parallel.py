@@ -148,16 +148,6 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def broadcast(value: int) -> int:
-    """Process 0's `value` on every process."""
-    if not joined():
-        return value
-    import numpy as np
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
-
-
 # --- the mesh and where arrays live -----------------------------------------------------------------
 
 

@@ -37,7 +37,6 @@ CODEOWNERS = ".github/CODEOWNERS"
 BEGIN = "# >>> gitops protected stages (managed by gitops promote; edit gitops.yaml instead)"
 END = "# <<< gitops protected stages"
 PROMOTION_RE = re.compile(r"^promotion: ([0-9a-f]{40})$", re.M)
-PR_RE = re.compile(r"^pull-request: (\S+)$", re.M)
 
 
 @dataclass(frozen=True)

@@ -107,13 +107,6 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def format_mean_std(mean: float, std: float | None, digits: int = 4) -> str:
-    """'0.9537 ± 0.0121' (std rounded to the mean's precision scale)."""
-    if std is None or not _finite(std):
-        return f"{mean:.{digits}g}"
-    return f"{mean:.{digits}g} ± {std:.2g}"
-
-
 def spread_of(doc: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The per-metric summaries of a metrics_spread document (or {}), tolerant of missing parts."""
     if not isinstance(doc, Mapping):

@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,10 +324,6 @@ def trial_overrides(name: str, root: Any, index: int) -> list[str]:
 def metric_of(sweep: Sweep, cfg: Any) -> str:
     """The metric that ranks the trials: sweep.yaml's, else the release's headline metric."""
     return sweep.metric or cfg.headline_metric()
-
-
-def trial_fingerprints(resolved: Iterable[tuple[Trial, Any]]) -> list[str]:
-    return [cfg.training_fingerprint for _, cfg in resolved]
 
 
 _PARAMETER_FORM = ("a parameter is either `{values: [...]}` or a range `{min: A, max: B}` "

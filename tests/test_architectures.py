@@ -1,4 +1,4 @@
-"""Architectures: every catalog name has an NNX module (or is listed in NOT_YET), shapes, modes."""
+"""Architectures: every catalog name has an NNX module, shapes, modes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from gitops import catalog
-from gitops.architectures import ARCHITECTURES, NOT_YET, _load_all, build_model
+from gitops.architectures import ARCHITECTURES, _load_all, build_model
 from gitops.errors import GitopsError
 
 _load_all()
@@ -20,8 +20,7 @@ def defaults(name: str) -> dict:
 
 
 def test_catalog_and_registry_agree() -> None:
-    assert set(ARCHITECTURES.names()) == set(catalog.ARCHITECTURES) - NOT_YET
-    assert NOT_YET <= set(catalog.ARCHITECTURES)
+    assert set(ARCHITECTURES.names()) == set(catalog.ARCHITECTURES)
 
 
 def test_unknown_name_lists_valid_ones() -> None:
@@ -29,7 +28,7 @@ def test_unknown_name_lists_valid_ones() -> None:
         ARCHITECTURES.get("vit")
 
 
-@pytest.mark.parametrize("name", sorted(set(catalog.ARCHITECTURES) - NOT_YET))
+@pytest.mark.parametrize("name", sorted(catalog.ARCHITECTURES))
 def test_builds_with_catalog_defaults(name: str) -> None:
     shape = (12,) if catalog.ARCHITECTURES[name].info.get("inputs") == "tokens" else (8, 8, 1)
     model = build_model(name, defaults(name), input_shape=shape, num_outputs=10, rngs=nnx.Rngs(params=0))

@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 from gitops import catalog, config, data
-from gitops.errors import GitopsError, IntegrityError
+from gitops.errors import IntegrityError
 
 
 def data_cfg(name: str, **params) -> dict:
@@ -25,18 +25,10 @@ def data_cfg(name: str, **params) -> dict:
 
 
 def test_every_catalog_dataset_and_augmentation_is_registered() -> None:
-    assert data.NOT_YET <= set(catalog.DATASETS)
     # language-modelling datasets load through gitops.text_data (whole documents per split), not the registry
     arrays = {n for n, e in catalog.DATASETS.items() if e.info.get("task") != "language_modeling"}
     assert arrays == set(data.DATASETS.names())
     assert set(catalog.AUGMENTATIONS) == set(data.AUGMENTATIONS.names())
-
-
-def test_not_yet_datasets_say_so() -> None:
-    for name in data.NOT_YET:
-        params = {"url": "https://example.com/x.npz", "sha256": "0" * 64, "x_key": "x", "y_key": "y", "task": "classification"}
-        with pytest.raises(GitopsError, match="not yet supported"):
-            data.load(data_cfg(name, **params), REPO)
 
 
 def test_splits_are_deterministic_disjoint_and_sized_like_config() -> None:

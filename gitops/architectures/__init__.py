@@ -16,9 +16,6 @@ from gitops.registry import Registry
 
 ARCHITECTURES: Registry = Registry("architecture")
 
-# Declared in the catalog but not implemented yet; tests/test_architectures.py checks this list stays honest.
-NOT_YET: frozenset[str] = frozenset()
-
 
 def build_model(
     architecture: str,
