@@ -1,8 +1,8 @@
 """`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
-A ref is resolved to a folder by `resolve_ref`: today a run folder (or an unpacked release, which
-has the same files); `name@version` / `name@stage` refs are resolved by the release registry when
-it provides `gitops.registry_ops.resolve_to_folder(ref)`. The folder's `config.resolved.yaml`
+A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
+same files), or `name`, `name@version`, `name@stage`, which are pulled (verified) from the release
+registry first. The folder's `config.resolved.yaml`
 rebuilds the config (its training fingerprint must match the manifest's), the architecture is built
 abstractly and the handed-on checkpoint (`manifest.json["checkpoint_step"]`) restored into it.
 """
@@ -109,7 +109,14 @@ def _match(target: Any, restored: Any, where: str) -> Any:
 
 
 def load(ref: str | Path, **_: Any) -> LoadedModel:
-    """Load a trained model from a run folder (or, once the registry provides it, `name@version`)."""
+    """Load a trained model from a run folder or a release (`name`, `name@v1.2.0`, `name@stage`; pulled first).
+
+    Raises:
+        UsageError: the reference names no run folder, model, version or stage.
+        GitopsError: the run has not finished, or its manifest names no checkpoint step.
+        IntegrityError: the folder's config does not hash to its manifest's training fingerprint, or a
+            pulled release does not verify.
+    """
     folder = resolve_ref(ref)  # first: a wrong reference fails before jax, flax and orbax load (~1.5 s)
     import jax
     from flax import nnx
