@@ -90,20 +90,6 @@ def plan_costs(root, head: str | None, models: list[str]) -> list[Cost]:
     return costs
 
 
-def pr_labels_from_event(path: str | None) -> list[str]:
-    """Label names of the PR in $GITHUB_EVENT_PATH (empty outside a pull_request event)."""
-    import json
-
-    if not path:
-        return []
-    try:
-        event = json.loads(open(path, encoding="utf-8").read())
-    except (OSError, ValueError):
-        return []
-    labels = (event.get("pull_request") or {}).get("labels") or []
-    return [label.get("name", "") for label in labels if isinstance(label, dict)]
-
-
 def trial_costs(root, head: str | None, model: str, trials: list[dict]) -> list[Cost]:
     """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines); head None: the working tree."""
     from gitops import config

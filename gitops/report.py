@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, config, gitutil, jsonio, registry_ops, stats, trackers
+from gitops import catalog, ci_event, config, gitutil, jsonio, registry_ops, stats, trackers
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
@@ -348,7 +348,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     if head_sha is None:
         head_sha = gitutil.head_or_none(root) or ""  # "" outside git or before the first commit
     if pr is None:
-        pr = pr_from_event()
+        pr = ci_event.pr_number()
     reports = []
     cache: dict[str, Baseline] = {}
     for folder in folders:
@@ -383,19 +383,6 @@ def _parent(info: registry_ops.RunInfo, backend: Backend | None) -> dict | None:
         elif found is not None and not found.active:
             record["warning"] = f"the parent {record['model']}@{found.version} is deregistered"
     return record
-
-
-def pr_from_event() -> int | None:
-    """The pull request number of the GitHub event this job runs for ($GITHUB_EVENT_PATH); None outside one."""
-    path = os.environ.get("GITHUB_EVENT_PATH")
-    if not path:
-        return None
-    try:
-        event = json.loads(Path(path).read_text(encoding="utf-8"))
-        number = (event.get("pull_request") or {}).get("number") or event.get("number")
-        return int(number) if number else None
-    except (OSError, ValueError, TypeError, AttributeError):
-        return None
 
 
 # --- Markdown ---------------------------------------------------------------------------------------

@@ -88,7 +88,7 @@ def plan_cmd(
 
     Refuses (exit 1) a plan over the budgets in gitops.yaml unless the PR carries the override label.
     """
-    from gitops import budget, gitutil, plan, settings
+    from gitops import budget, ci_event, gitutil, plan, settings
     from gitops.tree import FsTree, GitTree
 
     root = config.find_root()
@@ -101,7 +101,7 @@ def plan_cmd(
     found, lifted = budget.enforce(
         costs,
         budgets,
-        labels if labels is not None else budget.pr_labels_from_event(os.environ.get("GITHUB_EVENT_PATH")),
+        labels if labels is not None else ci_event.pr_labels(),
     )
     doc["budget"] = {"violations": found, "lifted_by_label": budgets.override_label if lifted else None}
     if found and not lifted:

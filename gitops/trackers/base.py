@@ -180,9 +180,9 @@ def pr_number() -> str | None:
     value = os.environ.get("GITOPS_PR", "").strip()
     if value.isdigit():
         return value
-    from gitops.report import pr_from_event
+    from gitops import ci_event
 
-    number = pr_from_event()
+    number = ci_event.pr_number()
     return str(number) if number else None
 
 
