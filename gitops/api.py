@@ -122,7 +122,7 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
     from flax import nnx
 
     from gitops.architectures import build_model
-    from gitops.data import Preprocessing
+    from gitops.preprocessing import Preprocessing
     from gitops.yamlio import load_yaml_text
 
     manifest = jsonio.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))

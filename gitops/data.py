@@ -12,9 +12,8 @@ Augmentations are pure jax functions `(key, x) -> x` on a batch, keyed by the st
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import numpy as np
 from gitops import catalog
 from gitops import config as config_lib
 from gitops.checksums import sha256_file
-from gitops.errors import GitopsError, IntegrityError, TrainingError
+from gitops.errors import IntegrityError, TrainingError
+from gitops.preprocessing import Preprocessing, fit_preprocessing, split_indexes
 from gitops.registry import Registry
 from gitops.tree import inside_repository
 
@@ -167,54 +167,6 @@ def _read_arrays(path: Path, params: Mapping[str, Any], what: str) -> tuple[np.n
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """What prediction needs to turn raw inputs into model inputs; saved as preprocessing.json."""
-
-    scale: str  # standardize | minmax | none
-    shift: list[float] | None  # subtracted (mean or min), per flattened feature
-    divisor: list[float] | None  # divided by (std or max-min), per flattened feature
-    input_shape: list[int]
-    task: str
-    num_classes: int | None
-    num_outputs: int
-    tokenizer: dict | None = None  # language models: gitops.tokenize's saved spec (with the file's JSON text)
-    labels: list[str] | None = None  # class names (image folders: the sorted label folders), for predict
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Preprocessing:
-        return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Raw inputs (any shape with the right number of features per example) -> float32 model inputs."""
-        x = np.asarray(x, np.float32)
-        if self.task == "language_modeling":  # token ids of any length: the model's context bounds them
-            return x.reshape(1, -1) if x.ndim == 1 else x
-        features = math.prod(self.input_shape)
-        if x.size % features:
-            raise GitopsError(f"inputs of shape {x.shape} do not hold examples of shape {tuple(self.input_shape)}")
-        flat = x.reshape(-1, features)
-        if self.shift is not None:
-            flat = (flat - np.asarray(self.shift, np.float32)) / np.asarray(self.divisor, np.float32)
-        return flat.reshape(-1, *self.input_shape).astype(np.float32)
-
-
-def fit_preprocessing(scale: str, x_train: np.ndarray, *, task: str, num_classes: int | None, num_outputs: int) -> Preprocessing:
-    flat = x_train.reshape(len(x_train), -1).astype(np.float64)
-    shift = divisor = None
-    if scale == "standardize":
-        shift, divisor = flat.mean(axis=0), flat.std(axis=0)
-    elif scale == "minmax":
-        shift, divisor = flat.min(axis=0), flat.max(axis=0) - flat.min(axis=0)
-    if divisor is not None:
-        divisor = np.where(divisor > 1e-8, divisor, 1.0)  # constant features (blank pixels) pass through centred
-        shift, divisor = shift.astype(np.float32).tolist(), divisor.astype(np.float32).tolist()
-    return Preprocessing(scale, shift, divisor, list(x_train.shape[1:]), task, num_classes, num_outputs)
-
-
-@dataclass(frozen=True)
 class Split:
     x: np.ndarray  # preprocessed model inputs
     y: np.ndarray
@@ -235,13 +187,6 @@ class Dataset:
     @property
     def task(self) -> str:
         return self.preprocessing.task
-
-
-def split_indexes(n: int, validation: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffle 0..n-1 with `seed`, then cut test, validation, train (sizes as config.train_split_size)."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_test, n_val = math.ceil(n * test), math.ceil(n * validation)
-    return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
 def load(data: Any, root: Path) -> Any:

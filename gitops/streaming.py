@@ -10,7 +10,7 @@ records from files while training, so memory does not grow with the dataset:
 2. *Records and splits*: a record index is a position in the list order (sorted paths; rows in file
    order), so re-encoding files keeps every split. Predefined splits come from folders
    (`<path>/<split>/<class>/<file>`) or a `split_column`; otherwise `data.splits` fractions cut the
-   record indexes with the same function as the in-memory sources (`data.split_indexes`).
+   record indexes with the same function as the in-memory sources (`preprocessing.split_indexes`).
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
    sample of `stats_sample` records), saved as `preprocessing.json` like every run.
 4. *The pipeline* (`train_dataset`): a Grain `MapDataset`: global shuffle by the data seed (re-shuffled
@@ -41,6 +41,7 @@ import numpy as np
 from gitops import checksum_list, sources
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError
+from gitops.preprocessing import Preprocessing, split_indexes
 
 SOURCES = frozenset({"image_folder", "parquet", "array_record"})
 # dataset keys that change how fast data arrives, never which data: left out of the fingerprints
@@ -449,8 +450,6 @@ def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int)
 
 def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
     """Verify, index, split and fit the preprocessing of a streaming dataset (`data.yaml` as a dict)."""
-    from gitops import data as data_lib
-
     ds = doc["dataset"]
     name = ds["name"]
     root = Path(root)
@@ -469,11 +468,11 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
         raise GitopsError(f"{ds['checksums']}: the dataset {ds['path']} holds no records")
     cfg_splits = doc["splits"]
     if splits is None:
-        tr, va, te = data_lib.split_indexes(len(source), cfg_splits["validation"], cfg_splits["test"], cfg_splits["seed"])
+        tr, va, te = split_indexes(len(source), cfg_splits["validation"], cfg_splits["test"], cfg_splits["seed"])
     else:
         tr, va, te = splits["train"], splits["val"], splits["test"]
         if not len(va) and cfg_splits["validation"]:  # no val folder/rows: a fraction of train, by record index
-            keep, va, _ = data_lib.split_indexes(len(tr), cfg_splits["validation"], 0.0, cfg_splits["seed"])
+            keep, va, _ = split_indexes(len(tr), cfg_splits["validation"], 0.0, cfg_splits["seed"])
             tr, va = tr[np.sort(keep)], tr[np.sort(va)]
     if len(tr) == 0:
         raise GitopsError(f"{ds['path']}: the training split is empty")
@@ -491,7 +490,7 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
         outputs = n_classes
     else:
         n_classes, outputs = None, int(np.prod(source[int(tr[0])][1].shape) or 1)
-    prep = data_lib.Preprocessing(doc["preprocessing"]["scale"], shift, divisor, shape, task, n_classes, outputs,
+    prep = Preprocessing(doc["preprocessing"]["scale"], shift, divisor, shape, task, n_classes, outputs,
                                   labels=classes)
     return StreamingDataset(source, StreamSplit(np.asarray(tr, np.int64)), StreamSplit(np.asarray(va, np.int64)),
                             StreamSplit(np.asarray(te, np.int64)), prep, seed=int(cfg_splits["seed"]),
