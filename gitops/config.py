@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -498,20 +498,34 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         kind, rest = path[0], path[1:]
         loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
     if not loader.problems and cleaned["train"].get("start_from"):
-        from gitops import start_from
+        from gitops import parent_ref
 
-        for path, message in start_from.cycle_problems(name, cleaned["train"]["start_from"], tree):
+        for path, message in parent_ref.cycle_problems(name, cleaned["train"]["start_from"], _train_reader(tree)):
             loader.problem(merged["train"].mark(path), schema.format_path(("train", *path)), message)
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
     package = repo_plugin_package(cleaned)
     source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
-    from gitops import start_from  # jax-free: reads the registry's tags only
+    from gitops import parent_ref  # jax-free: reads the registry's tags only
 
-    parent_error = start_from.resolve_into(cleaned["train"], tree)
+    parent_error = parent_ref.resolve_into(cleaned["train"], tree)
     cfg = build(name, cleaned, files, source)
     return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
+
+
+def _train_reader(tree: Tree) -> Callable[[str], Any]:
+    """model name -> its merged train document in `tree` (None: no such model folder), problems ignored."""
+    loader = _Loader(tree)
+
+    def train_of(model: str) -> Any:
+        rel = f"{MODELS_DIR}/{model}"
+        if not tree.is_dir(rel):
+            return None
+        merged = loader.merged(rel, "train")
+        return merged.data if merged is not None and isinstance(merged.data, dict) else {}
+
+    return train_of
 
 
 def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
@@ -791,10 +805,10 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
     if release["labels"] and classes is not None and len(release["labels"]) != classes:
         problems.append((("release", "labels"), f"{len(release['labels'])} labels for {classes} classes"))
     if train.get("start_from"):
-        from gitops import start_from
+        from gitops import parent_ref
 
         problems += [(("train", "start_from", *path), message)
-                     for path, message in start_from.form_problems(train["start_from"], model["architecture"], tree)]
+                     for path, message in parent_ref.form_problems(train["start_from"], model["architecture"], tree)]
     problems += _streaming_problems(data["dataset"], tree)
     if dataset_name in ("file", "text") and tree is not None:
         try:

@@ -102,9 +102,9 @@ def train(
     """
     reporter = reporter or train_lib.SilentReporter()
     root = Path(root) if root else config_lib.find_root()
-    from gitops import start_from
+    from gitops import parent_ref
 
-    start_from.require_resolved(cfg)  # an unknown parent version: exit 1 before any folder is touched
+    parent_ref.require_resolved(cfg)  # an unknown parent version: exit 1 before any folder is touched
     out_dir = Path(out_dir)
     run = RunFolder(run_path(out_dir, cfg.name, cfg.training_fingerprint))
     shared = cache_dir()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gitops import config, start_from, tags
+from gitops import config, parent_ref, tags
 from gitops.errors import UsageError
 from gitops.registry_ops import release_metadata
 
@@ -32,7 +32,7 @@ def describe_parent(record: dict | None) -> str:
 def parent_change(latest_meta: dict, cfg: Any) -> str | None:
     """'parent digits-mlp@production moved v1.2.0 -> v1.3.0' when `cfg`'s resolved parent differs
     from the one the latest release recorded (None: same parent, or none either side)."""
-    now = start_from.parent_of(cfg)
+    now = parent_ref.parent_of(cfg)
     was = latest_meta.get("start_from") or None
     if now is None and not (was and was.get("model")):
         return None
@@ -177,7 +177,7 @@ def moved_parents(configs: dict[str, Any], tag_list: list) -> list[dict]:
     out = []
     for name, cfg in sorted(configs.items()):
         spec = dict(cfg.train.start_from or {})
-        now = start_from.parent_of(cfg)
+        now = parent_ref.parent_of(cfg)
         latest = (states.get(name) or tags.ModelState(name)).latest()
         if "model" not in spec or now is None or latest is None:
             continue
@@ -196,7 +196,7 @@ def stale(root: Path) -> list[dict]:
     from gitops.tree import FsTree
 
     tree = FsTree(root)
-    tag_list = start_from.registry_tags(root)
+    tag_list = parent_ref.registry_tags(root)
     if tag_list is None:
         return []
     configs = {}

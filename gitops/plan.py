@@ -264,9 +264,9 @@ def _parents(root: Path, new: dict[str, config.ResolvedConfig], result: Plan) ->
     children = {n: c for n, c in new.items() if c.train.start_from and "model" in c.train.start_from}
     if not children:
         return
-    from gitops import lineage, start_from
+    from gitops import lineage, parent_ref
 
-    tag_list = start_from.registry_tags(root) or []
+    tag_list = parent_ref.registry_tags(root) or []
     planned = {c.model: c for c in result.train}
     for moved in lineage.moved_parents(children, tag_list):
         name, cfg = moved["model"], new[moved["model"]]

@@ -1,13 +1,10 @@
-"""`train.start_from`: initialise a run from a released version or a pinned weights file.
+"""`train.start_from` at training time: initialise a run from a released version or a pinned weights file.
 
-Two halves with one owner:
-- jax-free (config loading, `validate`, `ci plan`): the reference's form, cycles across the working
-  tree's models, and resolving `MODEL@VERSION|@STAGE` through the registry's git tags to
-  `{model, version, sha256}` (the archive checksum the release tag recorded). `config.resolve` writes
-  that under `start_from.resolved`, so the training fingerprint covers the parent's bytes.
-- at training time (`prepare`, `apply`, `freeze`): pull and verify the parent (as `gitops pull`
-  does) or read the pinned file, match its parameters to the new model by path and shape, load
-  them before the first step, and freeze path patterns with `optax.multi_transform`.
+The jax-free half (the reference's form, cycles, resolving it through the registry's tags; what config
+loading, `validate` and `ci plan` need) is `gitops.parent_ref`. This half (`prepare`, `apply`, `freeze`)
+pulls and verifies the parent (as `gitops pull` does) or reads the pinned file, matches its parameters
+to the new model by path and shape, loads them before the first step, and freezes path patterns with
+`optax.multi_transform`.
 
 Parameter paths are the model's `nnx.Param` paths joined by "/" (`hidden/0/kernel`). `params:
 backbone` loads every path but the final head (see `HEADS`); decoders tie their output to the
@@ -21,161 +18,16 @@ import fnmatch
 import os
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from gitops import tags
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
+from gitops.parent_ref import require_resolved, safe_relpath
 
 # The final layer each architecture's backbone leaves out (None: no separate head).
 HEADS: dict[str, str | None] = {"mlp": "head", "cnn": "head", "resnet": "head", "transformer": "head",
                                 "decoder": None}
 DEFAULT_HEAD = "head"  # plugin architectures: a top-level `head` module if they have one
-
-
-# --- form (validate: no tags, no jax) --------------------------------------------------------------
-
-
-def parse_model_ref(text: str) -> tags.Ref:
-    """`MODEL@vX.Y.Z` or `MODEL@STAGE` (never a bare model or `latest`: a parent must be named).
-
-    Raises:
-        UsageError: any other form.
-    """
-    ref = tags.parse_ref(text)
-    if not ref.version and not ref.stage:
-        raise UsageError(f"{text!r} must name a version (MODEL@v1.2.0) or a stage (MODEL@production); "
-                         "'latest' would change under a run without anyone deciding it")
-    return ref
-
-
-def safe_relpath(path: str) -> str | None:
-    """A repository-relative POSIX path with no `..` and not absolute, or None."""
-    p = PurePosixPath(path)
-    if p.is_absolute() or ".." in p.parts or "\\" in path or not p.parts:
-        return None
-    return p.as_posix()
-
-
-def form_problems(spec: Any, architecture: str, tree: Any = None) -> list[tuple[tuple, str]]:
-    """What is wrong with a `start_from` mapping's form; [(path inside start_from, message)]."""
-    problems: list[tuple[tuple, str]] = []
-    if "model" in spec:
-        try:
-            parse_model_ref(spec["model"])
-        except GitopsError as exc:
-            problems.append((("model",), str(exc)))
-        for key in ("format", "sha256"):
-            if key in spec:
-                problems.append(((key,), f"{key} belongs to a weights file (path or url), not to start_from.model"))
-    if "path" in spec:
-        rel = safe_relpath(spec["path"])
-        if rel is None:
-            problems.append((("path",), f"{spec['path']!r} must be a path inside the repository (no '..', not absolute)"))
-        elif tree is not None and tree.read(rel) is None:
-            problems.append((("path",), f"no file {rel} in the repository"))
-    return problems
-
-
-def cycle_problems(name: str, spec: Any, tree: Any) -> list[tuple[tuple, str]]:
-    """A model starting from itself or from one of its descendants (followed through the working tree)."""
-    if "model" not in spec:
-        return []
-    from gitops import config
-
-    chain = [name]
-    try:
-        current: str | None = parse_model_ref(spec["model"]).model
-    except GitopsError:
-        return []
-    loader = config._Loader(tree)
-    while current:
-        if current in chain:
-            return [(("start_from", "model"), "start_from forms a cycle: " + " -> ".join([*chain, current]))]
-        chain.append(current)
-        rel = f"{config.MODELS_DIR}/{current}"
-        if not tree.is_dir(rel):
-            return []
-        merged = loader.merged(rel, "train")
-        parent = (merged.data or {}).get("start_from") if merged is not None and isinstance(merged.data, dict) else None
-        try:
-            current = parse_model_ref(parent["model"]).model if isinstance(parent, dict) and "model" in parent else None
-        except (GitopsError, TypeError):
-            return []
-    return []
-
-
-# --- resolving through the registry's tags (no jax) ------------------------------------------------
-
-
-def registry_tags(root: Path | None) -> list | None:
-    """Every tag of the repository at `root` (the local registry view), or None without a git repository."""
-    if root is None or not (Path(root) / ".git").exists():
-        return None
-    from gitops.backends.local import LocalBackend
-
-    try:
-        return LocalBackend(Path(root)).list_tags()
-    except GitopsError:
-        return None
-
-
-def resolve_ref(ref_text: str, tag_list: list) -> dict:
-    """`{model, version, sha256}` of the active version `ref_text` names in `tag_list`.
-
-    Raises:
-        UsageError: no such model, version or stage, or the version is deregistered.
-    """
-    from gitops.registry_ops import release_metadata
-
-    ref = parse_model_ref(ref_text)
-    state = tags.model_state(tag_list, ref.model)
-    if not state.versions:
-        raise UsageError(f"parent {ref_text}: {ref.model} has no releases in this repository's tags "
-                         "(fetch them: git fetch --tags)")
-    try:
-        version = tags.resolve_ref(state, ref)
-    except UsageError as exc:
-        raise UsageError(f"parent {ref_text}: {exc}") from None
-    if not version.active:
-        raise UsageError(f"parent {ref_text}: {ref.model}@{version.version} is deregistered")
-    meta = release_metadata(version.message)
-    return {"model": ref.model, "version": version.version, "sha256": meta.get("sha256")}
-
-
-def resolve_into(train_doc: dict, tree: Any) -> str | None:
-    """Write `start_from.resolved` into a validated train document; the reason when it can't (None: done).
-
-    A version reference is fixed; a stage reference resolves to the version holding the stage now.
-    """
-    spec = train_doc.get("start_from")
-    if not isinstance(spec, dict) or "model" not in spec:
-        return None
-    spec.pop("resolved", None)
-    tag_list = registry_tags(getattr(tree, "root", None))
-    if tag_list is None:
-        return f"parent {spec['model']}: no git repository to read the registry's tags from"
-    try:
-        spec["resolved"] = resolve_ref(spec["model"], tag_list)
-    except GitopsError as exc:
-        return str(exc)
-    return None
-
-
-def require_resolved(cfg: Any) -> None:
-    """Refuse to train a config whose parent is not resolved (exit 1, before any run folder exists)."""
-    spec = cfg.train.start_from
-    if spec and "model" in spec and "resolved" not in spec:
-        raise GitopsError(f"{cfg.name}: train.start_from: {cfg.parent_error or 'parent not resolved'}")
-
-
-def parent_of(cfg_or_doc: Any) -> dict | None:
-    """The resolved parent identity of a config or a resolved train document (None: none or a file)."""
-    train = cfg_or_doc.train.start_from if hasattr(cfg_or_doc, "train") else (cfg_or_doc or {}).get("start_from")
-    if not train:
-        return None
-    resolved = train.get("resolved")
-    return dict(resolved) if resolved else None
 
 
 # --- weights (training time) -----------------------------------------------------------------------

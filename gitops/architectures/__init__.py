@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitops.registry import Registry
+from gitops.architectures.base import ARCHITECTURES, activation
 
-ARCHITECTURES: Registry = Registry("architecture")
+__all__ = ["ARCHITECTURES", "activation", "build_model"]
 
 
 def build_model(
@@ -34,17 +34,3 @@ def build_model(
 
 def _load_all() -> None:
     from gitops.architectures import cnn, decoder, mlp, resnet, transformer  # noqa: F401  (registers on import)
-
-
-def activation(name: str):
-    import jax
-
-    return {
-        "relu": jax.nn.relu,
-        "gelu": jax.nn.gelu,
-        "silu": jax.nn.silu,
-        "tanh": jax.numpy.tanh,
-        "sigmoid": jax.nn.sigmoid,
-        "elu": jax.nn.elu,
-        "leaky_relu": jax.nn.leaky_relu,
-    }[name]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES, activation
+from gitops.architectures.base import ARCHITECTURES, activation
 
 
 @ARCHITECTURES.register("cnn")

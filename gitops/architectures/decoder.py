@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES
+from gitops.architectures.base import ARCHITECTURES
 
 
 def rotary(x: jnp.ndarray, positions: jnp.ndarray, base: float) -> jnp.ndarray:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES, activation
+from gitops.architectures.base import ARCHITECTURES, activation
 
 
 class BasicBlock(nnx.Module):

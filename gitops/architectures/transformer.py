@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES
+from gitops.architectures.base import ARCHITECTURES
 
 
 class EncoderBlock(nnx.Module):

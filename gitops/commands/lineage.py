@@ -26,10 +26,10 @@ def lineage_cmd(
       gitops lineage digits-mlp-finetune@v1.0.0
       gitops lineage digits-mlp@production --json
     """
-    from gitops import lineage, start_from
+    from gitops import lineage, parent_ref
 
     root = config.find_root()
-    tag_list = start_from.registry_tags(root)
+    tag_list = parent_ref.registry_tags(root)
     if tag_list is None:
         raise GitopsError(f"{root} is not a git repository: no registry tags to read")
     doc = lineage.lineage(tag_list, ref)
