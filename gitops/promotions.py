@@ -42,6 +42,10 @@ PR_RE = re.compile(r"^pull-request: (\S+)$", re.M)
 
 @dataclass(frozen=True)
 class PromotionRequest:
+    """One opened promotion: model, version and stage, the branch and commit of `promotions/<model>.yaml`,
+    and the pull request's URL (None when none was opened).
+    """
+
     model: str
     version: str
     stage: str
@@ -76,16 +80,25 @@ def check_protected(root: Path, settings: Settings) -> None:
 
 
 def promotion_path(model: str) -> str:
+    """The repository-relative promotion file of a model, `promotions/<model>.yaml`."""
     return f"{PROMOTIONS_DIR}/{model}.yaml"
 
 
 def promotion_text(model: str, version: str, stage: str, requested_by: str, approvers: tuple[str, ...]) -> str:
+    """The YAML of a promotion file: a comment saying what merging it does and who approves, then model,
+    version, stage and requested_by.
+    """
     return (f"# Promotion request (gitops promote): merging this into main after review makes the release\n"
             f"# workflow tag {model}#{stage}#N on {version}'s commit and deploy it. Approvers: {' '.join(approvers)}\n"
             f"model: {model}\nversion: {version}\nstage: {stage}\nrequested_by: {requested_by}\n")
 
 
 def read_promotion(text: bytes, label: str) -> dict:
+    """A promotion file's mapping (`label` names it in errors).
+
+    Raises ConfigError for YAML that is not safe to load and UsageError when model, version or stage is
+    missing or not a string.
+    """
     from gitops.yamlio import load_yaml_text
 
     data = load_yaml_text(text, label).data
