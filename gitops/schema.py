@@ -500,7 +500,7 @@ def _validator(kind: str):
 
 def format_path(path: tuple) -> str:
     """A JSON Schema error path as a config key path: `("train", "optimizer", "learning_rate")` ->
-    `train.optimizer.learning_rate`, list indexes as `[i]` (`data.augment[0].name`).
+    `train.optimizer.learning_rate`, list indexes as `[i]` (`train.schedule.boundaries[0]`).
     """
     out = ""
     for part in path:

@@ -155,9 +155,9 @@ class Block(nnx.Module):
 class Decoder(nnx.Module):
     """Decoder-only language model (LLaMA-style, see the module docstring), registered as `decoder`.
 
-    Input (batch, context) token ids (float from the loaders, rounded and clipped to [0, vocab)); output
-    (batch, context, vocab) float32 next-token logits. `input_shape` is `(context,)` and `num_outputs`
-    the vocabulary size; raises ValueError for any other input rank.
+    Input (batch, length) token ids, length <= context (float from the loaders, rounded and clipped to
+    [0, vocab)); output (batch, length, vocab) float32 next-token logits. `input_shape` is `(context,)`
+    and `num_outputs` the vocabulary size; raises ValueError for any other input rank.
     """
 
     def __init__(

@@ -21,7 +21,7 @@ from gitops.architectures import ARCHITECTURES, activation
 class BasicBlock(nnx.Module):
     """ResNet's basic block (He et al. 2016): two 3x3 conv+BN with an identity or 1x1-conv shortcut.
 
-    (batch, H, W, in_ch) -> (batch, H/stride, W/stride, out_ch). The second BatchNorm's scale starts at
+    (batch, H, W, in_ch) -> (batch, ceil(H/stride), ceil(W/stride), out_ch). The second BatchNorm's scale starts at
     zero so the block starts as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
     """
 

@@ -30,7 +30,7 @@ MAX_PROMPTS = 64
 class GenerateRequest:
     """One checked `:generate` request: prompts and sampling settings (see `parse_request`).
 
-    `max_new_tokens` counts tokens, `temperature` > 0 scales logits, `top_k` None samples from the
+    `max_new_tokens` counts tokens, `temperature` 0 is greedy (else logits / temperature), `top_k` None samples from the
     whole vocabulary, `seed` is the first prompt's seed (prompt i uses `seed + i`).
     """
 

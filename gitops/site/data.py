@@ -67,7 +67,7 @@ class VersionData:
 
     @property
     def semver(self) -> tags.SemVer:
-        """The version as a `tags.SemVer` (for ordering and the pre-release check); raises on a malformed one."""
+        """The version as a `tags.SemVer` (for ordering and the pre-release check); UsageError if malformed."""
         return tags.SemVer.parse(self.version)
 
     @property

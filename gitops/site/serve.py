@@ -62,7 +62,7 @@ class Watcher(threading.Thread):
                 self.log(f"rebuild failed (still serving the previous site): {exc.message}")
 
     def stop(self) -> None:
-        """End the poll loop after the current wait (the thread exits within `interval` seconds)."""
+        """End the poll loop: the thread exits at once, or after the rebuild it is running."""
         self.stopped.set()
 
 
