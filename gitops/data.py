@@ -168,6 +168,10 @@ def _read_arrays(path: Path, params: Mapping[str, Any], what: str) -> tuple[np.n
 
 @dataclass(frozen=True)
 class Split:
+    """One split's examples: `x` (n, *input_shape) float32 model inputs; `y` (n,) int32 class indexes,
+    (n, outputs) float32 targets or (n, length) int32 next-token ids; `indexes` (n,) their positions.
+    """
+
     x: np.ndarray  # preprocessed model inputs
     y: np.ndarray
     indexes: np.ndarray  # positions in the loaded dataset (to check splits never overlap)
@@ -178,6 +182,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """An in-memory dataset: train/val/test splits, the fitted preprocessing, and the raw test inputs."""
+
     train: Split
     val: Split
     test: Split
@@ -186,6 +192,7 @@ class Dataset:
 
     @property
     def task(self) -> str:
+        """`classification`, `regression` or `language_modeling`, from the preprocessing."""
         return self.preprocessing.task
 
 

@@ -34,10 +34,12 @@ class Preprocessing:
     labels: list[str] | None = None  # class names (image folders: the sorted label folders), for predict
 
     def as_dict(self) -> dict:
+        """The JSON object saved as preprocessing.json (every field, lists as lists)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Preprocessing:
+        """Read preprocessing.json back; keys it lacks (files from older versions) become None."""
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -55,10 +57,11 @@ class Preprocessing:
 
 
 def fit_preprocessing(scale: str, x_train: np.ndarray, *, task: str, num_classes: int | None, num_outputs: int) -> Preprocessing:
-    """Fit the scaler `scale` (standardize | minmax | none) on the train inputs `x_train` ([N, *input_shape]).
+    """The scaling fitted on the training inputs only (so validation and test never leak into it).
 
-    Statistics are per flattened feature, computed in float64 and stored as float32 lists; a constant
-    feature (blank pixels) gets divisor 1, so it passes through centred instead of dividing by zero.
+    x_train: (n, *input_shape) numbers. `standardize` stores per-feature mean and std, `minmax` min and
+    max-min (float32 lists over flattened features, computed in float64); a feature whose divisor is
+    below 1e-8 gets 1.0 (constant features such as blank pixels pass through centred). `none` stores neither.
     """
     flat = x_train.reshape(len(x_train), -1).astype(np.float64)
     shift = divisor = None
