@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops import config, jsonio, sweep, sweep_results
+from gitops import config, gates, jsonio, sweep, sweep_results
 from gitops.errors import GitopsError
 from gitops.runs import RunFolder, run_path, write_json
 
@@ -205,7 +205,7 @@ def _halving(name: str, root: Path, out_dir: Path, spec: sweep.Sweep, metric: st
     cfg = config.load(name, root)
     total = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"]) or 0
     val_metric = "val/" + metric.split("/", 1)[1]
-    higher = sweep_results.higher_is_better(val_metric)
+    higher = gates.higher_is_better(val_metric)
     alive = list(todo)
     rungs = int(math.floor(math.log(len(alive), HALVING_ETA))) if len(alive) > 1 else 0
     state = read_state(out_dir, name)
@@ -217,8 +217,7 @@ def _halving(name: str, root: Path, out_dir: Path, spec: sweep.Sweep, metric: st
             _train_one(name, root, out_dir, trial, reporter_factory(), stop_at=stop_at)
             scores.append((_latest_val(name, root, out_dir, trial, val_metric), trial))
         keep = max(1, math.ceil(len(alive) / HALVING_ETA))
-        sign = -1.0 if higher else 1.0
-        scores.sort(key=lambda st: (st[0] is None, sign * st[0] if st[0] is not None else 0.0, st[1].index))
+        scores.sort(key=lambda st: (*gates.rank_key(st[0], higher), st[1].index))
         for value, trial in scores[keep:]:
             fp = config.load(name, root, trial.overrides()).training_fingerprint
             shown = "no value" if value is None else f"{val_metric} {value:.4g}"
