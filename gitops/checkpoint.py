@@ -15,7 +15,7 @@ Layout of a run's checkpoints (an Orbax `CheckpointManager` directory)::
 
 Retention: the last `keep` checkpoints AND the best one by the configured validation metric are kept
 (`AnyPreservationPolicy([LatestN, BestN])`), so the checkpoint a run hands on is never deleted. Ties
-go to the later step, in Orbax's BestN and in `best_step` alike. Saves are asynchronous;
+go to the later step, in Orbax's BestN and in `best_step` alike (the rule of `gitops.gates`). Saves are asynchronous;
 `wait()` runs before anything reads the directory. Never create integer-named folders in a checkpoint
 directory by hand: the manager trusts the rename that commits a step.
 """
@@ -123,7 +123,8 @@ class Checkpoints:
         directory: `<run>/checkpoints`.
         keep: most recent checkpoints kept.
         best_metric: e.g. "val/accuracy"; None hands on the last checkpoint.
-        higher_is_better: direction of `best_metric`.
+        higher_is_better: direction of `best_metric` (`gates.higher_is_better`); values are ranked by
+            `gates.score`, so a NaN is never the best.
     """
 
     def __init__(self, directory: Path, *, keep: int = 2, best_metric: str | None = None, higher_is_better: bool = True,
