@@ -468,7 +468,9 @@ def test_trusted_and_untrusted_training_run_on_separate_runners():
         steps = job["steps"]
         run = next(s for s in steps if s.get("run", "").startswith("gitops train"))
         assert run["run"] == 'gitops train "$MODEL" --out runs ${TRIAL:+--trial "$TRIAL"}'
-        assert run["env"] == {"MODEL": "${{ matrix.model }}", "TRIAL": "${{ matrix.trial }}"}
+        # the read-only token (permissions above) pulls a train.start_from parent's release assets
+        assert run["env"] == {"MODEL": "${{ matrix.model }}", "TRIAL": "${{ matrix.trial }}",
+                              "GITHUB_TOKEN": "${{ github.token }}"}
         upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
         assert upload["with"]["name"] == "run-${{ matrix.model }}-${{ matrix.fingerprint }}"
     assert evaluate(train["if"], FORK) is False and evaluate(train["if"], {**FORK, "needs.approve.result": "success"}) is False
