@@ -89,10 +89,44 @@ class SpoolBackend(Backend):
             return any(op["op"] == "finalize" and op["tag"] == tag for op in self.ops)
         return self.inner.is_published(tag)
 
-    def __getattr__(self, name: str):  # the github backend's artifact and PR look-ups (read-only)
-        if name in ("list_artifacts", "download_artifact_zip", "pulls_for_commit", "workflow_run", "repository", "root"):
-            return getattr(self.inner, name)
-        raise AttributeError(name)
+    # the hosting backend's read-only look-ups (PRs, CI runs, artifacts: reuse of a PR's run), delegated;
+    # where the inner backend has none, the answer is "nothing of that kind exists"
+    @property
+    def repository(self) -> str:
+        return str(getattr(self.inner, "repository", ""))
+
+    @property
+    def root(self) -> Path | None:
+        return getattr(self.inner, "root", None)
+
+    @property
+    def hosts_pull_requests(self) -> bool:
+        return bool(getattr(self.inner, "hosts_pull_requests", hasattr(self.inner, "pulls_for_commit")))
+
+    @property
+    def keeps_ci_artifacts(self) -> bool:
+        return bool(getattr(self.inner, "keeps_ci_artifacts", hasattr(self.inner, "list_artifacts")))
+
+    def _read(self, name: str, default, *args, **kwargs):
+        method = getattr(self.inner, name, None)
+        return method(*args, **kwargs) if method is not None else default
+
+    def pull_head_sha(self, pr: int):
+        return self._read("pull_head_sha", None, pr)
+
+    def pulls_for_commit(self, sha: str):
+        return self._read("pulls_for_commit", [], sha)
+
+    def workflow_run(self, run_id: int):
+        return self._read("workflow_run", None, run_id)
+
+    def list_artifacts(self, name: str, run_id: int | None = None):
+        return self._read("list_artifacts", [], name, run_id=run_id)
+
+    def download_artifact_zip(self, artifact, dest: Path, max_bytes: int) -> Path:
+        if not hasattr(self.inner, "download_artifact_zip"):
+            raise AssetNotFoundError(f"the {self.inner.name} backend keeps no CI artifacts")
+        return self.inner.download_artifact_zip(artifact, dest, max_bytes)
 
     # --- writes: recorded ---
     def stage_release(self, tag: str, commit: str, title: str, notes: str, files: list[Path]) -> str:
@@ -284,8 +318,14 @@ def fetch(backend: Backend, run_id: int, out: Path) -> Path | None:
 
     if not (hasattr(backend, "list_artifacts") and hasattr(backend, "download_artifact_zip")):
         raise UsageError("fetching the release spool needs the github backend")
+
+    def run_of(artifact) -> int | None:  # a REST artifact record, or a typed one with `run_id`
+        if isinstance(artifact, dict):
+            return (artifact.get("workflow_run") or {}).get("id")
+        return getattr(artifact, "run_id", None)
+
     found = backend.list_artifacts(SPOOL_ARTIFACT, run_id=run_id)  # type: ignore[attr-defined]
-    found = [a for a in found if (a.get("workflow_run") or {}).get("id") in (None, run_id)]
+    found = [a for a in found if run_of(a) in (None, run_id)]
     if not found:
         return None
     with tempfile.TemporaryDirectory(prefix="gitops-spool-") as tmp:

@@ -130,10 +130,10 @@ def registry_tags(root: Path | None) -> list | None:
     """Every tag of the repository at `root` (the local registry view), or None without a git repository."""
     if root is None or not (Path(root) / ".git").exists():
         return None
-    from gitops.backends.local import LocalBackend
+    from gitops import git_tags  # the local backend's tag reader, without its asset machinery
 
     try:
-        return LocalBackend(Path(root)).list_tags()
+        return git_tags.list_tags(Path(root).resolve())
     except GitopsError:
         return None
 
@@ -235,13 +235,9 @@ def flatten(tree: Any) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib  # not at start-up (tests/test_startup.py)
+    from gitops.checksums import sha256_file  # the one streamed file hasher
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _weights_file(spec: Any, root: Path) -> Path:
