@@ -51,11 +51,29 @@ def form_problems(spec: Any, architecture: str, tree: Any = None) -> list[tuple[
         for key in ("format", "sha256"):
             if key in spec:
                 problems.append(((key,), f"{key} belongs to a weights file (path or url), not to start_from.model"))
+    folder = spec.get("format") == "orbax"
+    if not folder and ("checksums" in spec or "checksums_sha256" in spec):
+        problems.append((("checksums",), "a checksum list pins an Orbax folder: add format: orbax (a single "
+                                         "safetensors/npz file is pinned by sha256)"))
+    if folder:
+        if "sha256" in spec:
+            problems.append((("sha256",), "an Orbax folder is pinned by its checksum list (checksums + "
+                                          "checksums_sha256), not by sha256"))
+        for key in ("checksums", "checksums_sha256"):
+            if key not in spec and ("path" in spec or "url" in spec):
+                problems.append(((key,), f"format: orbax needs {key} (`gitops data checksums FOLDER --out LIST` "
+                                         "writes the list; its own sha256 is the pin)"))
+        if "checksums" in spec:
+            rel = safe_relpath(spec["checksums"])
+            if rel is None:
+                problems.append((("checksums",), f"{spec['checksums']!r} must be a path inside the repository"))
+            elif tree is not None and tree.read(rel) is None:
+                problems.append((("checksums",), f"no file {rel} in the repository"))
     if "path" in spec:
         rel = safe_relpath(spec["path"])
         if rel is None:
             problems.append((("path",), f"{spec['path']!r} must be a path inside the repository (no '..', not absolute)"))
-        elif tree is not None and tree.read(rel) is None:
+        elif tree is not None and not folder and tree.read(rel) is None:
             problems.append((("path",), f"no file {rel} in the repository"))
     return problems
 
@@ -98,10 +116,10 @@ def registry_tags(root: Path | None) -> list | None:
     """Every tag of the repository at `root` (the local registry view), or None without a git repository."""
     if root is None or not (Path(root) / ".git").exists():
         return None
-    from gitops.backends.local import LocalBackend
+    from gitops import git_tags  # the local backend's tag reader, without its asset machinery
 
     try:
-        return LocalBackend(Path(root)).list_tags()
+        return git_tags.list_tags(Path(root).resolve())
     except GitopsError:
         return None
 

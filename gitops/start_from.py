@@ -2,10 +2,9 @@
 
 The jax-free half (the reference's form, cycles, resolving it through the registry's tags; what config
 loading, `validate` and `ci plan` need) is `gitops.parent_ref`. This half (`prepare`, `apply`, `freeze`)
-pulls and verifies the parent (as `gitops pull` does) or reads the pinned file, matches its parameters
-to the new model by path and shape, loads them before the first step, and freezes path patterns with
-`optax.multi_transform`.
-
+pulls and verifies the parent (as `gitops pull` does), reads the pinned file, or verifies a pinned
+Orbax folder against its pinned checksum list, matches its parameters to the new model by path and
+shape, loads them before the first step, and freezes path patterns with `optax.multi_transform`.
 Parameter paths are the model's `nnx.Param` paths joined by "/" (`hidden/0/kernel`). `params:
 backbone` loads every path but the final head (see `HEADS`); decoders tie their output to the
 embedding, so their backbone is every parameter. Borrowed idea: timm's / Hugging Face's
@@ -69,13 +68,9 @@ def flatten(tree: Any) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib  # not at start-up (tests/test_startup.py)
+    from gitops.checksums import sha256_file  # the one streamed file hasher
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _weights_file(spec: Any, root: Path) -> Path:
@@ -136,6 +131,101 @@ def read_weights(path: Path, fmt: str) -> dict[str, Any]:
     return {k.replace(".", "/"): np.asarray(v) for k, v in raw.items()}
 
 
+def _inside(path: Path, folder: Path, what: str) -> Path:
+    """`path` resolved (symlinks followed), refused unless it stays inside `folder`."""
+    real = path.resolve()
+    if not real.is_relative_to(folder.resolve()):
+        raise UsageError(f"start_from: {what} resolves outside {folder} (a link out of it?)")
+    return real
+
+
+def orbax_folder(spec: Any, root: Path) -> Path:
+    """The pinned Orbax folder, every file verified against the pinned checksum list.
+
+    The list (`checksums:`, sha256sum format, paths relative to the folder; `gitops data checksums`
+    writes it) is pinned by `checksums_sha256:`, as streaming datasets are (gitops.checksum_list). A
+    local `path:` is verified in place and may hold no file the list leaves out (Orbax would read it
+    unverified); a `url:` prefix fetches each listed file by its checksum into the cache and assembles
+    the folder there (`<cache>/weights/orbax-<pin>/`), once.
+
+    Raises:
+        IntegrityError: the list or a file has another SHA-256 than pinned (exit 1).
+        GitopsError: a listed file is missing, or the folder holds unlisted files (exit 1).
+        ServiceError: a download still failing after retries (exit 3).
+    """
+    from gitops import checksum_list, remote_data
+    from gitops.pull import cache_dir
+
+    rel = safe_relpath(spec["checksums"])
+    list_path = _inside(root / rel, root, f"checksums {spec['checksums']}") if rel else None
+    if list_path is None or not list_path.is_file():
+        raise GitopsError(f"start_from.checksums: no file {spec['checksums']} in the repository")
+    pin = spec["checksums_sha256"]
+    got = _sha256(list_path)
+    if got != pin:
+        raise IntegrityError(f"start_from.checksums {rel}: sha256 is {got}, the config pins {pin}")
+    entries = checksum_list.parse(list_path.read_text(encoding="utf-8"), rel)
+    if "path" in spec:
+        prel = safe_relpath(spec["path"])
+        base = _inside(root / prel, root, f"path {spec['path']}") if prel else None
+        if base is None or not base.is_dir():
+            raise GitopsError(f"start_from.path: no folder {spec['path']} in the repository")
+        for entry in entries:
+            _inside(base / entry.path, base, f"{spec['path']}/{entry.path}")
+        extra = sorted(set(checksum_list.list_files(base)) - {e.path for e in entries})
+        if extra:
+            raise GitopsError(f"start_from.path {spec['path']}: {', '.join(extra[:5])} not in the checksum list {rel} "
+                              "(every file Orbax reads must be pinned; regenerate the list and its pin)")
+        checksum_list.verify(base, entries, label=rel, pin=pin, cache=remote_data.cache_dir())
+        return base
+    folder = cache_dir() / "weights" / f"orbax-{pin}"
+    if folder.is_dir():
+        checksum_list.verify(folder, entries, label=rel, pin=pin, cache=None)
+        return folder
+    prefix = spec["url"].rstrip("/")
+    import tempfile  # not at start-up (tests/test_startup.py)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".orbax-"))
+    try:
+        for entry in entries:  # checksum_list.parse refused absolute and '..' paths
+            blob = remote_data.fetch(f"{prefix}/{entry.path}", entry.sha256)
+            (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(blob, staging / entry.path)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def read_orbax(folder: Path) -> dict[str, Any]:
+    """{path: numpy array} of a plain Orbax pytree checkpoint (what `StandardCheckpointer().save` writes).
+
+    A gitops run's `checkpoints/<step>/state` item reads too (its `model` subtree); `value` leaves of a
+    saved `nnx.State` are dropped from the paths.
+    """
+    import numpy as np
+
+    from gitops import checkpoint
+
+    if not ((folder / "_METADATA").is_file() or (folder / "_CHECKPOINT_METADATA").is_file()):
+        raise GitopsError(f"start_from: {folder} is not an Orbax pytree checkpoint (no _METADATA); name the item "
+                          "folder StandardCheckpointer saved (for a CheckpointManager: <step>/<item>)")
+    try:
+        tree = checkpoint.restore_anywhere(folder)
+    except Exception as exc:  # a truncated or foreign folder
+        raise GitopsError(f"start_from: cannot restore {folder} with Orbax: {type(exc).__name__}: {exc}") from None
+    if isinstance(tree, dict) and isinstance(tree.get("model"), dict) and "optimizer" in tree:
+        tree = tree["model"]
+    out = {}
+    for key, value in flatten(tree).items():
+        parts = key.split("/")
+        while parts and parts[-1] in ("value", "raw_value"):
+            parts.pop()
+        out["/".join(parts)] = np.asarray(value)
+    return out
+
+
 def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
     """The parent's parameters {path: array} and its identity for the lineage record."""
     if "model" in spec:
@@ -149,9 +239,13 @@ def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
         loaded = api.load(folder)
         values = {k: v for k, v in flatten(nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))).items()}
         return values, {"ref": spec["model"], **resolved}
+    where = {"path": spec["path"]} if "path" in spec else {"url": spec["url"]}
+    if spec.get("format") == "orbax":
+        values = read_orbax(orbax_folder(spec, root))
+        return values, {**where, "checksums": spec["checksums"], "checksums_sha256": spec["checksums_sha256"],
+                        "format": "orbax"}
     path = _weights_file(spec, root)
     fmt = spec.get("format") or "safetensors"
-    where = {"path": spec["path"]} if "path" in spec else {"url": spec["url"]}
     return read_weights(path, fmt), {**where, "sha256": spec["sha256"], "format": fmt}
 
 
