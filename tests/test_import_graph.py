@@ -38,7 +38,6 @@ KNOWN_ELSEWHERE: dict[tuple[str, str], str] = {
     ("gitops.settings", "gitops.schema"): "r3: schema<->settings",
     ("gitops.settings", "gitops.catalog"): "r3: schema<->settings (settings -> catalog -> plugins -> settings)",
     ("gitops.settings", "gitops.artifact_store"): "r3: settings<->artifact_store (StoreSettings)",
-    ("gitops.sweep_results", "gitops.report"): "r2: metric direction from gates, not report.higher_is_better",
 }
 
 
