@@ -1,10 +1,10 @@
 """`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
-A ref is resolved to a folder by `resolve_ref`: today a run folder (or an unpacked release, which
-has the same files); `name@version` / `name@stage` refs are resolved by the release registry when
-it provides `gitops.registry_ops.resolve_to_folder(ref)`. The folder's `config.resolved.yaml`
-rebuilds the config (its training fingerprint must match the manifest's), the architecture is built
-abstractly and the handed-on checkpoint (`manifest.json["checkpoint_step"]`) restored into it.
+A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
+same files), or `name@version` / `name@stage`, pulled and verified by `resolve_to_folder`. The folder
+is read by `gitops.runs`; its `config.resolved.yaml` rebuilds the config (its training fingerprint
+must match the manifest's), the architecture is built abstractly and the handed-on checkpoint
+(`manifest.json["checkpoint_step"]`) restored into it.
 """
 
 from __future__ import annotations
@@ -17,9 +17,25 @@ from typing import Any
 import numpy as np
 
 from gitops import config as config_lib
-from gitops import jsonio
+from gitops import runs
 from gitops.errors import GitopsError, IntegrityError
-from gitops.runs import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PREPROCESSING_FILE
+
+
+def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | None = None) -> Path:
+    """`name@v1.2.0`, `name@1.2.0` or `name@stage` -> the verified, unpacked release folder.
+
+    Pulls into `.gitops/pulled/<model>/v<version>/` of the repository (`root`, default: found from
+    the working folder) through `backend_name` (default: gitops.yaml's); a folder already holding that
+    release is reused.
+
+    Raises:
+        UsageError: an unknown model, version or stage. IntegrityError: a checksum that differs.
+    """
+    from gitops import pull
+    from gitops.backends import get_backend
+
+    root = root or config_lib.find_root()
+    return pull.pull(root, get_backend(backend_name, root), ref)
 
 
 def resolve_ref(ref: str | Path) -> Path:
@@ -28,7 +44,6 @@ def resolve_ref(ref: str | Path) -> Path:
     A released version is pulled (verified) into `.gitops/pulled/` of the repository first.
     """
     from gitops.refs import parse_target
-    from gitops.registry_ops import resolve_to_folder
 
     target = parse_target(ref)
     if target.path is not None:
@@ -109,23 +124,26 @@ def _match(target: Any, restored: Any, where: str) -> Any:
 
 
 def load(ref: str | Path, **_: Any) -> LoadedModel:
-    """Load a trained model from a run folder (or, once the registry provides it, `name@version`)."""
+    """Load a trained model from a run folder, or a released `name@version` / `name@stage` (pulled, verified)."""
     folder = resolve_ref(ref)  # first: a wrong reference fails before jax, flax and orbax load (~1.5 s)
     import jax
     from flax import nnx
 
     from gitops.architectures import build_model
     from gitops.data import Preprocessing
-    from gitops.yamlio import load_yaml_text
 
-    manifest = jsonio.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    if not manifest.get("finished_at"):
-        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {MANIFEST_FILE})")
-    doc = load_yaml_text((folder / CONFIG_FILE).read_text(encoding="utf-8"), str(folder / CONFIG_FILE)).data
-    cfg = config_lib.build(manifest.get("model") or folder.parent.name, doc)
+    folder_files = runs.RunFolder(folder)
+    info = runs.read_run(folder)
+    manifest = info.manifest
+    if not info.finished:
+        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {runs.MANIFEST_FILE}, or no "
+                          f"{runs.METRICS_FILE})")
+    if not info.config:
+        raise GitopsError(f"{folder}: {runs.CONFIG_FILE} is missing or empty")
+    cfg = config_lib.build(info.model, info.config)
     if manifest.get("training_fingerprint") and cfg.training_fingerprint != manifest["training_fingerprint"]:
-        raise IntegrityError(f"{folder}: {CONFIG_FILE} does not match the manifest's training fingerprint")
-    prep = Preprocessing.from_dict(jsonio.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8")))
+        raise IntegrityError(f"{folder}: {runs.CONFIG_FILE} does not match the manifest's training fingerprint")
+    prep = Preprocessing.from_dict(folder_files.preprocessing)
     step = manifest.get("checkpoint_step")
     if step is None:
         raise GitopsError(f"{folder}: the manifest names no checkpoint_step")
@@ -143,7 +161,7 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
     abstract = nnx.eval_shape(make)
     graphdef, abstract_state = nnx.split(abstract)
     target = nnx.to_pure_dict(abstract_state)
-    state_dir = (folder / CHECKPOINTS_DIR / str(step) / "state").absolute()
+    state_dir = (folder_files.checkpoints_dir / str(step) / "state").absolute()
     if not state_dir.is_dir():
         raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
     # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
@@ -166,13 +184,12 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
         outputs = nnx.merge(mgraph, jax.tree.unflatten(treedef, list(flat)))(x)
         return jax.nn.softmax(outputs, axis=-1) if classification else outputs
 
-    metrics_path = folder / METRICS_FILE
     return LoadedModel(
         path=folder,
         model=model,
         config=cfg,
         manifest=manifest,
-        metrics=jsonio.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {},
+        metrics=info.metrics,
         preprocessing=prep,
         checkpoint_step=int(step),
         _forward=functools.partial(forward, tuple(leaves)),

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitops import archive as archive_format
 from gitops import jsonio, killpoints
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
@@ -44,7 +45,7 @@ from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 CHUNK = 1 << 20
 FETCH_CHUNK = 8 << 20
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "file": None}
-OBJECTS_SUFFIX = ".objects.json"
+OBJECTS_SUFFIX = archive_format.OBJECTS_SUFFIX
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_KEY",
                "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET")
 
@@ -342,7 +343,7 @@ def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path, sha256: 
     size = part * 1024**2 if part else max(total, 1)
     ranges = [(i, min(size, total - i)) for i in range(0, total, size)] or [(0, 0)]
     name = archive.name
-    names = [name] if len(ranges) == 1 else [f"{name}.part{i:03d}" for i in range(len(ranges))]
+    names = [name] if len(ranges) == 1 else [archive_format.part_name(name, i) for i in range(len(ranges))]
     if len(ranges) == 1:
         whole = sha256 or sha256_file(archive)
         digests = [whole]
@@ -352,13 +353,13 @@ def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path, sha256: 
     report = _progress(name, total)
     objects = [store.put_range(archive, start, length, digest, part_name, report)
                for (start, length), digest, part_name in zip(ranges, digests, names, strict=True)]
-    sums = [f"{whole}  {name}"] + ([f"{o.sha256}  {o.name}" for o in objects] if len(objects) > 1 else [])
-    (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+    sums = [(name, whole)] + ([(o.name, o.sha256) for o in objects] if len(objects) > 1 else [])
+    sums_path = archive_format.write_sums(out_dir, sums)
     listing = out_dir / (name + OBJECTS_SUFFIX)
     docs = [o.as_dict() for o in objects]
     listing.write_text(jsonio.dumps({"archive": name, "sha256": whole, "size": total, "objects": docs},
                                     indent=1) + "\n", encoding="utf-8")
-    return [out_dir / "SHA256SUMS", listing], docs
+    return [sums_path, listing], docs
 
 
 def _range_sha256(path: Path, start: int, length: int) -> str:
@@ -443,16 +444,12 @@ def fetch_archive(objects: list[StoredObject], sums: dict[str, str], archive_nam
         except OSError:
             shutil.copyfile(cached, archive)
         return archive
-    with open(archive, "wb") as out:
-        for obj in objects:
-            with open(store.fetch(obj), "rb") as fh:
-                shutil.copyfileobj(fh, out, CHUNK)
-    return archive
+    return archive_format.join_parts([store.fetch(obj) for obj in objects], archive, remove=False)
 
 
 def referenced(tag_messages: list[str]) -> set[str]:
     """Every sha256 that a release tag's objects list names."""
-    from gitops.registry_ops import release_metadata
+    from gitops.versions import release_metadata
 
     keep = set()
     for message in tag_messages:

@@ -318,9 +318,9 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
 
 def deploy(root: Path, backend, ref: str, out_dir: Path, opts: DeployOptions, *, force: bool = False) -> Rendered:
     """Resolve `ref` to a released version, pull and verify it (unless pulled at start), render."""
-    from gitops import pull, registry_ops
+    from gitops import pull, versions
     from gitops.refs import parse_target
 
-    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
+    st, version = versions.resolve(backend, parse_target(ref, allow_path=False).ref)
     release_dir = None if opts.pull_at_start else pull.pull(root, backend, f"{st.model}@{version.version}")
     return render(st.model, version.version, out_dir, opts, release_dir=release_dir, force=force)

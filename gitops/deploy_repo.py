@@ -87,7 +87,7 @@ def overlay_path(stage: str, path: str | None) -> str:
 
 def stage_move(state: tags.ModelState, stage: str) -> StageMove:
     """The stage's current holder (or None after a demote) and the tag that made it so."""
-    from gitops.registry_ops import release_metadata
+    from gitops.versions import release_metadata
 
     tags.check_stage(stage)
     moves = [e for e in state.events if e.stage == stage and e.action in (tags.Action.ASSIGN, tags.Action.UNASSIGN)]
@@ -393,12 +393,12 @@ def render(backend, ref: str, out_dir: Path, opts: deploy.DeployOptions, *, imag
     folder must be an earlier render (or `force`).
     """
 
-    from gitops import registry_ops
-    from gitops.registry_ops import release_metadata
+    from gitops import versions
     from gitops.runs import replace_dir
+    from gitops.versions import release_metadata
 
     parsed = tags.parse_ref(ref)
-    st, version = registry_ops.resolve(backend, parsed)
+    st, version = versions.resolve(backend, parsed)
     stage = parsed.stage or "default"
     sha = release_metadata(version.message).get("sha256") or ""
     move = StageMove(st.model, stage, version.version, sha, "")

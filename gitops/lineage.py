@@ -14,7 +14,7 @@ from typing import Any
 
 from gitops import config, start_from, tags
 from gitops.errors import UsageError
-from gitops.registry_ops import release_metadata
+from gitops.versions import release_metadata
 
 
 def describe_parent(record: dict | None) -> str:

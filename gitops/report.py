@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, config, gitutil, jsonio, registry_ops, stats, trackers
+from gitops import catalog, config, gitutil, jsonio, stats, trackers, versions
+from gitops import runs as run_folders  # `runs` is build()'s list of folders
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
@@ -111,11 +112,11 @@ def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> l
             if kind == "min":
                 ok = value >= threshold
                 results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
-                                          f"{registry_ops.format_number(value)} {'≥' if ok else '<'} {threshold:g}"))
+                                          f"{versions.format_number(value)} {'≥' if ok else '<'} {threshold:g}"))
             elif kind == "max":
                 ok = value <= threshold
                 results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
-                                          f"{registry_ops.format_number(value)} {'≤' if ok else '>'} {threshold:g}"))
+                                          f"{versions.format_number(value)} {'≤' if ok else '>'} {threshold:g}"))
             else:
                 old = (baseline or {}).get(metric)
                 if old is None or not _finite(old):
@@ -125,7 +126,7 @@ def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> l
                     continue
                 worse_by = (old - value) if higher_is_better(metric) else (value - old)
                 ok = worse_by <= threshold + 1e-12
-                note = (f"changed by {value - old:+.4g} vs baseline {registry_ops.format_number(old)}; "
+                note = (f"changed by {value - old:+.4g} vs baseline {versions.format_number(old)}; "
                         f"allowed regression {threshold:g}")
                 results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail", note))
     return results
@@ -143,11 +144,11 @@ def _non_finite(x: Any) -> bool:
 
 
 def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
-    st = registry_ops.state(backend, model)
+    st = versions.state(backend, model)
     latest = st.latest()
     if latest is None:
         return Baseline(None, {}, None, "none", f"{model} has no release yet: nothing to compare with")
-    meta = registry_ops.release_metadata(latest.message)
+    meta = versions.release_metadata(latest.message)
     cfg_dict = None
     try:
         from gitops.tree import GitTree
@@ -164,7 +165,7 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
 
 
 def baseline_from_folder(path: Path) -> Baseline:
-    info = registry_ops.read_run(path)
+    info = run_folders.read_run(path)
     release_json = Path(path) / "release.json"  # a pulled release names its version
     label = path.name
     if release_json.is_file():
@@ -214,7 +215,7 @@ def _seconds(manifest: dict) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelReport:
+def build_model_report(info: run_folders.RunInfo, baseline: Baseline) -> ModelReport:
     from gitops.repeats import read_spread
 
     metrics = info.metrics
@@ -269,7 +270,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             row["status"] = "none"
         rows.append(row)
     wall = _seconds(info.manifest)
-    steps = registry_ops.int_field(info.manifest, "steps")
+    steps = run_folders.int_field(info.manifest, "steps")
     diff = []
     if baseline.config is not None and info.config:
         diff = config_diff(baseline.config, info.config)
@@ -281,11 +282,11 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         gates=gates,
         diff=diff,
         curve=_curve(info.history),
-        device=registry_ops.device_text(info.manifest),
+        device=run_folders.device_text(info.manifest),
         wall_time_s=wall,
         steps_per_s=(steps / wall) if steps and wall else None,
         steps=steps,
-        git_commit=registry_ops.text_field(info.manifest, "git_commit"),
+        git_commit=run_folders.text_field(info.manifest, "git_commit"),
         git_dirty=info.manifest.get("git_dirty") is True,
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
@@ -352,7 +353,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     reports = []
     cache: dict[str, Baseline] = {}
     for folder in folders:
-        info = registry_ops.read_run(folder)
+        info = run_folders.read_run(folder)
         if baseline == "auto":
             if info.model not in cache:
                 if backend is None:
@@ -369,14 +370,14 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     return Report(attach_to_report(root, reports), head_sha, pr)
 
 
-def _parent(info: registry_ops.RunInfo, backend: Backend | None) -> dict | None:
+def _parent(info: run_folders.RunInfo, backend: Backend | None) -> dict | None:
     """The run's parent (start_from), flagged when its model is deprecated or its version deregistered."""
     record = info.manifest.get("start_from")
     if not record:
         return None
     record = dict(record)
     if record.get("model") and backend is not None:
-        st = registry_ops.state(backend, record["model"])
+        st = versions.state(backend, record["model"])
         found = st.find(record.get("version") or "")
         if st.deprecated:
             record["warning"] = f"the parent model {record['model']} is deprecated"
@@ -425,7 +426,7 @@ def mermaid(model: str, curve: list[tuple[int, float]]) -> str:
 
 
 def _num(x: Any) -> str:
-    return NONE if x is None else registry_ops.format_number(x)
+    return NONE if x is None else versions.format_number(x)
 
 
 _SYMBOL = {"better": BETTER, "worse": WORSE, "failed": FAILED, "equal": EQUAL, "none": NONE, "noise": NOISE}
@@ -575,7 +576,7 @@ def terminal(report: Report) -> str:
                          NONE if row["delta"] is None else f"{row['delta']:+.4g}",
                          NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%",
                          _WORD[row["status"]] + band])
-        lines += registry_ops.columns(rows)
+        lines += versions.columns(rows)
         for rule in noise_rules(m):
             lines.append(f"  {rule}")
         for g in m.gates:
@@ -585,13 +586,13 @@ def terminal(report: Report) -> str:
         if b.source != "none":
             if m.diff:
                 lines.append(f"  config diff against {b.version}:")
-                lines += registry_ops.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
+                lines += versions.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
                                               indent="    ")
             else:
                 lines.append(f"  no config change against {b.version}")
         if m.curve:
-            lines.append(f"  training loss {registry_ops.format_number(m.curve[0][1])} -> "
-                         f"{registry_ops.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
+            lines.append(f"  training loss {versions.format_number(m.curve[0][1])} -> "
+                         f"{versions.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
         wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
         speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
         lines.append(f"  {m.device} · {wall} · {m.steps or NONE} steps · {speed} · run {m.training_fingerprint[:12]}"

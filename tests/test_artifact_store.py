@@ -19,7 +19,7 @@ import pytest
 from loop_support import commit_all, fake_run
 from typer.testing import CliRunner
 
-from gitops import artifact_store, killpoints, registry_ops
+from gitops import artifact_store, killpoints, versions
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 
@@ -81,7 +81,7 @@ def _configure(repo: Path, url: str, **extra) -> None:
 
 def _meta(repo: Path, tag: str = "wine-mlp@v1.0.0") -> dict:
     found = next(t for t in LocalBackend(repo).list_tags() if t.name == tag)
-    return registry_ops.release_metadata(found.message)
+    return versions.release_metadata(found.message)
 
 
 def _store(repo: Path) -> artifact_store.ArtifactStore:

@@ -107,11 +107,11 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
         assert line in body
 
     # the layout: version-free base, the stage overlay naming the version and its archive checksum
-    from gitops import registry_ops
+    from gitops import versions
     from gitops.backends.local import LocalBackend
 
-    _, version = registry_ops.resolve(LocalBackend(repo), "wine-mlp@v1.0.0")
-    sha = registry_ops.release_metadata(version.message)["sha256"]
+    _, version = versions.resolve(LocalBackend(repo), "wine-mlp@v1.0.0")
+    sha = versions.release_metadata(version.message)["sha256"]
     cm = yaml.safe_load((deploy_root / "overlays/staging/wine-mlp/configmap.yaml").read_text())
     assert cm["data"]["GITOPS_VERSION"] == "v1.0.0" and cm["data"]["GITOPS_SHA256"] == sha
     assert cm["data"]["GITOPS_STAGE_TAG"] == "wine-mlp#staging#1"
@@ -233,10 +233,10 @@ def test_protected_stage_moves_only_through_a_merged_promotion(repo, monkeypatch
     assert "no merged promotion" in ok(gitops(repo, monkeypatch, "ci", "promote-approved"))
 
     # someone pushes a production tag by hand: history and doctor call it unapproved; it is not deployed
-    from gitops import registry_ops
+    from gitops import versions
     from gitops.backends.local import LocalBackend
 
-    rogue = registry_ops.promote(LocalBackend(repo), "wine-mlp@v1.0.0", "production")
+    rogue = versions.promote(LocalBackend(repo), "wine-mlp@v1.0.0", "production")
     history = ok(gitops(repo, monkeypatch, "history", "wine-mlp"))
     assert "UNAPPROVED: its tag names no promotion commit" in history
     doc = json.loads(ok(gitops(repo, monkeypatch, "history", "wine-mlp", "--json")))

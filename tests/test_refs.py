@@ -29,8 +29,8 @@ def released(trained_examples, tmp_path_factory):
     from conftest import make_example_repo
 
     from gitops.backends.local import LocalBackend
-    from gitops.registry_ops import promote
     from gitops.release import release
+    from gitops.versions import promote
 
     repo = make_example_repo(tmp_path_factory.mktemp("refs") / "repo")
     run = trained_examples["wine-mlp"]

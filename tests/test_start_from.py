@@ -13,7 +13,7 @@ import pytest
 from conftest import git, make_example_repo
 from typer.testing import CliRunner
 
-from gitops import config, registry_ops, release, start_from
+from gitops import config, release, start_from, versions
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import ConfigError, ServiceError
@@ -38,7 +38,7 @@ def _commit(repo, message: str) -> None:
 
 
 def _meta(repo, tag: str) -> dict:
-    return registry_ops.release_metadata(git(repo, "tag", "-l", "--format=%(contents)", tag))
+    return versions.release_metadata(git(repo, "tag", "-l", "--format=%(contents)", tag))
 
 
 def _params(folder) -> dict:
@@ -58,7 +58,7 @@ def parented(tmp_path_factory):
     _commit(repo, "short runs")
     backend = LocalBackend(repo)
     release.release(repo, backend, "digits-mlp")
-    registry_ops.promote(backend, "digits-mlp@v1.0.0", "production")
+    versions.promote(backend, "digits-mlp@v1.0.0", "production")
     return repo
 
 
@@ -118,7 +118,7 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     _commit(repo, "digits-mlp: 170 steps")
     assert release.release(repo, LocalBackend(repo), "digits-mlp").tag == "digits-mlp@v1.1.0"
     assert config.load(CHILD, repo).training_fingerprint == cfg.training_fingerprint  # promotion decides, not release
-    registry_ops.promote(LocalBackend(repo), "digits-mlp@v1.1.0", "production")
+    versions.promote(LocalBackend(repo), "digits-mlp@v1.1.0", "production")
     assert config.load(CHILD, repo, pinned).training_fingerprint == pinned_fp
     moved = config.load(CHILD, repo)
     assert moved.training_fingerprint != cfg.training_fingerprint

@@ -1,7 +1,7 @@
 """The GitOps loop on the command line: diff, ci plan, report, comment, release, stages, pull, predict.
 
 Each command parses its flags and calls one library function (`gitops.plan`, `gitops.report`,
-`gitops.release`, `gitops.registry_ops`, `gitops.pull`, `gitops.predict`). Nothing here imports
+`gitops.release`, `gitops.versions`, `gitops.rollback`, `gitops.pull`, `gitops.predict`). Nothing here imports
 jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 """
 
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -203,6 +204,20 @@ def comment_cmd(
 # --- releases -------------------------------------------------------------------------------------------
 
 
+def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
+    """What `gitops release` does when no finished run of HEAD's config exists anywhere: train it now
+    into `runs/` (a cache hit is not "trained"). Returns the `train` callable `gitops.release` takes."""
+
+    def train_now(cfg: Any) -> tuple[Path, bool]:
+        from gitops import runs, train  # heavy: jax, flax, optax, orbax
+
+        _echo_err(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
+        result = train.train(cfg, root / runs.RUNS_DIR, root=root)
+        return Path(result.run.path), not result.cache_hit
+
+    return train_now
+
+
 @command("release")
 def release_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
@@ -224,7 +239,8 @@ def release_cmd(
 
     root = config.find_root()
     result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
+                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair,
+                             train=train_on_demand(root))
     out(jsonio.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
@@ -240,7 +256,7 @@ def release_pending_cmd(
 
     root = config.find_root()
     results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist,
-                                                track=track)
+                                                track=track, train=train_on_demand(root))
     for result in results:
         out(result.message)
     if not results and not failures:
@@ -335,15 +351,15 @@ def history_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Every version and stage move: date, author, commit, bump reason, headline metrics."""
-    from gitops import promotions, registry_ops
+    from gitops import promotions, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
-    doc = promotions.annotate_history(root, backend, registry_ops.history(backend, model),
+    doc = promotions.annotate_history(root, backend, versions.history(backend, model),
                                       load_settings(FsTree(root)))
-    out(jsonio.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
+    out(jsonio.dumps(doc, indent=2) if as_json else versions.format_history(doc))
 
 
 @command("promote")
@@ -355,7 +371,7 @@ def promote_cmd(
     track: TrackOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops import gitutil, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
@@ -371,9 +387,9 @@ def promote_cmd(
             "then writes the stage tag and deploys")
         return
     sinks = trackers.specs_for(root, track)
-    st, version = registry_ops.resolve(backend, ref)
+    st, version = versions.resolve(backend, ref)
     before = st.stages.get(to)
-    tag = registry_ops.promote(backend, ref, to, root=root)
+    tag = versions.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     counter = tag.rsplit("#", 1)[-1]
@@ -385,7 +401,7 @@ def promote_cmd(
               + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
     model = tags.parse_ref(ref).model
-    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
 
 
 @command("promote-approved", group=ci_app)
@@ -400,7 +416,7 @@ def promote_approved_cmd(
       gitops ci promote-approved
       gitops ci promote-approved --backend github
     """
-    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops import gitutil, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
@@ -413,7 +429,7 @@ def promote_approved_cmd(
     for tag in written:
         out(tag)
     for model in sorted({tags.parse(t).model for t in written}):
-        trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+        trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
     if not written:
         out("no merged promotion waits for its stage tag")
 
@@ -426,15 +442,15 @@ def demote_cmd(
     track: TrackOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import registry_ops, trackers
+    from gitops import trackers, versions
 
     root = config.find_root()
     backend = _backend(backend_name, root)
     sinks = trackers.specs_for(root, track)
-    tag = registry_ops.demote(backend, model, stage, root=root)
+    tag = versions.demote(backend, model, stage, root=root)
     _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
     out(tag)
-    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
 
 
 @command("deprecate")
@@ -443,10 +459,10 @@ def deprecate_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Deregister a version (<model>@vX.Y.Z!#N) or deprecate a whole model (<model>@deprecated#N)."""
-    from gitops import registry_ops
+    from gitops import versions
 
     root = config.find_root()
-    out(registry_ops.deprecate(_backend(backend_name, root), ref, root))
+    out(versions.deprecate(_backend(backend_name, root), ref, root))
 
 
 @command("rollback")
@@ -457,11 +473,11 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import gitutil, registry_ops
+    from gitops import gitutil, rollback
 
     root = config.find_root()
     was = gitutil.current_branch(root)
-    result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    result = rollback.rollback(root, _backend(backend_name, root), model, to, branch)
     _echo_err(f"switched your checkout to the new branch {result.branch}"
               + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
@@ -519,7 +535,7 @@ def gc_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Remove run folders under runs/ that no release (or stage) refers to, nor the current configs."""
-    from gitops import registry_ops
+    from gitops import versions
 
     root = config.find_root()
     if artifacts:
@@ -536,7 +552,7 @@ def gc_cmd(
         if not gone:
             out("nothing to remove")
         return
-    removed = registry_ops.gc(root, _backend(backend_name, root), dry_run=dry_run)
+    removed = versions.gc(root, _backend(backend_name, root), dry_run=dry_run)
     for path in removed:
         out(f"{'would remove' if dry_run else 'removed'} {path.relative_to(root)}")
     if not removed:

@@ -88,9 +88,9 @@ class RegistrySource:
         return str(self.ref)
 
     def current(self) -> str:
-        from gitops import registry_ops
+        from gitops import versions
 
-        return registry_ops.resolve(self.backend, self.ref)[1].version
+        return versions.resolve(self.backend, self.ref)[1].version
 
     def fetch(self, version: str) -> Path:
         """Pull `version` (download, verify SHA256SUMS and the tag's checksum, unpack)."""
