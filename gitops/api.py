@@ -1,4 +1,6 @@
-"""`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
+"""The public surface the CLI, workflows and notebooks share: `load` a trained model, `release` a model.
+
+`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
 A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
 same files), or `name@version` / `name@stage`, pulled and verified by `resolve_to_folder`. The folder
@@ -10,6 +12,8 @@ must match the manifest's), the architecture is built abstractly and the handed-
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,39 @@ def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | No
 
     root = root or config_lib.find_root()
     return pull.pull(root, get_backend(backend_name, root), ref)
+
+
+def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
+    """The `train` callable `gitops.release` takes: train `cfg` now into `<root>/runs/` (a line on stderr
+    says so first); returns (the finished run folder, False when it was a run-cache hit)."""
+
+    def train_now(cfg: Any) -> tuple[Path, bool]:
+        from gitops import runs, train  # heavy: jax, flax, optax, orbax
+
+        sys.stderr.write(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now\n")
+        result = train.train(cfg, Path(root) / runs.RUNS_DIR, root=root)
+        return Path(result.run.path), not result.cache_hit
+
+    return train_now
+
+
+def release(root: Path, backend: Any, model: str, **options: Any) -> Any:
+    """`gitops release MODEL`: `gitops.release.release` (same `options`), training the model first when no
+    finished run of HEAD's config exists anywhere (runs/, the run cache, the latest release, a PR's run).
+
+    Returns the `gitops.release.ReleaseResult`; raises what `gitops.release.release` raises.
+    """
+    from gitops import release as releasing
+
+    return releasing.release(Path(root), backend, model, train=train_on_demand(Path(root)), **options)
+
+
+def release_pending(root: Path, backend: Any, **options: Any) -> Any:
+    """`gitops ci release-pending`: `gitops.release.release_pending` (same `options`), training on demand
+    as `release` does. Returns (releases made, (model, error) of each failure)."""
+    from gitops import release as releasing
+
+    return releasing.release_pending(Path(root), backend, train=train_on_demand(Path(root)), **options)
 
 
 def resolve_ref(ref: str | Path) -> Path:

@@ -13,12 +13,11 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import release, rollback, tags, versions
+from gitops import api, release, rollback, tags, versions
 from gitops.archive import FIXED_MTIME, parse_sums, safe_extract
 from gitops.backends.local import LocalBackend
 from gitops.checksums import sha256_file
 from gitops.cli import app
-from gitops.commands.loop import train_on_demand
 from gitops.errors import GitopsError, IntegrityError
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
@@ -31,7 +30,7 @@ def repo(example_repo, monkeypatch):
 
 
 def _release(repo: Path, model: str = "wine-mlp", **kwargs) -> release.ReleaseResult:
-    return release.release(repo, LocalBackend(repo), model, **kwargs)
+    return api.release(repo, LocalBackend(repo), model, **kwargs)
 
 
 def _meta(repo: Path, tag: str) -> dict:
@@ -171,7 +170,7 @@ def test_lost_tag_race_against_another_config_takes_the_next_version(repo):
         return real_create(name, commit, message)
 
     backend.create_tag = racing_create
-    result = release.release(repo, backend, "wine-mlp")
+    result = api.release(repo, backend, "wine-mlp")
     assert calls == ["wine-mlp@v1.0.0"]
     assert result.tag == "wine-mlp@v1.1.0"
 
@@ -310,7 +309,7 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
 
     monkeypatch.setattr(gitops.train, "train", no_training)
     with pytest.raises(GitopsError, match="would train"):
-        _release(repo, train=train_on_demand(repo))  # the command's on-demand training
+        _release(repo)
     assert "skipping it" in capsys.readouterr().err
     assert LocalBackend(repo).list_tags() == []
 
@@ -413,10 +412,10 @@ def test_release_pending_and_gc(repo, tmp_path):
     commit_all(repo, "two models")
     for model in ("wine-mlp", "digits-mlp"):
         fake_run(repo, model, GOOD | {"test/accuracy": 0.99})
-    results, failures = release.release_pending(repo, LocalBackend(repo), dist=tmp_path / "dist")
+    results, failures = api.release_pending(repo, LocalBackend(repo), dist=tmp_path / "dist")
     assert failures == []
     assert sorted(r.tag for r in results) == ["digits-mlp@v1.0.0", "wine-mlp@v1.0.0"]
-    assert release.release_pending(repo, LocalBackend(repo)) == ([], [])  # nothing pending now
+    assert api.release_pending(repo, LocalBackend(repo)) == ([], [])  # nothing pending now
     assert (tmp_path / "dist/wine-mlp-v1.0.0.tar.gz").is_file()
     stale = repo / "runs/wine-mlp/0123456789ab"
     stale.mkdir(parents=True)
@@ -431,7 +430,7 @@ def test_pull_unknown_version_is_usage_error(repo):
     result = CliRunner().invoke(app, ["pull", "wine-mlp@v9.9.9"])
     assert result.exit_code == 2
     with pytest.raises(GitopsError):
-        release.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
+        api.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
 
 
 def test_release_promote_pull_history_on_the_github_backend(repo, github_env, github_server, monkeypatch):
@@ -496,8 +495,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
 
     def attempt() -> list:
         trained.clear()
-        results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist",
-                                                     train=train_on_demand(repo))  # the command's on-demand training
+        results, failures = api.release_pending(repo, backend, dist=tmp_path / "dist")
         return failures
 
     # 1. GitHub associates no PR with the released commit: retrain, even though an artifact exists

@@ -74,8 +74,8 @@ def build_registry(base: Path) -> Path:
     if (repo / ".done").is_file():
         return repo
     from gitops import versions
+    from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.release import release
 
     shutil.rmtree(repo, ignore_errors=True)
     (repo / "models").mkdir(parents=True)

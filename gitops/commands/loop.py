@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -204,20 +203,6 @@ def comment_cmd(
 # --- releases -------------------------------------------------------------------------------------------
 
 
-def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
-    """What `gitops release` does when no finished run of HEAD's config exists anywhere: train it now
-    into `runs/` (a cache hit is not "trained"). Returns the `train` callable `gitops.release` takes."""
-
-    def train_now(cfg: Any) -> tuple[Path, bool]:
-        from gitops import runs, train  # heavy: jax, flax, optax, orbax
-
-        _echo_err(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
-        result = train.train(cfg, root / runs.RUNS_DIR, root=root)
-        return Path(result.run.path), not result.cache_hit
-
-    return train_now
-
-
 @command("release")
 def release_cmd(
     model: Annotated[str, typer.Argument(help="Model name.")],
@@ -235,12 +220,11 @@ def release_cmd(
     track: TrackOption = None,
 ) -> None:
     """Tag and publish a version of MODEL at HEAD (reusing the run with the same training fingerprint)."""
-    from gitops import release
+    from gitops import api
 
     root = config.find_root()
-    result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair,
-                             train=train_on_demand(root))
+    result = api.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
+                         run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
     out(jsonio.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
@@ -252,11 +236,10 @@ def release_pending_cmd(
     track: TrackOption = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
-    from gitops import release
+    from gitops import api
 
     root = config.find_root()
-    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist,
-                                                track=track, train=train_on_demand(root))
+    results, failures = api.release_pending(root, _backend(backend_name, root), push=push, dist=dist, track=track)
     for result in results:
         out(result.message)
     if not results and not failures:
