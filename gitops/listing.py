@@ -66,14 +66,14 @@ def run_rows(root: Path, model: str, by_fp: dict[tuple[str, str], list[str]], cu
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
         rel = f"{runs.RUNS_DIR}/{model}/{run_dir.name}"
         try:
-            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-            metrics_path = run_dir / "metrics.json"
+            manifest = json.loads((run_dir / runs.MANIFEST_FILE).read_text(encoding="utf-8"))
+            metrics_path = run_dir / runs.METRICS_FILE
             metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         except (OSError, ValueError):
             rows.append(RunRow(model, rel, "", "broken", None, None, None, {}))
             continue
         fp = str(manifest.get("training_fingerprint") or "")
-        status = "finished" if manifest.get("finished_at") and metrics else "unfinished"
+        status = "finished" if runs.is_finished(manifest, metrics) else "unfinished"
         rows.append(RunRow(model, rel, fp, status, manifest.get("started_at"), manifest.get("finished_at"),
                            manifest.get("steps"), metrics if isinstance(metrics, dict) else {},
                            sorted(by_fp.get((model, fp), []), key=tags.SemVer.parse), bool(fp) and fp == current))

@@ -29,8 +29,8 @@ from gitops.tree import GitTree
 
 DEFAULT_MAX_ASSET_BYTES = 2 * 1024**3 - 1024**2  # GitHub's 2 GiB asset limit, less a margin
 MAX_TAG_RETRIES = 8
-RUN_FILES = ("config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json",
-             "metrics_spread.json")  # the last only for train.repeats > 1: per-seed values, mean, std, min, max
+RUN_FILES = (runs.CONFIG_FILE, runs.MANIFEST_FILE, runs.METRICS_FILE, runs.HISTORY_FILE, runs.PREPROCESSING_FILE,
+             runs.SPREAD_FILE)  # the last only for train.repeats > 1
 Trainer = Callable[[config.ResolvedConfig], tuple[Path, bool]]  # cfg -> (finished run folder, trained now?)
 
 
@@ -107,9 +107,7 @@ def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str,
     lines += [rel.description.strip() or "_No description in release.yaml._", ""]
     if rel.owners:
         lines += [f"Owners: {', '.join(rel.owners)}", ""]
-    from gitops.repeats import read_spread
-
-    spread = read_spread(run.path) or {}
+    spread = runs.read_spread(run.path) or {}
     per_metric = spread.get("metrics") or {}
     seeds = f" (mean ± std of {spread.get('n')} seeds)" if per_metric else ""
     lines += ["## Metrics", "", f"| metric | value{seeds} |", "| --- | ---: |"]
@@ -163,7 +161,7 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
     from gitops.yamlio import dump_yaml
 
     for fname in RUN_FILES:
-        if fname == "config.resolved.yaml":
+        if fname == runs.CONFIG_FILE:
             # The released config: a patch release reuses an older run but carries today's release.yaml.
             entries.append((fname, dump_yaml(cfg.as_dict()).encode("utf-8")))
         elif (run_dir / fname).is_file():
@@ -253,13 +251,6 @@ def lineage_check(info: runs.RunInfo, cfg: config.ResolvedConfig, head: str) -> 
                f"training fingerprint {cfg.short_fingerprint}, so the release records {head[:12]} as the commit "
                "that reproduces it (retrain from a clean checkout for a run with exact lineage)")
     return head
-
-
-def _spread(run_dir: Path) -> dict | None:
-    """A repeated run's per-seed metrics for the tag message (the report's baseline noise band reads it)."""
-    from gitops.repeats import read_spread
-
-    return read_spread(run_dir)
 
 
 def typer_echo(text: str) -> None:
@@ -497,7 +488,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
                 "data_fingerprint": cfg.data_fingerprint,
                 "headline_metric": cfg.headline_metric(),
                 "metrics": info.metrics,
-                **({"metrics_spread": spread} if (spread := _spread(run_dir)) else {}),
+                **({"metrics_spread": spread} if (spread := runs.read_spread(run_dir)) else {}),
                 "checkpoint_step": info.manifest.get("checkpoint_step"),
                 "steps": info.manifest.get("steps"),
                 "trained_at_commit": runs.text_field(info.manifest, "git_commit") or None,

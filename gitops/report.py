@@ -173,7 +173,7 @@ def baseline_from_folder(path: Path) -> Baseline:
             label = jsonio.loads(release_json.read_text(encoding="utf-8")).get("version") or label
         except ValueError:
             pass
-    from gitops.repeats import read_spread
+    from gitops.runs import read_spread
 
     spread = read_spread(path)
     return Baseline(label, info.metrics, info.config or None, "folder", "", stats.spread_of(spread),
@@ -216,7 +216,7 @@ def _seconds(manifest: dict) -> float | None:
 
 
 def build_model_report(info: run_folders.RunInfo, baseline: Baseline) -> ModelReport:
-    from gitops.repeats import read_spread
+    from gitops.runs import read_spread
 
     metrics = info.metrics
     spread_doc = read_spread(info.path)

@@ -34,6 +34,7 @@ MANIFEST_FILE = "manifest.json"
 HISTORY_FILE = "history.jsonl"
 METRICS_FILE = "metrics.json"
 PREPROCESSING_FILE = "preprocessing.json"
+SPREAD_FILE = "metrics_spread.json"  # train.repeats > 1 only: per-seed values, mean, std, min, max
 CHECKPOINTS_DIR = "checkpoints"
 RUN_CACHE_ENV = "GITOPS_RUN_CACHE"
 RUNS_DIR = "runs"  # a repository's run folders: runs/<model>/<fp12>/
@@ -199,6 +200,19 @@ class RunFolder:
             return
         kept = [r for r in self.history() if r.get("step", 0) <= after_step]
         write_text(self.history_path, "".join(jsonio.dumps(r) + "\n" for r in kept))
+
+
+def read_spread(run_dir: str | os.PathLike) -> dict | None:
+    """The metrics_spread.json of a run folder (a repeated run's per-seed metrics), or None (a single-seed
+    run, or a file that is not a JSON object)."""
+    path = Path(run_dir) / SPREAD_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def cache_dir() -> Path | None:

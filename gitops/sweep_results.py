@@ -62,8 +62,7 @@ def collect(resolved: Iterable[tuple[Trial, Any]], runs: Mapping[str, Path], met
         metric: the ranking metric, e.g. "val/accuracy".
         stopped: training fingerprint -> note, for trials successive halving stopped.
     """
-    from gitops.repeats import read_spread
-    from gitops.runs import read_run
+    from gitops.runs import read_run, read_spread
 
     stopped = stopped or {}
     results = []

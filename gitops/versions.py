@@ -240,6 +240,18 @@ def history(backend: Backend, model: str) -> dict:
             "versions": versions, "events": events}
 
 
+def describe_parent(record: dict | None) -> str:
+    """`digits-mlp@v1.2.0 (digits-mlp@production, sha256 1a2b3c4d5e6f)` or the weights file and its pin."""
+    if not record:
+        return "-"
+    sha = (record.get("sha256") or "")[:12]
+    if record.get("model"):
+        ref = record.get("ref")
+        via = f"{ref}, " if ref and ref != f"{record['model']}@{record['version']}" else ""
+        return f"{record['model']}@{record['version']} ({via}sha256 {sha or 'unknown'})"
+    return f"{record.get('path') or record.get('url')} (sha256 {sha})"
+
+
 def _who(tagger: str) -> str:
     return tagger.split(" <")[0] if tagger else "unknown"
 
@@ -277,8 +289,6 @@ def format_history(doc: dict) -> str:
     lines += columns(rows)
     parents = [v for v in reversed(doc["versions"]) if v.get("start_from")]
     if parents:
-        from gitops.lineage import describe_parent
-
         lines.append("")
         lines.append("parents (train.start_from):")
         lines += columns([["VERSION", "PARENT"], *([v["version"], describe_parent(v["start_from"])] for v in parents)])
