@@ -125,6 +125,7 @@ def _same_release(folder: Path, version: tags.VersionState) -> bool:
 
 
 def cache_dir() -> Path:
+    """gitops' download cache: $GITOPS_CACHE, else $XDG_CACHE_HOME/gitops (~/.cache/gitops)."""
     env = os.environ.get("GITOPS_CACHE")
     if env:
         return Path(env)

@@ -36,6 +36,10 @@ Trainer = Callable[[config.ResolvedConfig], tuple[Path, bool]]  # cfg -> (finish
 
 @dataclass
 class ReleaseResult:
+    """What `release` did: the version made (None: nothing to release), its tag, bump and reason, where it
+    was published, the assets, the run released (None when it was a pulled or scratch copy), whether it
+    was trained now, and one sentence for people."""
+
     model: str
     version: str | None  # None: nothing to release
     tag: str | None = None
@@ -48,6 +52,7 @@ class ReleaseResult:
     message: str = ""
 
     def as_dict(self) -> dict:
+        """The result as JSON-ready data (`gitops release --json`): asset names, the run as a path string."""
         return {"model": self.model, "version": self.version, "tag": self.tag, "bump": self.bump,
                 "reason": self.reason, "location": self.location, "assets": [p.name for p in self.assets],
                 "run": str(self.run) if self.run else None, "trained": self.trained}
@@ -254,6 +259,7 @@ def lineage_check(info: runs.RunInfo, cfg: config.ResolvedConfig, head: str) -> 
 
 
 def typer_echo(text: str) -> None:
+    """One line for people on stderr (stdout carries the command's result)."""
     sys.stderr.write(text + "\n")
 
 

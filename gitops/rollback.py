@@ -22,9 +22,11 @@ class _Overlay:
         self.base, self.replaced, self.root = base, replaced, base.root
 
     def read(self, relpath: str) -> bytes | None:
+        """The replaced content (None: removed), else the base tree's file."""
         return self.replaced[relpath] if relpath in self.replaced else self.base.read(relpath)
 
     def listdir(self, relpath: str) -> list[str]:
+        """The base folder's names with replaced files added and removed ones left out."""
         names = set(self.base.listdir(relpath))
         prefix = relpath.rstrip("/") + "/"
         for path, content in self.replaced.items():
@@ -33,9 +35,11 @@ class _Overlay:
         return sorted(names)
 
     def is_dir(self, relpath: str) -> bool:
+        """A folder of the base tree, or one a replaced file lives in."""
         return self.base.is_dir(relpath) or any(p.startswith(relpath.rstrip("/") + "/") for p in self.replaced)
 
     def label(self, relpath: str) -> str:
+        """The base tree's label for messages."""
         return self.base.label(relpath)
 
     def refused(self, relpath: str):

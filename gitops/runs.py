@@ -56,6 +56,7 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) atomically: a temporary file in the same folder, flushed and fsynced, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -71,10 +72,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """A JSON file's value (strict JSON; raises OSError or ValueError)."""
     return jsonio.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def run_path(out_dir: Path, model: str, training_fingerprint: str) -> Path:
+    """`<out_dir>/<model>/<first 12 hex of the training fingerprint>`: where a run of that config lives."""
     return Path(out_dir) / model / training_fingerprint[:12]
 
 
@@ -120,14 +123,17 @@ class RunFolder:
 
     @property
     def exists(self) -> bool:
+        """Whether the folder has a manifest.json (a run was started here)."""
         return self.manifest_path.is_file()
 
     @property
     def manifest(self) -> dict:
+        """manifest.json, read now (raises OSError or ValueError while missing or unreadable)."""
         return read_json(self.manifest_path)
 
     @property
     def metrics(self) -> dict[str, float]:
+        """metrics.json, read now ({} while it does not exist)."""
         return read_json(self.metrics_path) if self.metrics_path.is_file() else {}
 
     @property
@@ -148,6 +154,7 @@ class RunFolder:
 
     @property
     def checkpoint_step(self) -> int | None:
+        """The handed-on checkpoint's step (the manifest's `checkpoint_step`; None until the run finished)."""
         return self.manifest.get("checkpoint_step")
 
     @property
@@ -165,10 +172,12 @@ class RunFolder:
 
     # --- writing (used by gitops.train) ---
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        """Replace manifest.json atomically (no-op unless this process writes)."""
         if self.writer:
             write_json(self.manifest_path, dict(manifest))
 
     def write_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Replace metrics.json atomically (no-op unless this process writes)."""
         if self.writer:
             write_json(self.metrics_path, dict(metrics))
 
@@ -184,10 +193,12 @@ class RunFolder:
         write_json(self.manifest_path, manifest)
 
     def clear_history(self) -> None:
+        """Empty history.jsonl (a run starting from step 0)."""
         if self.writer:
             write_text(self.history_path, "")
 
     def append_history(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Append records to history.jsonl, one JSON object a line."""
         if not self.writer:
             return
         with self.history_path.open("a", encoding="utf-8") as fh:
@@ -242,10 +253,12 @@ class RunInfo:
 
     @property
     def model(self) -> str:
+        """The manifest's model name, else the parent folder's name (`runs/<model>/<fp12>`)."""
         return self.manifest.get("model") or self.path.parent.name
 
     @property
     def training_fingerprint(self) -> str:
+        """The manifest's training fingerprint (64 hex), "" when it records none."""
         return text_field(self.manifest, "training_fingerprint")
 
     @property
