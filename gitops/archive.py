@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
+from gitops import jsonio
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError
 
@@ -32,6 +33,8 @@ SUFFIX = ".tar.gz"
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: archives of the same files hash the same
 MAX_MEMBERS = 100_000
 MAX_EXTRACTED_BYTES = 64 * 1024**3
+RELEASE_FILE = "release.json"  # inside the archive: the version's tag metadata, so an unpacked folder names itself
+CARD_FILE = "MODEL_CARD.md"
 OBJECTS_SUFFIX = ".objects.json"  # with an artifact store: the asset listing where the archive's parts live
 
 
@@ -74,6 +77,21 @@ def expected_assets(meta: dict) -> list[str]:
     parts = int(meta.get("parts") or 0)
     return [SUMS_FILE, *([part_name(archive, i) for i in range(parts)] if parts else [archive])]
 
+
+
+def release_record(meta: dict) -> bytes:
+    """The bytes of the archive's release.json for tag metadata `meta` (sorted keys: deterministic)."""
+    return (jsonio.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def read_release_record(folder: Path) -> dict | None:
+    """The release.json of an unpacked release (its version, fingerprints, metrics), None for a plain run
+    folder or a file that is not a JSON object."""
+    try:
+        doc = jsonio.loads((Path(folder) / RELEASE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 # --- packing -------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gitops import archive as archive_format
-from gitops import jsonio, killpoints, scratch, tags, versions
+from gitops import killpoints, scratch, tags, versions
 from gitops.backends.base import Backend
 from gitops.errors import IntegrityError, UsageError
 
@@ -114,10 +114,9 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
 
 
 def _same_release(folder: Path, version: tags.VersionState) -> bool:
-
-    try:
-        meta = jsonio.loads((folder / "release.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """Whether `folder` already holds `version` (its release.json names the version and release fingerprint)."""
+    meta = archive_format.read_release_record(folder)
+    if meta is None:
         return False
     recorded = versions.release_metadata(version.message)
     return meta.get("version") == version.version and meta.get("release_fingerprint") == recorded.get(

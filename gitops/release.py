@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import archive, config, gitutil, jsonio, killpoints, lineage, runs, scratch, tags, versions
+from gitops import archive, config, gitutil, killpoints, lineage, runs, scratch, tags, versions
 from gitops.backends.base import Backend, TagExistsError
 from gitops.bumps import BUMPS, choose_bump
 from gitops.errors import GitopsError, UsageError
@@ -177,8 +177,8 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
             entries.append((f"config/{kind}.yaml", raw))
     info = runs.read_run(run_dir)
     entries += _checkpoint_entries(run_dir, info.manifest.get("checkpoint_step"))
-    entries.append(("MODEL_CARD.md", card.encode("utf-8")))
-    entries.append(("release.json", (jsonio.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    entries.append((archive.CARD_FILE, card.encode("utf-8")))
+    entries.append((archive.RELEASE_FILE, archive.release_record(meta)))
     return archive.pack(out_dir, name, entries, max_part_bytes=max_asset_bytes() if split else None)
 
 

@@ -166,13 +166,9 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
 
 def baseline_from_folder(path: Path) -> Baseline:
     info = run_folders.read_run(path)
-    release_json = Path(path) / "release.json"  # a pulled release names its version
-    label = path.name
-    if release_json.is_file():
-        try:
-            label = jsonio.loads(release_json.read_text(encoding="utf-8")).get("version") or label
-        except ValueError:
-            pass
+    from gitops.archive import read_release_record
+
+    label = (read_release_record(path) or {}).get("version") or path.name  # a pulled release names its version
     from gitops.runs import read_spread
 
     spread = read_spread(path)
