@@ -314,6 +314,13 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
     assert LocalBackend(repo).list_tags() == []
 
 
+def test_the_library_release_never_trains(repo):
+    """`gitops.release.release` takes a finished run; training on demand is the command's (`api.release`)."""
+    with pytest.raises(GitopsError, match=r"no finished run .* train it first \(`gitops train wine-mlp`\)"):
+        release.release(repo, LocalBackend(repo), "wine-mlp")
+    assert LocalBackend(repo).list_tags() == [] and not (repo / "runs").exists()
+
+
 def config_of(repo: Path):
     from gitops import config
 
