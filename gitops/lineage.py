@@ -135,7 +135,7 @@ def format_lineage(doc: dict) -> str:
             how = f"  (loaded {parent.get('params', 'all')}" + (
                 f", frozen {', '.join(parent['frozen'])}" if parent.get("frozen") else "") + ")"
         elif parent and not parent.get("model"):
-            lines.append(f"{parent.get('path') or parent.get('url')} (weights file, sha256 {parent['sha256'][:12]})")
+            lines.append(describe_parent(parent).replace(" (sha256", " (weights file, sha256"))
             depth_marker = "  "
             lines.append(f"{depth_marker}-> {_label(node)}")
             continue

@@ -249,6 +249,8 @@ def describe_parent(record: dict | None) -> str:
         ref = record.get("ref")
         via = f"{ref}, " if ref and ref != f"{record['model']}@{record['version']}" else ""
         return f"{record['model']}@{record['version']} ({via}sha256 {sha or 'unknown'})"
+    if record.get("format") == "orbax":
+        return f"{record.get('path') or record.get('url')} (Orbax folder, checksum list sha256 {(record.get('checksums_sha256') or '')[:12]})"
     return f"{record.get('path') or record.get('url')} (sha256 {sha})"
 
 
