@@ -179,7 +179,8 @@ def _kill_release_midway(repo: Path) -> None:
 def test_killed_s3_upload_leaves_no_version_and_no_object(repo, s3_server):
     _configure(repo, f"s3://{BUCKET}/registry-d", endpoint_url=s3_server, block_size_mb=5)
     run = fake_run(repo, "wine-mlp", GOOD)
-    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(6 * 1024**2))  # > one multipart block
+    # over two 5 MiB blocks: a multipart upload, killed after its parts are sent, before it completes
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(11 * 1024**2))
     _kill_release_midway(repo)
     assert _store(repo).list_objects() == []  # the multipart upload never completed: nothing visible
     runner = CliRunner()
