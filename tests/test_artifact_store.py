@@ -94,10 +94,16 @@ def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path):
     _configure(repo, f"s3://{BUCKET}/registry-a", endpoint_url=s3_server)
     fake_run(repo, "wine-mlp", GOOD)
     runner = CliRunner()
-    result = runner.invoke(app, ["release", "wine-mlp"])
+    result = runner.invoke(app, ["release", "wine-mlp", "--dist", str(tmp_path / "dist")])
     assert result.exit_code == 0, result.output
     meta = _meta(repo)
     [obj] = meta["objects"]
+    # --dist (what release.yml attests): the archive too, though the backend keeps only the small assets
+    from gitops.checksums import sha256_file
+
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [
+        "SHA256SUMS", "wine-mlp-v1.0.0.tar.gz", "wine-mlp-v1.0.0.tar.gz.objects.json"]
+    assert sha256_file(tmp_path / "dist/wine-mlp-v1.0.0.tar.gz") == obj["sha256"]
     assert obj["url"] == f"s3://{BUCKET}/registry-a/sha256/{obj['sha256'][:2]}/{obj['sha256']}"
     assert obj["sha256"] == meta["sha256"] and meta["parts"] == 0
     # the backend keeps only the small assets; the archive is in the store, nowhere else
