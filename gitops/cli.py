@@ -19,10 +19,6 @@ for _name in _COMMAND_MODULES:
             raise
 
 
-# Commands that invoke other commands in-process (gitops.demo calls `app([...])`): they keep them all.
-_RUNS_OTHERS = ("demo",)
-
-
 def _command_name(info) -> str:
     return info.name or info.callback.__name__.replace("_", "-")
 
@@ -34,11 +30,10 @@ def only_invoked(argv: list[str]) -> None:
     before it runs any: with ~30 commands that is most of `gitops validate`'s start-up. When the
     first word after the global flags names a registered command (or `ci` and one of its commands),
     the others are dropped from this process's app; `--help`, no command and unknown or misspelled
-    names keep them all, so the command list and click's "no such command" stay complete. So does
-    `demo`, which runs the other commands in this process.
+    names keep them all, so the command list and click's "no such command" stay complete.
     """
     words = [a for a in argv if not a.startswith("-")]
-    if not words or any(a in ("--help", "-h") for a in argv[: argv.index(words[0])]) or words[0] in _RUNS_OTHERS:
+    if not words or any(a in ("--help", "-h") for a in argv[: argv.index(words[0])]):
         return
     commands = [c for c in app.registered_commands if _command_name(c) == words[0]]
     if commands:

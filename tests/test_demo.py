@@ -47,18 +47,3 @@ def test_demo_runs_the_whole_loop_and_keeps_the_repository(tmp_path, monkeypatch
     print(f"demo took {elapsed:.1f} s")  # not asserted: shared machines are noisy
     again = CliRunner().invoke(app, ["demo", "--keep", str(target)])
     assert again.exit_code == 2 and "not empty" in again.output
-
-
-def test_the_console_script_keeps_every_command_for_the_demo():
-    """`gitops demo` (the console script, not CliRunner) runs train, release ... in its own process: the
-    start-up pruning that keeps only the invoked command must leave them all (it broke `make demo`)."""
-    import sys
-
-    probe = ("import sys; from gitops import cli; cli.only_invoked(sys.argv[1:]); "
-             "print(' '.join(sorted(cli._command_name(c) for c in cli.app.registered_commands)))")
-    names = subprocess.run([sys.executable, "-c", probe, "demo", "--keep", "x"], capture_output=True, text=True,
-                           check=True, timeout=60).stdout.split()
-    assert {"train", "release", "promote", "pull", "predict", "history"} <= set(names)
-    pruned = subprocess.run([sys.executable, "-c", probe, "validate"], capture_output=True, text=True, check=True,
-                            timeout=60).stdout.split()
-    assert pruned == ["validate"]  # other commands still start with just their own
