@@ -126,7 +126,8 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-    assert container["envFrom"] == [{"configMapRef": {"name": "wine-mlp-release"}}]
+    assert container["envFrom"] == [{"configMapRef": {"name": "wine-mlp-release"}},  # what to pull
+                                     {"secretRef": {"name": "gitops-artifacts", "optional": True}}]  # store creds
 
     # kubectl kustomize builds the overlay: the pods carry version and checksum (a new one rolls them)
     built = {d["kind"]: d for d in kustomize(deploy_root / "overlays/staging")}
