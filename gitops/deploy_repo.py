@@ -401,14 +401,16 @@ def stages_to_sync(states: dict[str, tags.ModelState]) -> list[tuple[str, str]]:
 
 def deploy_stages(root: Path, backend, settings, pairs: list[tuple[str, str]], *, target: str = "",
                   path: str | None = None, image: str = "", gpu: bool = False, replicas: int | None = None,
-                  github_repository: str = "", say=None) -> list[str]:
+                  github_repository: str = "", say=None) -> None:
     """Bring each (model, stage) of `pairs` in the deploy repository (`target`, else gitops.yaml's
-    `deploy.repository`) to what the registry says; one commit per changed stage. Returns the failures
-    (one line each; the other stages are still deployed). A protected stage whose holder is unapproved
+    `deploy.repository`) to what the registry says; one commit per changed stage, a line to `say` each.
+    A stage that fails does not stop the others; a protected stage whose holder is unapproved
     (`promotions.approval`) is not deployed.
 
     Raises:
         UsageError: no deploy repository, or a `--path` outside it (before any commit).
+        ServiceError: every failed stage failed on the deploy repository's server (clone/push; exit 3).
+        GitopsError: any other failure, one line per stage (exit 1).
     """
     from gitops import promotions
 
@@ -425,7 +427,7 @@ def deploy_stages(root: Path, backend, settings, pairs: list[tuple[str, str]], *
     states = tags.registry_state(backend.list_tags())
     opts = deploy.DeployOptions(gpu=gpu or settings.deploy.gpu, replicas=replicas or settings.deploy.replicas)
     env = pod_env(github_repository, settings.artifacts)
-    failures = []
+    failures: list[tuple[str, GitopsError]] = []
     for model, stage in pairs:
         state = states.get(model, tags.ModelState(model))
         try:
@@ -435,16 +437,47 @@ def deploy_stages(root: Path, backend, settings, pairs: list[tuple[str, str]], *
                           and e.version == move.version]
                 why = promotions.approval(root, holder[-1], settings) if holder else "no assign tag found"
                 if why:
-                    failures.append(f"{model}@{stage}: not deployed: {move.version} is unapproved ({why})")
-                    continue
+                    raise GitopsError(f"not deployed: {move.version} is unapproved ({why})")
             result = apply(target, move, opts, image=image or settings.deploy.image or None, path=paths[stage],
                            env=env)
+        except UsageError:
+            raise
         except GitopsError as exc:
-            failures.append(f"{model}@{stage}: {exc.message}")
+            failures.append((f"{model}@{stage}: {exc.message}", exc))
             continue
         what = result.message.splitlines()[0]
         say(f"{what}: commit {result.commit[:12]}" if result.commit else f"{model}@{stage}: unchanged (no commit)")
-    return failures
+    if failures:
+        from gitops.errors import ServiceError
+
+        cls = ServiceError if all(isinstance(exc, ServiceError) for _, exc in failures) else GitopsError
+        raise cls("\n".join(line for line, _ in failures))
+
+
+def deploys_on_stage_moves(settings, backend, wanted: bool | None) -> bool:
+    """Whether `promote`, `demote` and `ci promote-approved` also deploy the stage they moved.
+
+    `wanted` None (no --deploy/--no-deploy): when gitops.yaml names a deploy repository and the backend is
+    local (on GitHub, deploy.yml and release.yml's `deploy` job do it). Raises UsageError for --deploy
+    without a deploy repository (before any tag is written)."""
+    if wanted and not settings.deploy.repository:
+        raise UsageError("--deploy: gitops.yaml names no deploy repository (deploy.repository)")
+    if wanted is None:
+        return bool(settings.deploy.repository) and backend.name == "local"
+    return wanted
+
+
+def deploy_after_stage_move(root: Path, backend, settings, pairs: list[tuple[str, str]], tag_note: str,
+                            say=None) -> None:
+    """`deploy_stages` for the stages a command just moved; a failure names the tags already written and the
+    command that completes the deploy (the same class, so the exit code stays)."""
+    try:
+        deploy_stages(root, backend, settings, pairs, github_repository=os.environ.get("GITHUB_REPOSITORY", ""),
+                      say=say)
+    except GitopsError as exc:
+        again = " ".join(f"gitops deploy {model}@{stage}" for model, stage in pairs)
+        raise type(exc)(f"{tag_note}, but the deploy failed:\n{exc.message}\nRerun `{again}` to deploy it",
+                        exit_code=exc.exit_code) from None
 
 
 # --- `deploy --render DIR` without --bake: the same layout, in a plain folder ---------------------------

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import S3_BUCKET
 from loop_support import commit_all, fake_run
 from typer.testing import CliRunner
 
@@ -25,29 +26,9 @@ from gitops.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
-BUCKET = "models"
+BUCKET = S3_BUCKET  # the s3_server fixture (conftest.py) creates it
 CREDS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "s3cr3t-never-printed",
          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto's standalone S3 server on a free 127.0.0.1 port, with one bucket; stopped at the end."""
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
-                 aws_secret_access_key="x").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
 
 
 @pytest.fixture(scope="session")

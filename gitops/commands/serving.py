@@ -124,7 +124,7 @@ def deploy_cmd(
 def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name) -> None:
     from gitops import deploy_repo, tags
     from gitops.backends import get_backend
-    from gitops.errors import GitopsError, UsageError
+    from gitops.errors import UsageError
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
@@ -140,7 +140,5 @@ def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, 
     else:
         r = deploy_repo.stage_from_ref(ref)
         pairs = [(r.model, r.stage)]
-    failures = deploy_repo.deploy_stages(root, backend, settings, pairs, target=to_repo or "", path=path, image=image,
-                                         gpu=gpu, replicas=replicas, github_repository=repo_slug, say=out)
-    if failures:
-        raise GitopsError("\n".join(failures))
+    deploy_repo.deploy_stages(root, backend, settings, pairs, target=to_repo or "", path=path, image=image, gpu=gpu,
+                              replicas=replicas, github_repository=repo_slug, say=out)
