@@ -7,12 +7,17 @@ refused, and `gc --artifacts` removes orphans older than the grace period only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -43,6 +48,65 @@ def gcs_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# Azurite's documented development account (public, the same in every installation).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    """Azurite's blob service (npm) on a free 127.0.0.1 port, probed over HTTP until it answers; yields the
+    connection string (the Azure SDK's own variable); its process group is stopped at the end.
+
+    Installed into a temporary folder like the schema tests' npm tools. Its output goes to a file (a pipe
+    nobody reads fills up and blocks the server), and telemetry is off (no network here)."""
+    pytest.importorskip("adlfs")
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node/npm are not installed: Azurite cannot be installed")
+    prefix = tmp_path_factory.mktemp("azurite")
+    binary = prefix / "node_modules" / ".bin" / "azurite-blob"
+    env = {**os.environ, "npm_config_cache": str(prefix / ".npm"), "npm_config_update_notifier": "false"}
+    try:
+        proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent",
+                               "azurite@3"], capture_output=True, text=True, timeout=240, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.skip("npm install azurite timed out (no npm registry reachable)")
+    if proc.returncode != 0 or not binary.is_file():
+        pytest.skip(f"azurite could not be installed from npm: {proc.stderr.strip()[-300:]}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(prefix / "azurite.log", "wb")  # closed in the finally below
+    server = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                               str(prefix / "data"), "--silent", "--skipApiVersionCheck", "--loose",
+                               "--disableTelemetry"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready when the blob endpoint answers HTTP (any status: the probe is not signed)
+            if server.poll() is not None:
+                pytest.fail(f"azurite exited with {server.returncode}: {(prefix / 'azurite.log').read_text()[-500:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"azurite did not answer within 60 s: {(prefix / 'azurite.log').read_text()[-500:]}")
+                time.sleep(0.2)
+        yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+               f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
 
 
 @pytest.fixture
@@ -276,3 +340,26 @@ def test_release_to_and_pull_from_a_gcs_emulator(repo, gcs_server, monkeypatch, 
     assert pulled.exit_code == 0, pulled.output
     assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
         (run / "checkpoints/100/state/params.bin").read_bytes()
+
+
+def test_release_to_and_pull_from_azurite(repo, azurite, monkeypatch):
+    """Azure Blob Storage through adlfs, against Azurite: parts of a configured size, gc, the key never shown."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)  # the Azure SDK's variable, never the config
+    _configure(repo, f"az://{BUCKET}/registry-z", part_size_mb=1)
+    _store(repo).fs.mkdir(BUCKET)  # a container
+    run = fake_run(repo, "wine-mlp", GOOD)
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(1024**2 + 777))  # two parts
+    runner = CliRunner()
+    result = runner.invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 0, result.output
+    objects = _meta(repo)["objects"]
+    assert len(objects) == 2
+    assert all(o["url"] == f"az://{BUCKET}/registry-z/sha256/{o['sha256'][:2]}/{o['sha256']}" for o in objects)
+    assert sorted(sha for sha, _, _ in _store(repo).list_objects()) == sorted(o["sha256"] for o in objects)
+    assert AZURITE_KEY not in result.output
+    pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled"])
+    assert pulled.exit_code == 0, pulled.output
+    assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
+        (run / "checkpoints/100/state/params.bin").read_bytes()
+    swept = runner.invoke(app, ["gc", "--artifacts", "--grace", "0s", "--dry-run"])
+    assert swept.exit_code == 0 and swept.output.strip() == "nothing to remove", swept.output
