@@ -374,8 +374,8 @@ def promote_cmd(
         out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
             f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
         out(f"pull request: {req.pull_request}" if req.pull_request else
-            f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
-            "then writes the stage tag and deploys")
+            f"next: review and merge {req.branch} into main, then `gitops ci promote-approved` writes the stage "
+            "tag and deploys it (on GitHub the release workflow runs it after the merge)")
         return
     sinks = trackers.specs_for(root, track)
     st, version = registry_ops.resolve(backend, ref)
