@@ -40,6 +40,10 @@ def _load_all() -> None:
 
 
 def activation(name: str):
+    """The JAX activation function named `name` (relu, gelu, silu, tanh, sigmoid, elu, leaky_relu).
+
+    Raises KeyError for another name; the config schema allows only these, so a validated config never does.
+    """
     import jax
 
     return {
