@@ -135,7 +135,7 @@ def _store(repo: Path) -> artifact_store.ArtifactStore:
     return store
 
 
-def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path):
+def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path, monkeypatch):
     _configure(repo, f"s3://{BUCKET}/registry-a", endpoint_url=s3_server)
     fake_run(repo, "wine-mlp", GOOD)
     runner = CliRunner()
@@ -162,6 +162,16 @@ def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path):
     assert pulled.exit_code == 0, pulled.output
     assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
     assert (tmp_path / "cache" / obj["sha256"]).is_file()  # cached by hash, shared with remote data
+
+    # someone overwrites the object in the bucket (same size, other bytes): a fresh pull refuses it
+    key = store.key(obj["sha256"])
+    data = bytearray(store.fs.cat_file(key))
+    data[len(data) // 2] ^= 0xFF
+    store.fs.pipe_file(key, bytes(data))
+    monkeypatch.setenv("GITOPS_DATA_CACHE", str(tmp_path / "fresh-cache"))
+    refused = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled-again"])
+    assert refused.exit_code == 1 and "tampered" in refused.output, refused.output
+    assert not (repo / "pulled-again").exists() and not (tmp_path / "fresh-cache" / obj["sha256"]).exists()
 
 
 def test_parts_of_a_configured_size_and_skipped_reuploads(repo, s3_server):
