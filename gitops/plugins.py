@@ -81,7 +81,8 @@ class Plugin:
         info: facts the semantic checks use. architecture: {"inputs": "image" | "tokens" | "any"};
             dataset: {"task": "classification" | "regression", "input_shape": [...], "num_classes": N,
             "examples": N, "inputs": "vector" | "image" | "tokens"}.
-        higher_is_better: metrics only: the direction reports and gates use.
+        higher_is_better: metrics only, required: True when higher values are better. `gitops.gates` reads
+            it for the best checkpoint, early stopping, sweep ranking, report verdicts and gates.
         tasks: metrics only: the tasks whose models compute it.
     """
 
@@ -163,7 +164,9 @@ def check(kind: str, plugin: Plugin, where: str) -> None:
         raise PluginError(f"plugin {where}: params is not valid JSON Schema: {exc.message}") from None
     if kind == "metric":
         if not isinstance(plugin.higher_is_better, bool):
-            raise PluginError(f"plugin {where}: a metric must say higher_is_better (true or false)")
+            raise PluginError(f"plugin {where}: metric {plugin.name!r} must declare higher_is_better: True when "
+                              "higher values are better (like accuracy), False when lower are (like a loss); "
+                              "no direction is guessed from a metric's name")
         if not plugin.tasks or any(t not in TASKS for t in plugin.tasks):
             raise PluginError(f"plugin {where}: tasks must list some of {', '.join(TASKS)}")
 
@@ -359,9 +362,9 @@ def source_hash(tree: Any, package: str) -> str:
 
     Read through a `gitops.tree.Tree`, so `ci plan` hashes the package as it is at each commit.
     """
-    import hashlib  # not at start-up: only models that use a repository plugin get here
+    from gitops.checksums import sha256_new  # small source files: Python's built-in SHA-256, no OpenSSL load
 
-    digest = hashlib.sha256()
+    digest = sha256_new()
     stack = [package]
     files = []
     while stack:

@@ -92,6 +92,32 @@ def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_tha
     assert json.loads(cli("ci", "plan", "--head", "HEAD").stdout)["train"] == plan["train"]
 
 
+def test_a_plan_with_base_branch_code_says_why_a_pr_with_new_plugin_entries_fails(repo) -> None:
+    """pr-train's plan never imports the PR's plugin code: a model using an entry the PR adds fails
+    there with a note naming the cause and the way through (pr.yml, a plugin PR of its own)."""
+    git(repo, "switch", "-q", "-c", "new-entry")
+    init = repo / "plugins/__init__.py"
+    init.write_text(init.read_text().replace(
+        '"architectures": [TINY_LINEAR],',
+        '"architectures": [TINY_LINEAR, __import__("dataclasses").replace(TINY_LINEAR, name="tiny-linear-2")],'))
+    write_model(repo, "xor-two", {**XOR, "model.yaml": "architecture: tiny-linear-2\npairwise: true\n"})
+    head = commit_all(repo, "a plugin entry and a model that uses it")
+    git(repo, "switch", "-q", "main")  # the base branch's checkout, as pr-train's plan job has
+    done = cli("ci", "plan", "--base", "main", "--head", head)
+    assert done.exit_code == 1 and "tiny-linear-2" in done.output and "Traceback" not in done.output
+    assert f"plugins/ at {head[:12]} differs from this checkout's" in done.output
+    assert "land new or changed plugin entries in a pull request of their own" in done.output
+    git(repo, "switch", "-q", "new-entry")  # the PR's own checkout (pr.yml), a fresh process: its plugins
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "ci", "plan", "--base", "main",
+                           "--head", head], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # the new model, and the models whose plugin package changed
+    assert sorted(t["model"] for t in json.loads(done.stdout)["train"]) == ["wine-mlp", "xor-tiny", "xor-two"]
+
+
 def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
     marker = repo / "imported"
     init = repo / "plugins/__init__.py"
@@ -166,3 +192,44 @@ def test_trains_releases_and_loads_with_the_repository_plugin(repo) -> None:
     model = gitops.load("xor-tiny@v1.0.0")  # config.resolved.yaml carries the plugin hash: the fingerprint checks
     probs = model.predict(np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32))
     assert probs.argmax(-1).tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.slow
+def test_a_lower_is_better_plugin_metric_ranks_sweeps_and_reports_and_picks_the_checkpoint(repo) -> None:
+    """`brier` is the plugin's metric, declared higher_is_better=False where it is registered (its name says
+    nothing): successive halving, the sweep ranking, the best checkpoint and the report all follow that."""
+    (repo / "models/xor-tiny/sweep.yaml").write_text(
+        "method: grid\ntrials: 2\nmetric: val/brier\nparameters:\n"
+        "  train.optimizer.learning_rate: {values: [1e-4, 5e-2]}\n")  # trial 0 barely learns, trial 1 does
+    halved = cli("sweep", "xor-tiny", "--halving", "--json")
+    assert halved.exit_code == 0, halved.output
+    first = json.loads(halved.stdout)
+    assert first["higher_is_better"] is False and first["best_trial"] == 1
+    assert [(t["trial"], t["status"]) for t in first["trials"]] == [(1, "finished"), (0, "stopped")]
+    resumed = cli("train", "xor-tiny", "--trial", "0", "--resume")  # the stopped trial, from its rung checkpoint
+    assert resumed.exit_code == 0 and "resuming from step 100 of 200" in resumed.output, resumed.output
+    done = cli("sweep", "xor-tiny", "--json")
+    assert done.exit_code == 0, done.output
+    swept = json.loads(done.stdout)
+    assert [(t["trial"], t["status"]) for t in swept["trials"]] == [(1, "finished"), (0, "finished")]
+    good, bad = (Path(t["run"]) for t in swept["trials"])
+    assert swept["trials"][0]["value"] < swept["trials"][1]["value"]
+
+    for run in (good, bad):  # the handed-on checkpoint is the lowest val/brier (ties: the later step)
+        evals = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        evals = [r for r in evals if r["split"] == "val"]
+        lowest = min(evals, key=lambda r: (r["brier"], -r["step"]))
+        assert json.loads((run / "manifest.json").read_text())["checkpoint_step"] == lowest["step"]
+        assert json.loads((run / "metrics.json").read_text())["val/brier"] == pytest.approx(lowest["brier"], rel=1e-5)
+    assert evals[0]["brier"] != evals[-1]["brier"]
+
+    def rows(run: Path, baseline: Path) -> tuple[int, dict]:
+        shown = cli("report", str(run), "--baseline", str(baseline), "--json")
+        return shown.exit_code, {r["metric"]: r for r in json.loads(shown.stdout)["models"][0]["metrics"]}
+
+    code, better = rows(good, bad)
+    assert code == 0 and better["val/brier"]["higher_is_better"] is False
+    assert better["val/brier"]["status"] == better["test/brier"]["status"] == "better"
+    code, worse = rows(bad, good)
+    assert code == 1  # the release gate `test/brier max 0.1` fails for the run that barely learned
+    assert worse["val/brier"]["status"] == "worse" and worse["test/brier"]["status"] == "failed"
