@@ -43,6 +43,7 @@ from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 
 CHUNK = 1 << 20
 FETCH_CHUNK = 8 << 20
+PROGRESS_MIN_BYTES = 64 << 20  # smaller archives upload without progress lines
 PARALLEL_PARTS = 4  # parts of a split archive uploaded at once (each is its own object)
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "file": None}
 OBJECTS_SUFFIX = ".objects.json"
@@ -429,8 +430,8 @@ def _range_sha256(path: Path, start: int, length: int) -> str:
 
 
 def _progress(name: str, total: int) -> Callable[[int], None] | None:
-    """Progress lines on stderr (every 10%) for archives over 64 MiB."""
-    if total < 64 * 1024**2:
+    """Progress lines on stderr (every 10%) for archives of PROGRESS_MIN_BYTES or more."""
+    if total < PROGRESS_MIN_BYTES:
         return None
     import threading
 

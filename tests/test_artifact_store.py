@@ -373,3 +373,20 @@ def test_release_to_and_pull_from_azurite(repo, azurite, monkeypatch):
         (run / "checkpoints/100/state/params.bin").read_bytes()
     swept = runner.invoke(app, ["gc", "--artifacts", "--grace", "0s", "--dry-run"])
     assert swept.exit_code == 0 and swept.output.strip() == "nothing to remove", swept.output
+
+
+@pytest.mark.parametrize("part_size_mb", [None, 1])
+def test_uploads_report_progress(tmp_path, monkeypatch, capsys, part_size_mb):
+    """Large archives print progress lines on stderr while they upload, whole or in parts side by side."""
+    monkeypatch.setattr(artifact_store, "PROGRESS_MIN_BYTES", 1024**2)
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(os.urandom(3 * 1024**2))
+    store = artifact_store.ArtifactStore(artifact_store.StoreSettings(url=f"file://{tmp_path / 'store'}",
+                                                                      part_size_mb=part_size_mb))
+    out = tmp_path / "out"
+    out.mkdir()
+    _, objects = artifact_store.publish_archive(store, archive, out)
+    assert len(objects) == (3 if part_size_mb else 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("uploading big.tar.gz: ") for line in lines)
+    assert lines[-1] == "uploading big.tar.gz: 3/3 MiB"
