@@ -525,7 +525,8 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     kept = []
     if dist is not None:
         dist.mkdir(parents=True, exist_ok=True)
-        for asset in assets:
+        archive = out_dir / meta["archive"]  # with an artifact store it is no backend asset, but attested
+        for asset in assets + ([archive] if archive not in assets and archive.is_file() else []):
             shutil.copyfile(asset, dist / asset.name)
             kept.append(dist / asset.name)
     final_run = None if run_dir.is_relative_to(workdir) else run_dir
