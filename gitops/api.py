@@ -1,15 +1,19 @@
-"""`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
+"""The public surface the CLI, workflows and notebooks share: `load` a trained model, `release` a model.
+
+`gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
 A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
-same files), or `name`, `name@version`, `name@stage`, which are pulled (verified) from the release
-registry first. The folder's `config.resolved.yaml`
-rebuilds the config (its training fingerprint must match the manifest's), the architecture is built
-abstractly and the handed-on checkpoint (`manifest.json["checkpoint_step"]`) restored into it.
+same files), or `name@version` / `name@stage`, pulled and verified by `resolve_to_folder`. The folder
+is read by `gitops.runs`; its `config.resolved.yaml` rebuilds the config (its training fingerprint
+must match the manifest's), the architecture is built abstractly and the handed-on checkpoint
+(`manifest.json["checkpoint_step"]`) restored into it.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,58 @@ from typing import Any
 import numpy as np
 
 from gitops import config as config_lib
-from gitops import jsonio
+from gitops import runs
 from gitops.errors import GitopsError, IntegrityError
-from gitops.runs import CHECKPOINTS_DIR, CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, PREPROCESSING_FILE
+
+
+def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | None = None) -> Path:
+    """`name@v1.2.0`, `name@1.2.0` or `name@stage` -> the verified, unpacked release folder.
+
+    Pulls into `.gitops/pulled/<model>/v<version>/` of the repository (`root`, default: found from
+    the working folder) through `backend_name` (default: gitops.yaml's); a folder already holding that
+    release is reused.
+
+    Raises:
+        UsageError: an unknown model, version or stage. IntegrityError: a checksum that differs.
+    """
+    from gitops import pull
+    from gitops.backends import get_backend
+
+    root = root or config_lib.find_root()
+    return pull.pull(root, get_backend(backend_name, root), ref)
+
+
+def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
+    """The `train` callable `gitops.release` takes: train `cfg` now into `<root>/runs/` (a line on stderr
+    says so first); returns (the finished run folder, False when it was a run-cache hit)."""
+
+    def train_now(cfg: Any) -> tuple[Path, bool]:
+        from gitops import dispatch, runs  # heavy: jax, flax, optax, orbax
+
+        sys.stderr.write(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now\n")
+        result = dispatch.train(cfg, Path(root) / runs.RUNS_DIR, root=root)
+        return Path(result.run.path), not result.cache_hit
+
+    return train_now
+
+
+def release(root: Path, backend: Any, model: str, **options: Any) -> Any:
+    """`gitops release MODEL`: `gitops.release.release` (same `options`), training the model first when no
+    finished run of HEAD's config exists anywhere (runs/, the run cache, the latest release, a PR's run).
+
+    Returns the `gitops.release.ReleaseResult`; raises what `gitops.release.release` raises.
+    """
+    from gitops import release as releasing
+
+    return releasing.release(Path(root), backend, model, train=train_on_demand(Path(root)), **options)
+
+
+def release_pending(root: Path, backend: Any, **options: Any) -> Any:
+    """`gitops ci release-pending`: `gitops.release.release_pending` (same `options`), training on demand
+    as `release` does. Returns (releases made, (model, error) of each failure)."""
+    from gitops import release as releasing
+
+    return releasing.release_pending(Path(root), backend, train=train_on_demand(Path(root)), **options)
 
 
 def resolve_ref(ref: str | Path) -> Path:
@@ -28,7 +81,6 @@ def resolve_ref(ref: str | Path) -> Path:
     A released version is pulled (verified) into `.gitops/pulled/` of the repository first.
     """
     from gitops.refs import parse_target
-    from gitops.registry_ops import resolve_to_folder
 
     target = parse_target(ref)
     if target.path is not None:
@@ -123,16 +175,19 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
 
     from gitops.architectures import build_model
     from gitops.preprocessing import Preprocessing
-    from gitops.yamlio import load_yaml_text
 
-    manifest = jsonio.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    if not manifest.get("finished_at"):
-        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {MANIFEST_FILE})")
-    doc = load_yaml_text((folder / CONFIG_FILE).read_text(encoding="utf-8"), str(folder / CONFIG_FILE)).data
-    cfg = config_lib.build(manifest.get("model") or folder.parent.name, doc)
+    folder_files = runs.RunFolder(folder)
+    info = runs.read_run(folder)
+    manifest = info.manifest
+    if not info.finished:
+        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {runs.MANIFEST_FILE}, or no "
+                          f"{runs.METRICS_FILE})")
+    if not info.config:
+        raise GitopsError(f"{folder}: {runs.CONFIG_FILE} is missing or empty")
+    cfg = config_lib.build(info.model, info.config)
     if manifest.get("training_fingerprint") and cfg.training_fingerprint != manifest["training_fingerprint"]:
-        raise IntegrityError(f"{folder}: {CONFIG_FILE} does not match the manifest's training fingerprint")
-    prep = Preprocessing.from_dict(jsonio.loads((folder / PREPROCESSING_FILE).read_text(encoding="utf-8")))
+        raise IntegrityError(f"{folder}: {runs.CONFIG_FILE} does not match the manifest's training fingerprint")
+    prep = Preprocessing.from_dict(folder_files.preprocessing)
     step = manifest.get("checkpoint_step")
     if step is None:
         raise GitopsError(f"{folder}: the manifest names no checkpoint_step")
@@ -150,7 +205,7 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
     abstract = nnx.eval_shape(make)
     graphdef, abstract_state = nnx.split(abstract)
     target = nnx.to_pure_dict(abstract_state)
-    state_dir = (folder / CHECKPOINTS_DIR / str(step) / "state").absolute()
+    state_dir = (folder_files.checkpoints_dir / str(step) / "state").absolute()
     if not state_dir.is_dir():
         raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
     # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
@@ -173,13 +228,12 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
         outputs = nnx.merge(mgraph, jax.tree.unflatten(treedef, list(flat)))(x)
         return jax.nn.softmax(outputs, axis=-1) if classification else outputs
 
-    metrics_path = folder / METRICS_FILE
     return LoadedModel(
         path=folder,
         model=model,
         config=cfg,
         manifest=manifest,
-        metrics=jsonio.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {},
+        metrics=info.metrics,
         preprocessing=prep,
         checkpoint_step=int(step),
         _forward=functools.partial(forward, tuple(leaves)),

@@ -37,14 +37,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gitops import archive as archive_format
 from gitops import jsonio, killpoints
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
 
 CHUNK = 1 << 20
 FETCH_CHUNK = 8 << 20
+PROGRESS_MIN_BYTES = 64 << 20  # smaller archives upload without progress lines
+PARALLEL_PARTS = 4  # parts of a split archive uploaded at once (each is its own object)
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "file": None}
-OBJECTS_SUFFIX = ".objects.json"
+OBJECTS_SUFFIX = archive_format.OBJECTS_SUFFIX
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_KEY",
                "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET")
 
@@ -92,6 +95,7 @@ class ArtifactStore:
         self._sleep = sleep
         self._fs: Any = None
         self._root = ""
+        self._scheme = self.url.split("://", 1)[0].lower()
 
     # --- plumbing ---------------------------------------------------------------------------
     @property
@@ -188,18 +192,24 @@ class ArtifactStore:
         tmp = f"{self._root}/tmp/{sha256}.{secrets.token_hex(6)}" if local else final
         block = max(5, int(self.settings.block_size_mb)) * 1024**2
 
+        whole = start == 0 and length == path.stat().st_size
+
         def upload() -> None:
             fs = self.fs
-            if local:
-                fs.makedirs(fs._parent(tmp), exist_ok=True)
-                if start == 0 and length == path.stat().st_size:  # the kernel's copy, then a rename
-                    fs.put_file(str(path), tmp)
-                    if progress:
-                        progress(length)
+            if whole:  # fsspec's own upload: concurrent multipart parts (s3fs), resumable chunks (gcsfs), blocks (adlfs)
+                if local:
+                    fs.makedirs(fs._parent(tmp), exist_ok=True)
+                options = {"chunksize": block} if self._scheme in ("s3", "gs", "gcs") else {}
+                callback = _upload_callback(length, progress)
+                fs.put_file(str(path), tmp, callback=callback, **options)
+                callback.finish()
+                if local:  # the kernel's copy, then a rename
                     killpoints.reached("release.uploading")
                     fs.makedirs(fs._parent(final), exist_ok=True)
                     fs.mv(tmp, final)
-                    return
+                return
+            if local:
+                fs.makedirs(fs._parent(tmp), exist_ok=True)
             with open(path, "rb") as src, fs.open(tmp, "wb", block_size=block) as out:
                 src.seek(start)
                 left = length
@@ -303,6 +313,33 @@ class ArtifactStore:
             self._call("removing", key, lambda: self.fs.rm(key))
 
 
+def _upload_callback(total: int, progress: Callable[[int], None] | None):
+    """An fsspec upload callback that forwards byte counts to `progress` and, once every byte is sent (before
+    the store publishes the object, e.g. S3's CompleteMultipartUpload), reaches the `release.uploading` kill
+    point. Its `finish()` reports what the filesystem did not (a local copy reports nothing)."""
+    from fsspec.callbacks import Callback
+
+    class Uploaded(Callback):
+        sent = 0
+        killed = False
+
+        def call(self, *args, **kwargs) -> None:
+            self._forward(self.value)
+            if self.size and self.value >= self.size and not self.killed:
+                self.killed = True
+                killpoints.reached("release.uploading")
+
+        def _forward(self, value: int) -> None:
+            delta, self.sent = value - self.sent, max(self.sent, value)
+            if delta > 0 and progress:
+                progress(delta)
+
+        def finish(self) -> None:
+            self._forward(total)
+
+    return Uploaded(size=total)
+
+
 def _mtime(info: dict) -> float | None:
     for field in ("LastModified", "last_modified", "mtime", "updated", "created"):
         value = info.get(field)
@@ -356,23 +393,27 @@ def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path, sha256: 
     size = part * 1024**2 if part else max(total, 1)
     ranges = [(i, min(size, total - i)) for i in range(0, total, size)] or [(0, 0)]
     name = archive.name
-    names = [name] if len(ranges) == 1 else [f"{name}.part{i:03d}" for i in range(len(ranges))]
+    names = [name] if len(ranges) == 1 else [archive_format.part_name(name, i) for i in range(len(ranges))]
+    report = _progress(name, total)
     if len(ranges) == 1:
         whole = sha256 or sha256_file(archive)
-        digests = [whole]
+        objects = [store.put_range(archive, 0, total, whole, name, report)]
     else:
-        digests = [_range_sha256(archive, start, length) for start, length in ranges]
+        def one(i: int) -> StoredObject:  # hash the part, then upload it; parts go up side by side
+            start, length = ranges[i]
+            return store.put_range(archive, start, length, _range_sha256(archive, start, length), names[i], report)
+
+        _ = store.fs  # made once, before the threads share it
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(ranges))) as pool:
+            objects = list(pool.map(one, range(len(ranges))))
         whole = sha256 or sha256_file(archive)
-    report = _progress(name, total)
-    objects = [store.put_range(archive, start, length, digest, part_name, report)
-               for (start, length), digest, part_name in zip(ranges, digests, names, strict=True)]
-    sums = [f"{whole}  {name}"] + ([f"{o.sha256}  {o.name}" for o in objects] if len(objects) > 1 else [])
-    (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
+    sums = [(name, whole)] + ([(o.name, o.sha256) for o in objects] if len(objects) > 1 else [])
+    sums_path = archive_format.write_sums(out_dir, sums)
     listing = out_dir / (name + OBJECTS_SUFFIX)
     docs = [o.as_dict() for o in objects]
     listing.write_text(jsonio.dumps({"archive": name, "sha256": whole, "size": total, "objects": docs},
                                     indent=1) + "\n", encoding="utf-8")
-    return [out_dir / "SHA256SUMS", listing], docs
+    return [sums_path, listing], docs
 
 
 def _range_sha256(path: Path, start: int, length: int) -> str:
@@ -390,15 +431,20 @@ def _range_sha256(path: Path, start: int, length: int) -> str:
 
 
 def _progress(name: str, total: int) -> Callable[[int], None] | None:
-    """Progress lines on stderr (every 10%) for archives over 64 MiB."""
-    if total < 64 * 1024**2:
+    """Progress lines on stderr (every 10%) for archives of PROGRESS_MIN_BYTES or more."""
+    if total < PROGRESS_MIN_BYTES:
         return None
+    import threading
+
     state = {"done": 0, "shown": 0}
+    lock = threading.Lock()  # parts upload side by side
 
     def report(n: int) -> None:
-        state["done"] += n
-        tenth = state["done"] * 10 // total
-        if tenth > state["shown"]:
+        with lock:
+            state["done"] += n
+            tenth = state["done"] * 10 // total
+            if tenth <= state["shown"]:
+                return
             state["shown"] = tenth
             sys.stderr.write(f"uploading {name}: {state['done'] / 1024**2:.0f}/{total / 1024**2:.0f} MiB\n")
 
@@ -457,16 +503,15 @@ def fetch_archive(objects: list[StoredObject], sums: dict[str, str], archive_nam
         except OSError:
             shutil.copyfile(cached, archive)
         return archive
-    with open(archive, "wb") as out:
-        for obj in objects:
-            with open(store.fetch(obj), "rb") as fh:
-                shutil.copyfileobj(fh, out, CHUNK)
-    return archive
+    _ = store.fs  # made once, before the threads share it
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(objects))) as pool:  # parts come down side by side
+        cached = list(pool.map(store.fetch, objects))
+    return archive_format.join_parts(cached, archive, remove=False)
 
 
 def referenced(tag_messages: list[str]) -> set[str]:
     """Every sha256 that a release tag's objects list names."""
-    from gitops.registry_ops import release_metadata
+    from gitops.versions import release_metadata
 
     keep = set()
     for message in tag_messages:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import re
 import stat
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -30,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from gitops import gitutil, registry_ops, runs
+from gitops import gitutil, runs
 from gitops.backends.base import AssetNotFoundError, Backend
 from gitops.errors import GitopsError, UsageError
 
@@ -122,18 +121,7 @@ def _finished(folder: Path, fingerprint: str) -> bool:
     """A finished run whose own config.resolved.yaml hashes to `fingerprint` (a prefix of it); a folder
     whose manifest claims it but whose config does not is skipped with a warning (a forged cache entry
     or artifact, a copy of another run)."""
-    try:
-        info = registry_ops.read_run(folder)
-    except GitopsError:
-        return False
-    if not (info.finished and info.training_fingerprint.startswith(fingerprint)):
-        return False
-    actual = registry_ops.recompute_fingerprint(info) or ""
-    if not actual.startswith(fingerprint):
-        sys.stderr.write(f"warning: {folder}: its config.resolved.yaml hashes to training fingerprint "
-                         f"{actual[:12] or 'none (unreadable)'}, not {fingerprint[:12]}; skipping it\n")
-        return False
-    return True
+    return runs.trusted_run(folder, fingerprint) is not None
 
 
 def matrix_items(matrix: Any) -> list[tuple[str, str]]:

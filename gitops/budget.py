@@ -61,12 +61,10 @@ def enforce(costs: list[Cost], budgets: Budgets, labels: Iterable[str]) -> tuple
 def measured_rate(root, model: str) -> float | None:
     """steps/s of the model's most recent finished run (runs/ or $GITOPS_RUN_CACHE), if any."""
     import json
-    import os
-    from pathlib import Path
 
-    folders = [Path(root) / "runs" / model]
-    if os.environ.get("GITOPS_RUN_CACHE"):
-        folders.append(Path(os.environ["GITOPS_RUN_CACHE"]) / model)
+    from gitops import runs
+
+    folders = [base / model for base in runs.run_roots(root)]
     newest: tuple[float, float] | None = None
     for folder in folders:
         for manifest_path in folder.glob("*/manifest.json") if folder.is_dir() else []:

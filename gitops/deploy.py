@@ -33,6 +33,7 @@ PYTHON_IMAGE = "python:3.11.11-slim-bookworm"  # pinned: a rebuild months later 
 PORT = 8501
 MARKER = ".gitops-deploy.json"
 SERVE_REQUIREMENTS = ("starlette>=0.37", "uvicorn>=0.30", "httptools>=0.6", "prometheus-client>=0.20")
+STORE_REQUIREMENTS = ("s3fs>=2024.2", "gcsfs>=2024.2", "adlfs>=2024.2")  # pyproject.toml's s3/gcs/azure extras
 MODEL_DIR = "/srv/model"
 UID = 10001
 
@@ -106,6 +107,8 @@ def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: st
 
         install = [opts.package or installed_package_spec()]
     install += list(SERVE_REQUIREMENTS)
+    if opts.pull_at_start:  # the release may live in an artifact store (gitops.yaml artifacts:)
+        install += list(STORE_REQUIREMENTS)
     if opts.gpu:
         install.append(f"jax[cuda12]=={jax_version}")
     pip = "pip install " + " ".join(f'"{p}"' for p in install)
@@ -333,9 +336,9 @@ def render(model: str, version: str, out_dir: Path, opts: DeployOptions, *, rele
 
 def deploy(root: Path, backend, ref: str, out_dir: Path, opts: DeployOptions, *, force: bool = False) -> Rendered:
     """Resolve `ref` to a released version, pull and verify it (unless pulled at start), render."""
-    from gitops import pull, registry_ops
+    from gitops import pull, versions
     from gitops.refs import parse_target
 
-    st, version = registry_ops.resolve(backend, parse_target(ref, allow_path=False).ref)
+    st, version = versions.resolve(backend, parse_target(ref, allow_path=False).ref)
     release_dir = None if opts.pull_at_start else pull.pull(root, backend, f"{st.model}@{version.version}")
     return render(st.model, version.version, out_dir, opts, release_dir=release_dir, force=force)

@@ -174,10 +174,10 @@ def train(
 def _trusted(run: RunFolder, cfg: Any, reporter: Any) -> bool:
     """Whether a finished run's own config.resolved.yaml hashes to `cfg`'s training fingerprint (a run
     cache entry can be written by anyone with access to the cache); else a warning and False."""
-    from gitops import registry_ops
+    from gitops import runs
 
     try:
-        actual = registry_ops.recompute_fingerprint(registry_ops.read_run(run.path)) or ""
+        actual = runs.recompute_fingerprint(runs.read_run(run.path)) or ""
     except GitopsError:
         actual = ""
     if actual == cfg.training_fingerprint:

@@ -144,10 +144,12 @@ def run_checks(*, expect_gpu: bool, runs_dir: Path, min_free_gib: float = MIN_FR
     checks.append(check_disk(runs_dir, min_free_gib))
     checks.append(check_writable("run folder", runs_dir))
     checks.append(check_writable("compilation cache", default_compilation_cache(), required=False))
-    cache = os.environ.get("GITOPS_RUN_CACHE")
-    if cache:
-        checks.append(check_writable("run cache (GITOPS_RUN_CACHE)", Path(cache)))
-        checks.append(check_disk(Path(cache), min_free_gib))
+    from gitops import runs
+
+    cache = runs.cache_dir()
+    if cache is not None:
+        checks.append(check_writable(f"run cache ({runs.RUN_CACHE_ENV})", cache))
+        checks.append(check_disk(cache, min_free_gib))
     cluster = check_cluster()
     if cluster is not None:
         checks.append(cluster)

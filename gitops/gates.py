@@ -33,7 +33,7 @@ from typing import Any
 
 from gitops import catalog
 from gitops.errors import GitopsError
-from gitops.registry_ops import format_number
+from gitops.versions import format_number
 
 EQUAL_TOLERANCE = 1e-12  # two values this close are "equal" in the report and within a regression budget
 

@@ -14,21 +14,7 @@ from typing import Any
 
 from gitops import config, parent_ref, tags
 from gitops.errors import UsageError
-from gitops.registry_ops import release_metadata
-
-
-def describe_parent(record: dict | None) -> str:
-    """`digits-mlp@v1.2.0 (digits-mlp@production, sha256 1a2b3c4d5e6f)` or the weights file and its pin."""
-    if not record:
-        return "-"
-    sha = (record.get("sha256") or "")[:12]
-    if record.get("model"):
-        ref = record.get("ref")
-        via = f"{ref}, " if ref and ref != f"{record['model']}@{record['version']}" else ""
-        return f"{record['model']}@{record['version']} ({via}sha256 {sha or 'unknown'})"
-    if record.get("format") == "orbax":
-        return f"{record.get('path') or record.get('url')} (Orbax folder, checksum list sha256 {(record.get('checksums_sha256') or '')[:12]})"
-    return f"{record.get('path') or record.get('url')} (sha256 {sha})"
+from gitops.versions import describe_parent, release_metadata  # noqa: F401 - describe_parent: re-exported
 
 
 def parent_change(latest_meta: dict, cfg: Any) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, registry_ops, tags
+from gitops import config, runs, tags, versions
 from gitops.tree import FsTree
 
 
@@ -42,7 +42,7 @@ def _released(backend, model: str | None = None) -> tuple[dict[str, tags.ModelSt
     by_fp: dict[tuple[str, str], list[str]] = {}
     for st in states.values():
         for v in st.active_versions():
-            fp = registry_ops.release_metadata(v.message).get("training_fingerprint")
+            fp = versions.release_metadata(v.message).get("training_fingerprint")
             if fp:
                 by_fp.setdefault((st.model, fp), []).append(v.version)
     return states, by_fp
@@ -62,19 +62,19 @@ def _current_fingerprints(root: Path, names: list[str]) -> dict[str, str | None]
 
 def run_rows(root: Path, model: str, by_fp: dict[tuple[str, str], list[str]], current: str | None) -> list[RunRow]:
     """Every run folder of `model` under `runs/`, newest first."""
-    folder = root / registry_ops.RUNS_DIR / model
+    folder = root / runs.RUNS_DIR / model
     rows = []
     for run_dir in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
-        rel = f"{registry_ops.RUNS_DIR}/{model}/{run_dir.name}"
+        rel = f"{runs.RUNS_DIR}/{model}/{run_dir.name}"
         try:
-            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
-            metrics_path = run_dir / "metrics.json"
+            manifest = json.loads((run_dir / runs.MANIFEST_FILE).read_text(encoding="utf-8"))
+            metrics_path = run_dir / runs.METRICS_FILE
             metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
         except (OSError, ValueError):
             rows.append(RunRow(model, rel, "", "broken", None, None, None, {}))
             continue
         fp = str(manifest.get("training_fingerprint") or "")
-        status = "finished" if manifest.get("finished_at") and metrics else "unfinished"
+        status = "finished" if runs.is_finished(manifest, metrics) else "unfinished"
         rows.append(RunRow(model, rel, fp, status, manifest.get("started_at"), manifest.get("finished_at"),
                            manifest.get("steps"), metrics if isinstance(metrics, dict) else {},
                            sorted(by_fp.get((model, fp), []), key=tags.SemVer.parse), bool(fp) and fp == current))
@@ -144,7 +144,7 @@ def format_runs(model: str, headline: str, rows: list[RunRow]) -> str:
     for r in rows:
         status = r.status + (" *" if r.current else "")
         finished = (r.finished_at or "")[:19].replace("T", " ") or "-"
-        values = [registry_ops.format_number(r.metrics[m]) if m in r.metrics else "-" for m in shown]
+        values = [versions.format_number(r.metrics[m]) if m in r.metrics else "-" for m in shown]
         table.append((r.run, status, finished, str(r.steps) if r.steps is not None else "-", *values,
                       ", ".join(r.released_as) or "-"))
     note = "\n* trained from the config in the working tree" if any(r.current for r in rows) else ""

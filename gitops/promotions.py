@@ -152,13 +152,13 @@ def request(root: Path, backend, ref: str, stage: str, settings: Settings) -> Pr
         UsageError: the stage is not protected, not allowed by `.gto`, already held by that version,
             or the branch exists already.
     """
-    from gitops import registry_ops
+    from gitops import versions
 
     approvers = settings.approvers(stage)
     if approvers is None:
         raise UsageError(f"stage {stage!r} is not protected in gitops.yaml")
     check_protected(root, settings)
-    st, version = registry_ops.resolve(backend, ref)
+    st, version = versions.resolve(backend, ref)
     if st.stages.get(stage) == version.version:
         raise UsageError(f"{st.model}@{version.version} is already in stage {stage!r}")
     branch = f"promote/{st.model}-{stage}-{version.version}"
@@ -210,7 +210,7 @@ def approve_merged(root: Path, backend, settings: Settings) -> list[str]:
     The promotion commit is the last commit on HEAD that changed `promotions/<model>.yaml`; a stage
     event whose message names it already exists when the promotion was applied before.
     """
-    from gitops import registry_ops
+    from gitops import versions
 
     folder = root / PROMOTIONS_DIR
     written: list[str] = []
@@ -234,7 +234,7 @@ def approve_merged(root: Path, backend, settings: Settings) -> list[str]:
             continue
         pr = _pull_request_of(root, backend, commit)
         note = f"promotion: {commit}\npull-request: {pr}\n"
-        written.append(registry_ops.promote(backend, f"{model}@{version}", stage, note=note))
+        written.append(versions.promote(backend, f"{model}@{version}", stage, note=note))
         all_tags = None
     return written
 

@@ -1,40 +1,45 @@
-"""Releases: choose the version, reuse (or train) the run, package it reproducibly, tag and publish.
+"""Releases: choose the version, find the finished run, package it reproducibly, tag and publish.
 
 A release is the annotated tag `<model>@vX.Y.Z` on HEAD plus two kinds of asset: the run folder as
 a deterministic `<model>-vX.Y.Z.tar.gz` (split into `.partNNN` files over the size limit) and
-`SHA256SUMS`. The tag message carries everything `history` and `report` need (fingerprints,
-metrics, the archive's checksum) as a JSON block, so they never download anything.
+`SHA256SUMS` (`gitops.archive`). The tag message (`gitops.versions.tag_message`) carries everything
+`history` and `report` need (fingerprints, metrics, the archive's checksum) as a JSON block, so they
+never download anything. The bump rules are `gitops.bumps`'s; run folders are `gitops.runs`'s.
+
+A release never trains: it takes a finished run (given, found by fingerprint, the latest release's, a
+PR's run artifact) or, when there is none, asks the `train` callable its caller passed (the `gitops
+release` command passes one that trains; without one the release stops with an error).
 """
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import shutil
 import sys
-import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gates, gitutil, jsonio, killpoints, lineage, registry_ops, scratch, tags
+from gitops import archive, config, gates, gitutil, killpoints, lineage, runs, scratch, tags, versions
 from gitops.backends.base import Backend, TagExistsError
-from gitops.checksums import sha256_file
+from gitops.bumps import BUMPS, choose_bump
 from gitops.errors import GitopsError, UsageError
-from gitops.plan import config_diff
 from gitops.tree import GitTree
 
 DEFAULT_MAX_ASSET_BYTES = 2 * 1024**3 - 1024**2  # GitHub's 2 GiB asset limit, less a margin
 MAX_TAG_RETRIES = 8
-FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z: archives of the same files hash the same
-RUN_FILES = ("config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json",
-             "metrics_spread.json")  # the last only for train.repeats > 1: per-seed values, mean, std, min, max
-BUMPS = ("auto", "major", "minor", "patch")
+RUN_FILES = (runs.CONFIG_FILE, runs.MANIFEST_FILE, runs.METRICS_FILE, runs.HISTORY_FILE, runs.PREPROCESSING_FILE,
+             runs.SPREAD_FILE)  # the last only for train.repeats > 1
+Trainer = Callable[[config.ResolvedConfig], tuple[Path, bool]]  # cfg -> (finished run folder, trained now?)
 
 
 @dataclass
 class ReleaseResult:
+    """What `release` did: the version made (None: nothing to release), its tag, bump and reason, where it
+    was published, the assets, the run released (None when it was a pulled or scratch copy), whether it
+    was trained now, and one sentence for people."""
+
     model: str
     version: str | None  # None: nothing to release
     tag: str | None = None
@@ -47,12 +52,18 @@ class ReleaseResult:
     message: str = ""
 
     def as_dict(self) -> dict:
+        """The result as JSON-ready data (`gitops release --json`): asset names, the run as a path string."""
         return {"model": self.model, "version": self.version, "tag": self.tag, "bump": self.bump,
                 "reason": self.reason, "location": self.location, "assets": [p.name for p in self.assets],
                 "run": str(self.run) if self.run else None, "trained": self.trained}
 
 
 def max_asset_bytes() -> int:
+    """The backend's asset size limit in bytes ($GITOPS_MAX_ASSET_BYTES, default just under 2 GiB).
+
+    Raises:
+        UsageError: the variable is not a whole number of bytes of at least 1.
+    """
     raw = os.environ.get("GITOPS_MAX_ASSET_BYTES")
     if not raw:
         return DEFAULT_MAX_ASSET_BYTES
@@ -63,84 +74,6 @@ def max_asset_bytes() -> int:
     if value < 1:
         raise UsageError("GITOPS_MAX_ASSET_BYTES must be at least 1")
     return value
-
-
-# --- bump rules --------------------------------------------------------------------------------------
-
-
-def param_shapes(cfg: config.ResolvedConfig) -> dict[str, tuple] | None:
-    """Parameter shapes by abstract evaluation (`nnx.eval_shape`): no FLOPs, no memory.
-
-    None when the input shape can't be known without loading the data, or the model builder is
-    not available; then `structural_signature` decides.
-    """
-    docs = cfg.as_dict()
-    shape = config.input_shape(docs["data"])
-    if shape is None:
-        return None
-    outputs = config.num_classes(docs["data"]) if cfg.task == "classification" else 1
-    try:
-        from flax import nnx
-
-        from gitops.architectures import build_model  # the training code's one model factory
-    except ImportError:
-        return None
-    abstract = nnx.eval_shape(lambda: build_model(
-        cfg.model.architecture, config.thaw(cfg.model.params), input_shape=shape, num_outputs=outputs or 1,
-        rngs=nnx.Rngs(0)))
-    import jax
-
-    leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param))
-    out = {}
-    for path, leaf in leaves:
-        out[jax.tree_util.keystr(path)] = tuple(getattr(leaf, "shape", ()))
-    return out
-
-
-_NON_SHAPE_KEYS = {"activation", "dropout", "pool", "norm_eps"}
-
-
-def structural_signature(cfg: config.ResolvedConfig) -> Any:
-    """A jax-free stand-in for shapes: architecture params that size weights, input shape, classes."""
-    data = config.thaw(cfg.data)
-    model = {k: v for k, v in cfg.as_dict()["model"].items() if k not in _NON_SHAPE_KEYS}
-    docs = cfg.as_dict()
-    return {"model": model, "input_shape": config.input_shape(docs["data"]),
-            "classes": config.num_classes(docs["data"]), "_data": data is not None}
-
-
-def shapes_differ(old: config.ResolvedConfig, new: config.ResolvedConfig) -> bool:
-    a, b = param_shapes(old), param_shapes(new)
-    if a is not None and b is not None:
-        return a != b
-    return structural_signature(old) != structural_signature(new)
-
-
-def choose_bump(latest_meta: dict, old_cfg: config.ResolvedConfig | None, cfg: config.ResolvedConfig,
-                requested: str) -> tuple[str, str]:
-    """(bump, reason) against the latest release."""
-    if latest_meta.get("training_fingerprint") == cfg.training_fingerprint:
-        auto, reason = "patch", "release.yaml changed; same training run"
-        if old_cfg is not None:
-            keys = [k for k, _, _ in config_diff(old_cfg.as_dict().get("release"), cfg.as_dict()["release"])]
-            if keys:
-                reason = "release.yaml changed: " + ", ".join(f"release.{k}" for k in keys[:6])
-    elif old_cfg is None:
-        auto, reason = "minor", "training config changed (previous config unavailable)"
-    else:
-        old_d, new_d = old_cfg.as_dict(), cfg.as_dict()
-        keys = [k for k, _, _ in config_diff({k: old_d[k] for k in ("model", "train", "data")},
-                                             {k: new_d[k] for k in ("model", "train", "data")})]
-        what = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
-        if shapes_differ(old_cfg, cfg):
-            auto, reason = "major", f"parameter shapes changed: {what or 'data or architecture'}"
-        else:
-            auto, reason = "minor", f"training config changed: {what or 'data fingerprint'}"
-    if auto == "minor" and (moved := lineage.parent_change(latest_meta, cfg)):
-        auto, reason = "minor", moved + ("" if old_cfg is None or not what else f"; {what}")
-    if requested != "auto" and requested != auto:
-        return requested, f"{requested} requested ({auto} by the rules: {reason})"
-    return auto, reason
 
 
 # --- packaging ---------------------------------------------------------------------------------------
@@ -169,33 +102,9 @@ def _checkpoint_entries(run: Path, step: Any) -> list[tuple[str, Path]]:
     return entries
 
 
-def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -> None:
-    """gzip'd tar with sorted entries, fixed mtime, uid/gid 0 and normalised modes."""
-    files = sorted(files, key=lambda e: e[0])
-    dirs = sorted({str(Path(name).parent.as_posix()) for name, _ in files} - {"."})
-    all_dirs = sorted({p for d in dirs for p in [*(str(x.as_posix()) for x in Path(d).parents), d] if p != "."})
-    with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=FIXED_MTIME, compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        entries = [(d + "/", None) for d in all_dirs] + list(files)
-        for name, content in sorted(entries, key=lambda e: e[0].rstrip("/")):
-            info = tarfile.TarInfo(name.rstrip("/"))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = FIXED_MTIME, 0, 0, "", ""
-            if content is None:
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                tar.addfile(info)
-                continue
-            info.mode = 0o644
-            if isinstance(content, bytes):
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            else:  # streamed: checkpoints may be large
-                info.size = Path(content).stat().st_size
-                with open(content, "rb") as fh:
-                    tar.addfile(info, fh)
-
-
-def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, run: registry_ops.RunInfo,
+def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, run: runs.RunInfo,
                commit: str, previous: str | None, reproduced_at: str | None = None) -> str:
+    """MODEL_CARD.md of a release: description, metrics (mean ± std for repeats), gates, labels, lineage, config."""
     from gitops.yamlio import dump_yaml
 
     rel = cfg.release
@@ -203,15 +112,13 @@ def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str,
     lines += [rel.description.strip() or "_No description in release.yaml._", ""]
     if rel.owners:
         lines += [f"Owners: {', '.join(rel.owners)}", ""]
-    from gitops.repeats import read_spread
-
-    spread = read_spread(run.path) or {}
+    spread = runs.read_spread(run.path) or {}
     per_metric = spread.get("metrics") or {}
     seeds = f" (mean ± std of {spread.get('n')} seeds)" if per_metric else ""
     lines += ["## Metrics", "", f"| metric | value{seeds} |", "| --- | ---: |"]
     for key, value in sorted(run.metrics.items()):
         std = (per_metric.get(key) or {}).get("std")
-        shown = registry_ops.format_number(value) + (f" ± {std:.2g}" if isinstance(std, float) else "")
+        shown = versions.format_number(value) + (f" ± {std:.2g}" if isinstance(std, float) else "")
         lines.append(f"| {key} | {shown} |")
     if per_metric and spread.get("representative"):
         chosen = spread["representative"]
@@ -229,15 +136,15 @@ def model_card(cfg: config.ResolvedConfig, version: str, bump: str, reason: str,
               f"- version: {version} ({bump}: {reason})",
               f"- previous version: {previous or 'none (first release)'}",
               f"- commit: {commit}",
-              f"- trained at commit: {registry_ops.commit_text(m)}",
+              f"- trained at commit: {runs.commit_text(m)}",
               *([f"- reproduced at commit: {reproduced_at} (same training fingerprint)"] if reproduced_at else []),
               f"- training fingerprint: {cfg.training_fingerprint}",
               f"- release fingerprint: {cfg.release_fingerprint}",
               f"- data fingerprint: {cfg.data_fingerprint}",
-              f"- checkpoint step: {_or_unknown(registry_ops.int_field(m, 'checkpoint_step'))} of "
-              f"{_or_unknown(registry_ops.int_field(m, 'steps'))}",
-              f"- device: {registry_ops.device_text(m)}",
-              f"- parameters: {_or_unknown(registry_ops.int_field(m, 'param_count'))}",
+              f"- checkpoint step: {_or_unknown(runs.int_field(m, 'checkpoint_step'))} of "
+              f"{_or_unknown(runs.int_field(m, 'steps'))}",
+              f"- device: {runs.device_text(m)}",
+              f"- parameters: {_or_unknown(runs.int_field(m, 'param_count'))}",
               "", "## Config (resolved)", "", "```yaml", dump_yaml(cfg.as_dict()).rstrip(), "```", ""]
     return "\n".join(lines)
 
@@ -250,13 +157,16 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
             out_dir: Path, *, split: bool = True) -> tuple[list[Path], str]:
     """Write the archive (or its parts) and SHA256SUMS into `out_dir`; (assets to upload, archive sha).
 
+    The archive holds the run's files (RUN_FILES; config.resolved.yaml as released), the model's four
+    YAML files under config/, the handed-on checkpoint, MODEL_CARD.md and release.json (`meta`).
+
     `split=False` (an artifact store is configured): never split at the backend's asset limit."""
-    name = f"{cfg.name}-{version}.tar.gz"
+    name = archive.archive_name(cfg.name, version)
     entries: list[tuple[str, bytes | Path]] = []
     from gitops.yamlio import dump_yaml
 
     for fname in RUN_FILES:
-        if fname == "config.resolved.yaml":
+        if fname == runs.CONFIG_FILE:
             # The released config: a patch release reuses an older run but carries today's release.yaml.
             entries.append((fname, dump_yaml(cfg.as_dict()).encode("utf-8")))
         elif (run_dir / fname).is_file():
@@ -265,74 +175,25 @@ def package(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, version: s
         raw = tree.read(f"{config.MODELS_DIR}/{cfg.name}/{kind}.yaml")
         if raw is not None:
             entries.append((f"config/{kind}.yaml", raw))
-    info = registry_ops.read_run(run_dir)
+    info = runs.read_run(run_dir)
     entries += _checkpoint_entries(run_dir, info.manifest.get("checkpoint_step"))
-    entries.append(("MODEL_CARD.md", card.encode("utf-8")))
-    entries.append(("release.json", (jsonio.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8")))
-    archive = out_dir / name
-    write_deterministic_tar(archive, entries)
-    digest = sha256_file(archive)
-    sums = [f"{digest}  {name}"]
-    assets = [archive]
-    limit = max_asset_bytes()
-    if split and archive.stat().st_size > limit:
-        assets = split_file(archive, limit)
-        sums += [f"{sha256_file(p)}  {p.name}" for p in assets]
-    (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
-    return [*assets, out_dir / "SHA256SUMS"], digest
-
-
-def split_file(path: Path, size: int) -> list[Path]:
-    parts = []
-    with open(path, "rb") as fh:
-        index = 0
-        while True:
-            chunk = fh.read(size)
-            if not chunk:
-                break
-            part = path.with_name(f"{path.name}.part{index:03d}")
-            part.write_bytes(chunk)
-            parts.append(part)
-            index += 1
-    return parts
+    entries.append((archive.CARD_FILE, card.encode("utf-8")))
+    entries.append((archive.RELEASE_FILE, archive.release_record(meta)))
+    return archive.pack(out_dir, name, entries, max_part_bytes=max_asset_bytes() if split else None)
 
 
 # --- the release ---------------------------------------------------------------------------------------
 
 
-def tag_message(cfg: config.ResolvedConfig, version: str, bump: str, reason: str, meta: dict) -> str:
-    head_name = cfg.headline_metric()
-    metrics = meta.get("metrics", {})
-    headline = registry_ops.headline(metrics, head_name) or "no metrics"
-    summary = f"{cfg.name} {version}: {headline} ({bump}: {reason})"
-    body = [
-        summary if len(summary) <= 200 else summary[:197] + "...",
-        "",
-        f"bump: {bump}",
-        f"reason: {reason}",
-        f"training_fingerprint: {cfg.training_fingerprint}",
-        f"release_fingerprint: {cfg.release_fingerprint}",
-        f"data_fingerprint: {cfg.data_fingerprint}",
-        f"headline: {head_name}={metrics.get(head_name, 'n/a')}",
-        "",
-        *[f"object: {o.get('url')} ({o.get('size')} bytes, sha256 {o.get('sha256')})" for o in meta.get("objects") or []],
-        "",
-        "```json",
-        jsonio.dumps(meta, sort_keys=True, indent=1),
-        "```",
-        "",
-    ]
-    return "\n".join(body)
-
-
 def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: Backend,
              latest: tags.VersionState | None, latest_meta: dict, workdir: Path,
-             commit: str | None = None) -> tuple[Path, bool]:
-    """The finished run to release: given, found by fingerprint (runs/, the run cache), the latest
-    release's (patch), the PR's run artifact (github backend, built from an ancestor of `commit`), or trained."""
+             commit: str | None = None, train: Trainer | None = None) -> tuple[Path, bool]:
+    """The finished run to release and whether it was trained now: given, found by fingerprint (runs/,
+    the run cache), the latest release's (patch), the PR's run artifact (github backend, built from an
+    ancestor of `commit`), or what `train(cfg)` returns (GitopsError when there is no `train`)."""
     if run is not None:
-        info = registry_ops.read_run(run)
-        actual = registry_ops.recompute_fingerprint(info) or "unreadable"
+        info = runs.read_run(run)
+        actual = runs.recompute_fingerprint(info) or "unreadable"
         if actual != cfg.training_fingerprint or info.training_fingerprint != cfg.training_fingerprint:
             raise GitopsError(
                 f"{run} was trained from another config: its config.resolved.yaml has training fingerprint "
@@ -342,7 +203,7 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
         if not info.finished:
             raise UsageError(f"{run} has not finished training")
         return Path(run), False
-    found = registry_ops.find_run(root, cfg.name, cfg.training_fingerprint)
+    found = runs.find_run(root, cfg.name, cfg.training_fingerprint)
     if found is not None:
         return found, False
     if latest is not None and latest_meta.get("training_fingerprint") == cfg.training_fingerprint:
@@ -353,18 +214,17 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
         from gitops import artifacts
 
         found_run, why = artifacts.reuse_released_run(root, backend, cfg.name, cfg.training_fingerprint, commit,
-                                                       root / registry_ops.RUNS_DIR)
+                                                       root / runs.RUNS_DIR)
         typer_echo(f"{cfg.name}: {why}")
         if found_run is not None:
             return found_run, False
-    typer_echo(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now")
-    from gitops import dispatch  # heavy: jax, flax, optax, orbax
+    if train is None:
+        raise GitopsError(f"{cfg.name}: no finished run with training fingerprint {cfg.short_fingerprint} (runs/, "
+                          f"$GITOPS_RUN_CACHE); train it first (`gitops train {cfg.name}`) or pass --run DIR")
+    return train(cfg)
 
-    result = dispatch.train(cfg, root / registry_ops.RUNS_DIR, root=root)
-    return Path(result.run.path), not result.cache_hit
 
-
-def lineage_check(info: registry_ops.RunInfo, cfg: config.ResolvedConfig, head: str) -> str | None:
+def lineage_check(info: runs.RunInfo, cfg: config.ResolvedConfig, head: str) -> str | None:
     """The commit that reproduces a run trained from uncommitted files (None for a clean run); warns.
 
     A run records the commit it was trained at and whether the files it read matched it
@@ -377,7 +237,7 @@ def lineage_check(info: registry_ops.RunInfo, cfg: config.ResolvedConfig, head: 
     Raises:
         UsageError: the run's training fingerprint is not the release commit's (no commit reproduces it).
     """
-    commit = registry_ops.text_field(info.manifest, "git_commit")
+    commit = runs.text_field(info.manifest, "git_commit")
     dirty = info.manifest.get("git_dirty")
     if commit and dirty is False:
         return None
@@ -398,21 +258,15 @@ def lineage_check(info: registry_ops.RunInfo, cfg: config.ResolvedConfig, head: 
     return head
 
 
-def _spread(run_dir: Path) -> dict | None:
-    """A repeated run's per-seed metrics for the tag message (the report's baseline noise band reads it)."""
-    from gitops.repeats import read_spread
-
-    return read_spread(run_dir)
-
-
 def typer_echo(text: str) -> None:
+    """One line for people on stderr (stdout carries the command's result)."""
     sys.stderr.write(text + "\n")
 
 
 ARCHIVE_KEYS = ("archive", "sha256", "parts", "objects")  # added to the metadata once the archive exists
 
 
-def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta: dict, info: registry_ops.RunInfo,
+def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta: dict, info: runs.RunInfo,
                  out_dir: Path) -> tuple[list[Path], dict]:
     """The assets of the version `meta` describes, and `meta` completed with the archive's name and sha256.
 
@@ -425,16 +279,14 @@ def build_assets(cfg: config.ResolvedConfig, run_dir: Path, tree: GitTree, meta:
     from gitops import artifact_store
 
     store = artifact_store.for_tree(tree)  # gitops.yaml's artifacts: at the released commit
+    name = archive.archive_name(cfg.name, base["version"])
     assets, digest = package(cfg, run_dir, tree, base["version"], base, card, out_dir, split=store is None)
     if store is not None:  # the archive goes to the store; the backend keeps SHA256SUMS and the objects list
         assets, objects = artifact_store.publish_archive(store, assets[0], out_dir, digest)
-        return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
+        return assets, {**base, "archive": name, "sha256": digest,
                         "parts": len(objects) if len(objects) > 1 else 0, "objects": objects}
-    return assets, {**base, "archive": f"{cfg.name}-{base['version']}.tar.gz", "sha256": digest,
-                    "parts": len(assets) - 2 if len(assets) > 2 else 0}
-
-
-missing_assets = registry_ops.missing_assets
+    parts = sum(1 for asset in assets if archive.is_part_of(asset.name, name))  # 0: not split
+    return assets, {**base, "archive": name, "sha256": digest, "parts": parts}
 
 
 class CannotRepair(GitopsError):
@@ -457,7 +309,7 @@ def repair(root: Path, backend: Backend, model: str, version: tags.VersionState,
             longer resolves to the same release fingerprint, or the rebuilt bytes differ.
     """
     tag = version.tag
-    meta = registry_ops.release_metadata(version.message)
+    meta = versions.release_metadata(version.message)
     try:
         gitutil.ensure_commit(root, version.commit)
         tree = GitTree(root, version.commit)
@@ -468,17 +320,17 @@ def repair(root: Path, backend: Backend, model: str, version: tags.VersionState,
         raise CannotRepair("the config at the tag's commit resolves to another release fingerprint with this "
                            "version of gitops")
     if run is not None:
-        info = registry_ops.read_run(run)
+        info = runs.read_run(run)
         if _recomputed_fingerprint(info) != meta.get("training_fingerprint"):
             raise CannotRepair(f"{run} is not a run of {tag}'s training fingerprint "
                                f"{str(meta.get('training_fingerprint'))[:12]}")
         run_dir = Path(run)
     else:
-        run_dir = registry_ops.find_run(root, model, meta.get("training_fingerprint", ""))
+        run_dir = runs.find_run(root, model, meta.get("training_fingerprint", ""))
         if run_dir is None:
             raise CannotRepair(f"no finished run with training fingerprint {str(meta.get('training_fingerprint'))[:12]} "
                                "is here (runs/ or $GITOPS_RUN_CACHE)")
-        info = registry_ops.read_run(run_dir)
+        info = runs.read_run(run_dir)
     out_dir = workdir / f"repair-{version.version}"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
@@ -486,7 +338,7 @@ def repair(root: Path, backend: Backend, model: str, version: tags.VersionState,
     if full["sha256"] != meta.get("sha256"):
         raise CannotRepair(f"the archive rebuilt from {run_dir} has sha256 {full['sha256'][:12]}, the tag records "
                            f"{str(meta.get('sha256'))[:12]} (a retrain that is not bit-identical, or another run)")
-    notes = tag_message(cfg, version.version, full["bump"], full["reason"], full)
+    notes = versions.tag_message(cfg, version.version, full["bump"], full["reason"], full)
     title = f"{model} {version.version}"
     with backend.release_lock(model):
         backend.stage_release(tag, version.commit, title, notes, assets)
@@ -496,9 +348,9 @@ def repair(root: Path, backend: Backend, model: str, version: tags.VersionState,
                                  f"matches the tag) -> {location}")
 
 
-def _recomputed_fingerprint(info: registry_ops.RunInfo) -> str:
+def _recomputed_fingerprint(info: runs.RunInfo) -> str:
     """The training fingerprint of a run folder, recomputed from its own config.resolved.yaml."""
-    return registry_ops.recompute_fingerprint(info) or ""
+    return runs.recompute_fingerprint(info) or ""
 
 
 def _repair_or_fail(root: Path, backend: Backend, model: str, version: tags.VersionState, run: Path | None,
@@ -516,7 +368,7 @@ def _repair_or_fail(root: Path, backend: Backend, model: str, version: tags.Vers
 
 def release(root: Path, backend: Backend, model: str, *, run: Path | None = None, bump: str = "auto",
             push: bool = False, dist: Path | None = None, repair_version: str | None = None,
-            track: bool | None = None) -> ReleaseResult:
+            track: bool | None = None, train: Trainer | None = None) -> ReleaseResult:
     """Release `model` at HEAD (see the module docstring); idempotent against the latest release.
 
     `track` (None: as gitops.yaml says) also sends the run to the trackers and registers the version in
@@ -527,6 +379,9 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     fingerprint whose assets are missing is repaired (rebuilt; published when its sha256 is the tag's).
     `repair_version` ("v1.2.0"): repair that version from `run` (or the run found by its fingerprint),
     or, when it can't be rebuilt identically, retire it (deregister) and release HEAD as a new version.
+    `train(cfg) -> (run folder, trained now?)`: called only when a new version is due and no finished
+    run of HEAD's training fingerprint exists anywhere (the `gitops release` command passes one that
+    trains); None: that case is a GitopsError.
     """
     if bump not in BUMPS:
         raise UsageError(f"--bump must be one of {', '.join(BUMPS)}")
@@ -536,13 +391,14 @@ def release(root: Path, backend: Backend, model: str, *, run: Path | None = None
     workdir = _work_folder(root, model)
     try:
         return _release(root, backend, model, run=run, bump=bump, push=push, dist=dist,
-                        repair_version=repair_version, workdir=workdir, sinks=sinks)
+                        repair_version=repair_version, workdir=workdir, sinks=sinks, train=train)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump: str, push: bool,
-             dist: Path | None, repair_version: str | None, workdir: Path, sinks: list | None = None) -> ReleaseResult:
+             dist: Path | None, repair_version: str | None, workdir: Path, sinks: list | None = None,
+             train: Trainer | None = None) -> ReleaseResult:
     killpoints.reached("release.started")
     head = gitutil.head_commit(root)
     tree = GitTree(root, head)
@@ -550,12 +406,12 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     if gitutil.uncommitted(root, [f"{config.MODELS_DIR}/{model}"]):
         typer_echo(f"warning: models/{model} has uncommitted changes; releasing the committed config at "
                    f"{head[:12]}")
-    st = registry_ops.state(backend, model)
+    st = versions.state(backend, model)
     if st.deprecated:
         raise UsageError(f"{model} is deprecated; it takes no new releases")
     if repair_version is not None:
-        _, target = registry_ops.resolve(backend, f"{model}@{repair_version}")
-        missing = missing_assets(backend, target.tag, registry_ops.release_metadata(target.message))
+        _, target = versions.resolve(backend, f"{model}@{repair_version}")
+        missing = versions.missing_assets(backend, target.tag, versions.release_metadata(target.message))
         if not missing:
             return ReleaseResult(model, None, target.tag, message=f"nothing to repair: {target.tag} has all its assets")
         try:
@@ -564,14 +420,14 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
             typer_echo(f"{target.tag} cannot be rebuilt identically ({exc.message}); retiring it (deregistered, its "
                        "number is never reused) and releasing HEAD as a new version")
             if target.active:
-                registry_ops.deprecate(backend, f"{model}@{target.version}", root)
-            st = registry_ops.state(backend, model)
-            if run is not None and registry_ops.read_run(run).training_fingerprint != cfg.training_fingerprint:
+                versions.deprecate(backend, f"{model}@{target.version}", root)
+            st = versions.state(backend, model)
+            if run is not None and runs.read_run(run).training_fingerprint != cfg.training_fingerprint:
                 run = None  # that run belongs to the retired version, not to HEAD
     latest = st.latest()
-    latest_meta = registry_ops.release_metadata(latest.message) if latest else {}
+    latest_meta = versions.release_metadata(latest.message) if latest else {}
     if latest is not None and latest_meta.get("release_fingerprint") == cfg.release_fingerprint:
-        missing = missing_assets(backend, latest.tag, latest_meta)
+        missing = versions.missing_assets(backend, latest.tag, latest_meta)
         if missing:  # a tag made before its assets (an interrupted release of an older gitops)
             return _repair_or_fail(root, backend, model, latest, run, workdir, missing)
         if not backend.is_published(latest.tag):  # killed between its tag and publishing: finish it
@@ -591,14 +447,14 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
             old_cfg = None
         part, reason = choose_bump(latest_meta, old_cfg, cfg, bump)
         same_run = [v.version for v in st.active_versions()
-                    if registry_ops.release_metadata(v.message).get("training_fingerprint") == cfg.training_fingerprint]
+                    if versions.release_metadata(v.message).get("training_fingerprint") == cfg.training_fingerprint]
         if same_run and part != "patch":
             reason += f"; same training run as {same_run[0]} (restored config)"
     else:
         part, reason = "initial", "first release"
 
-    run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head)
-    info = registry_ops.read_run(run_dir)
+    run_dir, trained = _run_for(root, cfg, run, backend, latest, latest_meta, workdir, head, train)
+    info = runs.read_run(run_dir)
     reproduced_at = (latest_meta.get("reproduced_at_commit")  # a patch reusing a run checked before
                      if latest_meta.get("training_fingerprint") == cfg.training_fingerprint else None)
     reproduced_at = reproduced_at or lineage_check(info, cfg, head)
@@ -610,9 +466,9 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
 
     for _attempt in range(MAX_TAG_RETRIES):
         with backend.release_lock(model):
-            st = registry_ops.state(backend, model)
+            st = versions.state(backend, model)
             now = st.latest()
-            if now is not None and now.tag != (latest.tag if latest else None) and registry_ops.release_metadata(
+            if now is not None and now.tag != (latest.tag if latest else None) and versions.release_metadata(
                     now.message).get("release_fingerprint") == cfg.release_fingerprint:
                 # A concurrent release of exactly this config got there first: two identical
                 # releases make one version. (Another config: take the next version.)
@@ -635,10 +491,10 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
                 "data_fingerprint": cfg.data_fingerprint,
                 "headline_metric": cfg.headline_metric(),
                 "metrics": info.metrics,
-                **({"metrics_spread": spread} if (spread := _spread(run_dir)) else {}),
+                **({"metrics_spread": spread} if (spread := runs.read_spread(run_dir)) else {}),
                 "checkpoint_step": info.manifest.get("checkpoint_step"),
                 "steps": info.manifest.get("steps"),
-                "trained_at_commit": registry_ops.text_field(info.manifest, "git_commit") or None,
+                "trained_at_commit": runs.text_field(info.manifest, "git_commit") or None,
                 **({"reproduced_at_commit": reproduced_at} if reproduced_at else {}),
                 **({"start_from": parent} if (parent := info.manifest.get("start_from")) else {}),
             }
@@ -648,7 +504,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
             assets, meta = build_assets(cfg, run_dir, tree, meta, info, out_dir)
             killpoints.reached("release.packaged")
             tag = tags.version_tag(model, version)
-            notes = tag_message(cfg, version, part, reason, meta)
+            notes = versions.tag_message(cfg, version, part, reason, meta)
             title = f"{model} {version}"
             backend.stage_release(tag, head, title, notes, assets)  # bytes first: uploaded and verified
             killpoints.reached("release.staged")
@@ -669,14 +525,15 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     kept = []
     if dist is not None:
         dist.mkdir(parents=True, exist_ok=True)
-        for asset in assets:
+        archive = out_dir / meta["archive"]  # with an artifact store it is no backend asset, but attested
+        for asset in assets + ([archive] if archive not in assets and archive.is_file() else []):
             shutil.copyfile(asset, dist / asset.name)
             kept.append(dist / asset.name)
     final_run = None if run_dir.is_relative_to(workdir) else run_dir
     if sinks:
         from gitops import trackers
 
-        trackers.track_release(root, sinks, run_dir, version, registry_ops.state(backend, model).stages,
+        trackers.track_release(root, sinks, run_dir, version, versions.state(backend, model).stages,
                                record=final_run is not None)
     return ReleaseResult(model, version, tag, part, reason, location, kept or [Path(location) / a.name for a in assets],
                          final_run, trained,
@@ -684,8 +541,12 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
 
 
 def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: Path | None = None,
-                    track: bool | None = None) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
-    """Release every model whose release fingerprint differs from its latest release."""
+                    track: bool | None = None, train: Trainer | None = None,
+                    ) -> tuple[list[ReleaseResult], list[tuple[str, str]]]:
+    """Release every model whose release fingerprint differs from its latest release (parents first).
+
+    Returns (the releases made, (model, error message) of each model that failed); `train` as for `release`.
+    """
     from gitops.tree import GitTree as _GitTree
 
     head = gitutil.head_commit(root)
@@ -699,11 +560,11 @@ def release_pending(root: Path, backend: Backend, *, push: bool = False, dist: P
         try:
             cfg = config.load(name, root, tree=tree)
             latest = st.latest() if st else None
-            meta = registry_ops.release_metadata(latest.message) if latest else {}
-            if latest and meta.get("release_fingerprint") == cfg.release_fingerprint and not missing_assets(
+            meta = versions.release_metadata(latest.message) if latest else {}
+            if latest and meta.get("release_fingerprint") == cfg.release_fingerprint and not versions.missing_assets(
                     backend, latest.tag, meta) and backend.is_published(latest.tag):
                 continue  # (a latest version missing its assets goes to release(), which repairs it)
-            results.append(release(root, backend, name, push=push, dist=dist, track=track))
+            results.append(release(root, backend, name, push=push, dist=dist, track=track, train=train))
         except GitopsError as exc:
             failures.append((name, exc.message))
     return results, failures

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import catalog, ci_event, config, gitutil, jsonio, registry_ops, stats, trackers
+from gitops import catalog, ci_event, config, gitutil, jsonio, stats, trackers, versions
+from gitops import runs as run_folders  # `runs` is build()'s list of folders
 from gitops.backends.base import COMMENT_MARKER, Backend
 from gitops.errors import UsageError
 from gitops.gates import GateResult, change, direction, evaluate_gates, note_seeds
@@ -79,11 +80,11 @@ def _finite(x: Any) -> bool:
 
 
 def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
-    st = registry_ops.state(backend, model)
+    st = versions.state(backend, model)
     latest = st.latest()
     if latest is None:
         return Baseline(None, {}, None, "none", f"{model} has no release yet: nothing to compare with")
-    meta = registry_ops.release_metadata(latest.message)
+    meta = versions.release_metadata(latest.message)
     cfg_dict = None
     try:
         from gitops.tree import GitTree
@@ -100,15 +101,11 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
 
 
 def baseline_from_folder(path: Path) -> Baseline:
-    info = registry_ops.read_run(path)
-    release_json = Path(path) / "release.json"  # a pulled release names its version
-    label = path.name
-    if release_json.is_file():
-        try:
-            label = jsonio.loads(release_json.read_text(encoding="utf-8")).get("version") or label
-        except ValueError:
-            pass
-    from gitops.repeats import read_spread
+    info = run_folders.read_run(path)
+    from gitops.archive import read_release_record
+
+    label = (read_release_record(path) or {}).get("version") or path.name  # a pulled release names its version
+    from gitops.runs import read_spread
 
     spread = read_spread(path)
     return Baseline(label, info.metrics, info.config or None, "folder", "", stats.spread_of(spread),
@@ -150,8 +147,8 @@ def _seconds(manifest: dict) -> float | None:
     return max(0.0, (end - start).total_seconds())
 
 
-def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelReport:
-    from gitops.repeats import read_spread
+def build_model_report(info: run_folders.RunInfo, baseline: Baseline) -> ModelReport:
+    from gitops.runs import read_spread
 
     metrics = info.metrics
     spread_doc = read_spread(info.path)
@@ -191,7 +188,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
             row["status"] = verdict
         rows.append(row)
     wall = _seconds(info.manifest)
-    steps = registry_ops.int_field(info.manifest, "steps")
+    steps = run_folders.int_field(info.manifest, "steps")
     diff = []
     if baseline.config is not None and info.config:
         diff = config_diff(baseline.config, info.config)
@@ -203,11 +200,11 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         gates=gate_results,
         diff=diff,
         curve=_curve(info.history),
-        device=registry_ops.device_text(info.manifest),
+        device=run_folders.device_text(info.manifest),
         wall_time_s=wall,
         steps_per_s=(steps / wall) if steps and wall else None,
         steps=steps,
-        git_commit=registry_ops.text_field(info.manifest, "git_commit"),
+        git_commit=run_folders.text_field(info.manifest, "git_commit"),
         git_dirty=info.manifest.get("git_dirty") is True,
         training_fingerprint=info.training_fingerprint,
         repeats=repeats,
@@ -274,7 +271,7 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     reports = []
     cache: dict[str, Baseline] = {}
     for folder in folders:
-        info = registry_ops.read_run(folder)
+        info = run_folders.read_run(folder)
         if baseline == "auto":
             if info.model not in cache:
                 if backend is None:
@@ -291,14 +288,14 @@ def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str =
     return Report(attach_to_report(root, reports), head_sha, pr)
 
 
-def _parent(info: registry_ops.RunInfo, backend: Backend | None) -> dict | None:
+def _parent(info: run_folders.RunInfo, backend: Backend | None) -> dict | None:
     """The run's parent (start_from), flagged when its model is deprecated or its version deregistered."""
     record = info.manifest.get("start_from")
     if not record:
         return None
     record = dict(record)
     if record.get("model") and backend is not None:
-        st = registry_ops.state(backend, record["model"])
+        st = versions.state(backend, record["model"])
         found = st.find(record.get("version") or "")
         if st.deprecated:
             record["warning"] = f"the parent model {record['model']} is deprecated"
@@ -334,7 +331,7 @@ def mermaid(model: str, curve: list[tuple[int, float]]) -> str:
 
 
 def _num(x: Any) -> str:
-    return NONE if x is None else registry_ops.format_number(x)
+    return NONE if x is None else versions.format_number(x)
 
 
 def _arrow(row: dict) -> str:
@@ -489,7 +486,7 @@ def terminal(report: Report) -> str:
                          NONE if row["delta"] is None else f"{row['delta']:+.4g}",
                          NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%",
                          _WORD[row["status"]] + band])
-        lines += registry_ops.columns(rows)
+        lines += versions.columns(rows)
         for rule in noise_rules(m):
             lines.append(f"  {rule}")
         for g in m.gates:
@@ -499,13 +496,13 @@ def terminal(report: Report) -> str:
         if b.source != "none":
             if m.diff:
                 lines.append(f"  config diff against {b.version}:")
-                lines += registry_ops.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
+                lines += versions.columns([[f"{k}", _cell(old), "->", _cell(new)] for k, old, new in m.diff],
                                               indent="    ")
             else:
                 lines.append(f"  no config change against {b.version}")
         if m.curve:
-            lines.append(f"  training loss {registry_ops.format_number(m.curve[0][1])} -> "
-                         f"{registry_ops.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
+            lines.append(f"  training loss {versions.format_number(m.curve[0][1])} -> "
+                         f"{versions.format_number(m.curve[-1][1])} (steps {m.curve[0][0]}–{m.curve[-1][0]})")
         wall = f"{m.wall_time_s:.1f} s" if m.wall_time_s is not None else NONE
         speed = f"{m.steps_per_s:.1f} steps/s" if m.steps_per_s else NONE
         lines.append(f"  {m.device} · {wall} · {m.steps or NONE} steps · {speed} · run {m.training_fingerprint[:12]}"

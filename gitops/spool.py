@@ -216,7 +216,7 @@ def check(folder: Path, doc: dict, root: Path) -> None:
             an asset name that is not a plain file name (exit 1).
         IntegrityError: a file's size or SHA-256, or a version's archive, differs from the record (exit 1).
     """
-    from gitops import gitutil, registry_ops, tags
+    from gitops import gitutil, tags, versions
     from gitops.checksums import sha256_file
 
     head = gitutil.head_commit(root)
@@ -249,7 +249,7 @@ def check(folder: Path, doc: dict, root: Path) -> None:
                                          f"{item.get('sha256')}")
                 sums.setdefault(op["tag"], {})[name] = got
         if op["op"] == "tag":
-            meta = registry_ops.release_metadata(op.get("message") or "")
+            meta = versions.release_metadata(op.get("message") or "")
             archive = meta.get("archive") if isinstance(meta.get("archive"), str) else None
             staged = sums.get(op["tag"], {})
             if meta.get("sha256") and archive and staged.get(archive) not in (None, meta["sha256"]):
@@ -302,7 +302,7 @@ def publish(folder: Path, backend: Backend, root: Path, *, dist: Path | None = N
 
 def _same_message(stored: str, recorded: str) -> bool:
     """A tag message as a backend stores it (git cleans whitespace) against the spooled one."""
-    from gitops.registry_ops import release_metadata
+    from gitops.versions import release_metadata
 
     meta = release_metadata(recorded)
     if meta:

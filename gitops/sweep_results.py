@@ -56,8 +56,7 @@ def collect(resolved: Iterable[tuple[Trial, Any]], runs: Mapping[str, Path], met
         metric: the ranking metric, e.g. "val/accuracy".
         stopped: training fingerprint -> note, for trials successive halving stopped.
     """
-    from gitops.registry_ops import read_run
-    from gitops.repeats import read_spread
+    from gitops.runs import read_run, read_spread
 
     stopped = stopped or {}
     results = []
@@ -168,7 +167,7 @@ def _value_text(value: Any) -> str:
 
 def table_rows(sweep: Sweep, results: list[TrialResult], metric: str) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the ranked trials table, shared by the terminal and the Markdown views."""
-    from gitops.registry_ops import format_number
+    from gitops.versions import format_number
 
     header = ["rank", "trial", *[p.path for p in sweep.parameters], metric, "status"]
     rows = []

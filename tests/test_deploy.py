@@ -26,8 +26,8 @@ def released(trained_examples, tmp_path_factory):
     """A git repository with wine-mlp v1.0.0 released by the local backend."""
     from conftest import make_example_repo
 
+    from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.release import release
 
     repo = make_example_repo(tmp_path_factory.mktemp("deploy") / "repo")
     run = trained_examples["wine-mlp"]

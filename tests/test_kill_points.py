@@ -16,7 +16,7 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import killpoints, registry_ops, tags
+from gitops import killpoints, tags, versions
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 
@@ -43,8 +43,8 @@ def _no_tag_without_assets(backend) -> None:
     """Every active version (a retired, deregistered one may stay empty) has all its assets."""
     for model_state in tags.registry_state(backend.list_tags()).values():
         for version in model_state.active_versions():
-            meta = registry_ops.release_metadata(version.message)
-            assert registry_ops.missing_assets(backend, version.tag, meta) == [], f"{version.tag} has no assets"
+            meta = versions.release_metadata(version.message)
+            assert versions.missing_assets(backend, version.tag, meta) == [], f"{version.tag} has no assets"
 
 
 def _no_scratch(repo: Path) -> None:
@@ -116,7 +116,7 @@ def test_a_tag_without_assets_is_repaired_or_named(repo, tmp_path):
     fake_run(repo, "wine-mlp", {"test/accuracy": 0.96, "test/loss": 0.2})
     result = runner.invoke(app, ["release", "wine-mlp", "--repair", "v1.0.0"])
     assert result.exit_code == 0, result.output
-    st = registry_ops.state(LocalBackend(repo), "wine-mlp")
+    st = versions.state(LocalBackend(repo), "wine-mlp")
     assert not st.versions["v1.0.0"].active and st.latest().version == "v1.1.0"
     assert runner.invoke(app, ["pull", "wine-mlp", "--to", "p2"]).exit_code == 0
     assert json.loads((repo / "p2/metrics.json").read_text())["test/accuracy"] == 0.96
@@ -133,7 +133,7 @@ def test_promote_and_pull_killed_then_rerun(repo, point):
     _killed(repo, command, point)
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output
-    st = registry_ops.state(LocalBackend(repo), "wine-mlp")
+    st = versions.state(LocalBackend(repo), "wine-mlp")
     if point.startswith("promote"):
         assert st.stages == {"production": "v1.0.0"}
         assert len([t for t in LocalBackend(repo).list_tags() if "#production#" in t.name]) == 1

@@ -16,7 +16,7 @@ from conftest import REPO
 from loop_support import commit_all, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import gitutil, registry_ops
+from gitops import gitutil, versions
 from gitops.cli import app
 
 
@@ -109,7 +109,7 @@ def test_run_before_the_first_commit_reports_and_releases_with_a_warning(tmp_pat
     assert f"commit {head[:12]} reproduces its training fingerprint" in released.stderr
     assert json.loads(released.stdout)["version"] == "v1.0.0"  # stdout stays the JSON
     message = git(repo, "tag", "-l", "--format=%(contents)", "wine-mlp@v1.0.0")
-    meta = registry_ops.release_metadata(message)
+    meta = versions.release_metadata(message)
     assert meta["trained_at_commit"] is None and meta["reproduced_at_commit"] == head
     pulled = runner.invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", str(tmp_path / "pulled")])
     assert pulled.exit_code == 0, pulled.output

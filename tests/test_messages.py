@@ -164,10 +164,10 @@ def test_did_you_mean_for_model_names_everywhere(example_repo, monkeypatch):
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert "(did you mean 'wine-mlp'?)" in result.stderr, (args, result.stderr)
-    from gitops import release
+    from gitops import api
 
     fake_run(example_repo, "wine-mlp", {"test/accuracy": 0.95, "val/loss": 0.2})
-    release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
+    api.release(example_repo, LocalBackend(example_repo), "wine-mlp")
     for args in (["pull", "wine-mpl"], ["pull", "wine-mpl@v1.0.0"], ["history", "wine-mpl"],
                  ["promote", "wine-mpl@v1.0.0", "--to", "production"], ["predict", "wine-mpl@v1.0.0",
                                                                        "--input", "x.json"],

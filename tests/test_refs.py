@@ -28,9 +28,9 @@ def released(trained_examples, tmp_path_factory):
     """wine-mlp trained (the session's run), released as v1.0.0 and promoted to production."""
     from conftest import make_example_repo
 
+    from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.registry_ops import promote
-    from gitops.release import release
+    from gitops.versions import promote
 
     repo = make_example_repo(tmp_path_factory.mktemp("refs") / "repo")
     run = trained_examples["wine-mlp"]

@@ -13,7 +13,7 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import registry_ops, release, tags
+from gitops import api, tags, versions
 from gitops.backends.base import TagInfo
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
@@ -124,7 +124,7 @@ def test_one_prerelease_tag_breaks_nothing(repo, tmp_path):
     pulled = runner.invoke(app, ["pull", "wine-mlp"])
     assert pulled.exit_code == 0, pulled.output
     assert pulled.stdout.strip().endswith("v1.1.0")
-    exact = registry_ops.resolve(LocalBackend(repo), "wine-mlp@v1.2.0-rc.1")[1]
+    exact = versions.resolve(LocalBackend(repo), "wine-mlp@v1.2.0-rc.1")[1]
     assert exact.version == "v1.2.0-rc.1"
     site = runner.invoke(app, ["site", "--out", str(tmp_path / "site")])
     assert site.exit_code == 0, site.output
@@ -136,9 +136,9 @@ def test_one_prerelease_tag_breaks_nothing(repo, tmp_path):
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.04", "learning_rate: 0.03")
     commit_all(repo, "lr again")
     fake_run(repo, "wine-mlp", {"test/accuracy": 0.96, "test/loss": 0.15})
-    result = release.release(repo, LocalBackend(repo), "wine-mlp")
+    result = api.release(repo, LocalBackend(repo), "wine-mlp")
     assert result.version == "v1.2.0"
-    meta = registry_ops.release_metadata(next(t for t in LocalBackend(repo).list_tags() if t.name == result.tag).message)
+    meta = versions.release_metadata(next(t for t in LocalBackend(repo).list_tags() if t.name == result.tag).message)
     assert meta["previous"] == "v1.1.0"
     # the report's baseline is the newest release, never a pre-release
     from gitops import report
@@ -248,8 +248,8 @@ def repo(example_repo, monkeypatch):
 def two_releases(repo: Path) -> None:
     """wine-mlp v1.0.0 and v1.1.0 on the local backend, from fake (untrained) runs."""
     fake_run(repo, "wine-mlp", GOOD)
-    release.release(repo, LocalBackend(repo), "wine-mlp")
+    api.release(repo, LocalBackend(repo), "wine-mlp")
     edit(repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.04")
     commit_all(repo, "lr")
     fake_run(repo, "wine-mlp", {"test/accuracy": 0.97, "test/loss": 0.1})
-    release.release(repo, LocalBackend(repo), "wine-mlp")
+    api.release(repo, LocalBackend(repo), "wine-mlp")

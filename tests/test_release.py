@@ -13,8 +13,10 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import pull, registry_ops, release, tags
+from gitops import api, release, rollback, tags, versions
+from gitops.archive import FIXED_MTIME, parse_sums, safe_extract
 from gitops.backends.local import LocalBackend
+from gitops.checksums import sha256_file
 from gitops.cli import app
 from gitops.errors import GitopsError, IntegrityError
 
@@ -28,12 +30,12 @@ def repo(example_repo, monkeypatch):
 
 
 def _release(repo: Path, model: str = "wine-mlp", **kwargs) -> release.ReleaseResult:
-    return release.release(repo, LocalBackend(repo), model, **kwargs)
+    return api.release(repo, LocalBackend(repo), model, **kwargs)
 
 
 def _meta(repo: Path, tag: str) -> dict:
     found = next(t for t in LocalBackend(repo).list_tags() if t.name == tag)
-    return registry_ops.release_metadata(found.message)
+    return versions.release_metadata(found.message)
 
 
 def test_first_release_tag_message_and_assets(repo):
@@ -44,7 +46,7 @@ def test_first_release_tag_message_and_assets(repo):
     assert tag.commit == git(repo, "rev-parse", "HEAD")
     first, *_ = tag.message.splitlines()
     assert first == "wine-mlp v1.0.0: test/accuracy 0.95 (initial: first release)"
-    meta = registry_ops.release_metadata(tag.message)
+    meta = versions.release_metadata(tag.message)
     for key in ("training_fingerprint", "release_fingerprint", "data_fingerprint", "sha256"):
         assert len(meta[key]) == 64
     assert meta["metrics"] == GOOD
@@ -54,7 +56,7 @@ def test_first_release_tag_message_and_assets(repo):
         "SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
     with tarfile.open(folder / "wine-mlp-v1.0.0.tar.gz") as tar:
         names = tar.getnames()
-        assert all(m.mtime == release.FIXED_MTIME and m.uid == 0 for m in tar.getmembers())
+        assert all(m.mtime == FIXED_MTIME and m.uid == 0 for m in tar.getmembers())
     for name in ("config/model.yaml", "config/train.yaml", "config/data.yaml", "config/release.yaml",
                  "config.resolved.yaml", "manifest.json", "metrics.json", "history.jsonl", "preprocessing.json",
                  "MODEL_CARD.md", "release.json", "checkpoints/100/state/params.bin"):
@@ -168,7 +170,7 @@ def test_lost_tag_race_against_another_config_takes_the_next_version(repo):
         return real_create(name, commit, message)
 
     backend.create_tag = racing_create
-    result = release.release(repo, backend, "wine-mlp")
+    result = api.release(repo, backend, "wine-mlp")
     assert calls == ["wine-mlp@v1.0.0"]
     assert result.tag == "wine-mlp@v1.1.0"
 
@@ -181,12 +183,16 @@ def test_split_archives_are_joined_by_pull(repo, monkeypatch):
     parts = sorted(p.name for p in folder.glob("*.part*"))
     assert len(parts) >= 2 and parts[0] == "wine-mlp-v1.0.0.tar.gz.part000"
     assert not (folder / "wine-mlp-v1.0.0.tar.gz").exists()
-    sums = pull.parse_sums((folder / "SHA256SUMS").read_text())
+    sums = parse_sums((folder / "SHA256SUMS").read_text())
     assert set(sums) == {"wine-mlp-v1.0.0.tar.gz", *parts}
     result = CliRunner().invoke(app, ["pull", "wine-mlp@1.0.0"])
     assert result.exit_code == 0, result.output
     target = repo / ".gitops/pulled/wine-mlp/v1.0.0"
     assert json.loads((target / "metrics.json").read_text()) == GOOD
+    # the tag records every part, so a release that lost its last part is found incomplete
+    assert _meta(repo, "wine-mlp@v1.0.0")["parts"] == len(parts)
+    (folder / parts[-1]).unlink()
+    assert versions.missing_assets(LocalBackend(repo), "wine-mlp@v1.0.0", _meta(repo, "wine-mlp@v1.0.0")) == [parts[-1]]
 
 
 def test_tampered_asset_fails_and_leaves_nothing(repo):
@@ -202,7 +208,7 @@ def test_tampered_asset_fails_and_leaves_nothing(repo):
     assert [p.name for p in repo.iterdir() if p.name.startswith(".pull")] == []
     # a swapped archive *and* SHA256SUMS still disagree with the checksum in the tag
     sums = repo / ".gitops/releases/wine-mlp/v1.0.0/SHA256SUMS"
-    sums.write_text(f"{release.sha256_file(archive)}  wine-mlp-v1.0.0.tar.gz\n")
+    sums.write_text(f"{sha256_file(archive)}  wine-mlp-v1.0.0.tar.gz\n")
     result = CliRunner().invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", "out"])
     assert result.exit_code == 1 and "recorded checksum" in result.output
     assert not (repo / "out").exists()
@@ -240,7 +246,7 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
 def test_unsafe_archives_are_refused(tmp_path, member, message):
     archive = _tar(tmp_path / "bad.tar.gz", [_member("ok.txt"), member])
     with pytest.raises(IntegrityError, match=message):
-        pull.safe_extract(archive, tmp_path / "dest")
+        safe_extract(archive, tmp_path / "dest")
     assert not (tmp_path / "x").exists() and not (tmp_path / "dest" / "ok.txt").exists()
 
 
@@ -255,7 +261,7 @@ def test_unsafe_archives_are_refused(tmp_path, member, message):
 def test_colliding_archive_members_are_refused(tmp_path, members, message):
     archive = _tar(tmp_path / "odd.tar.gz", members)
     with pytest.raises(IntegrityError, match=message):
-        pull.safe_extract(archive, tmp_path / "dest")
+        safe_extract(archive, tmp_path / "dest")
 
 
 def _zip(path: Path, files: dict[str, bytes]) -> Path:
@@ -308,6 +314,13 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
     assert LocalBackend(repo).list_tags() == []
 
 
+def test_the_library_release_never_trains(repo):
+    """`gitops.release.release` takes a finished run; training on demand is the command's (`api.release`)."""
+    with pytest.raises(GitopsError, match=r"no finished run .* train it first \(`gitops train wine-mlp`\)"):
+        release.release(repo, LocalBackend(repo), "wine-mlp")
+    assert LocalBackend(repo).list_tags() == [] and not (repo / "runs").exists()
+
+
 def config_of(repo: Path):
     from gitops import config
 
@@ -319,7 +332,7 @@ def test_unsafe_archive_with_valid_checksums_is_refused_by_pull(repo):
     _release(repo)
     folder = repo / ".gitops/releases/wine-mlp/v1.0.0"
     archive = _tar(folder / "wine-mlp-v1.0.0.tar.gz", [_member("../escape.txt")])
-    (folder / "SHA256SUMS").write_text(f"{release.sha256_file(archive)}  {archive.name}\n")
+    (folder / "SHA256SUMS").write_text(f"{sha256_file(archive)}  {archive.name}\n")
     git(repo, "tag", "-d", "wine-mlp@v1.0.0")  # a forged tag without a recorded checksum
     git(repo, "tag", "-a", "wine-mlp@v1.0.0", "-m", "forged")
     result = CliRunner().invoke(app, ["pull", "wine-mlp@v1.0.0", "--to", "dest/v1"])
@@ -340,7 +353,7 @@ def test_stages_history_and_deprecation(repo):
     assert runner.invoke(app, ["promote", "wine-mlp@v1.1.0", "--to", "staging"]).exit_code == 0
     assert runner.invoke(app, ["promote", "wine-mlp@staging", "--to", "production"]).exit_code == 0
     backend = LocalBackend(repo)
-    _, version = registry_ops.resolve(backend, "wine-mlp@production")
+    _, version = versions.resolve(backend, "wine-mlp@production")
     assert version.version == "v1.1.0"
     production_tag = next(t for t in backend.list_tags() if t.name == "wine-mlp#production#3")
     assert production_tag.commit == version.commit and "v1.1.0" in production_tag.message
@@ -392,7 +405,7 @@ def test_rollback_inlines_files_whose_parent_changed(repo):
     commit_all(repo, "parent lr")
     fake_run(repo, "digits-mlp-wide", GOOD | {"test/accuracy": 0.99})
     assert _release(repo, "digits-mlp-wide").tag == "digits-mlp-wide@v1.1.0"
-    result = registry_ops.rollback(repo, LocalBackend(repo), "digits-mlp-wide", "1.0.0")
+    result = rollback.rollback(repo, LocalBackend(repo), "digits-mlp-wide", "1.0.0")
     assert result.inlined == ["train.yaml"]
     text = (repo / "models/digits-mlp-wide/train.yaml").read_text()
     assert "extends" not in text and "learning_rate: 0.003" in text
@@ -406,10 +419,10 @@ def test_release_pending_and_gc(repo, tmp_path):
     commit_all(repo, "two models")
     for model in ("wine-mlp", "digits-mlp"):
         fake_run(repo, model, GOOD | {"test/accuracy": 0.99})
-    results, failures = release.release_pending(repo, LocalBackend(repo), dist=tmp_path / "dist")
+    results, failures = api.release_pending(repo, LocalBackend(repo), dist=tmp_path / "dist")
     assert failures == []
     assert sorted(r.tag for r in results) == ["digits-mlp@v1.0.0", "wine-mlp@v1.0.0"]
-    assert release.release_pending(repo, LocalBackend(repo)) == ([], [])  # nothing pending now
+    assert api.release_pending(repo, LocalBackend(repo)) == ([], [])  # nothing pending now
     assert (tmp_path / "dist/wine-mlp-v1.0.0.tar.gz").is_file()
     stale = repo / "runs/wine-mlp/0123456789ab"
     stale.mkdir(parents=True)
@@ -424,7 +437,7 @@ def test_pull_unknown_version_is_usage_error(repo):
     result = CliRunner().invoke(app, ["pull", "wine-mlp@v9.9.9"])
     assert result.exit_code == 2
     with pytest.raises(GitopsError):
-        release.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
+        api.release(repo, LocalBackend(repo), "wine-mlp", bump="huge")
 
 
 def test_release_promote_pull_history_on_the_github_backend(repo, github_env, github_server, monkeypatch):
@@ -489,7 +502,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
 
     def attempt() -> list:
         trained.clear()
-        results, failures = release.release_pending(repo, backend, dist=tmp_path / "dist")
+        results, failures = api.release_pending(repo, backend, dist=tmp_path / "dist")
         return failures
 
     # 1. GitHub associates no PR with the released commit: retrain, even though an artifact exists

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from loop_support import commit_all, edit, fake_run
 
-from gitops import registry_ops, release, report, stats
+from gitops import api, report, stats, versions
 from gitops.backends.local import LocalBackend
 
 # --- the statistics (no training) --------------------------------------------------------------------
@@ -53,8 +53,8 @@ def test_report_shows_mean_std_marks_noise_and_gates_on_the_mean(example_repo: P
     monkeypatch.chdir(example_repo)
     base = fake_run(example_repo, "wine-mlp", GOOD)
     _with_spread(base, [{"test/accuracy": a, "test/loss": loss} for a, loss in [(0.94, 0.21), (0.95, 0.20), (0.96, 0.19)]])
-    release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
-    meta = registry_ops.release_metadata(registry_ops.state(LocalBackend(example_repo), "wine-mlp").latest().message)
+    api.release(example_repo, LocalBackend(example_repo), "wine-mlp")
+    meta = versions.release_metadata(versions.state(LocalBackend(example_repo), "wine-mlp").latest().message)
     assert meta["metrics_spread"]["n"] == 3 and meta["metrics_spread"]["metrics"]["test/accuracy"]["std"] > 0
     edit(example_repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.02")
     commit_all(example_repo, "lr")
@@ -88,7 +88,7 @@ def test_single_seed_run_against_a_repeated_baseline_borrows_its_spread(example_
     monkeypatch.chdir(example_repo)
     base = fake_run(example_repo, "wine-mlp", GOOD)
     _with_spread(base, [{"test/accuracy": a} for a in (0.93, 0.95, 0.97)])
-    release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
+    api.release(example_repo, LocalBackend(example_repo), "wine-mlp")
     edit(example_repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.02")
     commit_all(example_repo, "lr")
     run = fake_run(example_repo, "wine-mlp", {"test/accuracy": 0.92})  # one seed: no spread file
@@ -185,7 +185,7 @@ def test_repeats_layout_resume_release_and_report(example_repo: Path, monkeypatc
     # release: the representative checkpoint plus every seed's metrics
     monkeypatch.chdir(example_repo)
     backend = LocalBackend(example_repo)
-    released = release.release(example_repo, backend, "wine-mlp")
+    released = api.release(example_repo, backend, "wine-mlp")
     assert released.version == "v1.0.0" and not released.trained
     import tarfile
 

@@ -350,8 +350,8 @@ def released_repo(trained_examples, tmp_path_factory):
     """A git repository with wine-mlp v1.0.0, v1.0.1 and v1.0.2 released locally (same run, patch bumps)."""
     from conftest import make_example_repo
 
+    from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.release import release
 
     repo = make_example_repo(tmp_path_factory.mktemp("serve") / "repo")
     run = trained_examples["wine-mlp"]

@@ -1,7 +1,7 @@
 """The registry site: data collected from a real local registry, HTML, links, charts, diffs, atomic writes.
 
 The registry is built once per session by the real loop: two tiny models trained on CPU, released
-with `gitops.release.release`, promoted with `registry_ops.promote` (wine-mlp v1.0.0 -> v1.1.0
+with `gitops.release.release`, promoted with `versions.promote` (wine-mlp v1.0.0 -> v1.1.0
 (learning rate) -> v2.0.0 (hidden sizes), digits-mlp v1.0.0 -> v1.0.1 (release.yaml only)).
 """
 
@@ -73,9 +73,9 @@ def build_registry(base: Path) -> Path:
     repo = base / "site-registry"
     if (repo / ".done").is_file():
         return repo
-    from gitops import registry_ops
+    from gitops import versions
+    from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.release import release
 
     shutil.rmtree(repo, ignore_errors=True)
     (repo / "models").mkdir(parents=True)
@@ -100,22 +100,22 @@ def build_registry(base: Path) -> Path:
 
     release(repo, backend, "wine-mlp")
     release(repo, backend, "digits-mlp")
-    registry_ops.promote(backend, "wine-mlp@v1.0.0", "staging")
+    versions.promote(backend, "wine-mlp@v1.0.0", "staging")
 
     _edit(repo / "models/wine-mlp/train.yaml", "learning_rate: 0.01", "learning_rate: 0.02")
     _commit(repo, "wine-mlp: faster learning rate (#2)")
     release(repo, backend, "wine-mlp")
-    registry_ops.promote(backend, "wine-mlp@v1.1.0", "production")
+    versions.promote(backend, "wine-mlp@v1.1.0", "production")
 
     _edit(repo / "models/digits-mlp/release.yaml", "Handwritten 8x8 digits.", "Handwritten 8x8 digits, 0-9.")
     _commit(repo, "digits-mlp: describe the labels (#3)")
     release(repo, backend, "digits-mlp")
-    registry_ops.promote(backend, "digits-mlp@v1.0.1", "production")
+    versions.promote(backend, "digits-mlp@v1.0.1", "production")
 
     _edit(repo / "models/wine-mlp/model.yaml", "hidden_sizes: [32]", "hidden_sizes: [48, 24]")
     _commit(repo, "wine-mlp: two hidden layers (#4)")
     release(repo, backend, "wine-mlp")
-    registry_ops.promote(backend, "wine-mlp@v2.0.0", "staging")
+    versions.promote(backend, "wine-mlp@v2.0.0", "staging")
     (repo / ".done").write_text("", encoding="utf-8")
     return repo
 
@@ -524,7 +524,7 @@ def test_version_without_archive_still_shows_its_tag_facts(registry: Path, tmp_p
 
 
 def test_serve_previews_and_rebuilds_when_tags_change(registry: Path, tmp_path: Path):
-    from gitops import registry_ops
+    from gitops import versions
     from gitops.backends.local import LocalBackend
     from gitops.site.render import build_site
     from gitops.site.serve import serve
@@ -549,7 +549,7 @@ def test_serve_previews_and_rebuilds_when_tags_change(registry: Path, tmp_path: 
     try:
         page = urllib.request.urlopen(f"{base}/models/digits-mlp.html", timeout=10).read().decode()
         assert "staging" not in page
-        registry_ops.promote(backend, "digits-mlp@v1.0.0", "staging")
+        versions.promote(backend, "digits-mlp@v1.0.0", "staging")
         deadline = time.monotonic() + 30
         while watcher.rebuilds < 1 and time.monotonic() < deadline:
             time.sleep(0.1)

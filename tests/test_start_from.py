@@ -13,7 +13,7 @@ import pytest
 from conftest import git, make_example_repo
 from typer.testing import CliRunner
 
-from gitops import config, registry_ops, release, start_from
+from gitops import api, config, start_from, versions
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import ConfigError, ServiceError
@@ -38,7 +38,7 @@ def _commit(repo, message: str) -> None:
 
 
 def _meta(repo, tag: str) -> dict:
-    return registry_ops.release_metadata(git(repo, "tag", "-l", "--format=%(contents)", tag))
+    return versions.release_metadata(git(repo, "tag", "-l", "--format=%(contents)", tag))
 
 
 def _params(folder) -> dict:
@@ -57,8 +57,8 @@ def parented(tmp_path_factory):
     _shorten(repo, CHILD, 100)
     _commit(repo, "short runs")
     backend = LocalBackend(repo)
-    release.release(repo, backend, "digits-mlp")
-    registry_ops.promote(backend, "digits-mlp@v1.0.0", "production")
+    api.release(repo, backend, "digits-mlp")
+    versions.promote(backend, "digits-mlp@v1.0.0", "production")
     return repo
 
 
@@ -93,7 +93,7 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     for path in ("hidden/1/kernel", "head/kernel"):  # trained on from the parent
         assert not np.array_equal(np.asarray(parent[path]), np.asarray(child[path]))
 
-    done = release.release(repo, LocalBackend(repo), CHILD)
+    done = api.release(repo, LocalBackend(repo), CHILD)
     assert done.tag == f"{CHILD}@v1.0.0"
     meta = _meta(repo, done.tag)
     assert meta["start_from"]["version"] == "v1.0.0" and meta["start_from"]["sha256"] == parent_sha
@@ -116,9 +116,9 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     pinned_fp = config.load(CHILD, repo, pinned).training_fingerprint
     _shorten(repo, "digits-mlp", 170)
     _commit(repo, "digits-mlp: 170 steps")
-    assert release.release(repo, LocalBackend(repo), "digits-mlp").tag == "digits-mlp@v1.1.0"
+    assert api.release(repo, LocalBackend(repo), "digits-mlp").tag == "digits-mlp@v1.1.0"
     assert config.load(CHILD, repo).training_fingerprint == cfg.training_fingerprint  # promotion decides, not release
-    registry_ops.promote(LocalBackend(repo), "digits-mlp@v1.1.0", "production")
+    versions.promote(LocalBackend(repo), "digits-mlp@v1.1.0", "production")
     assert config.load(CHILD, repo, pinned).training_fingerprint == pinned_fp
     moved = config.load(CHILD, repo)
     assert moved.training_fingerprint != cfg.training_fingerprint
@@ -129,7 +129,7 @@ def test_child_fine_tunes_from_production_records_lineage_and_follows_a_stage_mo
     plan = json.loads(_run("ci", "plan", "--base", head, "--head", head).stdout)
     assert [(c["model"], c["reason"]) for c in plan["train"]] == [
         (CHILD, "parent digits-mlp@production moved v1.0.0 -> v1.1.0")]
-    again = release.release(repo, LocalBackend(repo), CHILD)
+    again = api.release(repo, LocalBackend(repo), CHILD)
     assert (again.tag, again.bump, again.reason) == (
         f"{CHILD}@v1.1.0", "minor", "parent digits-mlp@production moved v1.0.0 -> v1.1.0")
     assert "no child's parent stage has moved" in _run("ci", "stale").stdout

@@ -19,7 +19,7 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import jsonio, release, report
+from gitops import api, jsonio, report
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.runs import RunFolder
@@ -96,7 +96,7 @@ def released(example_repo, monkeypatch):
     """wine-mlp v1.0.0 released from a fake run; then its learning rate changed (a PR)."""
     monkeypatch.chdir(example_repo)
     fake_run(example_repo, "wine-mlp", GOOD)
-    release.release(example_repo, LocalBackend(example_repo), "wine-mlp")
+    api.release(example_repo, LocalBackend(example_repo), "wine-mlp")
     edit(example_repo, "models/wine-mlp/train.yaml", "learning_rate: 0.05", "learning_rate: 0.02")
     commit_all(example_repo, "lr")
     return example_repo

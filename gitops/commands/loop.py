@@ -1,7 +1,7 @@
 """The GitOps loop on the command line: diff, ci plan, report, comment, release, stages, pull, predict.
 
 Each command parses its flags and calls one library function (`gitops.plan`, `gitops.report`,
-`gitops.release`, `gitops.registry_ops`, `gitops.pull`, `gitops.predict`). Nothing here imports
+`gitops.release`, `gitops.versions`, `gitops.rollback`, `gitops.pull`, `gitops.predict`). Nothing here imports
 jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 """
 
@@ -25,6 +25,11 @@ BackendOption = Annotated[
 ]
 
 
+DeployOption = Annotated[
+    bool | None,
+    typer.Option("--deploy/--no-deploy", help="Also commit the stage to gitops.yaml's deploy repository (default: when "
+                                              "it names one and the backend is local; on GitHub the workflows deploy)."),
+]
 TrackOption = Annotated[
     bool | None,
     typer.Option("--track/--no-track", help="Also update the trackers of gitops.yaml (default: when it lists any)."),
@@ -220,11 +225,11 @@ def release_cmd(
     track: TrackOption = None,
 ) -> None:
     """Tag and publish a version of MODEL at HEAD (reusing the run with the same training fingerprint)."""
-    from gitops import release
+    from gitops import api
 
     root = config.find_root()
-    result = release.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
-                             run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
+    result = api.release(root, _backend(backend_name, root), config.model_name_from_arg(model, root),
+                         run=run, bump=bump, push=push, dist=dist, track=track, repair_version=repair)
     out(jsonio.dumps(result.as_dict(), indent=2) if as_json else result.message)
 
 
@@ -239,7 +244,7 @@ def release_pending_cmd(
                         "(release.yml's read-only prepare job).")] = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
-    from gitops import gitutil, release
+    from gitops import api, gitutil
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -247,7 +252,7 @@ def release_pending_cmd(
         from gitops.spool import SpoolBackend
 
         backend = SpoolBackend(backend, spool_dir, gitutil.head_commit(root))
-    results, failures = release.release_pending(root, backend, push=push, dist=dist, track=track)
+    results, failures = api.release_pending(root, backend, push=push, dist=dist, track=track)
     for result in results:
         out(result.message)
     if not results and not failures:
@@ -367,15 +372,15 @@ def history_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Every version and stage move: date, author, commit, bump reason, headline metrics."""
-    from gitops import promotions, registry_ops
+    from gitops import promotions, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
-    doc = promotions.annotate_history(root, backend, registry_ops.history(backend, model),
+    doc = promotions.annotate_history(root, backend, versions.history(backend, model),
                                       load_settings(FsTree(root)))
-    out(jsonio.dumps(doc, indent=2) if as_json else registry_ops.format_history(doc))
+    out(jsonio.dumps(doc, indent=2) if as_json else versions.format_history(doc))
 
 
 @command("promote")
@@ -385,27 +390,29 @@ def promote_cmd(
     backend_name: BackendOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops import deploy_repo, gitutil, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
     settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     if settings.approvers(to) is not None:  # no stage moves yet: the trackers follow the tag, after the merge
         req = promotions.request(root, backend, ref, to, settings)
         out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
             f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
         out(f"pull request: {req.pull_request}" if req.pull_request else
-            f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
-            "then writes the stage tag and deploys")
+            f"next: review and merge {req.branch} into main, then `gitops ci promote-approved` writes the stage "
+            "tag and deploys it (on GitHub the release workflow runs it after the merge)")
         return
     sinks = trackers.specs_for(root, track)
-    st, version = registry_ops.resolve(backend, ref)
+    st, version = versions.resolve(backend, ref)
     before = st.stages.get(to)
-    tag = registry_ops.promote(backend, ref, to, root=root)
+    tag = versions.promote(backend, ref, to, root=root)
     if push and backend.name == "local":
         gitutil.push_tags(root, [tag])
     counter = tag.rsplit("#", 1)[-1]
@@ -417,7 +424,10 @@ def promote_cmd(
               + ("; pushed to origin" if push and backend.name == "local" else ""))
     out(tag)
     model = tags.parse_ref(ref).model
-    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
+    if deploys:
+        deploy_repo.deploy_after_stage_move(root, backend, settings, [(st.model, to)], f"{tag} is written",
+                                            say=_echo_err)
 
 
 @command("promote-approved", group=ci_app)
@@ -425,6 +435,7 @@ def promote_approved_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet.
 
@@ -432,22 +443,28 @@ def promote_approved_cmd(
       gitops ci promote-approved
       gitops ci promote-approved --backend github
     """
-    from gitops import gitutil, promotions, registry_ops, tags, trackers
+    from gitops import deploy_repo, gitutil, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     sinks = trackers.specs_for(root, track)
-    written = promotions.approve_merged(root, backend, load_settings(FsTree(root)))
+    written = promotions.approve_merged(root, backend, settings)
     if push and backend.name == "local":
         gitutil.push_tags(root, written)
     for tag in written:
         out(tag)
     for model in sorted({tags.parse(t).model for t in written}):
-        trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+        trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
     if not written:
         out("no merged promotion waits for its stage tag")
+    elif deploys:
+        moved = sorted({(tags.parse(t).model, tags.parse(t).stage) for t in written})
+        deploy_repo.deploy_after_stage_move(root, backend, settings, moved, f"{', '.join(written)} written",
+                                            say=_echo_err)
 
 
 @command("demote")
@@ -456,17 +473,25 @@ def demote_cmd(
     stage: Annotated[str, typer.Option("--from", help="Stage to unassign.")],
     backend_name: BackendOption = None,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import registry_ops, trackers
+    from gitops import deploy_repo, trackers, versions
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     sinks = trackers.specs_for(root, track)
-    tag = registry_ops.demote(backend, model, stage, root=root)
+    tag = versions.demote(backend, model, stage, root=root)
     _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
     out(tag)
-    trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
+    if deploys:
+        deploy_repo.deploy_after_stage_move(root, backend, settings, [(model, stage)], f"{tag} is written",
+                                            say=_echo_err)
 
 
 @command("deprecate")
@@ -475,10 +500,10 @@ def deprecate_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Deregister a version (<model>@vX.Y.Z!#N) or deprecate a whole model (<model>@deprecated#N)."""
-    from gitops import registry_ops
+    from gitops import versions
 
     root = config.find_root()
-    out(registry_ops.deprecate(_backend(backend_name, root), ref, root))
+    out(versions.deprecate(_backend(backend_name, root), ref, root))
 
 
 @command("rollback")
@@ -489,11 +514,11 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import gitutil, registry_ops
+    from gitops import gitutil, rollback
 
     root = config.find_root()
     was = gitutil.current_branch(root)
-    result = registry_ops.rollback(root, _backend(backend_name, root), model, to, branch)
+    result = rollback.rollback(root, _backend(backend_name, root), model, to, branch)
     _echo_err(f"switched your checkout to the new branch {result.branch}"
               + (f" (from {was}); go back with `git switch {was}`" if was else "") + ".")
     out(f"branch {result.branch} at {result.commit[:12]} restores {model} {result.version} "
@@ -551,7 +576,7 @@ def gc_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Remove run folders under runs/ that no release (or stage) refers to, nor the current configs."""
-    from gitops import registry_ops
+    from gitops import versions
 
     root = config.find_root()
     if artifacts:
@@ -568,7 +593,7 @@ def gc_cmd(
         if not gone:
             out("nothing to remove")
         return
-    removed = registry_ops.gc(root, _backend(backend_name, root), dry_run=dry_run)
+    removed = versions.gc(root, _backend(backend_name, root), dry_run=dry_run)
     for path in removed:
         out(f"{'would remove' if dry_run else 'removed'} {path.relative_to(root)}")
     if not removed:

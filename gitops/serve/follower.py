@@ -98,9 +98,9 @@ class RegistrySource:
         Raises the registry's GitopsError when the model, version or stage is unknown; the follower logs it
         and keeps serving.
         """
-        from gitops import registry_ops
+        from gitops import versions
 
-        return registry_ops.resolve(self.backend, self.ref)[1].version
+        return versions.resolve(self.backend, self.ref)[1].version
 
     def fetch(self, version: str) -> Path:
         """Pull `version` (download, verify SHA256SUMS and the tag's checksum, unpack)."""

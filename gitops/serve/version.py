@@ -216,12 +216,9 @@ def folder_identity(model_dir: Path) -> tuple[str, str]:
 
 def _released_as(model_dir: Path) -> str | None:
     """The version a pulled release folder holds (its `release.json`), None for a plain run folder."""
-    import json
+    from gitops.archive import read_release_record
 
-    try:
-        return json.loads((model_dir / "release.json").read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError, AttributeError):
-        return None
+    return (read_release_record(model_dir) or {}).get("version")
 
 
 def _preprocessing(loaded: Any, model_dir: Path) -> dict:

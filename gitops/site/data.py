@@ -16,10 +16,11 @@ import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from gitops import jsonio, registry_ops, tags
+from gitops import archive as archive_format
+from gitops import jsonio, runs, tags, versions
 from gitops.backends.base import Backend
 from gitops.errors import GitopsError
 from gitops.pull import fetch_archive
@@ -177,7 +178,7 @@ def collect_registry(root: Path, backend: Backend, cache: Path | None = None) ->
 
 
 def _version(root: Path, backend: Backend, model: str, vs: tags.VersionState, cache: Path) -> VersionData:
-    meta = registry_ops.release_metadata(vs.message)
+    meta = versions.release_metadata(vs.message)
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     reason = meta.get("reason") or _first_line(vs.message)
     v = VersionData(
@@ -211,7 +212,7 @@ def _apply_files(v: VersionData, files: dict[str, bytes]) -> None:
         v.param_count = _int(manifest.get("param_count"))
         v.steps = v.steps or _int(manifest.get("steps_done") or manifest.get("steps"))
         v.checkpoint_step = v.checkpoint_step or _int(manifest.get("checkpoint_step"))
-        v.trained_at_commit = v.trained_at_commit or registry_ops.text_field(manifest, "git_commit") or None
+        v.trained_at_commit = v.trained_at_commit or runs.text_field(manifest, "git_commit") or None
         for key in ("training_fingerprint", "release_fingerprint", "data_fingerprint"):
             if not getattr(v, key) and manifest.get(key):
                 setattr(v, key, manifest[key])
@@ -262,26 +263,11 @@ def read_members(archive: Path) -> dict[str, bytes]:
     A member counts at the archive's top level or one folder down (a run folder packed with its
     name); the shallower wins. Links, devices, absolute paths and `..` are skipped, not followed.
     """
-    found: dict[str, tuple[int, bytes]] = {}
     try:
-        with tarfile.open(archive, "r|*") as tar:
-            for count, member in enumerate(tar):
-                if count >= MAX_MEMBERS:
-                    raise GitopsError(f"{archive.name}: more than {MAX_MEMBERS} members")
-                path = PurePosixPath(member.name)
-                if not member.isfile() or path.is_absolute() or ".." in path.parts or not path.parts:
-                    continue
-                depth = len(path.parts) - 1
-                if path.name not in WANTED or depth > 1 or (depth and path.parts[0] in ("config", "checkpoints")):
-                    continue
-                if member.size > MAX_MEMBER_BYTES or (path.name in found and found[path.name][0] <= depth):
-                    continue
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    found[path.name] = (depth, fh.read(MAX_MEMBER_BYTES + 1)[:MAX_MEMBER_BYTES])
+        return archive_format.read_members(archive, WANTED, max_members=MAX_MEMBERS,
+                                           max_member_bytes=MAX_MEMBER_BYTES, skip_folders=("config", "checkpoints"))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise GitopsError(f"{archive.name}: unreadable archive ({exc})") from None
-    return {name: data for name, (_, data) in found.items()}
 
 
 def _store(slot: Path, files: dict[str, bytes]) -> None:

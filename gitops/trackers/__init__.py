@@ -211,10 +211,10 @@ def backfill(root: Path, backend: Any, specs: Sequence[TrackerSpec], models: Seq
     version becomes a model version (its run taken from runs/, the run cache, or pulled and verified),
     then the stage aliases follow the registry's tags.
     """
-    from gitops import registry_ops
+    from gitops import runs, versions
     from gitops.runs import RunFolder
 
-    runs_dir = Path(runs_dir) if runs_dir else root / registry_ops.RUNS_DIR
+    runs_dir = Path(runs_dir) if runs_dir else root / runs.RUNS_DIR
     result = BackfillResult()
     for model in models:
         folder = runs_dir / model
@@ -224,12 +224,12 @@ def backfill(root: Path, backend: Any, specs: Sequence[TrackerSpec], models: Seq
         registry_specs = [s for s in specs if s.name == "mlflow"]
         if not registry_specs or backend is None:
             continue
-        st = registry_ops.state(backend, model)
+        st = versions.state(backend, model)
         for v in sorted(st.versions.values(), key=lambda v: v.semver):
             if not v.active:
                 continue
-            fingerprint = registry_ops.release_metadata(v.message).get("training_fingerprint")
-            local = registry_ops.find_run(root, model, fingerprint) if fingerprint else None
+            fingerprint = versions.release_metadata(v.message).get("training_fingerprint")
+            local = runs.find_run(root, model, fingerprint) if fingerprint else None
             if local is None:
                 from gitops.pull import pull
 

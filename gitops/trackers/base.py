@@ -118,9 +118,9 @@ class RunData:
 
 def read_run_data(path: Path) -> RunData:
     """Read a run folder for the sinks; GitopsError when it is not a finished run."""
-    from gitops import registry_ops
+    from gitops import runs
 
-    info = registry_ops.read_run(Path(path))
+    info = runs.read_run(Path(path))
     if not info.finished:
         raise GitopsError(f"{path}: the run has not finished; trackers only receive finished runs")
     return RunData(Path(path), info.model, info.manifest, info.config, info.metrics, info.history)
