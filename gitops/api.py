@@ -1,5 +1,7 @@
 """The public surface the CLI, workflows and notebooks share: `load` a trained model, `release` a model.
 
+`LoadedModel` and the folder loader live in `gitops.loaded` (below both `api` and `start_from`).
+
 `gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
 A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
@@ -11,18 +13,14 @@ must match the manifest's), the architecture is built abstractly and the handed-
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gitops import config as config_lib
 from gitops import runs
-from gitops.errors import GitopsError, IntegrityError
+from gitops.loaded import LoadedModel, load_folder
 
 
 def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | None = None) -> Path:
@@ -47,7 +45,7 @@ def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
     says so first); returns (the finished run folder, False when it was a run-cache hit)."""
 
     def train_now(cfg: Any) -> tuple[Path, bool]:
-        from gitops import dispatch, runs  # heavy: jax, flax, optax, orbax
+        from gitops import dispatch  # heavy: jax, flax, optax, orbax
 
         sys.stderr.write(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now\n")
         result = dispatch.train(cfg, Path(root) / runs.RUNS_DIR, root=root)
@@ -88,78 +86,6 @@ def resolve_ref(ref: str | Path) -> Path:
     return Path(resolve_to_folder(str(target.ref)))
 
 
-@dataclass
-class LoadedModel:
-    """A trained model: the NNX module (eval mode), its params, config, manifest and metrics."""
-
-    path: Path
-    model: Any
-    config: Any
-    manifest: dict
-    metrics: dict
-    preprocessing: Any  # gitops.data.Preprocessing
-    checkpoint_step: int
-    _forward: Any = field(default=None, repr=False)
-
-    @property
-    def task(self) -> str:
-        return self.preprocessing.task
-
-    @property
-    def params(self) -> dict:
-        """Nested dict of the model's parameter arrays (as in the checkpoint's "model" subtree)."""
-        from flax import nnx
-
-        return nnx.to_pure_dict(nnx.state(self.model, nnx.Param))
-
-    def predict_fn(self, x: Any) -> Any:
-        """The jittable core: preprocessed inputs (batch, *input_shape) -> probabilities or values."""
-        return self._forward(x)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Raw inputs -> class probabilities (classification) or predicted values (regression).
-
-        The saved preprocessing (scaler fitted on the training split, input shape) is applied first,
-        so `x` is what the dataset loader yields, e.g. digits as (n, 64) or (n, 8, 8, 1) pixel values 0..16.
-        """
-        batch = self.preprocessing.apply(np.asarray(x))
-        return np.asarray(self._forward(batch))  # one host copy (jax.device_get would walk a pytree first)
-
-    def generate(self, prompt: str | list[str], *, max_new_tokens: int = 64, temperature: float = 1.0,
-                 top_k: int | None = None, seed: int = 0) -> str | list[str]:
-        """Continue `prompt` (or each of a list of prompts) with a language model's sampled text.
-
-        Temperature 0 is greedy. Each new token costs one cached decoding step (`gitops.generate`).
-
-        Raises:
-            UsageError: not a language model, an empty prompt or one longer than the context, or
-                `max_new_tokens`/`temperature`/`top_k` out of range.
-        """
-        from gitops.generate import Sampling, generate_text
-
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        done = generate_text(self, prompts, Sampling(max_new_tokens, temperature, top_k, seed))
-        texts = [d["text"] for d in done]
-        return texts[0] if isinstance(prompt, str) else texts
-
-
-def _match(target: Any, restored: Any, where: str) -> Any:
-    """`restored` re-keyed like `target` (int keys from str), checking that every leaf's shape agrees."""
-    if isinstance(target, dict):
-        if not isinstance(restored, dict):
-            raise IntegrityError(f"checkpoint: {where} is not a mapping")
-        out = {}
-        for key, sub in target.items():
-            found = restored.get(key, restored.get(str(key)))
-            if found is None:
-                raise IntegrityError(f"checkpoint: {where}/{key} is missing")
-            out[key] = _match(sub, found, f"{where}/{key}")
-        return out
-    if tuple(target.shape) != tuple(np.shape(restored)):
-        raise IntegrityError(f"checkpoint: {where} has shape {np.shape(restored)}, the model expects {tuple(target.shape)}")
-    return restored
-
-
 def load(ref: str | Path, **_: Any) -> LoadedModel:
     """Load a trained model from a run folder or a release (`name`, `name@v1.2.0`, `name@stage`; pulled first).
 
@@ -170,71 +96,5 @@ def load(ref: str | Path, **_: Any) -> LoadedModel:
             pulled release does not verify.
     """
     folder = resolve_ref(ref)  # first: a wrong reference fails before jax, flax and orbax load (~1.5 s)
-    import jax
-    from flax import nnx
+    return load_folder(folder)
 
-    from gitops.architectures import build_model
-    from gitops.preprocessing import Preprocessing
-
-    folder_files = runs.RunFolder(folder)
-    info = runs.read_run(folder)
-    manifest = info.manifest
-    if not info.finished:
-        raise GitopsError(f"{folder}: the run has not finished (no finished_at in {runs.MANIFEST_FILE}, or no "
-                          f"{runs.METRICS_FILE})")
-    if not info.config:
-        raise GitopsError(f"{folder}: {runs.CONFIG_FILE} is missing or empty")
-    cfg = config_lib.build(info.model, info.config)
-    if manifest.get("training_fingerprint") and cfg.training_fingerprint != manifest["training_fingerprint"]:
-        raise IntegrityError(f"{folder}: {runs.CONFIG_FILE} does not match the manifest's training fingerprint")
-    prep = Preprocessing.from_dict(folder_files.preprocessing)
-    step = manifest.get("checkpoint_step")
-    if step is None:
-        raise GitopsError(f"{folder}: the manifest names no checkpoint_step")
-
-    def make() -> Any:
-        return build_model(
-            cfg.model.architecture,
-            config_lib.thaw(cfg.model.params),
-            input_shape=prep.input_shape,
-            num_outputs=prep.num_outputs,
-            rngs=nnx.Rngs(params=0),
-            dtype=jax.numpy.bfloat16 if cfg.train.precision == "bfloat16" else None,
-        )
-
-    abstract = nnx.eval_shape(make)
-    graphdef, abstract_state = nnx.split(abstract)
-    target = nnx.to_pure_dict(abstract_state)
-    state_dir = (folder_files.checkpoints_dir / str(step) / "state").absolute()
-    if not state_dir.is_dir():
-        raise GitopsError(f"{folder}: checkpoint {step} is missing ({state_dir})")
-    # The plain-Orbax view (no target; list indexes come back as "0", "1", ...), matched to the model's
-    # structure, with shapes checked: the same path a user without gitops takes.
-    from gitops.checkpoint import restore_anywhere  # also checkpoints published with `cuda:0` in them
-
-    restored = _match(target, restore_anywhere(state_dir)["model"], "model")
-    nnx.replace_by_pure_dict(abstract_state, restored)
-    model = nnx.merge(graphdef, abstract_state)
-    model.eval()
-    mgraph, mstate = nnx.split(model)
-    classification = prep.task == "classification"
-
-    # The state goes in as a flat tuple of arrays: jax flattens a tuple in C++, while an nnx.State
-    # would be flattened by a Python callback on every call (tens of microseconds at batch 1).
-    leaves, treedef = jax.tree.flatten(mstate)
-
-    @jax.jit
-    def forward(flat: tuple, x: Any) -> Any:
-        outputs = nnx.merge(mgraph, jax.tree.unflatten(treedef, list(flat)))(x)
-        return jax.nn.softmax(outputs, axis=-1) if classification else outputs
-
-    return LoadedModel(
-        path=folder,
-        model=model,
-        config=cfg,
-        manifest=manifest,
-        metrics=info.metrics,
-        preprocessing=prep,
-        checkpoint_step=int(step),
-        _forward=functools.partial(forward, tuple(leaves)),
-    )

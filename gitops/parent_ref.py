@@ -130,7 +130,7 @@ def resolve_ref(ref_text: str, tag_list: list) -> dict:
     Raises:
         UsageError: no such model, version or stage, or the version is deregistered.
     """
-    from gitops.versions import release_metadata
+    from gitops.tag_message import release_metadata
 
     ref = parse_model_ref(ref_text)
     state = tags.model_state(tag_list, ref.model)

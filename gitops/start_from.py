@@ -231,12 +231,13 @@ def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
     if "model" in spec:
         from flax import nnx
 
-        from gitops import api, pull
+        from gitops import pull
         from gitops.backends import get_backend
+        from gitops.loaded import load_folder
 
         resolved = dict(spec["resolved"])
         folder = pull.pull(root, get_backend(None, root), f"{resolved['model']}@{resolved['version']}")
-        loaded = api.load(folder)
+        loaded = load_folder(folder)
         values = {k: v for k, v in flatten(nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))).items()}
         return values, {"ref": spec["model"], **resolved}
     where = {"path": spec["path"]} if "path" in spec else {"url": spec["url"]}

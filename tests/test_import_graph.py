@@ -29,11 +29,6 @@ MAY_IMPORT_COMMANDS = (*COMMAND_LAYER, "gitops.__main__")
 # expected failure that names them. Delete an entry once its import is gone; when the dict is empty the
 # test is strict again.
 KNOWN_ELSEWHERE: dict[tuple[str, str], str] = {
-    ("gitops.parent_ref", "gitops.versions"): "r1: config -> parent_ref -> versions -> runs/config; the "
-                                              "tag-message parser (versions.release_metadata) wants a leaf module",
-    ("gitops.start_from", "gitops.api"): "follow-up: start_from loads the parent with api.load while api trains "
-                                         "on demand (api -> dispatch -> train -> start_from); the model loader "
-                                         "belongs below both",
     ("gitops.plugins", "gitops.catalog"): "r3: one registry door (catalog<->plugins)",
     ("gitops.plugins", "gitops.config"): "r3: one registry door (plugins -> config -> catalog -> plugins)",
     ("gitops.schema", "gitops.sweep"): "r3: schema<->settings (schema -> sweep -> schema)",
