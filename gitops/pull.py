@@ -185,7 +185,7 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
         from gitops import artifact_store
 
         archive = artifact_store.fetch_archive(artifact_store.objects_from_meta(meta), sums, archive_name, work,
-                                               root or getattr(backend, "root", None))
+                                               root)
         got = sha256_file(archive)
         if got != sums[archive_name]:
             raise IntegrityError(f"checksum mismatch for {archive_name}: expected {sums[archive_name][:16]}…, "

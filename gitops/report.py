@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from gitops import catalog, config, gitutil, jsonio, registry_ops, stats, trackers
-from gitops.backends.base import COMMENT_MARKER, Backend
+from gitops.backends.base import COMMENT_MARKER, COMMENT_MAX_CHARS, Backend
 from gitops.errors import UsageError
 from gitops.plan import config_diff, is_missing, show_value
 
-MAX_CHARS = 65_536
 MAX_CURVE_POINTS = 100
 SPARK = "▁▂▃▄▅▆▇█"
 BETTER, WORSE, FAILED, EQUAL, NONE, NOISE = "✅", "⚠️", "❌", "➖", "—", "≈ noise"
@@ -537,7 +536,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def markdown(report: Report, limit: int = MAX_CHARS) -> str:
+def markdown(report: Report, limit: int = COMMENT_MAX_CHARS) -> str:
     failed = [m.model for m in report.models if not m.ok]
     status = (f"❌ gate failed: {', '.join(failed)}" if failed
               else f"✅ all gates pass ({len(report.models)} model(s))")
@@ -600,7 +599,7 @@ def terminal(report: Report) -> str:
     return "\n".join(lines)
 
 
-def cap(text: str, limit: int = MAX_CHARS) -> str:
+def cap(text: str, limit: int = COMMENT_MAX_CHARS) -> str:
     if len(text) <= limit:
         return text
     note = f"\n\n> ✂️ Report cut at {limit} characters (GitHub's comment limit); the job summary and report.json have it all.\n"
@@ -795,8 +794,8 @@ def check_markdown(body: str) -> None:
 
     if not body.startswith(COMMENT_MARKER):
         raise GitopsError(f"the report must start with {COMMENT_MARKER} (make it with gitops report)")
-    if len(body) > MAX_CHARS:
-        raise GitopsError(f"the report is {len(body)} characters; GitHub allows {MAX_CHARS}")
+    if len(body) > COMMENT_MAX_CHARS:
+        raise GitopsError(f"the report is {len(body)} characters; GitHub allows {COMMENT_MAX_CHARS}")
 
 
 def write_step_summary(text: str) -> None:
