@@ -297,7 +297,7 @@ def _split_size(cfg: dict | None, metric: str) -> int | None:
     split = {"val": "validation", "test": "test"}.get(metric.split("/", 1)[0])
     data = (cfg or {}).get("data") or {}
     try:
-        entry = catalog.DATASETS.get(data["dataset"]["name"])
+        entry = catalog.DATASETS.entry(data["dataset"]["name"])
         total = (entry.info.get("examples") if entry else None) or data["dataset"].get("n_samples")
         fraction = float(data["splits"][split])
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -775,7 +775,7 @@ def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GitopsError(f"report JSON is not valid JSON: {exc}") from None
-    from gitops.schema import strict_validator_class
+    from gitops.jsonschema_tools import strict_validator_class
 
     errors = sorted(strict_validator_class()(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:

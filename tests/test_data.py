@@ -28,8 +28,8 @@ def test_every_catalog_dataset_and_augmentation_is_registered() -> None:
     assert data.NOT_YET <= set(catalog.DATASETS)
     # language-modelling datasets load through gitops.text_data (whole documents per split), not the registry
     arrays = {n for n, e in catalog.DATASETS.items() if e.info.get("task") != "language_modeling"}
-    assert arrays == set(data.DATASETS.names())
-    assert set(catalog.AUGMENTATIONS) == set(data.AUGMENTATIONS.names())
+    assert arrays == set(catalog.DATASETS.names())
+    assert set(catalog.AUGMENTATIONS) == set(catalog.AUGMENTATIONS.names())
 
 
 def test_not_yet_datasets_say_so() -> None:

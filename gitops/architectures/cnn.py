@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES, activation
+from gitops.architectures import activation
 
 
-@ARCHITECTURES.register("cnn")
 class CNN(nnx.Module):
     def __init__(
         self,

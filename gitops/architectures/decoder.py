@@ -27,8 +27,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES
-
 
 def rotary(x: jnp.ndarray, positions: jnp.ndarray, base: float) -> jnp.ndarray:
     """Rotate pairs of features (first half with second half) by position-dependent angles.
@@ -134,7 +132,6 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-@ARCHITECTURES.register("decoder")
 class Decoder(nnx.Module):
     def __init__(
         self,

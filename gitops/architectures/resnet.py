@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES, activation
+from gitops.architectures import activation
 
 
 class BasicBlock(nnx.Module):
@@ -40,7 +40,6 @@ class BasicBlock(nnx.Module):
         return act(y + shortcut)
 
 
-@ARCHITECTURES.register("resnet")
 class ResNet(nnx.Module):
     def __init__(
         self,

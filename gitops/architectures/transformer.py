@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures import ARCHITECTURES
-
 
 class EncoderBlock(nnx.Module):
     def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs):
@@ -37,7 +35,6 @@ class EncoderBlock(nnx.Module):
         return x + self._drop(y, rngs)
 
 
-@ARCHITECTURES.register("transformer")
 class Transformer(nnx.Module):
     def __init__(
         self,
