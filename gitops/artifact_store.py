@@ -60,6 +60,7 @@ class StoredObject:
     url: str
 
     def as_dict(self) -> dict:
+        """The object as the JSON entry of the tag message and `<archive>.objects.json`."""
         return {"name": self.name, "sha256": self.sha256, "size": self.size, "url": self.url}
 
 
@@ -84,6 +85,11 @@ class ArtifactStore:
     # --- plumbing ---------------------------------------------------------------------------
     @property
     def fs(self) -> Any:
+        """The fsspec filesystem for `url`, made on first use (S3 with one SDK attempt: our retries apply).
+
+        Raises UsageError for a scheme other than s3, gs, az or file, or when its fsspec package
+        (s3fs, gcsfs, adlfs) is not installed.
+        """
         if self._fs is None:
             import fsspec
 
@@ -112,6 +118,9 @@ class ArtifactStore:
         return f"{self._root}/sha256/{sha256[:2]}/{sha256}"
 
     def object_url(self, sha256: str) -> str:
+        """The full URL of the object holding the part with this sha256 (64 hex digits):
+        `<url>/sha256/<first two hex>/<sha256>`.
+        """
         return f"{self.url}/sha256/{sha256[:2]}/{sha256}"
 
     def _call(self, what: str, url: str, fn: Callable[[], Any]) -> Any:
@@ -275,6 +284,10 @@ class ArtifactStore:
         return out
 
     def remove(self, key: str) -> None:
+        """Delete the object at `key` (an fsspec path, as `list_objects` gives it); one already gone is no error.
+
+        Raises ServiceError (exit 3) when the store still fails after the configured retries.
+        """
         with contextlib.suppress(FileNotFoundError):  # already gone (another gc)
             self._call("removing", key, lambda: self.fs.rm(key))
 
@@ -307,6 +320,7 @@ def for_tree(tree: Any) -> ArtifactStore | None:
 
 
 def for_root(root: Path | None) -> ArtifactStore | None:
+    """The store the working folder's gitops.yaml configures (see `for_tree`); None without one or a root."""
     if root is None:
         return None
     from gitops.tree import FsTree

@@ -16,12 +16,17 @@ from gitops.tags import instant
 
 @dataclass(frozen=True)
 class Cost:
+    """The estimated cost of training one model in a PR: `steps` optimizer steps (repeats included) at the
+    last measured `steps_per_second` (None when the model never trained).
+    """
+
     model: str
     steps: int | None  # total optimizer steps (x repeats)
     steps_per_second: float | None  # last measured rate for this model, None when never trained
 
     @property
     def minutes(self) -> float | None:
+        """Estimated device minutes (steps / steps_per_second / 60); None when either is unknown."""
         if self.steps is None or not self.steps_per_second:
             return None
         return self.steps / self.steps_per_second / 60.0

@@ -115,6 +115,9 @@ def write(folder: Path, out: Path | None = None, *, progress: Callable[[int, int
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary sibling and `os.replace`, so a reader or a crash
+    never sees half a file; creates the parent folder.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -166,10 +166,12 @@ class Preprocessing:
     labels: list[str] | None = None  # class names (image folders: the sorted label folders), for predict
 
     def as_dict(self) -> dict:
+        """The JSON object saved as preprocessing.json (every field, lists as lists)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Preprocessing:
+        """Read preprocessing.json back; keys it lacks (files from older versions) become None."""
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -187,6 +189,12 @@ class Preprocessing:
 
 
 def fit_preprocessing(scale: str, x_train: np.ndarray, *, task: str, num_classes: int | None, num_outputs: int) -> Preprocessing:
+    """The scaling fitted on the training inputs only (so validation and test never leak into it).
+
+    x_train: (n, *input_shape) numbers. `standardize` stores per-feature mean and std, `minmax` min and
+    max-min (float32 lists over flattened features); a feature whose divisor is below 1e-8 gets 1.0.
+    `none` stores neither.
+    """
     flat = x_train.reshape(len(x_train), -1).astype(np.float64)
     shift = divisor = None
     if scale == "standardize":
@@ -201,6 +209,10 @@ def fit_preprocessing(scale: str, x_train: np.ndarray, *, task: str, num_classes
 
 @dataclass(frozen=True)
 class Split:
+    """One split's examples: `x` (n, *input_shape) float32 model inputs; `y` (n,) int32 class indexes,
+    (n, outputs) float32 targets or (n, length) int32 next-token ids; `indexes` (n,) their positions.
+    """
+
     x: np.ndarray  # preprocessed model inputs
     y: np.ndarray
     indexes: np.ndarray  # positions in the loaded dataset (to check splits never overlap)
@@ -211,6 +223,8 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """An in-memory dataset: train/val/test splits, the fitted preprocessing, and the raw test inputs."""
+
     train: Split
     val: Split
     test: Split
@@ -219,6 +233,7 @@ class Dataset:
 
     @property
     def task(self) -> str:
+        """`classification`, `regression` or `language_modeling`, from the preprocessing."""
         return self.preprocessing.task
 
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gitops
 from gitops import jsonio
 from gitops.errors import GitopsError, UsageError
 
@@ -52,7 +53,7 @@ def source_root() -> Path:
     candidates = []
     with contextlib.suppress(UsageError):
         candidates.append(config.find_root())
-    candidates.append(Path(__file__).resolve().parents[1])
+    candidates.append(Path(gitops.__file__).resolve().parents[1])  # a source checkout
     for root in candidates:
         if all((root / "models" / m / "model.yaml").is_file() for m in MODELS) and (root / "schemas").is_dir():
             return root

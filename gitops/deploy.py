@@ -39,6 +39,13 @@ UID = 10001
 
 @dataclass(frozen=True)
 class DeployOptions:
+    """What `gitops deploy` renders beyond the release itself (its command-line flags).
+
+    Kubernetes quantities as in a pod spec (`cpu_request` "500m" = half a core, `memory_limit` "4Gi"
+    = 4 GiB); `target_cpu_percent` is the HorizontalPodAutoscaler's average CPU utilisation target (%);
+    min/max replicas default from `replicas` when None.
+    """
+
     gpu: bool = False
     replicas: int = 2
     image_registry: str = ""  # e.g. ghcr.io/acme; empty: a local image name
@@ -56,6 +63,8 @@ class DeployOptions:
 
 @dataclass(frozen=True)
 class Rendered:
+    """What a render wrote: the folder, the image name to build, model, version and the files (relative paths)."""
+
     dir: Path
     image: str
     model: str
@@ -70,6 +79,7 @@ def label_safe(version: str) -> str:
 
 
 def image_name(model: str, version: str, registry: str = "") -> str:
+    """The image reference to build, `[<registry>/]gitops-<model>:<version>` (the version made tag-safe)."""
     name = f"gitops-{model}:{label_safe(version)}"
     return f"{registry.rstrip('/')}/{name}" if registry else name
 
@@ -84,6 +94,10 @@ def serve_command(pull_at_start: bool, ref: str) -> list[str]:
 
 
 def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: str, source_copied: bool) -> str:
+    """The Dockerfile text: a pinned slim Python base, a non-root user, gitops and the serving packages
+    installed (`jax[cuda12]` pinned to `jax_version` with `opts.gpu`), the release baked in unless
+    `opts.pull_at_start`, a HEALTHCHECK on /healthz and `gitops serve` as the command.
+    """
     ref = f"{model}@{version}"
     if source_copied:
         install = ["/opt/gitops-src"]
@@ -198,6 +212,7 @@ def kubernetes(model: str, version: str, image: str, opts: DeployOptions) -> dic
 
 
 def readme(model: str, version: str, image: str, opts: DeployOptions) -> str:
+    """The rendered folder's README.md: how to build, try, push and `kubectl apply` the image and manifests."""
     name = f"{model}-serving"
     baked = ("the release is baked into the image (`model/`, pulled and checksum-verified at render time)"
              if not opts.pull_at_start else

@@ -57,6 +57,10 @@ class StageMove:
 
 @dataclass(frozen=True)
 class DeployResult:
+    """What one stage move did to the deploy repository: the move, the new commit (None when the files
+    already said so) and the commit message.
+    """
+
     move: StageMove
     commit: str | None  # None: the deploy repository already said this (no commit)
     message: str
@@ -70,6 +74,7 @@ def default_image() -> str:
 
 
 def is_url(target: str) -> bool:
+    """True when `target` is a git URL (`scheme://...` or scp-like `user@host:path`), not a folder."""
     return bool(_URL_RE.match(target))
 
 
@@ -107,6 +112,7 @@ def stage_move(state: tags.ModelState, stage: str) -> StageMove:
 
 
 def release_configmap_name(model: str) -> str:
+    """The name of the ConfigMap that tells a model's pods which release to pull: `<model>-release`."""
     return f"{model}-release"
 
 
@@ -244,6 +250,11 @@ def _inside(root: Path, target: Path) -> None:
 
 
 def write_files(root: Path, changes: dict[str, str | None]) -> None:
+    """Apply `changes` (path relative to `root` -> text, or None to delete) to the deploy repository.
+
+    Each file is written through a temporary sibling and renamed; a deletion also removes folders it
+    leaves empty. The paths are checked to stay inside `root` when the changes are planned.
+    """
     for rel, text in changes.items():
         target = root / rel
         if text is None:

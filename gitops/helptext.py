@@ -108,6 +108,7 @@ def value_name(param: Any) -> str:
 
 
 def usage_piece(param: Any) -> str:
+    """How an argument shows in a usage line: `NAME`, `[NAME]` when optional, `NAME...` when repeated."""
     name = value_name(param)
     if param.metavar and (" " in param.metavar or "[" in param.metavar):  # spelled out by the command
         return name
@@ -135,11 +136,13 @@ class GitopsCommand(typer_core.TyperCommand):
         self.help, self.doc_examples = split_examples(self.help)
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line's parts: `[OPTIONS]` then every argument (see `usage_piece`)."""
         pieces = ["[OPTIONS]"]
         pieces += [usage_piece(p) for p in self.get_params(ctx) if p.param_type_name == "argument"]
         return pieces
 
     def format_options(self, ctx: Any, formatter: Any) -> None:
+        """The Arguments and Options sections, each value named by `value_name`."""
         args, opts = [], []
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
@@ -164,6 +167,7 @@ class GitopsCommand(typer_core.TyperCommand):
                 formatter.write_dl(opts)
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        """The epilog, then the command's examples, then the reference grammar note when it takes a REF."""
         super().format_epilog(ctx, formatter)
         write_examples(_path(ctx), formatter, self.doc_examples)
         if any(p.param_type_name == "argument" and value_name(p) == "REF" for p in self.get_params(ctx)):
@@ -173,6 +177,7 @@ class GitopsCommand(typer_core.TyperCommand):
 
 
 def write_examples(path: str, formatter: Any, more: list[str] | None = None) -> None:
+    """Write an Examples section: `EXAMPLES[path]` then `more` (duplicates dropped), verbatim; nothing if none."""
     lines = list(dict.fromkeys([*EXAMPLES.get(path, ()), *(more or ())]))
     if not lines:
         return
@@ -185,9 +190,11 @@ class GitopsGroup(typer_core.TyperGroup):
     """A group whose command list is grouped into panels and never cut short."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line's parts: `[OPTIONS] COMMAND [ARGS]...`."""
         return ["[OPTIONS]", "COMMAND [ARGS]..."]
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
+        """The command list in panels (`GROUPS`, ordered by `GROUP_ORDER`), with whole short help texts."""
         panels: dict[str, list[tuple[str, str]]] = {}
         prefix = _path(ctx)
         for name in self.list_commands(ctx):
@@ -203,6 +210,7 @@ class GitopsGroup(typer_core.TyperGroup):
                 formatter.write_dl(panels[panel])
 
     def format_epilog(self, ctx: Any, formatter: Any) -> None:
+        """The epilog, the group's examples, and how to get a command's own help."""
         super().format_epilog(ctx, formatter)
         write_examples(_path(ctx), formatter)
         formatter.write_paragraph()

@@ -69,7 +69,9 @@ class InitResult:
 
 def template_root() -> Path:
     """The folder holding the workflow templates: package data in a wheel, `.github/` in a checkout."""
-    here = Path(__file__).resolve().parent
+    import gitops
+
+    here = Path(gitops.__file__).resolve().parent  # the package folder, wherever this module sits in it
     for candidate in (here / "_workflows", here.parent / ".github"):
         if (candidate / "workflows" / "pr.yml").is_file():
             return candidate

@@ -101,6 +101,9 @@ def strict_validator_class():
 
 
 def format_path(path: tuple) -> str:
+    """A JSON Schema error path as a config key path: `("train", "optimizer", "learning_rate")` ->
+    `train.optimizer.learning_rate`, list indexes as `[i]` (`train.schedule.boundaries[0]`).
+    """
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))

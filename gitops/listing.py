@@ -33,6 +33,7 @@ class RunRow:
     current: bool = False  # trained from the model's config in the working tree now
 
     def as_dict(self) -> dict:
+        """The row as a JSON object (every field), for `gitops ls --json`."""
         return dict(self.__dict__)
 
 
@@ -115,6 +116,11 @@ def list_runs(root: Path, backend, model: str) -> tuple[str, list[RunRow]]:
 
 
 def format_models(entries: list[dict]) -> str:
+    """The `gitops ls` table: model, latest version, stages, unreleased runs; a hint when there are no models.
+
+    `entries` are the dicts `gitops ls --json` prints (keys model, latest, stages, deprecated, in_repository,
+    valid, unreleased_runs).
+    """
     if not entries:
         return "no models yet (create one: gitops new NAME)"
     rows = [("MODEL", "LATEST", "STAGES", "UNRELEASED RUNS")]
@@ -128,6 +134,9 @@ def format_models(entries: list[dict]) -> str:
 
 
 def format_runs(model: str, headline: str, rows: list[RunRow]) -> str:
+    """The `gitops ls MODEL` table: one row per run with status, finish time (UTC), steps, the headline and
+    common test metrics and the versions released from it; `*` marks runs of the working tree's config.
+    """
     if not rows:
         return f"no runs of {model} under runs/ (train one: gitops train {model})"
     shown = _metric_columns(headline, rows)

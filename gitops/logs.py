@@ -55,6 +55,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message (+ exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (`time` in UTC with milliseconds, e.g. `2026-01-31T12:00:00.123Z`)."""
         doc = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),

@@ -25,6 +25,8 @@ Migration = Callable[[MutableMapping], None]  # edits one file's top-level mappi
 
 @dataclass(frozen=True)
 class Step:
+    """One schema migration: what it changes (`description`) and the function that edits a file's mapping."""
+
     description: str
     apply: Migration
 
@@ -34,10 +36,12 @@ MIGRATIONS: dict[str, dict[int, Step]] = {kind: {} for kind in schema.KINDS}
 
 
 def current_version() -> int:
+    """The schema version this gitops writes and reads (`schema.SCHEMA_VERSION`)."""
     return schema.SCHEMA_VERSION
 
 
 def file_version(data: Any) -> int:
+    """A config file's `schema_version` (1 when absent or not an integer)."""
     version = data.get("schema_version", 1) if isinstance(data, dict) else 1
     return version if isinstance(version, int) and not isinstance(version, bool) else 1
 

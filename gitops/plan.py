@@ -22,6 +22,10 @@ _MISSING = object()
 
 @dataclass
 class ModelChange:
+    """One model in a plan and why (`reason`): its training and release fingerprints at head (64 hex) and
+    the changed config keys as (key path, old, new).
+    """
+
     model: str
     reason: str
     fingerprint: str = ""  # training fingerprint at head (full)
@@ -29,6 +33,7 @@ class ModelChange:
     diff: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key.path, old, new)
 
     def as_dict(self) -> dict:
+        """The change as JSON for `gitops ci plan --json` (`fingerprint` is the 12-hex short form)."""
         return {
             "model": self.model,
             "reason": self.reason,
@@ -40,6 +45,10 @@ class ModelChange:
 
 @dataclass
 class Plan:
+    """What a PR changes between commits `base` and `head`: models to train, to release without training,
+    deleted, and sweeps to run.
+    """
+
     base: str
     head: str
     train: list[ModelChange] = field(default_factory=list)
@@ -48,6 +57,7 @@ class Plan:
     sweeps: list[SweepPlan] = field(default_factory=list)
 
     def as_dict(self) -> dict:
+        """The plan as the JSON `gitops ci plan` writes (the workflow reads `matrix` from it)."""
         return {
             "base": self.base,
             "head": self.head,
@@ -59,6 +69,9 @@ class Plan:
         }
 
     def matrix(self) -> dict:
+        """The GitHub Actions job matrix, `{"include": [{"model", "fingerprint", ["trial"]}...]}`: one training job
+        per distinct (model, 12-hex fingerprint); a sweep trial equal to the model's own config is not repeated.
+        """
         entries = [{"model": c.model, "fingerprint": c.fingerprint[:12]} for c in self.train]
         seen = {(c.model, c.fingerprint[:12]) for c in self.train}
         for sweep_plan in self.sweeps:
@@ -84,6 +97,7 @@ class SweepPlan:
     seed: int = 0
 
     def as_dict(self) -> dict:
+        """The sweep plan as JSON; each trial carries its 12-hex `fingerprint` and full `training_fingerprint`."""
         return {"model": self.model, "reason": self.reason, "metric": self.metric,
                 "trials": [{**t, "fingerprint": t["fingerprint"][:12], "training_fingerprint": t["fingerprint"]}
                            for t in self.trials],
@@ -119,12 +133,14 @@ def config_diff(old: dict | None, new: dict | None) -> list[tuple[str, Any, Any]
 
 
 def show_value(value: Any) -> str:
+    """A config value as a diff shows it: JSON (unicode kept), `(absent)` for a missing key."""
     if value is _MISSING:
         return "(absent)"
     return jsonio.dumps(value, ensure_ascii=False)
 
 
 def is_missing(value: Any) -> bool:
+    """True for the marker `config_diff` uses for a key absent on one side."""
     return value is _MISSING
 
 

@@ -101,6 +101,11 @@ def class_labels(loaded: Any) -> list[str]:
 
 
 def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
+    """`gitops predict REF --input FILE`: `{"model": ref, "predictions": [...]}` for every example of the file.
+
+    `ref` is a run folder, a pulled release or a registry reference (loaded by `gitops.api.load`); the file
+    is .npy, .npz (`key` picks the array), .json or .csv. Raises UsageError for an unreadable input file.
+    """
     from gitops import api
 
     loaded = api.load(ref)

@@ -17,7 +17,7 @@ message names the promotion commit and PR. A protected-stage tag whose message n
 commit reachable from main is *unapproved*: `gitops history` and `gitops doctor` say so.
 
 This answers GTO's open question of who may assign stages (iterative/gto#334) with the review rules
-GitHub already enforces; the allowed stages come from `.gto` (GTO's config) when there is one.
+GitHub already enforces; the allowed stages come from `.gto` (GTO's config, read by `gitops.gto_config`) when there is one.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ PR_RE = re.compile(r"^pull-request: (\S+)$", re.M)
 
 @dataclass(frozen=True)
 class PromotionRequest:
+    """One opened promotion: model, version and stage, the branch and commit of `promotions/<model>.yaml`,
+    and the pull request's URL (None when none was opened).
+    """
+
     model: str
     version: str
     stage: str
@@ -50,42 +54,46 @@ class PromotionRequest:
     pull_request: str | None
 
 
-def gto_stages(root: Path) -> list[str] | None:
-    """The allowed stages of `.gto` (GTO's `stages:` list), or None when there is no `.gto` or no list.
-
-    A minimal reader: the registry code may grow full `.gto` support; only `stages` matters here.
-    """
-    from gitops.yamlio import load_yaml_text
-
-    path = root / ".gto"
-    if not path.is_file():
-        return None
-    data = load_yaml_text(path.read_bytes(), str(path)).data
-    stages = data.get("stages") if isinstance(data, dict) else None
-    return [str(s) for s in stages] if isinstance(stages, list) else None
-
-
 def check_protected(root: Path, settings: Settings) -> None:
-    """Every protected stage must be a valid stage name and allowed by `.gto` (when it lists stages)."""
-    allowed = gto_stages(root)
+    """Every protected stage must be a valid stage name and allowed by `.gto` (when it lists stages).
+
+    `.gto` is read by its one owner, `gitops.gto_config` (so `$GTO_STAGES` counts here too, as in GTO).
+
+    Raises:
+        UsageError: a protected stage is not a valid stage name or not an allowed stage.
+        ConfigError: `.gto` is malformed.
+    """
+    from gitops import gto_config
+
+    gto = gto_config.load(root)
+    where = gto_config.GTO_FILE if gto.source.startswith(gto_config.GTO_FILE) else gto.source
     for stage, _ in settings.protected_stages:
         tags.check_stage(stage)
-        if allowed is not None and stage not in allowed:
-            raise UsageError(f"gitops.yaml: protected_stages.{stage}: not an allowed stage in .gto "
-                             f"(stages: {', '.join(allowed) or 'none'})")
+        if gto.stages is not None and stage not in gto.stages:
+            raise UsageError(f"gitops.yaml: protected_stages.{stage}: not an allowed stage in {where} "
+                             f"(stages: {', '.join(gto.stages) or 'none'})")
 
 
 def promotion_path(model: str) -> str:
+    """The repository-relative promotion file of a model, `promotions/<model>.yaml`."""
     return f"{PROMOTIONS_DIR}/{model}.yaml"
 
 
 def promotion_text(model: str, version: str, stage: str, requested_by: str, approvers: tuple[str, ...]) -> str:
+    """The YAML of a promotion file: a comment saying what merging it does and who approves, then model,
+    version, stage and requested_by.
+    """
     return (f"# Promotion request (gitops promote): merging this into main after review makes the release\n"
             f"# workflow tag {model}#{stage}#N on {version}'s commit and deploy it. Approvers: {' '.join(approvers)}\n"
             f"model: {model}\nversion: {version}\nstage: {stage}\nrequested_by: {requested_by}\n")
 
 
 def read_promotion(text: bytes, label: str) -> dict:
+    """A promotion file's mapping (`label` names it in errors).
+
+    Raises ConfigError for YAML that is not safe to load and UsageError when model, version or stage is
+    missing or not a string.
+    """
     from gitops.yamlio import load_yaml_text
 
     data = load_yaml_text(text, label).data

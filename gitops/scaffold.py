@@ -91,6 +91,11 @@ def read_hints(text: str) -> list[tuple[str, str]]:
 
 
 def new_model(root: Path, name: str, from_model: str | None = None) -> Path:
+    """Create `models/<name>/` with commented starter files (or copies of `from_model`'s), written whole.
+
+    Returns the new folder. Raises UsageError for a bad or taken name or an unknown `from_model`, and
+    ConfigError when a copied file is a symbolic link or the copy does not validate (nothing is left).
+    """
     if not config.MODEL_NAME_RE.fullmatch(name):
         raise UsageError(f"model name {name!r} must match {config.MODEL_NAME_RE.pattern} (lower case, digits, dashes)")
     models = root / config.MODELS_DIR

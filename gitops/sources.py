@@ -118,6 +118,7 @@ class ParquetSource:
         self._lock = threading.Lock()
 
     def group_of(self, index: int) -> int:
+        """The row group (index into `groups`) holding record `index`, by binary search over the group starts."""
         return int(np.searchsorted(self.starts, index, side="right") - 1)
 
     def read_group(self, group: int) -> tuple[np.ndarray, np.ndarray]:

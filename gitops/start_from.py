@@ -304,6 +304,9 @@ def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
 
 
 def head_of(architecture: str, paths: list[str]) -> str | None:
+    """The output head's parameter prefix for `architecture` (`HEADS`, else `head`) when `paths` has it;
+    None when the model has no such module (`params: backbone` then copies everything).
+    """
     head = HEADS.get(architecture, DEFAULT_HEAD)
     return head if head and any(p == head or p.startswith(head + "/") for p in paths) else None
 

@@ -76,6 +76,7 @@ class StreamingDataset:
 
     @property
     def task(self) -> str:
+        """`classification`, `regression` or `language_modeling`, from the preprocessing."""
         return self.preprocessing.task
 
     # --- Grain pipelines ---
@@ -520,6 +521,10 @@ class Feed:
         self.taken = 0  # batches handed out since the start of training
 
     def restore(self, state: Mapping | None) -> None:
+        """Continue from a checkpoint's `state()` (None: from the first batch); closes the current iterator.
+
+        The next `next()` resumes exactly there, as the class docstring explains.
+        """
         self.close()
         self._pending = state
         self.taken = int(state["batches"]) if state else 0
@@ -538,6 +543,11 @@ class Feed:
         return self._it
 
     def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape).
+
+        Raises GitopsError naming the bad file when a record cannot be read (Grain wraps worker errors;
+        `record_error` unwraps them).
+        """
         it = self._iterator()
         try:
             batch = next(it)
@@ -559,6 +569,7 @@ class Feed:
         return {"grain": self._it.get_state(), "workers": self.workers, "batches": self.taken}
 
     def close(self) -> None:
+        """Stop the iterator and its worker processes (best effort; safe to call twice)."""
         it, self._it = self._it, None
         close = getattr(it, "close", None)
         if close is not None:

@@ -117,6 +117,7 @@ class Parameter:
 
     @property
     def integer(self) -> bool:
+        """True for a range whose both ends are integers: its points and draws are rounded to int."""
         return self.values is None and isinstance(self.low, int) and isinstance(self.high, int)
 
     def points(self) -> list[Any]:
@@ -161,6 +162,7 @@ class Trial:
         return [f"{path}={json.dumps(value, separators=(', ', ': '), allow_nan=False)}" for path, value in self.values]
 
     def as_dict(self) -> dict:
+        """The trial as JSON: `{"trial": index, "values": {path: value}, "set": [--set lines]}`."""
         return {"trial": self.index, "values": dict(self.values), "set": self.overrides()}
 
 
@@ -179,6 +181,7 @@ class Sweep:
     doc: YamlDoc
 
     def grid_size(self) -> int:
+        """The number of trials a grid sweep expands to: the product of every parameter's point count."""
         return math.prod(len(p.points()) for p in self.parameters)
 
     def expand(self) -> list[Trial]:
@@ -193,6 +196,7 @@ class Sweep:
 
 
 def sweep_path(name: str) -> str:
+    """The repository-relative path of a model's sweep file, `models/<name>/sweep.yaml`."""
     return f"models/{name}/{SWEEP_FILE}"
 
 
@@ -328,6 +332,7 @@ def metric_of(sweep: Sweep, cfg: Any) -> str:
 
 
 def trial_fingerprints(resolved: Iterable[tuple[Trial, Any]]) -> list[str]:
+    """The training fingerprint of each resolved trial, in order (the key its run folder and cache use)."""
     return [cfg.training_fingerprint for _, cfg in resolved]
 
 

@@ -48,6 +48,8 @@ _LOOKS_LIKE_OURS = re.compile(rf"(?P<artifact>{_NAME})[@#].*", re.S)
 
 
 class Action(StrEnum):
+    """What a registry tag does, as GTO names it (`create` is GTO's `<model>@created`, kept for completeness)."""
+
     REGISTER = "register"
     DEREGISTER = "deregister"
     ASSIGN = "assign"
@@ -58,6 +60,8 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class ParsedTag:
+    """A registry tag's meaning: model, action, and the version (`v1.2.3`), stage and `#N` counter it names."""
+
     model: str
     action: Action
     version: str | None = None  # "v1.2.3"
@@ -95,6 +99,7 @@ class SemVer:
 
     @classmethod
     def try_parse(cls, text: str) -> SemVer | None:
+        """Like `parse`, but None instead of UsageError for text that is not a version."""
         try:
             return cls.parse(text)
         except UsageError:
@@ -102,6 +107,7 @@ class SemVer:
 
     @property
     def is_prerelease(self) -> bool:
+        """True for a version with a pre-release part (`v1.2.0-rc.1`): never `latest`, never a bump base."""
         return bool(self.prerelease)
 
     @property
@@ -160,24 +166,29 @@ def parse(name: str) -> ParsedTag | None:
 
 
 def version_tag(model: str, version: SemVer | str) -> str:
+    """The register tag of a version, `<model>@v1.2.3` (GTO's form). Raises UsageError for a bad version."""
     return f"{model}@{_v(version)}"
 
 
 def deregister_tag(model: str, version: SemVer | str, counter: int) -> str:
+    """The deregister tag, `<model>@v1.2.3!#<counter>` (GTO's form). Raises UsageError for a bad version."""
     return f"{model}@{_v(version)}!#{counter}"
 
 
 def assign_tag(model: str, stage: str, counter: int) -> str:
+    """The stage assignment tag, `<model>#<stage>#<counter>` (GTO's form). Raises UsageError for a bad stage."""
     check_stage(stage)
     return f"{model}#{stage}#{counter}"
 
 
 def unassign_tag(model: str, stage: str, counter: int) -> str:
+    """The stage removal tag, `<model>#<stage>!#<counter>` (GTO's form). Raises UsageError for a bad stage."""
     check_stage(stage)
     return f"{model}#{stage}!#{counter}"
 
 
 def deprecate_tag(model: str, counter: int) -> str:
+    """The model deprecation tag, `<model>@deprecated#<counter>` (GTO's form)."""
     return f"{model}@deprecated#{counter}"
 
 
@@ -185,6 +196,10 @@ RESERVED_STAGES = ("latest", "greatest")  # MODEL@latest names the newest versio
 
 
 def check_stage(stage: str) -> str:
+    """`stage` itself when it is a valid stage name (lowercase letters, digits, `-`; no `/`).
+
+    Raises UsageError for another name or a reserved one (`latest`, `greatest`: they name the newest version).
+    """
     if stage in RESERVED_STAGES:
         raise UsageError(f"stage {stage!r} is reserved (MODEL@{stage} names the newest version); pick another name")
     if not isinstance(stage, str) or not STAGE_RE.fullmatch(stage) or "/" in stage:
@@ -248,6 +263,10 @@ class Event:
 
 @dataclass
 class VersionState:
+    """One registered version as the tags make it: its tag, commit, tagger and date (ISO 8601), the tag
+    message (release metadata), whether it is still active and the stages it holds now.
+    """
+
     version: str  # "v1.2.3", "v1.2.3-rc.1", "v1.2.3+build.5": as the tag spells it
     commit: str
     tag: str
@@ -259,15 +278,21 @@ class VersionState:
 
     @property
     def semver(self) -> SemVer:
+        """The version parsed as `SemVer` (for ordering)."""
         return SemVer.parse(self.version)
 
     @property
     def prerelease(self) -> bool:
+        """True when the version is a pre-release (`v1.2.0-rc.1`)."""
         return self.semver.is_prerelease
 
 
 @dataclass
 class ModelState:
+    """One model's registry state computed from its tags (GTO's rules, see the module docstring): versions,
+    stage -> version, every event oldest first, deprecation, and warnings for skipped tags.
+    """
+
     model: str
     versions: dict[str, VersionState] = field(default_factory=dict)  # "v1.2.3" -> state
     stages: dict[str, str] = field(default_factory=dict)  # stage -> "v1.2.3"
@@ -434,6 +459,8 @@ def _version_at(state: ModelState, commit: str) -> str | None:
 
 @dataclass(frozen=True)
 class Ref:
+    """A parsed reference (see `parse_ref`): a model with a version, a stage, or neither (its latest release)."""
+
     model: str
     version: str | None = None  # "v1.2.3"
     stage: str | None = None

@@ -36,11 +36,17 @@ class Tokenizer:
     _hf: Any = None
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of `text`: UTF-8 bytes (0..255) for the byte tokenizer, else the saved tokenizer's ids
+        (no special tokens added).
+        """
         if self._hf is None:
             return list(text.encode("utf-8"))
         return list(self._hf.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Iterable[int]) -> str:
+        """Text of `ids`, EOS dropped: UTF-8 with invalid bytes as U+FFFD (the byte tokenizer), else the
+        saved tokenizer's decoding with special tokens skipped.
+        """
         ids = [int(i) for i in ids if self.eos_id is None or int(i) != self.eos_id]
         if self._hf is None:
             return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")

@@ -29,12 +29,15 @@ class Tree:
     root: Path
 
     def read(self, relpath: str) -> bytes | None:  # pragma: no cover - interface
+        """The file's bytes; None when it does not exist. Raises ConfigError for a path `refused` names."""
         raise NotImplementedError
 
     def listdir(self, relpath: str) -> list[str]:  # pragma: no cover - interface
+        """The names directly inside folder `relpath`, sorted; [] when it is no folder."""
         raise NotImplementedError
 
     def is_dir(self, relpath: str) -> bool:  # pragma: no cover - interface
+        """True when `relpath` is a folder of this tree."""
         raise NotImplementedError
 
     def label(self, relpath: str) -> str:
@@ -101,11 +104,16 @@ def _outside_problem(label: str, target: str) -> Problem:
 
 
 class FsTree(Tree):
+    """The working folder at `root` (resolved), read from the file system; links refused as the module says."""
+
     def __init__(self, root: Path):
         self.root = Path(root).resolve()
         self._refusals: dict[str, Problem | None] = {}
 
     def refused(self, relpath: str) -> Problem | None:
+        """See `Tree.refused`: the first symbolic link on the path (any under models/, others leading outside
+        the repository), or a path that escapes by itself; answers are cached per path prefix.
+        """
         if _escapes(relpath):
             return _escape_problem(relpath)
         parts = PurePosixPath(relpath).parts
@@ -144,13 +152,16 @@ class FsTree(Tree):
             raise UsageError(f"{self.label(relpath)}: cannot read: {exc.strerror}") from None
 
     def listdir(self, relpath: str) -> list[str]:
+        """The names inside folder `root/relpath`, sorted; [] when it is no folder."""
         path = self.root / relpath
         return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
 
     def is_dir(self, relpath: str) -> bool:
+        """True when `root/relpath` is a folder (links followed)."""
         return (self.root / relpath).is_dir()
 
     def label(self, relpath: str) -> str:
+        """The file's path relative to the current directory when it lies below it, else absolute (for messages)."""
         # string operations: called for every file of every model (pathlib here cost ~0.3 s per 1,000 models)
         path = f"{self.root}/{relpath}"
         cwd = os.getcwd().rstrip("/") + "/"
@@ -196,6 +207,9 @@ class GitTree(Tree):
         return relpath
 
     def refused(self, relpath: str) -> Problem | None:
+        """See `Tree.refused`: a link blob (mode 120000) on the path under models/, or one whose target leads out
+        of the repository, or a path that escapes by itself.
+        """
         if _escapes(relpath):
             return _escape_problem(relpath)
         parts = PurePosixPath(relpath).parts
@@ -266,14 +280,17 @@ class GitTree(Tree):
             pos = header_end + 1 + size + 1
 
     def listdir(self, relpath: str) -> list[str]:
+        """The names inside folder `relpath` at the commit, sorted; [] when there is no such folder."""
         prefix = self._ensure(relpath) + "/"
         names = {p[len(prefix) :].split("/", 1)[0] for p in self._files | self._dirs if p.startswith(prefix)}
         return sorted(names)
 
     def is_dir(self, relpath: str) -> bool:
+        """True when `relpath` is a folder (holds files) at the commit."""
         return self._ensure(relpath) in self._dirs
 
     def label(self, relpath: str) -> str:
+        """`<ref>:<relpath>`, how git names a file at a revision (e.g. `origin/main:models/digits/model.yaml`)."""
         return f"{self.ref}:{relpath}"
 
 
@@ -285,6 +302,11 @@ def _git(root: Path, *args: str) -> str:
 
 
 def resolve_commit(root: Path, ref: str) -> str:
+    """The full commit hash `ref` names (`git rev-parse --verify <ref>^{commit}`).
+
+    Raises UsageError (exit 2) when the ref is not in this repository, with the fetch command a shallow
+    clone needs.
+    """
     proc = subprocess.run(
         ["git", "-C", str(root), "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
         capture_output=True,

@@ -13,14 +13,18 @@ from gitops.tree import FsTree, Tree
 
 @dataclass(frozen=True)
 class ValidationResult:
+    """What `validate` found: model name (or gitops.yaml) -> its problems, [] for a valid one."""
+
     models: dict[str, list[Problem]]  # model name -> problems ([] when valid)
 
     @property
     def problems(self) -> list[Problem]:
+        """Every problem of every model, sorted (by file, line, column)."""
         return sorted(p for probs in self.models.values() for p in probs)
 
     @property
     def ok(self) -> bool:
+        """True when no model has a problem."""
         return not self.problems
 
 
@@ -45,6 +49,11 @@ def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
 
 
 def validate(root: Path, names: list[str] | None = None, tree: Tree | None = None) -> ValidationResult:
+    """Check gitops.yaml, every named model (all under models/ when `names` is None) and its sweep.yaml.
+
+    Never raises for a bad config: each problem (file, line, key path, message) is collected per model.
+    `tree` reads another view (a git commit) instead of the working folder.
+    """
     tree = tree or FsTree(root)
     names = names if names is not None else config.model_names(tree)
     results: dict[str, list[Problem]] = {}

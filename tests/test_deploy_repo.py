@@ -289,6 +289,10 @@ def test_protected_stage_settings_errors(repo, monkeypatch):
     (repo / ".gto").write_text("stages: [dev, staging, prod]\n")
     result = gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "production")
     assert result.exit_code == 2 and "not an allowed stage in .gto" in result.output
+    (repo / ".gto").unlink()
+    monkeypatch.setenv("GTO_STAGES", '["dev", "staging"]')  # GTO's environment setting wins over .gto, as in GTO
+    result = gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "production")
+    assert result.exit_code == 2 and "not an allowed stage in $GTO_STAGES (stages: dev, staging)" in result.output
     assert not git(repo, "branch", "--list", "promote/*").strip()
 
 

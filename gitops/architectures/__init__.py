@@ -33,6 +33,10 @@ def build_model(
 
 
 def activation(name: str):
+    """The JAX activation function named `name` (relu, gelu, silu, tanh, sigmoid, elu, leaky_relu).
+
+    Raises KeyError for another name; the config schema allows only these, so a validated config never does.
+    """
     import jax
 
     return {

@@ -11,6 +11,13 @@ from gitops.architectures import activation
 
 
 class CNN(nnx.Module):
+    """Convolutional classifier/regressor for images, registered as `cnn`.
+
+    Input (batch, height, width, channels) float; output (batch, num_outputs) float32 logits or values.
+    Each of `channels` is a `kernel_size` conv -> BatchNorm (if `batch_norm`) -> activation -> 2x2 pool
+    (`max`, `avg` or `none`); then `dense_sizes` Linear layers, dropout once, and a linear head.
+    """
+
     def __init__(
         self,
         *,

@@ -58,6 +58,13 @@ def plain_attention(q: jnp.ndarray, k: jnp.ndarray, v: jnp.ndarray, mask: jnp.nd
 
 
 class Attention(nnx.Module):
+    """Causal multi-head self-attention with rotary positions and grouped KV heads (GQA, Ainslie et al. 2023).
+
+    x: (batch, length, embed_dim) -> (batch, length, embed_dim). `num_heads` must be a multiple of
+    `num_kv_heads`; `implementation` is `plain` (einsum-softmax, used with a KV cache) or `auto`
+    (`jax.nn.dot_product_attention`).
+    """
+
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, rope_base: float, implementation: str,
                  *, dtype, rngs: nnx.Rngs):
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
@@ -100,6 +107,8 @@ class Attention(nnx.Module):
 
 
 class SwiGLU(nnx.Module):
+    """The gated MLP of LLaMA: down(silu(gate(x)) * up(x)) (Shazeer 2020), (..., embed_dim) -> same shape."""
+
     def __init__(self, embed_dim: int, hidden: int, *, dtype, rngs: nnx.Rngs):
         init = nnx.initializers.normal(0.02)
         self.gate = nnx.Linear(embed_dim, hidden, use_bias=False, dtype=dtype, kernel_init=init, rngs=rngs)
@@ -111,6 +120,10 @@ class SwiGLU(nnx.Module):
 
 
 class Block(nnx.Module):
+    """One pre-norm decoder block: x + attention(RMSNorm(x)), then + SwiGLU(RMSNorm(x)); dropout on both
+    residual branches while training. (batch, length, embed_dim) -> same shape.
+    """
+
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, mlp_dim: int, dropout: float,
                  rope_base: float, implementation: str, *, dtype, rngs: nnx.Rngs):
         self.attn_norm = nnx.RMSNorm(embed_dim, dtype=dtype, rngs=rngs)
@@ -127,12 +140,23 @@ class Block(nnx.Module):
         return x + self._drop(self.mlp(self.mlp_norm(x)), rngs)
 
     def cached(self, x: jnp.ndarray, positions: jnp.ndarray, cache: tuple, start: jnp.ndarray) -> tuple:
+        """The block on new positions with a KV cache (no dropout: decoding only); returns (y, new cache).
+
+        x: (batch, T, embed_dim); cache: (keys, values), each (batch, max_length, kv_heads, head_dim).
+        """
         y, cache = self.attention.cached(self.attn_norm(x), positions, cache, start)
         x = x + y
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
 class Decoder(nnx.Module):
+    """Decoder-only language model (LLaMA-style, see the module docstring), registered as `decoder`.
+
+    Input (batch, length) token ids, length <= context (float from the loaders, rounded and clipped to
+    [0, vocab)); output (batch, length, vocab) float32 next-token logits. `input_shape` is `(context,)`
+    and `num_outputs` the vocabulary size; raises ValueError for any other input rank.
+    """
+
     def __init__(
         self,
         *,

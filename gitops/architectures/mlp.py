@@ -12,6 +12,12 @@ from gitops.architectures import activation
 
 
 class MLP(nnx.Module):
+    """Multi-layer perceptron, registered as `mlp`: any input shape is flattened per example.
+
+    Input (batch, *input_shape) float; output (batch, num_outputs) float32. Each of `hidden_sizes` is
+    Linear -> LayerNorm (if `layer_norm`) -> activation -> dropout (if `dropout` > 0); then a linear head.
+    """
+
     def __init__(
         self,
         *,

@@ -19,6 +19,12 @@ from gitops.architectures import activation
 
 
 class BasicBlock(nnx.Module):
+    """ResNet's basic block (He et al. 2016): two 3x3 conv+BN with an identity or 1x1-conv shortcut.
+
+    (batch, H, W, in_ch) -> (batch, ceil(H/stride), ceil(W/stride), out_ch). The second BatchNorm's scale starts at
+    zero so the block starts as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+    """
+
     def __init__(self, in_ch: int, out_ch: int, stride: int, act: str, *, dtype, rngs: nnx.Rngs):
         self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), strides=stride, use_bias=False, dtype=dtype, rngs=rngs)
         self.norm1 = nnx.BatchNorm(out_ch, dtype=dtype, rngs=rngs)
@@ -41,6 +47,12 @@ class BasicBlock(nnx.Module):
 
 
 class ResNet(nnx.Module):
+    """Small residual network for images, registered as `resnet` (see the module docstring).
+
+    Input (batch, height, width, channels) float; output (batch, num_outputs) float32. Stage i has
+    `stage_sizes[i]` blocks of `width * 2**i` channels.
+    """
+
     def __init__(
         self,
         *,

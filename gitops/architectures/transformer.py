@@ -16,6 +16,10 @@ from flax import nnx
 
 
 class EncoderBlock(nnx.Module):
+    """One pre-LayerNorm encoder block: x + self-attention(LN(x)), then + MLP(LN(x)) with GELU; dropout on both
+    residual branches. (batch, length, embed_dim) -> same shape.
+    """
+
     def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float, *, dtype, rngs: nnx.Rngs):
         self.norm1 = nnx.LayerNorm(embed_dim, dtype=dtype, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(
@@ -36,6 +40,13 @@ class EncoderBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
+    """Transformer encoder classifier over token sequences, registered as `transformer`.
+
+    Input (batch, length) token ids (float, rounded and clipped to [0, vocab_size)); output
+    (batch, num_outputs) float32, from the mean over positions. `input_shape` must be `(length,)`
+    (ValueError otherwise).
+    """
+
     def __init__(
         self,
         *,

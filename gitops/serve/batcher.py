@@ -106,6 +106,10 @@ class Batcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="gitops-batcher")
 
     async def close(self) -> None:
+        """Cancel the worker task and shut the predict thread down (work not yet started there is cancelled).
+
+        Called from the server's lifespan on shutdown; safe to call when no worker ever started.
+        """
         if self._task is not None:
             self._task.cancel()
             try:

@@ -47,12 +47,15 @@ class FixedSource:
     follows: bool = False
 
     def describe(self) -> str:
+        """The folder's path, for log lines."""
         return str(self.path)
 
     def current(self) -> str:
+        """The fixed version label (never changes: `follows` is False)."""
         return self.version
 
     def fetch(self, version: str) -> Path:
+        """The folder itself: it is already on disk, nothing is downloaded or verified here."""
         return self.path
 
 
@@ -78,6 +81,7 @@ class RegistrySource:
 
     @property
     def backend(self):
+        """The registry backend: the one given, else `gitops.backends.get_backend(None, root)` on first use."""
         if self._backend is None:
             from gitops.backends import get_backend
 
@@ -85,9 +89,15 @@ class RegistrySource:
         return self._backend
 
     def describe(self) -> str:
+        """The reference as given, e.g. `digits-mlp@production`."""
         return str(self.ref)
 
     def current(self) -> str:
+        """The SemVer (e.g. `v1.2.0`) the reference resolves to now, read from the registry's tags.
+
+        Raises the registry's GitopsError when the model, version or stage is unknown; the follower logs it
+        and keeps serving.
+        """
         from gitops import registry_ops
 
         return registry_ops.resolve(self.backend, self.ref)[1].version
@@ -105,6 +115,11 @@ class RegistrySource:
 
 @dataclass(frozen=True)
 class VersionStatus:
+    """What happened to one version the follower saw, for TF Serving's `model_version_status`.
+
+    `number` is TF Serving's integer version (`version_number`), `since` a Unix time in seconds.
+    """
+
     version: str
     number: int
     state: str  # AVAILABLE | LOADING | UNAVAILABLE | END
@@ -134,14 +149,17 @@ class ServingState:
 
     @property
     def ready(self) -> bool:
+        """True when a version is serving and has been warmed (what `/readyz` answers)."""
         current = self.current
         return current is not None and current.warmed
 
     def set_status(self, version: str, number: int, state: str, error: str = "") -> None:
+        """Record `version`'s state (AVAILABLE, LOADING, UNAVAILABLE or END) and why, stamped with the time now."""
         with self._lock:
             self._statuses[version] = VersionStatus(version, number, state, error, time.time())
 
     def statuses(self) -> list[VersionStatus]:
+        """Every version seen, newest status change first (a copy, safe to read while the follower writes)."""
         with self._lock:
             return sorted(self._statuses.values(), key=lambda s: s.since, reverse=True)
 
@@ -223,6 +241,10 @@ class Follower:
         return True
 
     def run(self) -> None:
+        """Poll until stopped: once for a fixed source, every `poll_seconds` for a stage or the latest release.
+
+        The thread body `start` runs; errors of one poll are logged and never end the loop.
+        """
         self.check_once()
         while not self._stop.is_set():
             if self.state.current is not None and not self.source.follows:
@@ -232,11 +254,13 @@ class Follower:
             self.check_once()
 
     def start(self) -> threading.Thread:
+        """Run `run` in a daemon thread named `gitops-follower`; returns the thread."""
         self._thread = threading.Thread(target=self.run, name="gitops-follower", daemon=True)
         self._thread.start()
         return self._thread
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Ask the poll loop to end and wait up to `timeout` seconds for its thread."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)

@@ -28,6 +28,12 @@ MAX_PROMPTS = 64
 
 @dataclass
 class GenerateRequest:
+    """One checked `:generate` request: prompts and sampling settings (see `parse_request`).
+
+    `max_new_tokens` counts tokens, `temperature` 0 is greedy (else logits / temperature), `top_k` None samples from the
+    whole vocabulary, `seed` is the first prompt's seed (prompt i uses `seed + i`).
+    """
+
     prompts: list[str]
     max_new_tokens: int
     temperature: float
@@ -91,6 +97,11 @@ class GenerationBatcher:
     _timers: dict[tuple, asyncio.Task] = field(default_factory=dict)
 
     async def submit(self, loaded: Any, ids: list[int], request: GenerateRequest, seed: int) -> list[int]:
+        """Queue one prompt's token ids; returns its `max_new_tokens` new ids (the prompt excluded).
+
+        Requests with the same version and sampling settings join one batch: it runs when `max_batch` rows
+        wait or `max_wait_s` seconds after the first. A failing batch raises its error in every waiter.
+        """
         loop = asyncio.get_running_loop()
         key = (id(loaded), request.max_new_tokens, request.temperature, request.top_k)
         pending = _Pending(ids, seed, loop.create_future())
@@ -132,6 +143,10 @@ class GenerationBatcher:
 
 
 def tokenizer_of(loaded: Any) -> Any:
+    """The tokenizer saved with a loaded language model (`gitops.tokenize.from_saved`).
+
+    Raises UsageError (answered 400) when the model is not a language model or saved no tokenizer.
+    """
     from gitops.tokenize import from_saved
 
     prep = loaded.preprocessing

@@ -39,9 +39,11 @@ class ServerMetrics:
         self.ready = Gauge("gitops_serve_ready", "1 when a warmed version is serving.", registry=r)
 
     def set_version(self, model: str, version: str, number: int, fingerprint: str) -> None:
+        """Show `version` as the one serving (the info gauge keeps one label set) and mark the server ready."""
         self.version_info.clear()
         self.version_info.labels(model, version, str(number), fingerprint).set(1)
         self.ready.set(1)
 
     def render(self) -> bytes:
+        """The whole registry in Prometheus' text exposition format (served with `content_type`)."""
         return generate_latest(self.registry)

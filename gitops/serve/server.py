@@ -78,12 +78,15 @@ class Limits:
 
 
 class BadRequest(Exception):
+    """A request the server refuses; `status` is the HTTP code answered (400 unless told: 408, 413, 503)."""
+
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """The JSON error response every failure uses: `{"error": message}` with `status` (TF Serving's shape)."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -95,6 +98,11 @@ def _reject_constant(name: str) -> float:
 
 
 def parse_json(body: bytes) -> Any:
+    """The decoded JSON body of a request.
+
+    Raises BadRequest (400) for an empty body, malformed JSON, nesting too deep for Python's parser,
+    or a NaN/Infinity literal (inputs must be finite).
+    """
     if not body.strip():
         raise BadRequest("empty request body; send {\"instances\": [...]} or {\"inputs\": ...}")
     try:
@@ -185,12 +193,14 @@ class BodyBudget:
         self.held = 0
 
     def take(self, n: int) -> None:
+        """Reserve `n` bytes; raises BadRequest (503) when that would pass `limit` (`n` <= 0 always passes)."""
         if n > 0 and self.held + n > self.limit:
             raise BadRequest(f"the server is receiving {self.held} bytes of other request bodies (limit "
                              f"{self.limit}); retry later", 503)
         self.held += n
 
     def give(self, n: int) -> None:
+        """Release `n` bytes taken earlier (every `take` is matched by a `give`, also on errors)."""
         self.held -= n
 
 
@@ -249,6 +259,11 @@ def _tf_dims(shape: tuple[int, ...]) -> dict:
 
 
 def metadata(version: ServedVersion, stage: str | None) -> dict:
+    """The body of `GET .../metadata`: TF Serving's `model_spec` and `signature_def`, plus a `gitops` part.
+
+    Tensors are DT_FLOAT with a leading -1 (any batch size); the `gitops` part adds the SemVer, the
+    training fingerprint, the stage and the batching settings (`max_wait_ms` in milliseconds).
+    """
     sig = version.signature
     tensor = {"dtype": "DT_FLOAT", "tensor_shape": _tf_dims(sig.input_shape), "name": "inputs"}
     output = {"dtype": "DT_FLOAT", "tensor_shape": _tf_dims(sig.output_shape), "name": sig.output_name}
@@ -349,9 +364,11 @@ class ModelServer:
         return response
 
     async def healthz(self, request: Request) -> Response:
+        """`GET /healthz`: 200 whenever the process answers (liveness; a Kubernetes livenessProbe target)."""
         return self._count("healthz", JSONResponse({"status": "ok"}))
 
     async def readyz(self, request: Request) -> Response:
+        """`GET /readyz`: 200 with the version once a warmed one serves, else 503 with why (readinessProbe)."""
         current = self.state.current
         if current is not None and current.warmed:
             body = {"ready": True, "model": self.state.model, "version": current.version}
@@ -362,6 +379,7 @@ class ModelServer:
                                                   status_code=503))
 
     async def prom(self, request: Request) -> Response:
+        """`GET /metrics`: the Prometheus text exposition of `ServerMetrics`."""
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
@@ -375,12 +393,18 @@ class ModelServer:
 
     # --- /v1/models/... ---
     async def no_model_list(self, request: Request) -> Response:
+        """`/v1/models`: a JSON 404 (TF Serving's REST API has no model list); a POST body is read first."""
         if request.method == "POST":
             await _drain(request, self.limits, self.bodies)
         return self._fail("status", 404, f"no such endpoint /v1/models (TF Serving's REST API has no model list); "
                                          f"use GET /v1/models/{self.state.model}")
 
     async def models(self, request: Request) -> Response:
+        """`/v1/models/<name>...`: dispatch to predict, generate, metadata or status (TF Serving's REST paths).
+
+        Unknown paths and verbs answer JSON 404/405, another model's name 404; the body of a refused POST
+        is drained so a kept-alive connection stays in step.
+        """
         rest = request.path_params["rest"]
         m = _PATH_RE.fullmatch(rest)
         is_predict = rest.endswith(":predict") or rest.endswith(":generate")
@@ -552,6 +576,7 @@ async def _drain(request: Request, limits: Limits, budget: BodyBudget) -> None:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed; may race)."""
     import socket
 
     with socket.socket() as s:

@@ -48,6 +48,7 @@ def buckets_for(max_batch_size: int) -> tuple[int, ...]:
 
 
 def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket holding `rows`; raises ValueError when `rows` exceeds the largest bucket."""
     for b in buckets:
         if rows <= b:
             return b
@@ -68,9 +69,11 @@ class Signature:
 
     @property
     def input_size(self) -> int:
+        """Numbers in one instance (the product of `input_shape`): the length a flattened instance may have."""
         return math.prod(self.input_shape)
 
     def as_dict(self) -> dict:
+        """The signature as JSON: shapes with a leading -1 for the batch, dtypes, task and class labels."""
         return {
             "inputs": {"name": "inputs", "dtype": self.input_dtype, "shape": [-1, *self.input_shape]},
             "outputs": {"name": self.output_name, "dtype": self.output_dtype, "shape": [-1, *self.output_shape]},
@@ -99,10 +102,12 @@ class ServedVersion:
 
     @property
     def max_batch_size(self) -> int:
+        """The largest padded batch, rows (the last bucket); larger requests are split into chunks."""
         return self.buckets[-1]
 
     @property
     def number(self) -> int:
+        """TF Serving's integer version (`version_number`): 1002003 for v1.2.3, 0 for a run folder."""
         return version_number(self.version)
 
     def predict(self, x: np.ndarray) -> np.ndarray:

@@ -67,10 +67,12 @@ class VersionData:
 
     @property
     def semver(self) -> tags.SemVer:
+        """The version as a `tags.SemVer` (for ordering and the pre-release check); UsageError if malformed."""
         return tags.SemVer.parse(self.version)
 
     @property
     def ref(self) -> str:
+        """The version's reference, `MODEL@vX.Y.Z`, as `gitops pull` and `gitops serve` accept it."""
         return f"{self.model}@{self.version}"
 
 
@@ -88,6 +90,8 @@ class StageEvent:
 
 @dataclass
 class ModelData:
+    """One model's page: its versions (oldest first), stages (stage -> version) and registry events."""
+
     name: str
     versions: list[VersionData] = field(default_factory=list)  # oldest first (SemVer order)
     stages: dict[str, str] = field(default_factory=dict)  # stage -> version
@@ -103,6 +107,9 @@ class ModelData:
 
     @property
     def headline_metric(self) -> str | None:
+        """The metric the site shows first: the newest version's declared headline metric, else the first
+        `test/` metric by name, else the first metric; None when no version has metrics.
+        """
         for v in reversed(self.versions):
             if v.headline_metric:
                 return v.headline_metric
@@ -112,15 +119,21 @@ class ModelData:
 
     @property
     def metric_names(self) -> list[str]:
+        """Names of the numeric metrics any version has, sorted (the charts' choices)."""
         return sorted({k for v in self.versions for k, x in v.metrics.items() if _is_number(x)})
 
     @property
     def last_change(self) -> StageEvent | None:
+        """The newest registry event of the model, or None when it has none."""
         return self.events[-1] if self.events else None
 
 
 @dataclass
 class RegistryData:
+    """Everything the site shows: models sorted by name, the backend's name, and `as_of`, the newest event's
+    date (ISO 8601; "" for an empty registry).
+    """
+
     models: list[ModelData]  # sorted by name
     backend: str
     as_of: str  # date of the newest event ("" for an empty registry)

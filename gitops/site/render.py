@@ -121,6 +121,11 @@ def write_site(data: RegistryData, out: Path) -> Path:
 
 
 def check_target(out: Path) -> None:
+    """Refuse an output folder that `gitops site` must not replace.
+
+    Raises UsageError when `out` is a file, looks like a repository (`.git`, or `models/` without the
+    site's marker file), or is a non-empty folder not written by `gitops site`.
+    """
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a folder")
     if (out / ".git").exists() or (out / "models").is_dir() and not (out / MARKER).is_file():
@@ -163,6 +168,9 @@ def render_site(data: RegistryData) -> dict[str, str]:
 
 
 def render_index(data: RegistryData) -> str:
+    """The HTML of `index.html`: one row per model with its latest version, stages, headline metric and
+    last change, and a client-side filter.
+    """
     rows = []
     for m in data.models:
         latest = m.latest
@@ -203,6 +211,7 @@ def render_index(data: RegistryData) -> str:
 
 
 def render_model(m: ModelData, data: RegistryData) -> str:
+    """The HTML of one model's page (`models/<slug>.html`): stages, versions, metrics, charts and events."""
     task = _task(m)
     latest = m.latest
     parts = [f"""

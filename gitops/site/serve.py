@@ -49,6 +49,7 @@ class Watcher(threading.Thread):
         self.rebuilds = 0
 
     def run(self) -> None:
+        """Poll until stopped; a failed rebuild is logged and the previous site keeps being served."""
         while not self.stopped.wait(self.interval):
             try:
                 current = self.signature()
@@ -61,6 +62,7 @@ class Watcher(threading.Thread):
                 self.log(f"rebuild failed (still serving the previous site): {exc.message}")
 
     def stop(self) -> None:
+        """End the poll loop: the thread exits at once, or after the rebuild it is running."""
         self.stopped.set()
 
 

@@ -82,6 +82,11 @@ def require_extras(specs: Iterable[TrackerSpec]) -> None:
 
 
 def build(spec: TrackerSpec, root: Path) -> Any:
+    """The sink object for `spec`: a `TensorBoardSink` (event files under `root`) or an `MlflowSink`.
+
+    Imports the sink's module only here, so `gitops` runs without tensorboardX or mlflow installed
+    (`require_extras` reports a missing one first).
+    """
     if spec.name == "tensorboard":
         from gitops.trackers.tensorboard import TensorBoardSink
 
@@ -194,6 +199,7 @@ class BackfillResult:
 
     @property
     def skipped(self) -> int:
+        """How many (run or version, sink) pairs were skipped (failed after retries or not configured)."""
         return sum(1 for _, _, o in [*self.runs, *self.versions] for x in o.values() if not x.ok)
 
 

@@ -51,9 +51,13 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
+        """True when the run is in the sink ("logged" now or "matched" from an earlier send)."""
         return self.status in ("logged", "matched")
 
     def record(self) -> dict[str, Any]:
+        """The manifest entry for this outcome: status, `at` (UTC ISO 8601, now), attempts, and url, warning
+        and details when set.
+        """
         out: dict[str, Any] = {"status": self.status, "at": now_iso(), "attempts": self.attempts}
         if self.url:
             out["url"] = self.url
@@ -76,10 +80,12 @@ class RunData:
 
     @property
     def training_fingerprint(self) -> str:
+        """The run's training fingerprint (64 hex digits of SHA-256) from its manifest; "" when it has none."""
         return self.manifest.get("training_fingerprint", "")
 
     @property
     def short_fingerprint(self) -> str:
+        """The first 12 hex digits of the training fingerprint, as run folders and logs name a run."""
         return self.training_fingerprint[:12]
 
     def scalars(self) -> Iterator[tuple[str, int, float, float]]:
@@ -103,6 +109,9 @@ class RunData:
                 if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
 
     def small_files(self) -> list[Path]:
+        """The run folder's `ARTIFACT_FILES` that exist and weigh at most `SMALL_FILE_BYTES` (10 MiB): what a sink
+        uploads as artifacts (checkpoints never).
+        """
         return [self.path / name for name in ARTIFACT_FILES
                 if (self.path / name).is_file() and (self.path / name).stat().st_size <= SMALL_FILE_BYTES]
 
@@ -122,7 +131,8 @@ class Sink(Protocol):
 
     name: str
 
-    def log_run(self, run: RunData, context: Mapping[str, str]) -> Outcome: ...
+    def log_run(self, run: RunData, context: Mapping[str, str]) -> Outcome:
+        """Send `run` (`context`: extra tags such as `pr`) and say what happened; a run already there is matched."""
 
 
 # --- helpers shared by the sinks ----------------------------------------------------------------------
@@ -163,10 +173,14 @@ def strip_credentials(uri: str) -> str:
 
 
 def now_iso() -> str:
+    """The current UTC time as ISO 8601 to the second with a `Z` suffix, e.g. `2026-01-31T12:00:00Z`."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def iso_seconds(text: Any) -> float | None:
+    """Seconds since the Unix epoch of an ISO 8601 time (a `Z` suffix accepted); None for a non-string or
+    unparsable value.
+    """
     if not isinstance(text, str):
         return None
     try:

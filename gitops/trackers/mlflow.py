@@ -59,6 +59,12 @@ def alias_for(stage: str) -> str:
 
 
 class MlflowSink:
+    """The MLflow tracker: logs runs, registers released versions and mirrors stages as aliases.
+
+    Follows MLflow's model registry (registered models, versions, aliases); see the module docstring for
+    what is sent and how reserved alias names are mapped. `spec` is the `mlflow` entry of gitops.yaml.
+    """
+
     name = "mlflow"
 
     def __init__(self, spec: TrackerSpec):
@@ -70,9 +76,15 @@ class MlflowSink:
 
     @property
     def target(self) -> str:
+        """The tracking URI without credentials (safe to print and store)."""
         return strip_credentials(self.uri)
 
     def client(self) -> Any:
+        """The `MlflowClient` for the tracking URI, created on first use.
+
+        Raises TrackerUnavailable (skipped at once, no retries) when neither `$MLFLOW_TRACKING_URI` nor
+        `tracking_uri:` names a server.
+        """
         if not self.uri:
             raise TrackerUnavailable(f"no MLflow tracking server: set ${URI_ENV} (or tracking_uri: in gitops.yaml)")
         if self._client is None:
@@ -106,6 +118,9 @@ class MlflowSink:
         return f"{self.spec.experiment_prefix}{model}"
 
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
+        """The web UI link of a run (`<ui_url or http(s) tracking URI>/#/experiments/<id>/runs/<id>`), or None
+        when no http(s) address is known.
+        """
         base = self.spec.ui_url or (self.target if self.target.startswith(("http://", "https://")) else None)
         return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
 

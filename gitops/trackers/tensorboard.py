@@ -26,12 +26,23 @@ DEFAULT_DIR = "tensorboard"
 
 
 class TensorBoardSink:
+    """The TensorBoard tracker: writes a finished run's scalars, summary and HParams as event files.
+
+    Uses tensorboardX (no TensorFlow). `spec` is the `tensorboard` entry of gitops.yaml; `root` the
+    repository, which a `logdir:` must stay inside.
+    """
+
     name = "tensorboard"
 
     def __init__(self, spec: TrackerSpec, root: Path):
         self.spec, self.root = spec, Path(root)
 
     def logdir(self, run: RunData) -> Path:
+        """Where the run's event files go: `<root>/<logdir>/<model>/<fp12>` when `logdir:` is set, else the run
+        folder's `tensorboard/`.
+
+        Raises TrackerUnavailable when `logdir:` leads outside the repository (e.g. through a symlink).
+        """
         if self.spec.logdir:
             base = self.root / self.spec.logdir
             if not base.resolve().is_relative_to(self.root.resolve()):  # a symlink out of the repository
