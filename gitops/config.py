@@ -821,9 +821,9 @@ def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
         problems.append((("data", "dataset", "checksums"), f"no file {ds['checksums']} in the repository; write it with "
                          f"`gitops data checksums {ds['path']} --out {ds['checksums']}`"))
     else:
-        import hashlib  # not at start-up (tests/test_startup.py)
+        from gitops.checksums import sha256_new  # Python's built-in SHA-256: no OpenSSL load at start-up
 
-        actual = hashlib.sha256(listed).hexdigest()
+        actual = sha256_new(listed).hexdigest()
         if actual != ds["checksums_sha256"]:
             problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "
                              "update the pin if the list changed on purpose"))

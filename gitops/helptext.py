@@ -73,7 +73,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "data checksums": ("gitops data checksums data/images --out data/images.sha256",),
     "ci": ("gitops ci plan --base main --head HEAD",),
     "ci plan": ("gitops ci plan", "gitops ci plan --base \"$BASE_SHA\" --head \"$HEAD_SHA\" --github-output"),
-    "ci release-pending": ("gitops ci release-pending --dist dist",),
+    "ci release-pending": ("gitops ci release-pending --dist dist", "gitops ci release-pending --spool spool"),
+    "ci publish": ("gitops ci publish --spool spool --dist dist", "gitops ci publish --spool spool --run-id 123"),
     "ci fetch-runs": ("gitops ci fetch-runs --matrix \"$MATRIX\" --out runs",),
     "ci fetch-report": ("gitops ci fetch-report --run-id 123 --out report/",),
 }

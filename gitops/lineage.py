@@ -26,6 +26,8 @@ def describe_parent(record: dict | None) -> str:
         ref = record.get("ref")
         via = f"{ref}, " if ref and ref != f"{record['model']}@{record['version']}" else ""
         return f"{record['model']}@{record['version']} ({via}sha256 {sha or 'unknown'})"
+    if record.get("format") == "orbax":
+        return f"{record.get('path') or record.get('url')} (Orbax folder, checksum list sha256 {(record.get('checksums_sha256') or '')[:12]})"
     return f"{record.get('path') or record.get('url')} (sha256 {sha})"
 
 
@@ -147,7 +149,7 @@ def format_lineage(doc: dict) -> str:
             how = f"  (loaded {parent.get('params', 'all')}" + (
                 f", frozen {', '.join(parent['frozen'])}" if parent.get("frozen") else "") + ")"
         elif parent and not parent.get("model"):
-            lines.append(f"{parent.get('path') or parent.get('url')} (weights file, sha256 {parent['sha256'][:12]})")
+            lines.append(describe_parent(parent).replace(" (sha256", " (weights file, sha256"))
             depth_marker = "  "
             lines.append(f"{depth_marker}-> {_label(node)}")
             continue

@@ -231,6 +231,26 @@ def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.Resolv
     return "; ".join(pieces) or "resolved config changed (schema/defaults)"
 
 
+def _plugin_note(root: Path, head_tree: Tree) -> list[Problem]:
+    """A note when `head_tree`'s plugin package differs from the checkout's, the one this process imports.
+
+    pr-train.yml's plan runs base-branch code and reads the PR head as data: it never imports a PR's
+    plugin code, so entries a PR adds or changes are checked against the base branch's copy.
+    """
+    if not isinstance(head_tree, GitTree):
+        return []
+    from gitops import plugins
+
+    package = plugins.repo_package(Path(root).resolve())
+    if package is None or plugins.source_hash(FsTree(root), package) == plugins.source_hash(head_tree, package):
+        return []
+    return [Problem("gitops.yaml", 1, 1, "plugins.package",
+                    f"{package}/ at {head_tree.ref[:12]} differs from this checkout's, whose plugins checked the "
+                    "configs above: a pull request's plugin code is never imported before review (pr-train.yml "
+                    "plans with the base branch's code). pr.yml validates the PR with its own plugins; land new "
+                    "or changed plugin entries in a pull request of their own, then the models that use them")]
+
+
 def plan(root: Path, base: str, head: str | None) -> Plan:
     """Compare every model between `base` and `head` (None: the working folder)."""
     base_sha = gitutil.ensure_commit(root, base)
@@ -243,7 +263,7 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
         head_tree = GitTree(root, head_label)
     new, new_problems = _resolve_all(head_tree)
     if new_problems:
-        raise ConfigError([p for ps in new_problems.values() for p in ps])
+        raise ConfigError([p for ps in new_problems.values() for p in ps] + _plugin_note(root, head_tree))
     old_names = set(config.model_names(base_tree))
     same = _unchanged(base_tree, head_tree, {n: c for n, c in new.items() if n in old_names})
     old, _old_problems = _resolve_all(base_tree, sorted(old_names - same))

@@ -351,9 +351,9 @@ def source_hash(tree: Any, package: str) -> str:
 
     Read through a `gitops.tree.Tree`, so `ci plan` hashes the package as it is at each commit.
     """
-    import hashlib  # not at start-up: only models that use a repository plugin get here
+    from gitops.checksums import sha256_new  # small source files: Python's built-in SHA-256, no OpenSSL load
 
-    digest = hashlib.sha256()
+    digest = sha256_new()
     stack = [package]
     files = []
     while stack:

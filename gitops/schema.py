@@ -195,20 +195,31 @@ def _start_from_schema() -> dict:
     }
     return {
         "type": ["object", "null"],
-        "description": "Initialise from a released version (model: NAME@VERSION or NAME@STAGE) or from a pinned "
-                       "weights file ({path|url, sha256, format}) instead of random initialisation.",
+        "description": "Initialise from a released version (model: NAME@VERSION or NAME@STAGE), a pinned weights "
+                       "file ({path|url, sha256, format}) or a pinned Orbax folder ({path|url, format: orbax, "
+                       "checksums, checksums_sha256}) instead of random initialisation.",
         "additionalProperties": False,
         "properties": {
             "model": {"type": "string", "minLength": 1,
                       "description": "MODEL@vX.Y.Z (fixed, reproducible) or MODEL@STAGE (resolved when a run starts)."},
-            "path": {"type": "string", "minLength": 1, "description": "A weights file in the repository."},
-            "url": {"type": "string", "pattern": r"^https?://", "description": "A weights file to download."},
+            "path": {"type": "string", "minLength": 1,
+                     "description": "A weights file (or, format: orbax, a folder) in the repository."},
+            "url": {"type": "string", "pattern": r"^https?://",
+                    "description": "A weights file to download (format: orbax: the folder's URL prefix)."},
             "sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$", "description": "SHA-256 of the weights file."},
-            "format": {"type": "string", "enum": ["safetensors", "npz"],
-                       "description": "Format of the weights file (default: safetensors)."},
+            "format": {"type": "string", "enum": ["safetensors", "npz", "orbax"],
+                       "description": "safetensors (default) or npz: a single file pinned by sha256; orbax: a "
+                                      "folder (Orbax pytree checkpoint) pinned by checksums + checksums_sha256."},
+            "checksums": {"type": "string", "minLength": 1,
+                          "description": "format: orbax: the folder's checksum list in the repository (sha256sum "
+                                         "format; `gitops data checksums` writes it)."},
+            "checksums_sha256": {"type": "string", "pattern": r"^[0-9a-f]{64}$",
+                                 "description": "SHA-256 of the checksum list: the Orbax folder's pin."},
             **common,
         },
-        "oneOf": [{"required": ["model"]}, {"required": ["path", "sha256"]}, {"required": ["url", "sha256"]}],
+        "oneOf": [{"required": ["model"]}, {"required": ["path", "sha256"]}, {"required": ["url", "sha256"]},
+                  {"required": ["path", "checksums", "checksums_sha256"]},
+                  {"required": ["url", "checksums", "checksums_sha256"]}],
     }
 
 

@@ -6,7 +6,7 @@ Two halves with one owner:
   `{model, version, sha256}` (the archive checksum the release tag recorded). `config.resolve` writes
   that under `start_from.resolved`, so the training fingerprint covers the parent's bytes.
 - at training time (`prepare`, `apply`, `freeze`): pull and verify the parent (as `gitops pull`
-  does) or read the pinned file, match its parameters to the new model by path and shape, load
+  does), read the pinned file, or verify a pinned Orbax folder against its pinned checksum list, match its parameters to the new model by path and shape, load
   them before the first step, and freeze path patterns with `optax.multi_transform`.
 
 Parameter paths are the model's `nnx.Param` paths joined by "/" (`hidden/0/kernel`). `params:
@@ -68,11 +68,29 @@ def form_problems(spec: Any, architecture: str, tree: Any = None) -> list[tuple[
         for key in ("format", "sha256"):
             if key in spec:
                 problems.append(((key,), f"{key} belongs to a weights file (path or url), not to start_from.model"))
+    folder = spec.get("format") == "orbax"
+    if not folder and ("checksums" in spec or "checksums_sha256" in spec):
+        problems.append((("checksums",), "a checksum list pins an Orbax folder: add format: orbax (a single "
+                                         "safetensors/npz file is pinned by sha256)"))
+    if folder:
+        if "sha256" in spec:
+            problems.append((("sha256",), "an Orbax folder is pinned by its checksum list (checksums + "
+                                          "checksums_sha256), not by sha256"))
+        for key in ("checksums", "checksums_sha256"):
+            if key not in spec and ("path" in spec or "url" in spec):
+                problems.append(((key,), f"format: orbax needs {key} (`gitops data checksums FOLDER --out LIST` "
+                                         "writes the list; its own sha256 is the pin)"))
+        if "checksums" in spec:
+            rel = safe_relpath(spec["checksums"])
+            if rel is None:
+                problems.append((("checksums",), f"{spec['checksums']!r} must be a path inside the repository"))
+            elif tree is not None and tree.read(rel) is None:
+                problems.append((("checksums",), f"no file {rel} in the repository"))
     if "path" in spec:
         rel = safe_relpath(spec["path"])
         if rel is None:
             problems.append((("path",), f"{spec['path']!r} must be a path inside the repository (no '..', not absolute)"))
-        elif tree is not None and tree.read(rel) is None:
+        elif tree is not None and not folder and tree.read(rel) is None:
             problems.append((("path",), f"no file {rel} in the repository"))
     return problems
 
@@ -112,10 +130,10 @@ def registry_tags(root: Path | None) -> list | None:
     """Every tag of the repository at `root` (the local registry view), or None without a git repository."""
     if root is None or not (Path(root) / ".git").exists():
         return None
-    from gitops.backends.local import LocalBackend
+    from gitops import git_tags  # the local backend's tag reader, without its asset machinery
 
     try:
-        return LocalBackend(Path(root)).list_tags()
+        return git_tags.list_tags(Path(root).resolve())
     except GitopsError:
         return None
 
@@ -217,13 +235,9 @@ def flatten(tree: Any) -> dict[str, Any]:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib  # not at start-up (tests/test_startup.py)
+    from gitops.checksums import sha256_file  # the one streamed file hasher
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _weights_file(spec: Any, root: Path) -> Path:
@@ -284,6 +298,101 @@ def read_weights(path: Path, fmt: str) -> dict[str, Any]:
     return {k.replace(".", "/"): np.asarray(v) for k, v in raw.items()}
 
 
+def _inside(path: Path, folder: Path, what: str) -> Path:
+    """`path` resolved (symlinks followed), refused unless it stays inside `folder`."""
+    real = path.resolve()
+    if not real.is_relative_to(folder.resolve()):
+        raise UsageError(f"start_from: {what} resolves outside {folder} (a link out of it?)")
+    return real
+
+
+def orbax_folder(spec: Any, root: Path) -> Path:
+    """The pinned Orbax folder, every file verified against the pinned checksum list.
+
+    The list (`checksums:`, sha256sum format, paths relative to the folder; `gitops data checksums`
+    writes it) is pinned by `checksums_sha256:`, as streaming datasets are (gitops.checksum_list). A
+    local `path:` is verified in place and may hold no file the list leaves out (Orbax would read it
+    unverified); a `url:` prefix fetches each listed file by its checksum into the cache and assembles
+    the folder there (`<cache>/weights/orbax-<pin>/`), once.
+
+    Raises:
+        IntegrityError: the list or a file has another SHA-256 than pinned (exit 1).
+        GitopsError: a listed file is missing, or the folder holds unlisted files (exit 1).
+        ServiceError: a download still failing after retries (exit 3).
+    """
+    from gitops import checksum_list, remote_data
+    from gitops.pull import cache_dir
+
+    rel = safe_relpath(spec["checksums"])
+    list_path = _inside(root / rel, root, f"checksums {spec['checksums']}") if rel else None
+    if list_path is None or not list_path.is_file():
+        raise GitopsError(f"start_from.checksums: no file {spec['checksums']} in the repository")
+    pin = spec["checksums_sha256"]
+    got = _sha256(list_path)
+    if got != pin:
+        raise IntegrityError(f"start_from.checksums {rel}: sha256 is {got}, the config pins {pin}")
+    entries = checksum_list.parse(list_path.read_text(encoding="utf-8"), rel)
+    if "path" in spec:
+        prel = safe_relpath(spec["path"])
+        base = _inside(root / prel, root, f"path {spec['path']}") if prel else None
+        if base is None or not base.is_dir():
+            raise GitopsError(f"start_from.path: no folder {spec['path']} in the repository")
+        for entry in entries:
+            _inside(base / entry.path, base, f"{spec['path']}/{entry.path}")
+        extra = sorted(set(checksum_list.list_files(base)) - {e.path for e in entries})
+        if extra:
+            raise GitopsError(f"start_from.path {spec['path']}: {', '.join(extra[:5])} not in the checksum list {rel} "
+                              "(every file Orbax reads must be pinned; regenerate the list and its pin)")
+        checksum_list.verify(base, entries, label=rel, pin=pin, cache=remote_data.cache_dir())
+        return base
+    folder = cache_dir() / "weights" / f"orbax-{pin}"
+    if folder.is_dir():
+        checksum_list.verify(folder, entries, label=rel, pin=pin, cache=None)
+        return folder
+    prefix = spec["url"].rstrip("/")
+    import tempfile  # not at start-up (tests/test_startup.py)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".orbax-"))
+    try:
+        for entry in entries:  # checksum_list.parse refused absolute and '..' paths
+            blob = remote_data.fetch(f"{prefix}/{entry.path}", entry.sha256)
+            (staging / entry.path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(blob, staging / entry.path)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def read_orbax(folder: Path) -> dict[str, Any]:
+    """{path: numpy array} of a plain Orbax pytree checkpoint (what `StandardCheckpointer().save` writes).
+
+    A gitops run's `checkpoints/<step>/state` item reads too (its `model` subtree); `value` leaves of a
+    saved `nnx.State` are dropped from the paths.
+    """
+    import numpy as np
+
+    from gitops import checkpoint
+
+    if not ((folder / "_METADATA").is_file() or (folder / "_CHECKPOINT_METADATA").is_file()):
+        raise GitopsError(f"start_from: {folder} is not an Orbax pytree checkpoint (no _METADATA); name the item "
+                          "folder StandardCheckpointer saved (for a CheckpointManager: <step>/<item>)")
+    try:
+        tree = checkpoint.restore_anywhere(folder)
+    except Exception as exc:  # a truncated or foreign folder
+        raise GitopsError(f"start_from: cannot restore {folder} with Orbax: {type(exc).__name__}: {exc}") from None
+    if isinstance(tree, dict) and isinstance(tree.get("model"), dict) and "optimizer" in tree:
+        tree = tree["model"]
+    out = {}
+    for key, value in flatten(tree).items():
+        parts = key.split("/")
+        while parts and parts[-1] in ("value", "raw_value"):
+            parts.pop()
+        out["/".join(parts)] = np.asarray(value)
+    return out
+
+
 def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
     """The parent's parameters {path: array} and its identity for the lineage record."""
     if "model" in spec:
@@ -297,9 +406,13 @@ def source_weights(spec: Any, root: Path) -> tuple[dict[str, Any], dict]:
         loaded = api.load(folder)
         values = {k: v for k, v in flatten(nnx.to_pure_dict(nnx.state(loaded.model, nnx.Param))).items()}
         return values, {"ref": spec["model"], **resolved}
+    where = {"path": spec["path"]} if "path" in spec else {"url": spec["url"]}
+    if spec.get("format") == "orbax":
+        values = read_orbax(orbax_folder(spec, root))
+        return values, {**where, "checksums": spec["checksums"], "checksums_sha256": spec["checksums_sha256"],
+                        "format": "orbax"}
     path = _weights_file(spec, root)
     fmt = spec.get("format") or "safetensors"
-    where = {"path": spec["path"]} if "path" in spec else {"url": spec["url"]}
     return read_weights(path, fmt), {**where, "sha256": spec["sha256"], "format": fmt}
 
 

@@ -34,7 +34,11 @@ for #3 runs only after approval of its exact head, on the untrusted runner; (f) 
 #1 and a merge of #3, release.yml on main reuses #1's run (found by GitHub's commit-to-PR association,
 provenance from the API) and retrains #3's model; (g) after a merged production promotion PR, release.yml
 writes the stage tag (naming the PR) and its `deploy` job commits the stages to a bare deploy repository;
-(h) a demote tag pushed by a person starts deploy.yml, which removes the model from the overlay.
+(h) a demote tag pushed by a person starts deploy.yml, which removes the model from the overlay;
+(j) PR #6 adds wine-mlp-finetune (`train.start_from: wine-mlp@v1.0.0`, first layer frozen): pr-train
+pulls the parent release from the emulator and fine-tunes it; merged before (g)'s release run, which
+reuses that run and records the parent in the child's tag (lineage). release.yml runs as two jobs: a
+read-only `prepare` that writes a spool, and `release`, which publishes it with the write token.
 
 Offline act details as before: `--no-cache-server`, HOME/XDG_* under a temp folder, `$/` rewritten to
 `./` in the copy (act 0.2.89 does not know the self-repository syntax; on GitHub `$/` is the base
@@ -269,7 +273,8 @@ class ActWorld:
         return {"full_name": ME, "name": NAME, "owner": {"login": OWNER}, "default_branch": "main"}
 
     def pr_event(self, number: int, branch: str, head_repo: str) -> dict:
-        head = self.sha[{"tune": "tune", "evil": "evil", "fork-digits": "fork", "sweep": "sweep"}[branch]]
+        head = self.sha[{"tune": "tune", "evil": "evil", "fork-digits": "fork", "sweep": "sweep",
+                         "finetune": "finetune"}[branch]]
         return {"action": "synchronize", "number": number, "repository": self.repository(), "pull_request": {
             "number": number,
             "head": {"sha": head, "ref": branch, "repo": {"full_name": head_repo}},
@@ -510,6 +515,75 @@ def test_f_release_reuses_the_same_repo_run_after_a_squash_merge_and_retrains_th
     assert sorted(world.gh.release_assets("wine-mlp@v1.0.0")) == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
 
 
+FINETUNE = "wine-mlp-finetune"
+FINETUNE_TRAIN = """\
+# yaml-language-server: $schema=../../schemas/train.schema.json
+extends: ../wine-mlp
+start_from:
+  model: wine-mlp@v1.0.0
+  freeze: ["hidden/0"]
+epochs: 10
+optimizer:
+  name: sgd
+  learning_rate: 0.01
+  momentum: 0.9
+"""
+
+
+def _mirror_tags(world: ActWorld) -> None:
+    """Tags made through GitHub's API are in the repository: checkouts with fetch-depth 0 see them."""
+    have = set(git(world.repo, "tag", "-l").split())
+    for ref, target in sorted(world.gh.refs.items()):
+        name = ref[len("refs/tags/"):]
+        if not ref.startswith("refs/tags/") or name in have or target["type"] != "tag":
+            continue
+        obj = world.gh.tag_objects[target["sha"]]
+        git(world.repo, "tag", "-a", name, obj["object"], "-m", obj["message"])
+
+
+@pytest.fixture(scope="module")
+def finetune_training(world, same_repo_training, fork_training):
+    """(j), first half: PR #6 (same repository) adds a child of the wine-mlp v1.0.0 that (f) released."""
+    if "wine-mlp@v1.0.0" not in world.gh.tag_names():
+        pytest.skip("needs the release of (f)")
+    _mirror_tags(world)
+    repo = world.repo
+    git(repo, "switch", "-q", "-c", "finetune", "main")
+    folder = repo / "models" / FINETUNE
+    folder.mkdir()
+    for kind in ("model", "data", "release"):
+        (folder / f"{kind}.yaml").write_text(
+            f"# yaml-language-server: $schema=../../schemas/{kind}.schema.json\nextends: ../wine-mlp\n", encoding="utf-8")
+    (folder / "train.yaml").write_text(FINETUNE_TRAIN, encoding="utf-8")
+    world.sha["finetune"] = _commit(repo, f"{FINETUNE}: fine-tune wine-mlp v1.0.0, first layer frozen")
+    git(repo, "switch", "-q", "main")
+    world.gh.add_pull(6, head="finetune", head_sha=world.sha["finetune"], base_sha=git(repo, "rev-parse", "main"))
+    event = world.pr_event(6, "finetune", ME)
+    event["pull_request"]["base"]["sha"] = git(repo, "rev-parse", "main")
+    done = world.act("finetune", "pull_request_target", "pr-train.yml", event, run_id=601, checkout="main",
+                     ref="refs/heads/main", head_sha=world.sha["finetune"])
+    git(repo, "merge", "-q", "--no-ff", "finetune", "-m", "Merge pull request #6 from acme/finetune")
+    world.gh.merge_pull(6, git(repo, "rev-parse", "HEAD"))
+    return done
+
+
+def test_j_a_child_fine_tunes_from_a_release_in_the_pr_workflow(world, finetune_training):
+    done = finetune_training
+    out = done.stdout
+    assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
+    fp = fingerprint(world, FINETUNE, world.sha["finetune"])
+    assert job_result(out, f"gitops-pr-train/train {FINETUNE}") == "success"
+    assert not ran(out, "gitops-pr-train/train wine-mlp"), "the parent is pulled, not retrained"
+    manifest = json.loads((world.trusted_cache / FINETUNE / fp / "manifest.json").read_text())
+    parent = manifest["start_from"]
+    wine_meta = json.loads(world.gh.tag_objects[world.gh.refs["refs/tags/wine-mlp@v1.0.0"]["sha"]]["message"]
+                           .split("```json", 1)[1].split("```", 1)[0])
+    assert (parent["model"], parent["version"], parent["sha256"]) == ("wine-mlp", "v1.0.0", wine_meta["sha256"])
+    assert parent["frozen"] == ["hidden/0/bias", "hidden/0/kernel"] and "head/kernel" in parent["loaded"]
+    (body,) = world.gh.comment_bodies(6)
+    assert FINETUNE in body
+
+
 def test_g_a_sweep_trains_every_trial_and_the_comment_ranks_them(world, same_repo_training):
     """PR #4 adds wine-mlp/sweep.yaml (2 trials): the matrix trains both trials (one is #1's run, a
     cache hit on the trusted runners), and the sticky comment ranks them and names the apply command."""
@@ -565,10 +639,10 @@ protected_stages:
     return bare
 
 
-def test_h_a_merged_promotion_pr_makes_the_release_workflow_tag_and_deploy(
-        world, deploy_repo, same_repo_training, fork_training):
-    """After (f): a person pushed wine-mlp#staging#1; the production promotion PR #5 is merged. The
-    release run writes the production tag (naming PR #5) and its `deploy` job commits both stages."""
+@pytest.fixture(scope="module")
+def promotion_release(world, deploy_repo, same_repo_training, fork_training, finetune_training):
+    """After (f) and (j)'s PR: a person pushed wine-mlp#staging#1; the production promotion PR #5 is
+    merged; release.yml runs on main. Returns (act result, promotion commit)."""
     from gitops import promotions
 
     if "wine-mlp@v1.0.0" not in world.gh.tag_names():
@@ -593,6 +667,12 @@ def test_h_a_merged_promotion_pr_makes_the_release_workflow_tag_and_deploy(
              "head_commit": {"id": merge}, "act": True}
     done = world.act("release-promote", "push", "release.yml", event, run_id=403, checkout="main",
                      ref="refs/heads/main", head_sha=merge, run_cache=world.root / "release-runner-cache")
+    return done, promo
+
+
+def test_h_a_merged_promotion_pr_makes_the_release_workflow_tag_and_deploy(world, deploy_repo, promotion_release):
+    """The release run writes the production tag (naming PR #5) and its `deploy` job commits both stages."""
+    done, promo = promotion_release
     out = done.stdout
     assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
     assert "wine-mlp#production#2" in world.gh.tag_names()
@@ -604,6 +684,24 @@ def test_h_a_merged_promotion_pr_makes_the_release_workflow_tag_and_deploy(
                                "Deploy wine-mlp v1.0.0 to staging (wine-mlp#staging#1)"]
     files = git(deploy_repo, "ls-tree", "-r", "--name-only", "main").splitlines()
     assert "overlays/production/wine-mlp/configmap.yaml" in files and "base/wine-mlp/deployment.yaml" in files
+
+
+def test_j_the_release_reuses_the_child_run_and_records_its_parent(world, promotion_release):
+    """(j), second half: release.yml's read-only `prepare` job reuses PR #6's run; the `release` job
+    publishes the spool; the child's tag records the parent (lineage)."""
+    done, _ = promotion_release
+    out = done.stdout
+    assert done.returncode == 0, out[-8000:] + done.stderr[-2000:]
+    assert job_result(out, "gitops-release/prepare releases") == "success"
+    assert job_result(out, "gitops-release/release") == "success"
+    assert f"{FINETUNE}: reused the run of PR #6" in out
+    assert any(f"tagged {FINETUNE}@v1.0.0" in line for line in job_lines(out, "gitops-release/release"))
+    assert f"{FINETUNE}@v1.0.0" in world.gh.tag_names()
+    message = world.gh.tag_objects[world.gh.refs[f"refs/tags/{FINETUNE}@v1.0.0"]["sha"]]["message"]
+    meta = json.loads(message.split("```json", 1)[1].split("```", 1)[0])
+    assert (meta["start_from"]["model"], meta["start_from"]["version"]) == ("wine-mlp", "v1.0.0")
+    assert meta["start_from"]["frozen"] == ["hidden/0/bias", "hidden/0/kernel"]
+    assert sorted(world.gh.release_assets(f"{FINETUNE}@v1.0.0")) == ["SHA256SUMS", f"{FINETUNE}-v1.0.0.tar.gz"]
 
 
 def test_i_a_stage_tag_pushed_by_a_person_starts_deploy_yml(world, deploy_repo):

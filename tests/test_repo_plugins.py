@@ -92,6 +92,32 @@ def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_tha
     assert json.loads(cli("ci", "plan", "--head", "HEAD").stdout)["train"] == plan["train"]
 
 
+def test_a_plan_with_base_branch_code_says_why_a_pr_with_new_plugin_entries_fails(repo) -> None:
+    """pr-train's plan never imports the PR's plugin code: a model using an entry the PR adds fails
+    there with a note naming the cause and the way through (pr.yml, a plugin PR of its own)."""
+    git(repo, "switch", "-q", "-c", "new-entry")
+    init = repo / "plugins/__init__.py"
+    init.write_text(init.read_text().replace(
+        '"architectures": [TINY_LINEAR],',
+        '"architectures": [TINY_LINEAR, __import__("dataclasses").replace(TINY_LINEAR, name="tiny-linear-2")],'))
+    write_model(repo, "xor-two", {**XOR, "model.yaml": "architecture: tiny-linear-2\npairwise: true\n"})
+    head = commit_all(repo, "a plugin entry and a model that uses it")
+    git(repo, "switch", "-q", "main")  # the base branch's checkout, as pr-train's plan job has
+    done = cli("ci", "plan", "--base", "main", "--head", head)
+    assert done.exit_code == 1 and "tiny-linear-2" in done.output and "Traceback" not in done.output
+    assert f"plugins/ at {head[:12]} differs from this checkout's" in done.output
+    assert "land new or changed plugin entries in a pull request of their own" in done.output
+    git(repo, "switch", "-q", "new-entry")  # the PR's own checkout (pr.yml), a fresh process: its plugins
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "ci", "plan", "--base", "main",
+                           "--head", head], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # the new model, and the models whose plugin package changed
+    assert sorted(t["model"] for t in json.loads(done.stdout)["train"]) == ["wine-mlp", "xor-tiny", "xor-two"]
+
+
 def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
     marker = repo / "imported"
     init = repo / "plugins/__init__.py"

@@ -239,6 +239,92 @@ def test_pinned_weights_file_loads_and_a_wrong_checksum_stops(parented, monkeypa
     assert not (parented / "runs" / "digits-from-file").exists()
 
 
+def test_pinned_orbax_folder_loads_from_a_path_and_a_url_and_refuses_what_its_list_does_not_pin(
+        parented, monkeypatch, tmp_path):
+    """An Orbax pytree folder from outside, pinned by a checksum list (`gitops data checksums`) and the
+    list's own sha256, loads from the repository and from a URL prefix; a changed or unlisted file stops it."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    import orbax.checkpoint as ocp
+
+    from gitops import data, pull
+    from gitops.errors import GitopsError, IntegrityError
+
+    monkeypatch.chdir(parented)
+    monkeypatch.setenv("GITOPS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GITOPS_DATA_CACHE", str(tmp_path / "data-cache"))
+    parent = _params(pull.pull(parented, LocalBackend(parented), "digits-mlp@v1.0.0"))
+    nested: dict = {}
+    for key, value in parent.items():  # what a Flax user saves: the nested dict of parameters
+        node = nested
+        *head, leaf = key.split("/")
+        for part in head:
+            node = node.setdefault(part, {})
+        node[leaf] = np.asarray(value)
+    ckpt = parented / "weights" / "digits-orbax"
+    with ocp.StandardCheckpointer() as checkpointer:  # saves asynchronously; leaving waits for the commit
+        checkpointer.save(ckpt, nested)
+    listed = _run("data", "checksums", "weights/digits-orbax", "--out", "weights/digits-orbax.sha256")
+    assert listed.exit_code == 0, listed.output
+    pin = re.search(r"checksums_sha256: ([0-9a-f]{64})", listed.output).group(1)
+    folder = parented / "models" / "digits-from-orbax"
+    folder.mkdir()
+    for kind in ("model", "data", "release"):
+        (folder / f"{kind}.yaml").write_text("extends: ../digits-mlp\n")
+    (folder / "train.yaml").write_text(
+        "extends: ../digits-mlp\nsteps: 150\nstart_from:\n  path: weights/digits-orbax\n  format: orbax\n"
+        f"  checksums: weights/digits-orbax.sha256\n  checksums_sha256: {pin}\n  freeze: [hidden/0]\n")
+    assert _run("validate", "models/digits-from-orbax").exit_code == 0
+    cfg = config.load("digits-from-orbax", parented)
+    prep = data.load(cfg.data, parented).preprocessing
+    init = start_from.prepare(cfg, parented, prep)
+    assert len(init.record["loaded"]) == len(parent) and init.record["format"] == "orbax"
+    assert init.record["checksums_sha256"] == pin and init.frozen == ["hidden/0/bias", "hidden/0/kernel"]
+    assert np.array_equal(init.values["head/kernel"], np.asarray(parent["head/kernel"]))
+    assert "Orbax folder, checksum list sha256 " + pin[:12] in __import__("gitops.lineage").lineage.describe_parent(
+        init.record)
+    # the same folder from a URL prefix (real HTTP on 127.0.0.1): fetched file by file, assembled once
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ckpt))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with pytest.raises(ConfigError, match="train.start_from"):  # path and url together
+            config.load("digits-from-orbax", parented, [f"train.start_from.url={url}"])
+        (folder / "train.yaml").write_text((folder / "train.yaml").read_text().replace(
+            "path: weights/digits-orbax", f"url: {url}"))
+        remote = config.load("digits-from-orbax", parented)
+        got = start_from.prepare(remote, parented, prep)
+        assert got.record["url"] == url and got.record["loaded"] == init.record["loaded"]
+        assert (tmp_path / "cache" / "weights" / f"orbax-{pin}" / "_METADATA").is_file()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert start_from.prepare(remote, parented, prep).record["loaded"] == init.record["loaded"]  # cached folder
+    # a changed file, an unlisted file, a changed list: exit 1 before any run folder
+    (folder / "train.yaml").write_text((folder / "train.yaml").read_text().replace(f"url: {url}",
+                                                                                   "path: weights/digits-orbax"))
+    (ckpt / "stray.bin").write_bytes(b"unpinned")
+    with pytest.raises(GitopsError, match="stray.bin not in the checksum list"):
+        start_from.prepare(config.load("digits-from-orbax", parented), parented, prep)
+    (ckpt / "stray.bin").unlink()
+    victim = next(p for p in sorted(ckpt.rglob("*")) if p.is_file() and p.stat().st_size > 64 and p.name != "_METADATA")
+    original = victim.read_bytes()
+    victim.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+    result = _run("train", "digits-from-orbax")
+    assert result.exit_code == 1 and "SHA-256 mismatch" in result.output and "Traceback" not in result.output
+    assert not (parented / "runs" / "digits-from-orbax").exists()
+    victim.write_bytes(original)
+    wrong = "f" * 64
+    with pytest.raises(IntegrityError, match=f"the config pins {wrong}"):
+        start_from.prepare(config.load("digits-from-orbax", parented, [f"train.start_from.checksums_sha256={wrong}"]),
+                           parented, prep)
+    shutil.rmtree(folder)
+
+
 def test_a_parent_without_releases_validates_but_does_not_train_or_plan(example_repo, monkeypatch):
     monkeypatch.chdir(example_repo)
     assert _run("validate").exit_code == 0  # a fresh clone without tags validates
@@ -262,6 +348,9 @@ def test_a_parent_without_releases_validates_but_does_not_train_or_plan(example_
     (f"start_from: {{model: {CHILD}@production}}", f"start_from forms a cycle: {CHILD} -> {CHILD}"),
     ("start_from: {model: digits-mlp@production, path: w.safetensors, sha256: " + "a" * 64 + "}", "train.start_from"),
     ("start_from: {path: ../outside.npz, sha256: " + "a" * 64 + ", format: npz}", "must be a path inside the repository"),
+    ("start_from: {path: w, format: orbax, sha256: " + "a" * 64 + "}", "format: orbax needs checksums"),
+    ("start_from: {path: w.npz, checksums: w.sha256, checksums_sha256: " + "a" * 64 + "}",
+     "a checksum list pins an Orbax folder: add format: orbax"),
 ])
 def test_start_from_form_errors_are_config_errors(example_repo, monkeypatch, text, message):
     monkeypatch.chdir(example_repo)

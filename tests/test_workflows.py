@@ -9,6 +9,7 @@ or in a job that may write, releases never cancelled.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -347,7 +348,7 @@ def test_runner_groups_select_exactly_the_self_hosted_workflows_at_main():
     assert fork_job["runs-on"] == untrusted["labels"]
     trusted_labels = {tuple(g["labels"]) for g in groups if g["trust"] == "trusted"}
     assert tuple(workflow("pr-train.yml")["jobs"]["train"]["runs-on"]) in trusted_labels
-    assert tuple(workflow("release.yml")["jobs"]["release"]["runs-on"]) in trusted_labels
+    assert tuple(workflow("release.yml")["jobs"]["prepare"]["runs-on"]) in trusted_labels
 
 
 # --- pr.yml: unprivileged, validate + plan ---------------------------------------------------------
@@ -467,7 +468,9 @@ def test_trusted_and_untrusted_training_run_on_separate_runners():
         steps = job["steps"]
         run = next(s for s in steps if s.get("run", "").startswith("gitops train"))
         assert run["run"] == 'gitops train "$MODEL" --out runs ${TRIAL:+--trial "$TRIAL"}'
-        assert run["env"] == {"MODEL": "${{ matrix.model }}", "TRIAL": "${{ matrix.trial }}"}
+        # the read-only token (permissions above) pulls a train.start_from parent's release assets
+        assert run["env"] == {"MODEL": "${{ matrix.model }}", "TRIAL": "${{ matrix.trial }}",
+                              "GITHUB_TOKEN": "${{ github.token }}"}
         upload = next(s for s in steps if str(s.get("uses", "")).startswith("actions/upload-artifact@"))
         assert upload["with"]["name"] == "run-${{ matrix.model }}-${{ matrix.fingerprint }}"
     assert evaluate(train["if"], FORK) is False and evaluate(train["if"], {**FORK, "needs.approve.result": "success"}) is False
@@ -524,10 +527,23 @@ def test_release_is_never_cancelled_and_runs_on_push_to_main():
     assert release["concurrency"] == {"group": "release", "cancel-in-progress": False}
 
 
-def test_release_job_permissions_and_steps():
+def test_release_prepares_read_only_and_publishes_with_the_write_token_in_another_job():
+    """The merged commit's code (its plugins too) runs in `prepare`, which holds no write permission;
+    `release` holds the write token, never imports repository code and publishes what the spool recorded."""
     jobs = workflow("release.yml")["jobs"]
-    job = jobs["release"]
-    assert job["runs-on"] == ["self-hosted", "linux", "gpu"]
+    prepare, job = jobs["prepare"], jobs["release"]
+    assert prepare["runs-on"] == ["self-hosted", "linux", "gpu"]
+    assert prepare["permissions"] == {"contents": "read", "actions": "read", "pull-requests": "read"}
+    assert "GITOPS_REPO_PLUGINS" not in prepare.get("env", {}), "main's merged plugins load where nothing can write"
+    assert prepare["steps"][0]["with"]["fetch-depth"] == 0
+    runs = [s["run"] for s in prepare["steps"] if "run" in s]
+    assert runs == ["gitops ci release-pending --spool gitops-spool"]
+    (upload,) = [s for s in prepare["steps"] if str(s.get("uses", "")).startswith("actions/upload-artifact@")]
+    assert upload["with"]["name"] == "gitops-release-spool" and upload["with"]["path"] == "gitops-spool"
+
+    assert job["needs"] == "prepare" and job["runs-on"] == "ubuntu-latest"
+    # one model's failure does not hold back the others (as when one job released them all)
+    assert job["if"] == "${{ !cancelled() }}" and upload["if"].startswith("${{ !cancelled() && hashFiles(")
     assert job["permissions"] == {
         "contents": "write",
         "actions": "read",
@@ -535,13 +551,43 @@ def test_release_job_permissions_and_steps():
         "id-token": "write",
         "attestations": "write",
     }
+    assert job["env"]["GITOPS_REPO_PLUGINS"] == "off"
     assert job["steps"][0]["with"]["fetch-depth"] == 0
     runs = [s["run"] for s in job["steps"] if "run" in s]
-    assert any(r.startswith("gitops ci release-pending") for r in runs)
+    assert runs[0].startswith("gitops ci publish --run-id ") and "--dist dist" in runs[0]
     assert "gitops site --out site" in runs
     uses = [str(s.get("uses", "")) for s in job["steps"]]
     assert any(u.startswith("actions/attest-build-provenance@") for u in uses)
     assert any(u.startswith("actions/upload-pages-artifact@") for u in uses)
+
+
+# Commands that resolve no model config (so import no repository plugin code) and may run with a write token.
+REPO_CODE_FREE = {"ci publish", "ci promote-approved", "site", "comment", "ci fetch-report", "deploy"}
+
+
+# Secrets that write nothing to the repository or a deployment (experiment-tracker credentials).
+TRACKER_SECRETS = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"}
+
+
+def test_jobs_holding_a_write_token_run_only_commands_that_import_no_repository_code():
+    """A write permission of GITHUB_TOKEN, or a secret such as the deploy repository's token: the job
+    runs only commands that resolve no model config, and sets GITOPS_REPO_PLUGINS=off besides."""
+    for path in WORKFLOW_FILES:
+        for job_id, job in load(path)["jobs"].items():
+            writes = sorted(k for k, v in (job.get("permissions") or {}).items()
+                            if v == "write" and k not in ("id-token", "attestations", "pages"))
+            secrets = set(re.findall(r"secrets\.([A-Za-z_]+)", json.dumps(job))) - TRACKER_SECRETS
+            writes += sorted(secrets)
+            runs_gitops = any(str(s.get("run", "")).startswith("gitops") for s in job.get("steps", []))
+            if not writes or not runs_gitops:
+                continue
+            for step in job["steps"]:
+                if "run" not in step:
+                    continue
+                words = step["run"].split()
+                command = " ".join(words[1:3]) if words[1] == "ci" else words[1]
+                assert command in REPO_CODE_FREE, (path.name, job_id, writes, step["run"])
+            assert job.get("env", {}).get("GITOPS_REPO_PLUGINS") == "off", (path.name, job_id)
 
 
 def test_pages_deploy_is_a_separate_least_privilege_job():
@@ -621,7 +667,7 @@ def test_deploy_workflow_runs_on_stage_tags_and_by_hand():
 def test_release_writes_approved_stage_tags_then_deploys_in_a_later_job():
     jobs = workflow("release.yml")["jobs"]
     runs = [s["run"] for s in jobs["release"]["steps"] if "run" in s]
-    assert runs.index("gitops ci promote-approved") > runs.index("gitops ci release-pending --dist dist")
+    assert runs.index("gitops ci promote-approved") > next(i for i, r in enumerate(runs) if r.startswith("gitops ci publish"))
     deploy = jobs["deploy"]
     assert deploy["needs"] == "release" and deploy["permissions"] == {"contents": "read"}
     assert deploy["environment"] == "gitops-deploy" and deploy["runs-on"] == "ubuntu-latest"

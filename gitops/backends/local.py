@@ -21,18 +21,6 @@ from gitops.runs import replace_dir
 
 _STAGE_PREFIX = ".stage-"
 
-# One for-each-ref call for all tags: fields split by NUL, each record ends with NUL + newline.
-_FIELDS = (
-    "%(refname:strip=2)",
-    "%(objecttype)",
-    "%(objectname)",
-    "%(*objectname)",
-    "%(taggername) %(taggeremail)",
-    "%(taggerdate:iso-strict)",
-    "%(creatordate:iso-strict)",
-    "%(contents)",
-)
-_FORMAT = "%00".join(_FIELDS) + "%00"
 
 
 class LocalBackend(Backend):
@@ -47,18 +35,9 @@ class LocalBackend(Backend):
 
     # --- tags -------------------------------------------------------------------------------
     def list_tags(self) -> list[TagInfo]:
-        out = gitutil.run(self.root, "for-each-ref", f"--format={_FORMAT}", "refs/tags").stdout
-        parts = out.split("\0")
-        n = len(_FIELDS)
-        tags = []
-        for i in range(0, len(parts) - n + 1, n):
-            name, kind, obj, peeled, tagger, tagdate, created, message = parts[i : i + n]
-            name = name.lstrip("\n")
-            if kind != "tag":
-                continue  # lightweight tags are not registry events (GTO ignores them too)
-            tags.append(TagInfo(name=name, commit=peeled or obj, message=message.rstrip("\n"),
-                                tagger=tagger.strip(), date=tagdate or created))
-        return tags
+        from gitops import git_tags
+
+        return git_tags.list_tags(self.root)
 
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
         proc = gitutil.create_annotated_tag(self.root, name, commit, message)
@@ -80,12 +59,9 @@ class LocalBackend(Backend):
         return proc.returncode == 0
 
     def _tags_named(self, name: str) -> list[TagInfo]:
-        out = gitutil.run(self.root, "for-each-ref", f"--format={_FORMAT}", f"refs/tags/{name}").stdout
-        parts = out.split("\0")
-        if len(parts) < len(_FIELDS):
-            return []
-        name_, kind, obj, peeled, tagger, tagdate, created, message = parts[: len(_FIELDS)]
-        return [TagInfo(name_.lstrip("\n"), peeled or obj, message.rstrip("\n"), tagger.strip(), tagdate or created)]
+        from gitops import git_tags
+
+        return git_tags.list_tags(self.root, f"refs/tags/{name}", annotated_only=False)[:1]
 
     def delete_tag(self, name: str) -> None:
         gitutil.run(self.root, "tag", "-d", name, check=False)

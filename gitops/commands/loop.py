@@ -234,13 +234,20 @@ def release_pending_cmd(
     backend_name: BackendOption = None,
     dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
     track: TrackOption = None,
+    spool_dir: Annotated[Path | None, typer.Option(
+        "--spool", help="Write nothing to the registry: record the releases in this folder for `gitops ci publish` "
+                        "(release.yml's read-only prepare job).")] = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
-    from gitops import release
+    from gitops import gitutil, release
 
     root = config.find_root()
-    results, failures = release.release_pending(root, _backend(backend_name, root), push=push, dist=dist,
-                                                track=track)
+    backend = _backend(backend_name, root)
+    if spool_dir is not None:
+        from gitops.spool import SpoolBackend
+
+        backend = SpoolBackend(backend, spool_dir, gitutil.head_commit(root))
+    results, failures = release.release_pending(root, backend, push=push, dist=dist, track=track)
     for result in results:
         out(result.message)
     if not results and not failures:
@@ -249,6 +256,31 @@ def release_pending_cmd(
         _echo_err(f"error: {name}: {message}")
     if failures:
         raise typer.Exit(1)
+
+
+@command("publish", group=ci_app)
+def publish_cmd(
+    spool_dir: Annotated[Path, typer.Option("--spool", help="The spool folder `ci release-pending --spool` wrote "
+                                                            "(fetched from --run-id's artifact when given).")],
+    run_id: Annotated[int | None, typer.Option(
+        "--run-id", help="Download this workflow run's gitops-release-spool artifact into --spool first.", min=1)] = None,
+    dist: Annotated[Path | None, typer.Option("--dist", help="Also copy the assets into this folder.")] = None,
+    backend_name: BackendOption = None,
+) -> None:
+    """Make the registry writes a release spool recorded: stage assets, create tags, publish releases.
+
+    Runs where the write token is (release.yml's publish job) and never imports repository code: it
+    resolves no config; it checks each recorded tag, commit and file (docs/workflows.md).
+    """
+    from gitops import spool
+
+    root = config.find_root()
+    backend = _backend(backend_name, root)
+    if run_id is not None and spool.fetch(backend, run_id, spool_dir) is None:
+        out(f"run {run_id} uploaded no {spool.SPOOL_ARTIFACT}: nothing to publish")
+        return
+    for line in spool.publish(spool_dir, backend, root, dist=dist):
+        out(line)
 
 
 @command("fetch-runs", group=ci_app)

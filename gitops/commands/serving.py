@@ -5,6 +5,7 @@ jax, starlette and uvicorn load inside the command bodies only.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -113,7 +114,9 @@ def deploy_cmd(
 
         rendered, stage = deploy_repo.render(backend, ref, render_dir, opts, image=image or None,
                                       github_repository=repo_slug, force=force)
-        out(f"rendered {rendered} (generic image; the pods pull and verify the version at start)")
+        marker = json.loads((Path(rendered) / deploy.MARKER).read_text(encoding="utf-8"))  # what was rendered
+        out(f"rendered {marker['model']} {marker['version']} into {rendered} "
+            "(generic image; the pods pull and verify the version at start)")
         out(f"  kubectl kustomize {rendered}/overlays/{stage}")
         return
     _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name)
