@@ -7,6 +7,7 @@ it does not remove it); jax, flax, optax and orbax are not our modules, so their
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gitops"
@@ -15,6 +16,11 @@ LAYERED = {"gitops.catalog", "gitops.registry", "gitops.plugins", "gitops.schema
            "gitops.settings", "gitops.jsonschema_tools", "gitops.tree", "gitops.migrate", "gitops.sweep",
            "gitops.architectures", "gitops.optim", "gitops.metrics", "gitops.backends", "gitops.backends.base",
            "gitops.backends.local", "gitops.backends.github", "gitops.artifacts", "gitops.promotions"}
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"))
 
 
 def _modules() -> dict[str, Path]:
@@ -38,7 +44,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(path)):
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -114,7 +120,7 @@ def test_registry_schema_and_backend_layers_sit_on_no_import_circle() -> None:
 
 def test_no_module_rebinds_its_globals() -> None:
     rebinding = [f"{path.relative_to(PACKAGE.parent)}:{node.lineno}" for path in PACKAGE.rglob("*.py")
-                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(node, ast.Global)]
+                 for node in ast.walk(_tree(path)) if isinstance(node, ast.Global)]
     assert rebinding == []
 
 
@@ -124,7 +130,7 @@ def test_callers_ask_backends_by_capability_not_by_name_or_hasattr() -> None:
     for path in PACKAGE.rglob("*.py"):
         if "backends" in path.relative_to(PACKAGE).parts:
             continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(_tree(path)):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("hasattr", "getattr")
                     and node.args and "backend" in ast.unparse(node.args[0]).lower()):
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
