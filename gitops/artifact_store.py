@@ -44,6 +44,8 @@ from gitops.settings import StoreSettings
 
 CHUNK = 1 << 20
 FETCH_CHUNK = 8 << 20
+PROGRESS_MIN_BYTES = 64 << 20  # smaller archives upload without progress lines
+PARALLEL_PARTS = 4  # parts of a split archive uploaded at once (each is its own object)
 SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "file": None}
 OBJECTS_SUFFIX = ".objects.json"
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_KEY",
@@ -81,6 +83,7 @@ class ArtifactStore:
         self._sleep = sleep
         self._fs: Any = None
         self._root = ""
+        self._scheme = self.url.split("://", 1)[0].lower()
 
     # --- plumbing ---------------------------------------------------------------------------
     @property
@@ -177,18 +180,24 @@ class ArtifactStore:
         tmp = f"{self._root}/tmp/{sha256}.{secrets.token_hex(6)}" if local else final
         block = max(5, int(self.settings.block_size_mb)) * 1024**2
 
+        whole = start == 0 and length == path.stat().st_size
+
         def upload() -> None:
             fs = self.fs
-            if local:
-                fs.makedirs(fs._parent(tmp), exist_ok=True)
-                if start == 0 and length == path.stat().st_size:  # the kernel's copy, then a rename
-                    fs.put_file(str(path), tmp)
-                    if progress:
-                        progress(length)
+            if whole:  # fsspec's own upload: concurrent multipart parts (s3fs), resumable chunks (gcsfs), blocks (adlfs)
+                if local:
+                    fs.makedirs(fs._parent(tmp), exist_ok=True)
+                options = {"chunksize": block} if self._scheme in ("s3", "gs", "gcs") else {}
+                callback = _upload_callback(length, progress)
+                fs.put_file(str(path), tmp, callback=callback, **options)
+                callback.finish()
+                if local:  # the kernel's copy, then a rename
                     killpoints.reached("release.uploading")
                     fs.makedirs(fs._parent(final), exist_ok=True)
                     fs.mv(tmp, final)
-                    return
+                return
+            if local:
+                fs.makedirs(fs._parent(tmp), exist_ok=True)
             with open(path, "rb") as src, fs.open(tmp, "wb", block_size=block) as out:
                 src.seek(start)
                 left = length
@@ -292,6 +301,33 @@ class ArtifactStore:
             self._call("removing", key, lambda: self.fs.rm(key))
 
 
+def _upload_callback(total: int, progress: Callable[[int], None] | None):
+    """An fsspec upload callback that forwards byte counts to `progress` and, once every byte is sent (before
+    the store publishes the object, e.g. S3's CompleteMultipartUpload), reaches the `release.uploading` kill
+    point. Its `finish()` reports what the filesystem did not (a local copy reports nothing)."""
+    from fsspec.callbacks import Callback
+
+    class Uploaded(Callback):
+        sent = 0
+        killed = False
+
+        def call(self, *args, **kwargs) -> None:
+            self._forward(self.value)
+            if self.size and self.value >= self.size and not self.killed:
+                self.killed = True
+                killpoints.reached("release.uploading")
+
+        def _forward(self, value: int) -> None:
+            delta, self.sent = value - self.sent, max(self.sent, value)
+            if delta > 0 and progress:
+                progress(delta)
+
+        def finish(self) -> None:
+            self._forward(total)
+
+    return Uploaded(size=total)
+
+
 def _mtime(info: dict) -> float | None:
     for field in ("LastModified", "last_modified", "mtime", "updated", "created"):
         value = info.get(field)
@@ -346,15 +382,19 @@ def publish_archive(store: ArtifactStore, archive: Path, out_dir: Path, sha256: 
     ranges = [(i, min(size, total - i)) for i in range(0, total, size)] or [(0, 0)]
     name = archive.name
     names = [name] if len(ranges) == 1 else [f"{name}.part{i:03d}" for i in range(len(ranges))]
+    report = _progress(name, total)
     if len(ranges) == 1:
         whole = sha256 or sha256_file(archive)
-        digests = [whole]
+        objects = [store.put_range(archive, 0, total, whole, name, report)]
     else:
-        digests = [_range_sha256(archive, start, length) for start, length in ranges]
+        def one(i: int) -> StoredObject:  # hash the part, then upload it; parts go up side by side
+            start, length = ranges[i]
+            return store.put_range(archive, start, length, _range_sha256(archive, start, length), names[i], report)
+
+        _ = store.fs  # made once, before the threads share it
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(ranges))) as pool:
+            objects = list(pool.map(one, range(len(ranges))))
         whole = sha256 or sha256_file(archive)
-    report = _progress(name, total)
-    objects = [store.put_range(archive, start, length, digest, part_name, report)
-               for (start, length), digest, part_name in zip(ranges, digests, names, strict=True)]
     sums = [f"{whole}  {name}"] + ([f"{o.sha256}  {o.name}" for o in objects] if len(objects) > 1 else [])
     (out_dir / "SHA256SUMS").write_text("\n".join(sums) + "\n", encoding="utf-8")
     listing = out_dir / (name + OBJECTS_SUFFIX)
@@ -379,15 +419,20 @@ def _range_sha256(path: Path, start: int, length: int) -> str:
 
 
 def _progress(name: str, total: int) -> Callable[[int], None] | None:
-    """Progress lines on stderr (every 10%) for archives over 64 MiB."""
-    if total < 64 * 1024**2:
+    """Progress lines on stderr (every 10%) for archives of PROGRESS_MIN_BYTES or more."""
+    if total < PROGRESS_MIN_BYTES:
         return None
+    import threading
+
     state = {"done": 0, "shown": 0}
+    lock = threading.Lock()  # parts upload side by side
 
     def report(n: int) -> None:
-        state["done"] += n
-        tenth = state["done"] * 10 // total
-        if tenth > state["shown"]:
+        with lock:
+            state["done"] += n
+            tenth = state["done"] * 10 // total
+            if tenth <= state["shown"]:
+                return
             state["shown"] = tenth
             sys.stderr.write(f"uploading {name}: {state['done'] / 1024**2:.0f}/{total / 1024**2:.0f} MiB\n")
 
@@ -446,9 +491,12 @@ def fetch_archive(objects: list[StoredObject], sums: dict[str, str], archive_nam
         except OSError:
             shutil.copyfile(cached, archive)
         return archive
+    _ = store.fs  # made once, before the threads share it
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(objects))) as pool:  # parts come down side by side
+        cached = list(pool.map(store.fetch, objects))
     with open(archive, "wb") as out:
-        for obj in objects:
-            with open(store.fetch(obj), "rb") as fh:
+        for path in cached:
+            with open(path, "rb") as fh:
                 shutil.copyfileobj(fh, out, CHUNK)
     return archive
 

@@ -32,6 +32,13 @@ class Entry:
 
 @dataclass(frozen=True)
 class Metric:
+    """A metric models compute, as `split/name` in histories and metrics.json.
+
+    `higher_is_better` is its direction, declared here (built-ins) or in the plugin's spec and read only
+    through `gitops.gates`: best checkpoint, early stopping, sweep ranking, report verdicts and
+    `max_regression` gates all follow it; nothing guesses a direction from a metric's name.
+    """
+
     name: str
     higher_is_better: bool
     tasks: tuple[str, ...]
@@ -405,12 +412,6 @@ PARALLELISM = {
     "fsdp": "Data parallel with large parameter and optimizer-state arrays split over the devices too "
             "(fully sharded); for models whose state does not fit one device.",
 }
-
-
-def metric_direction(full_name: str) -> bool | None:
-    """True when higher is better for `split/metric`; None for names we don't know."""
-    metric = METRICS.entry(full_name.split("/", 1)[-1])
-    return metric.higher_is_better if metric else None
 
 
 def dataset_task(data: dict) -> str:

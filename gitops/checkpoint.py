@@ -15,7 +15,7 @@ Layout of a run's checkpoints (an Orbax `CheckpointManager` directory)::
 
 Retention: the last `keep` checkpoints AND the best one by the configured validation metric are kept
 (`AnyPreservationPolicy([LatestN, BestN])`), so the checkpoint a run hands on is never deleted. Ties
-go to the later step, in Orbax's BestN and in `best_step` alike. Saves are asynchronous;
+go to the later step, in Orbax's BestN and in `best_step` alike (the rule of `gitops.gates`). Saves are asynchronous;
 `wait()` runs before anything reads the directory. Never create integer-named folders in a checkpoint
 directory by hand: the manager trusts the rename that commits a step.
 """
@@ -33,6 +33,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from gitops import gates
 
 
 class _QuietOcdbtMerge(logging.Filter):
@@ -114,14 +116,6 @@ def state_handler() -> ocp.StandardCheckpointHandler:
     return handler
 
 
-def _signed(value: Any, higher_is_better: bool) -> float:
-    """A score where larger is better; NaN ranks last."""
-    value = float(value)
-    if math.isnan(value):
-        return -math.inf
-    return value if higher_is_better else -value
-
-
 class Checkpoints:
     """A run's checkpoint directory: save, list, restore, and choose the checkpoint to hand on.
 
@@ -129,7 +123,8 @@ class Checkpoints:
         directory: `<run>/checkpoints`.
         keep: most recent checkpoints kept.
         best_metric: e.g. "val/accuracy"; None hands on the last checkpoint.
-        higher_is_better: direction of `best_metric`.
+        higher_is_better: direction of `best_metric` (`gates.higher_is_better`); values are ranked by
+            `gates.score`, so a NaN is never the best.
     """
 
     def __init__(self, directory: Path, *, keep: int = 2, best_metric: str | None = None, higher_is_better: bool = True,
@@ -141,7 +136,7 @@ class Checkpoints:
         if best_metric:
             keepers.append(
                 policies.BestN(
-                    get_metric_fn=lambda m: _signed(m[best_metric], higher_is_better),
+                    get_metric_fn=lambda m: gates.score(m[best_metric], higher_is_better),
                     n=1,
                     keep_checkpoints_without_metrics=False,
                 )
@@ -151,7 +146,7 @@ class Checkpoints:
             # best_fn makes the manager write each step's metrics to disk (`<step>/metrics/metrics`): without
             # it they live only in memory, a resumed run's manager sees the old steps without metrics, and
             # BestN deletes the best one (issue 13, fault 2). Ranking stays BestN's job above.
-            best_fn=(lambda m: _signed(m[best_metric], higher_is_better)) if best_metric else None,
+            best_fn=(lambda m: gates.score(m[best_metric], higher_is_better)) if best_metric else None,
             best_mode="max",
             enable_async_checkpointing=asynchronous,
             create=True,
@@ -255,7 +250,7 @@ class Checkpoints:
         for step in steps:
             value = self.meta(step).get("metrics", {}).get(self.best_metric)
             if value is not None:
-                scored.append((_signed(value, self.higher_is_better), step))
+                scored.append((gates.score(value, self.higher_is_better), step))
         return max(scored)[1] if scored else steps[-1]
 
 

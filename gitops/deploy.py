@@ -33,6 +33,7 @@ PYTHON_IMAGE = "python:3.11.11-slim-bookworm"  # pinned: a rebuild months later 
 PORT = 8501
 MARKER = ".gitops-deploy.json"
 SERVE_REQUIREMENTS = ("starlette>=0.37", "uvicorn>=0.30", "httptools>=0.6", "prometheus-client>=0.20")
+STORE_REQUIREMENTS = ("s3fs>=2024.2", "gcsfs>=2024.2", "adlfs>=2024.2")  # pyproject.toml's s3/gcs/azure extras
 MODEL_DIR = "/srv/model"
 UID = 10001
 
@@ -106,6 +107,8 @@ def dockerfile(model: str, version: str, opts: DeployOptions, *, jax_version: st
 
         install = [opts.package or installed_package_spec()]
     install += list(SERVE_REQUIREMENTS)
+    if opts.pull_at_start:  # the release may live in an artifact store (gitops.yaml artifacts:)
+        install += list(STORE_REQUIREMENTS)
     if opts.gpu:
         install.append(f"jax[cuda12]=={jax_version}")
     pip = "pip install " + " ".join(f'"{p}"' for p in install)

@@ -41,6 +41,7 @@ KUSTOMIZE_API = "kustomize.config.k8s.io/v1beta1"
 ANNOTATION = "gitops.dev"
 GENERIC_IMAGE = "ghcr.io/gitops-nn/gitops-serve"  # built by .github/workflows/image.yml from docker/Dockerfile
 PUSH_ATTEMPTS = 3
+ARTIFACTS_SECRET = "gitops-artifacts"
 _URL_RE = re.compile(r"^([a-z][a-z0-9+.-]*://|[\w.-]+@[\w.-]+:)", re.I)
 
 
@@ -126,7 +127,10 @@ def base_manifests(model: str, image: str, opts: deploy.DeployOptions) -> dict[s
     for doc in docs.values():
         _drop_version_labels(doc)
     container = docs["deployment.yaml"]["spec"]["template"]["spec"]["containers"][0]
-    container["envFrom"] = [{"configMapRef": {"name": release_configmap_name(model)}}]
+    container["envFrom"] = [{"configMapRef": {"name": release_configmap_name(model)}},
+                            # the artifact store's credentials (AWS_*, AZURE_STORAGE_*), when the cluster
+                            # has no workload identity for it
+                            {"secretRef": {"name": ARTIFACTS_SECRET, "optional": True}}]
     container["env"] = [
         {"name": "GITHUB_REPOSITORY", "valueFrom": {"configMapKeyRef": {
             "name": release_configmap_name(model), "key": "GITHUB_REPOSITORY", "optional": True}}},
@@ -151,22 +155,33 @@ def _drop_version_labels(doc) -> None:
             _drop_version_labels(value)
 
 
-def configmap(move: StageMove, github_repository: str = "") -> dict:
-    """The ConfigMap naming the version (and its archive's sha256) the stage serves."""
+def pod_env(github_repository: str = "", store=None) -> dict[str, str]:
+    """What the pods need besides the version to pull it: the GitHub repository (github backend) and, for an
+    S3-compatible artifact store with its own endpoint, `AWS_ENDPOINT_URL_S3` (botocore's variable; the
+    store's credentials come from the optional Secret `gitops-artifacts`, never from a ConfigMap)."""
+    env = {}
+    if github_repository:
+        env["GITHUB_REPOSITORY"] = github_repository
+    if store is not None and store.endpoint_url and store.url.lower().startswith("s3://"):
+        env["AWS_ENDPOINT_URL_S3"] = store.endpoint_url
+    return env
+
+
+def configmap(move: StageMove, env: dict[str, str] | None = None) -> dict:
+    """The ConfigMap naming the version (and its archive's sha256) the stage serves, plus `pod_env()`."""
     data = {"GITOPS_MODEL": move.model, "GITOPS_VERSION": move.version or "", "GITOPS_SHA256": move.sha256,
             "GITOPS_STAGE": move.stage, "GITOPS_STAGE_TAG": move.stage_tag}
-    if github_repository:
-        data["GITHUB_REPOSITORY"] = github_repository
+    data.update(sorted((env or {}).items()))
     return {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": release_configmap_name(move.model),
                          "labels": {"app.kubernetes.io/name": move.model, "app.kubernetes.io/managed-by": "gitops"}},
             "data": data}
 
 
-def model_overlay(move: StageMove, base_rel: str, github_repository: str = "") -> dict[str, dict]:
+def model_overlay(move: StageMove, base_rel: str, env: dict[str, str] | None = None) -> dict[str, dict]:
     """`overlays/<stage>/<model>/`: the base plus the ConfigMap; annotations roll the pods on a change."""
     return {
-        "configmap.yaml": configmap(move, github_repository),
+        "configmap.yaml": configmap(move, env),
         "kustomization.yaml": {
             "apiVersion": KUSTOMIZE_API, "kind": "Kustomization",
             "bases": [base_rel],
@@ -189,7 +204,7 @@ def _dump(doc: dict) -> str:
 
 
 def plan_files(root: Path, move: StageMove, opts: deploy.DeployOptions, image: str, path: str | None,
-               github_repository: str = "") -> dict[str, str | None]:
+               env: dict[str, str] | None = None) -> dict[str, str | None]:
     """Relative path -> new text (None: remove) that bring the deploy root `root` to `move`."""
     from gitops.yamlio import load_yaml_text
 
@@ -221,7 +236,7 @@ def plan_files(root: Path, move: StageMove, opts: deploy.DeployOptions, image: s
         for name, body in base_manifests(move.model, image, opts).items():
             changes[f"{base_dir}/{name}"] = _dump(body)
         base_rel = os.path.relpath(base_dir, model_dir).replace(os.sep, "/")
-        for name, body in model_overlay(move, base_rel, github_repository).items():
+        for name, body in model_overlay(move, base_rel, env).items():
             changes[f"{model_dir}/{name}"] = _dump(body)
     if stage_kust.is_file() or move.version is not None:
         doc["bases"] = bases
@@ -310,7 +325,7 @@ def _folder_repo(folder: Path) -> tuple[Path, Path]:
 
 
 def apply(target: str, move: StageMove, opts: deploy.DeployOptions, *, image: str | None = None,
-          path: str | None = None, github_repository: str = "", branch: str = "main") -> DeployResult:
+          path: str | None = None, env: dict[str, str] | None = None, branch: str = "main") -> DeployResult:
     """Bring the deploy repository `target` (folder or URL) to `move`; one commit, or none when unchanged.
 
     Raises:
@@ -321,7 +336,7 @@ def apply(target: str, move: StageMove, opts: deploy.DeployOptions, *, image: st
     message = commit_message(move)
     if not is_url(target):
         repo, root = _folder_repo(Path(target))
-        changes = plan_files(root, move, opts, image, path, github_repository)
+        changes = plan_files(root, move, opts, image, path, env)
         if not changes:
             return DeployResult(move, None, message)
         return DeployResult(move, _commit(repo, root, changes, message), message)
@@ -337,7 +352,7 @@ def apply(target: str, move: StageMove, opts: deploy.DeployOptions, *, image: st
             if clone.returncode != 0:
                 raise ServiceError(f"could not clone the deploy repository: {_scrub(clone.stderr)}")
             repo = work / "repo"
-            changes = plan_files(repo, move, opts, image, path, github_repository)
+            changes = plan_files(repo, move, opts, image, path, env)
             if not changes:
                 return DeployResult(move, None, message)
             commit = _commit(repo, repo, changes, message)
@@ -392,11 +407,95 @@ def stages_to_sync(states: dict[str, tags.ModelState]) -> list[tuple[str, str]]:
     return sorted(found)
 
 
+# --- deploying stages from the registry ------------------------------------------------------------
+
+
+def deploy_stages(root: Path, backend, settings, pairs: list[tuple[str, str]], *, target: str = "",
+                  path: str | None = None, image: str = "", gpu: bool = False, replicas: int | None = None,
+                  github_repository: str = "", say=None) -> None:
+    """Bring each (model, stage) of `pairs` in the deploy repository (`target`, else gitops.yaml's
+    `deploy.repository`) to what the registry says; one commit per changed stage, a line to `say` each.
+    A stage that fails does not stop the others; a protected stage whose holder is unapproved
+    (`promotions.approval`) is not deployed.
+
+    Raises:
+        UsageError: no deploy repository, or a `--path` outside it (before any commit).
+        ServiceError: every failed stage failed on the deploy repository's server (clone/push; exit 3).
+        GitopsError: any other failure, one line per stage (exit 1).
+    """
+    from gitops import promotions
+
+    say = say or (lambda text: None)
+    target = target or settings.deploy.repository
+    if not target:
+        raise UsageError("no deploy repository: pass --to-repo PATH|URL (or set deploy.repository in gitops.yaml), "
+                         "or --render DIR")
+    if not is_url(target) and not Path(target).is_absolute():
+        target = str(Path(root) / target)
+    paths = {stage: path or settings.deploy.path.replace("{stage}", stage) for _, stage in pairs}
+    for stage, rel in paths.items():  # a bad --path is the command line's fault: refuse before any commit
+        overlay_path(stage, rel)
+    states = tags.registry_state(backend.list_tags())
+    opts = deploy.DeployOptions(gpu=gpu or settings.deploy.gpu, replicas=replicas or settings.deploy.replicas)
+    env = pod_env(github_repository, settings.artifacts)
+    failures: list[tuple[str, GitopsError]] = []
+    for model, stage in pairs:
+        state = states.get(model, tags.ModelState(model))
+        try:
+            move = stage_move(state, stage)
+            if move.version is not None and settings.approvers(stage) is not None:
+                holder = [e for e in state.events if e.stage == stage and e.action == tags.Action.ASSIGN
+                          and e.version == move.version]
+                why = promotions.approval(root, holder[-1], settings) if holder else "no assign tag found"
+                if why:
+                    raise GitopsError(f"not deployed: {move.version} is unapproved ({why})")
+            result = apply(target, move, opts, image=image or settings.deploy.image or None, path=paths[stage],
+                           env=env)
+        except UsageError:
+            raise
+        except GitopsError as exc:
+            failures.append((f"{model}@{stage}: {exc.message}", exc))
+            continue
+        what = result.message.splitlines()[0]
+        say(f"{what}: commit {result.commit[:12]}" if result.commit else f"{model}@{stage}: unchanged (no commit)")
+    if failures:
+        from gitops.errors import ServiceError
+
+        cls = ServiceError if all(isinstance(exc, ServiceError) for _, exc in failures) else GitopsError
+        raise cls("\n".join(line for line, _ in failures))
+
+
+def deploys_on_stage_moves(settings, backend, wanted: bool | None) -> bool:
+    """Whether `promote`, `demote` and `ci promote-approved` also deploy the stage they moved.
+
+    `wanted` None (no --deploy/--no-deploy): when gitops.yaml names a deploy repository and the backend is
+    local (on GitHub, deploy.yml and release.yml's `deploy` job do it). Raises UsageError for --deploy
+    without a deploy repository (before any tag is written)."""
+    if wanted and not settings.deploy.repository:
+        raise UsageError("--deploy: gitops.yaml names no deploy repository (deploy.repository)")
+    if wanted is None:
+        return bool(settings.deploy.repository) and not backend.hosted
+    return wanted
+
+
+def deploy_after_stage_move(root: Path, backend, settings, pairs: list[tuple[str, str]], tag_note: str,
+                            say=None) -> None:
+    """`deploy_stages` for the stages a command just moved; a failure names the tags already written and the
+    command that completes the deploy (the same class, so the exit code stays)."""
+    try:
+        deploy_stages(root, backend, settings, pairs, github_repository=os.environ.get("GITHUB_REPOSITORY", ""),
+                      say=say)
+    except GitopsError as exc:
+        again = " ".join(f"gitops deploy {model}@{stage}" for model, stage in pairs)
+        raise type(exc)(f"{tag_note}, but the deploy failed:\n{exc.message}\nRerun `{again}` to deploy it",
+                        exit_code=exc.exit_code) from None
+
+
 # --- `deploy --render DIR` without --bake: the same layout, in a plain folder ---------------------------
 
 
 def render(backend, ref: str, out_dir: Path, opts: deploy.DeployOptions, *, image: str | None = None,
-           github_repository: str = "", force: bool = False) -> tuple[Path, str]:
+           env: dict[str, str] | None = None, force: bool = False) -> tuple[Path, str]:
     """Write the Kustomize layout for one version (`base/` + `overlays/<stage or default>/`) into `out_dir`;
     return (out_dir, stage).
 
@@ -421,7 +520,7 @@ def render(backend, ref: str, out_dir: Path, opts: deploy.DeployOptions, *, imag
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        write_files(tmp, plan_files(tmp, move, opts, image or default_image(), None, github_repository))
+        write_files(tmp, plan_files(tmp, move, opts, image or default_image(), None, env))
         (tmp / deploy.MARKER).write_text(jsonio.dumps({"model": st.model, "version": version.version,
                                                        "stage": stage, "layout": "kustomize"}, indent=2) + "\n")
         replace_dir(tmp, out_dir)

@@ -84,7 +84,8 @@ class Plugin:
         info: facts the semantic checks use. architecture: {"inputs": "image" | "tokens" | "any"};
             dataset: {"task": "classification" | "regression", "input_shape": [...], "num_classes": N,
             "examples": N, "inputs": "vector" | "image" | "tokens"}.
-        higher_is_better: metrics only: the direction reports and gates use.
+        higher_is_better: metrics only, required: True when higher values are better. `gitops.gates` reads
+            it for the best checkpoint, early stopping, sweep ranking, report verdicts and gates.
         tasks: metrics only: the tasks whose models compute it.
     """
 
@@ -166,7 +167,9 @@ def check(kind: str, plugin: Plugin, where: str) -> None:
         raise PluginError(f"plugin {where}: params is not valid JSON Schema: {exc.message}") from None
     if kind == "metric":
         if not isinstance(plugin.higher_is_better, bool):
-            raise PluginError(f"plugin {where}: a metric must say higher_is_better (true or false)")
+            raise PluginError(f"plugin {where}: metric {plugin.name!r} must declare higher_is_better: True when "
+                              "higher values are better (like accuracy), False when lower are (like a loss); "
+                              "no direction is guessed from a metric's name")
         if not plugin.tasks or any(t not in TASKS for t in plugin.tasks):
             raise PluginError(f"plugin {where}: tasks must list some of {', '.join(TASKS)}")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import config, gitutil, jsonio, killpoints, lineage, registry_ops, scratch, tags
+from gitops import config, gates, gitutil, jsonio, killpoints, lineage, registry_ops, scratch, tags
 from gitops.backends.base import Backend, TagExistsError
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, UsageError
@@ -602,11 +602,8 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     reproduced_at = (latest_meta.get("reproduced_at_commit")  # a patch reusing a run checked before
                      if latest_meta.get("training_fingerprint") == cfg.training_fingerprint else None)
     reproduced_at = reproduced_at or lineage_check(info, cfg, head)
-    from gitops.report import evaluate_gates
-
-    gates = evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
-                           latest_meta.get("metrics") if latest else None)
-    failed = [g for g in gates if g.status == "fail"]
+    failed = gates.failed(gates.evaluate_gates([dict(g) for g in cfg.release.gates], info.metrics,
+                                               latest_meta.get("metrics") if latest else None))
     if failed:
         detail = "; ".join(f"{g.metric} {g.kind} {g.threshold:g}: {g.note}" for g in failed)
         raise GitopsError(f"{model}: quality gate failed, not releasing ({detail})")
@@ -672,7 +669,8 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     kept = []
     if dist is not None:
         dist.mkdir(parents=True, exist_ok=True)
-        for asset in assets:
+        archive = out_dir / meta["archive"]  # with an artifact store it is no backend asset, but attested
+        for asset in assets + ([archive] if archive not in assets and archive.is_file() else []):
             shutil.copyfile(asset, dist / asset.name)
             kept.append(dist / asset.name)
     final_run = None if run_dir.is_relative_to(workdir) else run_dir

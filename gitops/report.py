@@ -21,6 +21,7 @@ from typing import Any
 from gitops import catalog, config, gitutil, jsonio, registry_ops, stats, trackers
 from gitops.backends.base import COMMENT_MARKER, COMMENT_MAX_CHARS, Backend
 from gitops.errors import UsageError
+from gitops.gates import GateResult, change, direction, evaluate_gates, note_seeds
 from gitops.plan import config_diff, is_missing, show_value
 
 MAX_CURVE_POINTS = 100
@@ -37,20 +38,6 @@ class Baseline:
     note: str = ""
     spread: dict = field(default_factory=dict)  # metric -> {mean, std, n, ...} when it was trained with repeats
     repeats: int = 1
-
-
-@dataclass
-class GateResult:
-    metric: str
-    kind: str  # min | max | max_regression
-    threshold: float
-    value: float | None
-    status: str  # pass | fail | skipped
-    note: str = ""
-
-    def as_dict(self) -> dict:
-        return {"metric": self.metric, "kind": self.kind, "threshold": self.threshold, "value": self.value,
-                "status": self.status, "note": self.note}
 
 
 @dataclass
@@ -83,59 +70,8 @@ class ModelReport:
         return any(row.get("noise_band") is not None for row in self.metrics)
 
 
-# --- gates -----------------------------------------------------------------------------------------
-
-
-def higher_is_better(metric: str) -> bool:
-    direction = catalog.metric_direction(metric)
-    if direction is None:
-        return not metric.rsplit("/", 1)[-1].endswith(("loss", "error", "mse", "mae", "rmse"))
-    return direction
-
-
-def evaluate_gates(gates: list[dict], metrics: dict, baseline: dict | None) -> list[GateResult]:
-    """min/max floors and ceilings, and max_regression against the baseline (skipped without one)."""
-    results = []
-    for gate in gates:
-        metric = gate["metric"]
-        value = metrics.get(metric)
-        for kind in ("min", "max", "max_regression"):
-            if kind not in gate:
-                continue
-            threshold = float(gate[kind])
-            if value is None or not _finite(value):
-                note = "metric missing from the run" if value is None else f"value is {_num(value)}, not a finite number"
-                results.append(GateResult(metric, kind, threshold, None, "fail", note))
-                continue
-            if kind == "min":
-                ok = value >= threshold
-                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
-                                          f"{registry_ops.format_number(value)} {'≥' if ok else '<'} {threshold:g}"))
-            elif kind == "max":
-                ok = value <= threshold
-                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail",
-                                          f"{registry_ops.format_number(value)} {'≤' if ok else '>'} {threshold:g}"))
-            else:
-                old = (baseline or {}).get(metric)
-                if old is None or not _finite(old):
-                    note = ("no baseline release to compare with" if old is None
-                            else f"the baseline's value is {_num(old)}, nothing to regress from")
-                    results.append(GateResult(metric, kind, threshold, value, "skipped", note))
-                    continue
-                worse_by = (old - value) if higher_is_better(metric) else (value - old)
-                ok = worse_by <= threshold + 1e-12
-                note = (f"changed by {value - old:+.4g} vs baseline {registry_ops.format_number(old)}; "
-                        f"allowed regression {threshold:g}")
-                results.append(GateResult(metric, kind, threshold, value, "pass" if ok else "fail", note))
-    return results
-
-
 def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _non_finite(x: Any) -> bool:
-    return isinstance(x, float) and not math.isfinite(x)
 
 
 # --- baselines -------------------------------------------------------------------------------------
@@ -222,50 +158,36 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
     rows = []
     release_cfg = (info.config or {}).get("release", {}) or {}
     gates_cfg = list(release_cfg.get("gates", []) or [])
-    gates = evaluate_gates(gates_cfg, metrics, baseline.metrics if baseline.source != "none" else None)
-    if repeats > 1 or baseline.repeats > 1:  # the metrics are means; say so where the verdict is
-        for g in gates:
-            on = f"gate on the mean of {repeats} seeds" if repeats > 1 else "gate on a single seed"
-            if g.kind == "max_regression" and baseline.repeats > 1 and g.status != "skipped":
-                on += f"; baseline: mean of {baseline.repeats} seeds"
-            g.note = f"{g.note} ({on})" if g.note else on
-    failed_metrics = {g.metric for g in gates if g.status == "fail"}
+    gate_results = evaluate_gates(gates_cfg, metrics, baseline.metrics if baseline.source != "none" else None)
+    note_seeds(gate_results, repeats, baseline.repeats)  # the metrics are means; say so where the verdict is
+    failed_metrics = {g.metric for g in gate_results if g.status == "fail"}
     head_name = release_cfg.get("headline_metric")
     names = sorted(set(metrics) | set(baseline.metrics), key=lambda n: (n != head_name, n))
     for name in names:
         new, old = metrics.get(name), baseline.metrics.get(name)
         row: dict[str, Any] = {"metric": name, "baseline": old, "value": new, "delta": None, "relative": None,
-                               "higher_is_better": higher_is_better(name)}
+                               "higher_is_better": direction(name)}
         ours, theirs = spread.get(name), baseline.spread.get(name)
         if ours or theirs:
             row.update(value_std=_std(ours), value_n=int((ours or {}).get("n") or 1),
                        baseline_std=_std(theirs), baseline_n=int((theirs or {}).get("n") or 1), noise_band=None)
+        verdict = change(new, old, row["higher_is_better"])  # inf/NaN new: "worse", never an improvement
+        band = None
         if _finite(new) and _finite(old):
             row["delta"] = new - old
             row["relative"] = (new - old) / abs(old) if old else None
-            better = (new > old) if row["higher_is_better"] else (new < old)
             band = stats.noise_band(ours, theirs) if (ours or theirs) else None
             if band is not None:
                 row["noise_band"], row["noise_basis"] = band, "seeds"
             elif repeats == 1 and baseline.repeats == 1:
                 band, row["noise_basis"] = stats.single_seed_band(name, old, new, _split_size(info.config, name))
                 row["noise_band"] = band
-            if name in failed_metrics:
-                row["status"] = "failed"
-            elif math.isclose(new, old, rel_tol=0, abs_tol=1e-12):
-                row["status"] = "equal"
-            elif band is not None and abs(new - old) <= band:
-                row["status"] = "noise"
-            else:
-                row["status"] = "better" if better else "worse"
-        elif name in failed_metrics:
+        if name in failed_metrics:
             row["status"] = "failed"
-        elif _non_finite(new):  # inf/NaN (written as null + "non_finite" in JSON): never an improvement
-            row["status"] = "worse"
-        elif _finite(new) and _non_finite(old):
-            row["status"] = "better"
+        elif verdict != "equal" and band is not None and abs(new - old) <= band:
+            row["status"] = "noise"
         else:
-            row["status"] = "none"
+            row["status"] = verdict
         rows.append(row)
     wall = _seconds(info.manifest)
     steps = registry_ops.int_field(info.manifest, "steps")
@@ -277,7 +199,7 @@ def build_model_report(info: registry_ops.RunInfo, baseline: Baseline) -> ModelR
         run=str(info.path),
         baseline=baseline,
         metrics=rows,
-        gates=gates,
+        gates=gate_results,
         diff=diff,
         curve=_curve(info.history),
         device=registry_ops.device_text(info.manifest),
@@ -427,6 +349,11 @@ def _num(x: Any) -> str:
     return NONE if x is None else registry_ops.format_number(x)
 
 
+def _arrow(row: dict) -> str:
+    """The direction arrow of a metric row ("" when no registered metric has that name)."""
+    return {True: "↑", False: "↓"}.get(row["higher_is_better"], "")
+
+
 _SYMBOL = {"better": BETTER, "worse": WORSE, "failed": FAILED, "equal": EQUAL, "none": NONE, "noise": NOISE}
 
 
@@ -475,13 +402,13 @@ def model_markdown(m: ModelReport) -> str:
               "| Δ | Δ % | |",
               "| --- | ---: | ---: | ---: | ---: | :---: |"]
     for row in m.metrics:
-        arrow = "↑" if row["higher_is_better"] else "↓"
+        arrow = _arrow(row)
         delta = NONE if row["delta"] is None else f"{row['delta']:+.4g}"
         if row.get("noise_band") is not None and row["delta"] is not None and (
                 row.get("noise_basis") == "seeds" or row["status"] == "noise"):
             delta += f" (±{row['noise_band']:.2g})"
         rel = NONE if row["relative"] is None else f"{row['relative'] * 100:+.2f}%"
-        lines.append(f"| {row['metric']} ({arrow} better) | {_cell_value(row['baseline'], row.get('baseline_std'))} | "
+        lines.append(f"| {row['metric']} ({arrow + ' better' if arrow else 'direction unknown'}) | {_cell_value(row['baseline'], row.get('baseline_std'))} | "
                      f"{_cell_value(row['value'], row.get('value_std'))} | {delta} | {rel} | {_SYMBOL[row['status']]} |")
     lines.append("")
     if m.has_noise_band or m.repeats > 1 or b.repeats > 1:
@@ -568,7 +495,7 @@ def terminal(report: Report) -> str:
         for row in m.metrics:
             band = (f" (±{row['noise_band']:.2g})" if row.get("noise_band") is not None and row["status"] == "noise"
                     else "")
-            rows.append([f"{row['metric']} {'↑' if row['higher_is_better'] else '↓'}",
+            rows.append([f"{row['metric']} {_arrow(row) or '?'}",
                          _cell_value(row["baseline"], row.get("baseline_std")),
                          _cell_value(row["value"], row.get("value_std")),
                          NONE if row["delta"] is None else f"{row['delta']:+.4g}",
@@ -695,7 +622,7 @@ REPORT_JSON_SCHEMA: dict = {
                                 "value": _NUM_OR_NULL,
                                 "delta": _NUM_OR_NULL,
                                 "relative": _NUM_OR_NULL,
-                                "higher_is_better": {"type": "boolean"},
+                                "higher_is_better": {"type": ["boolean", "null"]},  # null: no registered metric of that name
                                 "status": {"enum": ["better", "worse", "failed", "equal", "none", "noise"]},
                                 "value_std": _NUM_OR_NULL,
                                 "value_n": {"type": "integer", "minimum": 1},

@@ -104,6 +104,10 @@ class SpoolBackend(Backend):
         return self.inner.repository
 
     @property
+    def hosted(self) -> bool:  # type: ignore[override]
+        return self.inner.hosted
+
+    @property
     def hosts_pull_requests(self) -> bool:  # type: ignore[override]
         return self.inner.hosts_pull_requests
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import jsonio
+from gitops import gates, jsonio
 from gitops.sweep import Sweep, Trial
 
 IMPORTANCE_RULE = ("importance: share of the metric's variance across finished trials explained by the "
@@ -44,12 +44,6 @@ class TrialResult:
         return {**self.trial.as_dict(), "fingerprint": self.fingerprint[:12], "status": self.status,
                 "run": str(self.run) if self.run else None, "value": _json_number(self.value),
                 "std": _json_number(self.std), "note": self.note}
-
-
-def higher_is_better(metric: str) -> bool:
-    from gitops.report import higher_is_better as direction
-
-    return direction(metric)
 
 
 def collect(resolved: Iterable[tuple[Trial, Any]], runs: Mapping[str, Path], metric: str,
@@ -92,9 +86,9 @@ def ranked(results: list[TrialResult], metric: str) -> list[TrialResult]:
 
     A finished trial whose metric is missing or not finite ranks after every finite one.
     """
-    sign = -1.0 if higher_is_better(metric) else 1.0
+    higher = gates.higher_is_better(metric)
     finished = [r for r in results if r.status == "finished"]
-    finished.sort(key=lambda r: (r.value is None, sign * r.value if r.value is not None else 0.0, r.trial.index))
+    finished.sort(key=lambda r: (*gates.rank_key(r.value, higher), r.trial.index))
     rest = sorted((r for r in results if r.status != "finished"), key=lambda r: r.trial.index)
     return finished + rest
 
@@ -194,7 +188,7 @@ def table_rows(sweep: Sweep, results: list[TrialResult], metric: str) -> tuple[l
 
 def markdown(sweep: Sweep, results: list[TrialResult], metric: str, *, sampled_from: int | None = None) -> str:
     """The PR comment's sweep section: ranked trials, importance, and how to commit the winner."""
-    arrow = "↑" if higher_is_better(metric) else "↓"
+    arrow = "↑" if gates.higher_is_better(metric) else "↓"
     done = sum(r.status == "finished" for r in results)
     lines = [f"**Sweep** `{sweep.file}`: {sweep.method}, {len(results)} trial(s), {done} finished, "
              f"ranked by {metric} ({arrow} better)"]
@@ -224,7 +218,7 @@ def as_json(sweep: Sweep, results: list[TrialResult], metric: str, *, sampled_fr
         "file": sweep.file,
         "method": sweep.method,
         "metric": metric,
-        "higher_is_better": higher_is_better(metric),
+        "higher_is_better": gates.higher_is_better(metric),
         "sampled_from": sampled_from,
         "best_trial": winner.trial.index if winner else None,
         "importance": importance(sweep, results),

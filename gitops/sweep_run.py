@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops import config, jsonio, sweep, sweep_results
+from gitops import config, gates, jsonio, sweep, sweep_results
 from gitops.errors import GitopsError
 from gitops.runs import RunFolder, run_path, write_json
 
@@ -39,10 +39,17 @@ class HalvingStop(Exception):  # noqa: N818 - a control-flow signal, not an erro
 
 @dataclass
 class _RungReporter:
-    """Forwards progress, and stops training at the first validation record at or after `stop_at`."""
+    """Forwards progress, and stops training at the first validation record at or after `stop_at`.
+
+    When a checkpoint is written at that step (`checkpoint_every`) the stop waits for it, so the step's
+    history rows and checkpoint are on disk and a survivor resumes from there; otherwise it stops at
+    once. `reached` keeps that validation record: the rung ranks the trial on it.
+    """
 
     inner: Any
     stop_at: int | None
+    checkpoint_every: int = 0
+    reached: dict | None = None
 
     def note(self, text: str) -> None:
         self.inner.note(text)
@@ -53,7 +60,16 @@ class _RungReporter:
     def log(self, step: int, record: Any, steps_per_second: float) -> None:
         self.inner.log(step, record, steps_per_second)
         if self.stop_at is not None and record.get("split") == "val" and step >= self.stop_at:
-            raise HalvingStop(step)
+            self.reached = dict(record)
+            if not (self.checkpoint_every and step % self.checkpoint_every == 0):
+                raise HalvingStop(step)
+
+    def timing(self, step: int, what: str, seconds: float) -> None:
+        hook = getattr(self.inner, "timing", None)
+        if hook is not None:
+            hook(step, what, seconds)
+        if self.reached is not None and what == "checkpoint" and step == self.reached.get("step"):
+            raise HalvingStop(step)  # the rung's checkpoint is written (train.py waits for it on the way out)
 
     def finish(self) -> None:
         self.inner.finish()
@@ -104,18 +120,23 @@ def results(name: str, root: Path, out_dir: Path) -> tuple[sweep.Sweep, str, lis
 
 
 def _train_one(name: str, root: Path, out_dir: Path, trial: sweep.Trial, reporter: Any,
-               stop_at: int | None = None) -> str:
-    """Train (or resume, or find cached) one trial in this process; 'finished' or 'stopped'."""
+               stop_at: int | None = None) -> tuple[str, dict | None]:
+    """Train (or resume, or find cached) one trial in this process.
+
+    Returns:
+        ('finished' or 'stopped', the validation record at the rung when `stop_at` stopped it, else None).
+    """
     from gitops import train
 
     cfg = config.load(name, root, trial.overrides())
     folder = RunFolder(run_path(out_dir, name, cfg.training_fingerprint))
     resume = folder.path.exists() and not folder.is_finished
+    rung = _RungReporter(reporter, stop_at, int(cfg.train.checkpoint["every_steps"]))
     try:
-        train.train(cfg, out_dir, root=root, resume=resume, reporter=_RungReporter(reporter, stop_at))
+        train.train(cfg, out_dir, root=root, resume=resume, reporter=rung)
     except HalvingStop:
-        return "stopped"
-    return "finished"
+        return "stopped", rung.reached
+    return "finished", None
 
 
 def _train_many(name: str, root: Path, out_dir: Path, trials: list[sweep.Trial], parallel: int,
@@ -205,7 +226,7 @@ def _halving(name: str, root: Path, out_dir: Path, spec: sweep.Sweep, metric: st
     cfg = config.load(name, root)
     total = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"]) or 0
     val_metric = "val/" + metric.split("/", 1)[1]
-    higher = sweep_results.higher_is_better(val_metric)
+    higher = gates.higher_is_better(val_metric)
     alive = list(todo)
     rungs = int(math.floor(math.log(len(alive), HALVING_ETA))) if len(alive) > 1 else 0
     state = read_state(out_dir, name)
@@ -214,11 +235,12 @@ def _halving(name: str, root: Path, out_dir: Path, spec: sweep.Sweep, metric: st
         echo(f"rung {k + 1}/{rungs}: {len(alive)} trial(s) to step {stop_at}")
         scores = []
         for trial in alive:
-            _train_one(name, root, out_dir, trial, reporter_factory(), stop_at=stop_at)
-            scores.append((_latest_val(name, root, out_dir, trial, val_metric), trial))
+            _, reached = _train_one(name, root, out_dir, trial, reporter_factory(), stop_at=stop_at)
+            value = (reached or {}).get(val_metric.split("/", 1)[1])  # ranked on the rung's own evaluation
+            value = value if isinstance(value, int | float) and math.isfinite(value) else None
+            scores.append((value if reached else _latest_val(name, root, out_dir, trial, val_metric), trial))
         keep = max(1, math.ceil(len(alive) / HALVING_ETA))
-        sign = -1.0 if higher else 1.0
-        scores.sort(key=lambda st: (st[0] is None, sign * st[0] if st[0] is not None else 0.0, st[1].index))
+        scores.sort(key=lambda st: (*gates.rank_key(st[0], higher), st[1].index))
         for value, trial in scores[keep:]:
             fp = config.load(name, root, trial.overrides()).training_fingerprint
             shown = "no value" if value is None else f"{val_metric} {value:.4g}"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitops import catalog, killpoints, parallel
+from gitops import catalog, gates, killpoints, parallel
 from gitops import config as config_lib
 from gitops.errors import GitopsError, TrainingError
 from gitops.runs import (
@@ -442,8 +442,8 @@ class Watch:
     stale: int = 0
 
     def offer(self, value: float, step: int) -> bool:
-        signed = value if self.higher_is_better else -value
-        better = math.isfinite(signed) and (self.best is None or signed > self.best + self.min_delta)
+        signed = gates.score(value, self.higher_is_better)  # `best` is kept on this axis (checkpoint meta)
+        better = gates.improves(signed, self.best, min_delta=self.min_delta)  # a tie is no progress
         if better:
             self.best, self.best_step, self.stale = signed, step, 0
         else:
@@ -456,11 +456,6 @@ class Watch:
     def load(self, raw: Mapping | None) -> None:
         if raw:
             self.best, self.best_step, self.stale = raw.get("best"), raw.get("best_step"), int(raw.get("stale", 0))
-
-
-def _direction(metric: str) -> bool:
-    direction = catalog.metric_direction(metric)
-    return True if direction is None else direction
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -562,13 +557,13 @@ def train_and_evaluate(
         run.checkpoints_dir,
         keep=int(train.checkpoint["keep"]),
         best_metric=best_metric,
-        higher_is_better=_direction(best_metric) if best_metric else True,
+        higher_is_better=gates.higher_is_better(best_metric) if best_metric else True,
     )
     es = train.early_stopping
     if es and not es["metric"].startswith("val/"):
         raise TrainingError(f"early_stopping.metric {es['metric']!r}: only val/ metrics can stop a run")
-    stopper = Watch(es["metric"], _direction(es["metric"]), float(es["min_delta"])) if es else None
-    best = Watch(best_metric, _direction(best_metric)) if best_metric else None
+    stopper = Watch(es["metric"], gates.higher_is_better(es["metric"]), float(es["min_delta"])) if es else None
+    best = Watch(best_metric, gates.higher_is_better(best_metric)) if best_metric else None
 
     step, elapsed_before, stopped = 0, 0.0, False
     started_at = _now()
@@ -676,8 +671,8 @@ def train_and_evaluate(
                     if best and best.metric.split("/", 1)[1] in val_metrics:
                         value = val_metrics[best.metric.split("/", 1)[1]]
                         # ties count as a new best (the later checkpoint), as in checkpoint.Checkpoints
-                        signed = value if best.higher_is_better else -value
-                        is_best = math.isfinite(signed) and (best.best is None or signed >= best.best)
+                        signed = gates.score(value, best.higher_is_better)
+                        is_best = gates.improves(signed, best.best, ties=True)
                         if is_best:
                             best.best, best.best_step = signed, step
                     if stopper and stopper.metric.split("/", 1)[1] in val_metrics:

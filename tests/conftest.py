@@ -51,6 +51,32 @@ def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return runs
 
 
+S3_BUCKET = "models"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server on a free 127.0.0.1 port, with the bucket S3_BUCKET; stopped at the end.
+    Yields its endpoint URL (tests/test_artifact_store.py, tests/test_deploy_repo.py)."""
+    pytest.importorskip("s3fs")
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
+                 aws_secret_access_key="x").create_bucket(Bucket=S3_BUCKET)
+    yield endpoint
+    server.stop()
+
+
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True)
     return done.stdout

@@ -7,15 +7,21 @@ refused, and `gc --artifacts` removes orphans older than the grace period only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import S3_BUCKET
 from loop_support import commit_all, fake_run
 from typer.testing import CliRunner
 
@@ -25,29 +31,9 @@ from gitops.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
-BUCKET = "models"
+BUCKET = S3_BUCKET  # the s3_server fixture (conftest.py) creates it
 CREDS = {"AWS_ACCESS_KEY_ID": "testing-key-id", "AWS_SECRET_ACCESS_KEY": "s3cr3t-never-printed",
          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    """moto's standalone S3 server on a free 127.0.0.1 port, with one bucket; stopped at the end."""
-    pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
-                 aws_secret_access_key="x").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +48,65 @@ def gcs_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# Azurite's documented development account (public, the same in every installation).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory):
+    """Azurite's blob service (npm) on a free 127.0.0.1 port, probed over HTTP until it answers; yields the
+    connection string (the Azure SDK's own variable); its process group is stopped at the end.
+
+    Installed into a temporary folder like the schema tests' npm tools. Its output goes to a file (a pipe
+    nobody reads fills up and blocks the server), and telemetry is off (no network here)."""
+    pytest.importorskip("adlfs")
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node/npm are not installed: Azurite cannot be installed")
+    prefix = tmp_path_factory.mktemp("azurite")
+    binary = prefix / "node_modules" / ".bin" / "azurite-blob"
+    env = {**os.environ, "npm_config_cache": str(prefix / ".npm"), "npm_config_update_notifier": "false"}
+    try:
+        proc = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent",
+                               "azurite@3"], capture_output=True, text=True, timeout=240, check=False, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.skip("npm install azurite timed out (no npm registry reachable)")
+    if proc.returncode != 0 or not binary.is_file():
+        pytest.skip(f"azurite could not be installed from npm: {proc.stderr.strip()[-300:]}")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(prefix / "azurite.log", "wb")  # closed in the finally below
+    server = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--location",
+                               str(prefix / "data"), "--silent", "--skipApiVersionCheck", "--loose",
+                               "--disableTelemetry"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # ready when the blob endpoint answers HTTP (any status: the probe is not signed)
+            if server.poll() is not None:
+                pytest.fail(f"azurite exited with {server.returncode}: {(prefix / 'azurite.log').read_text()[-500:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/devstoreaccount1?comp=list", timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"azurite did not answer within 60 s: {(prefix / 'azurite.log').read_text()[-500:]}")
+                time.sleep(0.2)
+        yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+               f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=10)
+        log.close()
 
 
 @pytest.fixture
@@ -90,14 +135,20 @@ def _store(repo: Path) -> artifact_store.ArtifactStore:
     return store
 
 
-def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path):
+def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path, monkeypatch):
     _configure(repo, f"s3://{BUCKET}/registry-a", endpoint_url=s3_server)
     fake_run(repo, "wine-mlp", GOOD)
     runner = CliRunner()
-    result = runner.invoke(app, ["release", "wine-mlp"])
+    result = runner.invoke(app, ["release", "wine-mlp", "--dist", str(tmp_path / "dist")])
     assert result.exit_code == 0, result.output
     meta = _meta(repo)
     [obj] = meta["objects"]
+    # --dist (what release.yml attests): the archive too, though the backend keeps only the small assets
+    from gitops.checksums import sha256_file
+
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [
+        "SHA256SUMS", "wine-mlp-v1.0.0.tar.gz", "wine-mlp-v1.0.0.tar.gz.objects.json"]
+    assert sha256_file(tmp_path / "dist/wine-mlp-v1.0.0.tar.gz") == obj["sha256"]
     assert obj["url"] == f"s3://{BUCKET}/registry-a/sha256/{obj['sha256'][:2]}/{obj['sha256']}"
     assert obj["sha256"] == meta["sha256"] and meta["parts"] == 0
     # the backend keeps only the small assets; the archive is in the store, nowhere else
@@ -111,6 +162,16 @@ def test_release_to_and_pull_from_s3(repo, s3_server, tmp_path):
     assert pulled.exit_code == 0, pulled.output
     assert json.loads((repo / "pulled/metrics.json").read_text()) == GOOD
     assert (tmp_path / "cache" / obj["sha256"]).is_file()  # cached by hash, shared with remote data
+
+    # someone overwrites the object in the bucket (same size, other bytes): a fresh pull refuses it
+    key = store.key(obj["sha256"])
+    data = bytearray(store.fs.cat_file(key))
+    data[len(data) // 2] ^= 0xFF
+    store.fs.pipe_file(key, bytes(data))
+    monkeypatch.setenv("GITOPS_DATA_CACHE", str(tmp_path / "fresh-cache"))
+    refused = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled-again"])
+    assert refused.exit_code == 1 and "tampered" in refused.output, refused.output
+    assert not (repo / "pulled-again").exists() and not (tmp_path / "fresh-cache" / obj["sha256"]).exists()
 
 
 def test_parts_of_a_configured_size_and_skipped_reuploads(repo, s3_server):
@@ -179,7 +240,8 @@ def _kill_release_midway(repo: Path) -> None:
 def test_killed_s3_upload_leaves_no_version_and_no_object(repo, s3_server):
     _configure(repo, f"s3://{BUCKET}/registry-d", endpoint_url=s3_server, block_size_mb=5)
     run = fake_run(repo, "wine-mlp", GOOD)
-    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(6 * 1024**2))  # > one multipart block
+    # over two 5 MiB blocks: a multipart upload, killed after its parts are sent, before it completes
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(11 * 1024**2))
     _kill_release_midway(repo)
     assert _store(repo).list_objects() == []  # the multipart upload never completed: nothing visible
     runner = CliRunner()
@@ -288,3 +350,43 @@ def test_release_to_and_pull_from_a_gcs_emulator(repo, gcs_server, monkeypatch, 
     assert pulled.exit_code == 0, pulled.output
     assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
         (run / "checkpoints/100/state/params.bin").read_bytes()
+
+
+def test_release_to_and_pull_from_azurite(repo, azurite, monkeypatch):
+    """Azure Blob Storage through adlfs, against Azurite: parts of a configured size, gc, the key never shown."""
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)  # the Azure SDK's variable, never the config
+    _configure(repo, f"az://{BUCKET}/registry-z", part_size_mb=1)
+    _store(repo).fs.mkdir(BUCKET)  # a container
+    run = fake_run(repo, "wine-mlp", GOOD)
+    (run / "checkpoints/100/state/params.bin").write_bytes(os.urandom(1024**2 + 777))  # two parts
+    runner = CliRunner()
+    result = runner.invoke(app, ["release", "wine-mlp"])
+    assert result.exit_code == 0, result.output
+    objects = _meta(repo)["objects"]
+    assert len(objects) == 2
+    assert all(o["url"] == f"az://{BUCKET}/registry-z/sha256/{o['sha256'][:2]}/{o['sha256']}" for o in objects)
+    assert sorted(sha for sha, _, _ in _store(repo).list_objects()) == sorted(o["sha256"] for o in objects)
+    assert AZURITE_KEY not in result.output
+    pulled = runner.invoke(app, ["pull", "wine-mlp", "--to", "pulled"])
+    assert pulled.exit_code == 0, pulled.output
+    assert (repo / "pulled/checkpoints/100/state/params.bin").read_bytes() == \
+        (run / "checkpoints/100/state/params.bin").read_bytes()
+    swept = runner.invoke(app, ["gc", "--artifacts", "--grace", "0s", "--dry-run"])
+    assert swept.exit_code == 0 and swept.output.strip() == "nothing to remove", swept.output
+
+
+@pytest.mark.parametrize("part_size_mb", [None, 1])
+def test_uploads_report_progress(tmp_path, monkeypatch, capsys, part_size_mb):
+    """Large archives print progress lines on stderr while they upload, whole or in parts side by side."""
+    monkeypatch.setattr(artifact_store, "PROGRESS_MIN_BYTES", 1024**2)
+    archive = tmp_path / "big.tar.gz"
+    archive.write_bytes(os.urandom(3 * 1024**2))
+    store = artifact_store.ArtifactStore(artifact_store.StoreSettings(url=f"file://{tmp_path / 'store'}",
+                                                                      part_size_mb=part_size_mb))
+    out = tmp_path / "out"
+    out.mkdir()
+    _, objects = artifact_store.publish_archive(store, archive, out)
+    assert len(objects) == (3 if part_size_mb else 1)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and all(line.startswith("uploading big.tar.gz: ") for line in lines)
+    assert lines[-1] == "uploading big.tar.gz: 3/3 MiB"

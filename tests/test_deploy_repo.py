@@ -126,7 +126,8 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
-    assert container["envFrom"] == [{"configMapRef": {"name": "wine-mlp-release"}}]
+    assert container["envFrom"] == [{"configMapRef": {"name": "wine-mlp-release"}},  # what to pull
+                                     {"secretRef": {"name": "gitops-artifacts", "optional": True}}]  # store creds
 
     # kubectl kustomize builds the overlay: the pods carry version and checksum (a new one rolls them)
     built = {d["kind"]: d for d in kustomize(deploy_root / "overlays/staging")}
@@ -157,6 +158,64 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
     assert kdoc["bases"] == [] and kdoc["namespace"] == "ml-staging"
     assert kustomize(deploy_root / "overlays/staging") == []
     assert not git(deploy_root, "status", "--porcelain").strip()
+
+
+def test_stage_moves_deploy_themselves_when_gitops_yaml_names_a_deploy_repository(repo, monkeypatch, tmp_path):
+    """The issue's "done when", locally: promote to staging commits manifests; promote to production opens a
+    promotion branch and only its merge (then `ci promote-approved`) writes the tag and the deploy commit; a
+    demote removes the model; `--no-deploy` skips; a deploy that fails leaves the tag and names the rerun."""
+    deploy_root = tmp_path / "deploy-repo"
+    (repo / "gitops.yaml").write_text(f"deploy:\n  repository: ../deploy-repo\n{PROTECTED}")  # relative to the repo
+    git(repo, "add", "gitops.yaml")
+    git(repo, "commit", "-qm", "deploys")
+    result = gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "staging")
+    assert ok(result).strip() == "wine-mlp#staging#1"  # stdout stays the tag alone
+    assert "Deploy wine-mlp v1.0.0 to staging (wine-mlp#staging#1): commit" in result.stderr
+    assert log(deploy_root) == ["Deploy wine-mlp v1.0.0 to staging (wine-mlp#staging#1)"]
+
+    ok(gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "production"))
+    assert "wine-mlp#production" not in git(repo, "tag", "--list") and len(log(deploy_root)) == 1
+    git(repo, "merge", "-q", "--no-ff", "-m", "Merge pull request #3", "promote/wine-mlp-production-v1.0.0")
+    result = gitops(repo, monkeypatch, "ci", "promote-approved")
+    assert ok(result).split() == ["wine-mlp#production#2"]
+    assert log(deploy_root)[0] == "Deploy wine-mlp v1.0.0 to production (wine-mlp#production#2)"
+    assert (deploy_root / "overlays/production/wine-mlp/configmap.yaml").is_file()
+
+    assert ok(gitops(repo, monkeypatch, "demote", "wine-mlp", "--from", "staging")).strip() == "wine-mlp#staging!#3"
+    assert log(deploy_root)[0] == "Remove wine-mlp from staging (demoted: wine-mlp#staging!#3)"
+    assert not (deploy_root / "overlays/staging/wine-mlp").exists()
+
+    ok(gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "canary", "--no-deploy"))
+    assert len(log(deploy_root)) == 3 and not (deploy_root / "overlays/canary").exists()
+
+    # a deploy repository that cannot be reached: the tag stands (the stage moved), exit 3 names the rerun
+    (repo / "gitops.yaml").write_text(f"deploy:\n  repository: {(tmp_path / 'gone.git').as_uri()}\n")
+    result = gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "qa")
+    assert result.exit_code == 3, result.output
+    assert "wine-mlp#qa#5 is written, but the deploy failed" in result.output
+    assert "gitops deploy wine-mlp@qa" in result.output and "Traceback" not in result.output
+    assert "wine-mlp#qa#5" in git(repo, "tag", "--list")
+    (repo / "gitops.yaml").unlink()
+    bad = gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "qa3", "--deploy")
+    assert bad.exit_code == 2 and "deploy.repository" in bad.output
+    assert "wine-mlp#qa3" not in git(repo, "tag", "--list")  # refused before the tag
+
+
+def test_a_deploy_folder_inside_the_model_repository_is_committed_there(repo, monkeypatch):
+    """`deploy.repository: deploy` (a folder of this repository): the deploy commit holds only that folder;
+    what the user has staged stays staged and uncommitted."""
+    (repo / "gitops.yaml").write_text("deploy:\n  repository: deploy\n")
+    git(repo, "add", "gitops.yaml")
+    git(repo, "commit", "-qm", "deploys into deploy/")
+    (repo / "notes.txt").write_text("work in progress\n")
+    git(repo, "add", "notes.txt")
+    ok(gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.0", "--to", "staging"))
+    assert git(repo, "log", "-1", "--format=%s").strip() == "Deploy wine-mlp v1.0.0 to staging (wine-mlp#staging#1)"
+    files = git(repo, "show", "--name-only", "--format=", "HEAD").split()
+    assert files and all(f.startswith("deploy/") for f in files)
+    assert "deploy/overlays/staging/wine-mlp/configmap.yaml" in files
+    assert git(repo, "status", "--porcelain").splitlines() == ["A  notes.txt"]
+    kustomize(repo / "deploy/overlays/staging")
 
 
 def test_deploy_all_to_a_url_and_a_custom_path(repo, monkeypatch, tmp_path):
@@ -362,6 +421,58 @@ def image_env() -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in block.replace("\\\n", " ").split())
 
 
+def _dockerignored(rel: str, patterns: list[str]) -> bool:
+    """Docker's .dockerignore rule (last matching pattern wins; `!` re-includes; a folder's pattern covers
+    what is inside it), enough for the patterns our ignore file uses."""
+    import fnmatch
+
+    ignored = False
+    parts = rel.split("/")
+    for raw in patterns:
+        negate = raw.startswith("!")
+        pattern = raw[1:] if negate else raw
+        pattern = pattern.rstrip("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        if pattern.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p, pattern[3:]) for p in parts)
+        else:
+            hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+        if hit:
+            ignored = not negate
+    return ignored
+
+
+def test_the_serving_image_installs_from_what_its_dockerfile_copies(tmp_path):
+    """No Docker engine here: the build context the image sees (docker/Dockerfile's COPY sources through
+    docker/Dockerfile.dockerignore), copied into a folder, must build the wheel its `pip install` builds."""
+    from hatchling.builders.wheel import WheelBuilder
+
+    text = (REPO / "docker" / "Dockerfile").read_text()
+    patterns = [line.strip() for line in (REPO / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    src = tmp_path / "opt-gitops-src"
+    copies = [line.split()[1:] for line in text.splitlines() if line.startswith("COPY ")]
+    assert copies and all(dest.startswith("/opt/gitops-src/") for *_, dest in copies)
+    for *sources, dest in copies:
+        for source in sources:
+            origin = REPO / source.rstrip("/")
+            files = [origin] if origin.is_file() else [p for p in origin.rglob("*") if p.is_file()]
+            kept = [p for p in files if not _dockerignored(p.relative_to(REPO).as_posix(), patterns)]
+            assert kept, f"{source}: the .dockerignore leaves nothing of it in the context"
+            for path in kept:
+                rel = path.name if origin.is_file() else path.relative_to(origin)
+                target = src / dest.removeprefix("/opt/gitops-src/") / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+    assert _dockerignored(".venv/bin/python", patterns) and _dockerignored("runs/x/manifest.json", patterns)
+    (wheel,) = WheelBuilder(str(src)).build(directory=str(tmp_path / "dist"), versions=["standard"])
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gitops/cli.py" in names and "gitops/_workflows/workflows/release.yml" in names
+    assert re.search(r'pip install "/opt/gitops-src\[\$EXTRAS\]"', text) and "ARG EXTRAS=s3,gcs,azure" in text
+
+
 @pytest.mark.slow
 def test_serving_image_start_command_pulls_verifies_and_serves(repo, monkeypatch, tmp_path):
     """The generic image's CMD, run as a process with the ConfigMap's environment (local backend)."""
@@ -400,6 +511,43 @@ def test_serving_image_start_command_pulls_verifies_and_serves(repo, monkeypatch
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_pods_pull_a_release_from_an_s3_compatible_artifact_store(repo, monkeypatch, tmp_path, s3_server):
+    """A release whose archive is in an S3-compatible store: the ConfigMap carries the store's endpoint
+    (botocore's AWS_ENDPOINT_URL_S3), the Deployment the optional credentials Secret, and the image's pull
+    step, run with only that environment (no endpoint in any gitops.yaml), fetches and verifies it."""
+    from conftest import S3_BUCKET
+
+    creds = {"AWS_ACCESS_KEY_ID": "pod-key", "AWS_SECRET_ACCESS_KEY": "pod-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    for key, value in creds.items():
+        monkeypatch.setenv(key, value)
+    (repo / "gitops.yaml").write_text(f"artifacts:\n  url: s3://{S3_BUCKET}/pods\n  endpoint_url: {s3_server}\n")
+    release_yaml = repo / "models/wine-mlp/release.yaml"
+    release_yaml.write_text(release_yaml.read_text().replace("description:", "description: In S3 -"))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "archives in S3; a patch release")
+    ok(gitops(repo, monkeypatch, "release", "wine-mlp"))
+    tag_text = git(repo, "tag", "-l", "--format=%(contents)", "wine-mlp@v1.0.1")
+    assert f"object: s3://{S3_BUCKET}/pods/sha256/" in tag_text
+    deploy_root = tmp_path / "deploy"
+    ok(gitops(repo, monkeypatch, "promote", "wine-mlp@v1.0.1", "--to", "staging"))
+    ok(gitops(repo, monkeypatch, "deploy", "wine-mlp@staging", "--to-repo", str(deploy_root)))
+    cm = yaml.safe_load((deploy_root / "overlays/staging/wine-mlp/configmap.yaml").read_text())["data"]
+    assert cm["AWS_ENDPOINT_URL_S3"] == s3_server and cm["GITOPS_VERSION"] == "v1.0.1"
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(cm)  # credentials never in a ConfigMap
+    validate(yaml.safe_load((deploy_root / "overlays/staging/wine-mlp/configmap.yaml").read_text()))
+
+    (repo / "gitops.yaml").unlink()  # the pod has no gitops.yaml: the ConfigMap's endpoint is all it knows
+    pull_step = image_cmd()[-1].split("; exec ")[0]  # `set -e; gitops pull ...` before `exec gitops serve`
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **image_env(), **cm, **creds,
+           "GITOPS_BACKEND": "local", "GITOPS_MODEL_DIR": str(tmp_path / "model"),
+           "GITOPS_DATA_CACHE": str(tmp_path / "pod-cache"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["sh", "-c", pull_step], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "model" / "release.json").read_text())["version"] == "v1.0.1"
+    assert any((tmp_path / "pod-cache").iterdir())  # fetched from the store (cached by hash)
 
 
 def test_argo_cd_and_flux_examples_parse():

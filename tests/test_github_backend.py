@@ -403,4 +403,4 @@ def test_pulls_runs_and_artifacts_come_back_as_records(gh):
 def test_hosted_backend_pushes_no_tags_and_says_what_it_can(gh):
     b = backend(gh)
     assert b.push_tags(["x@v1.0.0"]) is False and gh.requests == []
-    assert b.hosts_pull_requests and b.keeps_ci_artifacts and b.repository == gh.full_name
+    assert b.hosted and b.hosts_pull_requests and b.keeps_ci_artifacts and b.repository == gh.full_name

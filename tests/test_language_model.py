@@ -101,7 +101,7 @@ def test_tiny_lm_learns_and_reports_perplexity_and_bits_per_byte(tiny_run: Path)
     rows = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
     val = [r["perplexity"] for r in rows if r["split"] == "val"]
     assert len(val) == 3 and val[-1] < val[0] < 257  # falling, and better than uniform over 257 tokens
-    from gitops.report import higher_is_better
+    from gitops.gates import higher_is_better
 
     assert not higher_is_better("val/perplexity") and not higher_is_better("test/bits_per_byte")
 

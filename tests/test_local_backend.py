@@ -36,7 +36,8 @@ def test_push_tags_publishes_the_tags_to_origin(tmp_path: Path) -> None:
 
 def test_local_backend_has_no_pull_requests_or_ci_artifacts(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
-    assert not backend.hosts_pull_requests and not backend.keeps_ci_artifacts and backend.repository == ""
+    assert not backend.hosted and not backend.hosts_pull_requests and not backend.keeps_ci_artifacts
+    assert backend.repository == ""
     assert backend.pull_head_sha(3) is None and backend.pulls_for_commit("a" * 40) == []
     assert backend.workflow_run(7) is None and backend.list_artifacts("run-m-0123456789ab") == []
     with pytest.raises(AssetNotFoundError, match="keeps no CI artifacts"):

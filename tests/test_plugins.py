@@ -82,12 +82,12 @@ def test_validate_show_and_schemas_see_the_plugin_without_importing_jax(plugin_s
     probe = textwrap.dedent("""
         import json, sys
         from pathlib import Path
-        from gitops import catalog, config, schema, validation
+        from gitops import catalog, config, gates, schema, validation
         assert validation.validate(Path("."), ["xor-tiny"]).ok
         cfg = config.load("xor-tiny", Path("."))
         print(json.dumps({"jax": "jax" in sys.modules, "flax": "flax" in sys.modules,
                           "enum": schema.schema_for("model")["properties"]["architecture"]["enum"],
-                          "brier_higher": catalog.metric_direction("test/brier"),
+                          "brier_higher": gates.direction("test/brier"),
                           "data_package": catalog.DATASETS["xor-blobs"].info.get("package"),
                           "params": cfg.as_dict()["data"]["dataset"]}))
     """)

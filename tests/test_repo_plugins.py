@@ -192,3 +192,44 @@ def test_trains_releases_and_loads_with_the_repository_plugin(repo) -> None:
     model = gitops.load("xor-tiny@v1.0.0")  # config.resolved.yaml carries the plugin hash: the fingerprint checks
     probs = model.predict(np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32))
     assert probs.argmax(-1).tolist() == [0, 1, 1, 0]
+
+
+@pytest.mark.slow
+def test_a_lower_is_better_plugin_metric_ranks_sweeps_and_reports_and_picks_the_checkpoint(repo) -> None:
+    """`brier` is the plugin's metric, declared higher_is_better=False where it is registered (its name says
+    nothing): successive halving, the sweep ranking, the best checkpoint and the report all follow that."""
+    (repo / "models/xor-tiny/sweep.yaml").write_text(
+        "method: grid\ntrials: 2\nmetric: val/brier\nparameters:\n"
+        "  train.optimizer.learning_rate: {values: [1e-4, 5e-2]}\n")  # trial 0 barely learns, trial 1 does
+    halved = cli("sweep", "xor-tiny", "--halving", "--json")
+    assert halved.exit_code == 0, halved.output
+    first = json.loads(halved.stdout)
+    assert first["higher_is_better"] is False and first["best_trial"] == 1
+    assert [(t["trial"], t["status"]) for t in first["trials"]] == [(1, "finished"), (0, "stopped")]
+    resumed = cli("train", "xor-tiny", "--trial", "0", "--resume")  # the stopped trial, from its rung checkpoint
+    assert resumed.exit_code == 0 and "resuming from step 100 of 200" in resumed.output, resumed.output
+    done = cli("sweep", "xor-tiny", "--json")
+    assert done.exit_code == 0, done.output
+    swept = json.loads(done.stdout)
+    assert [(t["trial"], t["status"]) for t in swept["trials"]] == [(1, "finished"), (0, "finished")]
+    good, bad = (Path(t["run"]) for t in swept["trials"])
+    assert swept["trials"][0]["value"] < swept["trials"][1]["value"]
+
+    for run in (good, bad):  # the handed-on checkpoint is the lowest val/brier (ties: the later step)
+        evals = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+        evals = [r for r in evals if r["split"] == "val"]
+        lowest = min(evals, key=lambda r: (r["brier"], -r["step"]))
+        assert json.loads((run / "manifest.json").read_text())["checkpoint_step"] == lowest["step"]
+        assert json.loads((run / "metrics.json").read_text())["val/brier"] == pytest.approx(lowest["brier"], rel=1e-5)
+    assert evals[0]["brier"] != evals[-1]["brier"]
+
+    def rows(run: Path, baseline: Path) -> tuple[int, dict]:
+        shown = cli("report", str(run), "--baseline", str(baseline), "--json")
+        return shown.exit_code, {r["metric"]: r for r in json.loads(shown.stdout)["models"][0]["metrics"]}
+
+    code, better = rows(good, bad)
+    assert code == 0 and better["val/brier"]["higher_is_better"] is False
+    assert better["val/brier"]["status"] == better["test/brier"]["status"] == "better"
+    code, worse = rows(bad, good)
+    assert code == 1  # the release gate `test/brier max 0.1` fails for the run that barely learned
+    assert worse["val/brier"]["status"] == "worse" and worse["test/brier"]["status"] == "failed"

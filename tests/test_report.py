@@ -304,3 +304,18 @@ def test_terminal_view_has_no_mermaid_or_sparkline(released, monkeypatch):
     assert "METRIC" in shown.stdout and "```mermaid" not in shown.stdout
     forced = CliRunner().invoke(app, ["report", str(run), "--markdown"])
     assert forced.stdout.startswith(COMMENT_MARKER)
+
+
+def test_a_metric_nobody_registered_is_shown_without_a_guessed_verdict(released, tmp_path):
+    """E.g. a plugin's metric in a baseline after the plugin was uninstalled: its name ends in "error",
+    which once made the report guess lower-is-better; now only a registered direction gives a verdict."""
+    base = fake_run(released, "wine-mlp", {**GOOD, "test/calibration_error": 0.10}, out=tmp_path / "base")
+    run = fake_run(released, "wine-mlp", {**GOOD, "test/calibration_error": 0.05})
+    built = report.build(released, [run], None, baseline=str(base))
+    row = _row(built, "test/calibration_error")
+    assert row["higher_is_better"] is None and row["status"] == "none" and row["delta"] == pytest.approx(-0.05)
+    assert _row(built, "test/loss")["higher_is_better"] is False  # registered metrics keep theirs
+    assert "| test/calibration_error (direction unknown) | 0.1 | 0.05 | -0.05 | -50.00% | — |" in report.markdown(built)
+    assert "test/calibration_error ?" in report.terminal(built)
+    doc = report.as_json(built)
+    report.validate_report_json(json.dumps(doc), head_sha=doc["head_sha"], pr=doc["pr"])  # the schema allows null

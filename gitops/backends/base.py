@@ -82,6 +82,7 @@ class Backend(abc.ABC):
 
     name: str = "abstract"  # for messages only: callers never branch on it
     repository: str = ""  # "OWNER/NAME" of the hosted repository ("" where there is none: local)
+    hosted: bool = False  # the registry lives on a hosting service whose workflows act on it (deploy on stage moves)
     hosts_pull_requests: bool = False  # PRs exist: open_pull_request opens one, pull_head_sha/pulls_for_commit read them
     keeps_ci_artifacts: bool = False  # CI runs and their artifacts are readable (workflow_run, list_artifacts, ...)
 

@@ -136,6 +136,7 @@ class GitHubBackend(Backend):
     """Tags, releases and PR comments of one GitHub repository."""
 
     name = "github"
+    hosted = True
     hosts_pull_requests = True
     keeps_ci_artifacts = True
 

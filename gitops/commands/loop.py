@@ -25,6 +25,11 @@ BackendOption = Annotated[
 ]
 
 
+DeployOption = Annotated[
+    bool | None,
+    typer.Option("--deploy/--no-deploy", help="Also commit the stage to gitops.yaml's deploy repository (default: when "
+                                              "it names one and the backend is local; on GitHub the workflows deploy)."),
+]
 TrackOption = Annotated[
     bool | None,
     typer.Option("--track/--no-track", help="Also update the trackers of gitops.yaml (default: when it lists any)."),
@@ -385,22 +390,24 @@ def promote_cmd(
     backend_name: BackendOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push the stage tag to origin (local backend).")] = False,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import promotions, registry_ops, tags, trackers
+    from gitops import deploy_repo, promotions, registry_ops, tags, trackers
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
     settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     if settings.approvers(to) is not None:  # no stage moves yet: the trackers follow the tag, after the merge
         req = promotions.request(root, backend, ref, to, settings)
         out(f"stage {to} is protected: promotion branch {req.branch} at {req.commit[:12]} "
             f"({promotions.promotion_path(req.model)}: {req.model} {req.version})")
         out(f"pull request: {req.pull_request}" if req.pull_request else
-            f"next: review and merge {req.branch} into main; the release workflow (gitops ci promote-approved) "
-            "then writes the stage tag and deploys")
+            f"next: review and merge {req.branch} into main, then `gitops ci promote-approved` writes the stage "
+            "tag and deploys it (on GitHub the release workflow runs it after the merge)")
         return
     sinks = trackers.specs_for(root, track)
     st, version = registry_ops.resolve(backend, ref)
@@ -417,6 +424,9 @@ def promote_cmd(
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    if deploys:
+        deploy_repo.deploy_after_stage_move(root, backend, settings, [(st.model, to)], f"{tag} is written",
+                                            say=_echo_err)
 
 
 @command("promote-approved", group=ci_app)
@@ -424,6 +434,7 @@ def promote_approved_cmd(
     push: Annotated[bool, typer.Option("--push", help="Push new tags to origin (local backend).")] = False,
     backend_name: BackendOption = None,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Write the stage tag of every merged promotion file (promotions/<model>.yaml) not tagged yet.
 
@@ -431,14 +442,16 @@ def promote_approved_cmd(
       gitops ci promote-approved
       gitops ci promote-approved --backend github
     """
-    from gitops import promotions, registry_ops, tags, trackers
+    from gitops import deploy_repo, promotions, registry_ops, tags, trackers
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     sinks = trackers.specs_for(root, track)
-    written = promotions.approve_merged(root, backend, load_settings(FsTree(root)))
+    written = promotions.approve_merged(root, backend, settings)
     if push:
         backend.push_tags(written)
     for tag in written:
@@ -447,6 +460,10 @@ def promote_approved_cmd(
         trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
     if not written:
         out("no merged promotion waits for its stage tag")
+    elif deploys:
+        moved = sorted({(tags.parse(t).model, tags.parse(t).stage) for t in written})
+        deploy_repo.deploy_after_stage_move(root, backend, settings, moved, f"{', '.join(written)} written",
+                                            say=_echo_err)
 
 
 @command("demote")
@@ -455,17 +472,25 @@ def demote_cmd(
     stage: Annotated[str, typer.Option("--from", help="Stage to unassign.")],
     backend_name: BackendOption = None,
     track: TrackOption = None,
+    deploy: DeployOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import registry_ops, trackers
+    from gitops import deploy_repo, registry_ops, trackers
+    from gitops.settings import load_settings
+    from gitops.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
+    settings = load_settings(FsTree(root))
+    deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     sinks = trackers.specs_for(root, track)
     tag = registry_ops.demote(backend, model, stage, root=root)
     _echo_err(f"removed stage {stage} from {model}: {model}@{stage} resolves to nothing now (tag {tag})")
     out(tag)
     trackers.sync_stages(sinks, model, registry_ops.state(backend, model).stages)
+    if deploys:
+        deploy_repo.deploy_after_stage_move(root, backend, settings, [(model, stage)], f"{tag} is written",
+                                            say=_echo_err)
 
 
 @command("deprecate")

@@ -111,9 +111,11 @@ def deploy_cmd(
             out(f"  kubectl apply -f {result.dir / 'k8s'}")
             return
         from gitops import deploy_repo
+        from gitops.settings import load_settings
+        from gitops.tree import FsTree
 
-        rendered, stage = deploy_repo.render(backend, ref, render_dir, opts, image=image or None,
-                                      github_repository=repo_slug, force=force)
+        env = deploy_repo.pod_env(repo_slug, load_settings(FsTree(root)).artifacts)
+        rendered, stage = deploy_repo.render(backend, ref, render_dir, opts, image=image or None, env=env, force=force)
         marker = json.loads((Path(rendered) / deploy.MARKER).read_text(encoding="utf-8"))  # what was rendered
         out(f"rendered {marker['model']} {marker['version']} into {rendered} "
             "(generic image; the pods pull and verify the version at start)")
@@ -123,53 +125,23 @@ def deploy_cmd(
 
 
 def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name) -> None:
-    from gitops import deploy, deploy_repo, promotions, tags
+    from gitops import deploy_repo, tags
     from gitops.backends import get_backend
-    from gitops.errors import GitopsError, UsageError
+    from gitops.errors import UsageError
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
     settings = load_settings(FsTree(root))
-    target = to_repo or settings.deploy.repository
-    if not target and all_stages and ref is None:  # the release workflow's job in a repository without deploys
-        out("no deploy repository (gitops.yaml deploy.repository): nothing to deploy")
+    if not (to_repo or settings.deploy.repository) and all_stages and ref is None:
+        out("no deploy repository (gitops.yaml deploy.repository): nothing to deploy")  # the release workflow's job
         return
-    if not target:
-        raise UsageError("no deploy repository: pass --to-repo PATH|URL (or set deploy.repository in gitops.yaml), "
-                         "or --render DIR")
     if (ref is None) == (not all_stages):
         raise UsageError("give one MODEL@STAGE (or a stage tag), or --all")
-    if not deploy_repo.is_url(target) and not Path(target).is_absolute():
-        target = str(root / target)
     backend = get_backend(backend_name, root)
-    states = tags.registry_state(backend.list_tags())
     if all_stages:
-        pairs = deploy_repo.stages_to_sync(states)
+        pairs = deploy_repo.stages_to_sync(tags.registry_state(backend.list_tags()))
     else:
         r = deploy_repo.stage_from_ref(ref)
         pairs = [(r.model, r.stage)]
-    opts = deploy.DeployOptions(gpu=gpu or settings.deploy.gpu, replicas=replicas or settings.deploy.replicas)
-    for _, stage in pairs:  # a bad --path is the command line's fault: refuse before any commit
-        deploy_repo.overlay_path(stage, path or settings.deploy.path.replace("{stage}", stage))
-    failures = []
-    for model, stage in pairs:
-        state = states.get(model, tags.ModelState(model))
-        move = deploy_repo.stage_move(state, stage)
-        if move.version is not None and settings.approvers(stage) is not None:
-            holder = [e for e in state.events if e.stage == stage and e.action == tags.Action.ASSIGN
-                      and e.version == move.version]
-            why = promotions.approval(root, holder[-1], settings) if holder else "no assign tag found"
-            if why:
-                failures.append(f"{model}@{stage}: not deployed: {move.version} is unapproved ({why})")
-                continue
-        stage_path = path or settings.deploy.path.replace("{stage}", stage)
-        try:
-            result = deploy_repo.apply(target, move, opts, image=image or settings.deploy.image or None,
-                                       path=stage_path, github_repository=repo_slug)
-        except GitopsError as exc:
-            failures.append(f"{model}@{stage}: {exc.message}")
-            continue
-        what = result.message.splitlines()[0]
-        out(f"{what}: commit {result.commit[:12]}" if result.commit else f"{model}@{stage}: unchanged (no commit)")
-    if failures:
-        raise GitopsError("\n".join(failures))
+    deploy_repo.deploy_stages(root, backend, settings, pairs, target=to_repo or "", path=path, image=image, gpu=gpu,
+                              replicas=replicas, github_repository=repo_slug, say=out)

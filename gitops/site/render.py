@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gitops import jsonio
+from gitops import gates, jsonio
 from gitops.errors import UsageError
 from gitops.site import charts
 from gitops.site.data import ModelData, RegistryData, VersionData, config_diff, flatten_config
@@ -273,7 +273,6 @@ def _versions_table(m: ModelData) -> str:
 
 
 def _metric_charts(m: ModelData, task: str) -> str:
-    from gitops import catalog
 
     names = m.metric_names
     order = {"test": 0, "val": 1, "train": 2}
@@ -285,7 +284,7 @@ def _metric_charts(m: ModelData, task: str) -> str:
         if not points:
             continue
         svg = charts.metric_across_versions(f"{slug(m.name)}-metric-{name}", name, points,
-                                            higher_is_better=catalog.metric_direction(name), task=task)
+                                            higher_is_better=gates.direction(name), task=task)
         figures.append(f'<figure class="chart">{svg}<figcaption>{escape(name)} of each released version'
                        f"</figcaption></figure>")
     if not figures:
