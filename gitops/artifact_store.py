@@ -41,6 +41,7 @@ from gitops import archive as archive_format
 from gitops import jsonio, killpoints
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
+from gitops.settings import StoreSettings
 
 CHUNK = 1 << 20
 FETCH_CHUNK = 8 << 20
@@ -50,18 +51,6 @@ SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "
 OBJECTS_SUFFIX = archive_format.OBJECTS_SUFFIX
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "AZURE_STORAGE_KEY",
                "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", "AZURE_CLIENT_SECRET")
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """`gitops.yaml: artifacts:` (defaults as in the settings schema)."""
-
-    url: str
-    endpoint_url: str | None = None
-    part_size_mb: int | None = None  # None: one object per archive
-    block_size_mb: int = 64  # multipart upload block
-    attempts: int = 4
-    backoff_s: float = 1.0
 
 
 @dataclass(frozen=True)

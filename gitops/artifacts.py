@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from gitops import gitutil, runs
-from gitops.backends.base import AssetNotFoundError, Backend
+from gitops.backends.base import ArtifactInfo, AssetNotFoundError, Backend, PullRequestInfo
 from gitops.errors import GitopsError, UsageError
 
 REPORT_ARTIFACT = "gitops-report"
@@ -46,7 +46,7 @@ def run_artifact_name(model: str, fingerprint: str) -> str:
 
 
 def _supports_artifacts(backend: Backend | None) -> bool:
-    return backend is not None and hasattr(backend, "list_artifacts") and hasattr(backend, "download_artifact_zip")
+    return backend is not None and backend.keeps_ci_artifacts
 
 
 # --- zip archives, taken as data ------------------------------------------------------------------
@@ -144,12 +144,12 @@ def matrix_items(matrix: Any) -> list[tuple[str, str]]:
     return items
 
 
-def _from_artifact(backend: Backend, artifact: dict, model: str, fp: str, workdir: Path,
+def _from_artifact(backend: Backend, artifact: ArtifactInfo, model: str, fp: str, workdir: Path,
                    full_fingerprint: str | None = None) -> Path | None:
     """The run folder <model>/<fp> inside one downloaded run artifact, checked; None if absent or wrong."""
-    zpath = workdir / f"artifact-{artifact['id']}.zip"
-    backend.download_artifact_zip(artifact, zpath, MAX_RUN_ARTIFACT_BYTES)  # type: ignore[attr-defined]
-    unpacked = workdir / f"artifact-{artifact['id']}"
+    zpath = workdir / f"artifact-{artifact.id}.zip"
+    backend.download_artifact_zip(artifact, zpath, MAX_RUN_ARTIFACT_BYTES)
+    unpacked = workdir / f"artifact-{artifact.id}"
     safe_extract_zip(zpath, unpacked, max_bytes=MAX_RUN_ARTIFACT_BYTES)
     zpath.unlink(missing_ok=True)
     for candidate in (unpacked / model / fp, unpacked / "runs" / model / fp):
@@ -181,22 +181,21 @@ def fetch_runs(root: Path, matrix: Any, out: Path, backend: Backend | None, *, r
         if _supports_artifacts(backend):
             name = run_artifact_name(model, fp)
             candidates = backend.list_artifacts(name)  # type: ignore[union-attr]
-            ranked = [a for a in candidates if run_id and (a.get("workflow_run") or {}).get("id") == run_id]
-            ranked += [a for a in candidates if a not in ranked and head_sha
-                       and (a.get("workflow_run") or {}).get("head_sha") == head_sha]
+            ranked = [a for a in candidates if run_id and a.run_id == run_id]
+            ranked += [a for a in candidates if a not in ranked and head_sha and a.head_sha == head_sha]
             fetched.note = f"no artifact {name} of this run" + (f" or of head {head_sha[:12]}" if head_sha else "")
             for artifact in ranked[:3]:
                 with tempfile.TemporaryDirectory(prefix="gitops-artifact-") as tmp:
                     try:
                         found = _from_artifact(backend, artifact, model, fp, Path(tmp))  # type: ignore[arg-type]
                     except (GitopsError, AssetNotFoundError) as exc:
-                        fetched.note = f"artifact {name} (id {artifact['id']}): {exc}"
+                        fetched.note = f"artifact {name} (id {artifact.id}): {exc}"
                         continue
                     if found is None:
-                        fetched.note = f"artifact {name} (id {artifact['id']}) holds no finished run {model}/{fp}"
+                        fetched.note = f"artifact {name} (id {artifact.id}) holds no finished run {model}/{fp}"
                         continue
                     runs.copy_tree_atomic(found, target)
-                fetched = Fetched(model, fp, target, f"artifact {artifact['id']}")
+                fetched = Fetched(model, fp, target, f"artifact {artifact.id}")
                 break
         results.append(fetched)
     return results
@@ -218,16 +217,14 @@ def trusted_training_run(backend: Backend, run_id: Any, *, head_sha: str) -> tup
     (`.github/workflows/pr-train.yml`), its `head_repository` this repository (a fork's run is untrusted
     whatever it uploaded) and its `head_sha` the PR head being released. Call it before reusing a run.
     """
-    if not isinstance(run_id, int) or run_id <= 0 or not hasattr(backend, "workflow_run"):
+    if not isinstance(run_id, int) or run_id <= 0 or not backend.keeps_ci_artifacts:
         return False, f"no workflow run id ({run_id!r})"
-    run = backend.workflow_run(run_id)  # type: ignore[attr-defined]
+    run = backend.workflow_run(run_id)
     if run is None:
         return False, f"GitHub has no workflow run {run_id}"
-    repository = str(getattr(backend, "repository", ""))
-    event = str(run.get("event") or "")
-    path = str(run.get("path") or "").split("@", 1)[0]
-    head_repo = str((run.get("head_repository") or {}).get("full_name") or "")
-    run_repo = str((run.get("repository") or {}).get("full_name") or repository)
+    repository = backend.repository
+    event, path, head_repo = run.event, run.path, run.head_repository
+    run_repo = run.repository or repository
     if run_repo != repository:
         return False, f"run {run_id} belongs to {run_repo or 'another repository'}, not {repository}"
     if event != TRAINING_EVENT or path != TRAINING_WORKFLOW:
@@ -235,8 +232,8 @@ def trusted_training_run(backend: Backend, run_id: Any, *, head_sha: str) -> tup
                        f"{TRAINING_WORKFLOW}")
     if head_repo != repository:
         return False, f"run {run_id} built code from {head_repo or 'an unknown repository'} (a fork): untrusted"
-    if str(run.get("head_sha") or "") != head_sha:
-        return False, f"run {run_id} built {str(run.get('head_sha') or '?')[:12]}, not the PR head {head_sha[:12]}"
+    if run.head_sha != head_sha:
+        return False, f"run {run_id} built {(run.head_sha or '?')[:12]}, not the PR head {head_sha[:12]}"
     return True, f"run {run_id}: {event} of {path} at {head_sha[:12]} in {repository}"
 
 
@@ -250,18 +247,17 @@ def _commits_to_ask(root: Path, model: str, commit: str) -> list[str]:
     return shas
 
 
-def merged_pull_requests(root: Path, backend: Backend, model: str, commit: str) -> list[dict]:
+def merged_pull_requests(root: Path, backend: Backend, model: str, commit: str) -> list[PullRequestInfo]:
     """The merged PRs that brought `model`'s current files into `commit`, by GitHub's commit-to-PR
     association (GET /repos/{o}/{r}/commits/{sha}/pulls), so merge, squash and rebase merges all count."""
-    if not hasattr(backend, "pulls_for_commit"):
+    if not backend.hosts_pull_requests:
         return []
-    found: dict[int, dict] = {}
+    found: dict[int, PullRequestInfo] = {}
     for sha in _commits_to_ask(root, model, commit):
-        for pr in backend.pulls_for_commit(sha):  # type: ignore[attr-defined]
-            number = pr.get("number")
-            # merged_at, not merge_commit_sha: an open PR has a merge_commit_sha too (its test merge)
-            if isinstance(number, int) and pr.get("merged_at") and number not in found:
-                found[number] = pr
+        for pr in backend.pulls_for_commit(sha):
+            # merged (merged_at), not merge_commit_sha: an open PR has a merge_commit_sha too (its test merge)
+            if pr.merged and pr.number not in found:
+                found[pr.number] = pr
     return list(found.values())
 
 
@@ -275,42 +271,38 @@ def reuse_released_run(root: Path, backend: Backend, model: str, training_finger
     `trusted_training_run` accepts (GitHub's record: pull_request_target run of pr-train.yml at the
     PR head in this repository). The run folder is then checked against the training fingerprint.
     """
-    if not _supports_artifacts(backend) or not hasattr(backend, "pulls_for_commit"):
+    if not _supports_artifacts(backend) or not backend.hosts_pull_requests:
         return None, "the backend keeps no PR runs"
     fp = training_fingerprint[:12]
     name = run_artifact_name(model, fp)
     prs = merged_pull_requests(root, backend, model, commit)
     if not prs:
         return None, f"GitHub associates no merged pull request with {commit[:12]}: no PR run to reuse"
-    repository = str(getattr(backend, "repository", ""))
+    repository = backend.repository
     why = ""
-    artifacts_by_name: list[dict] | None = None
+    artifacts_by_name: list[ArtifactInfo] | None = None
     for pr in prs:
-        number = pr["number"]
-        head = pr.get("head") or {}
-        head_repo = str((head.get("repo") or {}).get("full_name") or "")
-        head_sha = str(head.get("sha") or "")
+        number, head_repo, head_sha = pr.number, pr.head_repository, pr.head_sha
         if head_repo != repository:
             why = f"PR #{number} came from {head_repo or 'a deleted fork'}: a fork's runs never feed a release"
             continue
         if artifacts_by_name is None:
-            artifacts_by_name = backend.list_artifacts(name)  # type: ignore[attr-defined]
-        candidates = [a for a in artifacts_by_name if (a.get("workflow_run") or {}).get("head_sha") == head_sha]
+            artifacts_by_name = backend.list_artifacts(name)
+        candidates = [a for a in artifacts_by_name if a.head_sha == head_sha]
         why = f"PR #{number}: no artifact {name} of a run at its head {head_sha[:12]}"
         for artifact in candidates[:5]:
-            run_id = (artifact.get("workflow_run") or {}).get("id")
-            trusted, reason = trusted_training_run(backend, run_id, head_sha=head_sha)
+            trusted, reason = trusted_training_run(backend, artifact.run_id, head_sha=head_sha)
             if not trusted:
-                why = f"PR #{number}: artifact {name} (id {artifact['id']}) not reused: {reason}"
+                why = f"PR #{number}: artifact {name} (id {artifact.id}) not reused: {reason}"
                 continue
             with tempfile.TemporaryDirectory(prefix="gitops-artifact-") as tmp:
                 try:
                     found = _from_artifact(backend, artifact, model, fp, Path(tmp), training_fingerprint)
                 except (GitopsError, AssetNotFoundError) as exc:
-                    why = f"PR #{number}: artifact {name} (id {artifact['id']}): {exc}"
+                    why = f"PR #{number}: artifact {name} (id {artifact.id}): {exc}"
                     continue
                 if found is None:
-                    why = f"PR #{number}: artifact {name} (id {artifact['id']}) holds no finished run of fingerprint {fp}"
+                    why = f"PR #{number}: artifact {name} (id {artifact.id}) holds no finished run of fingerprint {fp}"
                     continue
                 target = Path(out) / model / fp
                 runs.copy_tree_atomic(found, target)
@@ -325,14 +317,14 @@ def fetch_report(backend: Backend, run_id: int, out: Path) -> Path | None:
     """The `gitops-report` artifact of workflow run `run_id`, its four files only, into `out`; None if absent."""
     if not _supports_artifacts(backend):
         raise UsageError("fetching the report artifact needs the github backend")
-    found = backend.list_artifacts(REPORT_ARTIFACT, run_id=run_id)  # type: ignore[attr-defined]
-    found = [a for a in found if (a.get("workflow_run") or {}).get("id") in (None, run_id)]
+    found = backend.list_artifacts(REPORT_ARTIFACT, run_id=run_id)
+    found = [a for a in found if a.run_id in (None, run_id)]
     if not found:
         return None
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="gitops-report-") as tmp:
         zpath = Path(tmp) / "report.zip"
-        backend.download_artifact_zip(found[0], zpath, MAX_REPORT_ARTIFACT_BYTES)  # type: ignore[attr-defined]
+        backend.download_artifact_zip(found[0], zpath, MAX_REPORT_ARTIFACT_BYTES)
         written = safe_extract_zip(zpath, out, max_bytes=MAX_REPORT_ARTIFACT_BYTES, only=REPORT_FILES)
     missing = sorted(set(REPORT_FILES) - {p.name for p in written})
     if missing:

@@ -20,14 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gitops import catalog, schema
+from gitops import catalog, plugins, schema
 from gitops.errors import ConfigError, GitopsError, OverrideError, Problem, UsageError
-from gitops.schema import _copy_json
-from gitops.tree import FsTree, Tree  # noqa: F401  (FsTree re-exported for commands)
+from gitops.jsonschema_tools import copy_json, fill_defaults, format_path
+from gitops.tree import MODELS_DIR, FsTree, Tree, repository_root  # noqa: F401  (FsTree re-exported for commands)
 from gitops.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
 
 MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
-MODELS_DIR = "models"
 FILE_KINDS = schema.KINDS
 REQUIRED_KINDS = ("model", "train", "data")
 MAX_EXTENDS_DEPTH = 16
@@ -202,15 +201,15 @@ def deep_merge(
         if key is not None and key in override and key in base and override[key] != base[key]:
             if replaced is not None:
                 replaced.append(_path)
-            return _copy_json(override)
+            return copy_json(override)
         merged = dict(base)
         for k, value in override.items():
             if k in base:
                 merged[k] = deep_merge(base[k], value, selectors, replaced=replaced, _path=(*_path, k))
             else:
-                merged[k] = _copy_json(value)
+                merged[k] = copy_json(value)
         return merged
-    return _copy_json(override)
+    return copy_json(override)
 
 
 class _Loader:
@@ -410,7 +409,7 @@ def model_names(tree: Tree) -> list[str]:
 
 def did_you_mean(name: str, tree: Tree | None = None, names: Iterable[str] | None = None) -> str:
     """" (did you mean 'digits-mlp'?)" for a model name with a close match among the repository's models."""
-    from gitops.schema import suggest
+    from gitops.jsonschema_tools import suggest
 
     known = list(names) if names is not None else (model_names(tree) if tree is not None else [])
     found = suggest(name, [n for n in known if n != name])
@@ -420,19 +419,15 @@ def did_you_mean(name: str, tree: Tree | None = None, names: Iterable[str] | Non
 def find_root(start: Path | None = None) -> Path:
     """The repository root: the nearest folder upwards holding `models/` or `.git`."""
     here = (start or Path.cwd()).resolve()
-    for folder in [here, *here.parents]:
-        if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
-            from gitops import plugins
-
-            plugins.use_repository(folder)  # its plugin package (if any) is the one in view
-            return folder
+    folder = repository_root(here)
+    if folder is not None:
+        plugins.use_repository(folder)  # its plugin package (if any) is the one in view
+        return folder
     raise UsageError(f"no models/ folder found in {here} or above; run inside a gitops repository, or start one with: gitops init")
 
 
 def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[ResolvedConfig | None, list[Problem]]:
     """Resolve one model, returning it (or None) with every problem found."""
-    from gitops import plugins
-
     plugins.use_repository(tree.root)  # the catalog merges this repository's plugin package (if any)
     loader = _Loader(tree)
     model_rel = f"{MODELS_DIR}/{name}"
@@ -477,13 +472,13 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
     for kind, doc in merged.items():
         errors = schema.validate_document(kind, doc.data)
         for path, message, at_key in errors:
-            loader.problem(doc.mark(path, at_key), schema.format_path((kind, *path)), message)
+            loader.problem(doc.mark(path, at_key), format_path((kind, *path)), message)
         if not errors:
-            cleaned[kind] = schema.fill_defaults(schema.schema_for(kind), doc.data)
+            cleaned[kind] = fill_defaults(schema.schema_for(kind), doc.data)
             continue
         saved, lost = schema.salvage(kind, doc.data)
         if saved is not None:
-            partial[kind] = schema.fill_defaults(schema.schema_for(kind), saved)
+            partial[kind] = fill_defaults(schema.schema_for(kind), saved)
             dropped += [(kind, *p) for p in lost]
     blocked = plugins.blocked_package()
     if blocked and loader.problems:  # a name it provides looks unknown: say why instead
@@ -496,12 +491,12 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         if any(path[: len(d)] == d or d[: len(path)] == path for d in dropped):
             continue  # about a value already reported (or guessed): not a second error
         kind, rest = path[0], path[1:]
-        loader.problem(merged[kind].mark(rest), schema.format_path(path), message)
+        loader.problem(merged[kind].mark(rest), format_path(path), message)
     if not loader.problems and cleaned["train"].get("start_from"):
         from gitops import parent_ref
 
         for path, message in parent_ref.cycle_problems(name, cleaned["train"]["start_from"], _train_reader(tree)):
-            loader.problem(merged["train"].mark(path), schema.format_path(("train", *path)), message)
+            loader.problem(merged["train"].mark(path), format_path(("train", *path)), message)
     if loader.problems:
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
@@ -543,9 +538,9 @@ EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
 
 def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
     """The repository plugin package a model uses (architecture, dataset, augmentation, or a metric of its task)."""
-    used = [catalog.ARCHITECTURES.get(cleaned["model"]["architecture"]),
-            catalog.DATASETS.get(cleaned["data"]["dataset"]["name"])]
-    used += [catalog.AUGMENTATIONS.get(a["name"]) for a in cleaned["data"].get("augmentation") or ()]
+    used = [catalog.ARCHITECTURES.entry(cleaned["model"]["architecture"]),
+            catalog.DATASETS.entry(cleaned["data"]["dataset"]["name"])]
+    used += [catalog.AUGMENTATIONS.entry(a["name"]) for a in cleaned["data"].get("augmentation") or ()]
     for entry in used:
         if entry is not None and entry.info.get("repo_package"):
             return entry.info["repo_package"]
@@ -694,10 +689,10 @@ def num_classes(data: dict) -> int | None:
 
 def metric_problem(name: str, task: str, classes: int | None) -> str | None:
     split, _, metric = name.partition("/")
-    entry = catalog.METRICS.get(metric)
+    entry = catalog.METRICS.entry(metric)
     valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)
     if entry is None or task not in entry.tasks:
-        from gitops.schema import suggest
+        from gitops.jsonschema_tools import suggest
 
         guess = suggest(metric, valid)
         hint = f" (did you mean '{split}/{guess}'?)" if guess else ""
@@ -764,8 +759,8 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
                          f"vocab_size {data_vocab}; token ids would not fit the embedding table"))
 
     loss = train.get("loss")
-    if loss and loss not in catalog.LOSSES[task]:
-        problems.append((("train", "loss"), f"loss {loss!r} does not fit a {task} task; use one of {', '.join(catalog.LOSSES[task])}"))
+    if loss and loss not in catalog.TASK_LOSSES[task]:
+        problems.append((("train", "loss"), f"loss {loss!r} does not fit a {task} task; use one of {', '.join(catalog.TASK_LOSSES[task])}"))
     if train.get("label_smoothing") and task != "classification":
         problems.append((("train", "label_smoothing"), "label smoothing applies to classification only"))
 

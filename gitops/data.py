@@ -24,15 +24,12 @@ from gitops import config as config_lib
 from gitops.checksums import sha256_file
 from gitops.errors import IntegrityError, TrainingError
 from gitops.preprocessing import Preprocessing, fit_preprocessing, split_indexes
-from gitops.registry import Registry
 from gitops.tree import inside_repository
 
 # Seed of generated datasets (moons, blobs, sequences): fixed, so the data is part of the spec, and
 # kept apart from the split seed and the training seed.
 GENERATOR_SEED = 0
 
-DATASETS: Registry[Callable[..., tuple[np.ndarray, np.ndarray]]] = Registry("dataset")
-AUGMENTATIONS: Registry[Callable[..., Callable]] = Registry("augmentation")
 
 
 # --- loaders -------------------------------------------------------------------------------------
@@ -45,28 +42,22 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(bunch.data, np.float32), np.asarray(bunch.target)
 
 
-@DATASETS.register("digits")
 def _digits(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = _sklearn("digits")
     return x.reshape(-1, 8, 8, 1), y.astype(np.int32)
 
 
-for _name in ("iris", "wine", "breast_cancer"):
-
-    def _bundled(params: Mapping[str, Any], root: Path, _name: str = _name) -> tuple[np.ndarray, np.ndarray]:
-        x, y = _sklearn(_name)
-        return x, y.astype(np.int32)
-
-    DATASETS.register(_name)(_bundled)
+def _bundled(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """iris, wine, breast_cancer: scikit-learn's bundled classification tables, named by `params["name"]`."""
+    x, y = _sklearn(params["name"])
+    return x, y.astype(np.int32)
 
 
-@DATASETS.register("diabetes")
 def _diabetes(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     x, y = _sklearn("diabetes")
     return x, y.astype(np.float32).reshape(-1, 1)
 
 
-@DATASETS.register("moons")
 def _moons(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_moons
 
@@ -74,7 +65,6 @@ def _moons(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarra
     return x.astype(np.float32), y.astype(np.int32)
 
 
-@DATASETS.register("blobs")
 def _blobs(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import make_blobs
 
@@ -88,7 +78,6 @@ def _blobs(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarra
     return x.astype(np.float32), y.astype(np.int32)
 
 
-@DATASETS.register("sequences")
 def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """Token sequences (as float32 token ids) whose label is a function of the tokens."""
     rng = np.random.default_rng(GENERATOR_SEED)
@@ -108,7 +97,6 @@ def _sequences(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.nd
     return tokens.astype(np.float32), labels.astype(np.int32)
 
 
-@DATASETS.register("file")
 def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """A .npz (arrays named x_key/y_key) or .npy (2-D; the last column is the label) in the repository."""
     path = inside_repository(root, params["path"], "data file")
@@ -123,7 +111,6 @@ def _file(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray
     return _read_arrays(path, params, f"data file {params['path']}")
 
 
-@DATASETS.register("url")
 def _url(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """A remote .npz/.npy, fetched into the data cache and verified against its pin (`gitops.remote_data`)."""
     from gitops import remote_data
@@ -135,10 +122,6 @@ def _url(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]
 def _streamed(params: Mapping[str, Any], root: Path) -> tuple[np.ndarray, np.ndarray]:
     """Streaming sources are never loaded whole: `load` hands them to `gitops.streaming`."""
     raise TrainingError(f"dataset {params['name']} streams from files; load it with gitops.data.load")
-
-
-for _name in ("image_folder", "parquet", "array_record"):
-    DATASETS.register(_name)(_streamed)
 
 
 def _read_arrays(path: Path, params: Mapping[str, Any], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +196,7 @@ def load(data: Any, root: Path) -> Any:
     task = catalog.dataset_task(doc)
     if task == "language_modeling":
         return _load_language_modeling(doc, Path(root))
-    x, y = DATASETS.get(ds["name"])(ds, Path(root))
+    x, y = catalog.DATASETS.get(ds["name"])(ds, Path(root))
     if len(x) != len(y):
         raise TrainingError(f"dataset {ds['name']}: {len(x)} inputs but {len(y)} labels")
     classes = config_lib.num_classes(doc)
@@ -271,12 +254,10 @@ def epoch_permutations(key, first_epoch, count: int, n: int):
     return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(epochs)
 
 
-@AUGMENTATIONS.register("shift")
 def _shift(max_pixels: int = 1, **_: Any) -> Callable:
     return _random_crop(max_pixels)
 
 
-@AUGMENTATIONS.register("crop")
 def _crop(padding: int = 1, **_: Any) -> Callable:
     return _random_crop(padding)
 
@@ -296,7 +277,6 @@ def _random_crop(pad: int) -> Callable:
     return augment
 
 
-@AUGMENTATIONS.register("flip")
 def _flip(probability: float = 0.5, **_: Any) -> Callable:
     import jax
     import jax.numpy as jnp
@@ -308,7 +288,6 @@ def _flip(probability: float = 0.5, **_: Any) -> Callable:
     return augment
 
 
-@AUGMENTATIONS.register("noise")
 def _noise(stddev: float = 0.1, **_: Any) -> Callable:
     import jax
 
@@ -320,7 +299,7 @@ def _noise(stddev: float = 0.1, **_: Any) -> Callable:
 
 def build_augmentation(specs: Sequence[Mapping[str, Any]]) -> Callable | None:
     """Compose the config's augmentations in order; each gets its own key folded from the step key."""
-    fns = [AUGMENTATIONS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
+    fns = [catalog.AUGMENTATIONS.get(spec["name"])(**{k: v for k, v in spec.items() if k != "name"}) for spec in specs]
     if not fns:
         return None
 

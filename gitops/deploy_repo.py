@@ -474,7 +474,7 @@ def deploys_on_stage_moves(settings, backend, wanted: bool | None) -> bool:
     if wanted and not settings.deploy.repository:
         raise UsageError("--deploy: gitops.yaml names no deploy repository (deploy.repository)")
     if wanted is None:
-        return bool(settings.deploy.repository) and backend.name == "local"
+        return bool(settings.deploy.repository) and not backend.hosted
     return wanted
 
 

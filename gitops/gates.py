@@ -48,7 +48,7 @@ class UnknownMetric(GitopsError):
 def direction(metric: str) -> bool | None:
     """The registered direction of `split/name` (or a bare name): True when higher is better, None when
     no built-in or plugin metric of that name is registered."""
-    entry = catalog.METRICS.get(metric.split("/", 1)[-1])
+    entry = catalog.METRICS.entry(metric.split("/", 1)[-1])
     return entry.higher_is_better if entry is not None else None
 
 

@@ -140,7 +140,7 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
         UsageError: `path` is a file, or inside another repository below its top level, or a bad --package.
         GitopsError: files differ and `force` is off (nothing is written then; all of them are named).
     """
-    from gitops import gitutil, schema
+    from gitops import gitutil, schema_files
 
     root = Path(path).resolve()
     if root.exists() and not root.is_dir():
@@ -161,7 +161,7 @@ def init(path: Path, *, example: bool = False, force: bool = False, package: str
     for source, dest in WORKFLOW_FILES:
         wanted[dest] = render_workflow((templates / source).read_text(encoding="utf-8"), pin)
         replaceable.add(dest)
-    for name, text in schema.rendered_files().items():
+    for name, text in schema_files.rendered_files().items():
         wanted[f"schemas/{name}"] = text
         replaceable.add(f"schemas/{name}")
 

@@ -7,20 +7,18 @@ plugins are computed beside the built-in ones for every model of their tasks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from gitops.registry import Registry
+from gitops import catalog
 
-LOSSES: Registry[Callable[..., jnp.ndarray]] = Registry("loss")
 DEFAULT_LOSS = {"classification": "cross_entropy", "regression": "mse", "language_modeling": "cross_entropy"}
 EXP_OF_MEAN = frozenset({"perplexity"})  # finalized as exp(sum / count): accumulated like the loss
 
 
-@LOSSES.register("cross_entropy")
 def cross_entropy(outputs: jnp.ndarray, labels: jnp.ndarray, *, label_smoothing: float = 0.0) -> jnp.ndarray:
     """Per-example softmax cross-entropy against integer labels, with optional label smoothing."""
     num_classes = outputs.shape[-1]
@@ -36,17 +34,14 @@ def _regression_residual(outputs: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndar
     return outputs.reshape(outputs.shape[0], -1) - targets.reshape(targets.shape[0], -1)
 
 
-@LOSSES.register("mse")
 def mse(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
     return jnp.mean(_regression_residual(outputs, targets) ** 2, axis=-1)
 
 
-@LOSSES.register("mae")
 def mae(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
     return jnp.mean(jnp.abs(_regression_residual(outputs, targets)), axis=-1)
 
 
-@LOSSES.register("huber")
 def huber(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
     return jnp.mean(optax.huber_loss(_regression_residual(outputs, targets), delta=1.0), axis=-1)
 
@@ -65,10 +60,8 @@ def metric_names(task: str, num_classes: int | None) -> list[str]:
 
 
 def plugin_metric_names(task: str) -> list[str]:
-    """Metrics installed plugins declare for this task (`gitops.plugins`), sorted."""
-    from gitops import plugins
-
-    return [name for name in plugins.names("metric") if task in plugins.found("metric", name).plugin.tasks]
+    """Metrics plugins declare for this task (installed or the repository's package), sorted."""
+    return [name for name in catalog.METRICS.plugin_names() if task in catalog.METRICS[name].tasks]
 
 
 def _topk_hit(outputs: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
@@ -113,9 +106,7 @@ def batch_sums(
         values["mae"] = mae(outputs, labels)
     for name in names:
         if name not in values and name not in special:  # a plugin metric: fn(outputs, labels) -> per-example values
-            from gitops import plugins
-
-            values[name] = jnp.asarray(plugins.implementation("metric", name)(outputs, labels), jnp.float32).reshape(-1)
+            values[name] = jnp.asarray(catalog.METRICS.get(name)(outputs, labels), jnp.float32).reshape(-1)
     return {n: special[n] if n in special else (jnp.sum(values[n] * weights), count) for n in names}
 
 

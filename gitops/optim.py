@@ -9,41 +9,32 @@ our config surface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import optax
 
-from gitops.registry import Registry
-
-OPTIMIZERS: Registry[Callable[..., optax.GradientTransformation]] = Registry("optimizer")
-SCHEDULES: Registry[Callable[..., optax.Schedule]] = Registry("schedule")
-
+from gitops import catalog
 
 # --- schedules: each returns the decay part, starting at step 0 after warm-up --------------------
 
 
-@SCHEDULES.register("constant")
 def _constant(peak: float, decay_steps: int, **_: Any) -> optax.Schedule:
     return optax.constant_schedule(peak)
 
 
-@SCHEDULES.register("linear")
 def _linear(peak: float, decay_steps: int, end_scale: float = 0.0, **_: Any) -> optax.Schedule:
     return optax.linear_schedule(peak, peak * end_scale, max(1, decay_steps))
 
 
-@SCHEDULES.register("cosine")
 def _cosine(peak: float, decay_steps: int, end_scale: float = 0.0, **_: Any) -> optax.Schedule:
     return optax.cosine_decay_schedule(peak, max(1, decay_steps), alpha=end_scale)
 
 
-@SCHEDULES.register("exponential")
 def _exponential(peak: float, decay_steps: int, decay_rate: float = 0.5, transition_steps: int = 1000, **_: Any) -> optax.Schedule:
     return optax.exponential_decay(peak, transition_steps, decay_rate, staircase=True)
 
 
-@SCHEDULES.register("piecewise")
 def _piecewise(peak: float, decay_steps: int, boundaries=(), scales=(), warmup: int = 0, **_: Any) -> optax.Schedule:
     # Boundaries are absolute optimizer steps (what a user reads off a curve); the decay part starts
     # counting after warm-up, hence the shift. Scales multiply in turn, as optax's piecewise schedule does.
@@ -59,7 +50,7 @@ def build_schedule(schedule: Mapping[str, Any], peak: float, total_steps: int) -
     """
     params = {k: v for k, v in schedule.items() if k != "name"}
     warmup = int(params.pop("warmup_steps", 0) or 0)
-    decay = SCHEDULES.get(schedule["name"])(peak, max(1, total_steps - warmup), warmup=warmup, **params)
+    decay = catalog.SCHEDULES.get(schedule["name"])(peak, max(1, total_steps - warmup), warmup=warmup, **params)
     if warmup <= 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -68,34 +59,28 @@ def build_schedule(schedule: Mapping[str, Any], peak: float, total_steps: int) -
 # --- optimizers ------------------------------------------------------------------------------------
 
 
-@OPTIMIZERS.register("sgd")
 def _sgd(lr: optax.Schedule, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0, **_: Any):
     parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
     parts.append(optax.sgd(lr, momentum=momentum or None, nesterov=nesterov))
     return optax.chain(*parts)
 
 
-@OPTIMIZERS.register("adam")
 def _adam(lr: optax.Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, **_: Any):
     return optax.adam(lr, b1=b1, b2=b2, eps=eps)
 
 
-@OPTIMIZERS.register("adamw")
 def _adamw(lr: optax.Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 1e-4, **_: Any):
     return optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("lion")
 def _lion(lr: optax.Schedule, b1: float = 0.9, b2: float = 0.99, weight_decay: float = 0.0, **_: Any):
     return optax.lion(lr, b1=b1, b2=b2, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("lamb")
 def _lamb(lr: optax.Schedule, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, weight_decay: float = 0.0, **_: Any):
     return optax.lamb(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
-@OPTIMIZERS.register("adafactor")
 def _adafactor(lr: optax.Schedule, **_: Any):
     return optax.adafactor(lr)
 
@@ -116,7 +101,7 @@ def build_optimizer(train: Any, total_steps: int) -> optax.GradientTransformatio
     name = opt.pop("name")
     peak = float(opt.pop("learning_rate"))
     schedule = build_schedule(get("schedule") or {"name": "constant"}, peak, int(total_steps))
-    tx = OPTIMIZERS.get(name)(schedule, **opt)
+    tx = catalog.OPTIMIZERS.get(name)(schedule, **opt)
     clip = get("grad_clip_norm")
     if clip:
         tx = optax.chain(optax.clip_by_global_norm(float(clip)), tx)

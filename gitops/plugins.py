@@ -14,9 +14,10 @@ Each entry point names a `Plugin` (or a dict of its fields): the metadata `gitop
 spec's module, which must not import jax: validation, `show`, `ci plan` stay jax-free and fast. The
 implementation is imported when training or `load` first needs it. See docs/plugins.md.
 
-The catalog (`gitops.catalog`) merges plugin entries into its built-in ones at first use (once per
-process); a plugin whose name is already taken, by a built-in or another plugin, is an error naming
-both. Configs still name entries only, never import paths.
+Each kind's registry (`gitops.registry`, declared in `gitops.catalog`) adds plugin entries through the
+same call as its built-ins at first use; a plugin whose name is already taken, by a built-in or
+another plugin, is an error naming both. Configs still name entries only, never import paths. This
+module only finds and checks plugins: it imports nothing of the catalog or the registry.
 
 A repository package (see `repo_package`) lists its specs in its `__init__.py` as
 `GITOPS_PLUGINS = {"architectures": [...], "datasets": [...], "augmentations": [...], "metrics": [...]}`
@@ -35,12 +36,14 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gitops.errors import GitopsError
+from gitops.settings import load_settings
+from gitops.tree import FsTree, repository_root
 
 # kind -> entry-point group
 GROUPS: dict[str, str] = {
@@ -217,19 +220,16 @@ def collect(
     return found
 
 
-_BUILTIN: dict[str, Mapping[str, Any]] = {}
-
-
 @functools.cache
 def _installed() -> dict[str, dict[str, Found]]:
-    """Every installed plugin (entry points; loaded once per process); kind -> name -> Found."""
-    from gitops import (
-        catalog,  # noqa: F401  (fills _BUILTIN)
-        distinfo,  # the dist-info folders read directly: importlib.metadata is slow to import
-    )
+    """Every installed plugin (entry points; loaded once per process); kind -> name -> Found.
+
+    A name a built-in has is refused by the registry that adds the plugin (`gitops.registry`).
+    """
+    from gitops import distinfo  # the dist-info folders read directly: importlib.metadata is slow to import
 
     eps = {kind: distinfo.entry_points(group) for kind, group in GROUPS.items()}
-    return collect(eps, {kind: list(names) for kind, names in _BUILTIN.items()})
+    return collect(eps, {})
 
 
 # --- the repository's own plugin package --------------------------------------------------------------
@@ -256,14 +256,9 @@ def _current_root() -> Path | None:
         return _active_root[0]
     cwd = os.getcwd()
     if cwd not in _root_of_cwd:
-        from gitops.errors import UsageError
-
-        try:
-            from gitops.config import find_root
-
-            _root_of_cwd[cwd] = find_root(Path(cwd))
-        except UsageError:
-            _root_of_cwd[cwd] = None
+        _root_of_cwd[cwd] = root = repository_root(Path(cwd))
+        if root is not None:
+            use_repository(root)  # as `config.find_root` does: the repository found stays in view
     return _root_of_cwd[cwd]
 
 
@@ -280,9 +275,6 @@ def repo_package(root: Path | None) -> str | None:
         return None
     key = (root, mtime)
     if key not in _package_of_root:
-        from gitops.settings import load_settings
-        from gitops.tree import FsTree
-
         _package_of_root[key] = load_settings(FsTree(root)).plugins.package
     return _package_of_root[key]
 
@@ -412,10 +404,7 @@ def discovered() -> dict[str, dict[str, Found]]:
             merged: dict[str, dict[str, Found]] = {}
             for kind in GROUPS:
                 mine, theirs = local.get(kind, {}), installed.get(kind, {})
-                builtin = set(_BUILTIN.get(kind, ()))
                 for name, entry in mine.items():
-                    if name in builtin:
-                        raise PluginError(f"plugin {entry.origin} collides with the built-in {kind} {name!r}; rename it")
                     if name in theirs:
                         raise PluginError(f"plugin {kind} {name!r} is registered twice: by {theirs[name].origin} and "
                                           f"by {entry.origin}")
@@ -433,67 +422,3 @@ def state_key() -> tuple:
     if _active_root[0] is not None:
         _state_memo[0] = key
     return key
-
-
-def found(kind: str, name: str) -> Found | None:
-    return discovered().get(kind, {}).get(name)
-
-
-def names(kind: str) -> list[str]:
-    return sorted(discovered().get(kind, {}))
-
-
-def implementation(kind: str, name: str) -> Any:
-    """The plugin's implementation object (its `build` imported), or None when no plugin has that name."""
-    return _implementation(state_key(), kind, name)
-
-
-@functools.cache
-def _implementation(_state: tuple, kind: str, name: str) -> Any:
-    entry = found(kind, name) if kind in GROUPS else None
-    if entry is None:
-        return None
-    build = entry.plugin.build
-    if callable(build):
-        return build
-    module_name, _, attribute = build.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name, package=entry.package if module_name.startswith(".") else None)
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(f"plugin {kind} {name!r} ({entry.origin}): build {build!r} does not import: "
-                          f"{type(exc).__name__}: {exc}") from None
-    return obj
-
-
-class PluginCatalog(Mapping):
-    """A catalog table (name -> Entry or Metric) whose plugin entries join the built-in ones at first use."""
-
-    def __init__(self, kind: str, builtin: Mapping[str, Any], convert: Callable[[Found], Any]):
-        self.kind = kind
-        self.builtin = builtin
-        self._convert = convert
-        self._merged: dict[str, Any] | None = None
-        self._key: tuple | None = None
-        _BUILTIN[kind] = builtin
-
-    def _all(self) -> dict[str, Any]:
-        key = state_key()
-        if self._merged is None or self._key != key:
-            plugins = discovered().get(self.kind, {})
-            self._merged = {**self.builtin, **{name: self._convert(f) for name, f in plugins.items()}}
-            self._key = key
-        return self._merged
-
-    def __getitem__(self, name: str) -> Any:
-        return self._all()[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._all())
-
-    def __len__(self) -> int:
-        return len(self._all())
-
-    def __repr__(self) -> str:
-        return f"PluginCatalog({self.kind!r}, {sorted(self._all())})"

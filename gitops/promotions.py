@@ -177,7 +177,7 @@ def request(root: Path, backend, ref: str, stage: str, settings: Settings) -> Pr
             f"({version.commit[:12]}) and deploys it.\n")
     commit = _commit_on_branch(root, branch, files, body)
     pr = None
-    if backend.name != "local":
+    if backend.hosts_pull_requests:
         base = gitutil.current_branch(root) or "main"
         gitutil.run(root, "push", "origin", f"refs/heads/{branch}")
         pr = backend.open_pull_request(branch, base, title, body)
@@ -189,11 +189,9 @@ def request(root: Path, backend, ref: str, stage: str, settings: Settings) -> Pr
 
 def _pull_request_of(root: Path, backend, commit: str) -> str:
     """The PR that merged `commit` into main: GitHub's commit-to-PR association, else the merge message."""
-    finder = getattr(backend, "pulls_for_commit", None)
-    if finder is not None:
-        for pr in finder(commit):
-            if pr.get("merged_at"):
-                return f"#{pr['number']}"
+    for pr in backend.pulls_for_commit(commit):
+        if pr.merged:
+            return f"#{pr.number}"
     log = gitutil.run(root, "log", "--format=%H %s", "--ancestry-path", f"{commit}..HEAD", check=False).stdout
     for line in reversed(log.splitlines()):
         m = re.search(r"Merge pull request #(\d+)|\(#(\d+)\)$|Merge branch '(promote/[^']+)'", line)

@@ -100,7 +100,7 @@ def fetch_archive(backend: Backend, version: tags.VersionState, meta: dict, work
         from gitops import artifact_store
 
         archive = artifact_store.fetch_archive(artifact_store.objects_from_meta(meta), sums, archive_name, work,
-                                               root or getattr(backend, "root", None))
+                                               root)
         archive_format.verify_file(archive, sums[archive_name], archive_name)
         return archive
     parts = sorted(a for a in assets if archive_format.is_part_of(a, archive_name))

@@ -210,7 +210,7 @@ def _run_for(root: Path, cfg: config.ResolvedConfig, run: Path | None, backend: 
         from gitops.pull import pull  # a patch release: reuse the released run itself
 
         return pull(root, backend, f"{cfg.name}@{latest.version}", to=workdir / "previous"), False
-    if commit is not None and hasattr(backend, "list_artifacts"):
+    if commit is not None and backend.keeps_ci_artifacts:
         from gitops import artifacts
 
         found_run, why = artifacts.reuse_released_run(root, backend, cfg.name, cfg.training_fingerprint, commit,
@@ -520,8 +520,8 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
 
     location = backend.finalize_release(tag, title, notes)
     killpoints.reached("release.published")
-    if push and backend.name == "local":
-        gitutil.push_tags(root, [tag])
+    if push:
+        backend.push_tags([tag])
     kept = []
     if dist is not None:
         dist.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,11 @@ from typing import Any
 
 from gitops import catalog, ci_event, config, gitutil, jsonio, stats, trackers, versions
 from gitops import runs as run_folders  # `runs` is build()'s list of folders
-from gitops.backends.base import COMMENT_MARKER, Backend
+from gitops.backends.base import COMMENT_MARKER, COMMENT_MAX_CHARS, Backend
 from gitops.errors import UsageError
 from gitops.gates import GateResult, change, direction, evaluate_gates, note_seeds
 from gitops.plan import config_diff, is_missing, show_value
 
-MAX_CHARS = 65_536
 MAX_CURVE_POINTS = 100
 SPARK = "▁▂▃▄▅▆▇█"
 BETTER, WORSE, FAILED, EQUAL, NONE, NOISE = "✅", "⚠️", "❌", "➖", "—", "≈ noise"
@@ -217,7 +216,7 @@ def _split_size(cfg: dict | None, metric: str) -> int | None:
     split = {"val": "validation", "test": "test"}.get(metric.split("/", 1)[0])
     data = (cfg or {}).get("data") or {}
     try:
-        entry = catalog.DATASETS.get(data["dataset"]["name"])
+        entry = catalog.DATASETS.entry(data["dataset"]["name"])
         total = (entry.info.get("examples") if entry else None) or data["dataset"].get("n_samples")
         fraction = float(data["splits"][split])
     except (KeyError, TypeError, ValueError, AttributeError):
@@ -448,7 +447,7 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def markdown(report: Report, limit: int = MAX_CHARS) -> str:
+def markdown(report: Report, limit: int = COMMENT_MAX_CHARS) -> str:
     failed = [m.model for m in report.models if not m.ok]
     status = (f"❌ gate failed: {', '.join(failed)}" if failed
               else f"✅ all gates pass ({len(report.models)} model(s))")
@@ -511,7 +510,7 @@ def terminal(report: Report) -> str:
     return "\n".join(lines)
 
 
-def cap(text: str, limit: int = MAX_CHARS) -> str:
+def cap(text: str, limit: int = COMMENT_MAX_CHARS) -> str:
     if len(text) <= limit:
         return text
     note = f"\n\n> ✂️ Report cut at {limit} characters (GitHub's comment limit); the job summary and report.json have it all.\n"
@@ -687,7 +686,7 @@ def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GitopsError(f"report JSON is not valid JSON: {exc}") from None
-    from gitops.schema import strict_validator_class
+    from gitops.jsonschema_tools import strict_validator_class
 
     errors = sorted(strict_validator_class()(REPORT_JSON_SCHEMA).iter_errors(data), key=lambda e: list(e.path))
     if errors:
@@ -706,8 +705,8 @@ def check_markdown(body: str) -> None:
 
     if not body.startswith(COMMENT_MARKER):
         raise GitopsError(f"the report must start with {COMMENT_MARKER} (make it with gitops report)")
-    if len(body) > MAX_CHARS:
-        raise GitopsError(f"the report is {len(body)} characters; GitHub allows {MAX_CHARS}")
+    if len(body) > COMMENT_MAX_CHARS:
+        raise GitopsError(f"the report is {len(body)} characters; GitHub allows {COMMENT_MAX_CHARS}")
 
 
 def write_step_summary(text: str) -> None:

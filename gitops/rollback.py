@@ -140,7 +140,7 @@ def rollback(root: Path, backend: Backend, model: str, version: str, branch: str
     gitutil.run(root, "commit", "--quiet", "-m", message, "--", folder, env=gitutil.identity_env(root))
     commit = gitutil.head_commit(root)
     pr = None
-    if backend.name != "local":
+    if backend.hosts_pull_requests:
         gitutil.run(root, "push", "origin", f"refs/heads/{name}")
         pr = backend.open_pull_request(name, base_branch, f"Roll back {model} to {found.version}", message)
     return RollbackResult(name, commit, found.version, inlined, pr, old_cfg.training_fingerprint)

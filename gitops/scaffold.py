@@ -130,7 +130,7 @@ def new_model(root: Path, name: str, from_model: str | None = None) -> Path:
         raise
     if from_model is None and not (root / "schemas").is_dir():
         # the files' `$schema` headers point at ../../schemas/: a repository not set up by `gitops init`
-        from gitops.schema import write_schemas
+        from gitops.schema_files import write_schemas
 
         write_schemas(root / "schemas")
     cfg, problems = config.resolve(name, FsTree(root))

@@ -11,8 +11,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from gitops.catalog import integer, number
 from gitops.errors import ConfigError, Problem
+from gitops.jsonschema_tools import (
+    compiled_validator,
+    describe_error,
+    format_path,
+    integer,
+    number,
+    strict_validator_class,
+)
 from gitops.tree import Tree
 
 SETTINGS_FILE = "gitops.yaml"
@@ -194,13 +201,25 @@ class DeploySettings:
 
 
 @dataclass(frozen=True)
+class StoreSettings:
+    """`gitops.yaml: artifacts:` (defaults as in the settings schema)."""
+
+    url: str
+    endpoint_url: str | None = None
+    part_size_mb: int | None = None  # None: one object per archive
+    block_size_mb: int = 64  # multipart upload block
+    attempts: int = 4
+    backoff_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class Settings:
     budgets: Budgets = Budgets()
     plugins: PluginSettings = PluginSettings()
     trackers: tuple[TrackerSpec, ...] = ()
     deploy: DeploySettings = DeploySettings()
     protected_stages: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (stage, approvers), in file order
-    artifacts: Any = None  # gitops.artifact_store.StoreSettings, or None: assets stay with the backend
+    artifacts: StoreSettings | None = None  # None: assets stay with the backend
 
     def tracker(self, name: str) -> TrackerSpec | None:
         return next((t for t in self.trackers if t.name == name), None)
@@ -218,7 +237,6 @@ def load_settings(tree: Tree) -> Settings:
     """Read `gitops.yaml` from a tree (working folder or a commit); defaults when absent."""
     import fastjsonschema
 
-    from gitops import schema as schema_mod
     from gitops.yamlio import load_yaml_text
 
     raw = tree.read(SETTINGS_FILE)
@@ -226,23 +244,22 @@ def load_settings(tree: Tree) -> Settings:
         return Settings()
     doc = load_yaml_text(raw, tree.label(SETTINGS_FILE))
     try:  # the common case, valid settings, without importing jsonschema
-        schema_mod.compiled_validator(SETTINGS_SCHEMA)(doc.data)
+        compiled_validator(SETTINGS_SCHEMA)(doc.data)
         return _settings(doc)
     except fastjsonschema.JsonSchemaException:
         pass
-    errors = sorted(schema_mod.strict_validator_class()(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
+    errors = sorted(strict_validator_class()(SETTINGS_SCHEMA).iter_errors(doc.data), key=lambda e: list(map(str, e.path)))
     problems = []
     for error in errors:
-        for path, message, at_key in schema_mod._describe(error):
+        for path, message, at_key in describe_error(error):
             mark = doc.key_mark_for(path) if at_key else doc.mark_for(path)
-            problems.append(Problem(mark.file, mark.line, mark.col, schema_mod.format_path(path), message))
+            problems.append(Problem(mark.file, mark.line, mark.col, format_path(path), message))
     if problems:
         raise ConfigError(problems)
     return _settings(doc)
 
 
 def _settings(doc: Any) -> Settings:
-    from gitops.schema import format_path
 
     data = doc.data or {}
     trackers, seen = [], {}
@@ -262,8 +279,6 @@ def _settings(doc: Any) -> Settings:
     protected = tuple((stage, tuple(v.get("approvers") or ())) for stage, v in (data.get("protected_stages") or {}).items())
     store = None
     if data.get("artifacts"):
-        from gitops.artifact_store import StoreSettings
-
         store = StoreSettings(**data["artifacts"])
     return Settings(budgets=Budgets(**(data.get("budgets") or {})), trackers=tuple(trackers),
                     plugins=PluginSettings(**(data.get("plugins") or {})),

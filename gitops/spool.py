@@ -35,7 +35,15 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gitops.backends.base import AssetNotFoundError, Backend, TagExistsError, TagInfo
+from gitops.backends.base import (
+    ArtifactInfo,
+    AssetNotFoundError,
+    Backend,
+    PullRequestInfo,
+    TagExistsError,
+    TagInfo,
+    WorkflowRunInfo,
+)
 from gitops.errors import GitopsError, IntegrityError, UsageError
 
 FORMAT = 1
@@ -89,43 +97,37 @@ class SpoolBackend(Backend):
             return any(op["op"] == "finalize" and op["tag"] == tag for op in self.ops)
         return self.inner.is_published(tag)
 
-    # the hosting backend's read-only look-ups (PRs, CI runs, artifacts: reuse of a PR's run), delegated;
-    # where the inner backend has none, the answer is "nothing of that kind exists"
+    # the hosting backend's read-only look-ups (PRs, CI runs, artifacts: reuse of a PR's run), delegated
+    # through the Backend protocol (a backend without them answers "nothing of that kind exists")
     @property
-    def repository(self) -> str:
-        return str(getattr(self.inner, "repository", ""))
-
-    @property
-    def root(self) -> Path | None:
-        return getattr(self.inner, "root", None)
+    def repository(self) -> str:  # type: ignore[override]
+        return self.inner.repository
 
     @property
-    def hosts_pull_requests(self) -> bool:
-        return bool(getattr(self.inner, "hosts_pull_requests", hasattr(self.inner, "pulls_for_commit")))
+    def hosted(self) -> bool:  # type: ignore[override]
+        return self.inner.hosted
 
     @property
-    def keeps_ci_artifacts(self) -> bool:
-        return bool(getattr(self.inner, "keeps_ci_artifacts", hasattr(self.inner, "list_artifacts")))
+    def hosts_pull_requests(self) -> bool:  # type: ignore[override]
+        return self.inner.hosts_pull_requests
 
-    def _read(self, name: str, default, *args, **kwargs):
-        method = getattr(self.inner, name, None)
-        return method(*args, **kwargs) if method is not None else default
+    @property
+    def keeps_ci_artifacts(self) -> bool:  # type: ignore[override]
+        return self.inner.keeps_ci_artifacts
 
-    def pull_head_sha(self, pr: int):
-        return self._read("pull_head_sha", None, pr)
+    def pull_head_sha(self, pr: int) -> str | None:
+        return self.inner.pull_head_sha(pr)
 
-    def pulls_for_commit(self, sha: str):
-        return self._read("pulls_for_commit", [], sha)
+    def pulls_for_commit(self, sha: str) -> list[PullRequestInfo]:
+        return self.inner.pulls_for_commit(sha)
 
-    def workflow_run(self, run_id: int):
-        return self._read("workflow_run", None, run_id)
+    def workflow_run(self, run_id: int) -> WorkflowRunInfo | None:
+        return self.inner.workflow_run(run_id)
 
-    def list_artifacts(self, name: str, run_id: int | None = None):
-        return self._read("list_artifacts", [], name, run_id=run_id)
+    def list_artifacts(self, name: str, run_id: int | None = None) -> list[ArtifactInfo]:
+        return self.inner.list_artifacts(name, run_id=run_id)
 
-    def download_artifact_zip(self, artifact, dest: Path, max_bytes: int) -> Path:
-        if not hasattr(self.inner, "download_artifact_zip"):
-            raise AssetNotFoundError(f"the {self.inner.name} backend keeps no CI artifacts")
+    def download_artifact_zip(self, artifact: ArtifactInfo, dest: Path, max_bytes: int) -> Path:
         return self.inner.download_artifact_zip(artifact, dest, max_bytes)
 
     # --- writes: recorded ---
@@ -316,20 +318,14 @@ def fetch(backend: Backend, run_id: int, out: Path) -> Path | None:
 
     from gitops import artifacts
 
-    if not (hasattr(backend, "list_artifacts") and hasattr(backend, "download_artifact_zip")):
+    if not backend.keeps_ci_artifacts:
         raise UsageError("fetching the release spool needs the github backend")
-
-    def run_of(artifact) -> int | None:  # a REST artifact record, or a typed one with `run_id`
-        if isinstance(artifact, dict):
-            return (artifact.get("workflow_run") or {}).get("id")
-        return getattr(artifact, "run_id", None)
-
-    found = backend.list_artifacts(SPOOL_ARTIFACT, run_id=run_id)  # type: ignore[attr-defined]
-    found = [a for a in found if run_of(a) in (None, run_id)]
+    found = backend.list_artifacts(SPOOL_ARTIFACT, run_id=run_id)
+    found = [a for a in found if a.run_id in (None, run_id)]
     if not found:
         return None
     with tempfile.TemporaryDirectory(prefix="gitops-spool-") as tmp:
         zpath = Path(tmp) / "spool.zip"
-        backend.download_artifact_zip(found[0], zpath, MAX_SPOOL_ARTIFACT_BYTES)  # type: ignore[attr-defined]
+        backend.download_artifact_zip(found[0], zpath, MAX_SPOOL_ARTIFACT_BYTES)
         artifacts.safe_extract_zip(zpath, Path(out), max_bytes=MAX_SPOOL_ARTIFACT_BYTES)
     return Path(out)

@@ -213,15 +213,15 @@ def load(name: str, tree: Tree) -> tuple[Sweep | None, list[Problem]]:
         doc = load_yaml_text(raw, label)
     except ConfigError as exc:
         return None, list(exc.problems)
-    from gitops import schema
+    from gitops import jsonschema_tools
 
     errors = _schema_errors(doc.data)
     if errors:
         problems = [_at(doc.key_mark_for(path) if at_key else doc.mark_for(path),
-                        schema.format_path((SWEEP_KIND, *path)), message)
+                        jsonschema_tools.format_path((SWEEP_KIND, *path)), message)
                     for path, message, at_key in errors]
         return None, problems
-    data = schema.fill_defaults(SWEEP_SCHEMA, doc.data)
+    data = jsonschema_tools.fill_defaults(SWEEP_SCHEMA, doc.data)
     params = []
     problems: list[Problem] = []
     for path, spec in data["parameters"].items():
@@ -338,16 +338,16 @@ def _schema_errors(data: Any) -> list[tuple[tuple, str, bool]]:
     """Every schema error of a sweep document as (path, message, at_key), with plain wording."""
     import fastjsonschema
 
-    from gitops import schema
+    from gitops import jsonschema_tools
 
     try:  # the common case, a valid sweep, without importing jsonschema (a third of validate's start-up)
-        schema.compiled_validator(SWEEP_SCHEMA)(data)
+        jsonschema_tools.compiled_validator(SWEEP_SCHEMA)(data)
         return []
     except fastjsonschema.JsonSchemaException:
         pass
     out: list[tuple[tuple, str, bool]] = []
     # `$` ends the string, as in JSON Schema (ECMA-262), not before a final newline as in Python's re
-    errors = sorted(schema.strict_validator_class()(SWEEP_SCHEMA).iter_errors(data),
+    errors = sorted(jsonschema_tools.strict_validator_class()(SWEEP_SCHEMA).iter_errors(data),
                     key=lambda e: (list(map(str, e.absolute_path)), e.message))
     for error in errors:
         path = tuple(error.absolute_path)
@@ -359,7 +359,7 @@ def _schema_errors(data: Any) -> list[tuple[tuple, str, bool]]:
             items = [(path, f"{error.instance!r} is not a key path of model, train or data "
                             "(e.g. train.optimizer.learning_rate)", True)]
         else:
-            items = schema._describe(error)
+            items = jsonschema_tools.describe_error(error)
         for item in items:
             if item not in out:
                 out.append(item)

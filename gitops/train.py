@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gitops import catalog, gates, killpoints, parallel
 from gitops import config as config_lib
-from gitops import gates, killpoints, parallel
 from gitops.errors import TrainingError
 from gitops.runs import (
     PREPROCESSING_FILE,
@@ -344,7 +344,7 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
     names = metrics_lib.metric_names(task, prep.num_classes)
     loss_name = train.loss or metrics_lib.DEFAULT_LOSS[task]
     spec = steps.StepSpec(
-        loss=metrics_lib.LOSSES.get(loss_name),
+        loss=catalog.LOSSES.get(loss_name),
         label_smoothing=float(train.label_smoothing),
         metric_names=tuple(names),
         augment=data_lib.build_augmentation(config_lib.thaw(cfg.data.augmentation)),

@@ -55,6 +55,18 @@ class Tree:
             raise ConfigError([problem])
 
 
+MODELS_DIR = "models"  # the folder of model folders at a repository's root
+
+
+def repository_root(start: Path) -> Path | None:
+    """The nearest folder at or above `start` holding `models/` or `.git`; None when there is none."""
+    here = Path(start).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / MODELS_DIR).is_dir() or (folder / ".git").exists():
+            return folder
+    return None
+
+
 def inside_repository(root: Path, relpath: str, what: str) -> Path:
     """`root/relpath` resolved (links followed), for code that reads a pinned file at training time.
 

@@ -9,10 +9,9 @@ import pytest
 from flax import nnx
 
 from gitops import catalog
-from gitops.architectures import ARCHITECTURES, _load_all, build_model
+from gitops.architectures import build_model
+from gitops.catalog import ARCHITECTURES
 from gitops.errors import GitopsError
-
-_load_all()
 
 
 def defaults(name: str) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from gitops import catalog, config, schema
+from gitops import catalog, config, jsonschema_tools, schema
 from gitops.errors import ConfigError, UsageError
 from gitops.tree import FsTree
 
@@ -272,7 +272,7 @@ def test_compiled_validators_are_cached_and_survive_a_corrupt_cache(tmp_path: Pa
     import fastjsonschema
 
     for attempt in range(3):
-        check = schema.compiled_validator(doc)
+        check = jsonschema_tools.compiled_validator(doc)
         check(good)
         with pytest.raises(fastjsonschema.JsonSchemaException):
             check(bad)

@@ -347,7 +347,7 @@ def test_linked_sweep_file_is_refused(repo: Path, tmp_path_factory) -> None:
 
 
 def test_training_reads_no_pinned_file_outside_the_repository(tmp_path: Path, tmp_path_factory) -> None:
-    from gitops import data, text_data, tokenize
+    from gitops import catalog, text_data, tokenize
     from gitops.errors import TrainingError
 
     outside = tmp_path_factory.mktemp("outside")
@@ -356,7 +356,7 @@ def test_training_reads_no_pinned_file_outside_the_repository(tmp_path: Path, tm
     (tmp_path / "data" / "x.npz").symlink_to(outside / "x.npz")
     pin = {"sha256": "a" * 64}
     with pytest.raises(TrainingError, match="outside the repository"):
-        data.DATASETS.get("file")({"path": "data/x.npz", **pin}, tmp_path)
+        catalog.DATASETS.get("file")({"path": "data/x.npz", **pin}, tmp_path)
     with pytest.raises(TrainingError, match="outside the repository"):
         text_data.load_text({"path": "../" + outside.name + "/x.npz", "sequence_length": 8, **pin}, tmp_path, {})
     with pytest.raises(TrainingError, match="outside the repository"):

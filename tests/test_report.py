@@ -10,7 +10,7 @@ from loop_support import commit_all, edit, fake_run
 from typer.testing import CliRunner
 
 from gitops import api, report
-from gitops.backends.base import COMMENT_MARKER
+from gitops.backends.base import COMMENT_MARKER, COMMENT_MAX_CHARS
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import GitopsError
@@ -101,7 +101,7 @@ def test_curve_is_downsampled_and_report_is_capped(example_repo, monkeypatch):
     assert built.models[0].curve[0] == (1, 1.0) and built.models[0].curve[-1][0] == 1000
     assert report.sparkline([3, 2, 1]) == "█▅▁"
     text = report.markdown(built)
-    assert len(text) <= report.MAX_CHARS
+    assert len(text) <= COMMENT_MAX_CHARS
     assert "Report cut at 65536 characters" in text
     assert text.count("```") % 2 == 0
 

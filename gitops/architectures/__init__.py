@@ -1,4 +1,4 @@
-"""Flax NNX architectures, registered under the names `gitops.catalog.ARCHITECTURES` declares.
+"""Flax NNX architectures, each the implementation of an entry of `gitops.catalog.ARCHITECTURES`.
 
 Every module takes its catalog parameters as keyword arguments plus the data's facts
 (`input_shape`, `num_outputs`), builds its submodules in `__init__(..., *, rngs)` and computes in
@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gitops.architectures.base import ARCHITECTURES, activation
+from gitops import catalog
+from gitops.architectures.base import activation
 
-__all__ = ["ARCHITECTURES", "activation", "build_model"]
+__all__ = ["activation", "build_model"]
 
 
 def build_model(
@@ -27,10 +28,7 @@ def build_model(
     dtype: Any = None,
 ) -> Any:
     """Instantiate the registered module for `architecture` with the config's parameters."""
-    _load_all()
-    cls = ARCHITECTURES.get(architecture)
+    cls = catalog.ARCHITECTURES.get(architecture)  # imports the module on first use
     return cls(input_shape=tuple(input_shape), num_outputs=num_outputs, dtype=dtype, rngs=rngs, **dict(params))
 
 
-def _load_all() -> None:
-    from gitops.architectures import cnn, decoder, mlp, resnet, transformer  # noqa: F401  (registers on import)

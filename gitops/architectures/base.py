@@ -1,16 +1,12 @@
-"""What every architecture module shares: the registry they register on, and the activation names.
+"""What every architecture module shares: the activation names of the catalog.
 
-Kept apart from the package's `__init__` (which imports the architecture modules to register them) so the
-modules import this leaf and never their own package: no import circle.
+A leaf apart from the package's `__init__` (which reaches the modules through `gitops.catalog.ARCHITECTURES`),
+so the modules never import their own package: no import circle.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-from gitops.registry import Registry
-
-ARCHITECTURES: Registry = Registry("architecture")
 
 
 def activation(name: str) -> Any:

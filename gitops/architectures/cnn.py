@@ -7,10 +7,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures.base import ARCHITECTURES, activation
+from gitops.architectures.base import activation
 
 
-@ARCHITECTURES.register("cnn")
 class CNN(nnx.Module):
     """Convolutional classifier/regressor for images, registered as `cnn`.
 

@@ -27,8 +27,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures.base import ARCHITECTURES
-
 
 def rotary(x: jnp.ndarray, positions: jnp.ndarray, base: float) -> jnp.ndarray:
     """Rotate pairs of features (first half with second half) by position-dependent angles.
@@ -151,7 +149,6 @@ class Block(nnx.Module):
         return x + self.mlp(self.mlp_norm(x)), cache
 
 
-@ARCHITECTURES.register("decoder")
 class Decoder(nnx.Module):
     """Decoder-only language model (LLaMA-style, see the module docstring), registered as `decoder`.
 

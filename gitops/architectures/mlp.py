@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures.base import ARCHITECTURES, activation
+from gitops.architectures.base import activation
 
 
-@ARCHITECTURES.register("mlp")
 class MLP(nnx.Module):
     """Multi-layer perceptron, registered as `mlp`: any input shape is flattened per example.
 

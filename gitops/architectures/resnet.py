@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures.base import ARCHITECTURES, activation
+from gitops.architectures.base import activation
 
 
 class BasicBlock(nnx.Module):
@@ -46,7 +46,6 @@ class BasicBlock(nnx.Module):
         return act(y + shortcut)
 
 
-@ARCHITECTURES.register("resnet")
 class ResNet(nnx.Module):
     """Small residual network for images, registered as `resnet` (see the module docstring).
 

@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gitops.architectures.base import ARCHITECTURES
-
 
 class EncoderBlock(nnx.Module):
     """One pre-LayerNorm encoder block: x + self-attention(LN(x)), then + MLP(LN(x)) with GELU; dropout on both
@@ -41,7 +39,6 @@ class EncoderBlock(nnx.Module):
         return x + self._drop(y, rngs)
 
 
-@ARCHITECTURES.register("transformer")
 class Transformer(nnx.Module):
     """Transformer encoder classifier over token sequences, registered as `transformer`.
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from gitops.errors import GitopsError
 
 COMMENT_MARKER = "<!-- gitops:report -->"
+COMMENT_MAX_CHARS = 65_536  # GitHub's limit on an issue comment body; the PR report is capped to fit
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,53 @@ class AssetNotFoundError(GitopsError):
     pass
 
 
-class Backend(abc.ABC):
-    """Where versions (tags) and their files (assets) live, and where PR comments go."""
+@dataclass(frozen=True)
+class PullRequestInfo:
+    """A pull request as a hosting backend reports it (GitHub: GET /repos/{o}/{r}/pulls/{n})."""
 
-    name: str = "abstract"
+    number: int
+    merged: bool  # merged into its base (merge, squash or rebase)
+    head_sha: str  # the PR head's commit
+    head_repository: str  # "OWNER/NAME" the head branch lives in ("" when its fork was deleted)
+    base_ref: str  # the branch it targets
+
+
+@dataclass(frozen=True)
+class WorkflowRunInfo:
+    """A CI workflow run as the host records it (GitHub: GET /repos/{o}/{r}/actions/runs/{id})."""
+
+    id: int
+    event: str  # "pull_request_target", "push", ...
+    path: str  # the workflow file, e.g. ".github/workflows/pr-train.yml" (any "@ref" suffix removed)
+    head_sha: str
+    head_repository: str  # "OWNER/NAME" whose code the run built
+    repository: str  # "OWNER/NAME" the run belongs to
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """A CI artifact (GitHub Actions: an uploaded zip, kept until it expires)."""
+
+    id: int
+    name: str
+    size_in_bytes: int
+    created_at: str  # ISO 8601
+    run_id: int | None  # the workflow run that uploaded it
+    head_sha: str  # that run's head commit
+
+
+class Backend(abc.ABC):
+    """Where versions (tags) and their files (assets) live, and where PR comments go.
+
+    Callers ask a backend what it can do through the capability attributes below, never by its name:
+    a method a backend lacks has a default here that says "nothing of that kind exists".
+    """
+
+    name: str = "abstract"  # for messages only: callers never branch on it
+    repository: str = ""  # "OWNER/NAME" of the hosted repository ("" where there is none: local)
+    hosted: bool = False  # the registry lives on a hosting service whose workflows act on it (deploy on stage moves)
+    hosts_pull_requests: bool = False  # PRs exist: open_pull_request opens one, pull_head_sha/pulls_for_commit read them
+    keeps_ci_artifacts: bool = False  # CI runs and their artifacts are readable (workflow_run, list_artifacts, ...)
 
     # --- tags ---------------------------------------------------------------------------
     @abc.abstractmethod
@@ -54,6 +98,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete_tag(self, name: str) -> None:
         """Remove a tag (used only to clean up a release that failed half-way)."""
+
+    def push_tags(self, names: list[str]) -> bool:
+        """Publish tags this backend created only locally (`--push`); returns whether anything was pushed.
+
+        A hosted backend creates its tags on the server, so the default pushes nothing.
+        """
+        return False
 
     # --- release assets -----------------------------------------------------------------
     @abc.abstractmethod
@@ -113,3 +164,39 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
         """Open a PR from branch `head` to `base` (a no-op returning None where PRs don't exist)."""
+
+    def pull_head_sha(self, pr: int) -> str | None:
+        """The head commit of pull request `pr` as the host sees it now; None where PRs don't exist.
+
+        Raises:
+            GitopsError: `pr` is not a pull request of the repository.
+        """
+        return None
+
+    def pulls_for_commit(self, sha: str) -> list[PullRequestInfo]:
+        """The pull requests the host associates with commit `sha` ([] where PRs don't exist).
+
+        A merge commit, a squash commit and each rebased commit all name the PR they came from.
+
+        Raises:
+            UsageError: `sha` is not a full 40-hex commit SHA.
+        """
+        return []
+
+    # --- CI runs and artifacts (keeps_ci_artifacts) ------------------------------------------
+    def workflow_run(self, run_id: int) -> WorkflowRunInfo | None:
+        """The host's record of CI run `run_id`; None if it is gone or the backend keeps none."""
+        return None
+
+    def list_artifacts(self, name: str, run_id: int | None = None) -> list[ArtifactInfo]:
+        """Unexpired CI artifacts called `name` (of run `run_id` if given), newest first ([] if none kept)."""
+        return []
+
+    def download_artifact_zip(self, artifact: ArtifactInfo, dest: Path, max_bytes: int) -> Path:
+        """Download an artifact's zip archive to the file `dest` (at most `max_bytes` bytes).
+
+        Raises:
+            AssetNotFoundError: the artifact is gone (or this backend keeps no artifacts).
+            GitopsError: it is larger than `max_bytes`.
+        """
+        raise AssetNotFoundError(f"the {self.name} backend keeps no CI artifacts ({artifact.name})")

@@ -38,10 +38,22 @@ from typing import Any, TypeVar
 import github
 import requests
 from github import Auth, GithubException
+from github.Artifact import Artifact
 from github.GitRelease import GitRelease
 from github.GitReleaseAsset import GitReleaseAsset
+from github.PaginatedList import PaginatedList
 
-from gitops.backends.base import COMMENT_MARKER, AssetNotFoundError, Backend, TagExistsError, TagInfo
+from gitops.backends.base import (
+    COMMENT_MARKER,
+    COMMENT_MAX_CHARS,
+    ArtifactInfo,
+    AssetNotFoundError,
+    Backend,
+    PullRequestInfo,
+    TagExistsError,
+    TagInfo,
+    WorkflowRunInfo,
+)
 from gitops.errors import GitopsError, ServiceError, UsageError
 
 log = logging.getLogger(__name__)
@@ -51,7 +63,6 @@ T = TypeVar("T")
 DEFAULT_API_URL = "https://api.github.com"
 ACTIONS_BOT = "github-actions[bot]"
 ACTIONS_BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
-COMMENT_LIMIT = 65536  # characters in an issue comment body
 SECONDARY_RATE_WAIT = 60.0  # GitHub: "wait at least one minute" when no Retry-After is given
 MAX_RATE_LIMIT_RETRIES = 10
 _REPO_RE = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
@@ -95,6 +106,28 @@ def _gh_codes(e: GithubException) -> set[str]:
     return {str(err.get("code")) for err in data.get("errors") or [] if isinstance(err, dict)}
 
 
+def _full_name(repo: Any) -> str:
+    return str(repo.full_name or "") if repo is not None else ""
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat().replace("+00:00", "Z") if isinstance(value, datetime) else str(value or "")
+
+
+def _pull_info(pr: Any) -> PullRequestInfo:
+    """A PyGithub PullRequest (from a listing: no further request) as the backend-neutral record."""
+    head = pr.head
+    return PullRequestInfo(number=int(pr.number), merged=pr.merged_at is not None, head_sha=str(head.sha or ""),
+                           head_repository=_full_name(head.repo), base_ref=str(pr.base.ref or ""))
+
+
+def _artifact_info(artifact: Artifact) -> ArtifactInfo:
+    run = artifact.workflow_run
+    return ArtifactInfo(id=int(artifact.id), name=str(artifact.name), size_in_bytes=int(artifact.size_in_bytes or 0),
+                        created_at=_iso(artifact.created_at), run_id=int(run.id) if run is not None and run.id else None,
+                        head_sha=str(run.head_sha or "") if run is not None else "")
+
+
 def _is_ours(body: str) -> bool:
     return body.replace("\r\n", "\n").split("\n", 1)[0].strip() == COMMENT_MARKER
 
@@ -103,6 +136,9 @@ class GitHubBackend(Backend):
     """Tags, releases and PR comments of one GitHub repository."""
 
     name = "github"
+    hosted = True
+    hosts_pull_requests = True
+    keeps_ci_artifacts = True
 
     def __init__(
         self,
@@ -570,12 +606,8 @@ class GitHubBackend(Backend):
         """The token's login; installation tokens may not read /user: they act as github-actions[bot]."""
         if self._login is None:
             try:
-                _, data = self._call(
-                    "read the authenticated user",
-                    lambda: self._requester.requestJsonAndCheck("GET", "/user"),
-                    expect=(403, 404),
-                )
-                self._login = str(data["login"])
+                self._login = str(self._call("read the authenticated user", lambda: self._gh.get_user().login,
+                                             expect=(403, 404)))
             except GithubException:
                 self._login = ACTIONS_BOT
         return self._login
@@ -590,9 +622,9 @@ class GitHubBackend(Backend):
     def upsert_comment(self, pr: int, body: str) -> str:
         if not _is_ours(body):
             body = f"{COMMENT_MARKER}\n{body}"
-        if len(body) > COMMENT_LIMIT:
+        if len(body) > COMMENT_MAX_CHARS:
             note = "\n\n… (truncated: the report is longer than a GitHub comment allows)"
-            body = body[: COMMENT_LIMIT - len(note)] + note
+            body = body[: COMMENT_MAX_CHARS - len(note)] + note
         op = f"comment on #{pr}"
         for _ in range(5):  # a comment deleted under us by a racing run: look again
             try:
@@ -625,8 +657,7 @@ class GitHubBackend(Backend):
 
     def _pr_exists(self, pr: int) -> bool:
         try:
-            self._call(f"read #{pr}", lambda: self._requester.requestJsonAndCheck(
-                "GET", f"{self._repo.url}/issues/{pr}"), expect=(404,))
+            self._call(f"read #{pr}", lambda: self._repo.get_issue(int(pr)).complete(), expect=(404,))
             return True
         except GithubException:
             return False
@@ -649,17 +680,21 @@ class GitHubBackend(Backend):
 
     # --- pull request heads and Actions artifacts (used by comment, ci fetch-*, release-pending) ----
     def pull_head_sha(self, pr: int) -> str:
-        """The head commit of pull request `pr` as GitHub sees it now (GitopsError if it is not a PR)."""
+        """The head commit of pull request `pr` as GitHub sees it now (GET /repos/{o}/{r}/pulls/{n}).
+
+        Raises:
+            GitopsError: `pr` is not a pull request of the repository.
+        """
         try:
-            _, data = self._call(f"read pull request #{pr}", lambda: self._requester.requestJsonAndCheck(
-                "GET", f"{self._repo.url}/pulls/{int(pr)}"), expect=(404,))
+            return self._call(f"read pull request #{pr}", lambda: str(self._repo.get_pull(int(pr)).head.sha or ""),
+                              expect=(404,))
         except GithubException:
             raise GitopsError(f"#{pr} is not a pull request of {self.repository}") from None
-        return str((data.get("head") or {}).get("sha") or "")
 
     def get_json(self, op: str, path: str, *, missing: Iterable[int] = (404,)) -> tuple[int, Any]:
         """GET `path` (relative to the API root, e.g. `/repos/o/r/environments/x`) with retries.
 
+        For the endpoints PyGithub has no method for (the settings `gitops doctor --github` reads).
         Returns (200, JSON) or, for a status in `missing` (e.g. 403 a setting the token may not read, 404),
         (status, None). Other failures raise like every call here (ServiceError: exit 3).
         """
@@ -670,53 +705,80 @@ class GitHubBackend(Backend):
             return int(e.status), None
         return 200, data
 
-    def pulls_for_commit(self, sha: str) -> list[dict]:
+    def pulls_for_commit(self, sha: str) -> list[PullRequestInfo]:
         """The pull requests GitHub associates with commit `sha` (GET /repos/{o}/{r}/commits/{sha}/pulls).
 
         A merge commit, a squash commit and each rebased commit all name the PR they came from; so does a
-        commit of the PR's own branch. Each item is GitHub's PR JSON (number, merged_at, head.sha,
-        head.repo.full_name, base.ref). Empty when GitHub knows none (or the commit is unknown to it).
+        commit of the PR's own branch. Empty when GitHub knows none (or the commit is unknown to it).
+
+        Raises:
+            UsageError: `sha` is not a 40-hex commit SHA.
         """
         if not re.fullmatch(r"[0-9a-f]{40}", sha or ""):
             raise UsageError(f"not a commit SHA: {sha!r}")
-        status, data = self.get_json(f"list pull requests of commit {sha[:12]}",
-                                     f"/repos/{self.repository}/commits/{sha}/pulls?per_page=100", missing=(404, 422))
-        return [p for p in data if isinstance(p, dict)] if status == 200 and isinstance(data, list) else []
 
-    def workflow_run(self, run_id: int) -> dict | None:
-        """GitHub's record of workflow run `run_id` (event, path, head_sha, head_repository, ...); None if gone."""
-        status, data = self.get_json(f"read workflow run {int(run_id)}",
-                                     f"/repos/{self.repository}/actions/runs/{int(run_id)}")
-        return data if status == 200 and isinstance(data, dict) else None
+        def fetch() -> list[PullRequestInfo]:
+            return [_pull_info(p) for p in self._repo.get_commit(sha).get_pulls()]
 
-    def list_artifacts(self, name: str, run_id: int | None = None) -> list[dict]:
+        try:
+            return self._call(f"list pull requests of commit {sha[:12]}", fetch, expect=(404, 422))
+        except GithubException:
+            return []
+
+    def workflow_run(self, run_id: int) -> WorkflowRunInfo | None:
+        """GitHub's record of workflow run `run_id` (GET /repos/{o}/{r}/actions/runs/{id}); None if gone."""
+
+        def fetch() -> WorkflowRunInfo:
+            run = self._repo.get_workflow_run(int(run_id))
+            return WorkflowRunInfo(id=int(run.id), event=str(run.event or ""),
+                                   path=str(run.path or "").split("@", 1)[0], head_sha=str(run.head_sha or ""),
+                                   head_repository=_full_name(run.head_repository),
+                                   repository=_full_name(run.repository))
+
+        try:
+            return self._call(f"read workflow run {int(run_id)}", fetch, expect=(404,))
+        except GithubException:
+            return None
+
+    def list_artifacts(self, name: str, run_id: int | None = None) -> list[ArtifactInfo]:
         """Unexpired Actions artifacts called `name` (of workflow run `run_id` if given), newest first.
 
-        Each is GitHub's JSON: id, name, size_in_bytes, expired, created_at and
-        workflow_run {id, head_sha, head_branch, ...}.
+        GET /repos/{o}/{r}/actions/artifacts?name= (or .../actions/runs/{id}/artifacts?name=), through
+        PyGithub's paginated listing; at most 5,000 are read, far beyond any real repository.
         """
-        path = f"{self._repo.url}/actions/runs/{int(run_id)}/artifacts" if run_id else f"{self._repo.url}/actions/artifacts"
-        found: list[dict] = []
-        for page in range(1, 51):  # 5,000 artifacts of one name is far beyond any real repository
-            params = {"name": name, "per_page": 100, "page": page}
+        if run_id:  # WorkflowRun.get_artifacts() would first GET the run; list its artifacts directly
+            pages: Iterable[Artifact] = PaginatedList(Artifact, self._requester,
+                                                      f"{self._repo.url}/actions/runs/{int(run_id)}/artifacts",
+                                                      {"name": name}, list_item="artifacts")
+        else:
+            pages = self._repo.get_artifacts(name=name)
 
-            def get(params=params) -> dict:
-                return self._requester.requestJsonAndCheck("GET", path, parameters=params)[1]
+        def fetch() -> list[ArtifactInfo]:
+            found = []
+            for i, artifact in enumerate(pages):
+                if i >= 5000:
+                    break
+                if artifact.name == name and not artifact.expired:
+                    found.append(_artifact_info(artifact))
+            return found
 
-            try:
-                data = self._call(f"list artifacts {name}", get, expect=(404,))
-            except GithubException:
-                return []
-            items = [a for a in data.get("artifacts") or [] if isinstance(a, dict)]
-            found += items
-            if len(items) < 100:
-                break
-        live = [a for a in found if a.get("name") == name and not a.get("expired")]
-        return sorted(live, key=lambda a: (str(a.get("created_at") or ""), int(a.get("id") or 0)), reverse=True)
+        try:
+            live = self._call(f"list artifacts {name}", fetch, expect=(404,))
+        except GithubException:
+            return []
+        return sorted(live, key=lambda a: (a.created_at, a.id), reverse=True)
 
-    def download_artifact_zip(self, artifact: dict, dest: Path, max_bytes: int) -> Path:
-        """Download an artifact's zip archive to the file `dest` (at most `max_bytes`)."""
-        url = f"{self.api_url}/repos/{self.repository}/actions/artifacts/{int(artifact['id'])}/zip"
+    def download_artifact_zip(self, artifact: ArtifactInfo, dest: Path, max_bytes: int) -> Path:
+        """Download an artifact's zip archive to the file `dest` (at most `max_bytes`).
+
+        A plain streamed `requests.get`: PyGithub has no download for artifacts, and requests drops the
+        Authorization header when GitHub redirects to its blob storage.
+
+        Raises:
+            AssetNotFoundError: the artifact is gone (404, 410).
+            GitopsError: it is larger than `max_bytes`.
+        """
+        url = f"{self.api_url}/repos/{self.repository}/actions/artifacts/{int(artifact.id)}/zip"
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/vnd.github+json",
                    "User-Agent": "gitops-nn", "X-GitHub-Api-Version": "2022-11-28"}
         dest = Path(dest)
@@ -732,11 +794,11 @@ class GitHubBackend(Backend):
                     for chunk in resp.iter_content(1 << 16):
                         written += len(chunk)
                         if written > max_bytes:
-                            raise GitopsError(f"artifact {artifact.get('name')} is larger than {max_bytes} bytes")
+                            raise GitopsError(f"artifact {artifact.name} is larger than {max_bytes} bytes")
                         fh.write(chunk)
 
         try:
-            self._call(f"download artifact {artifact.get('name')}", attempt, expect=(404, 410))
+            self._call(f"download artifact {artifact.name}", attempt, expect=(404, 410))
         except GithubException:
-            raise AssetNotFoundError(f"artifact {artifact.get('name')} (id {artifact.get('id')}) is gone") from None
+            raise AssetNotFoundError(f"artifact {artifact.name} (id {artifact.id}) is gone") from None
         return dest

@@ -66,6 +66,11 @@ class LocalBackend(Backend):
     def delete_tag(self, name: str) -> None:
         gitutil.run(self.root, "tag", "-d", name, check=False)
 
+    def push_tags(self, names: list[str]) -> bool:
+        """`git push origin refs/tags/<name>...`: the tags live in this clone until pushed."""
+        gitutil.push_tags(self.root, names)
+        return True
+
     # --- assets -----------------------------------------------------------------------------
     def release_dir(self, tag: str) -> Path:
         from gitops import tags as tag_grammar

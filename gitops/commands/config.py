@@ -97,12 +97,12 @@ def schemas_cmd(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if schemas/ differs from the code.")] = False,
 ) -> None:
     """Write schemas/*.schema.json from the registries (or check they are current)."""
-    from gitops import schema
+    from gitops import schema_files
 
     root = config.find_root()
     directory = root / "schemas"
     if check:
-        rendered = schema.rendered_files()
+        rendered = schema_files.rendered_files()
         missing = [name for name in rendered if not (directory / name).is_file()]
         stale = [name for name, text in rendered.items()
                  if name not in missing and (directory / name).read_text(encoding="utf-8") != text]
@@ -112,7 +112,7 @@ def schemas_cmd(
             raise GitopsError(f"schemas {'; '.join(found)} (run: gitops schemas)")
         out("schemas are current")
         return
-    for path in schema.write_schemas(directory):
+    for path in schema_files.write_schemas(directory):
         out(f"wrote {path}")
 
 

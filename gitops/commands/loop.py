@@ -195,10 +195,10 @@ def comment_cmd(
     except UsageError:  # the comment workflow may run outside any checkout
         root = Path.cwd()
     backend = _backend(backend_name, root)
-    if head_sha is not None and hasattr(backend, "pull_head_sha"):
+    actual = backend.pull_head_sha(pr) if head_sha is not None else None
+    if actual is not None:
         # The PR number comes from an artifact (a fork's run writes it): post only where GitHub says
         # that PR's head is the commit the report was made for.
-        actual = backend.pull_head_sha(pr)
         if actual != head_sha:
             raise GitopsError(f"PR #{pr} is at {actual[:12] or '(unknown)'}, not {head_sha[:12]}; refusing to post "
                               "a report for another commit (or another PR)")
@@ -393,7 +393,7 @@ def promote_cmd(
     deploy: DeployOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import deploy_repo, gitutil, promotions, tags, trackers, versions
+    from gitops import deploy_repo, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
@@ -413,15 +413,14 @@ def promote_cmd(
     st, version = versions.resolve(backend, ref)
     before = st.stages.get(to)
     tag = versions.promote(backend, ref, to, root=root)
-    if push and backend.name == "local":
-        gitutil.push_tags(root, [tag])
+    pushed = push and backend.push_tags([tag])
     counter = tag.rsplit("#", 1)[-1]
     _echo_err(f"promoted {st.model} {version.version} to {to}"
               + (f" (it replaces {before})" if before else "")
               + f": {st.model}@{to} now resolves to {version.version}.\n"
               f"tag {tag} is on commit {version.commit[:12]}; #{counter} counts every stage and lifecycle event "
               f"of {st.model} (one counter shared by all stages, as in GTO), not the versions of {to}"
-              + ("; pushed to origin" if push and backend.name == "local" else ""))
+              + ("; pushed to origin" if pushed else ""))
     out(tag)
     model = tags.parse_ref(ref).model
     trackers.sync_stages(sinks, model, versions.state(backend, model).stages)
@@ -443,7 +442,7 @@ def promote_approved_cmd(
       gitops ci promote-approved
       gitops ci promote-approved --backend github
     """
-    from gitops import deploy_repo, gitutil, promotions, tags, trackers, versions
+    from gitops import deploy_repo, promotions, tags, trackers, versions
     from gitops.settings import load_settings
     from gitops.tree import FsTree
 
@@ -453,8 +452,8 @@ def promote_approved_cmd(
     deploys = deploy_repo.deploys_on_stage_moves(settings, backend, deploy)
     sinks = trackers.specs_for(root, track)
     written = promotions.approve_merged(root, backend, settings)
-    if push and backend.name == "local":
-        gitutil.push_tags(root, written)
+    if push:
+        backend.push_tags(written)
     for tag in written:
         out(tag)
     for model in sorted({tags.parse(t).model for t in written}):

@@ -193,7 +193,7 @@ def _version(root: Path, backend: Backend, model: str, vs: tags.VersionState, ca
         parent=meta.get("start_from") if isinstance(meta.get("start_from"), dict) else None,
     )
     try:
-        files = release_files(backend, vs, meta, cache)
+        files = release_files(backend, vs, meta, cache, root=root)
     except GitopsError as exc:
         v.note = exc.message
         return v
@@ -238,8 +238,12 @@ def _apply_files(v: VersionData, files: dict[str, bytes]) -> None:
 # --- release archives ------------------------------------------------------------------------------
 
 
-def release_files(backend: Backend, vs: tags.VersionState, meta: dict, cache: Path) -> dict[str, bytes]:
+def release_files(backend: Backend, vs: tags.VersionState, meta: dict, cache: Path,
+                  root: Path | None = None) -> dict[str, bytes]:
     """The WANTED members of a version's archive, from the cache or downloaded and verified.
+
+    `root` is the repository whose gitops.yaml names the artifact store (None: the one around the
+    working folder).
 
     Raises:
         GitopsError: no archive, a checksum that differs, or an archive that cannot be read.
@@ -250,7 +254,7 @@ def release_files(backend: Backend, vs: tags.VersionState, meta: dict, cache: Pa
         return {name: (slot / name).read_bytes() for name in WANTED if (slot / name).is_file()}
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=cache) as tmp:
-        archive = fetch_archive(backend, vs, meta, Path(tmp))  # every checksum verified
+        archive = fetch_archive(backend, vs, meta, Path(tmp), root)  # every checksum verified
         files = read_members(archive)
     if slot is not None:
         _store(slot, files)
