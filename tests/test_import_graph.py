@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "gitops"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
@@ -24,18 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 COMMAND_LAYER = ("gitops.cli", "gitops.cli_app", "gitops.cli_params", "gitops.commands")
 MAY_IMPORT_COMMANDS = (*COMMAND_LAYER, "gitops.__main__")
 
-# Imports that other parts of issue 16 remove (each closes a circle today). Without them the graph must
-# have no circle at all (strict); with them the circles still there make `test_no_import_circles` an
-# expected failure that names them. Delete an entry once its import is gone; when the dict is empty the
-# test is strict again.
-KNOWN_ELSEWHERE: dict[tuple[str, str], str] = {
-    ("gitops.plugins", "gitops.catalog"): "r3: one registry door (catalog<->plugins)",
-    ("gitops.plugins", "gitops.config"): "r3: one registry door (plugins -> config -> catalog -> plugins)",
-    ("gitops.schema", "gitops.sweep"): "r3: schema<->settings (schema -> sweep -> schema)",
-    ("gitops.settings", "gitops.schema"): "r3: schema<->settings",
-    ("gitops.settings", "gitops.catalog"): "r3: schema<->settings (settings -> catalog -> plugins -> settings)",
-    ("gitops.settings", "gitops.artifact_store"): "r3: settings<->artifact_store (StoreSettings)",
-}
 
 
 def _module_name(path: Path) -> str:
@@ -177,15 +163,9 @@ def test_the_graph_reader_sees_function_level_and_relative_imports() -> None:
 
 def test_no_import_circles() -> None:
     graph = import_graph()
-    without = {name: {t for t in targets if (name, t) not in KNOWN_ELSEWHERE} for name, targets in graph.items()}
-    left = cycles(without)
+    left = cycles(graph)
     assert not left, "import circles among gitops modules (function-level imports count):\n" + "\n".join(
         " -> ".join(c) for c in left)
-    found = cycles(graph)
-    if found:
-        pytest.xfail("circles the rest of issue 16 breaks:\n" + "\n".join(" -> ".join(c) for c in found) +
-                     "\nthrough: " + "; ".join(f"{a} -> {b} ({why})" for (a, b), why in KNOWN_ELSEWHERE.items()
-                                           if b in graph.get(a, ())))
 
 
 def test_the_library_never_imports_the_command_layer() -> None:
