@@ -2,7 +2,7 @@
 
 Architectures, optimizers, schedules, datasets, augmentations, losses and metrics are declared here
 as JSON Schema fragments, each with a lazy "module:attribute" reference to its implementation, in
-one `gitops.registry.Registry` per kind. `gitops.schema` builds `schemas/*.schema.json` from them,
+one `gitops.registries.Registry` per kind. `gitops.schema` builds `schemas/*.schema.json` from them,
 validation uses them without importing jax, and training imports an implementation on first
 `Registry.get`. Plugins add entries to the same registries through the same call
 (`Registry.add`, see `gitops.plugins`); a test imports every built-in's implementation.
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from gitops.jsonschema_tools import boolean, enum, int_list, integer, number
 from gitops.plugins import Found
-from gitops.registry import Registry
+from gitops.registries import Registry
 
 
 @dataclass(frozen=True)

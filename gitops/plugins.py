@@ -14,7 +14,7 @@ Each entry point names a `Plugin` (or a dict of its fields): the metadata `gitop
 spec's module, which must not import jax: validation, `show`, `ci plan` stay jax-free and fast. The
 implementation is imported when training or `load` first needs it. See docs/plugins.md.
 
-Each kind's registry (`gitops.registry`, declared in `gitops.catalog`) adds plugin entries through the
+Each kind's registry (`gitops.registries`, declared in `gitops.catalog`) adds plugin entries through the
 same call as its built-ins at first use; a plugin whose name is already taken, by a built-in or
 another plugin, is an error naming both. Configs still name entries only, never import paths. This
 module only finds and checks plugins: it imports nothing of the catalog or the registry.
@@ -224,7 +224,7 @@ def collect(
 def _installed() -> dict[str, dict[str, Found]]:
     """Every installed plugin (entry points; loaded once per process); kind -> name -> Found.
 
-    A name a built-in has is refused by the registry that adds the plugin (`gitops.registry`).
+    A name a built-in has is refused by the registry that adds the plugin (`gitops.registries`).
     """
     from gitops import distinfo  # the dist-info folders read directly: importlib.metadata is slow to import
 

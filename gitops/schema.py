@@ -26,7 +26,7 @@ from gitops.jsonschema_tools import (
     strict_validator_class,
     suggest,
 )
-from gitops.registry import Registry
+from gitops.registries import Registry
 
 KINDS = ("model", "train", "data", "release")
 SCHEMA_VERSION = 1

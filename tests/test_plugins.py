@@ -230,7 +230,7 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
 def test_every_built_in_goes_through_the_one_door_and_imports() -> None:
     """Each kind is one registry; every built-in's lazy `build` reference imports to a callable."""
     from gitops import catalog
-    from gitops.registry import Registry
+    from gitops.registries import Registry
 
     kinds = {"architecture": catalog.ARCHITECTURES, "optimizer": catalog.OPTIMIZERS, "schedule": catalog.SCHEDULES,
              "dataset": catalog.DATASETS, "augmentation": catalog.AUGMENTATIONS, "loss": catalog.LOSSES,
