@@ -22,7 +22,7 @@ import sys, zipfile
 names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 wanted = ["gitops/_workflows/workflows/pr.yml", "gitops/_workflows/workflows/release.yml",
           "gitops/_workflows/workflows/pr-train.yml", "gitops/_workflows/actions/setup-gitops/action.yml",
-          "gitops/_workflows/actionlint.yaml", "gitops/schema.py", "gitops/catalog.py"]
+          "gitops/_workflows/actionlint.yaml", "gitops/config/schema.py", "gitops/config/catalog.py"]
 missing = [n for n in wanted if n not in names]
 if missing:
     sys.exit(f"the wheel lacks: {', '.join(missing)}")

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gitops import artifact_store  # noqa: E402
 from gitops.checksums import sha256_file  # noqa: E402
+from gitops.registry import artifact_store  # noqa: E402
 
 
 def _best_pair(ref, ours, repeat: int) -> tuple[float, float]:

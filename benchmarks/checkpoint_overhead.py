@@ -2,14 +2,14 @@
 (b) Orbax's save bandwidth over `np.save` of the same arrays.
 
 (a) The same config (digits MLP widened to 64-1024-1024-10, AdamW: ~13 MB of params and optimizer
-    state per checkpoint) trains the same steps through `gitops.train.train_and_evaluate` twice per
+    state per checkpoint) trains the same steps through `gitops.learn.train.train_and_evaluate` twice per
     pair: with `checkpoint.every_steps` set so a save falls about every `--interval` seconds, and with
     only the final save (which both runs make). Saves are asynchronous (Orbax writes in a background
     thread while the next chunks run). Log/eval intervals are equal in both, so both dispatch the same
     chunks. Time is the whole call, data already loaded, including waiting for every save to commit.
     Pairs alternate in one process (the order flips every pair); the median of the per-pair ratios is
     printed. Goal: <= 1.03.
-(b) ~100 MB of float32 arrays saved by `gitops.checkpoint.Checkpoints` (Orbax CheckpointManager,
+(b) ~100 MB of float32 arrays saved by `gitops.learn.checkpoint.Checkpoints` (Orbax CheckpointManager,
     StandardSave) and by `np.save` (one .npy per array), into the same folder (same disk), each
     followed by `os.sync()` so neither is credited for data still in the page cache. Pairs alternate;
     the median ratio of bandwidths (Orbax over np.save) is printed. Goal: >= 0.8.
@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gitops import config, data, train  # noqa: E402
-from gitops.checkpoint import Checkpoints  # noqa: E402
-from gitops.runs import RunFolder  # noqa: E402
+from gitops import config  # noqa: E402
+from gitops.learn import data, train  # noqa: E402
+from gitops.learn.checkpoint import Checkpoints  # noqa: E402
+from gitops.registry.runs import RunFolder  # noqa: E402
 
 LOG_EVERY = 100
 

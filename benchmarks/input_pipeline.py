@@ -1,4 +1,4 @@
-"""The streaming input pipeline (gitops.streaming, Grain): memory, feed speed, decode scaling.
+"""The streaming input pipeline (gitops.learn.streaming, Grain): memory, feed speed, decode scaling.
 
 Every figure is a ratio of two measurements made in this same run:
 
@@ -64,7 +64,7 @@ def _write_model(repo: Path, name: str, dataset: dict, train: dict, model: dict)
 
 
 def _pin(repo: Path, folder: str) -> dict:
-    from gitops import checksum_list
+    from gitops.learn import checksum_list
 
     text, _ = checksum_list.write(repo / folder, repo / f"{folder}.sha256")
     return {"path": folder, "checksums": f"{folder}.sha256", "checksums_sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -114,7 +114,8 @@ def memory(quick: bool) -> float:
 
 
 def _session(repo: Path, name: str, dataset: dict, batch: int, hidden: list[int], steps: int):
-    from gitops import config, data, train
+    from gitops import config
+    from gitops.learn import data, train
 
     _write_model(repo, name, dataset, {"batch_size": batch, "steps": steps, "eval_every": steps,
                                        "checkpoint": {"every_steps": steps}},
@@ -184,7 +185,8 @@ def feed(quick: bool, workers: int) -> None:
 
 
 def decode(quick: bool, workers: int) -> None:
-    from gitops import config, data, streaming
+    from gitops import config
+    from gitops.learn import data, streaming
 
     os.environ.setdefault("GITOPS_DATA_CACHE", tempfile.mkdtemp(prefix="gitops-bench-cache-"))
     cfg = config.load("shapes-cnn", ROOT)

@@ -1,7 +1,7 @@
 """Language-model speed: our training step against a hand-written JAX + Optax decoder step, and
 generation with the KV cache against recomputing the whole sequence.
 
-(a) gitops' loop: `gitops.train.build_session` on the `decoder` architecture (NNX, split state, the
+(a) gitops' loop: `gitops.learn.train.build_session` on the `decoder` architecture (NNX, split state, the
     batch gathered on device from (seed, step), metrics summed on device), one step per dispatch;
 (b) a hand-written decoder of the same shapes (RMSNorm, rotary positions, causal attention through
     `jax.nn.dot_product_attention`, SwiGLU, tied embeddings) as pure functions of a params dict, with
@@ -34,7 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gitops import config, data, optim, train  # noqa: E402
+from gitops import config  # noqa: E402
+from gitops.learn import data, optim, train  # noqa: E402
 
 SIZES = {  # layers, heads, width, mlp, length, batch, precision
     "small": dict(num_layers=2, num_heads=4, embed_dim=128, mlp_dim=384, length=128, batch=16, precision="float32"),
@@ -150,8 +151,8 @@ def model_flops_per_token(params: int, size: dict) -> float:
 def generation(cfg, dataset, new_tokens: int) -> tuple[float, float]:
     from flax import nnx
 
-    from gitops.architectures import build_model
-    from gitops.generate import Sampling, generate_ids
+    from gitops.learn.architectures import build_model
+    from gitops.learn.generate import Sampling, generate_ids
 
     model = build_model("decoder", config.thaw(cfg.model.params), input_shape=[cfg.data.dataset["sequence_length"]],
                         num_outputs=dataset.preprocessing.num_outputs, rngs=nnx.Rngs(params=0))

@@ -1,7 +1,7 @@
 """How much does gitops' training loop cost over a minimal hand-written JAX + Optax loop?
 
 The same MLP, optimizer (clip + AdamW + warm-up/cosine), data and batch size run through
-(a) gitops' loop: `gitops.train.build_session` (split NNX state, K steps per dispatch under lax.scan,
+(a) gitops' loop: `gitops.learn.train.build_session` (split NNX state, K steps per dispatch under lax.scan,
     on-device batch gather from (seed, step), metrics summed on device and read back every
     `log_every` steps, divergence check at each read-back), and
 (b) a minimal loop: pure functions of (params, opt_state), one jitted step per batch from a pre-staged
@@ -31,7 +31,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from gitops import config, data, metrics, optim, train  # noqa: E402
+from gitops import config  # noqa: E402
+from gitops.learn import data, metrics, optim, train  # noqa: E402
 
 
 def bench_config(base: str, changes: dict) -> config.ResolvedConfig:

@@ -1,12 +1,12 @@
 """The public surface the CLI, workflows and notebooks share: `load` a trained model, `release` a model.
 
-`LoadedModel` and the folder loader live in `gitops.loaded` (below both `api` and `start_from`).
+`LoadedModel` and the folder loader live in `gitops.learn.loaded` (below both `api` and `start_from`).
 
 `gitops.load(ref)`: a trained model back in Python, ready to predict on raw inputs.
 
 A ref is resolved to a folder by `resolve_ref`: a run folder (or an unpacked release, which has the
 same files), or `name@version` / `name@stage`, pulled and verified by `resolve_to_folder`. The folder
-is read by `gitops.runs`; its `config.resolved.yaml` rebuilds the config (its training fingerprint
+is read by `gitops.registry.runs`; its `config.resolved.yaml` rebuilds the config (its training fingerprint
 must match the manifest's), the architecture is built abstractly and the handed-on checkpoint
 (`manifest.json["checkpoint_step"]`) restored into it.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config as config_lib
-from gitops import runs
-from gitops.loaded import LoadedModel, load_folder
+from gitops.learn.loaded import LoadedModel, load_folder
+from gitops.registry import runs
 
 
 def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | None = None) -> Path:
@@ -33,19 +33,19 @@ def resolve_to_folder(ref: str, root: Path | None = None, backend_name: str | No
     Raises:
         UsageError: an unknown model, version or stage. IntegrityError: a checksum that differs.
     """
-    from gitops import pull
     from gitops.backends import get_backend
+    from gitops.registry import pull
 
     root = root or config_lib.find_root()
     return pull.pull(root, get_backend(backend_name, root), ref)
 
 
 def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
-    """The `train` callable `gitops.release` takes: train `cfg` now into `<root>/runs/` (a line on stderr
+    """The `train` callable `gitops.registry.release` takes: train `cfg` now into `<root>/runs/` (a line on stderr
     says so first); returns (the finished run folder, False when it was a run-cache hit)."""
 
     def train_now(cfg: Any) -> tuple[Path, bool]:
-        from gitops import dispatch  # heavy: jax, flax, optax, orbax
+        from gitops.learn import dispatch  # heavy: jax, flax, optax, orbax
 
         sys.stderr.write(f"{cfg.name}: no finished run with fingerprint {cfg.short_fingerprint}; training it now\n")
         result = dispatch.train(cfg, Path(root) / runs.RUNS_DIR, root=root)
@@ -55,30 +55,30 @@ def train_on_demand(root: Path) -> Callable[[Any], tuple[Path, bool]]:
 
 
 def release(root: Path, backend: Any, model: str, **options: Any) -> Any:
-    """`gitops release MODEL`: `gitops.release.release` (same `options`), training the model first when no
+    """`gitops release MODEL`: `gitops.registry.release.release` (same `options`), training the model first when no
     finished run of HEAD's config exists anywhere (runs/, the run cache, the latest release, a PR's run).
 
-    Returns the `gitops.release.ReleaseResult`; raises what `gitops.release.release` raises.
+    Returns the `gitops.registry.release.ReleaseResult`; raises what `gitops.registry.release.release` raises.
     """
-    from gitops import release as releasing
+    from gitops.registry import release as releasing
 
     return releasing.release(Path(root), backend, model, train=train_on_demand(Path(root)), **options)
 
 
 def release_pending(root: Path, backend: Any, **options: Any) -> Any:
-    """`gitops ci release-pending`: `gitops.release.release_pending` (same `options`), training on demand
+    """`gitops ci release-pending`: `gitops.registry.release.release_pending` (same `options`), training on demand
     as `release` does. Returns (releases made, (model, error) of each failure)."""
-    from gitops import release as releasing
+    from gitops.registry import release as releasing
 
     return releasing.release_pending(Path(root), backend, train=train_on_demand(Path(root)), **options)
 
 
 def resolve_ref(ref: str | Path) -> Path:
-    """The folder a reference names (`gitops.refs`: a run folder, MODEL, MODEL@latest|VERSION|STAGE).
+    """The folder a reference names (`gitops.config.refs`: a run folder, MODEL, MODEL@latest|VERSION|STAGE).
 
     A released version is pulled (verified) into `.gitops/pulled/` of the repository first.
     """
-    from gitops.refs import parse_target
+    from gitops.config.refs import parse_target
 
     target = parse_target(ref)
     if target.path is not None:

@@ -60,7 +60,7 @@ def every_command() -> None:
 
 
 def main() -> None:
-    from gitops.interrupt import install_terminate_handler
+    from gitops.learn.interrupt import install_terminate_handler
 
     install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143
     only_invoked(sys.argv[1:])

@@ -98,7 +98,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug_enabled():
                 raise
             from gitops.errors import EXIT_TERMINATED
-            from gitops.interrupt import Terminated
+            from gitops.learn.interrupt import Terminated
 
             if isinstance(exc, Terminated):
                 raise fail("terminated (SIGTERM)", EXIT_TERMINATED) from None

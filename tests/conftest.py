@@ -37,7 +37,8 @@ SLOW_EXAMPLES = frozenset({"stdlib-lm"})
 @pytest.fixture(scope="session")
 def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each example model trained exactly once per session; name -> its finished run folder."""
-    from gitops import config, dispatch
+    from gitops import config
+    from gitops.learn import dispatch
 
     out = tmp_path_factory.mktemp("example-runs")
     runs: dict[str, Path] = {}
@@ -120,7 +121,8 @@ RESUME_OVERRIDES = ["train.steps=2000", "train.checkpoint.every_steps=100", "tra
 @pytest.fixture(scope="session")
 def resume_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The uninterrupted run of RESUME_OVERRIDES (digits-mlp), trained once per session."""
-    from gitops import config, train
+    from gitops import config
+    from gitops.learn import train
 
     folder = tmp_path_factory.mktemp("resume-reference") / "run"
     train.train_and_evaluate(config.load("digits-mlp", REPO, RESUME_OVERRIDES), folder, root=REPO)
@@ -133,7 +135,7 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
     import numpy as np
 
-    from gitops.checkpoint import restore_plain
+    from gitops.learn.checkpoint import restore_plain
 
     a_manifest = json.loads((run / "manifest.json").read_text())
     b_manifest = json.loads((reference / "manifest.json").read_text())

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 from gitops import config
-from gitops.yamlio import dump_yaml
+from gitops.config.yamlio import dump_yaml
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:

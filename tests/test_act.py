@@ -352,7 +352,7 @@ def ran(output: str, job: str) -> bool:
 
 def fingerprint(world: ActWorld, model: str, commit: str) -> str:
     from gitops import config
-    from gitops.tree import GitTree
+    from gitops.repo.tree import GitTree
 
     return config.load(model, world.repo, tree=GitTree(world.repo, commit)).short_fingerprint
 
@@ -365,7 +365,7 @@ def world(tmp_path_factory):
         w = ActWorld(tmp_path_factory.mktemp("act"), server)
         # digits-mlp is already released at the base commit
         from gitops import config
-        from gitops.tree import GitTree
+        from gitops.repo.tree import GitTree
 
         cfg = config.load("digits-mlp", w.repo, tree=GitTree(w.repo, w.sha["base"]))
         meta = {"gitops_release": 1, "model": "digits-mlp", "version": "v1.0.0", "commit": w.sha["base"],
@@ -587,8 +587,8 @@ def test_j_a_child_fine_tunes_from_a_release_in_the_pr_workflow(world, finetune_
 def test_g_a_sweep_trains_every_trial_and_the_comment_ranks_them(world, same_repo_training):
     """PR #4 adds wine-mlp/sweep.yaml (2 trials): the matrix trains both trials (one is #1's run, a
     cache hit on the trusted runners), and the sticky comment ranks them and names the apply command."""
-    from gitops import sweep
-    from gitops.tree import GitTree
+    from gitops.config import sweep
+    from gitops.repo.tree import GitTree
 
     head = world.sha["sweep"]
     spec, _ = sweep.load("wine-mlp", GitTree(world.repo, head))
@@ -643,7 +643,7 @@ protected_stages:
 def promotion_release(world, deploy_repo, same_repo_training, fork_training, finetune_training):
     """After (f) and (j)'s PR: a person pushed wine-mlp#staging#1; the production promotion PR #5 is
     merged; release.yml runs on main. Returns (act result, promotion commit)."""
-    from gitops import promotions
+    from gitops.registry import promotions
 
     if "wine-mlp@v1.0.0" not in world.gh.tag_names():
         pytest.skip("needs the release of (f)")

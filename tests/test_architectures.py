@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gitops import catalog
-from gitops.architectures import build_model
-from gitops.catalog import ARCHITECTURES
+from gitops.config import catalog
+from gitops.config.catalog import ARCHITECTURES
 from gitops.errors import GitopsError
+from gitops.learn.architectures import build_model
 
 
 def defaults(name: str) -> dict:

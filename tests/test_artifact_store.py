@@ -25,9 +25,10 @@ from conftest import S3_BUCKET
 from loop_support import commit_all, fake_run
 from typer.testing import CliRunner
 
-from gitops import artifact_store, killpoints, versions
+from gitops import killpoints
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
+from gitops.registry import artifact_store, versions
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}

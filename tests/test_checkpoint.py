@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def test_retention_keeps_best_and_last(tmp_path: Path) -> None:
     import jax.numpy as jnp
 
-    from gitops.checkpoint import Checkpoints
+    from gitops.learn.checkpoint import Checkpoints
 
     ckpt = Checkpoints(tmp_path / "ckpt", keep=2, best_metric="val/accuracy", higher_is_better=True)
     accuracies = {10: 0.5, 20: 0.9, 30: 0.7, 40: None, 50: 0.8, 60: 0.6}
@@ -55,7 +55,7 @@ print(json.dumps(shapes(tree)))
 def test_handed_on_checkpoint_restores_with_plain_orbax(trained_examples: dict[str, Path]) -> None:
     import json
 
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     run = RunFolder(trained_examples["digits-mlp"])
     state_dir = run.checkpoints_dir / str(run.checkpoint_step) / "state"
@@ -122,7 +122,7 @@ import sys
 from pathlib import Path
 import jax, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from gitops.checkpoint import Checkpoints
+from gitops.learn.checkpoint import Checkpoints
 devices = jax.devices()
 assert len(devices) == 4, devices
 mesh = Mesh(np.array(devices), ("data",))
@@ -143,7 +143,7 @@ def _bind_to_cuda(state_dir: Path) -> None:
     import jax
     import orbax.checkpoint as ocp
 
-    from gitops.checkpoint import restore_anywhere
+    from gitops.learn.checkpoint import restore_anywhere
 
     tree = jax.tree.map(jax.numpy.asarray, restore_anywhere(state_dir))  # jax arrays on cpu:0
     shutil.rmtree(state_dir)
@@ -163,7 +163,7 @@ def test_checkpoints_carry_no_device_binding(tmp_path: Path, trained_examples: d
     import shutil
 
     from gitops import api
-    from gitops.checkpoint import restore_plain
+    from gitops.learn.checkpoint import restore_plain
 
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     done = subprocess.run([sys.executable, "-c", FOUR_DEVICES, str(tmp_path / "ck")], env=env, capture_output=True,

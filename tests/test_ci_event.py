@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gitops import ci_event
+from gitops.repo import ci_event
 
 
 def _event(tmp_path, doc) -> str:

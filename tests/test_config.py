@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from gitops import catalog, config, jsonschema_tools, schema
+from gitops import config
+from gitops.config import catalog, jsonschema_tools, schema
 from gitops.errors import ConfigError, UsageError
-from gitops.tree import FsTree
+from gitops.repo.tree import FsTree
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (REPO / "models").iterdir() if p.is_dir())

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from gitops import config
 from gitops.cli import app
 from gitops.errors import ConfigError
-from gitops.tree import FsTree, GitTree
+from gitops.repo.tree import FsTree, GitTree
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -184,7 +184,7 @@ def _plain_merge(base, override):
 def test_shipped_children_keep_their_fingerprints(tmp_path: Path) -> None:
     """No shipped child switches a selector: written out in full with the old merge, each resolves to
     the same fingerprints as through `extends` today."""
-    from gitops.yamlio import dump_yaml, load_yaml_text
+    from gitops.config.yamlio import dump_yaml, load_yaml_text
 
     children = sorted({p.parent.name for p in (REPO / "models").glob("*/*.yaml") if "extends:" in p.read_text()})
     assert children  # digits-mlp-wide at least
@@ -347,8 +347,9 @@ def test_linked_sweep_file_is_refused(repo: Path, tmp_path_factory) -> None:
 
 
 def test_training_reads_no_pinned_file_outside_the_repository(tmp_path: Path, tmp_path_factory) -> None:
-    from gitops import catalog, text_data, tokenize
+    from gitops.config import catalog
     from gitops.errors import TrainingError
+    from gitops.learn import text_data, tokenize
 
     outside = tmp_path_factory.mktemp("outside")
     (outside / "x.npz").write_bytes(b"secret")

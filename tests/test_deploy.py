@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from gitops import deploy
 from gitops.cli import app
+from gitops.serve import deploy
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -107,8 +107,8 @@ def test_stage_moves_commit_to_a_deploy_repository(repo, monkeypatch, tmp_path):
         assert line in body
 
     # the layout: version-free base, the stage overlay naming the version and its archive checksum
-    from gitops import versions
     from gitops.backends.local import LocalBackend
+    from gitops.registry import versions
 
     _, version = versions.resolve(LocalBackend(repo), "wine-mlp@v1.0.0")
     sha = versions.release_metadata(version.message)["sha256"]
@@ -292,17 +292,17 @@ def test_protected_stage_moves_only_through_a_merged_promotion(repo, monkeypatch
     assert "no merged promotion" in ok(gitops(repo, monkeypatch, "ci", "promote-approved"))
 
     # someone pushes a production tag by hand: history and doctor call it unapproved; it is not deployed
-    from gitops import versions
     from gitops.backends.local import LocalBackend
+    from gitops.registry import versions
 
     rogue = versions.promote(LocalBackend(repo), "wine-mlp@v1.0.0", "production")
     history = ok(gitops(repo, monkeypatch, "history", "wine-mlp"))
     assert "UNAPPROVED: its tag names no promotion commit" in history
     doc = json.loads(ok(gitops(repo, monkeypatch, "history", "wine-mlp", "--json")))
     assert [e["tag"] for e in doc["events"] if e.get("unapproved")] == [rogue]
-    from gitops import promotions
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops.config.settings import load_settings
+    from gitops.registry import promotions
+    from gitops.repo.tree import FsTree
 
     check = promotions.doctor_check(repo, LocalBackend(repo), load_settings(FsTree(repo)))
     assert not check.ok and rogue in check.detail
@@ -333,7 +333,7 @@ def test_protected_stage_moves_only_through_a_merged_promotion(repo, monkeypatch
     git(repo, "commit", "-qm", "unreviewed")
     side = git(repo, "rev-parse", "HEAD").strip()
     git(repo, "switch", "-q", "main")
-    from gitops import tags
+    from gitops.registry import tags
 
     event = tags.Event(tags.Action.ASSIGN, "wine-mlp", "x", "", "", "", f"promotion: {side}\n", "v1.0.0",
                        "production")

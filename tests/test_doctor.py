@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gitops import doctor
 from gitops.cli import app
 from gitops.errors import UsageError
+from gitops.repo import doctor
 
 runner = CliRunner()
 
@@ -86,7 +86,7 @@ def test_coordinator_reachability() -> None:
 
 
 def test_cluster_check_reads_the_environment_like_train() -> None:
-    from gitops import parallel
+    from gitops.learn import parallel
 
     assert doctor.check_cluster({}) is None and parallel.cluster_from(env={}) is None
     partial = {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}  # what train refuses, doctor fails

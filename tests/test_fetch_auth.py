@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops import gitutil
+from gitops.repo import gitutil
 
 
 def _repo(tmp_path: Path, origin: str) -> Path:

@@ -1,4 +1,4 @@
-"""The one rule for a metric's direction and for comparing two values (gitops.gates): every caller (best
+"""The one rule for a metric's direction and for comparing two values (gitops.registry.gates): every caller (best
 checkpoint, early stopping, sweep ranking, the report, release gates) goes through it, so they agree."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import math
 
 import pytest
 
-from gitops import catalog, gates, plugins
+from gitops.config import catalog, plugins
+from gitops.config.plugins import Plugin, PluginError
 from gitops.errors import GitopsError
-from gitops.plugins import Plugin, PluginError
+from gitops.registry import gates
 
 NAN, INF = math.nan, math.inf
 

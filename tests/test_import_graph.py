@@ -154,7 +154,7 @@ def cycles(graph: dict[str, set[str]] | None = None) -> list[list[str]]:
 def test_the_graph_reader_sees_function_level_and_relative_imports() -> None:
     graph = import_graph()
     assert "gitops.cli_app" in graph["gitops.cli"]  # module level
-    assert "gitops.interrupt" in graph["gitops.cli"]  # inside main()
+    assert "gitops.learn.interrupt" in graph["gitops.cli"]  # inside main()
     assert "gitops.backends.base" in graph["gitops.backends"] or any(
         m.startswith("gitops.backends.") for m in graph["gitops.backends"])
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]

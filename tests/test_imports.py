@@ -12,10 +12,10 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gitops"
 # The registry, config-schema and backend layers: none of these may sit on an import circle.
-LAYERED = {"gitops.catalog", "gitops.registries", "gitops.plugins", "gitops.schema", "gitops.schema_files",
-           "gitops.settings", "gitops.jsonschema_tools", "gitops.tree", "gitops.migrate", "gitops.sweep",
-           "gitops.architectures", "gitops.optim", "gitops.metrics", "gitops.backends", "gitops.backends.base",
-           "gitops.backends.local", "gitops.backends.github", "gitops.artifacts", "gitops.promotions"}
+LAYERED = {"gitops.config.catalog", "gitops.config.registries", "gitops.config.plugins", "gitops.config.schema", "gitops.config.schema_files",
+           "gitops.config.settings", "gitops.config.jsonschema_tools", "gitops.repo.tree", "gitops.config.migrate", "gitops.config.sweep",
+           "gitops.learn.architectures", "gitops.learn.optim", "gitops.learn.metrics", "gitops.backends", "gitops.backends.base",
+           "gitops.backends.local", "gitops.backends.github", "gitops.registry.artifacts", "gitops.registry.promotions"}
 
 
 @functools.cache
@@ -109,8 +109,8 @@ def circles(graph: dict[str, set[str]]) -> list[set[str]]:
 def test_the_graph_walk_finds_a_circle_when_there_is_one() -> None:
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
     graph = import_graph()
-    assert "gitops.registries" in graph["gitops.catalog"]  # a module-level import
-    assert "gitops.catalog" in graph["gitops.architectures"]
+    assert "gitops.config.registries" in graph["gitops.config.catalog"]  # a module-level import
+    assert "gitops.config.catalog" in graph["gitops.learn.architectures"]
 
 
 def test_registry_schema_and_backend_layers_sit_on_no_import_circle() -> None:

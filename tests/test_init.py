@@ -10,8 +10,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from gitops import init as init_mod
 from gitops.cli import app
+from gitops.repo import init as init_mod
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,7 +145,7 @@ def test_the_source_deploy_copies_into_an_image_still_builds_a_wheel_with_the_te
 
     from hatchling.builders.wheel import WheelBuilder
 
-    from gitops import deploy
+    from gitops.serve import deploy
 
     source = deploy._source_root()
     assert source is not None

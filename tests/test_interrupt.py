@@ -71,7 +71,7 @@ def test_signal_checkpoints_exits_and_resume_is_bit_identical(example_repo: Path
     interrupted_at = int(err.split(f"{word} at step ")[1].split(";")[0])
     assert 900 <= interrupted_at < 2000
 
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     run = RunFolder(run_dir)
     assert not run.is_finished  # left unfinished for --resume
@@ -88,7 +88,7 @@ def test_signal_checkpoints_exits_and_resume_is_bit_identical(example_repo: Path
 
 
 def test_stop_flag_second_ctrl_c_raises_and_ignored_sigint_stays_ignored() -> None:
-    from gitops.interrupt import StopFlag
+    from gitops.learn.interrupt import StopFlag
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

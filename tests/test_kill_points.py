@@ -16,9 +16,10 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import killpoints, tags, versions
+from gitops import killpoints
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
+from gitops.registry import tags, versions
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ def sets(*extra: str) -> list[str]:
 
 
 def _value(text: str):
-    from gitops.yamlio import parse_scalar
+    from gitops.config.yamlio import parse_scalar
 
     return parse_scalar(text)
 
@@ -46,7 +46,7 @@ def lm_repo(tmp_path_factory) -> Path:
     shutil.copytree(REPO / "models/wine-mlp", repo / "models/wine-mlp")
     shutil.copytree(REPO / "schemas", repo / "schemas")
     shutil.copytree(REPO / "data/stdlib-lm", repo / "data/stdlib-lm")
-    from gitops.sweep_run import _set_keys
+    from gitops.learn.sweep_run import _set_keys
 
     for kind in ("model", "train", "data"):  # the tiny variant is the committed model: releases use it as is
         items = [(tuple(s.split("=")[0].split(".")[1:]), _value(s.split("=", 1)[1]))
@@ -101,14 +101,14 @@ def test_tiny_lm_learns_and_reports_perplexity_and_bits_per_byte(tiny_run: Path)
     rows = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines()]
     val = [r["perplexity"] for r in rows if r["split"] == "val"]
     assert len(val) == 3 and val[-1] < val[0] < 257  # falling, and better than uniform over 257 tokens
-    from gitops.gates import higher_is_better
+    from gitops.registry.gates import higher_is_better
 
     assert not higher_is_better("val/perplexity") and not higher_is_better("test/bits_per_byte")
 
 
 def test_resume_after_an_interruption_is_bit_identical(lm_repo: Path, tiny_run: Path, monkeypatch) -> None:
-    from gitops import dispatch, train
-    from gitops.sweep_run import HalvingStop, _RungReporter
+    from gitops.learn import dispatch, train
+    from gitops.learn.sweep_run import HalvingStop, _RungReporter
 
     monkeypatch.chdir(lm_repo)
     cfg = config.load("stdlib-lm", lm_repo, TINY)
@@ -121,7 +121,7 @@ def test_resume_after_an_interruption_is_bit_identical(lm_repo: Path, tiny_run: 
 
 def test_generation_cache_equals_recomputation_and_is_reproducible(tiny_run: Path) -> None:
     import gitops
-    from gitops.generate import Sampling, generate_ids, stepper
+    from gitops.learn.generate import Sampling, generate_ids, stepper
 
     loaded = gitops.load(str(tiny_run))
     prompts = [list(b"def f("), list(b"import os\nimport sys\n")]
@@ -208,7 +208,7 @@ def test_bad_text_and_tokenizer_inputs_get_clear_errors(lm_repo: Path, monkeypat
     result = invoke("train", "stdlib-lm", *args, "--out", str(tmp_path / "runs"))
     assert result.exit_code == 1 and "not UTF-8 at byte offset 440" in result.output, result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
-    from gitops import text_data
+    from gitops.learn import text_data
 
     params = {"path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
     packed = text_data.load_text(params, lm_repo, {"validation": 0.1, "test": 0.1, "seed": 0})

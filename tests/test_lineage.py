@@ -16,8 +16,9 @@ from conftest import REPO
 from loop_support import commit_all, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import gitutil, versions
 from gitops.cli import app
+from gitops.registry import versions
+from gitops.repo import gitutil
 
 
 def _new_repo(path: Path) -> Path:
@@ -64,7 +65,8 @@ def test_lineage_counts_untracked_model_files_and_nothing_else(tmp_path):
 
 
 def test_extends_parents_count_as_the_model_folders(example_repo):
-    from gitops import config, train
+    from gitops import config
+    from gitops.learn import train
 
     (example_repo / "models" / "digits-mlp-wide" / "extra.txt").write_text("x\n", encoding="utf-8")
     cfg = config.load("digits-mlp-wide", example_repo)

@@ -104,8 +104,8 @@ def test_done_when_story(example_repo, monkeypatch, tmp_path):
 
 
 def test_predict_input_formats_and_output_shape(tmp_path):
-    from gitops import predict
     from gitops.errors import UsageError
+    from gitops.serve import predict
 
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.save(tmp_path / "a.npy", x)

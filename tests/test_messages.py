@@ -18,10 +18,12 @@ from conftest import REPO
 from loop_support import fake_run
 from typer.testing import CliRunner
 
-from gitops import catalog, config, scaffold, schema
+from gitops import config
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
-from gitops.tree import FsTree
+from gitops.config import catalog, schema
+from gitops.repo import scaffold
+from gitops.repo.tree import FsTree
 
 
 def _write(repo: Path, relpath: str, text: str) -> None:
@@ -133,7 +135,7 @@ def test_no_validator_falls_back_to_jsonschema_wording():
                "maxLength", "minProperties", "maxProperties", "uniqueItems", "anyOf", "oneOf", "pattern", "not"}
     structural = {"$schema", "$id", "title", "description", "default", "properties", "items", "allOf", "if",
                   "then", "examples", "$ref", "$defs"}
-    from gitops.settings import SETTINGS_SCHEMA
+    from gitops.config.settings import SETTINGS_SCHEMA
 
     used: set[str] = set()
 

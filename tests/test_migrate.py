@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from gitops import config, migrate, schema
+from gitops import config
 from gitops.cli import app
-from gitops.tree import FsTree
+from gitops.config import migrate, schema
+from gitops.repo.tree import FsTree
 
 REPO = Path(__file__).resolve().parents[1]
 

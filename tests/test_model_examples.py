@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from gitops import config
 from gitops.cli import app
-from gitops.tree import FsTree
+from gitops.repo.tree import FsTree
 
 NEW_EXAMPLES = {"digits-resnet": ("resnet", 0.95), "sequences-transformer": ("transformer", 0.95)}
 

@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from gitops import catalog, optim
+from gitops.config import catalog
+from gitops.learn import optim
 
 
 def lr_at(schedule: dict, steps: list[int], peak: float = 1.0, total: int = 110) -> list[float]:

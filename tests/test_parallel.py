@@ -1,4 +1,4 @@
-"""Data-parallel and multi-host training (gitops/parallel.py), in subprocesses: a process's device count
+"""Data-parallel and multi-host training (gitops/learn/parallel.py), in subprocesses: a process's device count
 is fixed when it imports jax.
 
 - 4 forced host devices train digits-mlp with the loss curve of one device (1e-5 relative);
@@ -66,7 +66,7 @@ def _run_dir(out: Path) -> Path:
 
 
 def _losses(run: Path) -> list[tuple[str, int, float]]:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     return [(r["split"], r["step"], r["loss"]) for r in RunFolder(run).history()]
 
@@ -74,7 +74,7 @@ def _losses(run: Path) -> list[tuple[str, int, float]]:
 def _params(run: Path, step: int = STEPS) -> dict:
     from flax import traverse_util
 
-    from gitops.checkpoint import restore_plain
+    from gitops.learn.checkpoint import restore_plain
 
     tree = restore_plain(run / "checkpoints" / str(step))
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree["model"], sep="/").items()}
@@ -90,7 +90,7 @@ def _assert_curves_close(a: Path, b: Path, rtol: float = 1e-5) -> float:
 
 def _unfinish(finished: Path, target: Path, keep_until: int) -> Path:
     """A copy of a finished run as if it had been killed right after the checkpoint at `keep_until`."""
-    from gitops.runs import RunFolder, read_json
+    from gitops.registry.runs import RunFolder, read_json
 
     shutil.copytree(finished, target)
     for step_dir in (target / "checkpoints").iterdir():
@@ -106,7 +106,7 @@ def _unfinish(finished: Path, target: Path, keep_until: int) -> Path:
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference: one process, one device (in this test process)."""
-    from gitops import dispatch
+    from gitops.learn import dispatch
 
     out = tmp_path_factory.mktemp("one-device")
     return dispatch.train(_cfg(), out, root=REPO).run.path
@@ -120,7 +120,7 @@ def four_devices(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_four_devices_follow_the_one_device_curve(one_device: Path, four_devices: Path) -> None:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     _assert_curves_close(one_device, four_devices)
     manifest = RunFolder(four_devices).manifest
@@ -134,7 +134,7 @@ def test_four_devices_follow_the_one_device_curve(one_device: Path, four_devices
 
 def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: Path, tmp_path: Path) -> None:
     import gitops
-    from gitops import dispatch
+    from gitops.learn import dispatch
 
     # written on 4 devices, resumed here on 1
     resumed_here = _unfinish(four_devices, tmp_path / "a" / MODEL / four_devices.name, keep_until=100)
@@ -147,7 +147,7 @@ def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: 
     _assert_curves_close(one_device, resumed_there)
     assert json.loads((resumed_there / "manifest.json").read_text())["device_count"] == 4
     # the 4-device checkpoint loads here (1 device) with gitops.load and predicts like the test metric
-    from gitops import data
+    from gitops.learn import data
 
     loaded = gitops.load(str(four_devices))
     dataset = data.load(loaded.config.data, REPO)
@@ -157,8 +157,9 @@ def test_checkpoints_move_between_device_counts(one_device: Path, four_devices: 
 
 def test_fsdp_splits_large_arrays_and_follows_the_one_device_curve(tmp_path: Path) -> None:
     import gitops
-    from gitops import config, dispatch
-    from gitops.runs import RunFolder
+    from gitops import config
+    from gitops.learn import dispatch
+    from gitops.registry.runs import RunFolder
 
     wide = ["model.hidden_sizes=[256,256]", "train.steps=200"]  # 256x256 kernels: split over the 4 devices
     one = dispatch.train(config.load(MODEL, REPO, [*OVERRIDES, *wide]), tmp_path / "one", root=REPO).run.path
@@ -231,7 +232,7 @@ def two_processes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_two_processes_train_as_one(one_device: Path, two_processes: Path) -> None:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     assert len(list(two_processes.parent.iterdir())) == 1  # one run folder, one manifest
     run = RunFolder(two_processes)

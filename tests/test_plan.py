@@ -12,9 +12,9 @@ import pytest
 from loop_support import commit_all, edit, git
 from typer.testing import CliRunner
 
-from gitops import plan
 from gitops.cli import app
 from gitops.errors import ConfigError, UsageError
+from gitops.registry import plan
 
 REPO = Path(__file__).resolve().parents[1]
 

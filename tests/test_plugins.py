@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, git
 
-from gitops import plugins
+from gitops.config import plugins
+from gitops.config.plugins import Plugin, PluginError
 from gitops.errors import GitopsError
-from gitops.plugins import Plugin, PluginError
 
 GITOPS = str(Path(sys.executable).with_name("gitops"))
 EXAMPLE = REPO / "examples" / "gitops-plugin-example"
@@ -82,7 +82,9 @@ def test_validate_show_and_schemas_see_the_plugin_without_importing_jax(plugin_s
     probe = textwrap.dedent("""
         import json, sys
         from pathlib import Path
-        from gitops import catalog, config, gates, schema, validation
+        from gitops import config
+        from gitops.config import catalog, schema, validation
+        from gitops.registry import gates
         assert validation.validate(Path("."), ["xor-tiny"]).ok
         cfg = config.load("xor-tiny", Path("."))
         print(json.dumps({"jax": "jax" in sys.modules, "flax": "flax" in sys.modules,
@@ -141,7 +143,7 @@ def test_a_plugin_taking_a_built_in_name_is_an_error_naming_both(plugin_repo, tm
     site = _fake_distribution(
         tmp_path / "clash", "clash_plugin",
         """
-        from gitops.plugins import Plugin
+        from gitops.config.plugins import Plugin
         MLP = Plugin(name="mlp", description="Another mlp.", build="clash_plugin:nothing")
         """,
         "[gitops.architectures]\nmlp = clash_plugin:MLP\n",
@@ -219,7 +221,7 @@ def test_collect_reports_unloadable_entry_points() -> None:
 
 
 def test_built_in_catalog_is_unchanged_without_plugins() -> None:
-    from gitops import catalog
+    from gitops.config import catalog
 
     assert plugins.discovered() == {kind: {} for kind in plugins.GROUPS}
     assert sorted(catalog.ARCHITECTURES) == sorted(catalog.ARCHITECTURES.builtin)
@@ -229,8 +231,8 @@ def test_built_in_catalog_is_unchanged_without_plugins() -> None:
 
 def test_every_built_in_goes_through_the_one_door_and_imports() -> None:
     """Each kind is one registry; every built-in's lazy `build` reference imports to a callable."""
-    from gitops import catalog
-    from gitops.registries import Registry
+    from gitops.config import catalog
+    from gitops.config.registries import Registry
 
     kinds = {"architecture": catalog.ARCHITECTURES, "optimizer": catalog.OPTIMIZERS, "schedule": catalog.SCHEDULES,
              "dataset": catalog.DATASETS, "augmentation": catalog.AUGMENTATIONS, "loss": catalog.LOSSES,
@@ -241,6 +243,6 @@ def test_every_built_in_goes_through_the_one_door_and_imports() -> None:
             assert callable(registry.get(name)), (kind, name)
     assert set(catalog.LOSSES) == {loss for losses in catalog.TASK_LOSSES.values() for loss in losses}
     with pytest.raises(ValueError, match="registered twice"):
-        catalog.OPTIMIZERS.add(catalog.OPTIMIZERS["sgd"], "gitops.optim:_sgd")
+        catalog.OPTIMIZERS.add(catalog.OPTIMIZERS["sgd"], "gitops.learn.optim:_sgd")
     with pytest.raises(GitopsError, match="unknown optimizer 'sgdd'; valid: adafactor, adam"):
         catalog.OPTIMIZERS.get("sgdd")

@@ -12,8 +12,8 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import refs
 from gitops.cli import app
+from gitops.config import refs
 from gitops.errors import UsageError
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
@@ -30,7 +30,7 @@ def released(trained_examples, tmp_path_factory):
 
     from gitops.api import release
     from gitops.backends.local import LocalBackend
-    from gitops.versions import promote
+    from gitops.registry.versions import promote
 
     repo = make_example_repo(tmp_path_factory.mktemp("refs") / "repo")
     run = trained_examples["wine-mlp"]

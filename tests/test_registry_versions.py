@@ -13,11 +13,12 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import api, tags, versions
+from gitops import api
 from gitops.backends.base import TagInfo
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import UsageError
+from gitops.registry import tags, versions
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
 
@@ -141,13 +142,13 @@ def test_one_prerelease_tag_breaks_nothing(repo, tmp_path):
     meta = versions.release_metadata(next(t for t in LocalBackend(repo).list_tags() if t.name == result.tag).message)
     assert meta["previous"] == "v1.1.0"
     # the report's baseline is the newest release, never a pre-release
-    from gitops import report
+    from gitops.registry import report
 
     assert report.baseline_from_release(repo, LocalBackend(repo), "wine-mlp").version == "v1.2.0"
 
 
 def test_build_metadata_versions_make_valid_image_tags_and_labels():
-    from gitops import deploy
+    from gitops.serve import deploy
 
     assert deploy.image_name("m1", "v1.2.0+build.7") == "gitops-m1:v1.2.0_build.7"
     docs = deploy.kubernetes("m1", "v1.2.0-rc.1+b", "img", deploy.DeployOptions())
@@ -205,14 +206,14 @@ def test_promote_refuses_a_stage_with_a_trailing_newline(repo):
 
 
 def test_schema_patterns_match_whole_strings_in_files_settings_and_handed_over_reports(repo):
-    from gitops import report
+    from gitops.registry import report
 
     edit(repo, "models/wine-mlp/release.yaml", "headline_metric: test/accuracy", 'headline_metric: "test/accuracy\\n"')
     result = CliRunner().invoke(app, ["validate", "models/wine-mlp"])
     assert result.exit_code == 1, result.output
     assert "release.headline_metric:" in result.output and "'test/accuracy\\n'" in result.output
-    from gitops import sweep
-    from gitops.tree import FsTree
+    from gitops.config import sweep
+    from gitops.repo.tree import FsTree
 
     edit(repo, "models/digits-mlp/sweep.yaml", "metric: val/accuracy", 'metric: "val/accuracy\\n"')
     _, problems = sweep.load("digits-mlp", FsTree(repo))
@@ -225,8 +226,8 @@ def test_schema_patterns_match_whole_strings_in_files_settings_and_handed_over_r
 
 
 def test_numbers_read_from_text_are_ascii_digits_only():
-    from gitops import parallel
-    from gitops.doctor import check_coordinator
+    from gitops.learn import parallel
+    from gitops.repo.doctor import check_coordinator
     from gitops.site.data import _int
 
     assert "\u00b2".isdigit()  # why isdigit() alone is not enough: int("\u00b2") raises

@@ -13,12 +13,13 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import api, release, rollback, tags, versions
-from gitops.archive import FIXED_MTIME, parse_sums, safe_extract
+from gitops import api
 from gitops.backends.local import LocalBackend
 from gitops.checksums import sha256_file
 from gitops.cli import app
 from gitops.errors import GitopsError, IntegrityError
+from gitops.registry import release, rollback, tags, versions
+from gitops.registry.archive import FIXED_MTIME, parse_sums, safe_extract
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.2}
 
@@ -277,7 +278,7 @@ def _zip(path: Path, files: dict[str, bytes]) -> Path:
 def test_zip_members_whose_headers_lie_are_an_error_not_a_traceback(tmp_path, lie):
     import struct
 
-    from gitops import artifacts
+    from gitops.registry import artifacts
 
     data = bytearray(_zip(tmp_path / "a.zip", {"m/f/metrics.json": b"{}" * 1000}).read_bytes())
     central = data.rindex(b"PK\x01\x02")  # the central directory entry, which zipfile trusts
@@ -290,7 +291,7 @@ def test_zip_members_whose_headers_lie_are_an_error_not_a_traceback(tmp_path, li
 
 def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatch, capsys):
     """A run cache entry whose manifest claims HEAD's fingerprint but whose own config is another one."""
-    import gitops.dispatch
+    import gitops.learn.dispatch
 
     cache = tmp_path / "cache"
     monkeypatch.setenv("GITOPS_RUN_CACHE", str(cache))
@@ -307,7 +308,7 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
     def no_training(*args, **kwargs):
         raise GitopsError("would train")
 
-    monkeypatch.setattr(gitops.dispatch, "train", no_training)
+    monkeypatch.setattr(gitops.learn.dispatch, "train", no_training)
     with pytest.raises(GitopsError, match="would train"):
         _release(repo)
     assert "skipping it" in capsys.readouterr().err
@@ -315,7 +316,7 @@ def test_forged_cache_entry_is_skipped_with_a_warning(repo, tmp_path, monkeypatc
 
 
 def test_the_library_release_never_trains(repo):
-    """`gitops.release.release` takes a finished run; training on demand is the command's (`api.release`)."""
+    """`gitops.registry.release.release` takes a finished run; training on demand is the command's (`api.release`)."""
     with pytest.raises(GitopsError, match=r"no finished run .* train it first \(`gitops train wine-mlp`\)"):
         release.release(repo, LocalBackend(repo), "wine-mlp")
     assert LocalBackend(repo).list_tags() == [] and not (repo / "runs").exists()
@@ -466,7 +467,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
     import io
     import zipfile
 
-    import gitops.dispatch
+    import gitops.learn.dispatch
 
     for key, value in github_env.items():
         monkeypatch.setenv(key, value)
@@ -493,7 +494,7 @@ def test_release_pending_on_github_reuses_a_pr_run_only_with_provenance_from_git
         trained.append(cfg.name)
         raise GitopsError("would train")
 
-    monkeypatch.setattr(gitops.dispatch, "train", no_training)
+    monkeypatch.setattr(gitops.learn.dispatch, "train", no_training)
     from gitops.backends.github import GitHubBackend
 
     backend = GitHubBackend.from_env()

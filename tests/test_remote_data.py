@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from gitops import remote_data
 from gitops.cli import app
 from gitops.errors import GitopsError, IntegrityError, ServiceError, UsageError
+from gitops.learn import remote_data
 
 
 def _npz_bytes(seed: int = 0, n: int = 240) -> bytes:
@@ -255,7 +255,7 @@ def test_cloud_schemes_name_the_package_to_install(tmp_path, scheme, package):
 
 
 def test_url_dataset_loads_npy_tables_too(server, data_cache):
-    from gitops import data
+    from gitops.learn import data
 
     table = np.concatenate([np.random.default_rng(0).normal(size=(50, 3)), np.arange(50)[:, None] % 2], axis=1)
     buffer = io.BytesIO()

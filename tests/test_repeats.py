@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from loop_support import commit_all, edit, fake_run
 
-from gitops import api, report, stats, versions
+from gitops import api
 from gitops.backends.local import LocalBackend
+from gitops.registry import report, stats, versions
 
 # --- the statistics (no training) --------------------------------------------------------------------
 
@@ -128,11 +129,12 @@ class _CtrlCAt:
 def test_repeats_layout_resume_release_and_report(example_repo: Path, monkeypatch, tmp_path) -> None:
     from test_train import _flatten, cli
 
-    from gitops import config, dispatch, train
-    from gitops.checkpoint import restore_plain
+    from gitops import config
     from gitops.errors import RunInterrupted
-    from gitops.repeats import seed_config
-    from gitops.runs import RunFolder
+    from gitops.learn import dispatch, train
+    from gitops.learn.checkpoint import restore_plain
+    from gitops.learn.repeats import seed_config
+    from gitops.registry.runs import RunFolder
 
     edit(example_repo, "models/wine-mlp/train.yaml", *FEW)
     commit_all(example_repo, "3 seeds, fewer epochs")

@@ -84,7 +84,7 @@ def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_tha
     plan = json.loads(cli("ci", "plan", "--base", "main", "--head", "HEAD").stdout)
     assert sorted(t["model"] for t in plan["train"]) == ["wine-mlp", "xor-tiny"]
     assert {t["reason"] for t in plan["train"]} == {"plugin package plugins/ changed"}
-    before = config.load("xor-tiny", repo, tree=__import__("gitops.tree", fromlist=["GitTree"]).GitTree(repo, "main"))
+    before = config.load("xor-tiny", repo, tree=__import__("gitops.repo.tree", fromlist=["GitTree"]).GitTree(repo, "main"))
     assert before.training_fingerprint != config.load("xor-tiny", repo).training_fingerprint
     # bytecode caches never count
     (repo / "plugins/__pycache__").mkdir(exist_ok=True)
@@ -163,7 +163,7 @@ def test_bad_repository_packages_are_clear_errors(tmp_path, monkeypatch, case, m
     else:
         folder.mkdir()
         body = "" if case == "no-table" else textwrap.dedent("""
-            from gitops.plugins import Plugin
+            from gitops.config.plugins import Plugin
             GITOPS_PLUGINS = {"architectures": [Plugin(name="mlp", description="Clash.", build=".m:M")]}
         """)
         (folder / "__init__.py").write_text(body)

@@ -9,11 +9,12 @@ import pytest
 from loop_support import commit_all, edit, fake_run
 from typer.testing import CliRunner
 
-from gitops import api, report
+from gitops import api
 from gitops.backends.base import COMMENT_MARKER, COMMENT_MAX_CHARS
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import GitopsError
+from gitops.registry import report
 
 GOOD = {"test/accuracy": 0.95, "test/loss": 0.20, "val/accuracy": 0.96, "val/loss": 0.18}
 

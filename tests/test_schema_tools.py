@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops import schema
+from gitops.config import schema
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = {kind: sorted(str(p) for p in (REPO / "models").glob(f"*/{kind}.yaml")) for kind in schema.KINDS}

@@ -1,7 +1,7 @@
 """The registry site: data collected from a real local registry, HTML, links, charts, diffs, atomic writes.
 
 The registry is built once per session by the real loop: two tiny models trained on CPU, released
-with `gitops.release.release`, promoted with `versions.promote` (wine-mlp v1.0.0 -> v1.1.0
+with `gitops.registry.release.release`, promoted with `versions.promote` (wine-mlp v1.0.0 -> v1.1.0
 (learning rate) -> v2.0.0 (hidden sizes), digits-mlp v1.0.0 -> v1.0.1 (release.yaml only)).
 """
 
@@ -73,9 +73,9 @@ def build_registry(base: Path) -> Path:
     repo = base / "site-registry"
     if (repo / ".done").is_file():
         return repo
-    from gitops import versions
     from gitops.api import release
     from gitops.backends.local import LocalBackend
+    from gitops.registry import versions
 
     shutil.rmtree(repo, ignore_errors=True)
     (repo / "models").mkdir(parents=True)
@@ -338,8 +338,8 @@ def test_charts_are_deterministic():
 
 
 def test_embedded_configs_and_diffs_are_right(site: Path, registry: Path):
+    from gitops.config.yamlio import load_yaml_text
     from gitops.site.data import config_diff, flatten_config
-    from gitops.yamlio import load_yaml_text
 
     configs = embedded_configs(site / "models/wine-mlp.html")
     assert sorted(configs) == ["v1.0.0", "v1.1.0", "v2.0.0"]
@@ -466,8 +466,8 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
 def test_archive_reading_is_safe_and_checksummed(tmp_path: Path):
     import hashlib
 
-    from gitops import tags
     from gitops.errors import GitopsError
+    from gitops.registry import tags
     from gitops.site.data import read_members, release_files
 
     archive = _tar([
@@ -524,8 +524,8 @@ def test_version_without_archive_still_shows_its_tag_facts(registry: Path, tmp_p
 
 
 def test_serve_previews_and_rebuilds_when_tags_change(registry: Path, tmp_path: Path):
-    from gitops import versions
     from gitops.backends.local import LocalBackend
+    from gitops.registry import versions
     from gitops.site.render import build_site
     from gitops.site.serve import serve
 

@@ -15,9 +15,9 @@ from loop_support import commit_all, git
 from test_repo_plugins import EXAMPLE, XOR, write_model
 from typer.testing import CliRunner
 
-from gitops import spool
 from gitops.cli import app
 from gitops.errors import GitopsError, IntegrityError
+from gitops.registry import spool
 
 pytestmark = pytest.mark.slow
 

@@ -13,10 +13,12 @@ import pytest
 from conftest import git, make_example_repo
 from typer.testing import CliRunner
 
-from gitops import api, config, start_from, versions
+from gitops import api, config
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
 from gitops.errors import ConfigError, ServiceError
+from gitops.learn import start_from
+from gitops.registry import versions
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +162,7 @@ def test_shapes_that_do_not_fit_stop_before_a_run_folder_and_strict_false_skips_
     assert "Traceback" not in result.output
     fp = config.load(CHILD, parented, wider).short_fingerprint
     assert not (parented / "runs" / CHILD / fp).exists()
-    from gitops import data
+    from gitops.learn import data
 
     loose = config.load(CHILD, parented, [*wider, "train.start_from.strict=false", "train.start_from.params=backbone"])
     init = start_from.prepare(loose, parented, data.load(loose.data, parented).preprocessing)
@@ -173,10 +175,10 @@ def test_shapes_that_do_not_fit_stop_before_a_run_folder_and_strict_false_skips_
 def test_pinned_weights_file_loads_and_a_wrong_checksum_stops(parented, monkeypatch, tmp_path):
     from safetensors.numpy import save_file
 
-    from gitops import data
+    from gitops.learn import data
 
     monkeypatch.chdir(parented)
-    from gitops import pull
+    from gitops.registry import pull
 
     parent = _params(pull.pull(parented, LocalBackend(parented), "digits-mlp@v1.0.0"))
     weights = parented / "weights"
@@ -250,8 +252,9 @@ def test_pinned_orbax_folder_loads_from_a_path_and_a_url_and_refuses_what_its_li
 
     import orbax.checkpoint as ocp
 
-    from gitops import data, pull
     from gitops.errors import GitopsError, IntegrityError
+    from gitops.learn import data
+    from gitops.registry import pull
 
     monkeypatch.chdir(parented)
     monkeypatch.setenv("GITOPS_CACHE", str(tmp_path / "cache"))
@@ -284,7 +287,7 @@ def test_pinned_orbax_folder_loads_from_a_path_and_a_url_and_refuses_what_its_li
     assert len(init.record["loaded"]) == len(parent) and init.record["format"] == "orbax"
     assert init.record["checksums_sha256"] == pin and init.frozen == ["hidden/0/bias", "hidden/0/kernel"]
     assert np.array_equal(init.values["head/kernel"], np.asarray(parent["head/kernel"]))
-    assert "Orbax folder, checksum list sha256 " + pin[:12] in __import__("gitops.lineage").lineage.describe_parent(
+    assert "Orbax folder, checksum list sha256 " + pin[:12] in __import__("gitops.registry.lineage").lineage.describe_parent(
         init.record)
     # the same folder from a URL prefix (real HTTP on 127.0.0.1): fetched file by file, assembled once
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ckpt))

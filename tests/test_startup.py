@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from gitops import distinfo, plugins
+from gitops import distinfo
+from gitops.config import plugins
 
 HEAVY = ("jax", "flax", "optax", "orbax", "pydantic", "importlib.metadata", "hashlib", "rich", "jsonschema",
          "tempfile", "email")

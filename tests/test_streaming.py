@@ -1,4 +1,4 @@
-"""Streaming datasets (gitops.streaming): checksum lists, image folders, Parquet, ArrayRecord, resume, bad input.
+"""Streaming datasets (gitops.learn.streaming): checksum lists, image folders, Parquet, ArrayRecord, resume, bad input.
 
 Each test builds a small repository in a temporary folder: a few dozen tiny PNGs or a small Parquet
 table, its checksum list written by `gitops data checksums`, and a model pointing at it.
@@ -21,8 +21,9 @@ import pytest
 from conftest import REPO
 from typer.testing import CliRunner
 
-from gitops import config, streaming
+from gitops import config
 from gitops.errors import GitopsError
+from gitops.learn import streaming
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +130,7 @@ def test_fingerprint_follows_the_pin_not_the_data_nor_the_worker_count(tmp_path:
 def test_image_folder_labels_splits_and_statistics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from gitops import data
+    from gitops.learn import data
 
     _image_repo(tmp_path, monkeypatch, split_folders=True)
     cfg = config.load("shapes", tmp_path)
@@ -153,7 +154,7 @@ def test_parquet_streams_row_groups_and_each_epoch_reads_every_row_once(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gitops import data
+    from gitops.learn import data
 
     rng = np.random.default_rng(1)
     (tmp_path / "table").mkdir()
@@ -186,7 +187,7 @@ def test_parquet_streams_row_groups_and_each_epoch_reads_every_row_once(tmp_path
 def test_array_record_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    from gitops import data
+    from gitops.learn import data
 
     (tmp_path / "shards").mkdir()
     rng = np.random.default_rng(2)
@@ -278,8 +279,8 @@ def _flat(tree, prefix=""):
 
 
 def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
-    from gitops import train
-    from gitops.checkpoint import restore_plain
+    from gitops.learn import train
+    from gitops.learn.checkpoint import restore_plain
 
     _image_repo(tmp_path, monkeypatch, per_class=16)
     # 28 training images / batch 8: 3 steps per epoch, so checkpoints every 10 steps fall mid-epoch
@@ -350,7 +351,7 @@ def test_streaming_examples_report_release_and_predict_labels(trained_examples, 
 
 
 def test_feed_state_resumes_the_same_batches_with_the_same_or_another_worker_count(tmp_path: Path, monkeypatch) -> None:
-    from gitops import data
+    from gitops.learn import data
 
     _image_repo(tmp_path, monkeypatch, per_class=8)
     ds = data.load(config.load("shapes", tmp_path).data, tmp_path)

@@ -19,10 +19,11 @@ import pytest
 from loop_support import commit_all, edit, fake_run, git
 from typer.testing import CliRunner
 
-from gitops import api, jsonio, report
+from gitops import api, jsonio
 from gitops.backends.local import LocalBackend
 from gitops.cli import app
-from gitops.runs import RunFolder
+from gitops.registry import report
+from gitops.registry.runs import RunFolder
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()

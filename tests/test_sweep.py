@@ -12,9 +12,9 @@ import pytest
 from conftest import git
 from typer.testing import CliRunner
 
-from gitops import sweep
 from gitops.cli import app
-from gitops.tree import FsTree
+from gitops.config import sweep
+from gitops.repo.tree import FsTree
 
 HEADER = "# yaml-language-server: $schema=../../schemas/sweep.schema.json\n"
 
@@ -67,7 +67,7 @@ def test_shipped_example_sweep_validates_and_expands_to_six_trials() -> None:
 
 
 def test_expansion_grid_order_log_and_integer_ranges_and_seeded_random(tmp_path: Path) -> None:
-    from gitops.tree import FsTree
+    from gitops.repo.tree import FsTree
 
     (tmp_path / "models/m").mkdir(parents=True)
     write_sweep(tmp_path, """method: grid

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gitops import tags
 from gitops.backends.base import TagInfo
 from gitops.errors import UsageError
+from gitops.registry import tags
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,12 @@ import pytest
 from loop_support import commit_all
 from typer.testing import CliRunner
 
-from gitops import config, settings, trackers
+from gitops import config, trackers
 from gitops.cli import app
+from gitops.config import settings
 from gitops.errors import ConfigError, GitopsError
-from gitops.runs import RunFolder, read_json
-from gitops.tree import FsTree
+from gitops.registry.runs import RunFolder, read_json
+from gitops.repo.tree import FsTree
 
 MODEL = "wine-mlp"
 MLFLOW = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
@@ -275,7 +276,7 @@ def test_mlflow_run_release_stages_report(repo, mlflow_server, monkeypatch):
     # the report links the run
     report = cli("report", str(run), "--json-out", "report.json").output
     assert f"[MLflow run]({mlflow_server.url}/#/experiments/{experiment.experiment_id}/runs/{found.info.run_id})" in report
-    from gitops.report import validate_report_json
+    from gitops.registry.report import validate_report_json
 
     data = validate_report_json(Path("report.json").read_text(), head_sha=None, pr=42)
     assert data["models"][0]["trackers"] == [{"name": "mlflow", "url": record["url"]}]

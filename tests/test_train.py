@@ -38,7 +38,7 @@ def cli(args: list[str], cwd: Path, monkeypatch: pytest.MonkeyPatch, env: dict[s
 
 @pytest.mark.parametrize("name", sorted(THRESHOLDS))
 def test_example_reaches_its_quality(trained_examples: dict[str, Path], name: str) -> None:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     run = RunFolder(trained_examples[name])
     assert run.metrics["test/accuracy"] >= THRESHOLDS[name], run.metrics
@@ -56,7 +56,7 @@ def test_example_reaches_its_quality(trained_examples: dict[str, Path], name: st
 
 
 def test_handed_on_checkpoint_is_best_by_validation(trained_examples: dict[str, Path]) -> None:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     run = RunFolder(trained_examples["digits-mlp"])  # best_metric: val/accuracy
     vals = run.history("val")
@@ -68,7 +68,7 @@ def test_handed_on_checkpoint_is_best_by_validation(trained_examples: dict[str, 
 
 def test_load_predicts_raw_inputs_like_the_test_metric(trained_examples: dict[str, Path]) -> None:
     import gitops
-    from gitops import data
+    from gitops.learn import data
 
     for name in ("digits-mlp", "wine-mlp"):
         loaded = gitops.load(str(trained_examples[name]))
@@ -150,8 +150,9 @@ def test_dry_run_reports_and_writes_nothing(example_repo: Path, monkeypatch: pyt
 
 
 def test_same_seed_is_bit_identical(tmp_path: Path) -> None:
-    from gitops import config, train
-    from gitops.checkpoint import restore_plain
+    from gitops import config
+    from gitops.learn import train
+    from gitops.learn.checkpoint import restore_plain
 
     cfg = config.load("digits-mlp", REPO, ["train.steps=120", "train.eval_every=60", "train.checkpoint.every_steps=60"])
     states = []
@@ -192,8 +193,9 @@ def test_benchmark_quick_smoke() -> None:
 
 
 def test_accumulation_bfloat16_and_early_stopping(tmp_path: Path) -> None:
-    from gitops import config, train
-    from gitops.runs import RunFolder
+    from gitops import config
+    from gitops.learn import train
+    from gitops.registry.runs import RunFolder
 
     doc = config.load("wine-mlp", REPO).as_dict()
     doc["train"].update(

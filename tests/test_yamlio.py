@@ -10,8 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitops.errors import EXIT_INVALID, EXIT_USAGE, ConfigError, UsageError
-from gitops.yamlio import (
+from gitops.config.yamlio import (
     MAX_DEPTH,
     Mark,
     YamlDoc,
@@ -21,6 +20,7 @@ from gitops.yamlio import (
     load_yaml_text,
     parse_scalar,
 )
+from gitops.errors import EXIT_INVALID, EXIT_USAGE, ConfigError, UsageError
 
 
 def write(tmp_path, text: str | bytes, name: str = "model.yaml"):
@@ -723,13 +723,13 @@ def test_fuzz_dump_round_trip(data):
 
 
 def _full_load(text: str, file: str):
-    from gitops import yamlio
+    from gitops.config import yamlio
 
     return yamlio._load_with(yamlio._FastLoader, text, file, require_mapping=True)
 
 
 def _assert_same_as_full(text: str, file: str = "f.yaml") -> None:
-    from gitops import yamlio
+    from gitops.config import yamlio
 
     fast = yamlio._load_common(text, file)
     assert fast is not None, "the fast path should take this document"
@@ -749,7 +749,7 @@ def test_fast_path_matches_full_loader_on_example_models():
     taken = 0
     for path in files:
         text = path.read_text(encoding="utf-8")
-        from gitops import yamlio
+        from gitops.config import yamlio
 
         if yamlio._load_common(text, str(path)) is None:
             continue
@@ -792,7 +792,7 @@ def test_fast_path_matches_full_loader(text):
     ],
 )
 def test_fast_path_leaves_unusual_documents_to_the_full_loader(text):
-    from gitops import yamlio
+    from gitops.config import yamlio
 
     assert yamlio._load_common(text, "f.yaml") is None
 

@@ -21,7 +21,7 @@ COMMENT_MAX_CHARS = 65_536  # GitHub's limit on an issue comment body; the PR re
 
 @dataclass(frozen=True)
 class TagInfo:
-    """An annotated tag as the registry sees it (GTO grammar lives in `gitops.tags`)."""
+    """An annotated tag as the registry sees it (GTO grammar lives in `gitops.registry.tags`)."""
 
     name: str
     commit: str  # the commit the tag points to (peeled)

@@ -13,11 +13,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gitops import gitutil, killpoints, scratch
+from gitops import killpoints, scratch
 from gitops.backends.base import AssetNotFoundError, Backend, TagExistsError, TagInfo
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, UsageError
-from gitops.runs import replace_dir
+from gitops.registry.runs import replace_dir
+from gitops.repo import gitutil
 
 _STAGE_PREFIX = ".stage-"
 
@@ -35,7 +36,7 @@ class LocalBackend(Backend):
 
     # --- tags -------------------------------------------------------------------------------
     def list_tags(self) -> list[TagInfo]:
-        from gitops import git_tags
+        from gitops.repo import git_tags
 
         return git_tags.list_tags(self.root)
 
@@ -59,7 +60,7 @@ class LocalBackend(Backend):
         return proc.returncode == 0
 
     def _tags_named(self, name: str) -> list[TagInfo]:
-        from gitops import git_tags
+        from gitops.repo import git_tags
 
         return git_tags.list_tags(self.root, f"refs/tags/{name}", annotated_only=False)[:1]
 
@@ -73,7 +74,7 @@ class LocalBackend(Backend):
 
     # --- assets -----------------------------------------------------------------------------
     def release_dir(self, tag: str) -> Path:
-        from gitops import tags as tag_grammar
+        from gitops.registry import tags as tag_grammar
 
         parsed = tag_grammar.parse(tag)
         if parsed is None or parsed.version is None:

@@ -1,4 +1,4 @@
-"""`gitops ls` and `gitops runs`: thin adapters over `gitops.listing`. Neither imports jax."""
+"""`gitops ls` and `gitops runs`: thin adapters over `gitops.repo.listing`. Neither imports jax."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ BackendOption = Annotated[
 def ls_cmd(as_json: JsonFlag = False, backend_name: BackendOption = None) -> None:
     """List models: latest version, stages, and finished runs not yet released.
     """
-    from gitops import listing
     from gitops.backends import get_backend
+    from gitops.repo import listing
 
     root = config.find_root()
     entries = listing.list_models(root, get_backend(backend_name, root))
@@ -41,8 +41,8 @@ def runs_cmd(
     A run marked * was trained from the model's config in the working tree; RELEASED names the
     versions that ship it.
     """
-    from gitops import listing
     from gitops.backends import get_backend
+    from gitops.repo import listing
 
     root = config.find_root()
     name = config.model_name_from_arg(model, root)

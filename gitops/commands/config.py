@@ -27,7 +27,7 @@ def validate_cmd(
     ] = False,
 ) -> None:
     """Validate model folders; print every problem as file:line:col: key.path: message."""
-    from gitops import validation
+    from gitops.config import validation
 
     root = config.find_root()
     names = validation.models_for_paths(root, paths) if paths else None
@@ -57,7 +57,7 @@ def show_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Print the resolved config and its training and release fingerprints."""
-    from gitops.yamlio import dump_yaml
+    from gitops.config.yamlio import dump_yaml
 
     root = config.find_root()
     cfg = config.load(config.model_name_from_arg(model, root), root, overrides or ())
@@ -85,7 +85,7 @@ def new_cmd(
     from_model: Annotated[str | None, typer.Option("--from", help="Copy this model's files.")] = None,
 ) -> None:
     """Scaffold a model folder that validates at once."""
-    from gitops.scaffold import new_model
+    from gitops.repo.scaffold import new_model
 
     root = config.find_root()
     target = new_model(root, name, from_model)
@@ -97,7 +97,7 @@ def schemas_cmd(
     check: Annotated[bool, typer.Option("--check", help="Exit 1 if schemas/ differs from the code.")] = False,
 ) -> None:
     """Write schemas/*.schema.json from the registries (or check they are current)."""
-    from gitops import schema_files
+    from gitops.config import schema_files
 
     root = config.find_root()
     directory = root / "schemas"
@@ -122,7 +122,7 @@ def migrate_cmd(
     check: Annotated[bool, typer.Option("--check", help="Only report files that need migrating (exit 1 if any).")] = False,
 ) -> None:
     """Rewrite model files written for older schemas to the current one, keeping comments."""
-    from gitops import migrate, validation
+    from gitops.config import migrate, validation
 
     root = config.find_root()
     names = validation.models_for_paths(root, paths) if paths else config.model_names(config.FsTree(root))

@@ -1,5 +1,5 @@
 """`gitops data ...`: commands that prepare data (thin adapters over the data modules): `checksums` writes the
-list that pins a streaming dataset (gitops.checksum_list), `tokenizer` trains a tokenizer."""
+list that pins a streaming dataset (gitops.learn.checksum_list), `tokenizer` trains a tokenizer."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ def tokenizer_cmd(
     Examples:
       gitops data tokenizer data/stdlib-lm/corpus.jsonl.gz --out data/stdlib-lm/tokenizer.json --vocab-size 2048
     """
-    from gitops import text_data, tokenize
     from gitops.errors import UsageError
+    from gitops.learn import text_data, tokenize
 
     if not corpus.is_file():
         raise UsageError(f"{corpus}: no such file")
@@ -51,7 +51,7 @@ def checksums_cmd(
     Put the list in the repository, point `data.dataset.checksums` at it and set `checksums_sha256` to the
     pin printed here: then `ci plan` and the fingerprints notice any data change without reading the data.
     """
-    from gitops import checksum_list
+    from gitops.learn import checksum_list
 
     progress = _progress() if out_file is not None and sys.stderr.isatty() else None
     try:

@@ -19,7 +19,7 @@ def demo_cmd(
 ) -> None:
     """Train, release, change, plan, report, merge, release, promote, pull and predict: the whole loop,
     on a scratch copy of this repository's digits-mlp and wine-mlp, with no GitHub (about a minute)."""
-    from gitops import demo
+    from gitops.repo import demo
 
     demo.run(keep, invoke=_invoke)
 

@@ -1,4 +1,4 @@
-"""`gitops init`: a thin adapter over `gitops.init`. Imports no jax."""
+"""`gitops init`: a thin adapter over `gitops.repo.init`. Imports no jax."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def init_cmd(
     Safe to run again: files already right are left alone; a file that differs is never overwritten
     (workflows and schemas are, with --force).
     """
-    from gitops import init
+    from gitops.repo import init
 
     result = init.init(path, example=example, force=force, package=package)
     if result.git_initialized:

@@ -26,7 +26,8 @@ def lineage_cmd(
       gitops lineage digits-mlp-finetune@v1.0.0
       gitops lineage digits-mlp@production --json
     """
-    from gitops import lineage, parent_ref
+    from gitops.config import parent_ref
+    from gitops.registry import lineage
 
     root = config.find_root()
     tag_list = parent_ref.registry_tags(root)
@@ -45,7 +46,7 @@ def stale_cmd(as_json: JsonFlag = False) -> None:
       gitops ci stale
       gitops ci stale --json
     """
-    from gitops import lineage
+    from gitops.registry import lineage
 
     found = lineage.stale(config.find_root())
     if as_json:

@@ -1,7 +1,7 @@
 """The GitOps loop on the command line: diff, ci plan, report, comment, release, stages, pull, predict.
 
-Each command parses its flags and calls one library function (`gitops.plan`, `gitops.report`,
-`gitops.release`, `gitops.versions`, `gitops.rollback`, `gitops.pull`, `gitops.predict`). Nothing here imports
+Each command parses its flags and calls one library function (`gitops.registry.plan`, `gitops.registry.report`,
+`gitops.registry.release`, `gitops.registry.versions`, `gitops.registry.rollback`, `gitops.registry.pull`, `gitops.serve.predict`). Nothing here imports
 jax: `ci plan` and `diff` must start fast on a GitHub-hosted runner.
 """
 
@@ -65,7 +65,8 @@ def diff_cmd(
     head: Annotated[str | None, typer.Option("--head", help="Head ref (default: the working tree).")] = None,
 ) -> None:
     """Which models changed between two refs, and how (changed keys, old -> new)."""
-    from gitops import gitutil, plan
+    from gitops.registry import plan
+    from gitops.repo import gitutil
 
     root = config.find_root()
     result = plan.plan(root, base or gitutil.default_base(root), head)
@@ -93,8 +94,10 @@ def plan_cmd(
 
     Refuses (exit 1) a plan over the budgets in gitops.yaml unless the PR carries the override label.
     """
-    from gitops import budget, ci_event, gitutil, plan, settings
-    from gitops.tree import FsTree, GitTree
+    from gitops.config import settings
+    from gitops.registry import budget, plan
+    from gitops.repo import ci_event, gitutil
+    from gitops.repo.tree import FsTree, GitTree
 
     root = config.find_root()
     result = plan.plan(root, base or gitutil.default_base(root), head)
@@ -119,7 +122,7 @@ def plan_cmd(
         plan.write_github_output(result)
     text = jsonio.dumps(doc, indent=2)
     if out_file is not None:
-        from gitops.runs import write_text
+        from gitops.registry.runs import write_text
 
         write_text(out_file, text + "\n")
     out(text)
@@ -144,7 +147,7 @@ def report_cmd(
                                                                "plain-text view without Mermaid or sparklines).")] = False,
 ) -> None:
     """Compare runs with their baselines; Markdown (or --json). Exit 1 when a quality gate fails."""
-    from gitops import report
+    from gitops.registry import report
 
     root = config.find_root()
     backend = _backend(backend_name, root) if baseline == "auto" else None
@@ -177,7 +180,7 @@ def comment_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Create or update the one sticky report comment on a PR."""
-    from gitops import report
+    from gitops.registry import report
 
     if not file.is_file():
         raise UsageError(f"{file}: no such file")
@@ -244,12 +247,13 @@ def release_pending_cmd(
                         "(release.yml's read-only prepare job).")] = None,
 ) -> None:
     """Release every model whose release fingerprint differs from its latest release."""
-    from gitops import api, gitutil
+    from gitops import api
+    from gitops.repo import gitutil
 
     root = config.find_root()
     backend = _backend(backend_name, root)
     if spool_dir is not None:
-        from gitops.spool import SpoolBackend
+        from gitops.registry.spool import SpoolBackend
 
         backend = SpoolBackend(backend, spool_dir, gitutil.head_commit(root))
     results, failures = api.release_pending(root, backend, push=push, dist=dist, track=track)
@@ -277,7 +281,7 @@ def publish_cmd(
     Runs where the write token is (release.yml's publish job) and never imports repository code: it
     resolves no config; it checks each recorded tag, commit and file (docs/workflows.md).
     """
-    from gitops import spool
+    from gitops.registry import spool
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -298,7 +302,7 @@ def fetch_runs_cmd(
 ) -> None:
     """Put the matrix's run folders into --out: already there, from $GITOPS_RUN_CACHE, or from the
     `run-<model>-<fingerprint>` artifacts (github backend). Exit 1 when none is found."""
-    from gitops import artifacts
+    from gitops.registry import artifacts
 
     root = config.find_root()
     if run_id is None and re.fullmatch("[0-9]+", os.environ.get("GITHUB_RUN_ID", "")):
@@ -332,7 +336,7 @@ def fetch_report_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Download the `gitops-report` artifact of a workflow run as data (its four files only)."""
-    from gitops import artifacts
+    from gitops.registry import artifacts
 
     try:
         root = config.find_root()
@@ -358,7 +362,7 @@ def pull_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Download a release, verify its checksums, and unpack it safely."""
-    from gitops import pull
+    from gitops.registry import pull
 
     root = config.find_root()
     target = pull.pull(root, _backend(backend_name, root), ref, to, say=_echo_err, expect_sha256=sha256)
@@ -372,9 +376,9 @@ def history_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Every version and stage move: date, author, commit, bump reason, headline metrics."""
-    from gitops import promotions, versions
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops.config.settings import load_settings
+    from gitops.registry import promotions, versions
+    from gitops.repo.tree import FsTree
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -393,9 +397,11 @@ def promote_cmd(
     deploy: DeployOption = None,
 ) -> None:
     """Assign a stage to a version (GTO tag <model>#<stage>#<N>); a protected stage opens a promotion PR instead."""
-    from gitops import deploy_repo, promotions, tags, trackers, versions
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops import trackers
+    from gitops.config.settings import load_settings
+    from gitops.registry import promotions, tags, versions
+    from gitops.repo.tree import FsTree
+    from gitops.serve import deploy_repo
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -442,9 +448,11 @@ def promote_approved_cmd(
       gitops ci promote-approved
       gitops ci promote-approved --backend github
     """
-    from gitops import deploy_repo, promotions, tags, trackers, versions
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops import trackers
+    from gitops.config.settings import load_settings
+    from gitops.registry import promotions, tags, versions
+    from gitops.repo.tree import FsTree
+    from gitops.serve import deploy_repo
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -475,9 +483,11 @@ def demote_cmd(
     deploy: DeployOption = None,
 ) -> None:
     """Unassign a stage (GTO tag <model>#<stage>!#<N>)."""
-    from gitops import deploy_repo, trackers, versions
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops import trackers
+    from gitops.config.settings import load_settings
+    from gitops.registry import versions
+    from gitops.repo.tree import FsTree
+    from gitops.serve import deploy_repo
 
     root = config.find_root()
     backend = _backend(backend_name, root)
@@ -499,7 +509,7 @@ def deprecate_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Deregister a version (<model>@vX.Y.Z!#N) or deprecate a whole model (<model>@deprecated#N)."""
-    from gitops import versions
+    from gitops.registry import versions
 
     root = config.find_root()
     out(versions.deprecate(_backend(backend_name, root), ref, root))
@@ -513,7 +523,8 @@ def rollback_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Restore a version's config files on a new branch (and open a PR on GitHub)."""
-    from gitops import gitutil, rollback
+    from gitops.registry import rollback
+    from gitops.repo import gitutil
 
     root = config.find_root()
     was = gitutil.current_branch(root)
@@ -548,7 +559,7 @@ def predict_cmd(
       gitops predict digits-mlp@v1.0.0 --input digits.npy
       gitops predict stdlib-lm@latest --prompt "def main(" --max-new-tokens 80 --temperature 0.8 --top-k 20
     """
-    from gitops import predict
+    from gitops.serve import predict
 
     if (input_file is None) == (not prompt):
         raise UsageError("give exactly one of --input FILE or --prompt TEXT")
@@ -575,11 +586,11 @@ def gc_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Remove run folders under runs/ that no release (or stage) refers to, nor the current configs."""
-    from gitops import versions
+    from gitops.registry import versions
 
     root = config.find_root()
     if artifacts:
-        from gitops import artifact_store
+        from gitops.registry import artifact_store
 
         grace_s = artifact_store.parse_duration(grace)
         store = artifact_store.for_root(root)
@@ -629,8 +640,8 @@ def track_cmd(
         _echo_err(f"note: {exc.message}; releases are not sent")
         backend = None
     if every:
-        from gitops import tags
-        from gitops.tree import FsTree
+        from gitops.registry import tags
+        from gitops.repo.tree import FsTree
 
         names = set(config.model_names(FsTree(root)))
         names |= {p.name for p in runs.iterdir() if p.is_dir()} if runs.is_dir() else set()

@@ -32,7 +32,7 @@ def doctor_cmd(
     if github:
         _doctor_github(as_json)
         return
-    from gitops import doctor
+    from gitops.repo import doctor
 
     if expect_gpu is None:
         expect_gpu = os.environ.get("GITOPS_EXPECT_GPU", "").lower() in ("1", "true", "yes")
@@ -56,11 +56,12 @@ def doctor_cmd(
 
 def _approvals_check():
     """Protected stages (gitops.yaml): unapproved stage tags, as a warning; None outside a repository."""
-    from gitops import config, promotions
+    from gitops import config
     from gitops.backends import get_backend
+    from gitops.config.settings import load_settings
     from gitops.errors import GitopsError
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops.registry import promotions
+    from gitops.repo.tree import FsTree
 
     try:
         root = config.find_root()
@@ -73,9 +74,10 @@ def _approvals_check():
 
 
 def _doctor_github(as_json: bool) -> None:
-    from gitops import config, doctor_github
+    from gitops import config
     from gitops.backends.github import GitHubBackend
     from gitops.errors import UsageError
+    from gitops.repo import doctor_github
 
     try:
         root: Path | None = config.find_root()

@@ -1,4 +1,4 @@
-"""`gitops serve` and `gitops deploy`: thin adapters over `gitops.serve.server` and `gitops.deploy`.
+"""`gitops serve` and `gitops deploy`: thin adapters over `gitops.serve.server` and `gitops.serve.deploy`.
 
 jax, starlette and uvicorn load inside the command bodies only.
 """
@@ -92,9 +92,10 @@ def deploy_cmd(
     backend_name: BackendOption = None,
 ) -> None:
     """Deploy a stage to a Kustomize deploy repository (--to-repo), or render manifests (--render [--bake])."""
-    from gitops import config, deploy
+    from gitops import config
     from gitops.backends import get_backend
     from gitops.errors import UsageError
+    from gitops.serve import deploy
 
     root = config.find_root()
     repo_slug = github_repository or os.environ.get("GITHUB_REPOSITORY", "")
@@ -110,9 +111,9 @@ def deploy_cmd(
             out(f"  docker build -t {result.image} {result.dir}")
             out(f"  kubectl apply -f {result.dir / 'k8s'}")
             return
-        from gitops import deploy_repo
-        from gitops.settings import load_settings
-        from gitops.tree import FsTree
+        from gitops.config.settings import load_settings
+        from gitops.repo.tree import FsTree
+        from gitops.serve import deploy_repo
 
         env = deploy_repo.pod_env(repo_slug, load_settings(FsTree(root)).artifacts)
         rendered, stage = deploy_repo.render(backend, ref, render_dir, opts, image=image or None, env=env, force=force)
@@ -125,11 +126,12 @@ def deploy_cmd(
 
 
 def _deploy_to_repo(root, ref, to_repo, path, all_stages, image, gpu, replicas, repo_slug, backend_name) -> None:
-    from gitops import deploy_repo, tags
     from gitops.backends import get_backend
+    from gitops.config.settings import load_settings
     from gitops.errors import UsageError
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops.registry import tags
+    from gitops.repo.tree import FsTree
+    from gitops.serve import deploy_repo
 
     settings = load_settings(FsTree(root))
     if not (to_repo or settings.deploy.repository) and all_stages and ref is None:

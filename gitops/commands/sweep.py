@@ -1,4 +1,4 @@
-"""`gitops sweep MODEL` and `gitops sweep apply MODEL`: thin adapters over `gitops.sweep_run`."""
+"""`gitops sweep MODEL` and `gitops sweep apply MODEL`: thin adapters over `gitops.learn.sweep_run`."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def sweep_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the ranked trials as JSON.")] = False,
 ) -> None:
     """Run the trials of models/MODEL/sweep.yaml and rank them, or write one trial into the model's files."""
-    from gitops import sweep_results, sweep_run
+    from gitops.learn import sweep_run
+    from gitops.registry import sweep_results
 
     if len(words) == 2 and words[0] == "apply":
         root = config.find_root()

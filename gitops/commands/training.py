@@ -1,4 +1,4 @@
-"""`gitops train`: a thin adapter over `gitops.train`. jax, flax, optax and orbax load inside the body only."""
+"""`gitops train`: a thin adapter over `gitops.learn.train`. jax, flax, optax and orbax load inside the body only."""
 
 from __future__ import annotations
 
@@ -55,21 +55,22 @@ def train_cmd(
     With several devices the run is data parallel; with --coordinator (or JAX_COORDINATOR_ADDRESS) every
     process runs this same command and they train as one (process 0 writes the run folder).
     """
-    from gitops import parallel
+    from gitops.learn import parallel
 
     parallel.initialize(parallel.cluster_from(coordinator, num_processes, process_id))  # before jax lists devices
     root = config.find_root()
     name = config.model_name_from_arg(model, root)
     if trial is not None:
-        from gitops import sweep
+        from gitops.config import sweep
 
         overrides = [*sweep.trial_overrides(name, root, trial), *(overrides or ())]
     cfg = config.load(name, root, overrides or ())
     if dry_run:
         _dry_run(cfg, root)
         return
-    from gitops import dispatch, trackers
+    from gitops import trackers
     from gitops.errors import RunInterrupted
+    from gitops.learn import dispatch
 
     sinks = trackers.specs_for(root, track) if parallel.is_primary() else []  # a missing extra fails before training
     reporter = _reporter()
@@ -92,7 +93,7 @@ def train_cmd(
 
 
 def _dry_run(cfg: Any, root: Path) -> None:
-    from gitops import train
+    from gitops.learn import train
 
     report = train.dry_run(cfg, root=root)
     mib = 1024 * 1024
@@ -117,7 +118,7 @@ def _dry_run(cfg: Any, root: Path) -> None:
     out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")
     parent = report.get("start_from")
     if parent:
-        from gitops import lineage
+        from gitops.registry import lineage
 
         out("start from: " + lineage.describe_parent(parent))
         out(f"  loaded ({len(parent['loaded'])}): {', '.join(parent['loaded'])}")

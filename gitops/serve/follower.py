@@ -71,7 +71,7 @@ class RegistrySource:
     """
 
     def __init__(self, root: Path, ref: str, cache_dir: Path | None = None, *, backend=None):
-        from gitops import tags
+        from gitops.registry import tags
 
         self.root = Path(root)
         self.ref = tags.parse_ref(ref)
@@ -98,13 +98,13 @@ class RegistrySource:
         Raises the registry's GitopsError when the model, version or stage is unknown; the follower logs it
         and keeps serving.
         """
-        from gitops import versions
+        from gitops.registry import versions
 
         return versions.resolve(self.backend, self.ref)[1].version
 
     def fetch(self, version: str) -> Path:
         """Pull `version` (download, verify SHA256SUMS and the tag's checksum, unpack)."""
-        from gitops import pull
+        from gitops.registry import pull
 
         dest = self.cache_dir / self.ref.model / version if self.cache_dir is not None else None
         return Path(pull.pull(self.root, self.backend, f"{self.ref.model}@{version}", dest))

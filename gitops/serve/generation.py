@@ -74,7 +74,7 @@ def parse_request(payload: Any) -> GenerateRequest:
         raise UsageError("streaming answers one prompt per request")
     request = GenerateRequest(prompts, number("max_new_tokens", 64, int), number("temperature", 1.0, float),
                               number("top_k", None, int), number("seed", 0, int), stream)
-    from gitops.generate import Sampling
+    from gitops.learn.generate import Sampling
 
     Sampling(request.max_new_tokens, request.temperature, request.top_k, request.seed).check()
     return request
@@ -126,7 +126,7 @@ class GenerationBatcher:
             asyncio.get_running_loop().create_task(self._run(group, loaded, request))
 
     async def _run(self, group: list[_Pending], loaded: Any, request: GenerateRequest) -> None:
-        from gitops.generate import Sampling, generate_ids
+        from gitops.learn.generate import Sampling, generate_ids
 
         sampling = Sampling(request.max_new_tokens, request.temperature, request.top_k, 0)
         try:
@@ -143,11 +143,11 @@ class GenerationBatcher:
 
 
 def tokenizer_of(loaded: Any) -> Any:
-    """The tokenizer saved with a loaded language model (`gitops.tokenize.from_saved`).
+    """The tokenizer saved with a loaded language model (`gitops.learn.tokenize.from_saved`).
 
     Raises UsageError (answered 400) when the model is not a language model or saved no tokenizer.
     """
-    from gitops.tokenize import from_saved
+    from gitops.learn.tokenize import from_saved
 
     prep = loaded.preprocessing
     if prep.task != "language_modeling" or not getattr(prep, "tokenizer", None):
@@ -181,7 +181,7 @@ def _check_prompts(loaded: Any, encoded: list[list[int]]) -> None:
 
 async def stream(loaded: Any, request: GenerateRequest) -> AsyncIterator[bytes]:
     """Server-sent events of one prompt's generation, one event per token as it is decoded."""
-    from gitops.generate import Sampling, stepper
+    from gitops.learn.generate import Sampling, stepper
 
     tokenizer = tokenizer_of(loaded)
     ids = tokenizer.encode(request.prompts[0])

@@ -290,7 +290,7 @@ def metadata(version: ServedVersion, stage: str | None) -> dict:
 def _matches(version: ServedVersion, sel: str) -> bool:
     if sel == str(version.number) and version.number:
         return True
-    from gitops.tags import SemVer  # `1.2.0-rc.1` and `v1.2.0-rc.1` name the same version
+    from gitops.registry.tags import SemVer  # `1.2.0-rc.1` and `v1.2.0-rc.1` name the same version
 
     a, b = SemVer.try_parse(sel), SemVer.try_parse(version.version)
     if a is not None and b is not None:
@@ -600,7 +600,7 @@ def build(target: str, *, root=None, backend: str | None = None, max_batch_size:
     """
     from pathlib import Path
 
-    from gitops.refs import parse_target
+    from gitops.config.refs import parse_target
     from gitops.serve.follower import FixedSource, RegistrySource
     from gitops.serve.version import folder_identity, load_version
 

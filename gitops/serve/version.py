@@ -216,7 +216,7 @@ def folder_identity(model_dir: Path) -> tuple[str, str]:
 
 def _released_as(model_dir: Path) -> str | None:
     """The version a pulled release folder holds (its `release.json`), None for a plain run folder."""
-    from gitops.archive import read_release_record
+    from gitops.registry.archive import read_release_record
 
     return (read_release_record(model_dir) or {}).get("version")
 
@@ -238,7 +238,7 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     task = pre.get("task") or loaded.config.task
     input_shape = tuple(int(d) for d in pre["input_shape"])
     n_out = pre.get("num_outputs") or pre.get("num_classes") or 1
-    from gitops.predict import class_labels
+    from gitops.serve.predict import class_labels
 
     labels = tuple(class_labels(loaded))
     if task == "classification":

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import archive as archive_format
-from gitops import jsonio, runs, tags, versions
+from gitops import jsonio
 from gitops.backends.base import Backend
 from gitops.errors import GitopsError
-from gitops.pull import fetch_archive
+from gitops.registry import archive as archive_format
+from gitops.registry import runs, tags, versions
+from gitops.registry.pull import fetch_archive
 
 # Members we read from a release archive, stored in the cache under these same names.
 WANTED = ("manifest.json", "metrics.json", "history.jsonl", "config.resolved.yaml")
@@ -220,7 +221,7 @@ def _apply_files(v: VersionData, files: dict[str, bytes]) -> None:
     if not v.metrics and isinstance(metrics, dict):
         v.metrics = metrics
     if "config.resolved.yaml" in files:
-        from gitops.yamlio import load_yaml_text
+        from gitops.config.yamlio import load_yaml_text
 
         try:
             data = load_yaml_text(files["config.resolved.yaml"], f"{v.tag}:config.resolved.yaml",

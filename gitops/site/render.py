@@ -19,8 +19,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from gitops import gates, jsonio
+from gitops import jsonio
 from gitops.errors import UsageError
+from gitops.registry import gates
 from gitops.site import charts
 from gitops.site.data import ModelData, RegistryData, VersionData, config_diff, flatten_config
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gitops.config.settings import TrackerSpec
 from gitops.errors import GitopsError, UsageError
-from gitops.settings import TrackerSpec
 from gitops.trackers.base import Outcome, RunData, describe, pr_number, read_run_data, with_retries
 
 NAMES = ("tensorboard", "mlflow")
@@ -52,8 +52,8 @@ def specs_for(root: Path, track: bool | None = None, names: Sequence[str] = ()) 
         ConfigError: gitops.yaml is invalid.
         GitopsError: a sink's extra is not installed (exit 1; the message names the extra).
     """
-    from gitops.settings import load_settings
-    from gitops.tree import FsTree
+    from gitops.config.settings import load_settings
+    from gitops.repo.tree import FsTree
 
     if track is False:
         return []
@@ -130,7 +130,7 @@ def _label(run: RunData) -> str:
 
 
 def _record(run_dir: Path, outcomes: Mapping[str, Outcome], warn: Warn) -> None:
-    from gitops.runs import RunFolder
+    from gitops.registry.runs import RunFolder
 
     try:
         RunFolder(run_dir).record_trackers({k: o.record() for k, o in outcomes.items()})
@@ -211,8 +211,8 @@ def backfill(root: Path, backend: Any, specs: Sequence[TrackerSpec], models: Seq
     version becomes a model version (its run taken from runs/, the run cache, or pulled and verified),
     then the stage aliases follow the registry's tags.
     """
-    from gitops import runs, versions
-    from gitops.runs import RunFolder
+    from gitops.registry import runs, versions
+    from gitops.registry.runs import RunFolder
 
     runs_dir = Path(runs_dir) if runs_dir else root / runs.RUNS_DIR
     result = BackfillResult()
@@ -231,7 +231,7 @@ def backfill(root: Path, backend: Any, specs: Sequence[TrackerSpec], models: Seq
             fingerprint = versions.release_metadata(v.message).get("training_fingerprint")
             local = runs.find_run(root, model, fingerprint) if fingerprint else None
             if local is None:
-                from gitops.pull import pull
+                from gitops.registry.pull import pull
 
                 try:
                     local = pull(root, backend, f"{model}@{v.version}")

@@ -118,7 +118,7 @@ class RunData:
 
 def read_run_data(path: Path) -> RunData:
     """Read a run folder for the sinks; GitopsError when it is not a finished run."""
-    from gitops import runs
+    from gitops.registry import runs
 
     info = runs.read_run(Path(path))
     if not info.finished:
@@ -194,7 +194,7 @@ def pr_number() -> str | None:
     value = os.environ.get("GITOPS_PR", "").strip()
     if value.isdigit():
         return value
-    from gitops import ci_event
+    from gitops.repo import ci_event
 
     number = ci_event.pr_number()
     return str(number) if number else None
@@ -259,7 +259,7 @@ def _param_shapes(architecture: str, params: Mapping, prep: Mapping) -> list[tup
     import jax
     from flax import nnx
 
-    from gitops.architectures import build_model
+    from gitops.learn.architectures import build_model
 
     params = {k: v for k, v in params.items() if k != "architecture"}
     abstract = nnx.eval_shape(lambda: build_model(architecture, params, input_shape=prep["input_shape"],

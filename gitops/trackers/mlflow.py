@@ -33,7 +33,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from gitops.settings import TrackerSpec
+from gitops.config.settings import TrackerSpec
 from gitops.trackers.base import (
     Outcome,
     RunData,

@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from gitops.runs import replace_dir
-from gitops.settings import TrackerSpec
+from gitops.config.settings import TrackerSpec
+from gitops.registry.runs import replace_dir
 from gitops.trackers.base import Outcome, RunData, TrackerUnavailable, flatten, model_summary, scalar_text
 
 DEFAULT_DIR = "tensorboard"

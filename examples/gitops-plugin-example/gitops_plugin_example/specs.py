@@ -3,7 +3,7 @@ package, through GITOPS_PLUGINS in __init__.py). Imports nothing heavy: `gitops 
 module without jax; the implementations are named by `build`, relative to this package (".model:..."),
 and imported on first use, so the package works under any name."""
 
-from gitops.plugins import Plugin
+from gitops.config.plugins import Plugin
 
 TINY_LINEAR = Plugin(
     name="tiny-linear",

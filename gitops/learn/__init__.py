@@ -1,0 +1,1 @@
+"""Training on JAX: architectures, data pipelines, optimizers, steps, checkpoints, metrics."""

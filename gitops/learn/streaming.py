@@ -1,0 +1,578 @@
+"""Streaming datasets on Grain: image folders, Parquet tables and ArrayRecord shards, pinned by a checksum list.
+
+Where the in-memory sources (`gitops.learn.data`) put a whole training split on the device, these read
+records from files while training, so memory does not grow with the dataset:
+
+1. *Locate and verify* (`load`): the checksum list (`checksums:`) must hash to its pin
+   (`checksums_sha256:`); every listed file must exist and match its SHA-256 (`gitops.learn.checksum_list`,
+   parallel, remembered by path/size/mtime). A URL prefix (`file://`, https, s3, gs) fetches each listed
+   file into the data cache by hash (`gitops.learn.remote_data`). All of it happens before a run folder exists.
+2. *Records and splits*: a record index is a position in the list order (sorted paths; rows in file
+   order), so re-encoding files keeps every split. Predefined splits come from folders
+   (`<path>/<split>/<class>/<file>`) or a `split_column`; otherwise `data.splits` fractions cut the
+   record indexes with the same function as the in-memory sources (`preprocessing.split_indexes`).
+3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
+   sample of `stats_sample` records), saved as `preprocessing.json` like every run.
+4. *The pipeline* (`train_dataset`): a Grain `MapDataset`: global shuffle by the data seed (re-shuffled
+   every epoch), per-process shard `[process_index::process_count]`, decode + scale in `map`,
+   `batch(drop_remainder=True)`, `repeat`; read through `mp_prefetch` worker processes (`workers`) or
+   threads. Parquet visits row groups in a seeded order with rows shuffled inside each group
+   (`BlockOrder`), so an epoch reads each row group once. The iterator's state (`get_state()`) is
+   saved in each checkpoint's `meta` item; `--resume` sets it back, so the batches after a resume
+   are those of an uninterrupted run.
+
+Errors name the file and exit 1 (`GitopsError`); `skip_bad: true` drops undecodable images instead and
+the count goes to `manifest.json` (`data.skipped`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from gitops.checksums import sha256_file
+from gitops.errors import GitopsError, IntegrityError
+from gitops.learn import checksum_list, sources
+from gitops.learn.preprocessing import Preprocessing, split_indexes
+
+SOURCES = frozenset({"image_folder", "parquet", "array_record"})
+# dataset keys that change how fast data arrives, never which data: left out of the fingerprints
+EXECUTION_KEYS = ("workers", "prefetch")
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+
+
+@dataclass
+class StreamSplit:
+    """Record indexes of one split (positions in the source)."""
+
+    indexes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+
+@dataclass
+class StreamingDataset:
+    """What `gitops.learn.data.load` returns for a streaming source: splits as record indexes, not arrays."""
+
+    source: Any
+    train: StreamSplit
+    val: StreamSplit
+    test: StreamSplit
+    preprocessing: Any
+    seed: int
+    workers: int
+    prefetch: int
+    block_starts: np.ndarray | None = None  # parquet: first record of each row group
+    skipped: list[str] = field(default_factory=list)
+    streaming: bool = True
+
+    @property
+    def task(self) -> str:
+        """`classification`, `regression` or `language_modeling`, from the preprocessing."""
+        return self.preprocessing.task
+
+    # --- Grain pipelines ---
+    def train_dataset(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1) -> Any:
+        """The endless, per-epoch re-shuffled (by `seed`) `MapDataset` of this process's training batches.
+
+        Batch `s` holds this process's share (`batch_size // process_count` examples) of global batch `s`.
+        """
+        import grain
+
+        if batch_size % process_count:
+            raise GitopsError(f"batch size {batch_size} does not split over {process_count} processes")
+        local = batch_size // process_count
+        per_epoch = (len(self.train) // batch_size) * batch_size
+        if self.block_starts is not None:  # parquet: row groups in a seeded order, rows shuffled inside
+            order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
+            ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
+            ds = ds[process_index::process_count].map(Lookup(self.source))
+        else:
+            ds = grain.MapDataset.source(Subset(self.source, self.train.indexes)).shuffle(seed=seed)
+            ds = ds[: per_epoch][process_index::process_count]
+        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
+        ds = ds.batch(local, drop_remainder=True)
+        return ds if self.block_starts is not None else ds.repeat(None)
+
+    def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
+        """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
+        import grain
+
+        workers = self.workers if workers is None else workers
+        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+                                                       prefetch_buffer_size=max(1, self.prefetch)))
+        if workers > 0:
+            _absl_flags_parsed()
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                             per_worker_buffer_size=max(1, self.prefetch)))
+        return iter(it)
+
+    def eval_batches(self, split: str, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(x, y, weights) batches of a split in record order; the last one padded with weight-0 rows."""
+        import grain
+
+        part = getattr(self, split)
+        if not len(part):
+            return
+        ds = grain.MapDataset.source(Subset(self.source, np.sort(part.indexes)))
+        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor)).batch(batch)
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+                                                  prefetch_buffer_size=2))
+        for x, y in _reraise(iter(it)):
+            n = len(x)
+            w = np.ones(batch, np.float32)
+            if n < batch:
+                w[n:] = 0
+                x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
+                y = np.concatenate([y, np.zeros((batch - n, *y.shape[1:]), y.dtype)])
+            yield x, y, w
+
+
+def _absl_flags_parsed() -> None:
+    """Grain's worker processes read absl flags; a program that never parsed them (ours) marks them parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _reraise(it: Iterator) -> Iterator:
+    """Yield from a Grain iterator, turning a record error raised in a worker into one clear GitopsError."""
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except GitopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Grain re-raises worker errors wrapped
+            raise record_error(exc) from None
+        yield item
+
+
+def record_error(exc: BaseException) -> GitopsError:
+    """The clear message inside an exception Grain re-raised from a worker (its text names the file)."""
+    text = str(exc).strip()
+    for line in text.splitlines():
+        if "RecordError" in line or ": cannot " in line:
+            return GitopsError(line.split("RecordError: ", 1)[-1].strip())
+    return GitopsError(f"the input pipeline failed: {type(exc).__name__}: {text[:500]}")
+
+
+# --- picklable pieces of the pipeline (Grain workers rebuild them) --------------------------------------
+
+
+class Subset:
+    """The records `indexes` of `source`, as a random-access source."""
+
+    def __init__(self, source: Any, indexes: np.ndarray):
+        self.source, self.indexes = source, np.asarray(indexes, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indexes)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.source[int(self.indexes[int(i)])]
+
+
+class Lookup:
+    """record index -> record of `source` (for index streams built with `map_with_index`)."""
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def __call__(self, index: int) -> Any:
+        return self.source[int(index)]
+
+
+class Scale:
+    """(x, y) -> (float32 (x - shift) / divisor, y): the fitted preprocessing, per example."""
+
+    def __init__(self, shift: list[float] | None, divisor: list[float] | None):
+        self.shift = None if shift is None else np.asarray(shift, np.float32)
+        self.divisor = None if divisor is None else np.asarray(divisor, np.float32)
+
+    def __call__(self, record: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        x, y = record
+        x = np.asarray(x, np.float32)
+        if self.shift is not None:
+            x = ((x.reshape(-1) - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
+        return x, y
+
+
+class BlockOrder:
+    """Global stream position -> record index: row groups in a seeded order, rows shuffled within each group.
+
+    `indexes` (sorted record indexes of the split) are grouped by `block_starts`; epoch e visits the
+    groups in `permutation(seed, e)` and each group's rows in `permutation(seed, e, group)`; an epoch is
+    `per_epoch` positions (the split rounded down to whole batches). Deterministic, O(groups) memory.
+    """
+
+    def __init__(self, indexes: np.ndarray, block_starts: np.ndarray, seed: int, per_epoch: int):
+        self.indexes = np.sort(np.asarray(indexes, np.int64))
+        group = np.searchsorted(block_starts, self.indexes, side="right") - 1
+        cuts = np.flatnonzero(np.diff(group)) + 1
+        self.bounds = np.concatenate([[0], cuts, [len(self.indexes)]]).astype(np.int64)
+        self.seed, self.per_epoch = int(seed), int(per_epoch)
+        self._epoch: int | None = None
+        self._lock = threading.Lock()  # Grain's reader threads share this object and its cached plan
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_lock": None, "_epoch": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _plan(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, epoch])
+        self._order = rng.permutation(len(self.bounds) - 1)
+        sizes = np.diff(self.bounds)[self._order]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)])
+        self._epoch, self._group, self._perm = epoch, None, None
+
+    def __call__(self, position: int, _element: Any = None) -> int:
+        with self._lock:
+            return self._index(position)
+
+    def _index(self, position: int) -> int:
+        epoch, k = divmod(int(position), self.per_epoch)
+        if epoch != self._epoch:
+            self._plan(epoch)
+        slot = int(np.searchsorted(self._starts, k, side="right") - 1)
+        group = int(self._order[slot])
+        if group != self._group:
+            size = int(self.bounds[group + 1] - self.bounds[group])
+            self._perm = np.random.default_rng([self.seed, epoch, group + 1]).permutation(size)
+            self._group = group
+        return int(self.indexes[self.bounds[group] + self._perm[k - int(self._starts[slot])]])
+
+
+# --- locating, verifying and indexing the files ------------------------------------------------------
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _checksum_entries(ds: Mapping[str, Any], root: Path) -> tuple[list[checksum_list.Entry], str]:
+    rel = ds["checksums"]
+    path = root / rel
+    if not path.is_file():
+        raise GitopsError(f"data.dataset.checksums: no file {rel} in the repository (write it with "
+                          f"`gitops data checksums {ds['path']} --out {rel}`)")
+    actual = sha256_file(path)
+    if actual != ds["checksums_sha256"]:
+        raise IntegrityError(f"{rel}: SHA-256 mismatch (data.dataset.checksums_sha256 is {ds['checksums_sha256']}, "
+                             f"the list has {actual}); nothing was trained. Update the pin if the list changed on purpose")
+    return checksum_list.parse(path.read_text(encoding="utf-8"), rel), rel
+
+
+def locate(ds: Mapping[str, Any], root: Path, check: Any = None) -> tuple[dict[str, Path], dict[str, str | None], str]:
+    """Verified local files of a streaming dataset: (listed path -> local file, listed path -> problem, label).
+
+    Local paths are verified in place (remembered between runs); a URL prefix fetches each listed file
+    into the data cache, where its name is its SHA-256.
+    """
+    from gitops.learn import remote_data
+
+    entries, label = _checksum_entries(ds, root)
+    where = ds["path"]
+    if _is_url(where):
+        prefix = where.rstrip("/")
+
+        def fetch(entry: checksum_list.Entry) -> tuple[Path, str | None]:
+            local = remote_data.fetch(f"{prefix}/{entry.path}", entry.sha256)
+            return local, (check(local) if check else None)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            got = list(pool.map(fetch, entries))
+        return ({e.path: p for e, (p, _) in zip(entries, got, strict=True)},
+                {e.path: q for e, (_, q) in zip(entries, got, strict=True)}, label)
+    base = (root / where).resolve()
+    if not base.exists():
+        raise GitopsError(f"data.dataset.path: {where} does not exist under {root}")
+    problems = checksum_list.verify(base, entries, label=label, pin=ds["checksums_sha256"],
+                                    cache=remote_data.cache_dir(), check=check)
+    if base.is_file():  # a single listed file named by the path itself
+        return {e.path: base for e in entries}, problems, label
+    return {e.path: base / e.path for e in entries}, problems, label
+
+
+def _image_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np.ndarray] | None, list[str], list[str]]:
+    files, problems, label = locate(ds, root, check=sources.image_problem)
+    skipped = [p for p, q in problems.items() if q]
+    if skipped and not ds.get("skip_bad"):
+        first = skipped[0]
+        raise GitopsError(f"{files[first]}: {problems[first]} (set data.dataset.skip_bad: true to skip such files)")
+    paths = [p for p in sorted(files) if not problems.get(p)]
+    depths = {len(PurePosixPath(p).parts) for p in paths}
+    if len(depths) > 1:
+        odd = next(p for p in paths if len(PurePosixPath(p).parts) != min(depths))
+        raise GitopsError(f"{label}: {odd}: images must all be <class>/<file> or all <split>/<class>/<file>")
+    depth = depths.pop() if depths else 2
+    if depth not in (2, 3):
+        raise GitopsError(f"{label}: {paths[0]}: expected <class>/<file> or <split>/<class>/<file>")
+    parts = [PurePosixPath(p).parts for p in paths]
+    if depth == 3:
+        bad = sorted({s[0] for s in parts if s[0] not in SPLIT_NAMES})
+        if bad:
+            raise GitopsError(f"{label}: split folder {bad[0]!r} is not one of train, val, validation, test")
+        classes = sorted({s[1] for s in parts})
+        by_split: dict[str, set[str]] = {}
+        for s in parts:
+            by_split.setdefault(SPLIT_NAMES[s[0]], set()).add(s[1])
+        for name in classes:
+            holders = [sp for sp, cls in by_split.items() if name in cls]
+            if len(holders) < len(by_split):
+                missing = sorted(set(by_split) - set(holders))
+                raise GitopsError(f"{Path(ds['path']) / next(p for p in paths if PurePosixPath(p).parts[1] == name)}: "
+                                  f"the label folder {name!r} appears in split {', '.join(holders)} but not in "
+                                  f"{', '.join(missing)}")
+        splits = {sp: np.asarray([i for i, s in enumerate(parts) if SPLIT_NAMES[s[0]] == sp], np.int64)
+                  for sp in ("train", "val", "test")}
+    else:
+        classes = sorted({s[0] for s in parts})
+        splits = None
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.asarray([index[s[-2]] for s in parts], np.int32)
+    source = sources.ImageFolderSource([str(files[p]) for p in paths], labels, ds["image_size"], ds["channels"])
+    return source, splits, classes, [str(files[p]) for p in skipped]
+
+
+def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np.ndarray] | None, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    files, _, _ = locate(ds, root)
+    paths = [files[p] for p in sorted(files)]
+    group_rows, features = [], None
+    for path in paths:
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid and friends
+            raise GitopsError(f"{path}: not a Parquet file ({exc})") from None
+        names = [meta.schema.column(i).name for i in range(meta.num_columns)]
+        wanted = list(ds.get("features") or [n for n in names if n.startswith(ds.get("feature_prefix") or "\0")])
+        if not wanted:
+            raise GitopsError(f"{path}: no column starts with feature_prefix {ds.get('feature_prefix')!r} "
+                              f"(columns: {', '.join(names[:20])})")
+        for column in [*wanted, ds["label"], *([ds["split_column"]] if ds.get("split_column") else [])]:
+            if column not in names:
+                raise GitopsError(f"{path}: no column {column!r} (columns: {', '.join(names[:20])})")
+        if features is not None and wanted != features:
+            raise GitopsError(f"{path}: its feature columns differ from those of {paths[0]}")
+        features = wanted
+        group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    task = ds.get("task", "classification")
+    source = sources.ParquetSource([str(p) for p in paths], group_rows, features or [], ds["label"], task)
+    splits = None
+    if ds.get("split_column"):
+        names_by_row = []
+        for path in paths:
+            handle = pq.ParquetFile(path)
+            for g in range(handle.metadata.num_row_groups):  # one column, one row group at a time
+                names_by_row.append(handle.read_row_group(g, columns=[ds["split_column"]]).column(0).to_numpy(
+                    zero_copy_only=False).astype(str))
+        values = np.concatenate(names_by_row) if names_by_row else np.zeros(0, str)
+        unknown = sorted(set(np.unique(values)) - set(SPLIT_NAMES))
+        if unknown:
+            raise GitopsError(f"{paths[0]}: column {ds['split_column']!r} holds {unknown[0]!r}; expected train, val, test")
+        mapped = np.vectorize(SPLIT_NAMES.get, otypes=[str])(values) if len(values) else values
+        splits = {sp: np.flatnonzero(mapped == sp).astype(np.int64) for sp in ("train", "val", "test")}
+    return source, splits, source.starts[:-1]
+
+
+def _array_record_records(ds: Mapping[str, Any], root: Path) -> Any:
+    files, _, _ = locate(ds, root)
+    return sources.ArrayRecordSource([str(files[p]) for p in sorted(files)], ds["x_key"], ds["y_key"],
+                                     ds.get("task", "classification"))
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+
+
+def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int) -> tuple[Any, Any, list[int], Any]:
+    """(shift, divisor, input shape, label range) from one streamed pass (float64 sums) over `indexes`."""
+    import grain
+
+    if sample and sample < len(indexes):
+        indexes = np.sort(np.random.default_rng([seed, 7]).choice(indexes, sample, replace=False))
+    indexes = np.sort(indexes)
+    if hasattr(source, "read_group"):  # Parquet: whole row groups, the split's rows picked out (vectorised)
+        def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            cuts = np.searchsorted(indexes, source.starts)
+            for g in range(len(source.groups)):
+                rows = indexes[cuts[g]:cuts[g + 1]] - source.starts[g]
+                if len(rows):
+                    x, y = source.read_group(g)
+                    yield x[rows], y[rows]
+        stream: Iterator = batches()
+    else:
+        ds = grain.MapDataset.source(Subset(source, indexes)).batch(256)
+        stream = _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+                                                                    prefetch_buffer_size=2))))
+    count, total, squares, low, high, shape = 0, None, None, None, None, None
+    y_low, y_high = math.inf, -math.inf
+    for x, y in stream:
+        shape = list(x.shape[1:])
+        flat = x.reshape(len(x), -1).astype(np.float64)
+        if total is None:
+            total, squares = np.zeros(flat.shape[1]), np.zeros(flat.shape[1])
+            low, high = np.full(flat.shape[1], np.inf), np.full(flat.shape[1], -np.inf)
+        count += len(flat)
+        total += flat.sum(0)
+        squares += (flat * flat).sum(0)
+        low, high = np.minimum(low, flat.min(0)), np.maximum(high, flat.max(0))
+        if y.size:
+            y_low, y_high = min(y_low, float(y.min())), max(y_high, float(y.max()))
+    shift = divisor = None
+    if scale == "standardize":
+        mean = total / count
+        shift, divisor = mean, np.sqrt(np.maximum(squares / count - mean * mean, 0.0))
+    elif scale == "minmax":
+        shift, divisor = low, high - low
+    if divisor is not None:
+        divisor = np.where(divisor > 1e-8, divisor, 1.0)
+        shift, divisor = shift.astype(np.float32).tolist(), divisor.astype(np.float32).tolist()
+    return shift, divisor, shape or [], (y_low, y_high)
+
+
+# --- the entry point ------------------------------------------------------------------------------------
+
+
+def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
+    """Verify, index, split and fit the preprocessing of a streaming dataset (`data.yaml` as a dict)."""
+    ds = doc["dataset"]
+    name = ds["name"]
+    root = Path(root)
+    classes: list[str] | None = None
+    block_starts, skipped = None, []
+    if name == "image_folder":
+        source, splits, classes, skipped = _image_records(ds, root)
+        task = "classification"
+    elif name == "parquet":
+        source, splits, block_starts = _parquet_records(ds, root)
+        task = ds.get("task", "classification")
+    else:
+        source, splits = _array_record_records(ds, root), None
+        task = ds.get("task", "classification")
+    if len(source) == 0:
+        raise GitopsError(f"{ds['checksums']}: the dataset {ds['path']} holds no records")
+    cfg_splits = doc["splits"]
+    if splits is None:
+        tr, va, te = split_indexes(len(source), cfg_splits["validation"], cfg_splits["test"], cfg_splits["seed"])
+    else:
+        tr, va, te = splits["train"], splits["val"], splits["test"]
+        if not len(va) and cfg_splits["validation"]:  # no val folder/rows: a fraction of train, by record index
+            keep, va, _ = split_indexes(len(tr), cfg_splits["validation"], 0.0, cfg_splits["seed"])
+            tr, va = tr[np.sort(keep)], tr[np.sort(va)]
+    if len(tr) == 0:
+        raise GitopsError(f"{ds['path']}: the training split is empty")
+    shift, divisor, shape, (y_low, y_high) = _stats(source, tr, doc["preprocessing"]["scale"], int(ds.get("stats_sample", 0)),
+                                                    cfg_splits["seed"])
+    declared = ds.get("num_classes")
+    if task == "classification":
+        found = len(classes) if classes is not None else int(y_high) + 1
+        if declared is not None and classes is not None and declared != len(classes):
+            raise GitopsError(f"{ds['path']}: data.dataset.num_classes is {declared} but there are {len(classes)} "
+                              f"label folders ({', '.join(classes[:10])})")
+        n_classes = declared or found
+        if y_low < 0 or y_high >= n_classes:
+            raise GitopsError(f"{ds['path']}: labels must be class indexes 0..{n_classes - 1} (found {y_low:g}..{y_high:g})")
+        outputs = n_classes
+    else:
+        n_classes, outputs = None, int(np.prod(source[int(tr[0])][1].shape) or 1)
+    prep = Preprocessing(doc["preprocessing"]["scale"], shift, divisor, shape, task, n_classes, outputs,
+                                  labels=classes)
+    return StreamingDataset(source, StreamSplit(np.asarray(tr, np.int64)), StreamSplit(np.asarray(va, np.int64)),
+                            StreamSplit(np.asarray(te, np.int64)), prep, seed=int(cfg_splits["seed"]),
+                            workers=int(ds.get("workers", 0)), prefetch=int(ds.get("prefetch", 2)),
+                            block_starts=block_starts, skipped=skipped)
+
+
+class Feed:
+    """The training batches of one run: a Grain iterator whose state goes into every checkpoint.
+
+    `next()` returns this process's (x, y) of the next global batch. `state()` is what a checkpoint
+    keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
+    `restore(state)` makes the next `next()` continue from there: through Grain's `set_state` when the
+    worker count is the same, else (workers are not part of the fingerprint, so a resume may change
+    them) by starting the random-access pipeline at that batch, which yields the same batches.
+    """
+
+    def __init__(self, dataset: StreamingDataset, batch_size: int, seed: int, process_index: int = 0,
+                 process_count: int = 1, workers: int | None = None):
+        self.dataset = dataset
+        self.pipeline = dataset.train_dataset(batch_size, seed, process_index, process_count)
+        self.workers = dataset.workers if workers is None else workers
+        self._it: Any = None
+        self._pending: Mapping | None = None
+        self._start = 0  # batch the current iterator started at
+        self.taken = 0  # batches handed out since the start of training
+
+    def restore(self, state: Mapping | None) -> None:
+        """Continue from a checkpoint's `state()` (None: from the first batch); closes the current iterator.
+
+        The next `next()` resumes exactly there, as the class docstring explains.
+        """
+        self.close()
+        self._pending = state
+        self.taken = int(state["batches"]) if state else 0
+
+    def _iterator(self) -> Any:
+        if self._it is None:
+            pending, self._pending = self._pending, None
+            if pending is not None and int(pending.get("workers", -1)) == self.workers:
+                self._start = 0
+                self._it = self.dataset.iterator(self.pipeline, workers=self.workers)
+                self._it.set_state(dict(pending["grain"]))
+            else:
+                self._start = self.taken
+                pipeline = self.pipeline[self._start:] if self._start else self.pipeline
+                self._it = self.dataset.iterator(pipeline, workers=self.workers)
+        return self._it
+
+    def next(self) -> tuple[np.ndarray, np.ndarray]:
+        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape).
+
+        Raises GitopsError naming the bad file when a record cannot be read (Grain wraps worker errors;
+        `record_error` unwraps them).
+        """
+        it = self._iterator()
+        try:
+            batch = next(it)
+        except GitopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Grain re-raises worker errors wrapped
+            raise record_error(exc) from None
+        self.taken += 1
+        return batch
+
+    def state(self) -> dict:
+        """The JSON state a checkpoint keeps (see the class docstring)."""
+        if self._it is None:
+            if self._pending is not None:
+                return dict(self._pending)
+            self._iterator()
+        if self._start:  # an iterator started mid-stream: its own state counts from there
+            return {"grain": None, "workers": -1, "batches": self.taken}
+        return {"grain": self._it.get_state(), "workers": self.workers, "batches": self.taken}
+
+    def close(self) -> None:
+        """Stop the iterator and its worker processes (best effort; safe to call twice)."""
+        it, self._it = self._it, None
+        close = getattr(it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001, S110 - closing worker processes is best effort
+                pass
