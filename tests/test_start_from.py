@@ -287,7 +287,7 @@ def test_pinned_orbax_folder_loads_from_a_path_and_a_url_and_refuses_what_its_li
     assert len(init.record["loaded"]) == len(parent) and init.record["format"] == "orbax"
     assert init.record["checksums_sha256"] == pin and init.frozen == ["hidden/0/bias", "hidden/0/kernel"]
     assert np.array_equal(init.values["head/kernel"], np.asarray(parent["head/kernel"]))
-    assert "Orbax folder, checksum list sha256 " + pin[:12] in __import__("gitops.registry.lineage").lineage.describe_parent(
+    assert "Orbax folder, checksum list sha256 " + pin[:12] in __import__("gitops.registry.lineage", fromlist=["describe_parent"]).describe_parent(
         init.record)
     # the same folder from a URL prefix (real HTTP on 127.0.0.1): fetched file by file, assembled once
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(ckpt))
