@@ -99,26 +99,32 @@ class RunFolder:
 
     @property
     def config_path(self) -> Path:
+        """`config.resolved.yaml`: the fully resolved config the run trained with (its fingerprint's source)."""
         return self.path / CONFIG_FILE
 
     @property
     def manifest_path(self) -> Path:
+        """`manifest.json`: what the run is (its training fingerprint...) and, once set, `finished_at`."""
         return self.path / MANIFEST_FILE
 
     @property
     def metrics_path(self) -> Path:
+        """`metrics.json`: the final metrics, {"split/name": value}, written when training finishes."""
         return self.path / METRICS_FILE
 
     @property
     def history_path(self) -> Path:
+        """`history.jsonl`: one JSON record per line, appended during training."""
         return self.path / HISTORY_FILE
 
     @property
     def preprocessing_path(self) -> Path:
+        """`preprocessing.json`: the preprocessing state fitted on the training data, which serving reuses."""
         return self.path / PREPROCESSING_FILE
 
     @property
     def checkpoints_dir(self) -> Path:
+        """`checkpoints/`: the Orbax checkpoint folders of the run."""
         return self.path / CHECKPOINTS_DIR
 
     @property
@@ -138,6 +144,7 @@ class RunFolder:
 
     @property
     def preprocessing(self) -> dict:
+        """preprocessing.json, read now (raises OSError or ValueError while missing or unreadable)."""
         return read_json(self.preprocessing_path)
 
     @property
