@@ -141,7 +141,7 @@ class LocalBackend(Backend):
         return self.stage_release(tag, "", title, notes, files)
 
     def list_assets(self, tag: str) -> list[str]:
-        """File names in `release_dir(tag)`, sorted, hidden files (`.release.md`, `.lock`) left out; [] if absent."""
+        """File names in `release_dir(tag)`, sorted, hidden files (`.release.md`) left out; [] if absent."""
         folder = self.release_dir(tag)
         if not folder.is_dir():
             return []

@@ -57,7 +57,10 @@ def summarize_runs(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[st
 
 
 def means(spread: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """Per metric, the mean over seeds of a `summarize_runs` result: {name: mean} (NaN where no seed was finite)."""
+    """Per metric, the mean over seeds of a `summarize_runs` result: {name: mean}.
+
+    NaN where a seed's value was not finite.
+    """
     return {name: s["mean"] for name, s in spread.items()}
 
 

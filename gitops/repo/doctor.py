@@ -64,7 +64,7 @@ def check_packages() -> Check:
 
 def check_devices(expect_gpu: bool) -> Check:
     """The devices JAX sees (count, platform, kinds, process count); fails when JAX cannot list them, or when
-    `expect_gpu` and the platform is not "gpu". A CPU-only runner passes as a warning when no GPU is expected.
+    `expect_gpu` and the platform is not "gpu". A CPU-only runner passes, with a note, when no GPU is expected.
     """
     try:
         import jax
