@@ -512,7 +512,9 @@ class GitHubBackend(Backend):
         return release.html_url
 
     def is_published(self, tag: str) -> bool:
-        """Whether `tag` has a published (non-draft) GitHub release: a draft is invisible to GET /releases/tags/{tag}.
+        """Whether `tag` has a published (non-draft) GitHub release.
+
+        GitHub's GET /releases/tags/{tag} does not show drafts, so a staged, unfinalized release reads as False.
         """
         try:
             self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
@@ -646,8 +648,8 @@ class GitHubBackend(Backend):
     def upsert_comment(self, pr: int, body: str) -> str:
         """Create or edit the one PR comment carrying COMMENT_MARKER; returns its html URL.
 
-        The body is capped at COMMENT_MAX_CHARS characters. Duplicates from a racing run are deleted, keeping the
-        oldest.
+        The body is capped at COMMENT_MAX_CHARS characters. Duplicates from a racing run are deleted (oldest kept).
+
         Raises GitopsError when `pr` is no issue or PR of the repository, ServiceError when GitHub keeps failing.
         """
         if not _is_ours(body):
