@@ -45,7 +45,7 @@ class LocalBackend(Backend):
         return git_tags.list_tags(self.root)
 
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
-        """`git tag -a name commit -m message` in the clone; returns the tag as read back.
+        """`git tag -a name commit` (message on stdin) in the clone; returns the tag as read back.
 
         Raises:
             TagExistsError: the tag already exists (also after waiting out a racing writer's ref lock).

@@ -104,12 +104,12 @@ class RunFolder:
 
     @property
     def manifest_path(self) -> Path:
-        """`manifest.json`: what the run is (its training fingerprint...) and, once set, `finished_at`."""
+        """`manifest.json`: the run's record (training fingerprint, git commit, device...); `finished_at` once done."""
         return self.path / MANIFEST_FILE
 
     @property
     def metrics_path(self) -> Path:
-        """`metrics.json`: the final metrics, {"split/name": value}, written when training finishes."""
+        """`metrics.json`: the run's metrics as {"split/name": value}, e.g. {"test/accuracy": 0.97}."""
         return self.path / METRICS_FILE
 
     @property
@@ -119,7 +119,7 @@ class RunFolder:
 
     @property
     def preprocessing_path(self) -> Path:
-        """`preprocessing.json`: the preprocessing state fitted on the training data, which serving reuses."""
+        """`preprocessing.json`: the model's input preprocessing, which serving reads (the input signature)."""
         return self.path / PREPROCESSING_FILE
 
     @property

@@ -42,7 +42,7 @@ class TrialResult:
     note: str = ""
 
     def as_dict(self) -> dict:
-        """The trial's row for `gitops sweep results --json`: its parameters plus fingerprint (12 hex), status,
+        """The trial's row in the sweep's JSON output: its parameters plus fingerprint (12 hex), status,
         run folder, value and std (NaN/inf as None) and note.
         """
         return {**self.trial.as_dict(), "fingerprint": self.fingerprint[:12], "status": self.status,

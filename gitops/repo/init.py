@@ -105,8 +105,9 @@ def installed_package_spec() -> str:
 
 
 def check_pin(spec: str) -> str:
-    """`spec` stripped, once checked to look like one pip requirement (e.g. `gitops==1.2.0`, `gitops @
-    git+https://...`).
+    """`spec` stripped, once checked to look like one pip requirement.
+
+    E.g. `gitops==1.2.0` or `gitops @ git+https://...@<commit>`: what `gitops init --package` writes.
 
     The character whitelist keeps it safe to write into workflow YAML. Raises UsageError otherwise.
     """
