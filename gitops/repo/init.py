@@ -107,7 +107,7 @@ def installed_package_spec() -> str:
 def check_pin(spec: str) -> str:
     """`spec` stripped, once checked to look like one pip requirement.
 
-    E.g. `gitops==1.2.0` or `gitops @ git+https://...@<commit>`: what `gitops init --package` writes.
+    E.g. `gitops==1.2.0` or `gitops @ git+https://...@<commit>`: the form `gitops init --package` takes.
 
     The character whitelist keeps it safe to write into workflow YAML. Raises UsageError otherwise.
     """
