@@ -35,6 +35,7 @@ class TagExistsError(GitopsError):
 
 
 class AssetNotFoundError(GitopsError):
+    """The release of a tag has no asset of that name (or no release exists); CI artifacts gone too."""
     pass
 
 

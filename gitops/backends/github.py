@@ -309,6 +309,13 @@ class GitHubBackend(Backend):
 
     # --- tags ---------------------------------------------------------------------------
     def list_tags(self) -> list[TagInfo]:
+        """Every tag of the repository, annotated ones peeled to their commit.
+
+        Read with GitHub's REST API: GET /git/matching-refs/tags/, then GET /git/tags/{sha} per annotated tag.
+
+        Lightweight tags come back with empty message, tagger and date. An empty repository gives [].
+        Raises ServiceError when GitHub keeps failing or rate-limits past `max_wait` seconds.
+        """
         # Cost: one request per 100 refs (matching-refs is paginated) plus one GET per annotated tag
         # object (the REST API has no batch read), so N tags take about N + N/100 requests, fetched
         # serially (one PyGithub connection). Tag objects are immutable, so they are cached by sha
@@ -364,6 +371,13 @@ class GitHubBackend(Backend):
             return None
 
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+        """Create the annotated tag object, then its ref (POST /git/tags, POST /git/refs); returns it as TagInfo.
+
+        Raises:
+            TagExistsError: another writer's ref `refs/tags/<name>` is already there.
+            GitopsError: GitHub refused the tag object (commit not pushed, or not a full 40-hex sha).
+            ServiceError: any other refusal or persistent failure.
+        """
         date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         tagger = github.InputGitAuthor(self.tagger_name, self.tagger_email, date)
         op = f"create tag {name}"
@@ -498,6 +512,10 @@ class GitHubBackend(Backend):
         return release.html_url
 
     def is_published(self, tag: str) -> bool:
+        """Whether `tag` has a published (non-draft) GitHub release.
+
+        GitHub's GET /releases/tags/{tag} does not show drafts, so a staged, unfinalized release reads as False.
+        """
         try:
             self._call(f"read release {tag}", lambda: self._repo.get_release(tag), expect=(404,))
             return True
@@ -505,6 +523,7 @@ class GitHubBackend(Backend):
             return False
 
     def discard_staged(self, tag: str) -> None:
+        """Delete the draft release this backend staged for `tag` (a published one is left alone)."""
         release = self._staged.pop(tag, None)
         if release is not None and release.draft:
             try:
@@ -513,6 +532,7 @@ class GitHubBackend(Backend):
                 pass
 
     def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        """Stage `files` on a draft release of `tag`, then publish it; returns the release's html URL."""
         self.stage_release(tag, "", title, notes, files)
         return self.finalize_release(tag, title, notes)
 
@@ -556,12 +576,18 @@ class GitHubBackend(Backend):
         return state["assets"]
 
     def list_assets(self, tag: str) -> list[str]:
+        """Names of the fully uploaded assets (state "uploaded") of `tag`'s release, sorted; [] with no release."""
         release = self._find_release(tag)
         if release is None:
             return []
         return sorted(n for n, a in self._assets_by_name(release, tag).items() if a.state == "uploaded")
 
     def download_asset(self, tag: str, asset: str, dest: Path) -> Path:
+        """Stream asset `asset` of `tag`'s release to the file `dest` (via a `.part` file, renamed when complete).
+
+        A download that ends short of the asset's size in bytes is retried. Returns `dest`.
+        Raises AssetNotFoundError when the release or the asset is missing (or deleted meanwhile).
+        """
         release = self._find_release(tag)
         if release is None:
             raise AssetNotFoundError(f"no GitHub release for {tag}")
@@ -620,6 +646,12 @@ class GitHubBackend(Backend):
         return sorted(ours, key=lambda c: (c.created_at, c.id))
 
     def upsert_comment(self, pr: int, body: str) -> str:
+        """Create or edit the one PR comment carrying COMMENT_MARKER; returns its html URL.
+
+        The body is capped at COMMENT_MAX_CHARS characters. Duplicates from a racing run are deleted (oldest kept).
+
+        Raises GitopsError when `pr` is no issue or PR of the repository, ServiceError when GitHub keeps failing.
+        """
         if not _is_ours(body):
             body = f"{COMMENT_MARKER}\n{body}"
         if len(body) > COMMENT_MAX_CHARS:
@@ -663,6 +695,10 @@ class GitHubBackend(Backend):
             return False
 
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
+        """Open a PR from branch `head` to `base` (POST /pulls); returns its html URL, or the open PR's if one exists.
+
+        Raises ServiceError when GitHub refuses it (HTTP 422 for another reason, e.g. no commits between the branches).
+        """
         op = f"open pull request {head} -> {base}"
         try:
             pr = self._call(op, lambda: self._repo.create_pull(base=base, head=head, title=title, body=body),

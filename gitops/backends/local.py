@@ -25,6 +25,9 @@ _STAGE_PREFIX = ".stage-"
 
 
 class LocalBackend(Backend):
+    """The embedded backend rooted at a git clone `root`: tags are the clone's git tags, release files live under
+    `<root>/.gitops/releases/<model>/<version>/`, PR comments under `<root>/.gitops/comments/`.
+    """
     name = "local"
 
     def __init__(self, root: Path):
@@ -36,11 +39,18 @@ class LocalBackend(Backend):
 
     # --- tags -------------------------------------------------------------------------------
     def list_tags(self) -> list[TagInfo]:
+        """Every annotated tag of the local clone (read with `git for-each-ref`), peeled to its commit."""
         from gitops.repo import git_tags
 
         return git_tags.list_tags(self.root)
 
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+        """`git tag -a name commit` (message on stdin) in the clone; returns the tag as read back.
+
+        Raises:
+            TagExistsError: the tag already exists (also after waiting out a racing writer's ref lock).
+            GitopsError: git failed for another reason (e.g. an unknown commit).
+        """
         proc = gitutil.create_annotated_tag(self.root, name, commit, message)
         if proc.returncode != 0:
             # A racing writer may still hold the ref's lock: give it a moment to finish.
@@ -65,6 +75,7 @@ class LocalBackend(Backend):
         return git_tags.list_tags(self.root, f"refs/tags/{name}", annotated_only=False)[:1]
 
     def delete_tag(self, name: str) -> None:
+        """`git tag -d name`; a tag that does not exist is no error. Release files are left in place."""
         gitutil.run(self.root, "tag", "-d", name, check=False)
 
     def push_tags(self, names: list[str]) -> bool:
@@ -74,6 +85,10 @@ class LocalBackend(Backend):
 
     # --- assets -----------------------------------------------------------------------------
     def release_dir(self, tag: str) -> Path:
+        """The folder that holds the files of version tag `tag`: `.gitops/releases/<model>/<version>/` (may not exist).
+
+        Raises UsageError when `tag` is not a version tag of the GTO grammar (`<model>@v1.2.3`).
+        """
         from gitops.registry import tags as tag_grammar
 
         parsed = tag_grammar.parse(tag)
@@ -118,18 +133,26 @@ class LocalBackend(Backend):
         return str(final)
 
     def finalize_release(self, tag: str, title: str, notes: str) -> str:
+        """Nothing to publish locally (staging already renamed the folder into place); returns that folder."""
         return str(self.release_dir(tag))
 
     def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        """Same as `stage_release` with no commit: copy, verify and move `files` into `release_dir(tag)`."""
         return self.stage_release(tag, "", title, notes, files)
 
     def list_assets(self, tag: str) -> list[str]:
+        """File names in `release_dir(tag)`, sorted, hidden files (`.release.md`) left out; [] if absent."""
         folder = self.release_dir(tag)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
     def download_asset(self, tag: str, asset: str, dest: Path) -> Path:
+        """Copy `release_dir(tag)/asset` to the file `dest` (creating its folder); returns `dest`.
+
+        Raises AssetNotFoundError when the file is missing or `asset` is a path or hidden name, UsageError when
+        `tag` is not a version tag.
+        """
         if "/" in asset or "\\" in asset or asset.startswith("."):
             raise AssetNotFoundError(f"{tag} has no asset {asset!r}")
         src = self.release_dir(tag) / asset
@@ -142,6 +165,7 @@ class LocalBackend(Backend):
 
     # --- pull requests ----------------------------------------------------------------------
     def upsert_comment(self, pr: int, body: str) -> str:
+        """Write `body` to `.gitops/comments/pr-<pr>.md` (atomically, replacing it); returns that path."""
         target = self.state_dir / "comments" / f"pr-{int(pr)}.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
@@ -150,4 +174,5 @@ class LocalBackend(Backend):
         return str(target)
 
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
+        """A plain git clone has no pull requests: always None."""
         return None

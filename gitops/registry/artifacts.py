@@ -43,6 +43,10 @@ _FP12_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
 def run_artifact_name(model: str, fingerprint: str) -> str:
+    """The CI artifact name of a run folder: `run-<model>-<first 12 hex of its training fingerprint>`.
+
+    PR workflows upload a finished run under this name; release and `ci fetch-runs` look it up to reuse it.
+    """
     return f"run-{model}-{fingerprint[:12]}"
 
 
@@ -111,6 +115,10 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int, only: tuple[s
 
 @dataclass
 class Fetched:
+    """Where one needed run folder came from: `path` is None and `source` "" when it was not found (`note` says why).
+
+    `fingerprint` is the training fingerprint's first 12 hex digits.
+    """
     model: str
     fingerprint: str  # 12 hex
     path: Path | None

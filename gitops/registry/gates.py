@@ -139,6 +139,7 @@ class GateResult:
     note: str = ""
 
     def as_dict(self) -> dict:
+        """The check as a JSON-ready dict (keys as the fields; `value` None when the metric was missing)."""
         return {"metric": self.metric, "kind": self.kind, "threshold": self.threshold, "value": self.value,
                 "status": self.status, "note": self.note}
 

@@ -35,6 +35,11 @@ BETTER, WORSE, FAILED, EQUAL, NONE, NOISE = "✅", "⚠️", "❌", "➖", "—"
 
 @dataclass
 class Baseline:
+    """What a run is compared with: a release's (or a run folder's) metrics, resolved config and seed spread.
+
+    `source` is "release", "folder" or "none" (then `version` is None, the dicts empty and `note` says why);
+    `repeats` is the number of seeds its metrics are means of.
+    """
     version: str | None  # "v1.0.0", or a folder's label; None when there is none
     metrics: dict
     config: dict | None
@@ -46,6 +51,11 @@ class Baseline:
 
 @dataclass
 class ModelReport:
+    """One run's section of the report: metric rows against the baseline, gate results, config diff, loss curve
+    and run facts (`wall_time_s` in seconds, `steps_per_s` in optimizer steps per second, `device` as text).
+
+    `metrics` rows: {metric, baseline, value, delta, relative, higher_is_better, status, ...noise band keys}.
+    """
     model: str
     run: str
     baseline: Baseline
@@ -67,10 +77,12 @@ class ModelReport:
 
     @property
     def ok(self) -> bool:
+        """False when any gate failed (skipped gates do not count against the run)."""
         return all(g.status != "fail" for g in self.gates)
 
     @property
     def has_noise_band(self) -> bool:
+        """Whether any metric row carries a noise band (seeds' spread or the single-seed rule)."""
         return any(row.get("noise_band") is not None for row in self.metrics)
 
 
@@ -82,6 +94,11 @@ def _finite(x: Any) -> bool:
 
 
 def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
+    """The newest release of `model` as a baseline: metrics and seed spread from its tag message, config
+    resolved at its tagged commit (None, with a note, when that commit or config does not resolve here).
+
+    A model with no release gives a Baseline with source "none".
+    """
     st = versions.state(backend, model)
     latest = st.latest()
     if latest is None:
@@ -103,6 +120,9 @@ def baseline_from_release(root: Path, backend: Backend, model: str) -> Baseline:
 
 
 def baseline_from_folder(path: Path) -> Baseline:
+    """A run folder (e.g. one `gitops pull` unpacked) as the baseline: its metrics, config and seed spread,
+    labelled with the release version it records, else the folder's name.
+    """
     info = run_folders.read_run(path)
     from gitops.registry.archive import read_release_record
 
@@ -130,6 +150,10 @@ def _curve(history: list[dict]) -> list[tuple[int, float]]:
 
 
 def downsample(points: list, limit: int) -> list:
+    """At most `limit` (>= 2) items of `points`, evenly spaced, first and last kept; a shorter list is copied.
+
+    Keeps the loss curve within MAX_CURVE_POINTS so the PR comment stays small.
+    """
     if len(points) <= limit:
         return list(points)
     stride = (len(points) - 1) / (limit - 1)
@@ -150,6 +174,10 @@ def _seconds(manifest: dict) -> float | None:
 
 
 def build_model_report(info: run_folders.RunInfo, baseline: Baseline) -> ModelReport:
+    """Compare one finished run (`info`) with `baseline`: one row per metric (the union, headline metric first)
+    with delta, relative change and verdict (better/worse/equal/noise/failed), gates judged on the metrics,
+    the config diff, the downsampled training-loss curve and the run's timing.
+    """
     from gitops.registry.runs import read_spread
 
     metrics = info.metrics
@@ -234,17 +262,25 @@ def _std(summary: dict | None) -> float | None:
 
 @dataclass
 class Report:
+    """The whole report: one ModelReport per run folder, the head commit (40 hex or "") and the PR number."""
     models: list[ModelReport]
     head_sha: str
     pr: int | None
 
     @property
     def ok(self) -> bool:
+        """True when every model's gates pass: the report's overall verdict."""
         return all(m.ok for m in self.models)
 
 
 def build(root: Path, runs: list[Path], backend: Backend | None, baseline: str = "auto",
           head_sha: str | None = None, pr: int | None = None) -> Report:
+    """Build the report for `runs`: run folders, folders holding run folders (`runs/`, `runs/<model>/`) or glob
+    patterns. Each run is compared with its model's newest release (`baseline="auto"`) or with the run folder
+    `baseline`. `head_sha` defaults to HEAD, `pr` to the CI event's PR number.
+
+    Raises UsageError when no run folders are given or a path/pattern names no run folder.
+    """
     if not runs:
         raise UsageError("no run folders given (gitops report RUN...)")
     folders = []
@@ -310,6 +346,10 @@ def _parent(info: run_folders.RunInfo, backend: Backend | None) -> dict | None:
 
 
 def sparkline(values: list[float]) -> str:
+    """`values` as a one-line bar chart of the eight block characters ▁..█, scaled min to max (flat: all ▁).
+
+    The idea is Edward Tufte's sparklines: a word-sized graphic inline with text. "" for no values.
+    """
     if not values:
         return ""
     lo, hi = min(values), max(values)
@@ -319,6 +359,9 @@ def sparkline(values: list[float]) -> str:
 
 
 def mermaid(model: str, curve: list[tuple[int, float]]) -> str:
+    """The loss `curve` ((step, loss) pairs) as a Mermaid `xychart-beta` line chart in a fenced block, which
+    GitHub renders in PR comments (Mermaid's XY chart syntax, https://mermaid.js.org/syntax/xyChart.html).
+    """
     xs = ", ".join(str(s) for s, _ in curve)
     ys = ", ".join(f"{v:.5g}" for _, v in curve)
     return "\n".join([
@@ -363,6 +406,9 @@ def noise_rules(m: ModelReport) -> list[str]:
 
 
 def model_markdown(m: ModelReport) -> str:
+    """One model's Markdown section: verdict title, metrics table with noise marks, gates, config diff, loss
+    chart and run facts (device, seconds, steps, fingerprint, commit).
+    """
     b = m.baseline
     title = f"### {'✅' if m.ok else '❌'} `{m.model}`"
     if m.sweep and m.sweep.get("best_trial") is not None:
@@ -451,6 +497,9 @@ def _cell(value: Any) -> str:
 
 
 def markdown(report: Report, limit: int = COMMENT_MAX_CHARS) -> str:
+    """The whole report as Markdown (the sticky PR comment and the job summary): starts with COMMENT_MARKER,
+    then the overall verdict, head commit and PR, then each model's section; cut to `limit` characters.
+    """
     failed = [m.model for m in report.models if not m.ok]
     status = (f"❌ gate failed: {', '.join(failed)}" if failed
               else f"✅ all gates pass ({len(report.models)} model(s))")
@@ -514,6 +563,9 @@ def terminal(report: Report) -> str:
 
 
 def cap(text: str, limit: int = COMMENT_MAX_CHARS) -> str:
+    """`text` cut to at most `limit` characters (default GitHub's 65,536-character comment limit) at a line
+    boundary, closing an open code fence and ending with a note saying where the full report is.
+    """
     if len(text) <= limit:
         return text
     note = f"\n\n> ✂️ Report cut at {limit} characters (GitHub's comment limit); the job summary and report.json have it all.\n"
@@ -528,6 +580,9 @@ def cap(text: str, limit: int = COMMENT_MAX_CHARS) -> str:
 
 
 def as_json(report: Report) -> dict:
+    """The report as data (format `version` 1): per model its metrics rows, gates, config diff, curve, timing
+    and provenance; `REPORT_JSON_SCHEMA` describes it.
+    """
     return {
         "version": 1,
         "head_sha": report.head_sha,
@@ -704,6 +759,10 @@ def validate_report_json(text: str, *, head_sha: str | None, pr: int) -> dict:
 
 
 def check_markdown(body: str) -> None:
+    """Check a report body before posting it as a PR comment.
+
+    Raises GitopsError when it does not start with COMMENT_MARKER or exceeds COMMENT_MAX_CHARS characters.
+    """
     from gitops.errors import GitopsError
 
     if not body.startswith(COMMENT_MARKER):
@@ -713,6 +772,9 @@ def check_markdown(body: str) -> None:
 
 
 def write_step_summary(text: str) -> None:
+    """Append `text` (newline-terminated) to the file `$GITHUB_STEP_SUMMARY` names, which GitHub Actions shows
+    on the job's summary page; does nothing outside Actions (variable unset or empty).
+    """
     target = os.environ.get("GITHUB_STEP_SUMMARY")
     if target:
         with open(target, "a", encoding="utf-8") as fh:

@@ -99,26 +99,32 @@ class RunFolder:
 
     @property
     def config_path(self) -> Path:
+        """`config.resolved.yaml`: the fully resolved config the run trained with (its fingerprint's source)."""
         return self.path / CONFIG_FILE
 
     @property
     def manifest_path(self) -> Path:
+        """`manifest.json`: the run's record (training fingerprint, git commit, device...); `finished_at` once done."""
         return self.path / MANIFEST_FILE
 
     @property
     def metrics_path(self) -> Path:
+        """`metrics.json`: the run's metrics as {"split/name": value}, e.g. {"test/accuracy": 0.97}."""
         return self.path / METRICS_FILE
 
     @property
     def history_path(self) -> Path:
+        """`history.jsonl`: one JSON record per line, appended during training."""
         return self.path / HISTORY_FILE
 
     @property
     def preprocessing_path(self) -> Path:
+        """`preprocessing.json`: the model's input preprocessing, which serving reads (the input signature)."""
         return self.path / PREPROCESSING_FILE
 
     @property
     def checkpoints_dir(self) -> Path:
+        """`checkpoints/`: the Orbax checkpoint folders of the run."""
         return self.path / CHECKPOINTS_DIR
 
     @property
@@ -138,6 +144,7 @@ class RunFolder:
 
     @property
     def preprocessing(self) -> dict:
+        """preprocessing.json, read now (raises OSError or ValueError while missing or unreadable)."""
         return read_json(self.preprocessing_path)
 
     @property

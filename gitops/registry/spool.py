@@ -75,14 +75,21 @@ class SpoolBackend(Backend):
 
     # --- reads: through the real registry, plus what this spool already holds ---
     def list_tags(self) -> list[TagInfo]:
+        """The real registry's tags plus the tags this spool recorded (not yet created anywhere)."""
         return [*self.inner.list_tags(), *self._tags.values()]
 
     def list_assets(self, tag: str) -> list[str]:
+        """The names of the files this spool staged for `tag`, else the real registry's assets of `tag`."""
         if tag in self._files:
             return [p.name for p in self._files[tag]]
         return self.inner.list_assets(tag)
 
     def download_asset(self, tag: str, asset: str, dest: Path) -> Path:
+        """Copy the spooled file `asset` of `tag` to `dest`, or read it through the real registry if `tag` is not
+        spooled.
+
+        Raises AssetNotFoundError when `tag` is spooled without that asset (or the real registry lacks it).
+        """
         for path in self._files.get(tag, []):
             if path.name == asset:
                 Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,7 @@ class SpoolBackend(Backend):
         return self.inner.download_asset(tag, asset, dest)
 
     def is_published(self, tag: str) -> bool:
+        """For a spooled tag, whether a `finalize` was recorded for it; else the real registry's answer."""
         if tag in self._tags:
             return any(op["op"] == "finalize" and op["tag"] == tag for op in self.ops)
         return self.inner.is_published(tag)
@@ -101,37 +109,50 @@ class SpoolBackend(Backend):
     # through the Backend protocol (a backend without them answers "nothing of that kind exists")
     @property
     def repository(self) -> str:  # type: ignore[override]
+        """The wrapped backend's "OWNER/NAME" ("" for the local backend)."""
         return self.inner.repository
 
     @property
     def hosted(self) -> bool:  # type: ignore[override]
+        """The wrapped backend's `hosted` capability."""
         return self.inner.hosted
 
     @property
     def hosts_pull_requests(self) -> bool:  # type: ignore[override]
+        """The wrapped backend's `hosts_pull_requests` capability."""
         return self.inner.hosts_pull_requests
 
     @property
     def keeps_ci_artifacts(self) -> bool:  # type: ignore[override]
+        """The wrapped backend's `keeps_ci_artifacts` capability."""
         return self.inner.keeps_ci_artifacts
 
     def pull_head_sha(self, pr: int) -> str | None:
+        """Read through: the wrapped backend's head commit of PR `pr` (None where PRs don't exist)."""
         return self.inner.pull_head_sha(pr)
 
     def pulls_for_commit(self, sha: str) -> list[PullRequestInfo]:
+        """Read through: the wrapped backend's pull requests associated with commit `sha`."""
         return self.inner.pulls_for_commit(sha)
 
     def workflow_run(self, run_id: int) -> WorkflowRunInfo | None:
+        """Read through: the wrapped backend's record of CI run `run_id`."""
         return self.inner.workflow_run(run_id)
 
     def list_artifacts(self, name: str, run_id: int | None = None) -> list[ArtifactInfo]:
+        """Read through: the wrapped backend's unexpired CI artifacts called `name`."""
         return self.inner.list_artifacts(name, run_id=run_id)
 
     def download_artifact_zip(self, artifact: ArtifactInfo, dest: Path, max_bytes: int) -> Path:
+        """Read through: download an artifact zip (at most `max_bytes` bytes) via the wrapped backend."""
         return self.inner.download_artifact_zip(artifact, dest, max_bytes)
 
     # --- writes: recorded ---
     def stage_release(self, tag: str, commit: str, title: str, notes: str, files: list[Path]) -> str:
+        """Record a `stage` op: copy `files` into `files/<n>/` of the spool with each size (bytes) and SHA-256.
+
+        Nothing is uploaded; returns the spool subfolder. `gitops ci publish` later uploads these copies.
+        """
         index = len(self.ops)
         target = self.folder / "files" / str(index)
         shutil.rmtree(target, ignore_errors=True)
@@ -151,9 +172,14 @@ class SpoolBackend(Backend):
         return str(target)
 
     def publish_release(self, tag: str, title: str, notes: str, files: list[Path]) -> str:
+        """Record a `stage` of `files` for `tag` on the spool's head commit (finalizing is a separate op)."""
         return self.stage_release(tag, self.head, title, notes, files)
 
     def create_tag(self, name: str, commit: str, message: str) -> TagInfo:
+        """Record a `tag` op and return the TagInfo it will have (tagger "gitops (spooled)", date now, UTC).
+
+        Raises TagExistsError when the tag is already spooled or exists in the real registry.
+        """
         if name in self._tags or any(t.name == name for t in self.inner.list_tags()):
             raise TagExistsError(f"tag {name} already exists")
         info = TagInfo(name, commit, message, "gitops (spooled) <gitops@localhost>",
@@ -164,16 +190,22 @@ class SpoolBackend(Backend):
         return info
 
     def finalize_release(self, tag: str, title: str, notes: str) -> str:
+        """Record a `finalize` op for `tag`; returns the spool folder's path with a note."""
         self.ops.append({"op": "finalize", "tag": tag, "title": title, "notes": notes})
         self._save()
         return f"{self.folder} (spooled for `gitops ci publish`)"
 
     def discard_staged(self, tag: str) -> None:
+        """Drop the recorded `stage` ops of `tag` and forget its spooled files."""
         self.ops = [op for op in self.ops if not (op["op"] == "stage" and op["tag"] == tag)]
         self._files.pop(tag, None)
         self._save()
 
     def delete_tag(self, name: str) -> None:
+        """Forget a tag this spool recorded, with every op on it.
+
+        Raises GitopsError for a tag of the real registry: the prepare job holds no write token.
+        """
         if name not in self._tags:
             raise GitopsError(f"cannot delete {name} while preparing a release (read-only job)")
         del self._tags[name]
@@ -182,12 +214,15 @@ class SpoolBackend(Backend):
 
     @contextlib.contextmanager
     def release_lock(self, model: str) -> Iterator[None]:
+        """No lock: release.yml's concurrency group already runs one prepare+publish at a time."""
         yield  # release.yml's concurrency group serializes prepare + publish
 
     def upsert_comment(self, pr: int, body: str) -> str:
+        """Always raises GitopsError: the prepare job posts no PR comments."""
         raise GitopsError("a release spool posts no comments")
 
     def open_pull_request(self, head: str, base: str, title: str, body: str) -> str | None:
+        """Always raises GitopsError: the prepare job opens no pull requests."""
         raise GitopsError("a release spool opens no pull requests")
 
 

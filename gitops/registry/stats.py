@@ -57,6 +57,10 @@ def summarize_runs(per_seed: Sequence[Mapping[str, float]]) -> dict[str, dict[st
 
 
 def means(spread: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Per metric, the mean over seeds of a `summarize_runs` result: {name: mean}.
+
+    NaN where a seed's value was not finite.
+    """
     return {name: s["mean"] for name, s in spread.items()}
 
 
@@ -116,6 +120,7 @@ def spread_of(doc: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
 
 
 def seeds_count(doc: Mapping[str, Any] | None) -> int:
+    """`n` (the number of seeds) of a metrics_spread document; 1 for a single run or a malformed document."""
     if not isinstance(doc, Mapping):
         return 1
     n = doc.get("n")

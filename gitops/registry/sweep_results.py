@@ -42,6 +42,9 @@ class TrialResult:
     note: str = ""
 
     def as_dict(self) -> dict:
+        """The trial's row in the sweep's JSON output: its parameters plus fingerprint (12 hex), status,
+        run folder, value and std (NaN/inf as None) and note.
+        """
         return {**self.trial.as_dict(), "fingerprint": self.fingerprint[:12], "status": self.status,
                 "run": str(self.run) if self.run else None, "value": _json_number(self.value),
                 "std": _json_number(self.std), "note": self.note}
@@ -94,6 +97,7 @@ def ranked(results: list[TrialResult], metric: str) -> list[TrialResult]:
 
 
 def best(results: list[TrialResult], metric: str) -> TrialResult | None:
+    """The best finished trial by `metric` (higher or lower is better by its name); None when none has a value."""
     order = ranked(results, metric)
     return order[0] if order and order[0].status == "finished" and order[0].value is not None else None
 
@@ -213,6 +217,10 @@ def markdown(sweep: Sweep, results: list[TrialResult], metric: str, *, sampled_f
 
 
 def as_json(sweep: Sweep, results: list[TrialResult], metric: str, *, sampled_from: int | None = None) -> dict:
+    """The sweep's results as a JSON-ready dict: file, method, metric and its direction, `best_trial` (index or None),
+    per-parameter importance, and every trial ranked best first. `sampled_from`: the grid size a random subset
+    was drawn from (None when every trial ran).
+    """
     winner = best(results, metric)
     return {
         "file": sweep.file,

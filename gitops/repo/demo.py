@@ -42,6 +42,9 @@ _CI_ENV = ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_EVE
 
 @dataclass
 class DemoResult:
+    """What `run` leaves behind: the scratch repository it built, each step's printed output (keyed by step)
+    and the whole demo's wall time in seconds.
+    """
     repo: Path
     outputs: dict[str, str] = field(default_factory=dict)  # step key -> what the command printed
     seconds: float = 0.0

@@ -23,6 +23,10 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
 
 @dataclass(frozen=True)
 class Check:
+    """One runner doctor check: `ok`, what was found (`detail`) and, when it failed, the `fix` to apply.
+
+    A failed check with `required` False is only a warning.
+    """
     name: str
     ok: bool
     detail: str
@@ -30,19 +34,23 @@ class Check:
     required: bool = True  # a failed optional check is a warning
 
     def as_dict(self) -> dict:
+        """The check as a JSON-ready dict of its fields (the doctor command's JSON output)."""
         return asdict(self)
 
 
 def default_compilation_cache() -> Path:
+    """The JAX persistent compilation cache folder: `$JAX_COMPILATION_CACHE_DIR`, else `~/.cache/gitops/jax`."""
     return Path(os.environ.get("JAX_COMPILATION_CACHE_DIR") or Path.home() / ".cache" / "gitops" / "jax")
 
 
 def check_python() -> Check:
+    """Python 3.11 or newer is running (detail: its version and executable)."""
     ok = sys.version_info >= (3, 11)
     return Check("python", ok, f"{platform.python_version()} ({sys.executable})", "" if ok else "install Python 3.11 or newer")
 
 
 def check_packages() -> Check:
+    """Every package in PACKAGES (jax, jaxlib, flax, optax, orbax-checkpoint, numpy) is installed, with versions."""
     found, missing = [], []
     for name in PACKAGES:
         try:
@@ -55,6 +63,9 @@ def check_packages() -> Check:
 
 
 def check_devices(expect_gpu: bool) -> Check:
+    """The devices JAX sees (count, platform, kinds, process count); fails when JAX cannot list them, or when
+    `expect_gpu` and the platform is not "gpu". A CPU-only runner passes, with a note, when no GPU is expected.
+    """
     try:
         import jax
 
@@ -75,6 +86,7 @@ def check_devices(expect_gpu: bool) -> Check:
 
 
 def check_disk(path: Path, min_free_gib: float) -> Check:
+    """At least `min_free_gib` GiB (2**30 bytes) free on the file system of `path` (or its nearest existing parent)."""
     probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("/"))
     free = shutil.disk_usage(probe).free / 2**30
     ok = free >= min_free_gib
@@ -82,6 +94,10 @@ def check_disk(path: Path, min_free_gib: float) -> Check:
 
 
 def check_writable(label: str, path: Path, required: bool = True) -> Check:
+    """`path` can be created and a file written in it (a temporary `.doctor-*` file, removed again).
+
+    `label` names the check; `required` False makes a failure a warning.
+    """
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".doctor-"):
@@ -92,6 +108,7 @@ def check_writable(label: str, path: Path, required: bool = True) -> Check:
 
 
 def check_git() -> Check:
+    """The `git` executable is on PATH (detail: `git --version`)."""
     git = shutil.which("git")
     if not git:
         return Check("git", False, "git not found", "install git")
@@ -100,6 +117,9 @@ def check_git() -> Check:
 
 
 def check_coordinator(address: str, process_id: int, timeout: float = 3.0) -> Check:
+    """The JAX multi-host coordinator `address` ("HOST:PORT") resolves and, unless this is process 0 (which
+    will listen on it), accepts a TCP connection within `timeout` seconds.
+    """
     host, _, port = address.rpartition(":")
     if not host or not (port.isascii() and port.isdigit()):  # "²".isdigit() is True too
         return Check("coordinator", False, f"JAX_COORDINATOR_ADDRESS={address!r}", "set it to HOST:PORT")
@@ -140,6 +160,10 @@ def check_cluster(env: dict[str, str] | None = None) -> Check | None:
 
 
 def run_checks(*, expect_gpu: bool, runs_dir: Path, min_free_gib: float = MIN_FREE_GIB) -> list[Check]:
+    """Every check for a training runner, in order: Python, packages, git, devices, free disk and a writable run
+    folder `runs_dir`, the compilation cache (optional), the run cache when `$GITOPS_RUN_CACHE` is set, and
+    the multi-host coordinator when one is configured.
+    """
     checks = [check_python(), check_packages(), check_git(), check_devices(expect_gpu)]
     checks.append(check_disk(runs_dir, min_free_gib))
     checks.append(check_writable("run folder", runs_dir))

@@ -50,6 +50,7 @@ class Finding:
     fix: str = ""
 
     def as_dict(self) -> dict:
+        """The finding as a JSON-ready dict of its fields (the GitHub doctor's JSON output)."""
         return asdict(self)
 
 

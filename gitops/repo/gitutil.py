@@ -30,6 +30,10 @@ def run(root: Path, *args: str, input: str | None = None, env: dict[str, str] | 
 
 
 def head_commit(root: Path) -> str:
+    """HEAD's full commit SHA (40 hex).
+
+    Raises UsageError when `root` has no commits yet or is not a git repository.
+    """
     proc = run(root, "rev-parse", "--verify", "--quiet", "HEAD^{commit}", check=False)
     if proc.returncode != 0:
         raise UsageError(f"{root} has no commits yet (or is not a git repository)")
@@ -43,6 +47,7 @@ def head_or_none(root: Path) -> str | None:
 
 
 def commit_exists(root: Path, sha: str) -> bool:
+    """Whether `sha` names a commit present in the clone at `root` (`git cat-file -e`); nothing is fetched."""
     return run(root, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
 
 
@@ -151,6 +156,7 @@ def identity(root: Path) -> dict[str, str]:
 
 
 def author(root: Path) -> str:
+    """The identity git would tag with, as "Name <email>" (config, then GIT_* variables, then a fallback)."""
     who = identity(root)
     return f"{who['name']} <{who['email']}>"
 
@@ -172,16 +178,22 @@ def create_annotated_tag(root: Path, name: str, commit: str, message: str) -> su
 
 
 def push_tags(root: Path, names: list[str], remote: str = "origin") -> None:
+    """`git push <remote> refs/tags/<name>...` for `names` (nothing when empty).
+
+    Raises GitopsError when the push fails (no remote, rejected, no credentials).
+    """
     if names:
         run(root, "push", remote, *[f"refs/tags/{n}" for n in names])
 
 
 def current_branch(root: Path) -> str | None:
+    """The checked-out branch's short name; None on a detached HEAD."""
     proc = run(root, "symbolic-ref", "--quiet", "--short", "HEAD", check=False)
     return proc.stdout.strip() or None
 
 
 def branch_exists(root: Path, name: str) -> bool:
+    """Whether the local branch `refs/heads/<name>` exists."""
     return run(root, "rev-parse", "--verify", "--quiet", f"refs/heads/{name}", check=False).returncode == 0
 
 
@@ -198,5 +210,6 @@ def default_base(root: Path) -> str:
 
 
 def remote_url(root: Path, remote: str = "origin") -> str | None:
+    """The URL of `remote` (default "origin"); None when there is no such remote."""
     proc = run(root, "remote", "get-url", remote, check=False)
     return proc.stdout.strip() or None

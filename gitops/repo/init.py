@@ -105,6 +105,12 @@ def installed_package_spec() -> str:
 
 
 def check_pin(spec: str) -> str:
+    """`spec` stripped, once checked to look like one pip requirement.
+
+    E.g. `gitops==1.2.0` or `gitops @ git+https://...@<commit>`: the form `gitops init --package` takes.
+
+    The character whitelist keeps it safe to write into workflow YAML. Raises UsageError otherwise.
+    """
     spec = spec.strip()
     if not _PIN_RE.fullmatch(spec):
         raise UsageError(f"--package {spec!r}: expected a pip requirement (letters, digits and ._+-=@:/#[],<>!~ only)")
