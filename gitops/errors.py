@@ -36,7 +36,7 @@ class GitopsError(Exception):
 
 
 class UsageError(GitopsError):
-    """The user asked for something that cannot be done as asked: a bad flag, a missing path, an unknown model (exit 2)."""
+    """The user asked for something that cannot be done as asked: a bad flag, missing path, unknown model (exit 2)."""
 
     exit_code = EXIT_USAGE
 

@@ -386,7 +386,7 @@ def repo_plugins_off() -> bool:
 
 def blocked_message(package: str) -> str:
     """The message that explains why the repository plugin package `package` is not imported ($GITOPS_REPO_PLUGINS=off
-    in jobs that hold a write token); callers raise it or print it.
+    in jobs that hold a write token); callers raise it as a PluginError.
     """
     return (f"the repository plugin package {package}/ is not imported here ({REPO_PLUGINS_ENV}=off): this job "
             "holds a write token and plugin code comes from pull requests (docs/plugins.md)")
