@@ -85,7 +85,7 @@ def state_path(out_dir: Path, model: str) -> Path:
 
 
 def read_state(out_dir: Path, model: str) -> dict:
-    """The model's sweep state, {"stopped": {fingerprint: ...}, ...}; {"stopped": {}} when the file is missing,
+    """The model's sweep state, {"stopped": {fingerprint: reason}}; {"stopped": {}} when the file is missing,
     unreadable or malformed (a fresh sweep).
     """
     try:
