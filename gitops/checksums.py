@@ -9,6 +9,9 @@ CHUNK = 1 << 20
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 (64 lowercase characters) of the file at `path`, read in 1 MiB chunks so memory stays flat for
+    large archives. Raises OSError (e.g. FileNotFoundError) if the file cannot be read.
+    """
     import hashlib  # OpenSSL's SHA-256: the fastest for large files
 
     digest = hashlib.sha256()

@@ -60,6 +60,9 @@ def every_command() -> None:
 
 
 def main() -> None:
+    """The `gitops` console-script entry point: installs the SIGTERM handler (so termination unwinds like Ctrl-C,
+    exit 143), registers only the command invoked (fast start-up), then runs the Typer app; exits the process.
+    """
     from gitops.learn.interrupt import install_terminate_handler
 
     install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143

@@ -74,6 +74,9 @@ def _root(
 
 
 def debug_enabled() -> bool:
+    """True when `--debug` was given (GITOPS_DEBUG is set to anything but empty or "0"): errors then show
+    Python tracebacks instead of one `error:` line.
+    """
     return os.environ.get(_DEBUG_ENV, "") not in ("", "0")
 
 

@@ -49,6 +49,10 @@ class EntryPoint:
         return f"EntryPoint(name={self.name!r}, value={self.value!r}, group={self.group!r})"
 
     def load(self) -> Any:
+        """Import the module named before `:` in `value` and return the attribute after it (dotted attributes
+        followed; an `[extras]` suffix ignored), like `importlib.metadata.EntryPoint.load`. Raises ImportError or
+        AttributeError when the target does not exist.
+        """
         import importlib
 
         module_name, _, attribute = self.value.partition(":")

@@ -31,10 +31,13 @@ class GitopsError(Exception):
 
     @property
     def message(self) -> str:
+        """The user-facing text (the exception's str), as printed after `error:` by the CLI."""
         return str(self)
 
 
 class UsageError(GitopsError):
+    """The user asked for something that cannot be done as asked: a bad flag, missing path, unknown model (exit 2)."""
+
     exit_code = EXIT_USAGE
 
 
@@ -125,6 +128,7 @@ class Problem:
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
     def as_dict(self) -> dict:
+        """The finding as plain JSON data: {file, line, col, path, message} (`--json` output, annotations)."""
         return {"file": self.file, "line": self.line, "col": self.col, "path": self.path, "message": self.message}
 
 

@@ -149,12 +149,17 @@ class Pace:
         self.eval_s: float | None = None
 
     def start(self, total_steps: int, start_step: int) -> None:
+        """Reset the clock: the run will go from `start_step` to `total_steps` (optimizer steps)."""
         self.total, self.first_step, self.t0 = total_steps, start_step, time.perf_counter()
 
     def percent(self, step: int) -> str:
+        """Share of `total` done at `step`, e.g. "42%"; "?" before `start`."""
         return f"{100 * step / self.total:.0f}%" if self.total else "?"
 
     def eta(self, step: int) -> str:
+        """Time left at `step`, e.g. "3m05s", from wall time per step since `start` less compile seconds; "0s" when
+        done, "?" before the first step.
+        """
         done = step - self.first_step
         if done <= 0 or step >= self.total:
             return "0s" if step >= self.total else "?"
@@ -180,14 +185,19 @@ class PlainReporter:
         self.pace = Pace()
 
     def note(self, text: str) -> None:
+        """Print `note: TEXT` to stderr."""
         typer.echo(f"note: {text}", err=True)
 
     def start(self, total_steps: int, start_step: int) -> None:
+        """Start the pace clock and print `training N steps (from step S)` to stderr."""
         self.total = total_steps
         self.pace.start(total_steps, start_step)
         typer.echo(f"training {total_steps} steps" + (f" (from step {start_step})" if start_step else ""), err=True)
 
     def timing(self, step: int, what: str, seconds: float) -> None:
+        """Hear `seconds` spent on "compile" (printed, kept out of the ETA), "eval" (shown with the next eval line) or
+        "checkpoint" (printed).
+        """
         if what == "compile":
             self.pace.compile_s += seconds
             typer.echo(f"step {step}: compiled the training step in {seconds:.2f} s (not counted in steps/s)", err=True)
@@ -197,6 +207,9 @@ class PlainReporter:
             typer.echo(f"step {step}/{self.total}: checkpoint saved in {seconds:.2f} s", err=True)
 
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        """Print one stderr line per record: step, percent, metrics, then steps/s and ETA for train records or the
+        evaluation time for val/test records.
+        """
         where = f"step {step}/{self.total} ({self.pace.percent(step)})"
         if record["split"] == "train":
             rate = f"; {steps_per_second:,.0f} steps/s training" if steps_per_second else ""
@@ -206,6 +219,7 @@ class PlainReporter:
             typer.echo(f"{where} {record['split']}: {_fmt(record)}{took}", err=True)
 
     def finish(self) -> None:
+        """Nothing to release (plain lines need no cleanup)."""
         pass
 
 
@@ -227,15 +241,20 @@ class RichReporter:
         self.last_save = ""
 
     def note(self, text: str) -> None:
+        """Print `note: TEXT` on the console (stderr), above the bar."""
         self.console.print(f"note: {text}")
 
     def start(self, total_steps: int, start_step: int) -> None:
+        """Start the pace clock and show the bar at `start_step` of `total_steps`."""
         self.pace.start(total_steps, start_step)
         self.progress.start()
         self.task = self.progress.add_task("train", total=total_steps, completed=start_step, info="compiling...",
                                            eta="?")
 
     def timing(self, step: int, what: str, seconds: float) -> None:
+        """Hear `seconds` spent on "compile" (printed), "eval" (shown with the next eval line) or "checkpoint" (shown in
+        the bar as the last save).
+        """
         if what == "compile":
             self.pace.compile_s += seconds
             self.progress.console.print(f"compiled the training step in {seconds:.2f} s")
@@ -245,6 +264,7 @@ class RichReporter:
             self.last_save = f"  last save {seconds:.2f} s"
 
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        """Advance the bar with loss, steps/s and ETA for train records; print a line for val/test records."""
         if record["split"] == "train":
             info = f"loss {record.get('loss', float('nan')):.4f}  {steps_per_second:,.0f} steps/s{self.last_save}"
             self.progress.update(self.task, completed=step, info=info, eta=self.pace.eta(step))
@@ -253,6 +273,7 @@ class RichReporter:
             self.progress.console.print(f"step {step} {record['split']}: {_fmt(record)}{took}")
 
     def finish(self) -> None:
+        """Stop the bar (leaving it on screen), if it was started."""
         if self.task is not None:
             self.progress.stop()
 

@@ -38,6 +38,9 @@ def canonical_json(value: Any) -> str:
 
 
 def sha256_json(value: Any) -> str:
+    """Hex SHA-256 of `canonical_json(value)` (UTF-8): the fingerprint of a JSON-able value, independent of key order
+    and formatting. Raises ValueError for NaN/inf (allow_nan=False).
+    """
     from gitops.checksums import sha256_new
 
     return sha256_new(canonical_json(value).encode("utf-8")).hexdigest()
@@ -66,12 +69,18 @@ def thaw(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The resolved `model:` section: the architecture's registered name and its schema-checked parameters (read-only
+    mapping).
+    """
     architecture: str
     params: Mapping[str, Any]  # the architecture's own parameters (schema-checked)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The resolved `train:` section (read-only): exactly one of `steps`/`epochs` is set; `batch_size` is examples
+    per step over all devices; `log_every`/`eval_every` are in steps; `repeats` is the number of seeds.
+    """
     seed: int
     batch_size: int
     steps: int | None
@@ -94,6 +103,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The resolved `data:` section (read-only): the dataset entry, split fractions, preprocessing and the
+    augmentation list, in order.
+    """
     dataset: Mapping[str, Any]
     splits: Mapping[str, Any]
     preprocessing: Mapping[str, Any]
@@ -102,6 +114,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ReleaseConfig:
+    """The resolved `release:` section (read-only): description, owners, version bump rule, headline metric (None:
+    the task's default), gates, serving settings and labels.
+    """
     description: str
     owners: tuple[str, ...]
     bump: str
@@ -129,10 +144,12 @@ class ResolvedConfig:
 
     @property
     def task(self) -> str:
+        """The task the dataset implies (e.g. "classification" or "regression"), from the catalog's dataset entry."""
         return catalog.dataset_task({"dataset": dict(self.data.dataset)})
 
     @property
     def short_fingerprint(self) -> str:
+        """The first 12 hex characters of `training_fingerprint`: run folder names and messages."""
         return self.training_fingerprint[:12]
 
     def as_dict(self) -> dict:
@@ -149,6 +166,9 @@ class ResolvedConfig:
         return doc
 
     def headline_metric(self) -> str:
+        """The metric reports and releases lead with: `release.headline_metric` if set, else "test/accuracy" for
+        classification and "test/loss" for other tasks.
+        """
         if self.release.headline_metric:
             return self.release.headline_metric
         return "test/accuracy" if self.task == "classification" else "test/loss"
@@ -638,6 +658,9 @@ def data_fingerprint(data: dict) -> str:
 
 
 def train_split_size(data: dict) -> int | None:
+    """Examples in the training split (the total less ceil'd validation and test fractions), or None when the
+    dataset's size is unknown before loading. Expects a schema-valid `data` dict.
+    """
     entry = catalog.DATASETS[data["dataset"]["name"]]
     total = entry.info.get("examples") or data["dataset"].get("n_samples")
     if not total:
@@ -647,6 +670,9 @@ def train_split_size(data: dict) -> int | None:
 
 
 def total_steps(train: dict, data: dict) -> int | None:
+    """Optimizer steps the run will take: `train.steps`, or `epochs * (train examples // batch_size)` (at least one
+    step per epoch); None when it depends on a dataset size not known yet.
+    """
     if train.get("steps"):
         return int(train["steps"])
     n_train = train_split_size(data)
@@ -656,6 +682,9 @@ def total_steps(train: dict, data: dict) -> int | None:
 
 
 def input_shape(data: dict) -> list[int] | None:
+    """Shape of one input example, without the batch axis (e.g. [28, 28, 1] for an image, [n_features] for a vector),
+    from the catalog entry or the dataset's own keys; None when unknown until the data is read.
+    """
     ds = data["dataset"]
     entry = catalog.DATASETS[ds["name"]]
     if "input_shape" in entry.info:
@@ -676,6 +705,9 @@ def input_shape(data: dict) -> list[int] | None:
 
 
 def num_classes(data: dict) -> int | None:
+    """Number of target classes of a classification dataset, from the catalog entry or the dataset's keys; None when
+    not declared (streaming sources are checked against the data when training).
+    """
     ds = data["dataset"]
     entry = catalog.DATASETS[ds["name"]]
     if "num_classes" in entry.info:
@@ -688,6 +720,9 @@ def num_classes(data: dict) -> int | None:
 
 
 def metric_problem(name: str, task: str, classes: int | None) -> str | None:
+    """Why `name` ("split/metric", e.g. "test/top5_accuracy") cannot be used for a `task` model with `classes`
+    classes: an unknown metric (with a spelling suggestion) or top-k with k >= classes; None when it is fine.
+    """
     split, _, metric = name.partition("/")
     entry = catalog.METRICS.entry(metric)
     valid = sorted(m for m, e in catalog.METRICS.items() if task in e.tasks)

@@ -19,6 +19,9 @@ from typing import Any
 
 
 def integer(description: str, default: Any = None, minimum: int | None = None, maximum: int | None = None) -> dict:
+    """A JSON Schema fragment for an integer field: {type, description} plus minimum, maximum and default where given
+    (None leaves a key out).
+    """
     s: dict[str, Any] = {"type": "integer", "description": description}
     if minimum is not None:
         s["minimum"] = minimum
@@ -37,6 +40,9 @@ def number(
     exclusive_minimum: float | None = None,
     exclusive_maximum: float | None = None,
 ) -> dict:
+    """A JSON Schema fragment for a number field, with inclusive (`minimum`/`maximum`) and exclusive
+    (`exclusiveMinimum`/`exclusiveMaximum`) bounds and a default where given (None leaves a key out).
+    """
     s: dict[str, Any] = {"type": "number", "description": description}
     for key, val in (
         ("minimum", minimum),
@@ -52,10 +58,12 @@ def number(
 
 
 def boolean(description: str, default: bool) -> dict:
+    """A JSON Schema fragment for a boolean field with its description and default."""
     return {"type": "boolean", "description": description, "default": default}
 
 
 def enum(description: str, values: list[str], default: str | None = None) -> dict:
+    """A JSON Schema fragment for a string that must be one of `values`, with a default where given."""
     s: dict[str, Any] = {"type": "string", "enum": values, "description": description}
     if default is not None:
         s["default"] = default
@@ -63,6 +71,9 @@ def enum(description: str, values: list[str], default: str | None = None) -> dic
 
 
 def int_list(description: str, default: list[int], minimum: int = 1, min_items: int = 0) -> dict:
+    """A JSON Schema fragment for a list of integers >= `minimum`, `min_items` to 64 long, with its default (e.g. layer
+    widths).
+    """
     return {
         "type": "array",
         "items": {"type": "integer", "minimum": minimum},
@@ -285,6 +296,9 @@ def compiled_validator(document: dict) -> Callable[[Any], Any]:
 
 
 def branch_applies(condition: dict, value: dict) -> bool:
+    """Whether an `if:` condition of an `allOf` branch holds for `value`: every `const` property matches and every
+    `required` key is present (the subset of JSON Schema `if` the schemas here use).
+    """
     for key, sub in condition.get("properties", {}).items():
         if "const" in sub and value.get(key) != sub["const"]:
             return False

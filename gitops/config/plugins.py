@@ -113,6 +113,9 @@ class Found:
 
     @property
     def origin(self) -> str:
+        """Where the plugin came from, in words for error messages: the entry point, its group and distribution (name
+        and version), or the repository plugin package named in gitops.yaml.
+        """
         if self.repo_package:
             return (f"{self.kind} '{self.plugin.name}' in GITOPS_PLUGINS of the repository package "
                     f"{self.repo_package}/ (gitops.yaml plugins.package)")
@@ -382,6 +385,9 @@ def repo_plugins_off() -> bool:
 
 
 def blocked_message(package: str) -> str:
+    """The message that explains why the repository plugin package `package` is not imported ($GITOPS_REPO_PLUGINS=off
+    in jobs that hold a write token); callers raise it as a PluginError.
+    """
     return (f"the repository plugin package {package}/ is not imported here ({REPO_PLUGINS_ENV}=off): this job "
             "holds a write token and plugin code comes from pull requests (docs/plugins.md)")
 

@@ -34,6 +34,9 @@ class Target:
 
 
 def looks_like_path(text: str) -> bool:
+    """True when `text` must be a folder path rather than a registry reference: it contains a slash or backslash, or
+    starts with "." or "~".
+    """
     return "/" in text or "\\" in text or text.startswith((".", "~"))
 
 

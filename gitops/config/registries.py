@@ -117,12 +117,15 @@ class Registry(Generic[E]):
         return len(self._slots())
 
     def keys(self) -> list[str]:
+        """Names of every declaration, built-in then plugin, as a list (a fresh copy)."""
         return list(self._slots())
 
     def values(self) -> list[E]:
+        """The declarations (built-in and plugin), in `keys` order."""
         return [slot.entry for slot in self._slots().values()]
 
     def items(self) -> list[tuple[str, E]]:
+        """(name, declaration) pairs, built-in and plugin, in `keys` order."""
         return [(name, slot.entry) for name, slot in self._slots().items()]
 
     def plugin_names(self) -> list[str]:

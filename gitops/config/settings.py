@@ -180,6 +180,10 @@ class TrackerSpec:
 
 @dataclass(frozen=True)
 class Budgets:
+    """`gitops.yaml: budgets:`, the limits a pull request's training may use (None: no limit): models per PR, optimizer
+    steps (x repeats) per model, estimated device-minutes per PR, and the label that lifts them.
+    """
+
     max_models_per_pr: int | None = None
     max_steps_per_model: int | None = None
     max_device_minutes_per_pr: float | None = None
@@ -188,11 +192,17 @@ class Budgets:
 
 @dataclass(frozen=True)
 class PluginSettings:
+    """`gitops.yaml: plugins:`: `package`, the repository's plugin package folder (None: none)."""
+
     package: str | None = None  # a package folder at the repository root (gitops.config.plugins)
 
 
 @dataclass(frozen=True)
 class DeploySettings:
+    """`gitops.yaml: deploy:`, where stage moves are deployed: the Kustomize deploy repository (a folder or git URL; ""
+    for no deploys), the overlay path ({stage} replaced), serving image, GPU flag and replicas.
+    """
+
     repository: str = ""
     path: str = "overlays/{stage}"
     image: str = ""
@@ -214,6 +224,10 @@ class StoreSettings:
 
 @dataclass(frozen=True)
 class Settings:
+    """The repository's `gitops.yaml`, validated and with schema defaults filled in (`load_settings`); `Settings()` is
+    what a repository without the file gets.
+    """
+
     budgets: Budgets = Budgets()
     plugins: PluginSettings = PluginSettings()
     trackers: tuple[TrackerSpec, ...] = ()
@@ -222,6 +236,7 @@ class Settings:
     artifacts: StoreSettings | None = None  # None: assets stay with the backend
 
     def tracker(self, name: str) -> TrackerSpec | None:
+        """The experiment-tracker spec named `name` in `trackers:`, or None when it is not configured."""
         return next((t for t in self.trackers if t.name == name), None)
 
     def approvers(self, stage: str) -> tuple[str, ...] | None:
@@ -230,6 +245,9 @@ class Settings:
 
 
 def schema_text() -> str:
+    """The JSON Schema of gitops.yaml as indented JSON text with a final newline, as written to settings.schema.json for
+    editors.
+    """
     return json.dumps(SETTINGS_SCHEMA, indent=2, allow_nan=False) + "\n"
 
 

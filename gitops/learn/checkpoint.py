@@ -171,23 +171,36 @@ class Checkpoints:
         )
 
     def wait(self) -> None:
+        """Block until queued asynchronous saves are committed to disk (Orbax `CheckpointManager.wait_until_finished`);
+        call before reading or before the process exits.
+        """
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for pending saves, then close the Orbax manager (its background threads); the object is unusable
+        afterwards.
+        """
         self.manager.wait_until_finished()
         self.manager.close()
 
     # --- reading ---
     def steps(self) -> list[int]:
+        """Steps (ascending, in optimizer steps) of the committed checkpoints on disk, after waiting for pending saves
+        and re-reading the directory (another process may have written or deleted some).
+        """
         self.wait()
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """The highest committed checkpoint step, or None when the directory holds none."""
         steps = self.steps()
         return steps[-1] if steps else None
 
     def meta(self, step: int) -> dict:
+        """The JSON `meta` saved beside the state at `step` (e.g. the early-stopping and best-metric bookkeeping);
+        raises Orbax's/OS errors if `step` has no checkpoint.
+        """
         self.wait()
         return dict(self.manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META])
 

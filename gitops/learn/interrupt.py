@@ -65,6 +65,9 @@ class StopFlag:
         self.requested, self.signum = True, signum
 
     def install(self) -> StopFlag:
+        """Route SIGINT and SIGTERM to this flag (keeping the previous handlers for `restore`) and return self; a no-op
+        off the main thread, and signals that are ignored (SIG_IGN) stay ignored.
+        """
         if threading.current_thread() is not threading.main_thread():
             return self
         for signum in self.SIGNALS:
@@ -73,6 +76,7 @@ class StopFlag:
         return self
 
     def restore(self) -> None:
+        """Put back the signal handlers `install` replaced; safe to call when nothing was installed."""
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous = {}

@@ -36,6 +36,9 @@ class LoadedModel:
 
     @property
     def task(self) -> str:
+        """The model's task ("classification", "regression", "language_modeling"), as recorded by its preprocessing: it
+        decides how `predict` outputs are read.
+        """
         return self.preprocessing.task
 
     @property

@@ -35,14 +35,21 @@ def _regression_residual(outputs: jnp.ndarray, targets: jnp.ndarray) -> jnp.ndar
 
 
 def mse(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    """Per-example mean squared error: `outputs` and `targets` (batch, ...) are flattened after the batch axis; returns
+    (batch,) float32. Extra keyword arguments (e.g. label_smoothing) are ignored.
+    """
     return jnp.mean(_regression_residual(outputs, targets) ** 2, axis=-1)
 
 
 def mae(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    """Per-example mean absolute error over the flattened non-batch axes; returns (batch,) float32."""
     return jnp.mean(jnp.abs(_regression_residual(outputs, targets)), axis=-1)
 
 
 def huber(outputs: jnp.ndarray, targets: jnp.ndarray, **_) -> jnp.ndarray:
+    """Per-example mean Huber loss with delta=1.0 (`optax.huber_loss`: quadratic below 1, linear above) over the
+    flattened non-batch axes; returns (batch,) float32.
+    """
     return jnp.mean(optax.huber_loss(_regression_residual(outputs, targets), delta=1.0), axis=-1)
 
 
@@ -111,10 +118,14 @@ def batch_sums(
 
 
 def zeros(names: list[str]) -> dict[str, tuple[jnp.ndarray, jnp.ndarray]]:
+    """An empty accumulator for `names`: {name: (sum, count)} of float32 scalars at 0, the start of a scan's carry."""
     return {n: (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)) for n in names}
 
 
 def accumulate(acc: Mapping, new: Mapping) -> dict:
+    """Element-wise sum of two accumulators {name: (sum, count)} over the names of `acc`; jit-safe, no host sync. Raises
+    KeyError when `new` lacks one of those names.
+    """
     return {n: (acc[n][0] + new[n][0], acc[n][1] + new[n][1]) for n in acc}
 
 

@@ -160,6 +160,7 @@ class Layout:
 
     @property
     def device_count(self) -> int:
+        """Number of devices in the mesh (all visible devices, over every process)."""
         return self.mesh.size
 
     @property
@@ -171,6 +172,7 @@ class Layout:
 
     @property
     def replicated(self) -> Any:
+        """A NamedSharding that keeps a full copy of the array on every device (metrics, keys, data-parallel state)."""
         from jax.sharding import NamedSharding, PartitionSpec
 
         return NamedSharding(self.mesh, PartitionSpec())
@@ -183,6 +185,7 @@ class Layout:
         return NamedSharding(self.mesh, PartitionSpec(None, AXIS))
 
     def describe(self) -> dict:
+        """The layout as JSON for the run manifest: {"strategy": ..., "mesh": {"data": devices}}."""
         return {"strategy": self.strategy, "mesh": {AXIS: self.device_count}}
 
     def check_batch(self, batch_size: int, accumulate: int = 1) -> None:
@@ -216,6 +219,9 @@ class Layout:
         return NamedSharding(self.mesh, PartitionSpec(*spec))
 
     def shardings_like(self, tree: Any) -> Any:
+        """A tree of shardings with the structure of `tree`, one per leaf from `state_sharding` (replicated, or split
+        along one axis under fsdp).
+        """
         import jax
 
         return jax.tree.map(self.state_sharding, tree)
@@ -240,11 +246,15 @@ class Layout:
         return jax.tree.map(one, tree, shardings)
 
     def replicate(self, tree: Any) -> Any:
+        """`tree` as global arrays replicated on every device of the mesh (see `put`)."""
         import jax
 
         return self.put(tree, jax.tree.map(lambda _: self.replicated, tree))
 
     def place_state(self, state: Any) -> Any:
+        """The model/optimizer `state` as global arrays in their state shardings (replicated, or fsdp-split parameters),
+        ready for the jitted step.
+        """
         return self.put(state, self.shardings_like(state))
 
 
@@ -262,6 +272,7 @@ def layout(strategy: str = "data") -> Layout | None:
 
 
 def strategy_of(train: Any) -> str:
+    """`train.parallelism.strategy` of a train config ("data" when unset or absent): the name `layout` expects."""
     spec = getattr(train, "parallelism", None) or {}
     return str(spec.get("strategy", "data"))
 
@@ -288,4 +299,7 @@ def fetch(tree: Any) -> Any:
 
 
 def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` that is >= `value` (both positive ints), e.g. an eval batch padded to split
+    evenly over devices.
+    """
     return -(-value // multiple) * multiple

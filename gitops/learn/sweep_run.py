@@ -78,10 +78,16 @@ class _RungReporter:
 
 
 def state_path(out_dir: Path, model: str) -> Path:
+    """Path of a model's sweep state file, `<out_dir>/.sweeps/<model>.json`: the trials stopped at a rung by successive
+    halving.
+    """
     return Path(out_dir) / STATE_DIR / f"{model}.json"
 
 
 def read_state(out_dir: Path, model: str) -> dict:
+    """The model's sweep state, {"stopped": {fingerprint: reason}}; {"stopped": {}} when the file is missing,
+    unreadable or malformed (a fresh sweep).
+    """
     try:
         doc = jsonio.loads(state_path(out_dir, model).read_text(encoding="utf-8"))
     except (OSError, ValueError):

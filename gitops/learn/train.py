@@ -53,10 +53,19 @@ DEFAULT_JAX_CACHE = Path.home() / ".cache" / "gitops" / "jax"
 class Reporter(Protocol):
     """What the loop tells the outside world; the CLI implements a rich bar and plain CI lines."""
 
-    def note(self, text: str) -> None: ...
-    def start(self, total_steps: int, start_step: int) -> None: ...
-    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None: ...
-    def finish(self) -> None: ...
+    def note(self, text: str) -> None:
+        """Hear a one-line remark for the user (e.g. a resume or a cache hit); not a metric."""
+
+    def start(self, total_steps: int, start_step: int) -> None:
+        """Training is about to run steps [start_step, total_steps) (in optimizer steps; start_step > 0 on resume)."""
+
+    def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        """Hear a metrics `record` (with "split" and "step") at `step`; `steps_per_second` counts training only
+        (compile, evaluation and checkpoint time excluded).
+        """
+
+    def finish(self) -> None:
+        """The run finished (not called when it raises): release the terminal, e.g. stop a progress bar."""
     # Optional: `timing(step, what, seconds)` hears how long each evaluation ("eval") and checkpoint
     # save ("checkpoint") took; those seconds are never counted in the steps/s `log` receives.
 
@@ -68,16 +77,22 @@ def _timing(reporter: Any, step: int, what: str, seconds: float) -> None:
 
 
 class SilentReporter:
+    """A Reporter that says nothing: library callers and tests that want no output."""
+
     def note(self, text: str) -> None:
+        """Ignore the note."""
         pass
 
     def start(self, total_steps: int, start_step: int) -> None:
+        """Ignore the start."""
         pass
 
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
+        """Ignore the record."""
         pass
 
     def finish(self) -> None:
+        """Nothing to release."""
         pass
 
 
@@ -96,6 +111,9 @@ def enable_compilation_cache() -> None:
 
 
 def package_versions() -> dict[str, str | None]:
+    """Installed versions of jax, jaxlib, flax, optax, orbax-checkpoint and numpy (None where not installed) plus
+    "python": recorded in the run manifest so a result can be reproduced.
+    """
     versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -182,15 +200,22 @@ class Session:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Optimizer steps in one pass over the training split (from the data spec)."""
         return self.spec.steps_per_epoch
 
     # checkpoint trees: {"model": ..., "optimizer": ...} of plain nested dicts
     def state_tree(self) -> dict:
+        """The checkpoint tree {"model": ..., "optimizer": ...} of plain nested dicts of arrays (Flax NNX
+        `nnx.to_pure_dict`): what Orbax saves.
+        """
         from flax import nnx
 
         return {"model": nnx.to_pure_dict(self.state[0]), "optimizer": nnx.to_pure_dict(self.state[1])}
 
     def load_state_tree(self, tree: Mapping) -> None:
+        """Write a checkpoint tree {"model": ..., "optimizer": ...} back into the live state in place (Flax NNX
+        `nnx.replace_by_pure_dict`); raises on structure mismatch.
+        """
         from flax import nnx
 
         nnx.replace_by_pure_dict(self.state[0], tree["model"])
@@ -248,12 +273,18 @@ class Session:
         return {} if total is None else metrics_lib.finalize(parallel.fetch(total))
 
     def zero_metrics(self) -> Any:
+        """An empty metric accumulator {name: (sum, count)} for this run's metrics, replicated over the mesh when
+        training on several devices.
+        """
         from gitops.learn import metrics as metrics_lib
 
         zeros = metrics_lib.zeros(self.metric_names)
         return self.layout.replicate(zeros) if self.layout else zeros
 
     def no_divergence(self) -> Any:
+        """The divergence carry before any bad step: {step: int32 -1, loss: float32 0, grad_norm: float32 0}; the step
+        function records the first non-finite loss or gradient norm in it.
+        """
         import jax.numpy as jnp
 
         none = {"step": jnp.int32(-1), "loss": jnp.float32(0), "grad_norm": jnp.float32(0)}
@@ -438,6 +469,10 @@ class Watch:
     stale: int = 0
 
     def offer(self, value: float, step: int) -> bool:
+        """Consider `value` of the metric at `step`: True (and `best`, `best_step` set, `stale` reset) when it beats
+        the best by more than `min_delta` in the metric's direction (the first finite value always does; ties and
+        NaN/inf never do), else False and `stale` counts one more.
+        """
         signed = gates.score(value, self.higher_is_better)  # `best` is kept on this axis (checkpoint meta)
         better = gates.improves(signed, self.best, min_delta=self.min_delta)  # a tie is no progress
         if better:
@@ -447,9 +482,13 @@ class Watch:
         return better
 
     def as_dict(self) -> dict:
+        """{best, best_step, stale} as JSON for checkpoint meta, so a resumed run continues the count; `best` is on the
+        signed axis of `gates.score`.
+        """
         return {"best": self.best, "best_step": self.best_step, "stale": self.stale}
 
     def load(self, raw: Mapping | None) -> None:
+        """Restore `best`, `best_step` and `stale` from `as_dict` output; None or {} leaves the fresh state."""
         if raw:
             self.best, self.best_step, self.stale = raw.get("best"), raw.get("best_step"), int(raw.get("stale", 0))
 
