@@ -15,6 +15,7 @@ from loop_support import commit_all, git
 from test_repo_plugins import EXAMPLE, XOR, write_model
 from typer.testing import CliRunner
 
+from gitops.checksums import sha256_file
 from gitops.cli import app
 from gitops.errors import GitopsError, IntegrityError
 from gitops.registry import spool
@@ -57,8 +58,12 @@ def test_prepare_with_plugins_then_publish_without_importing_them(tmp_path, monk
     assert first.returncode == 0, first.stdout + first.stderr
     assert "tagged xor-tiny@v1.0.0" in first.stdout and not marker.exists()
     assert git(repo, "tag", "-l") == "xor-tiny@v1.0.0" and (repo / "dist/xor-tiny-v1.0.0.tar.gz").is_file()
+    # what the workflow attests: each archive by its digest (also when the bytes live in an object store)
+    subjects = (repo / "dist/release-archives.sha256").read_text(encoding="utf-8").splitlines()
+    assert subjects == [f"{sha256_file(repo / 'dist/xor-tiny-v1.0.0.tar.gz')}  xor-tiny-v1.0.0.tar.gz"]
     again = subprocess.run(publish, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "already tagged" in again.stdout, again.stdout + again.stderr
+    assert (repo / "dist/release-archives.sha256").read_text(encoding="utf-8").splitlines() == subjects
     init.write_text(init.read_text().split("\n", 1)[1])
     pulled = cli("pull", "xor-tiny@v1.0.0")
     assert pulled.exit_code == 0, pulled.output  # checksums verified against what publish uploaded

@@ -45,6 +45,7 @@ from gitops.backends.base import (
     WorkflowRunInfo,
 )
 from gitops.errors import GitopsError, IntegrityError, UsageError
+from gitops.registry import archive
 
 FORMAT = 1
 SPOOL_FILE = "spool.json"
@@ -295,6 +296,32 @@ def check(folder: Path, doc: dict, root: Path) -> None:
                                      f"the tag message records {meta['sha256']}")
 
 
+ATTESTATION_SUBJECTS = "release-archives.sha256"
+
+
+def _add_attestation_subject(dist: Path, tag: str, files: list[Path]) -> None:
+    """Append the release's whole-archive line to `dist/release-archives.sha256` (sha256sum format).
+
+    The file is what the release workflow attests (`actions/attest-build-provenance`'s
+    `subject-checksums`): it names each archive by its digest, so a release whose bytes live in an
+    artifact store (no tarball in `dist/`) is attested too, and several models' SHA256SUMS, which
+    share one name, never overwrite each other's subjects. A rerun does not repeat a line.
+    """
+    sums_file = next((p for p in files if p.name == archive.SUMS_FILE), None)
+    if sums_file is None:
+        return
+    model, version = tag.split("@", 1)
+    name = archive.archive_name(model, version)
+    digest = archive.parse_sums(sums_file.read_text(encoding="utf-8")).get(name)
+    if digest is None:
+        return
+    out = dist / ATTESTATION_SUBJECTS
+    line = f"{digest}  {name}\n"
+    if not out.is_file() or line not in out.read_text(encoding="utf-8").splitlines(keepends=True):
+        with out.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+
+
 def publish(folder: Path, backend: Backend, root: Path, *, dist: Path | None = None) -> list[str]:
     """Check the spool, then make its writes through `backend` in order; returns one line per write.
 
@@ -319,6 +346,7 @@ def publish(folder: Path, backend: Backend, root: Path, *, dist: Path | None = N
                 dist.mkdir(parents=True, exist_ok=True)
                 for path in files:
                     shutil.copyfile(path, dist / path.name)
+                _add_attestation_subject(dist, tag, files)
         elif op["op"] == "tag":
             try:
                 backend.create_tag(tag, op["commit"], op["message"])
