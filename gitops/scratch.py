@@ -62,3 +62,30 @@ def sweep(parent: Path, prefix: str) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def write_text_atomic(path: Path, text: str, *, fsync: bool = True) -> None:
+    """Write `text` (UTF-8) to `path` so that a reader, or a crash, sees the old file or the new one,
+    never half of one: a temporary sibling (`.<name>.*.tmp`), flushed and (with `fsync`) synced to
+    disk, then renamed over `path` (`os.replace`, atomic on POSIX). Creates the parent folder; a failed
+    write removes its temporary file. The one atomic text writer of the package (run files, checksum
+    lists, the release spool, migrated and sweep-applied model files).
+
+    Raises:
+        OSError: the folder is not writable or the disk is full (`path` is then unchanged).
+    """
+    import tempfile  # not at start-up: `validate` and `ci plan` stay light (tests/test_startup.py)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -10,7 +10,6 @@ layout survive. `schema_version` itself is never part of a fingerprint.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +114,9 @@ def migrate_file(path: Path, kind: str, *, write: bool = True) -> list[str]:
     if write:
         buffer = io.StringIO()
         yaml.dump(data, buffer)
-        import tempfile  # writing only: importing it costs validate's start-up (random, hashlib)
+        from gitops.scratch import write_text_atomic
 
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        write_text_atomic(path, buffer.getvalue())
     return [s.description for s in steps]
 
 

@@ -17,12 +17,12 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from gitops import scratch
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError, UsageError
 
@@ -115,19 +115,9 @@ def write(folder: Path, out: Path | None = None, *, progress: Callable[[int, int
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a temporary sibling and `os.replace`, so a reader or a crash
-    never sees half a file; creates the parent folder.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write `text` (UTF-8) to `path` so a reader or a crash never sees half a file
+    (`gitops.scratch.write_text_atomic`, not fsynced: a lost list is rebuilt by its command)."""
+    scratch.write_text_atomic(path, text, fsync=False)
 
 
 def _memo_path(cache: Path, pin: str) -> Path:

@@ -41,7 +41,7 @@ from gitops.config.yamlio import dump_yaml
 from gitops.errors import RunInterrupted, TrainingError
 from gitops.learn import train as train_lib
 from gitops.registry import stats
-from gitops.registry.runs import PREPROCESSING_FILE, RunFolder, read_json, replace_dir, write_json
+from gitops.registry.runs import PREPROCESSING_FILE, RunFolder, replace_dir, write_json
 
 REPEATS_DIR = "repeats"
 SPREAD_FILE = "metrics_spread.json"
@@ -54,18 +54,6 @@ def seed_config(cfg: config_lib.ResolvedConfig, index: int) -> config_lib.Resolv
     doc["train"]["seed"] = int(cfg.train.seed) + index
     doc["train"]["repeats"] = 1
     return config_lib.build(cfg.name, doc, config_lib.thaw(cfg.files))
-
-
-def read_spread(run_dir: str | os.PathLike) -> dict | None:
-    """The metrics_spread.json of a run folder, or None (a single-seed run)."""
-    path = Path(run_dir) / SPREAD_FILE
-    if not path.is_file():
-        return None
-    try:
-        doc = read_json(path)
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _now() -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops import config, jsonio
+from gitops import config, jsonio, scratch
 from gitops.config import sweep
 from gitops.errors import GitopsError
 from gitops.registry import gates, sweep_results
@@ -344,7 +344,6 @@ def apply(name: str, root: Path, out_dir: Path, trial_index: int | None = None, 
 def _set_keys(path: Path, kind: str, items: list[tuple[tuple[str, ...], Any]]) -> None:
     """Set nested keys in a YAML file with ruamel's round-trip mode (comments and order survive)."""
     import io
-    import tempfile
 
     from ruamel.yaml import YAML
     from ruamel.yaml.comments import CommentedMap, CommentedSeq
@@ -372,7 +371,4 @@ def _set_keys(path: Path, kind: str, items: list[tuple[tuple[str, ...], Any]]) -
         node[keys[-1]] = value
     buffer = io.StringIO()
     yaml.dump(data, buffer)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(buffer.getvalue())
-    os.replace(tmp, path)
+    scratch.write_text_atomic(path, buffer.getvalue())

@@ -20,13 +20,12 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import jsonio
+from gitops import jsonio, scratch
 from gitops.errors import GitopsError, UsageError
 
 CONFIG_FILE = "config.resolved.yaml"
@@ -56,19 +55,8 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) atomically: a temporary file in the same folder, flushed and fsynced, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a run file atomically and durably (`gitops.scratch.write_text_atomic`, fsynced)."""
+    scratch.write_text_atomic(path, text)
 
 
 def read_json(path: Path) -> Any:
