@@ -184,6 +184,34 @@ def test_parquet_streams_row_groups_and_each_epoch_reads_every_row_once(tmp_path
     assert not np.array_equal(np.concatenate(seen[:15]), np.concatenate(seen[15:]))
 
 
+def test_parquet_records_keep_neither_their_row_group_nor_every_file_open(tmp_path: Path) -> None:
+    """Memory that grew with the table: records were views pinning their whole row group (a batch drawn
+    from many groups held them all), and every file stayed open with its footer."""
+    import gc
+    import weakref
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gitops.learn.sources import ParquetSource
+
+    files = []
+    for part in range(6):
+        path = tmp_path / f"p{part}.parquet"
+        pq.write_table(pa.table({"a": np.arange(30, dtype=np.float32) + 100 * part, "y": np.arange(30) % 2}), path,
+                       row_group_size=10)
+        files.append(str(path))
+    source = ParquetSource(files, [[10, 10, 10]] * 6, ["a"], "y", "classification")
+    x, y = source[3]
+    assert x.tolist() == [3.0] and y == 1
+    group = weakref.ref(source._cache[0][0])
+    for index in range(10, 180, 10):  # a row of every other group: the first one leaves the cache
+        assert source[index][0].tolist() == [float(index % 30 + 100 * (index // 30))]
+    gc.collect()
+    assert group() is None, "a record still holds its row group"
+    assert x.tolist() == [3.0] and len(source._handles) == ParquetSource.OPEN_FILES
+
+
 def test_array_record_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from array_record.python.array_record_module import ArrayRecordWriter
 

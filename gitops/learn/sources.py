@@ -79,6 +79,35 @@ class ImageFolderSource:
         return decode_image(Path(self.files[index]), self.image_size, self.channels), self.labels[index]
 
 
+_HEAP_FIXED = False
+
+
+def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
+    """Serve allocations of `threshold` bytes (default 4 MiB) or more from their own mappings (glibc only).
+
+    glibc's malloc raises its mmap threshold after a large block is freed (up to 32 MiB), so from then
+    on row-group sized buffers come from the heap, whose freed space is kept by the process: peak RSS
+    then grows with the number of row groups read, i.e. with the dataset. A fixed threshold (which
+    also turns the dynamic one off; mallopt(3), `M_MMAP_THRESHOLD`) returns each such buffer to the
+    system when it is freed. Once per process; False where the C library is not glibc.
+    """
+    global _HEAP_FIXED
+    if _HEAP_FIXED:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _HEAP_FIXED = bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):
+        return False
+    return _HEAP_FIXED
+
+
 class ParquetSource:
     """Rows of Parquet files as (features, label); reads one row group at a time.
 
@@ -91,6 +120,7 @@ class ParquetSource:
     """
 
     CACHED_GROUPS = 2
+    OPEN_FILES = 4  # open files kept per process: each holds its footer (row groups x columns of metadata)
 
     def __init__(self, files: Sequence[str], group_rows: Sequence[Sequence[int]], features: Sequence[str], label: str,
                  task: str):
@@ -102,7 +132,7 @@ class ParquetSource:
         sizes = np.asarray([r for rows in group_rows for r in rows], np.int64)
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self._cache: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._handles: dict[int, Any] = {}
+        self._handles: OrderedDict[int, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -110,7 +140,7 @@ class ParquetSource:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_cache"], state["_handles"], state["_lock"] = OrderedDict(), {}, None
+        state["_cache"], state["_handles"], state["_lock"] = OrderedDict(), OrderedDict(), None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -127,14 +157,22 @@ class ParquetSource:
 
         f, g = self.groups[group]
         path = self.files[f]
+        fix_mmap_threshold()  # in every process that reads row groups (Grain workers included)
         try:
             handle = self._handles.get(f)
             if handle is None:
                 handle = self._handles[f] = pq.ParquetFile(path)
+                while len(self._handles) > self.OPEN_FILES:  # a table of thousands of files: memory stays flat
+                    self._handles.popitem(last=False)
+            self._handles.move_to_end(f)
             # use_threads=False: Grain's reader threads call in here; pyarrow's own pool under them can deadlock
             table = handle.read_row_group(g, columns=[*self.features, self.label], use_threads=False)
-            x = np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32) for c in self.features], 1)
+            # one (rows, F) array filled column by column: no per-column float32 copies, no stacking temporaries
+            x = np.empty((table.num_rows, len(self.features)), np.float32)
+            for i, c in enumerate(self.features):
+                x[:, i] = table.column(c).to_numpy(zero_copy_only=False)
             y = table.column(self.label).to_numpy(zero_copy_only=False)
+            del table
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise RecordError(f"{path}: cannot read row group {g}: {exc}") from None
         y = y.astype(np.int32) if self.task == "classification" else y.astype(np.float32).reshape(-1, 1)
@@ -150,7 +188,9 @@ class ParquetSource:
                     self._cache.popitem(last=False)
             x, y = self._cache[group]
         row = index - int(self.starts[group])
-        return x[row], y[row]
+        # copies: a view would keep its whole row group alive for as long as the record lives (in a batch
+        # being assembled, in a prefetch buffer), so a batch drawn from many groups held all of them
+        return x[row].copy(), y[row].copy()
 
 
 class ArrayRecordSource:

@@ -376,18 +376,22 @@ def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, 
     source = sources.ParquetSource([str(p) for p in paths], group_rows, features or [], ds["label"], task)
     splits = None
     if ds.get("split_column"):
-        names_by_row = []
+        order = ("train", "val", "test")
+        codes = []  # one byte per row (0 train, 1 val, 2 test): never the column's strings for the whole table
         for path in paths:
             handle = pq.ParquetFile(path)
             for g in range(handle.metadata.num_row_groups):  # one column, one row group at a time
-                names_by_row.append(handle.read_row_group(g, columns=[ds["split_column"]]).column(0).to_numpy(
-                    zero_copy_only=False).astype(str))
-        values = np.concatenate(names_by_row) if names_by_row else np.zeros(0, str)
-        unknown = sorted(set(np.unique(values)) - set(SPLIT_NAMES))
-        if unknown:
-            raise GitopsError(f"{paths[0]}: column {ds['split_column']!r} holds {unknown[0]!r}; expected train, val, test")
-        mapped = np.vectorize(SPLIT_NAMES.get, otypes=[str])(values) if len(values) else values
-        splits = {sp: np.flatnonzero(mapped == sp).astype(np.int64) for sp in ("train", "val", "test")}
+                values = handle.read_row_group(g, columns=[ds["split_column"]]).column(0).to_numpy(zero_copy_only=False)
+                names, inverse = np.unique(values.astype(str), return_inverse=True)
+                unknown = [n for n in names if n not in SPLIT_NAMES]
+                if unknown:
+                    raise GitopsError(f"{path}: column {ds['split_column']!r} holds {unknown[0]!r} (row group {g}); "
+                                      "expected train, val, validation or test")
+                table = np.asarray([order.index(SPLIT_NAMES[n]) for n in names], np.int8)
+                codes.append(table[inverse.reshape(-1)])
+            del handle
+        split_of = np.concatenate(codes) if codes else np.zeros(0, np.int8)
+        splits = {sp: np.flatnonzero(split_of == i).astype(np.int64) for i, sp in enumerate(order)}
     return source, splits, source.starts[:-1]
 
 
