@@ -400,3 +400,112 @@ def test_feed_state_resumes_the_same_batches_with_the_same_or_another_worker_cou
         again.close()
         for a, b in zip(rest, batches[4:], strict=True):
             assert np.array_equal(a, b)
+
+
+# --- data.dataset.remainder: drop or pad the epoch's last batch ------------------------------------------
+
+
+def _table_repo(repo: Path, monkeypatch: pytest.MonkeyPatch, rows: int = 30, **dataset) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    (repo / "table").mkdir()
+    x = rng.normal(size=(rows, 3)).astype(np.float32)
+    pq.write_table(pa.table({"f_a": x[:, 0], "f_b": x[:, 1], "f_c": x[:, 2], "target": (x[:, 0] > 0).astype(np.int64)}),
+                   repo / "table" / "part-0.parquet", row_group_size=8)
+    spec = {"name": "parquet", "path": "table", "checksums": "table.sha256",
+            "checksums_sha256": _pin(repo, "table", "table.sha256", monkeypatch), "feature_prefix": "f_",
+            "label": "target", "num_classes": 2, **dataset}
+    _write_model(repo, "tab", spec, splits="validation: 0.0\n  test: 0.0\n")
+    return spec
+
+
+def test_remainder_pad_feeds_every_record_once_per_epoch_and_drop_the_same_order(tmp_path: Path, monkeypatch) -> None:
+    from gitops.learn import data
+
+    _table_repo(tmp_path, monkeypatch, rows=30)
+    drop = data.load(config.load("tab", tmp_path).data, tmp_path)
+    pad = data.load(config.load("tab", tmp_path, ["data.dataset.remainder=pad"]).data, tmp_path)
+    assert (drop.steps_per_epoch(8), pad.steps_per_epoch(8)) == (3, 4)
+    drop_feed, pad_feed = streaming.Feed(drop, 8, seed=1), streaming.Feed(pad, 8, seed=1)
+    dropped = [drop_feed.next() for _ in range(6)]
+    padded = [pad_feed.next() for _ in range(8)]
+    saved = json.loads(json.dumps(pad_feed.state()))
+    drop_feed.close()
+    pad_feed.close()
+    assert all(len(b) == 2 for b in dropped) and all(len(b) == 3 for b in padded)
+    raw = np.concatenate([drop.source[i][0][None] for i in range(30)])
+    scaled = (raw - np.asarray(drop.preprocessing.shift)) / np.asarray(drop.preprocessing.divisor)
+    for epoch in range(2):
+        batches = padded[4 * epoch:4 * epoch + 4]
+        w = np.concatenate([b[2] for b in batches])
+        assert w.dtype == np.float32 and w.tolist() == [1.0] * 30 + [0.0] * 2  # padding only ends the epoch
+        rows = np.concatenate([b[0] for b in batches])[:30]
+        order = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
+        np.testing.assert_allclose(order(rows), order(scaled), rtol=1e-5, atol=1e-5)  # every record once
+        for d, p in zip(dropped[3 * epoch:3 * epoch + 3], batches[:3], strict=True):  # drop's batches are pad's first
+            assert np.array_equal(d[0], p[0]) and np.array_equal(d[1], p[1])
+    # a resume continues the padded stream exactly (Grain's state, or from the batch count)
+    for state in (saved, {**saved, "workers": 2}):
+        again = streaming.Feed(pad, 8, seed=1)
+        again.restore({**state, "batches": 8} if state["workers"] == 2 else state)
+        more = again.next()
+        again.close()
+        whole = streaming.Feed(pad, 8, seed=1)
+        expected = [whole.next() for _ in range(9)][-1]
+        whole.close()
+        assert all(np.array_equal(a, b) for a, b in zip(more, expected, strict=True))
+
+
+def test_padding_rows_count_in_no_loss_gradient_or_metric(tmp_path: Path, monkeypatch) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from gitops.learn import data, train
+
+    _table_repo(tmp_path, monkeypatch, rows=30)
+    for accumulate in (1, 2):
+        cfg = config.load("tab", tmp_path, ["data.dataset.remainder=pad", "train.batch_size=8",
+                                            f"train.gradient_accumulation={accumulate}"])
+        session = train.build_session(cfg, data.load(cfg.data, tmp_path))
+        session.feed.close()
+        assert session.steps_per_epoch == 4
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(8, 3)).astype(np.float32)
+        y = (np.arange(8) % 2).astype(np.int32)
+        w = np.asarray([1, 1, 1, 1, 0, 0, 0, 0], np.float32)
+        garbage = x.copy()
+        garbage[4:] = 1e4  # what padding rows hold must not matter
+
+        def step(*batch, session=session):
+            key = session.device["base_key"]
+            state = jax.tree.map(jnp.copy, session.state)
+            state, acc, _ = session.batch_fn(state, session.zero_metrics(), session.no_divergence(), np.int32(0),
+                                             batch[0], batch[1], key, np.bool_(False), *batch[2:])
+            return jax.tree.leaves(state), {k: (float(s), float(c)) for k, (s, c) in acc.items()}
+
+        padded, padded_acc = step(garbage, y, w)
+        alone, alone_acc = step(x[:4], y[:4])  # the four real rows as a batch of their own
+        assert padded_acc["loss"][1] == 4.0 and padded_acc["accuracy"][1] == 4.0
+        np.testing.assert_allclose(padded_acc["loss"][0], alone_acc["loss"][0], rtol=1e-5)
+        for a, b in zip(padded, alone, strict=True):
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=2e-5, atol=1e-6)
+
+
+def test_remainder_is_stated_only_where_it_can_be_honoured(tmp_path: Path, monkeypatch) -> None:
+    _table_repo(tmp_path, monkeypatch)
+    base = config.load("tab", tmp_path)
+    assert base.data.dataset["remainder"] == "drop"
+    assert config.load("tab", tmp_path, ["data.dataset.remainder=drop"]).training_fingerprint == base.training_fingerprint
+    assert config.load("tab", tmp_path, ["data.dataset.remainder=pad"]).training_fingerprint != base.training_fingerprint
+    data_yaml = tmp_path / "models" / "tab" / "data.yaml"
+    data_yaml.write_text(data_yaml.read_text().replace("  label:", "  remainder: pad\n  label:"))
+    (tmp_path / "models" / "tab" / "model.yaml").write_text("architecture: resnet\n")
+    done = _cli(["validate", "models/tab"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "data.dataset.remainder: pad puts weight-0 rows into BatchNorm" in done.output, done.output
+    # in-memory sources draw their batches on the device and always drop the remainder: the key is refused
+    data_yaml.write_text("dataset:\n  name: iris\n  remainder: pad\n")
+    (tmp_path / "models" / "tab" / "model.yaml").write_text("architecture: mlp\n")
+    done = _cli(["validate", "models/tab"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "remainder" in done.output, done.output

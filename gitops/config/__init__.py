@@ -628,11 +628,13 @@ EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
 
 
 def hashed_data(data: dict) -> dict:
-    """The data spec as fingerprinted: a streaming source's worker and prefetch counts left out."""
+    """The data spec as fingerprinted: a streaming source's worker and prefetch counts left out, and its
+    `remainder` when it is the default `drop` (configs written before the key existed keep their fingerprints)."""
     ds = data.get("dataset") or {}
-    if not any(k in ds for k in EXECUTION_ONLY_DATASET_KEYS):
+    if not any(k in ds for k in EXECUTION_ONLY_DATASET_KEYS) and ds.get("remainder") != "drop":
         return data
-    return {**data, "dataset": {k: v for k, v in ds.items() if k not in EXECUTION_ONLY_DATASET_KEYS}}
+    return {**data, "dataset": {k: v for k, v in ds.items()
+                                if k not in EXECUTION_ONLY_DATASET_KEYS and not (k == "remainder" and v == "drop")}}
 
 
 def data_fingerprint(data: dict) -> str:
@@ -840,6 +842,9 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
         problems += [(("train", "start_from", *path), message)
                      for path, message in parent_ref.form_problems(train["start_from"], model["architecture"], tree)]
     problems += _streaming_problems(data["dataset"], tree)
+    if data["dataset"].get("remainder") == "pad" and (model["architecture"] == "resnet" or model.get("batch_norm")):
+        problems.append((("data", "dataset", "remainder"), "pad puts weight-0 rows into BatchNorm's batch statistics "
+                         f"({model['architecture']}); use remainder: drop with BatchNorm"))
     if dataset_name in ("file", "text") and tree is not None:
         try:
             if tree.read(data["dataset"]["path"]) is None:

@@ -272,6 +272,10 @@ _STREAM_OPTIONS = {
     "prefetch": integer("Batches read ahead per worker. Not part of the fingerprint.", 2, 1, 1024),
     "stats_sample": integer("Records sampled to fit preprocessing statistics (0: one pass over the whole training split).",
                             0, 0),
+    "remainder": enum("Training examples left over at the end of an epoch (fewer than a batch): drop (not seen that "
+                      "epoch) or pad (one more batch per epoch, filled up with weight-0 rows that count in no loss, "
+                      "gradient or metric; not with BatchNorm, whose batch statistics would see them).",
+                      ["drop", "pad"], "drop"),
 }
 
 DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, [

@@ -47,19 +47,26 @@ class StepSpec:
         return math.ceil((length - 1) / self.steps_per_epoch) + 1 if length > 1 else 1
 
 
-def _micro_update(graphdef, spec: StepSpec, state, x, y, key):
-    """One forward/backward pass and optimizer call on a (micro-)batch; returns (state, loss, grad-norm, sums)."""
+def _micro_update(graphdef, spec: StepSpec, state, x, y, key, w=None, per_weight=None):
+    """One forward/backward pass and optimizer call on a (micro-)batch; returns (state, loss, grad-norm, sums).
+
+    `w` (None: every row counts, the plain mean): per-row weights, 0 on the rows padding an epoch's last
+    batch; the loss is then `sum(w * loss) * per_weight`, where `per_weight` is (micro-batches / the
+    whole batch's weight), so the micro-batches' mean gradient is that of the mean over real rows.
+    """
     model, optimizer = nnx.merge(graphdef, state)
 
     def loss_fn(model):
         outputs = model(x, rngs=nnx.Rngs(dropout=key))
         per_example = spec.loss(outputs, y, label_smoothing=spec.label_smoothing)
-        return jnp.mean(per_example), (per_example, outputs)
+        if w is None:
+            return jnp.mean(per_example), (per_example, outputs)
+        return jnp.sum(per_example * w) * per_weight, (per_example, outputs)
 
     (loss, (per_example, outputs)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
-    sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y, jnp.ones_like(per_example),
-                                  spec.token_bytes)
+    sums = metrics_lib.batch_sums(list(spec.metric_names), per_example, outputs, y,
+                                  jnp.ones_like(per_example) if w is None else w, spec.token_bytes)
     _, new_state = nnx.split((model, optimizer))
     return new_state, loss, optax.tree.norm(grads), sums
 
@@ -76,31 +83,40 @@ def train_step(graphdef, spec: StepSpec, state, acc, bad, step, x_all, y_all, pe
     return train_on_batch(graphdef, spec, state, acc, bad, step, x_all[idx], y_all[idx], base_key)
 
 
-def train_on_batch(graphdef, spec: StepSpec, state, acc, bad, step, x, y, base_key):
-    """One optimizer step (pure) on a given batch: augment, update, accumulate metrics (see `train_step`)."""
+def train_on_batch(graphdef, spec: StepSpec, state, acc, bad, step, x, y, base_key, w=None):
+    """One optimizer step (pure) on a given batch: augment, update, accumulate metrics (see `train_step`).
+
+    `w`: optional (batch,) float32 row weights, 0 for padding rows, which then count in no loss, gradient or
+    metric (a streaming source's `remainder: pad`); None traces exactly the unweighted step.
+    """
     key = jax.random.fold_in(base_key, step)
     if spec.augment is not None:
         x = spec.augment(jax.random.fold_in(key, 2), x)
     dropout_key = jax.random.fold_in(key, 1)
     k = spec.accumulate
+    per_weight = None if w is None else k / jnp.maximum(jnp.sum(w), 1.0)
     if k == 1:
-        state, loss, gnorm, sums = _micro_update(graphdef, spec, state, x, y, dropout_key)
+        state, loss, gnorm, sums = _micro_update(graphdef, spec, state, x, y, dropout_key, w, per_weight)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
     else:
         xs = x.reshape((k, x.shape[0] // k, *x.shape[1:]))
         ys = y.reshape((k, y.shape[0] // k, *y.shape[1:]))
+        ws = None if w is None else w.reshape((k, w.shape[0] // k))
         if spec.batch_sharding is not None:  # every micro-batch split over all devices
             micro = NamedSharding(spec.batch_sharding.mesh, PartitionSpec(None, *spec.batch_sharding.spec))
             xs, ys = jax.lax.with_sharding_constraint((xs, ys), (micro, micro))
+            if ws is not None:
+                ws = jax.lax.with_sharding_constraint(ws, micro)
 
         def micro(carry, inputs):
             state, ok, sums = carry
-            i, xm, ym = inputs
-            state, loss, gnorm, new = _micro_update(graphdef, spec, state, xm, ym, jax.random.fold_in(dropout_key, i))
+            i, xm, ym, wm = inputs
+            state, loss, gnorm, new = _micro_update(graphdef, spec, state, xm, ym, jax.random.fold_in(dropout_key, i),
+                                                    wm, per_weight)
             return (state, ok & jnp.isfinite(loss) & jnp.isfinite(gnorm), metrics_lib.accumulate(sums, new)), (loss, gnorm)
 
         init = (state, jnp.bool_(True), metrics_lib.zeros(list(spec.metric_names)))
-        (state, finite, sums), (losses, gnorms) = jax.lax.scan(micro, init, (jnp.arange(k), xs, ys))
+        (state, finite, sums), (losses, gnorms) = jax.lax.scan(micro, init, (jnp.arange(k), xs, ys, ws))
         loss, gnorm = jnp.mean(losses), jnp.max(gnorms)
     acc = metrics_lib.accumulate(acc, sums)
     first = (bad["step"] < 0) & ~finite
@@ -141,17 +157,18 @@ def make_train_chunk(graphdef, spec: StepSpec, out_shardings: Any = None) -> Cal
 
 
 def make_batch_step(graphdef, spec: StepSpec, out_shardings: Any = None) -> Callable:
-    """`run(state, acc, bad, step, x, y, base_key, reset)`: one step on a batch fed from the host.
+    """`run(state, acc, bad, step, x, y, base_key, reset, w=None)`: one step on a batch fed from the host.
 
     The streaming pipeline (`gitops.learn.streaming`) uses it: batches come from Grain, not from a split held
-    on the device. Keys are folded from (seed, step) exactly as in `make_train_chunk`.
+    on the device. Keys are folded from (seed, step) exactly as in `make_train_chunk`. `w`: row weights of a
+    padded batch (`train_on_batch`).
     """
     pinned = {} if out_shardings is None else {"out_shardings": out_shardings}
 
     @partial(jax.jit, donate_argnums=(0, 1, 2), **pinned)
-    def run(state, acc, bad, step, x, y, base_key, reset):
+    def run(state, acc, bad, step, x, y, base_key, reset, w=None):
         acc = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc)
-        return train_on_batch(graphdef, spec, state, acc, bad, step, x, y, base_key)
+        return train_on_batch(graphdef, spec, state, acc, bad, step, x, y, base_key, w)
 
     return run
 

@@ -74,6 +74,12 @@ class StreamingDataset:
     block_starts: np.ndarray | None = None  # parquet: first record of each row group
     skipped: list[str] = field(default_factory=list)
     streaming: bool = True
+    remainder: str = "drop"  # the epoch's last examples short of a batch: "drop" them or "pad" a last batch
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        """Training batches in one epoch: whole batches only (`drop`), or one more padded batch (`pad`)."""
+        n = len(self.train)
+        return -(-n // batch_size) if self.remainder == "pad" else n // batch_size
 
     @property
     def task(self) -> str:
@@ -84,13 +90,17 @@ class StreamingDataset:
     def train_dataset(self, batch_size: int, seed: int, process_index: int = 0, process_count: int = 1) -> Any:
         """The endless, per-epoch re-shuffled (by `seed`) `MapDataset` of this process's training batches.
 
-        Batch `s` holds this process's share (`batch_size // process_count` examples) of global batch `s`.
+        Batch `s` holds this process's share (`batch_size // process_count` examples) of global batch `s`:
+        `(x, y)`, or with `remainder: pad` `(x, y, w)`, where `w` (float32) is 0 for the rows that pad an
+        epoch's last batch (zeros: they count in no loss, gradient or metric) and 1 for every real record.
         """
         import grain
 
         if batch_size % process_count:
             raise GitopsError(f"batch size {batch_size} does not split over {process_count} processes")
         local = batch_size // process_count
+        if self.remainder == "pad":
+            return self._padded_dataset(batch_size, seed, process_index, process_count)
         per_epoch = (len(self.train) // batch_size) * batch_size
         if self.block_starts is not None:  # parquet: row groups in a seeded order, rows shuffled inside
             order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
@@ -102,6 +112,24 @@ class StreamingDataset:
         ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
         ds = ds.batch(local, drop_remainder=True)
         return ds if self.block_starts is not None else ds.repeat(None)
+
+    def _padded_dataset(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
+        """`train_dataset` with `remainder: pad`: each epoch is every training record once, in the same
+        seeded order as `drop` (Parquet: `BlockOrder`; else Grain's index shuffle), then weight-0 rows up
+        to a whole number of global batches."""
+        import grain
+
+        n = len(self.train)
+        padded = self.steps_per_epoch(batch_size) * batch_size
+        if self.block_starts is not None:
+            inner: Any = BlockOrder(self.train.indexes, self.block_starts, seed, n)
+        else:
+            inner = ShuffledIndexes(self.train.indexes, seed)
+        x, y = self.source[int(self.train.indexes[0])]  # the padding rows' shapes and dtypes
+        ds = grain.MapDataset.range(padded).repeat(None).map_with_index(PadEpochs(inner, n, padded))
+        ds = ds[process_index::process_count].map(PaddedLookup(self.source, np.zeros_like(x), np.zeros_like(y)))
+        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
+        return ds.batch(batch_size // process_count, drop_remainder=True)
 
     def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
         """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
@@ -201,12 +229,51 @@ class Scale:
         self.shift = None if shift is None else np.asarray(shift, np.float32)
         self.divisor = None if divisor is None else np.asarray(divisor, np.float32)
 
-    def __call__(self, record: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        x, y = record
+    def __call__(self, record: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        x, *rest = record  # (x, y) or (x, y, weight): only x is scaled
         x = np.asarray(x, np.float32)
         if self.shift is not None:
             x = ((x.reshape(-1) - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
-        return x, y
+        return (x, *rest)
+
+
+class ShuffledIndexes:
+    """Stream position q -> record index: epoch `q // n` of the split in Grain's seeded index shuffle
+    (reseeded each epoch, O(1) memory), as `MapDataset.shuffle(seed)` orders the `drop` pipeline."""
+
+    def __init__(self, indexes: np.ndarray, seed: int):
+        import grain
+
+        self.indexes = np.asarray(indexes, np.int64)
+        self.order = grain.MapDataset.range(len(self.indexes)).shuffle(seed=seed)
+
+    def __call__(self, position: int, _element: Any = None) -> int:
+        return int(self.indexes[int(self.order[int(position)])])
+
+
+class PadEpochs:
+    """Stream position -> record index (-1: padding): epochs of `padded` positions, the first `n` from
+    `inner` (a position -> record order over epochs of `n`), the rest padding."""
+
+    def __init__(self, inner: Any, n: int, padded: int):
+        self.inner, self.n, self.padded = inner, int(n), int(padded)
+
+    def __call__(self, position: int, _element: Any = None) -> int:
+        epoch, k = divmod(int(position), self.padded)
+        return self.inner(epoch * self.n + k) if k < self.n else -1
+
+
+class PaddedLookup:
+    """Record index -> (x, y, 1.0); -1 -> (zeros, zeros, 0.0): the padding rows of `remainder: pad`."""
+
+    def __init__(self, source: Any, x_pad: np.ndarray, y_pad: np.ndarray):
+        self.source, self.x_pad, self.y_pad = source, x_pad, y_pad
+
+    def __call__(self, index: int) -> tuple[np.ndarray, np.ndarray, np.float32]:
+        if int(index) < 0:
+            return self.x_pad, self.y_pad, np.float32(0.0)
+        x, y = self.source[int(index)]
+        return x, y, np.float32(1.0)
 
 
 class BlockOrder:
@@ -500,7 +567,7 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
     return StreamingDataset(source, StreamSplit(np.asarray(tr, np.int64)), StreamSplit(np.asarray(va, np.int64)),
                             StreamSplit(np.asarray(te, np.int64)), prep, seed=int(cfg_splits["seed"]),
                             workers=int(ds.get("workers", 0)), prefetch=int(ds.get("prefetch", 2)),
-                            block_starts=block_starts, skipped=skipped)
+                            block_starts=block_starts, skipped=skipped, remainder=ds.get("remainder", "drop"))
 
 
 class Feed:
@@ -545,8 +612,9 @@ class Feed:
                 self._it = self.dataset.iterator(pipeline, workers=self.workers)
         return self._it
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape).
+    def next(self) -> tuple[np.ndarray, ...]:
+        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape);
+        with `remainder: pad` (x, y, w), `w` float32 0 on padding rows (`StreamingDataset.train_dataset`).
 
         Raises GitopsError naming the bad file when a record cannot be read (Grain wraps worker errors;
         `record_error` unwraps them).

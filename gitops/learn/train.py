@@ -228,9 +228,9 @@ class Session:
         d = self.device
         if self.feed is not None:  # streaming: one dispatch per batch taken from the Grain iterator
             for i in range(length):
-                x, y = self.place_batch(*self.feed.next())
+                x, y, *weights = self.place_batch(*self.feed.next())  # weights: remainder: pad only
                 self.state, acc, bad = self.batch_fn(
-                    self.state, acc, bad, np.int32(step + i), x, y, d["base_key"], np.bool_(reset and i == 0))
+                    self.state, acc, bad, np.int32(step + i), x, y, d["base_key"], np.bool_(reset and i == 0), *weights)
             return acc, bad
         self.state, acc, bad = self.chunk_fn(
             self.state, acc, bad, np.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"],
@@ -250,14 +250,14 @@ class Session:
         sums = self.eval_fn(self.state[0] if model_state is None else model_state, *padded)
         return metrics_lib.finalize(parallel.fetch(sums))
 
-    def place_batch(self, x: Any, y: Any) -> tuple[Any, Any]:
-        """A host batch where the step wants it: as is on one device, split over the mesh's data axis otherwise."""
+    def place_batch(self, *arrays: Any) -> tuple[Any, ...]:
+        """A host batch ((x, y) or (x, y, weights)) where the step wants it: as is on one device, split over the
+        mesh's data axis otherwise."""
         if self.layout is None:
-            return x, y
+            return arrays
         import jax
 
-        return (jax.make_array_from_process_local_data(self.layout.batch, x),
-                jax.make_array_from_process_local_data(self.layout.batch, y))
+        return tuple(jax.make_array_from_process_local_data(self.layout.batch, a) for a in arrays)
 
     def _evaluate_streamed(self, split: str, model_state: Any) -> dict[str, float]:
         from gitops.learn import metrics as metrics_lib
@@ -349,7 +349,9 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
     layout = parallel.layout(parallel.strategy_of(train))  # None on one device
     if layout:
         layout.check_batch(int(train.batch_size), accumulate)
-    steps_per_epoch = n_train // train.batch_size
+    # streaming sources may pad an epoch's last batch (data.dataset.remainder: pad): one more step per epoch
+    per_epoch = getattr(dataset, "steps_per_epoch", None)
+    steps_per_epoch = per_epoch(int(train.batch_size)) if callable(per_epoch) else n_train // train.batch_size
     total = int(train.steps) if train.steps else int(train.epochs) * steps_per_epoch
 
     root_key = jax.random.key(train.seed)
@@ -813,7 +815,7 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
             session.feed.close()
         fixed = session.place_batch(*batch)
         lower = lambda n: session.batch_fn.lower(  # noqa: E731
-            session.state, acc, bad, np.int32(0), *fixed, d["base_key"], np.bool_(False))
+            session.state, acc, bad, np.int32(0), *fixed[:2], d["base_key"], np.bool_(False), *fixed[2:])
         args = None
     else:
         args = (session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], d["data_key"], d["base_key"], np.bool_(False))
@@ -839,7 +841,7 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     step = 0
     if session.feed is not None:
         run = lambda at, acc, bad: session.batch_fn(  # noqa: E731
-            session.state, acc, bad, np.int32(at), *fixed, d["base_key"], np.bool_(False))
+            session.state, acc, bad, np.int32(at), *fixed[:2], d["base_key"], np.bool_(False), *fixed[2:])
     else:
         def run(at: int, acc: Any, bad: Any) -> tuple[Any, Any, Any]:
             acc, bad = session.run_chunk(at, length, acc, bad)
@@ -882,7 +884,7 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
     }
 
 
-def _probe_input(session: Session, batches: int) -> tuple[float, tuple[Any, Any]]:
+def _probe_input(session: Session, batches: int) -> tuple[float, tuple[Any, ...]]:
     """(examples/s of the input pipeline after its first batch, the first batch)."""
     first = session.feed.next()  # starts the workers: not timed
     feed = session.feed
@@ -891,8 +893,7 @@ def _probe_input(session: Session, batches: int) -> tuple[float, tuple[Any, Any]
     t0 = time.perf_counter()
     examples = taken = 0
     while taken < batches or (time.perf_counter() - t0 < 1.0 and taken < 64):  # at least ~1 s of reading
-        x, _ = feed.next()
-        examples += len(x)
+        examples += len(feed.next()[0])
         taken += 1
     return examples / max(time.perf_counter() - t0, 1e-9), first
 
