@@ -509,3 +509,73 @@ def test_remainder_is_stated_only_where_it_can_be_honoured(tmp_path: Path, monke
     (tmp_path / "models" / "tab" / "model.yaml").write_text("architecture: mlp\n")
     done = _cli(["validate", "models/tab"], tmp_path, monkeypatch)
     assert done.exit_code == 1 and "remainder" in done.output, done.output
+
+
+# --- predefined splits from files (split_files) -----------------------------------------------------------
+
+
+def _shards(folder: Path, name: str, labels: list[int]) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = ArrayRecordWriter(str(folder / name), "group_size:1")
+    for label in labels:
+        buf = io.BytesIO()
+        np.savez(buf, x=np.full(2, label, np.float32), y=np.int64(label))
+        writer.write(buf.getvalue())
+    writer.close()
+
+
+def test_split_files_take_predefined_splits_from_parquet_files_and_array_record_shards(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gitops.learn import data
+
+    (tmp_path / "t").mkdir()
+    for name, rows in (("test.parquet", 10), ("train.parquet", 30)):
+        pq.write_table(pa.table({"f_a": np.arange(rows, dtype=np.float32), "y": np.arange(rows) % 2}), tmp_path / "t" / name)
+    spec = {"name": "parquet", "path": "t", "checksums": "t.sha256", "checksums_sha256": _pin(tmp_path, "t", "t.sha256", monkeypatch),
+            "feature_prefix": "f_", "label": "y", "split_files": {"train": ["train*.parquet"], "test": ["test*.parquet"]}}
+    _write_model(tmp_path, "tab", spec)  # splits: validation 0.2 is cut from train; test 0.2 is not used
+    ds = data.load(config.load("tab", tmp_path).data, tmp_path)
+    # record indexes follow the list order: test.parquet's 10 rows first, then train.parquet's 30
+    assert ds.test.indexes.tolist() == list(range(10))
+    assert sorted([*ds.train.indexes, *ds.val.indexes]) == list(range(10, 40)) and len(ds.val) == 6
+    assert {float(ds.source[int(i)][0][0]) for i in ds.test.indexes} == set(map(float, range(10)))
+
+    # array_record: per-split shards in folders; a val/ shard gives the validation split
+    for shard, labels in (("train/a.array_record", [0, 1] * 8), ("train/b.array_record", [1, 0] * 4),
+                          ("val/a.array_record", [0, 1, 1]), ("test/a.array_record", [1, 0])):
+        _shards(tmp_path / "s" / Path(shard).parent, Path(shard).name, labels)
+    spec = {"name": "array_record", "path": "s", "checksums": "s.sha256", "num_classes": 2, "input_shape": [2],
+            "checksums_sha256": _pin(tmp_path, "s", "s.sha256", monkeypatch),
+            "split_files": {"train": ["train/*"], "validation": ["val/*"], "test": ["test/*"]}}
+    _write_model(tmp_path, "rec", spec)
+    ds = data.load(config.load("rec", tmp_path).data, tmp_path)
+    # sorted list: test/a (2), train/a (16), train/b (8), val/a (3)
+    assert ds.test.indexes.tolist() == [0, 1] and ds.train.indexes.tolist() == list(range(2, 26))
+    assert ds.val.indexes.tolist() == [26, 27, 28] and int(ds.source[26][1]) == 0
+
+
+def test_split_files_errors_name_the_file_or_the_pattern(tmp_path: Path, monkeypatch) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "t").mkdir()
+    for name in ("train.parquet", "test.parquet", "extra.parquet"):
+        pq.write_table(pa.table({"f_a": np.arange(12, dtype=np.float32), "y": np.arange(12) % 2}), tmp_path / "t" / name)
+    spec = {"name": "parquet", "path": "t", "checksums": "t.sha256", "checksums_sha256": _pin(tmp_path, "t", "t.sha256", monkeypatch),
+            "feature_prefix": "f_", "label": "y", "split_files": {"train": ["train.parquet"], "test": ["test.parquet"]}}
+    _write_model(tmp_path, "shapes", spec)
+    _train_fails(tmp_path, monkeypatch, "t.sha256: extra.parquet is in no split: it matches none of data.dataset.split_files")
+    _train_fails(tmp_path, monkeypatch, "t.sha256: extra.parquet matches the split_files patterns of both train and test",
+                 'data.dataset.split_files={"train": ["t*.parquet", "extra.parquet"], "test": ["test.parquet", "e*"]}')
+    _train_fails(tmp_path, monkeypatch, "data.dataset.split_files.test: 'tst.parquet' matches no file of t.sha256",
+                 'data.dataset.split_files={"train": ["*"], "test": ["tst.parquet"]}')
+    done = _cli(["validate", "models/shapes", "--json"], tmp_path, monkeypatch)
+    assert done.exit_code == 0, done.output
+    data_yaml = tmp_path / "models" / "shapes" / "data.yaml"
+    data_yaml.write_text(data_yaml.read_text().replace("  label:", '  split_column: "y"\n  label:'))
+    done = _cli(["validate", "models/shapes"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "set split_files or split_column, not both" in done.output, done.output

@@ -859,6 +859,10 @@ def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
     problems: list[tuple[tuple, str]] = []
     if "checksums_sha256" not in ds:
         return problems
+    if ds.get("split_files") and ds.get("split_column"):
+        problems.append((("data", "dataset", "split_files"), "set split_files or split_column, not both"))
+    if "val" in (ds.get("split_files") or {}) and "validation" in ds["split_files"]:
+        problems.append((("data", "dataset", "split_files"), "give val or validation, not both"))
     if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
         problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
     if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):

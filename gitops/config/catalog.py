@@ -266,6 +266,15 @@ _STREAM_PATH = {
                   "description": "Checksum list in the repository (sha256sum format; `gitops data checksums` writes it)."},
     "checksums_sha256": {**_SHA256, "description": "SHA-256 of the checksum list: the data's pin."},
 }
+_SPLIT_FILES = {
+    "type": "object", "required": ["train"], "additionalProperties": False, "minProperties": 2,
+    "description": "Predefined splits from files: split -> glob patterns over the checksum list's paths (`*` also "
+                   "crosses folders), e.g. {train: ['train-*.parquet'], test: ['test-*.parquet']}. Every listed file "
+                   "must match exactly one split. No val files: splits.validation of train.",
+    "properties": {name: {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                          "description": f"Patterns of the {name} files."}
+                   for name in ("train", "val", "validation", "test")},
+}
 _STREAM_OPTIONS = {
     "workers": integer("Decode worker processes (0: threads in the training process). Not part of the fingerprint.",
                        0, 0, 256),
@@ -363,6 +372,7 @@ DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, 
            "label": {"type": "string", "minLength": 1, "description": "The label (target) column."},
            "split_column": {"type": "string", "minLength": 1,
                             "description": "Optional column naming each row's split (train, val, test)."},
+           "split_files": _SPLIT_FILES,
            "num_classes": integer("Classes (classification; default: largest label + 1).", None, 2, 1_000_000),
            "task": _TASK, **_STREAM_OPTIONS},
           ("path", "checksums", "checksums_sha256", "label"), info={"kind": "streaming"}),
@@ -372,6 +382,7 @@ DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, 
            "y_key": {"type": "string", "description": "Array name of the label in each record.", "default": "y"},
            "input_shape": int_list("Shape of one record's inputs (sizes the model without reading data).", [],
                                    min_items=0),
+           "split_files": _SPLIT_FILES,
            "num_classes": integer("Classes (classification).", None, 2, 1_000_000),
            "task": _TASK, **_STREAM_OPTIONS},
           ("path", "checksums", "checksums_sha256"), info={"kind": "streaming"}),

@@ -419,8 +419,9 @@ def _image_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np
 def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np.ndarray] | None, np.ndarray]:
     import pyarrow.parquet as pq
 
-    files, _, _ = locate(ds, root)
-    paths = [files[p] for p in sorted(files)]
+    files, _, label = locate(ds, root)
+    listed = sorted(files)
+    paths = [files[p] for p in listed]
     group_rows, features = [], None
     for path in paths:
         try:
@@ -441,7 +442,7 @@ def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, 
         group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     task = ds.get("task", "classification")
     source = sources.ParquetSource([str(p) for p in paths], group_rows, features or [], ds["label"], task)
-    splits = None
+    splits = _file_splits(ds, listed, [sum(rows) for rows in group_rows], label)
     if ds.get("split_column"):
         order = ("train", "val", "test")
         codes = []  # one byte per row (0 train, 1 val, 2 test): never the column's strings for the whole table
@@ -462,10 +463,55 @@ def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, 
     return source, splits, source.starts[:-1]
 
 
-def _array_record_records(ds: Mapping[str, Any], root: Path) -> Any:
-    files, _, _ = locate(ds, root)
-    return sources.ArrayRecordSource([str(files[p]) for p in sorted(files)], ds["x_key"], ds["y_key"],
-                                     ds.get("task", "classification"))
+def _array_record_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np.ndarray] | None]:
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    files, _, label = locate(ds, root)
+    listed = sorted(files)
+    counts = []
+    for p in listed:  # each file's record count (its footer): a file that is not ArrayRecord is named here
+        try:
+            reader = ArrayRecordReader(str(files[p]))
+            counts.append(int(reader.num_records()))
+            reader.close()
+        except Exception as exc:  # noqa: BLE001 - array_record raises plain RuntimeErrors
+            raise GitopsError(f"{files[p]}: not an ArrayRecord file ({str(exc).splitlines()[0][:200]})") from None
+    source = sources.ArrayRecordSource([str(files[p]) for p in listed], ds["x_key"], ds["y_key"],
+                                       ds.get("task", "classification"))
+    return source, _file_splits(ds, listed, counts, label)
+
+
+def _file_splits(ds: Mapping[str, Any], listed: list[str], counts: list[int], label: str) -> dict[str, np.ndarray] | None:
+    """Predefined splits from files (`split_files`: split -> glob patterns over the listed paths), as record indexes.
+
+    Every listed file must match the patterns of exactly one split, and every pattern some file; records
+    keep their positions in the list order (so re-encoding a file moves nothing). None without `split_files`.
+
+    Raises:
+        GitopsError: a file in no split or in two, a pattern that matches nothing (exit 1, naming them).
+    """
+    import fnmatch
+
+    wanted = ds.get("split_files")
+    if not wanted:
+        return None
+    if "val" in wanted and "validation" in wanted:
+        raise GitopsError("data.dataset.split_files: give val or validation, not both")
+    patterns = {SPLIT_NAMES[name]: (name, list(globs)) for name, globs in wanted.items()}
+    for name, globs in patterns.values():
+        for glob in globs:
+            if not any(fnmatch.fnmatchcase(p, glob) for p in listed):
+                raise GitopsError(f"data.dataset.split_files.{name}: {glob!r} matches no file of {label}")
+    starts = np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))]).astype(np.int64)
+    chosen: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    for i, path in enumerate(listed):
+        hits = [split for split, (_, globs) in patterns.items() if any(fnmatch.fnmatchcase(path, g) for g in globs)]
+        if not hits:
+            raise GitopsError(f"{label}: {path} is in no split: it matches none of data.dataset.split_files")
+        if len(hits) > 1:
+            raise GitopsError(f"{label}: {path} matches the split_files patterns of both {hits[0]} and {hits[1]}")
+        chosen[hits[0]].append(np.arange(starts[i], starts[i + 1], dtype=np.int64))
+    return {split: np.concatenate(parts) if parts else np.zeros(0, np.int64) for split, parts in chosen.items()}
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -534,7 +580,7 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
         source, splits, block_starts = _parquet_records(ds, root)
         task = ds.get("task", "classification")
     else:
-        source, splits = _array_record_records(ds, root), None
+        source, splits = _array_record_records(ds, root)
         task = ds.get("task", "classification")
     if len(source) == 0:
         raise GitopsError(f"{ds['checksums']}: the dataset {ds['path']} holds no records")
