@@ -579,3 +579,88 @@ def test_split_files_errors_name_the_file_or_the_pattern(tmp_path: Path, monkeyp
     data_yaml.write_text(data_yaml.read_text().replace("  label:", '  split_column: "y"\n  label:'))
     done = _cli(["validate", "models/shapes"], tmp_path, monkeypatch)
     assert done.exit_code == 1 and "set split_files or split_column, not both" in done.output, done.output
+    data_yaml.write_text(data_yaml.read_text().replace('  split_column: "y"\n', ""))
+    # records only the test split holds are read before the run too: a label out of range, a missing label
+    pq.write_table(pa.table({"f_a": np.arange(4, dtype=np.float32), "y": [0, 1, 5, 1]}), tmp_path / "t" / "test.parquet")
+    pin = _pin(tmp_path, "t", "t.sha256", monkeypatch)
+    files = 'data.dataset.split_files={"train": ["train.parquet", "extra.parquet"], "test": ["test.parquet"]}'
+    _train_fails(tmp_path, monkeypatch, "t: labels must be class indexes 0..1 (found 0..5)", files,
+                 f"data.dataset.checksums_sha256={pin}", "data.dataset.num_classes=2")
+    pq.write_table(pa.table({"f_a": np.arange(4, dtype=np.float32), "y": pa.array([0, None, 1, 1], pa.int64())}),
+                   tmp_path / "t" / "test.parquet")
+    pin = _pin(tmp_path, "t", "t.sha256", monkeypatch)
+    _train_fails(tmp_path, monkeypatch, f"{tmp_path / 't' / 'test.parquet'}: row group 0: the label column 'y' has missing values",
+                 files, f"data.dataset.checksums_sha256={pin}")
+
+
+# --- bad input of every source: one clear error naming the file, exit 1, no traceback, no run folder -----------
+
+
+def _two_files(repo: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, list[Path]]:
+    """A small dataset of `name` in two files under repo/d; (dataset spec without the pin, the files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = repo / "d"
+    if name == "parquet":
+        files = [folder / "a.parquet", folder / "b.parquet"]
+        folder.mkdir()
+        for f in files:
+            pq.write_table(pa.table({"f_a": np.arange(12, dtype=np.float32), "y": np.arange(12) % 2}), f)
+        spec = {"name": "parquet", "feature_prefix": "f_", "label": "y"}
+    elif name == "array_record":
+        files = [folder / "a.array_record", folder / "b.array_record"]
+        for f in files:
+            _shards(folder, f.name, [0, 1] * 6)
+        spec = {"name": "array_record", "num_classes": 2, "input_shape": [2]}
+    else:
+        rng = np.random.default_rng(5)
+        files = [folder / kind / f"{n}.png" for kind in ("bar", "dot") for n in range(6)]
+        for f in files:
+            _png(f, f.parent.name, rng)
+        spec = {"name": "image_folder", "image_size": [8, 8], "channels": 1}
+    return {**spec, "path": "d", "checksums": "d.sha256"}, files
+
+
+def _pinned(repo: Path, spec: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_model(repo, "shapes", {**spec, "checksums_sha256": _pin(repo, "d", "d.sha256", monkeypatch)}, steps=2, batch=2)
+
+
+@pytest.mark.parametrize("source", ["image_folder", "parquet", "array_record"])
+def test_bad_input_of_every_source(tmp_path: Path, monkeypatch, source: str) -> None:
+    spec, files = _two_files(tmp_path, source, monkeypatch)
+    _pinned(tmp_path, spec, monkeypatch)
+    bad = files[1]
+    kept = bad.read_bytes()
+    bad.unlink()  # a checksum line for a missing file
+    _train_fails(tmp_path, monkeypatch, f"d.sha256:2: lists {bad.relative_to(tmp_path / 'd').as_posix()}, but {bad} does not exist")
+    bad.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))  # other bytes than the list says
+    _train_fails(tmp_path, monkeypatch, f"{bad}: SHA-256 mismatch")
+    bad.write_bytes(b"\x00not what it claims to be" * 8)  # listed with its own hash, but undecodable
+    _pinned(tmp_path, spec, monkeypatch)
+    expected = {"image_folder": "cannot decode the image", "parquet": "not a Parquet file",
+                "array_record": "not an ArrayRecord file"}[source]
+    _train_fails(tmp_path, monkeypatch, f"{bad}: {expected}")
+    if source == "array_record":  # an ArrayRecord file whose records are not .npz
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        writer = ArrayRecordWriter(str(bad), "group_size:1")
+        writer.write(b"raw bytes, not an npz")
+        writer.close()
+        _pinned(tmp_path, spec, monkeypatch)
+        _train_fails(tmp_path, monkeypatch, f"of {files[0]}, {bad}: not an .npz with arrays 'x' and 'y'")
+    # an empty dataset: files that hold no records
+    for f in files:
+        f.unlink()
+    if source == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"f_a": np.zeros(0, np.float32), "y": np.zeros(0, np.int64)}), files[0])
+    elif source == "array_record":
+        _shards(files[0].parent, files[0].name, [])
+    else:  # only files that are not images, skipped on request: nothing left
+        files[0].write_bytes(b"not an image")
+        spec = {**spec, "skip_bad": True}
+    _pinned(tmp_path, spec, monkeypatch)
+    _train_fails(tmp_path, monkeypatch, "d.sha256: the dataset d holds no records")

@@ -517,6 +517,49 @@ def _file_splits(ds: Mapping[str, Any], listed: list[str], counts: list[int], la
 # --- statistics ---------------------------------------------------------------------------------------
 
 
+def _label_range(source: Any, indexes: np.ndarray) -> tuple[float, float]:
+    """(lowest, highest) label of the records `indexes`, read before a run folder exists so that a record
+    the statistics pass did not read (validation, test, a sampled-out training record) fails here, named,
+    and not at the first evaluation. Parquet reads only the label column; ArrayRecord decodes each record;
+    image labels are folder names (the images were verified with the checksums).
+
+    Raises:
+        GitopsError: an undecodable record or a missing label (exit 1, naming the file).
+    """
+    import grain
+
+    low, high = math.inf, -math.inf
+    indexes = np.sort(np.asarray(indexes, np.int64))
+    if not len(indexes) or isinstance(source, sources.ImageFolderSource):
+        return low, high
+    if isinstance(source, sources.ParquetSource):
+        import pyarrow.parquet as pq
+
+        cuts, opened = np.searchsorted(indexes, source.starts), (None, None)
+        for g, (f, group) in enumerate(source.groups):
+            if cuts[g] == cuts[g + 1]:
+                continue
+            path = source.files[f]
+            try:
+                if opened[0] != f:  # one file (and its footer) open at a time
+                    opened = (f, pq.ParquetFile(path))
+                y = opened[1].read_row_group(group, columns=[source.label], use_threads=False).column(0).to_numpy(
+                    zero_copy_only=False).astype(np.float64)
+            except (OSError, KeyError, ValueError, TypeError) as exc:
+                raise GitopsError(f"{path}: cannot read row group {group}: {exc}") from None
+            y = y[indexes[cuts[g]:cuts[g + 1]] - source.starts[g]]
+            if np.isnan(y).any():
+                raise GitopsError(f"{path}: row group {group}: the label column {source.label!r} has missing values")
+            low, high = min(low, float(y.min())), max(high, float(y.max()))
+        return low, high
+    ds = grain.MapDataset.source(Subset(source, indexes)).map(lambda record: record[1]).batch(256)
+    for y in _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+                                                                prefetch_buffer_size=2)))):
+        if y.size:
+            low, high = min(low, float(y.min())), max(high, float(y.max()))
+    return low, high
+
+
 def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int) -> tuple[Any, Any, list[int], Any]:
     """(shift, divisor, input shape, label range) from one streamed pass (float64 sums) over `indexes`."""
     import grain
@@ -594,8 +637,11 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
             tr, va = tr[np.sort(keep)], tr[np.sort(va)]
     if len(tr) == 0:
         raise GitopsError(f"{ds['path']}: the training split is empty")
-    shift, divisor, shape, (y_low, y_high) = _stats(source, tr, doc["preprocessing"]["scale"], int(ds.get("stats_sample", 0)),
-                                                    cfg_splits["seed"])
+    sample = int(ds.get("stats_sample", 0))
+    shift, divisor, shape, (y_low, y_high) = _stats(source, tr, doc["preprocessing"]["scale"], sample, cfg_splits["seed"])
+    rest = np.concatenate([va, te, tr if sample and sample < len(tr) else tr[:0]])  # records the pass did not read
+    rest_low, rest_high = _label_range(source, rest)
+    y_low, y_high = min(y_low, rest_low), max(y_high, rest_high)
     declared = ds.get("num_classes")
     if task == "classification":
         found = len(classes) if classes is not None else int(y_high) + 1
