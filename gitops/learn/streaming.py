@@ -9,13 +9,16 @@ records from files while training, so memory does not grow with the dataset:
    file into the data cache by hash (`gitops.learn.remote_data`). All of it happens before a run folder exists.
 2. *Records and splits*: a record index is a position in the list order (sorted paths; rows in file
    order), so re-encoding files keeps every split. Predefined splits come from folders
-   (`<path>/<split>/<class>/<file>`) or a `split_column`; otherwise `data.splits` fractions cut the
-   record indexes with the same function as the in-memory sources (`preprocessing.split_indexes`).
+   (`<path>/<split>/<class>/<file>`), a `split_column` or files (`split_files`: globs per split);
+   otherwise `data.splits` fractions cut the record indexes with the same function as the in-memory
+   sources (`preprocessing.split_indexes`).
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
-   sample of `stats_sample` records), saved as `preprocessing.json` like every run.
+   sample of `stats_sample` records), saved as `preprocessing.json` like every run. The records that
+   pass did not read are read for their labels (`_label_range`), so a bad one fails before the run.
 4. *The pipeline* (`train_dataset`): a Grain `MapDataset`: global shuffle by the data seed (re-shuffled
    every epoch), per-process shard `[process_index::process_count]`, decode + scale in `map`,
-   `batch(drop_remainder=True)`, `repeat`; read through `mp_prefetch` worker processes (`workers`) or
+   `batch(drop_remainder=True)` (`remainder: pad` first fills the epoch up to whole batches with weight-0
+   rows), `repeat`; read through `mp_prefetch` worker processes (`workers`) or
    threads. Parquet visits row groups in a seeded order with rows shuffled inside each group
    (`BlockOrder`), so an epoch reads each row group once. The iterator's state (`get_state()`) is
    saved in each checkpoint's `meta` item; `--resume` sets it back, so the batches after a resume
