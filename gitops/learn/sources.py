@@ -16,6 +16,7 @@ Errors name the file: `RecordError` (a `GitopsError`, exit 1).
 
 from __future__ import annotations
 
+import functools
 import io
 import threading
 from collections import OrderedDict
@@ -79,9 +80,7 @@ class ImageFolderSource:
         return decode_image(Path(self.files[index]), self.image_size, self.channels), self.labels[index]
 
 
-_HEAP_FIXED = False
-
-
+@functools.cache  # once per process (and threshold)
 def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
     """Serve allocations of `threshold` bytes (default 4 MiB) or more from their own mappings (glibc only).
 
@@ -91,9 +90,6 @@ def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
     also turns the dynamic one off; mallopt(3), `M_MMAP_THRESHOLD`) returns each such buffer to the
     system when it is freed. Once per process; False where the C library is not glibc.
     """
-    global _HEAP_FIXED
-    if _HEAP_FIXED:
-        return True
     import ctypes
     import ctypes.util
     import platform
@@ -102,10 +98,9 @@ def fix_mmap_threshold(threshold: int = 4 << 20) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _HEAP_FIXED = bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
+        return bool(libc.mallopt(-3, int(threshold)))  # -3: M_MMAP_THRESHOLD (malloc.h)
     except (OSError, AttributeError):
         return False
-    return _HEAP_FIXED
 
 
 class ParquetSource:
