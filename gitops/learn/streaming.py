@@ -668,8 +668,8 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
 class Feed:
     """The training batches of one run: a Grain iterator whose state goes into every checkpoint.
 
-    `next()` returns this process's (x, y) of the next global batch. `state()` is what a checkpoint
-    keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
+    `next()` returns this process's (x, y) of the next global batch ((x, y, w) with `remainder: pad`).
+    `state()` is what a checkpoint keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
     `restore(state)` makes the next `next()` continue from there: through Grain's `set_state` when the
     worker count is the same, else (workers are not part of the fingerprint, so a resume may change
     them) by starting the random-access pipeline at that batch, which yields the same batches.
