@@ -146,22 +146,30 @@ class ParquetSource:
         """The row group (index into `groups`) holding record `index`, by binary search over the group starts."""
         return int(np.searchsorted(self.starts, index, side="right") - 1)
 
-    def read_group(self, group: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features `(rows, F)` float32 and labels of one row group."""
+    def _read(self, group: int, columns: list[str]) -> Any:
+        """The pyarrow Table of `columns` of one row group, through this process's few open files."""
         import pyarrow.parquet as pq
 
         f, g = self.groups[group]
-        path = self.files[f]
         fix_mmap_threshold()  # in every process that reads row groups (Grain workers included)
+        handle = self._handles.get(f)
+        if handle is None:
+            handle = self._handles[f] = pq.ParquetFile(self.files[f])
+            while len(self._handles) > self.OPEN_FILES:  # a table of thousands of files: memory stays flat
+                self._handles.popitem(last=False)
+        self._handles.move_to_end(f)
+        # use_threads=False: Grain's reader threads call in here; pyarrow's own pool under them can deadlock
+        return handle.read_row_group(g, columns=columns, use_threads=False)
+
+    def read_group(self, group: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features `(rows, F)` float32 and labels of one row group.
+
+        Raises:
+            RecordError: the row group cannot be read or converted (naming the file and the group).
+        """
+        f, g = self.groups[group]
         try:
-            handle = self._handles.get(f)
-            if handle is None:
-                handle = self._handles[f] = pq.ParquetFile(path)
-                while len(self._handles) > self.OPEN_FILES:  # a table of thousands of files: memory stays flat
-                    self._handles.popitem(last=False)
-            self._handles.move_to_end(f)
-            # use_threads=False: Grain's reader threads call in here; pyarrow's own pool under them can deadlock
-            table = handle.read_row_group(g, columns=[*self.features, self.label], use_threads=False)
+            table = self._read(group, [*self.features, self.label])
             # one (rows, F) array filled column by column: no per-column float32 copies, no stacking temporaries
             x = np.empty((table.num_rows, len(self.features)), np.float32)
             for i, c in enumerate(self.features):
@@ -169,9 +177,22 @@ class ParquetSource:
             y = table.column(self.label).to_numpy(zero_copy_only=False)
             del table
         except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise RecordError(f"{path}: cannot read row group {g}: {exc}") from None
+            raise RecordError(f"{self.files[f]}: cannot read row group {g}: {exc}") from None
         y = y.astype(np.int32) if self.task == "classification" else y.astype(np.float32).reshape(-1, 1)
         return x, y
+
+    def read_column(self, group: int, column: str) -> np.ndarray:
+        """One column of one row group as NumPy (numbers with a missing value come as float NaN, strings as
+        objects); reads nothing else, through the same open files as the records.
+
+        Raises:
+            RecordError: the row group cannot be read (naming the file and the group).
+        """
+        f, g = self.groups[group]
+        try:
+            return self._read(group, [column]).column(0).to_numpy(zero_copy_only=False)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise RecordError(f"{self.files[f]}: cannot read row group {g}: {exc}") from None
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         index = int(index)

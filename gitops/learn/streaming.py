@@ -443,24 +443,22 @@ def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, 
             raise GitopsError(f"{path}: its feature columns differ from those of {paths[0]}")
         features = wanted
         group_rows.append([meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+        del meta  # a footer is row groups x columns of metadata: one alive at a time
     task = ds.get("task", "classification")
     source = sources.ParquetSource([str(p) for p in paths], group_rows, features or [], ds["label"], task)
     splits = _file_splits(ds, listed, [sum(rows) for rows in group_rows], label)
     if ds.get("split_column"):
         order = ("train", "val", "test")
         codes = []  # one byte per row (0 train, 1 val, 2 test): never the column's strings for the whole table
-        for path in paths:
-            handle = pq.ParquetFile(path)
-            for g in range(handle.metadata.num_row_groups):  # one column, one row group at a time
-                values = handle.read_row_group(g, columns=[ds["split_column"]]).column(0).to_numpy(zero_copy_only=False)
-                names, inverse = np.unique(values.astype(str), return_inverse=True)
-                unknown = [n for n in names if n not in SPLIT_NAMES]
-                if unknown:
-                    raise GitopsError(f"{path}: column {ds['split_column']!r} holds {unknown[0]!r} (row group {g}); "
-                                      "expected train, val, validation or test")
-                table = np.asarray([order.index(SPLIT_NAMES[n]) for n in names], np.int8)
-                codes.append(table[inverse.reshape(-1)])
-            del handle
+        for group, (f, g) in enumerate(source.groups):  # one column, one row group at a time, the source's files
+            values = source.read_column(group, ds["split_column"])
+            names, inverse = np.unique(values.astype(str), return_inverse=True)
+            unknown = [n for n in names if n not in SPLIT_NAMES]
+            if unknown:
+                raise GitopsError(f"{paths[f]}: column {ds['split_column']!r} holds {unknown[0]!r} (row group {g}); "
+                                  "expected train, val, validation or test")
+            table = np.asarray([order.index(SPLIT_NAMES[n]) for n in names], np.int8)
+            codes.append(table[inverse.reshape(-1)])
         split_of = np.concatenate(codes) if codes else np.zeros(0, np.int8)
         splits = {sp: np.flatnonzero(split_of == i).astype(np.int64) for i, sp in enumerate(order)}
     return source, splits, source.starts[:-1]
@@ -535,24 +533,18 @@ def _label_range(source: Any, indexes: np.ndarray) -> tuple[float, float]:
     indexes = np.sort(np.asarray(indexes, np.int64))
     if not len(indexes) or isinstance(source, sources.ImageFolderSource):
         return low, high
-    if isinstance(source, sources.ParquetSource):
-        import pyarrow.parquet as pq
-
-        cuts, opened = np.searchsorted(indexes, source.starts), (None, None)
+    if isinstance(source, sources.ParquetSource):  # through the source's open files: no second copy of a footer
+        cuts = np.searchsorted(indexes, source.starts)
         for g, (f, group) in enumerate(source.groups):
             if cuts[g] == cuts[g + 1]:
                 continue
-            path = source.files[f]
             try:
-                if opened[0] != f:  # one file (and its footer) open at a time
-                    opened = (f, pq.ParquetFile(path))
-                y = opened[1].read_row_group(group, columns=[source.label], use_threads=False).column(0).to_numpy(
-                    zero_copy_only=False).astype(np.float64)
-            except (OSError, KeyError, ValueError, TypeError) as exc:
-                raise GitopsError(f"{path}: cannot read row group {group}: {exc}") from None
-            y = y[indexes[cuts[g]:cuts[g + 1]] - source.starts[g]]
+                y = source.read_column(g, source.label).astype(np.float64)[indexes[cuts[g]:cuts[g + 1]] - source.starts[g]]
+            except (ValueError, TypeError) as exc:
+                raise GitopsError(f"{source.files[f]}: row group {group}: the label column {source.label!r} is not "
+                                  f"numbers ({exc})") from None
             if np.isnan(y).any():
-                raise GitopsError(f"{path}: row group {group}: the label column {source.label!r} has missing values")
+                raise GitopsError(f"{source.files[f]}: row group {group}: the label column {source.label!r} has missing values")
             low, high = min(low, float(y.min())), max(high, float(y.max()))
         return low, high
     ds = grain.MapDataset.source(Subset(source, indexes)).map(lambda record: record[1]).batch(256)
