@@ -24,19 +24,22 @@ A repository package (see `repo_package`) lists its specs in its `__init__.py` a
 and goes through the same checks. `build` references may be relative to the spec's package
 (`".model:TinyLinear"`), so one package works installed (entry points) and copied into a repository.
 Its source files are hashed (`source_hash`) into the training fingerprint of every model that uses
-one of its entries. It is code from pull requests: with `GITOPS_REPO_PLUGINS=off` (set in workflow
-jobs that hold write tokens) it is never imported.
+one of its entries; the parameters of its entries are fingerprinted as written (not defaults-filled), so a
+fingerprint never needs the package imported. It is code from pull requests: with `GITOPS_REPO_PLUGINS=off`
+(set in workflow jobs that hold write tokens) it is never imported, and `ci plan` reads a pull request's copy
+as data (`deferring`): names only it declares are placeholders, checked when training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -393,17 +396,21 @@ def blocked_message(package: str) -> str:
 
 
 def blocked_package() -> str | None:
-    """The current repository's plugin package when it is declared but must not be imported here."""
+    """The current repository's plugin package when it is declared but must not be imported here (None inside
+    `deferring`: unknown names are then the read-only package's, checked when training)."""
+    if _deferred[0] is not None:
+        return None
     return repo_package(_current_root()) if repo_plugins_off() else None
 
 
 def discovered() -> dict[str, dict[str, Found]]:
     """Every plugin: installed ones plus the current repository's package; kind -> name -> Found."""
     key = state_key()
-    root, package, _off = key
+    root, package = key[0], key[1]
     if key not in _merged_cache:
         installed = _installed()
-        if root is None or package is None or repo_plugins_off():  # off: names it provides stay unknown
+        if root is None or package is None or repo_plugins_off() or _deferred[0] is not None:
+            # off: names it provides stay unknown; deferred: they are placeholders (`placeholder`)
             _merged_cache[key] = installed
         else:
             local = _repo_plugins(root, package)
@@ -424,7 +431,71 @@ def state_key() -> tuple:
     if _state_memo[0] is not None:  # every catalog lookup asks: remembered until use_repository()
         return _state_memo[0]
     root = _current_root()
-    key = (root, repo_package(root), repo_plugins_off())
+    key = (root, repo_package(root), repo_plugins_off(), _deferred[0])
     if _active_root[0] is not None:
         _state_memo[0] = key
     return key
+
+
+# --- a package read as data only: `ci plan` over a commit whose plugin package this process must not import ---------
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A repository plugin package known only as files at a commit (`ci plan` of a pull request's head).
+
+    While `deferring(...)` is active, no repository plugin package is imported; a name of a plugin kind that no
+    built-in or installed plugin declares is taken to be one of `package`'s entries (`placeholder`): its parameters
+    are fingerprinted as written (as always for repository entries) and checked when training, where the package is
+    imported. `metric_tasks` are the tasks the package declares metrics for, as far as this process knows (the
+    checkout's copy; a metric a pull request adds for a new task is found when training).
+    """
+
+    package: str
+    ref: str  # the commit, for messages
+    metric_tasks: frozenset[str] = frozenset()
+
+
+_deferred: list[Deferred | None] = [None]
+
+
+@contextlib.contextmanager
+def deferring(state: Deferred | None) -> Iterator[None]:
+    """Resolve configs with `state`'s package read as data, never imported (None: as usual)."""
+    previous = _deferred[0]
+    _deferred[0] = state
+    _state_memo[0] = None
+    try:
+        yield
+    finally:
+        _deferred[0] = previous
+        _state_memo[0] = None
+
+
+def deferred_state() -> Deferred | None:
+    """The package read as data only (`deferring`), or None."""
+    return _deferred[0]
+
+
+_placeholders: dict[tuple, Found] = {}
+
+
+def placeholder(kind: str, name: Any) -> Found | None:
+    """Inside `deferring`: a stand-in entry of the deferred package for an unknown `name` of `kind`, else None.
+
+    Its parameters are open (no schema: they are checked when training) and it declares no facts, so the checks
+    that need them wait for training too; a metric stand-in fits every task.
+    """
+    state = _deferred[0]
+    if state is None or kind not in GROUPS or not isinstance(name, str):
+        return None
+    if not (METRIC_NAME_RE if kind == "metric" else NAME_RE).fullmatch(name):
+        return None
+    key = (state, kind, name)
+    if key not in _placeholders:
+        plugin = Plugin(name, f"from {state.package}/ at {state.ref[:12]}: not imported here, checked when training",
+                        "-:-", info={"deferred": True}, higher_is_better=True if kind == "metric" else None,
+                        tasks=TASKS if kind == "metric" else ())
+        _placeholders[key] = Found(kind, plugin, f"{name} = {state.package}", None, None, package=state.package,
+                                   repo_package=state.package)
+    return _placeholders[key]
