@@ -101,10 +101,7 @@ NEW_ENTRY = """
 open({marker!r}, "a").close()  # the pull request's plugin code: a plan must never run it
 import dataclasses as _dc
 
-TINY_LINEAR_2 = _dc.replace(TINY_LINEAR, name="tiny-linear-2", params={{
-    **TINY_LINEAR.params,
-    "width": {{"type": "integer", "minimum": 1, "default": 3, "description": "Unused width."}},
-}})
+TINY_LINEAR_2 = _dc.replace(TINY_LINEAR, name="tiny-linear-2", description="The same, under a new name.")
 GITOPS_PLUGINS["architectures"].append(TINY_LINEAR_2)
 """
 
@@ -114,7 +111,7 @@ def _pr_adding_an_architecture(repo: Path, marker: Path) -> str:
     git(repo, "switch", "-q", "-c", "new-entry")
     init = repo / "plugins/__init__.py"
     init.write_text(init.read_text() + NEW_ENTRY.format(marker=str(marker)))
-    # its parameters left to their defaults: the plan can't know them (the entry's schema is PR code)
+    # `pairwise` left to its default: the plan can't know it (the entry's schema is PR code)
     write_model(repo, "xor-two", {**XOR, "model.yaml": "architecture: tiny-linear-2\n"})
     head = commit_all(repo, "a plugin entry and a model that uses it")
     git(repo, "switch", "-q", "main")  # the base branch's checkout, as pr-train's plan job has
@@ -157,18 +154,18 @@ def test_a_plan_with_base_branch_code_schedules_a_pr_that_adds_a_plugin_entry_an
         shown = _shown(repo, model)
         assert shown["training_fingerprint"] == planned[model]["training_fingerprint"], model
     assert marker.exists()
-    assert shown["config"]["model"] == {"architecture": "tiny-linear-2", "pairwise": True, "width": 3}  # xor-two
+    assert shown["config"]["model"] == {"architecture": "tiny-linear-2", "pairwise": True}  # xor-two: defaults filled
 
     # a mistake in the part of the config the plan can check is still reported there, with its position
     (repo / "models/xor-two/train.yaml").write_text(XOR["train.yaml"].replace("batch_size: 32", "batch_size: 0"))
-    (repo / "models/xor-two/model.yaml").write_text("architecture: tiny-linear-2\nwidth: 0\n")  # PR schema: training
+    (repo / "models/xor-two/model.yaml").write_text("architecture: tiny-linear-2\npairwise: 3\n")  # checked when training
     bad = commit_all(repo, "a bad batch size")
     git(repo, "switch", "-q", "main")
     marker.unlink()
     done = cli("ci", "plan", "--base", "main", "--head", bad)
     assert done.exit_code == 1 and "Traceback" not in done.output
     assert f"{bad}:models/xor-two/train.yaml:2" in done.output and "train.batch_size" in done.output, done.output
-    assert "width" not in done.output and not marker.exists()
+    assert "pairwise" not in done.output and not marker.exists()
     git(repo, "switch", "-q", "new-entry")  # the train job loads the plugin and reports the rest, positioned
     import subprocess
     import sys
@@ -176,6 +173,38 @@ def test_a_plan_with_base_branch_code_schedules_a_pr_that_adds_a_plugin_entry_an
     trained = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "validate", "models/xor-two"],
                              cwd=repo, capture_output=True, text=True, timeout=120)
     assert trained.returncode == 1 and "models/xor-two/model.yaml:2" in trained.stdout + trained.stderr
+
+
+def test_the_first_pr_that_adds_a_plugin_package_plans_with_the_fingerprints_training_records(tmp_path, monkeypatch) -> None:
+    """An adopter's first plugin PR: gitops.yaml gains `plugins:`, plugins/ and a model using it. The plan (base
+    code, which has no plugin package) imports nothing of it, yet knows that the package's classification
+    metric joins wine-mlp's fingerprint (read from the source as data, never run)."""
+    repo = tmp_path / "repo"
+    assert cli("init", str(repo)).exit_code == 0
+    write_model(repo, "diabetes-mlp", REGRESSION)
+    shutil.copytree(REPO / "models" / "wine-mlp", repo / "models" / "wine-mlp")
+    git(repo, "config", "user.name", "T")
+    git(repo, "config", "user.email", "t@example.com")
+    commit_all(repo, "built-in models only")
+    monkeypatch.chdir(repo)
+    git(repo, "switch", "-q", "-c", "first-plugin")
+    shutil.copytree(EXAMPLE, repo / "plugins_first", ignore=shutil.ignore_patterns("__pycache__"))
+    marker = tmp_path / "pr-plugin-imported"
+    init = repo / "plugins_first/__init__.py"
+    init.write_text(f"open({str(marker)!r}, 'a').close()\n" + init.read_text())
+    with (repo / "gitops.yaml").open("a") as fh:
+        fh.write("plugins:\n  package: plugins_first\n")
+    write_model(repo, "xor-tiny", XOR)
+    head = commit_all(repo, "our first plugin package and a model that uses it")
+    git(repo, "switch", "-q", "main")
+    done = cli("ci", "plan", "--base", "main", "--head", head)
+    assert done.exit_code == 0, done.output
+    assert not marker.exists()
+    planned = {t["model"]: t["training_fingerprint"] for t in json.loads(done.stdout)["train"]}
+    assert sorted(planned) == ["wine-mlp", "xor-tiny"]  # wine-mlp: brier, a classification metric of the package
+    git(repo, "switch", "-q", "first-plugin")
+    assert {model: _shown(repo, model)["training_fingerprint"] for model in planned} == planned
+    assert marker.exists()
 
 
 def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
@@ -234,6 +263,27 @@ def test_bad_repository_packages_are_clear_errors(tmp_path, monkeypatch, case, m
     done = cli("validate")
     assert done.exit_code == 1 and message in done.output, done.output
     assert "Traceback" not in done.output
+
+
+@pytest.mark.slow
+def test_the_run_trained_for_a_planned_new_plugin_entry_has_the_plan_s_fingerprint(repo) -> None:
+    """The train job (the PR's checkout, its plugins loaded) records the fingerprint the plan computed without
+    them, and the run folder hashes to it again: the release after merging reuses the PR's run."""
+    import subprocess
+    import sys
+
+    from gitops.registry import runs
+
+    head = _pr_adding_an_architecture(repo, repo.parent / "imported")
+    planned = {t["model"]: t for t in json.loads(cli("ci", "plan", "--base", "main", "--head", head).stdout)["train"]}
+    git(repo, "switch", "-q", "new-entry")
+    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "train", "xor-two"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trained = repo / "runs/xor-two" / planned["xor-two"]["fingerprint"]
+    info = runs.read_run(trained)
+    assert info.finished and info.training_fingerprint == planned["xor-two"]["training_fingerprint"]
+    assert runs.recompute_fingerprint(info) == info.training_fingerprint
 
 
 @pytest.mark.slow

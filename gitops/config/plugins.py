@@ -447,8 +447,8 @@ class Deferred:
     While `deferring(...)` is active, no repository plugin package is imported; a name of a plugin kind that no
     built-in or installed plugin declares is taken to be one of `package`'s entries (`placeholder`): its parameters
     are fingerprinted as written (as always for repository entries) and checked when training, where the package is
-    imported. `metric_tasks` are the tasks the package declares metrics for, as far as this process knows (the
-    checkout's copy; a metric a pull request adds for a new task is found when training).
+    imported. `metric_tasks` are the tasks the package declares metrics for, as far as can be known without
+    running it (`scanned_metric_tasks`, and the checkout's copy where this process may import it).
     """
 
     package: str
@@ -457,6 +457,50 @@ class Deferred:
 
 
 _deferred: list[Deferred | None] = [None]
+MAX_SCANNED_BYTES = 1024**2  # a source file larger than this is not scanned (`scanned_metric_tasks`)
+
+
+def scanned_metric_tasks(tree: Any, package: str) -> frozenset[str]:
+    """Tasks the metric specs in `package`'s source at `tree` declare as literals, read without running any of it.
+
+    Each `.py` file is parsed (`ast`, never executed); every call or dict literal with both `tasks` and
+    `higher_is_better` (a metric `Plugin`) contributes the task names written as a tuple or list of strings.
+    Specs built another way are not seen: training, where the package is imported, knows them all.
+    """
+    import ast
+
+    tasks: set[str] = set()
+    stack = [package]
+    while stack:
+        rel = stack.pop()
+        for name in tree.listdir(rel):
+            path = f"{rel}/{name}"
+            if name == "__pycache__":
+                continue
+            if tree.is_dir(path):
+                stack.append(path)
+                continue
+            if not name.endswith(".py"):
+                continue
+            data = tree.read(path) or b""
+            if len(data) > MAX_SCANNED_BYTES:
+                continue
+            try:
+                module = ast.parse(data, filename=path)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            for node in ast.walk(module):
+                if isinstance(node, ast.Call):
+                    fields = {k.arg: k.value for k in node.keywords if k.arg}
+                elif isinstance(node, ast.Dict):
+                    fields = {k.value: v for k, v in zip(node.keys, node.values, strict=True)
+                              if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                else:
+                    continue
+                if "higher_is_better" in fields and isinstance(fields.get("tasks"), ast.Tuple | ast.List):
+                    tasks.update(e.value for e in fields["tasks"].elts
+                                 if isinstance(e, ast.Constant) and e.value in TASKS)
+    return frozenset(tasks)
 
 
 @contextlib.contextmanager

@@ -205,7 +205,8 @@ def plugin_mode(root: Path, tree: Tree) -> Any:
             and plugins.source_hash(FsTree(checkout), package) == plugins.source_hash(tree, package))
     if same:
         return None
-    return plugins.Deferred(package, tree.ref, _checkout_metric_tasks(checkout, package))
+    metric_tasks = plugins.scanned_metric_tasks(tree, package) | _checkout_metric_tasks(checkout, package)
+    return plugins.Deferred(package, tree.ref, metric_tasks)
 
 
 def reading(root: Path, tree: Tree) -> Any:
