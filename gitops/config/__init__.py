@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +24,7 @@ from gitops.config import catalog, plugins, schema
 from gitops.config.jsonschema_tools import copy_json, fill_defaults, format_path
 from gitops.config.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
 from gitops.errors import ConfigError, GitopsError, OverrideError, Problem, UsageError
+from gitops.records import record
 from gitops.repo.tree import MODELS_DIR, FsTree, Tree, repository_root  # noqa: F401  (FsTree re-exported for commands)
 
 MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
@@ -67,7 +68,7 @@ def thaw(value: Any) -> Any:
 # --- typed views --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ModelConfig:
     """The resolved `model:` section: the architecture's registered name and its schema-checked parameters (read-only
     mapping).
@@ -76,7 +77,7 @@ class ModelConfig:
     params: Mapping[str, Any]  # the architecture's own parameters (schema-checked)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TrainConfig:
     """The resolved `train:` section (read-only): exactly one of `steps`/`epochs` is set; `batch_size` is examples
     per step over all devices; `log_every`/`eval_every` are in steps; `repeats` is the number of seeds.
@@ -101,7 +102,7 @@ class TrainConfig:
     start_from: Mapping[str, Any] | None = None  # with `resolved: {model, version, sha256}` once resolved
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DataConfig:
     """The resolved `data:` section (read-only): the dataset entry, split fractions, preprocessing and the
     augmentation list, in order.
@@ -112,7 +113,7 @@ class DataConfig:
     augmentation: tuple[Mapping[str, Any], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReleaseConfig:
     """The resolved `release:` section (read-only): description, owners, version bump rule, headline metric (None:
     the task's default), gates, serving settings and labels.
@@ -126,7 +127,7 @@ class ReleaseConfig:
     labels: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ResolvedConfig:
     """A model's resolved config: what training, reports and releases consume."""
 
@@ -183,7 +184,7 @@ def _dataclass_dict(obj: Any) -> dict:
 # --- loading ------------------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class _Merged:
     """One kind's merged document with the position of every value (from whichever file set it)."""
 
@@ -529,9 +530,11 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         written, waiting = _repo_parts(cleaned, {k: merged[k].data for k in ("model", "data")})
         if written:
             source["written"] = written
-    from gitops.config import parent_ref  # jax-free: reads the registry's tags only
+    parent_error = None
+    if cleaned["train"].get("start_from"):
+        from gitops.config import parent_ref  # jax-free: reads the registry's tags only
 
-    parent_error = parent_ref.resolve_into(cleaned["train"], tree)
+        parent_error = parent_ref.resolve_into(cleaned["train"], tree)
     cfg = build(name, cleaned, files, source)
     if package and waiting:
         cfg = dataclasses.replace(cfg, checked_when_training=tuple(waiting))

@@ -40,12 +40,13 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops.config.settings import load_settings
 from gitops.errors import GitopsError
+from gitops.records import record
 from gitops.repo.tree import FsTree, repository_root
 
 # kind -> entry-point group
@@ -68,7 +69,7 @@ class PluginError(GitopsError):
     """A plugin that cannot be used: broken metadata, a name collision, an implementation that won't import (exit 1)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plugin:
     """What a plugin entry point names. Only `name`, `description` and `build` are always needed.
 
@@ -102,7 +103,7 @@ class Plugin:
     tasks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Found:
     """A plugin with where it came from (for messages and the data fingerprint)."""
 
@@ -440,7 +441,7 @@ def state_key() -> tuple:
 # --- a package read as data only: `ci plan` over a commit whose plugin package this process must not import ---------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Deferred:
     """A repository plugin package known only as files at a commit (`ci plan` of a pull request's head).
 

@@ -18,18 +18,18 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gitops.config import plugins
 from gitops.errors import GitopsError
+from gitops.records import record
 
 E = TypeVar("E")  # the declaration record of a kind (catalog.Entry, catalog.Metric)
 
 BUILT_IN = "built-in"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Slot(Generic[E]):
     """One registered name: its declaration and where its implementation comes from."""
 

@@ -8,13 +8,13 @@ finished run (a run folder in `runs/` or the runner cache, or the latest release
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from gitops.config.settings import Budgets
+from gitops.records import record
 from gitops.registry.tags import instant
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cost:
     """The estimated cost of training one model in a PR: `steps` optimizer steps (repeats included) at the
     last measured `steps_per_second` (None when the model never trained).

@@ -8,20 +8,21 @@ stay jax-free: this runs on a GitHub-hosted runner before any GPU job starts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops import config, jsonio
 from gitops.config.yamlio import load_yaml_text
 from gitops.errors import ConfigError, GitopsError, Problem, UsageError
+from gitops.records import record
 from gitops.repo import gitutil
 from gitops.repo.tree import FsTree, GitTree, Tree
 
 _MISSING = object()
 
 
-@dataclass
+@record
 class ModelChange:
     """One model in a plan and why (`reason`): its training and release fingerprints at head (64 hex) and
     the changed config keys as (key path, old, new).
@@ -51,7 +52,7 @@ class ModelChange:
         return out
 
 
-@dataclass
+@record
 class Plan:
     """What a PR changes between commits `base` and `head`: models to train, to release without training,
     deleted, and sweeps to run.
@@ -92,7 +93,7 @@ class Plan:
         return {"include": entries}
 
 
-@dataclass
+@record
 class SweepPlan:
     """A model's new or changed sweep: every trial trains (cached ones cost nothing)."""
 
