@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, dataclass_transform
 
 T = TypeVar("T")
-_UNSET = object()
 
 
 @dataclass_transform(field_specifiers=(dataclasses.field,))
@@ -113,7 +112,6 @@ def _comparison(name: str, test: Callable[[tuple, tuple], bool], key: Callable[[
 
 def _make_init(klass: type, fields: list[dataclasses.Field]) -> Callable[..., None]:
     names = tuple(f.name for f in fields)
-    index = {name: i for i, name in enumerate(names)}
     defaults = tuple((f.default, f.default_factory) for f in fields)
     count = len(names)
     missing = dataclasses.MISSING
@@ -124,24 +122,25 @@ def _make_init(klass: type, fields: list[dataclasses.Field]) -> Callable[..., No
         given = len(args)
         if given > count:
             raise TypeError(f"{title}.__init__() takes {count + 1} positional arguments but {given + 1} were given")
-        values = [*args, *([_UNSET] * (count - given))]
-        for name, value in kwargs.items():
-            i = index.get(name)
-            if i is None:
-                raise TypeError(f"{title}.__init__() got an unexpected keyword argument {name!r}")
-            if i < given:
+        for name, value in zip(names, args, strict=False):
+            setter(self, name, value)
+        for i in range(given, count):
+            name = names[i]
+            if name in kwargs:
+                setter(self, name, kwargs.pop(name))
+                continue
+            default, factory = defaults[i]
+            if default is not missing:
+                setter(self, name, default)
+            elif factory is not missing:
+                setter(self, name, factory())
+            else:
+                raise TypeError(f"{title}.__init__() missing required argument: {name!r}")
+        if kwargs:
+            name = next(iter(kwargs))
+            if name in names:
                 raise TypeError(f"{title}.__init__() got multiple values for argument {name!r}")
-            values[i] = value
-        for i, value in enumerate(values):
-            if value is _UNSET:
-                default, factory = defaults[i]
-                if default is not missing:
-                    value = default
-                elif factory is not missing:
-                    value = factory()
-                else:
-                    raise TypeError(f"{title}.__init__() missing required argument: {names[i]!r}")
-            setter(self, names[i], value)
+            raise TypeError(f"{title}.__init__() got an unexpected keyword argument {name!r}")
 
     __init__.__qualname__ = f"{klass.__qualname__}.__init__"
     return __init__
