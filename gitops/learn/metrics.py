@@ -81,14 +81,16 @@ def _argmax_hit(outputs: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     """`argmax(outputs, -1) == labels` as float32, computed without an argmax.
 
     The label is the argmax when no class scores higher and no earlier class ties with it (argmax
-    takes the first maximum; NaN counts as the largest value, as in `jnp.argmax`). One compare-and-reduce
-    pass instead of XLA's (value, index) reduction, which on CPU costs several times the whole
-    cross-entropy with its gradient over a language model's (batch, length, vocab) logits.
+    takes the first maximum), or, when NaNs are present, when it is the first NaN (as `jnp.argmax`).
+    One compare-and-reduce pass over the scores instead of XLA's (value, index) reduction, which on CPU
+    cost several times the whole cross-entropy with its gradient over a language model's
+    (batch, length, vocab) logits.
     """
-    outputs = jnp.where(jnp.isnan(outputs), jnp.inf, outputs)
     true_score = jnp.take_along_axis(outputs, labels[..., None], axis=-1)
     earlier = jnp.arange(outputs.shape[-1]) < labels[..., None]
-    beaten = (outputs > true_score) | ((outputs == true_score) & earlier)
+    nan = jnp.isnan(outputs)
+    beaten = jnp.where(jnp.isnan(true_score), nan & earlier,
+                       nan | (outputs > true_score) | ((outputs == true_score) & earlier))
     return (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
 
 

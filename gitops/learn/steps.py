@@ -4,10 +4,10 @@ Speed on small models comes from three choices (see FACTS.md and benchmarks/trai
 the (model, optimizer) graph is split once outside the loop and the jitted functions take and return
 the plain `nnx.State` (merging inside the trace costs nothing at run time); several steps run per
 dispatch under `jax.lax.scan`; and the training data lives on the device, each batch a gather by
-indexes that depend on (seed, step) only. An epoch's shuffle (a sort of the whole training split) is
-computed once per epoch by `make_permutations`, not inside every step (benchmarks/lm_step.py). Metrics accumulate on device as sums and counts, and the
-first step whose loss or gradient norm is not finite is recorded on device, so the host reads
-anything back only at logging, evaluation and checkpoint boundaries.
+indexes that depend on (seed, step) only; an epoch's shuffle (a sort of the whole training split) is
+computed once per epoch by `make_permutations`, not in every dispatch. Metrics accumulate on device
+as sums and counts, and the first step whose loss or gradient norm is not finite is recorded on
+device, so the host reads anything back only at logging, evaluation and checkpoint boundaries.
 """
 
 from __future__ import annotations
