@@ -16,8 +16,8 @@ On a GPU it also prints model FLOPs utilisation: 6 x parameters x tokens plus th
 (12 x layers x length x width per token, halved for causality), per second, over the device's peak
 dense bf16 rate (named; the `gpu` size, 12 layers x 1024 wide, length 1024, batch 32, fills one GPU).
 
-Generation: tokens/s of 256 new tokens after a 16-token prompt (batch 1, greedy, one jitted loop
-each), with the cache over without.
+Generation: tokens/s of 256 new tokens after a 16-token prompt (batch 1; on a GPU also batch 16; greedy,
+one jitted loop each), with the cache over without.
 
     .venv/bin/python benchmarks/lm_step.py [--quick] [--size small|gpu] [--pairs N]
 """
@@ -190,8 +190,11 @@ def model_flops_per_token(params: int, size: dict) -> float:
     return 6 * params + attention
 
 
-def generation(cfg, dataset, size, new_tokens: int) -> tuple[float, float]:
-    """Tokens/s of greedy generation of `new_tokens` after a 16-token prompt, with and without the KV cache."""
+def generation(cfg, dataset, size, new_tokens: int, batch: int = 1) -> tuple[float, float]:
+    """Tokens/s of greedy generation of `new_tokens` after a 16-token prompt per row, with and without the KV cache.
+
+    The model runs in the size's precision (bf16 at the `gpu` size), as a model trained that way is loaded.
+    """
     from flax import nnx
 
     from gitops.learn.architectures import build_model
@@ -201,16 +204,16 @@ def generation(cfg, dataset, size, new_tokens: int) -> tuple[float, float]:
     model = build_model("decoder", config.thaw(cfg.model.params), input_shape=[cfg.data.dataset["sequence_length"]],
                         num_outputs=dataset.preprocessing.num_outputs, rngs=nnx.Rngs(params=0), dtype=dtype)
     model.eval()
-    prompt = [list(range(32, 48))]
+    prompts = [list(range(32 + row, 48 + row)) for row in range(batch)]
     sampling = Sampling(max_new_tokens=new_tokens, temperature=0.0)
     rates = []
     for use_cache in (True, False):
-        generate_ids(model, prompt, sampling, use_cache=use_cache)  # compile
+        generate_ids(model, prompts, sampling, use_cache=use_cache)  # compile
         best = 0.0
         for _ in range(2):
             start = time.perf_counter()
-            generate_ids(model, prompt, sampling, use_cache=use_cache)
-            best = max(best, new_tokens / (time.perf_counter() - start))
+            generate_ids(model, prompts, sampling, use_cache=use_cache)
+            best = max(best, batch * new_tokens / (time.perf_counter() - start))
         rates.append(best)
     return rates[0], rates[1]
 
@@ -219,12 +222,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="A few pairs of short blocks, 32 new tokens: a smoke run.")
     parser.add_argument("--size", choices=sorted(SIZES), default=None, help="Default: gpu on a GPU, else small.")
-    parser.add_argument("--pairs", type=int, default=None, help="Interleaved pairs (default 3 quick, 15 full).")
+    parser.add_argument("--pairs", type=int, default=None, help="Interleaved pairs (default: 3 quick, 8 on a GPU, 15).")
     args = parser.parse_args()
     device = jax.devices()[0]
     size = SIZES[args.size or ("gpu" if device.platform == "gpu" else "small")]
     block = 2 if args.quick else (5 if device.platform == "gpu" else 4)
-    pairs = args.pairs or (3 if args.quick else 15)
+    pairs = args.pairs or (3 if args.quick else (8 if device.platform == "gpu" else 15))
     train.enable_compilation_cache()
     cfg = bench_config(size, 10_000)
     dataset = data.load(cfg.data, ROOT)
@@ -251,9 +254,12 @@ def main() -> int:
             shown = f"MFU {flops / peak * 100:.1f} % of {peak / 1e12:.0f} TFLOP/s peak dense bf16" if peak else "peak unknown"
             print(f"model FLOPs {name}: {flops / 1e12:.1f} TFLOP/s, {shown} (goal >= 40 %)")
     new = 32 if args.quick else 256
-    with_cache, without = generation(cfg, dataset, size, new)
-    print(f"generation of {new} tokens (batch 1): {with_cache:,.0f} tokens/s with the KV cache, {without:,.0f} "
-          f"without, ratio {with_cache / without:.2f}")
+    # batch 1 is the figure the issue asks for; on a GPU one row leaves both paths bound by kernel launches,
+    # so a batch of 16 rows shows the cache's saving where the device has work to do
+    for batch in (1, 16) if device.platform == "gpu" and not args.quick else (1,):
+        with_cache, without = generation(cfg, dataset, size, new, batch)
+        print(f"generation of {new} tokens (batch {batch}): {with_cache:,.0f} tokens/s with the KV cache, "
+              f"{without:,.0f} without, ratio {with_cache / without:.2f}")
     return 0
 
 
