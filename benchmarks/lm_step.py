@@ -115,6 +115,20 @@ def attention_impl(dtype) -> str | None:
     return "cudnn" if jax.default_backend() == "gpu" and dtype != jnp.float32 else None
 
 
+def staged_batches(dataset, batch: int, count: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to `count` training batches (x, y) as numpy arrays, from an in-memory or a streaming dataset."""
+    if getattr(dataset, "streaming", False):  # packed text rows read through the streaming pipeline
+        out = []
+        for x, y, w in dataset.eval_batches("train", batch):
+            if len(out) == count or not w.all():
+                break
+            out.append((x, y))
+        return out
+    x_all, y_all = dataset.train.x, dataset.train.y
+    return [(x_all[i * batch:(i + 1) * batch], y_all[i * batch:(i + 1) * batch])
+            for i in range(min(count, len(x_all) // batch))]
+
+
 def hand_runner(cfg, dataset, size):
     """run(k): k steps of the hand-written step, blocking at the end; compiled and warmed up."""
     vocab = dataset.preprocessing.num_outputs
@@ -122,10 +136,7 @@ def hand_runner(cfg, dataset, size):
     impl = attention_impl(dtype)
     params = init_params(jax.random.key(0), vocab, size)
     tx = optim.build_optimizer(cfg.train, cfg.train.steps)
-    bs = size["batch"]
-    x_all, y_all = dataset.train.x, dataset.train.y
-    batches = [jax.device_put((x_all[i * bs:(i + 1) * bs].astype(np.int32), y_all[i * bs:(i + 1) * bs]))
-               for i in range(min(8, len(x_all) // bs))]
+    batches = [jax.device_put((x.astype(np.int32), y)) for x, y in staged_batches(dataset, size["batch"])]
 
     @partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, x, y):
@@ -151,7 +162,10 @@ def hand_runner(cfg, dataset, size):
 
 
 def our_runner(cfg, dataset):
-    """(run(k), parameter count) of gitops' step through `Session.run_chunk`, compiled and warmed up."""
+    """(run(k), parameter count, session) of gitops' step through `Session.run_chunk`, compiled and warmed up.
+
+    With a streaming dataset each step takes its batch from the Grain feed, as training does.
+    """
     session = train.build_session(cfg, dataset)
     state = {"acc": session.zero_metrics(), "bad": session.no_divergence(), "i": 0}
 
@@ -162,7 +176,7 @@ def our_runner(cfg, dataset):
         jax.block_until_ready(state["acc"])
 
     run(2)
-    return run, session.param_count
+    return run, session.param_count, session
 
 
 def interleaved(runners: dict, block: int, pairs: int) -> tuple[dict, dict]:
@@ -236,9 +250,13 @@ def main() -> int:
     print(f"device: {device.device_kind} ({device.platform}); decoder {size['num_layers']} layers x "
           f"{size['embed_dim']} wide, {size['num_heads']} heads, length {size['length']}, batch {size['batch']}, "
           f"{size['precision']}, attention {attention_impl(dtype) or 'xla'}")
-    ours_run, params = our_runner(cfg, dataset)
+    ours_run, params, session = our_runner(cfg, dataset)
     hand_run = hand_runner(cfg, dataset, size)
-    wall, cpu = interleaved({"ours": ours_run, "hand": hand_run}, block, pairs)
+    try:
+        wall, cpu = interleaved({"ours": ours_run, "hand": hand_run}, block, pairs)
+    finally:
+        if session.feed is not None:
+            session.feed.close()
     ours_tps = statistics.median(wall["ours"]) * tokens_per_step
     hand_tps = statistics.median(wall["hand"]) * tokens_per_step
     print(f"parameters: {params:,}")
