@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, git
 from typer.testing import CliRunner
@@ -210,9 +211,10 @@ def test_bad_text_and_tokenizer_inputs_get_clear_errors(lm_repo: Path, monkeypat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
     from gitops.learn import text_data
 
-    params = {"path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
-    packed = text_data.load_text(params, lm_repo, {"validation": 0.1, "test": 0.1, "seed": 0})
-    assert len(packed["train"][0]) > 0 and 0xEF in packed["test"][1]  # U+FFFD's first UTF-8 byte
+    params = {"name": "text", "path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
+    packed = text_data.load({"dataset": params, "splits": {"validation": 0.1, "test": 0.1, "seed": 0}}, lm_repo)
+    test_labels = [packed.source[int(i)][1] for i in packed.test.indexes]
+    assert len(packed.train) > 0 and 0xEF in np.concatenate(test_labels)  # U+FFFD's first UTF-8 byte
 
     tok = invoke("data", "tokenizer", "data/stdlib-lm/corpus.jsonl.gz", "--out", "data/tok.json", "--vocab-size", "300")
     assert tok.exit_code == 0, tok.output
