@@ -86,6 +86,15 @@ def test_every_text_source_packs_the_same_rows(tmp_path: Path, docs: list[str]) 
     (shards / "b.jsonl").write_bytes(_jsonl(docs[5:10]))
     (shards / "c.txt").write_text(docs[10], encoding="utf-8")
     listed = _listed(tmp_path, "shards")
+    from gitops.cli import app
+
+    pins = []
+    for corpus in ("all.jsonl", "shards"):  # a tokenizer trained on the folder reads the same documents
+        done = CliRunner().invoke(app, ["data", "tokenizer", str(tmp_path / corpus), "--out", str(tmp_path / "t.json"),
+                                        "--vocab-size", "300"])
+        assert done.exit_code == 0, done.output
+        pins.append(done.stdout.split("sha256: ")[1].strip())
+    assert pins[0] == pins[1]
     for path in ("shards", (tmp_path / "shards").as_uri()):  # a repository folder, then a URL prefix
         got = _rows(_load(tmp_path, name="text", **{**listed, "path": path}))
         for split in want:

@@ -228,8 +228,23 @@ def documents(readers: Iterable[Callable[[], Iterator[str]]]) -> Iterator[str]:
 
 
 def iter_corpus_texts(path: Path, text_field: str = "text") -> Iterator[str]:
-    """Every document of a corpus file (.txt/.jsonl, optionally .gz), streamed, for training a tokenizer on it."""
-    yield from file_documents(path, text_field=text_field)
+    """Every document of a corpus file (.txt/.jsonl, optionally .gz), or of every such file under a folder in
+    sorted order (the order a `text` dataset reads them), streamed, for training a tokenizer on it.
+
+    Raises:
+        TextError: a file that is not UTF-8 or not JSON Lines (see `file_documents`), or a folder with no such file.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        yield from file_documents(path, text_field=text_field)
+        return
+    from gitops.learn import checksum_list
+
+    names = [n for n in checksum_list.list_files(path) if n.removesuffix(".gz").endswith((".txt", ".jsonl"))]
+    if not names:
+        raise TextError(f"{path}: holds no .txt or .jsonl file (optionally .gz)")
+    for name in names:
+        yield from file_documents(path / name, text_field=text_field)
 
 
 # --- splits and packing -----------------------------------------------------------------------------------
