@@ -23,7 +23,7 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from gitops import config
-from gitops.errors import GitopsError
+from gitops.errors import GitopsError, TrainingError
 from gitops.learn import checksum_list, text_data
 
 SPLITS = {"validation": 0.1, "test": 0.1, "seed": 0}
@@ -159,6 +159,10 @@ def test_the_packed_cache_is_keyed_reused_and_rebuilt_when_damaged(tmp_path: Pat
     assert len(bpe.train) < len(first["train"])  # several bytes per token: fewer rows
     names = {p.name for p in text_data.cache_root().iterdir()}
     assert len(names) == 4 and not any(n.startswith(".") for n in names)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("GITOPS_DATA_CACHE", str(tmp_path / "not-a-folder"))
+    with pytest.raises(TrainingError, match="cannot write the packed text cache under .*GITOPS_DATA_CACHE"):
+        _load(tmp_path, **spec)
 
 
 def _lm_model(repo: Path, dataset: dict) -> None:

@@ -419,8 +419,12 @@ def packed(key_doc: Mapping[str, Any], docs: Callable[[], Iterable[str]], tokeni
     meta = _read_entry(final, key)
     if meta is not None:
         return final, meta
-    scratch.sweep(root, SCRATCH)  # builds killed before they finished
-    work = scratch.make(root, SCRATCH)
+    try:
+        scratch.sweep(root, SCRATCH)  # builds killed before they finished
+        work = scratch.make(root, SCRATCH)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the packed text cache under {root} ({exc}); set $GITOPS_DATA_CACHE "
+                            "to a writable folder") from None
     try:
         dtype = token_dtype(tokenizer.vocab_size)
         counts = build_rows(docs(), tokenizer, length, splits, work, dtype, label)
@@ -429,16 +433,37 @@ def packed(key_doc: Mapping[str, Any], docs: Callable[[], Iterable[str]], tokeni
                 "sha256": sha256_file(work / "rows.bin")}
         (work / "meta.json").write_text(jsonio.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
         work.chmod(0o755)  # mkdtemp made it private; the entry is as readable as the rest of the data cache
-        if final.exists():  # a damaged entry (or one another process is finishing): replace it
-            shutil.rmtree(final, ignore_errors=True)
-        try:
-            os.rename(work, final)
-        except OSError:  # another process renamed its (identical) entry first
-            if _read_entry(final, key) is None:
-                raise
+        return final, _install(work, final, key, meta)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the packed text cache under {root} ({exc}); set $GITOPS_DATA_CACHE "
+                            "to a folder with room") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return final, meta
+
+
+def _install(work: Path, final: Path, key: str, meta: dict) -> dict:
+    """Rename the finished build `work` to `final` (atomic); returns the meta of the entry now at `final`.
+
+    A damaged entry there is moved aside first; an intact one another process finished meanwhile wins.
+    """
+    if final.exists():
+        done = _read_entry(final, key)
+        if done is not None:
+            return done
+        aside = work.with_name(work.name + "-damaged")  # a scratch name: swept if this process dies now
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:  # another process moved it first
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.rename(work, final)
+    except OSError:  # another process renamed its (identical) entry first
+        done = _read_entry(final, key)
+        if done is None:
+            raise
+        return done
+    return meta
 
 
 class PackedSource:
