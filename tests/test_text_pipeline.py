@@ -54,8 +54,12 @@ def _rows(ds) -> dict[str, np.ndarray]:
     """Every split's packed rows (inputs and the last label: the whole row of sequence_length + 1 tokens)."""
     out = {}
     for split in ("train", "val", "test"):
-        rows = [ds.source[int(i)] for i in getattr(ds, split).indexes]
+        indexes = getattr(ds, split).indexes
+        rows = [ds.source[int(i)] for i in indexes]
         out[split] = np.stack([np.concatenate([x, y[-1:]]) for x, y in rows]) if rows else np.zeros((0, LENGTH + 1))
+        x, y = ds.source.arrays(indexes)  # the bulk read gives the same rows
+        assert np.array_equal(x, out[split][:, :-1]) and np.array_equal(y, out[split][:, 1:])
+        assert np.array_equal(x[:, 1:], y[:, :-1])  # labels are the inputs shifted by one token
     return out
 
 

@@ -495,6 +495,13 @@ class PackedSource:
         row = np.asarray(self._rows()[int(index)])
         return row[:-1].astype(np.float32), row[1:].astype(np.int32)
 
+    def arrays(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows `indexes` at once, as `[i]` gives them stacked: inputs (n, sequence_length) float32, labels
+        (n, sequence_length) int32 (for a benchmark or a small split held in memory: n rows are read whole).
+        """
+        rows = np.asarray(self._rows()[np.asarray(indexes, np.int64)])
+        return rows[:, :-1].astype(np.float32), rows[:, 1:].astype(np.int32)
+
 
 # --- the entry point ----------------------------------------------------------------------------------------
 
