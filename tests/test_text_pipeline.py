@@ -211,6 +211,8 @@ def test_bad_text_names_the_file_and_where(tmp_path: Path, docs: list[str], monk
     done = _train(tmp_path, monkeypatch, "data.dataset.encoding_errors=replace")  # the option that replaces
     assert done.exit_code == 0, done.output
     shutil.rmtree(tmp_path / "runs")
+    (tmp_path / "t" / "a.jsonl").write_bytes(_jsonl(docs[3:]))  # a shard changed after its list was pinned
+    _fails(tmp_path, monkeypatch, f"{tmp_path / 't' / 'a.jsonl'}: SHA-256 mismatch")
 
     (tmp_path / "p").mkdir()
     table = tmp_path / "p" / "x.parquet"
