@@ -250,24 +250,17 @@ def iter_corpus_texts(path: Path, text_field: str = "text") -> Iterator[str]:
 # --- splits and packing -----------------------------------------------------------------------------------
 
 
-def split_by_share(lengths: np.ndarray, validation: float, test: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+def split_by_share(lengths: np.ndarray, validation: float, test: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, val, test) document indexes, each in the order it is packed: documents shuffled by `seed`;
     test takes them until it holds its share of the characters, then validation likewise; train the rest.
     """
+    lengths = np.asarray(lengths, np.int64)
     order = np.random.default_rng(seed).permutation(len(lengths))
-    total = float(np.sum(lengths, dtype=np.float64))
-    train, val, held = [], [], []
-    taken = 0.0
-    for i in order:
-        i = int(i)
-        if test and taken < test * total:
-            held.append(i)
-        elif validation and taken < (test + validation) * total:
-            val.append(i)
-        else:
-            train.append(i)
-        taken += float(lengths[i])
-    return train, val, held
+    total = float(lengths.sum())
+    before = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]).astype(np.float64)  # characters taken so far
+    to_test = (before < test * total) if test else np.zeros(len(order), bool)
+    to_val = ~to_test & (before < (test + validation) * total) if validation else np.zeros(len(order), bool)
+    return order[~to_test & ~to_val], order[to_val], order[to_test]
 
 
 def split_single(text: str, validation: float, test: float) -> tuple[str, str, str]:
@@ -323,8 +316,10 @@ def build_rows(docs: Iterable[str], tokenizer: Tokenizer, length: int, splits: M
     The documents' tokens spill to `folder/docs.bin` (removed at the end), so memory holds per-document
     offsets only. Raises TextError when there is no text at all.
     """
+    from array import array
+
     store = folder / "docs.bin"
-    starts, sizes, chars = [], [], []
+    starts, sizes, chars = array("q"), array("q"), array("q")  # 8 bytes a document
     first: str | None = None  # kept while there is only one document (it is then cut by characters)
     total = 0
     with open(store, "wb") as fh:
@@ -364,10 +359,10 @@ def build_rows(docs: Iterable[str], tokenizer: Tokenizer, length: int, splits: M
                 counts[name] = writer.finish()
         else:
             tokens = np.memmap(store, dtype=dtype, mode="r", shape=(total,)) if total else np.zeros(0, dtype)
-            parts = split_by_share(np.asarray(chars, np.int64), splits["validation"], splits["test"], splits["seed"])
+            parts = split_by_share(np.frombuffer(chars, np.int64), splits["validation"], splits["test"], splits["seed"])
             for name, order in zip(("train", "val", "test"), parts, strict=True):
                 writer = _RowWriter(out, width, dtype)
-                for i in order:
+                for i in order.tolist():
                     writer.add(_with_eos(np.asarray(tokens[starts[i]:starts[i] + sizes[i]]), tokenizer))
                 counts[name] = writer.finish()
             del tokens
