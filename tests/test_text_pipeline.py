@@ -57,7 +57,7 @@ def _rows(ds) -> dict[str, np.ndarray]:
         indexes = getattr(ds, split).indexes
         rows = [ds.source[int(i)] for i in indexes]
         out[split] = np.stack([np.concatenate([x, y[-1:]]) for x, y in rows]) if rows else np.zeros((0, LENGTH + 1))
-        x, y = ds.source.arrays(indexes)  # the bulk read gives the same rows
+        x, y = ds.source.read_batch(indexes)  # the bulk read gives the same rows
         assert np.array_equal(x, out[split][:, :-1]) and np.array_equal(y, out[split][:, 1:])
         assert np.array_equal(x[:, 1:], y[:, :-1])  # labels are the inputs shifted by one token
     return out

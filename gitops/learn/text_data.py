@@ -490,9 +490,10 @@ class PackedSource:
         row = np.asarray(self._rows()[int(index)])
         return row[:-1].astype(np.float32), row[1:].astype(np.int32)
 
-    def arrays(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def read_batch(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows `indexes` at once, as `[i]` gives them stacked: inputs (n, sequence_length) float32, labels
-        (n, sequence_length) int32 (for a benchmark or a small split held in memory: n rows are read whole).
+        (n, sequence_length) int32: one vectorised read of the memory map (the streaming pipeline reads a
+        batch through it, `gitops.learn.sources.read_batch`; a benchmark may hold a split in memory).
         """
         rows = np.asarray(self._rows()[np.asarray(indexes, np.int64)])
         return rows[:, :-1].astype(np.float32), rows[:, 1:].astype(np.int32)
