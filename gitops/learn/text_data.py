@@ -31,13 +31,14 @@ tokens spill to disk there, so memory holds only per-document offsets) and renam
 build leaves no entry, and its scratch folder is swept by the next build. An entry whose size or hash
 is wrong is rebuilt.
 
-Training reads the rows through `PackedSource` (a memory map) as the source of a
+Training reads the rows through `PackedSource` (reads by offset) as the source of a
 `gitops.learn.streaming.StreamingDataset`: global shuffle by seed, per-process shards, worker processes,
 the iterator's state in every checkpoint, like every other streaming source.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import math
@@ -358,14 +359,15 @@ def build_rows(docs: Iterable[str], tokenizer: Tokenizer, length: int, splits: M
                     writer.add(_with_eos(np.asarray(tokenizer.encode(part), dtype), tokenizer))
                 counts[name] = writer.finish()
         else:
-            tokens = np.memmap(store, dtype=dtype, mode="r", shape=(total,)) if total else np.zeros(0, dtype)
             parts = split_by_share(np.frombuffer(chars, np.int64), splits["validation"], splits["test"], splits["seed"])
-            for name, order in zip(("train", "val", "test"), parts, strict=True):
-                writer = _RowWriter(out, width, dtype)
-                for i in order.tolist():
-                    writer.add(_with_eos(np.asarray(tokens[starts[i]:starts[i] + sizes[i]]), tokenizer))
-                counts[name] = writer.finish()
-            del tokens
+            size = dtype.itemsize
+            with open(store, "rb") as tokens:  # read by offset, not mapped: mapped pages would count as memory
+                for name, order in zip(("train", "val", "test"), parts, strict=True):
+                    writer = _RowWriter(out, width, dtype)
+                    for i in order.tolist():
+                        raw = os.pread(tokens.fileno(), sizes[i] * size, starts[i] * size)
+                        writer.add(_with_eos(np.frombuffer(raw, dtype), tokenizer))
+                    counts[name] = writer.finish()
     store.unlink()
     counts["documents"] = len(chars)
     return counts
@@ -465,37 +467,49 @@ class PackedSource:
     """Random access over packed rows (Grain's data-source protocol): `[i]` -> (inputs, labels).
 
     inputs: (sequence_length,) float32 token ids; labels: (sequence_length,) int32, the next token at
-    each position. The file is memory-mapped on first use in each process (picklable for Grain workers).
+    each position. Rows are read by offset (`os.pread`) from a file opened on first use in each process
+    (picklable for Grain workers); nothing is memory-mapped, so what a process holds does not grow with
+    the file.
     """
 
     def __init__(self, path: Path, dtype: str, length: int, rows: int):
         self.path, self.dtype, self.length, self.rows = str(path), str(dtype), int(length), int(rows)
-        self._map: np.ndarray | None = None
+        self.row_bytes = (self.length + 1) * np.dtype(self.dtype).itemsize
+        self._fd: int | None = None
+        self._pid = -1
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_map": None}
+        return {**self.__dict__, "_fd": None, "_pid": -1}
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
 
     def __len__(self) -> int:
         return self.rows
 
-    def _rows(self) -> np.ndarray:
-        if self._map is None:
-            if self.rows == 0:
-                self._map = np.zeros((0, self.length + 1), self.dtype)
-            else:
-                self._map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.rows, self.length + 1))
-        return self._map
+    def _read(self, index: int) -> bytes:
+        if not 0 <= index < self.rows:
+            raise IndexError(f"row {index} of {self.rows}")
+        if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        raw = os.pread(self._fd, self.row_bytes, index * self.row_bytes)
+        if len(raw) != self.row_bytes:
+            raise TextError(f"{self.path}: row {index} is cut short (the packed text cache changed while in use)")
+        return raw
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        row = np.asarray(self._rows()[int(index)])
+        row = np.frombuffer(self._read(int(index)), self.dtype)
         return row[:-1].astype(np.float32), row[1:].astype(np.int32)
 
     def read_batch(self, indexes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows `indexes` at once, as `[i]` gives them stacked: inputs (n, sequence_length) float32, labels
-        (n, sequence_length) int32: one vectorised read of the memory map (the streaming pipeline reads a
-        batch through it, `gitops.learn.sources.read_batch`; a benchmark may hold a split in memory).
+        (n, sequence_length) int32 (the streaming pipeline reads a batch through it,
+        `gitops.learn.sources.read_batch`; a benchmark may hold a split in memory).
         """
-        rows = np.asarray(self._rows()[np.asarray(indexes, np.int64)])
+        flat = np.asarray(indexes, np.int64).reshape(-1).tolist()
+        rows = np.frombuffer(b"".join(self._read(i) for i in flat), self.dtype).reshape(len(flat), self.length + 1)
         return rows[:, :-1].astype(np.float32), rows[:, 1:].astype(np.int32)
 
 
