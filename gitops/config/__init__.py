@@ -728,6 +728,11 @@ def _package_version(package: str) -> str | None:
     return distinfo.version(package)
 
 
+# How language-modelling text reaches the model; part of its data fingerprint. "grain-packed-1": packed once into a
+# cache and fed through the Grain pipeline (shuffled by Grain); text runs before it were in memory, so their
+# results and fingerprints differ.
+TEXT_PIPELINE = "grain-packed-1"
+
 # streaming-dataset keys that change how fast data arrives, never which data (gitops.learn.streaming.EXECUTION_KEYS)
 EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
 
@@ -756,6 +761,8 @@ def data_fingerprint(data: dict) -> str:
         identity["pins"] = [data["dataset"]["sha256"]]
     if "checksums_sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["checksums_sha256"]]
+    if catalog.dataset_task(data) == "language_modeling":  # results follow how text is packed and fed
+        identity["text_pipeline"] = TEXT_PIPELINE
     return sha256_json(identity)
 
 
@@ -804,8 +811,8 @@ def input_shape(data: dict) -> list[int] | None:
         return [len(ds["features"])]
     if ds["name"] == "array_record" and ds.get("input_shape"):
         return list(ds["input_shape"])
-    if ds["name"] == "text":
-        return [ds["sequence_length"]]
+    if ds["name"] == "text" or (ds.get("text") and ds["name"] in catalog.TEXT_COLUMN_SOURCES):
+        return [ds["sequence_length"]] if ds.get("sequence_length") else None
     return None
 
 
@@ -853,6 +860,8 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
     classes = num_classes(data)
     dataset_name = data["dataset"]["name"]
     dataset_inputs = catalog.DATASETS[dataset_name].info.get("inputs", "image" if shape and len(shape) == 3 else "vector")
+    if task == "language_modeling":
+        dataset_inputs = "tokens"
 
     if (train["steps"] is None) == (train["epochs"] is None):
         problems.append((("train", "steps"), "set exactly one of steps or epochs"))
@@ -881,7 +890,8 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
                              "be even for rotary positions"))
         if heads % kv:
             problems.append((("model", "num_kv_heads"), f"num_kv_heads {kv} must divide num_heads {heads}"))
-    tok = data["dataset"].get("tokenizer") if dataset_name == "text" else None
+    problems += _text_problems(data["dataset"])
+    tok = data["dataset"].get("tokenizer") if task == "language_modeling" else None
     if tok and tok.get("name") == "file":
         for key in ("path", "sha256"):
             if not tok.get(key):
@@ -945,7 +955,7 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
         problems += [(("train", "start_from", *path), message)
                      for path, message in parent_ref.form_problems(train["start_from"], model["architecture"], tree)]
     problems += _streaming_problems(data["dataset"], tree)
-    if dataset_name in ("file", "text") and tree is not None:
+    if dataset_name in ("file", "text") and tree is not None and data["dataset"].get("sha256"):
         try:
             if tree.read(data["dataset"]["path"]) is None:
                 problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
@@ -954,14 +964,52 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
     return problems
 
 
+def _text_problems(ds: dict) -> list[tuple[tuple, str]]:
+    """Checks of language-modelling text: how `text` is pinned, and what a `text:` column excludes."""
+    problems: list[tuple[tuple, str]] = []
+    name = ds["name"]
+    if name == "text":
+        listed = bool(ds.get("checksums") or ds.get("checksums_sha256"))
+        if bool(ds.get("sha256")) == listed:
+            problems.append((("data", "dataset", "sha256"), "pin the text with exactly one of sha256 (one file) or "
+                             "checksums + checksums_sha256 (files under a folder or URL prefix)"))
+        elif listed and not (ds.get("checksums") and ds.get("checksums_sha256")):
+            missing = "checksums_sha256" if ds.get("checksums") else "checksums"
+            problems.append((("data", "dataset", missing), f"a checksum list needs both checksums and checksums_sha256; "
+                             f"set {missing}"))
+        if ds.get("sha256") and "://" in ds["path"]:
+            problems.append((("data", "dataset", "path"), "a URL prefix is pinned by a checksum list (checksums + "
+                             "checksums_sha256), not sha256"))
+        return problems
+    lm_keys = [k for k in ("sequence_length", "tokenizer", "encoding_errors") if k in ds]
+    if name not in catalog.TEXT_COLUMN_SOURCES:
+        return problems
+    if ds.get("text"):
+        if not ds.get("sequence_length"):
+            problems.append((("data", "dataset", "sequence_length"), "a text column needs sequence_length (tokens per "
+                             "training sequence)"))
+        for key in ("label", "features", "feature_prefix", "num_classes", "split_column"):
+            if key in ds:
+                problems.append((("data", "dataset", key), f"{key} does not apply to a text column (language modelling); "
+                                 "remove it"))
+    else:
+        for key in lm_keys:
+            problems.append((("data", "dataset", key), f"{key} applies to language modelling only: set text: <column>"))
+        if name == "parquet" and not ds.get("label"):
+            problems.append((("data", "dataset", "label"), "parquet needs label (the target column), or text: <column> "
+                             "for language modelling"))
+    return problems
+
+
 def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
     """Checks of a streaming source that read the checksum list (small, in the repository), never the data."""
     problems: list[tuple[tuple, str]] = []
     if "checksums_sha256" not in ds:
         return problems
-    if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
+    if ds["name"] == "parquet" and not ds.get("text") and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
         problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
-    if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):
+    if (ds["name"] == "array_record" and not ds.get("text") and ds.get("task", "classification") == "classification"
+            and not ds.get("num_classes")):
         problems.append((("data", "dataset", "num_classes"), "array_record classification needs num_classes"))
     if tree is None:
         return problems
