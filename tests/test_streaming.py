@@ -504,6 +504,9 @@ def test_remainder_is_stated_only_where_it_can_be_honoured(tmp_path: Path, monke
     (tmp_path / "models" / "tab" / "model.yaml").write_text("architecture: resnet\n")
     done = _cli(["validate", "models/tab"], tmp_path, monkeypatch)
     assert done.exit_code == 1 and "data.dataset.remainder: pad puts weight-0 rows into BatchNorm" in done.output, done.output
+    # packed text rows (language modelling) always drop: pad is refused there too
+    with pytest.raises(GitopsError, match="remainder: pad is for record datasets"):
+        config.load("stdlib-lm", REPO, ["data.dataset.remainder=pad"])
     # in-memory sources draw their batches on the device and always drop the remainder: the key is refused
     data_yaml.write_text("dataset:\n  name: iris\n  remainder: pad\n")
     (tmp_path / "models" / "tab" / "model.yaml").write_text("architecture: mlp\n")
