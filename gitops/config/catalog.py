@@ -11,15 +11,16 @@ validation uses them without importing jax, and training imports an implementati
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, TypeVar
 
 from gitops.config.jsonschema_tools import boolean, enum, int_list, integer, number
 from gitops.config.plugins import Found
 from gitops.config.registries import Registry
+from gitops.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     """A registered name: what it is for and the schema of its parameters (`properties`)."""
 
@@ -30,7 +31,7 @@ class Entry:
     info: dict[str, Any] = field(default_factory=dict)  # facts used by semantic checks
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Metric:
     """A metric models compute, as `split/name` in histories and metrics.json.
 
