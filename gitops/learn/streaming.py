@@ -96,12 +96,15 @@ class StreamingDataset:
             order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
             ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
             ds = ds[process_index::process_count].map(Lookup(self.source))
-        else:
-            ds = grain.MapDataset.source(Subset(self.source, self.train.indexes)).shuffle(seed=seed)
-            ds = ds[: per_epoch][process_index::process_count]
-        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
-        ds = ds.batch(local, drop_remainder=True)
-        return ds if self.block_starts is not None else ds.repeat(None)
+            ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
+            return ds.batch(local, drop_remainder=True)
+        # batch first, then read: Grain batches the shuffled positions, and one `ReadBatch` per batch reads
+        # and decodes its records together (`sources.read_batch`: vectorised for ArrayRecord) and scales
+        # them in one operation; the same batches, bit for bit, as reading and scaling record by record
+        ds = grain.MapDataset.range(len(self.train)).shuffle(seed=seed)
+        ds = ds[: per_epoch][process_index::process_count].batch(local, drop_remainder=True, batch_fn=np.asarray)
+        ds = ds.map(ReadBatch(self.source, self.train.indexes, self.preprocessing.shift, self.preprocessing.divisor))
+        return ds.repeat(None)
 
     def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
         """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
@@ -184,6 +187,17 @@ class Subset:
         return self.source[int(self.indexes[int(i)])]
 
 
+class ReadBatch:
+    """Positions in a split -> the scaled batch `(x, y)` of their records (`sources.read_batch`, then `Scale`)."""
+
+    def __init__(self, source: Any, indexes: np.ndarray, shift: list[float] | None, divisor: list[float] | None):
+        self.source, self.indexes = source, np.asarray(indexes, np.int64)
+        self.scale = Scale(shift, divisor)
+
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.scale(sources.read_batch(self.source, self.indexes[np.asarray(positions, np.int64)]))
+
+
 class Lookup:
     """record index -> record of `source` (for index streams built with `map_with_index`)."""
 
@@ -195,7 +209,11 @@ class Lookup:
 
 
 class Scale:
-    """(x, y) -> (float32 (x - shift) / divisor, y): the fitted preprocessing, per example."""
+    """(x, y) -> (float32 (x - shift) / divisor, y): the fitted preprocessing, of one example or of a batch.
+
+    `shift` and `divisor` have one value per input element; a batch `(n, *shape)` is scaled with the
+    same float32 operations, element by element, as each of its examples alone (same bits).
+    """
 
     def __init__(self, shift: list[float] | None, divisor: list[float] | None):
         self.shift = None if shift is None else np.asarray(shift, np.float32)
@@ -205,7 +223,8 @@ class Scale:
         x, y = record
         x = np.asarray(x, np.float32)
         if self.shift is not None:
-            x = ((x.reshape(-1) - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
+            flat = x.reshape(-1) if x.size == self.shift.size else x.reshape(-1, self.shift.size)
+            x = ((flat - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
         return x, y
 
 
@@ -499,25 +518,42 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
                             block_starts=block_starts, skipped=skipped)
 
 
+class _Failure:
+    """An exception raised in the read-ahead thread, handed to the consumer to raise."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
 class Feed:
     """The training batches of one run: a Grain iterator whose state goes into every checkpoint.
 
-    `next()` returns this process's (x, y) of the next global batch. `state()` is what a checkpoint
-    keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
+    `next()` returns this process's (x, y) of the next global batch, passed through `place` (for
+    training: onto the device, `jax.device_put` or the mesh's `make_array_from_process_local_data`).
+    With `ahead > 0` a read-ahead thread takes batches from Grain and places them while the step runs,
+    keeping up to `ahead` placed batches ready (the pattern of flax's `prefetch_to_device`); the Grain
+    iterator's state is noted with each batch, so `state()` describes the batches handed out, not
+    those read ahead. `state()` is what a checkpoint keeps:
+    `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
     `restore(state)` makes the next `next()` continue from there: through Grain's `set_state` when the
     worker count is the same, else (workers are not part of the fingerprint, so a resume may change
     them) by starting the random-access pipeline at that batch, which yields the same batches.
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, workers: int | None = None):
+                 process_count: int = 1, workers: int | None = None, place: Any = None, ahead: int = 2):
         self.dataset = dataset
         self.pipeline = dataset.train_dataset(batch_size, seed, process_index, process_count)
         self.workers = dataset.workers if workers is None else workers
+        self.place, self.ahead = place, int(ahead)
         self._it: Any = None
         self._pending: Mapping | None = None
         self._start = 0  # batch the current iterator started at
         self.taken = 0  # batches handed out since the start of training
+        self._thread: threading.Thread | None = None
+        self._queue: Any = None
+        self._stop = threading.Event()
+        self._grain_state: Any = None  # the iterator's state after the last batch handed out (read-ahead mode)
 
     def restore(self, state: Mapping | None) -> None:
         """Continue from a checkpoint's `state()` (None: from the first batch); closes the current iterator.
@@ -541,15 +577,52 @@ class Feed:
                 self._it = self.dataset.iterator(pipeline, workers=self.workers)
         return self._it
 
-    def next(self) -> tuple[np.ndarray, np.ndarray]:
-        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape).
+    def _read_ahead(self, it: Any, out: Any, stop: threading.Event) -> None:
+        """The read-ahead thread: (placed batch, the iterator's state after it) into `out` until `stop`."""
+        import queue
+
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            while not stop.is_set():
+                batch = next(it)
+                noted = None if self._start else it.get_state()
+                put((self.place(*batch) if self.place is not None else batch, noted))
+        except BaseException as exc:  # noqa: BLE001 - handed to next(), which raises it in the training thread
+            if not stop.is_set():
+                put((_Failure(exc), None))
+
+    def next(self) -> tuple[Any, Any]:
+        """This process's next training batch: (x, y), x (batch_size // process_count, *input_shape), placed.
 
         Raises GitopsError naming the bad file when a record cannot be read (Grain wraps worker errors;
         `record_error` unwraps them).
         """
         it = self._iterator()
         try:
-            batch = next(it)
+            if self.ahead <= 0:
+                batch = next(it)
+                batch = self.place(*batch) if self.place is not None else batch
+            else:
+                if self._thread is None:
+                    import queue
+
+                    self._grain_state = None if self._start else it.get_state()
+                    self._stop = threading.Event()
+                    self._queue = queue.Queue(maxsize=self.ahead)
+                    self._thread = threading.Thread(target=self._read_ahead, args=(it, self._queue, self._stop),
+                                                    name="gitops-feed-read-ahead", daemon=True)
+                    self._thread.start()
+                batch, noted = self._queue.get()
+                if isinstance(batch, _Failure):
+                    raise batch.exc
+                self._grain_state = noted
         except GitopsError:
             raise
         except Exception as exc:  # noqa: BLE001 - Grain re-raises worker errors wrapped
@@ -565,10 +638,21 @@ class Feed:
             self._iterator()
         if self._start:  # an iterator started mid-stream: its own state counts from there
             return {"grain": None, "workers": -1, "batches": self.taken}
-        return {"grain": self._it.get_state(), "workers": self.workers, "batches": self.taken}
+        grain = self._grain_state if self._thread is not None else self._it.get_state()
+        return {"grain": grain, "workers": self.workers, "batches": self.taken}
 
     def close(self) -> None:
-        """Stop the iterator and its worker processes (best effort; safe to call twice)."""
+        """Stop the read-ahead thread, the iterator and its worker processes (best effort; safe to call twice)."""
+        import queue
+
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            while True:  # unblock a producer waiting for room
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
         it, self._it = self._it, None
         close = getattr(it, "close", None)
         if close is not None:
@@ -576,3 +660,5 @@ class Feed:
                 close()
             except Exception:  # noqa: BLE001, S110 - closing worker processes is best effort
                 pass
+        if thread is not None:
+            thread.join(timeout=5)
