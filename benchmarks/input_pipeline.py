@@ -151,8 +151,9 @@ def _interleaved(ours, reference, steps: int, warm: int, rounds: int) -> tuple[f
     Each round first runs `warm` untimed steps (the input pipeline's buffers reach their steady state,
     so a buffer filled while the other model ran gives no free batches), then times `steps` steps.
     """
-    for stepper in (ours, reference):  # compiles every chunk length, starts the workers
-        stepper.run(max(warm, 2 * stepper.session.chunk))
+    for stepper in (ours, reference):  # compiles every chunk length a round runs, starts the workers
+        stepper.run(warm)
+        stepper.run(steps)
     mine, theirs = [], []
     for _ in range(rounds):
         for stepper, rates in ((ours, mine), (reference, theirs)):
@@ -198,7 +199,7 @@ def feed(quick: bool, workers: int) -> None:
             streamed = _session(repo, f"ar{key}", {"name": "array_record", **_pin(repo, f"ar{key}"), "input_shape": [width],
                                                     "num_classes": 10, "workers": workers, "prefetch": prefetch},
                                 batch, hidden, total)
-            warm = 2 * prefetch * max(1, workers) + 2
+            warm = 1 if quick else 2 * prefetch * max(1, workers) + 2  # batches the pipeline can hold, and some
             a, b, ratios = _interleaved(_Stepper(streamed), _Stepper(memory_session), steps, warm, rounds)
             streamed.feed.close()
             goal = "  (goal >= 0.9)" if "compute" in label else "  (no goal)"
@@ -221,7 +222,7 @@ def decode(quick: bool, workers: int) -> None:
         f.next()  # workers started
     for _ in range(rounds):
         for n, f in feeds.items():
-            for _ in range(2 * n * ds.prefetch):  # drain what filled while the other feed was timed
+            for _ in range(0 if quick else 2 * n * ds.prefetch):  # drain what filled while the other feed was timed
                 f.next()
             t0 = time.perf_counter()
             for _ in range(batches):

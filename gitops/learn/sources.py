@@ -285,10 +285,16 @@ class ArrayRecordSource:
             with self._lock:
                 reader = self._readers[f]
                 if reader is None:
+                    problem = None
                     try:  # random access: no read-ahead (the options grain.sources.ArrayRecordDataSource uses)
                         reader = ArrayRecordReader(self.files[f], "readahead_buffer_size:0", file_reader_buffer_size=32768)
+                        if not reader.ok():  # a broken file opens "not ok"; closing it raises the reason
+                            problem = "unreadable"
+                            reader.close()
                     except Exception as exc:  # noqa: BLE001 - array_record raises plain RuntimeErrors
-                        raise RecordError(f"{self.files[f]}: not an ArrayRecord file ({exc})") from None
+                        problem = str(exc)
+                    if problem is not None:
+                        raise RecordError(f"{self.files[f]}: not an ArrayRecord file ({problem})")
                     self._readers[f] = reader
         return reader
 

@@ -126,8 +126,9 @@ class StreamingDataset:
         part = getattr(self, split)
         if not len(part):
             return
-        ds = grain.MapDataset.source(Subset(self.source, np.sort(part.indexes)))
-        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor)).batch(batch)
+        indexes = np.sort(part.indexes)
+        ds = grain.MapDataset.range(len(indexes)).batch(batch, batch_fn=np.asarray)  # batch first, then read
+        ds = ds.map(ReadBatch(self.source, indexes, self.preprocessing.shift, self.preprocessing.divisor))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                                   prefetch_buffer_size=2))
         for x, y in _reraise(iter(it)):
@@ -172,19 +173,6 @@ def record_error(exc: BaseException) -> GitopsError:
 
 
 # --- picklable pieces of the pipeline (Grain workers rebuild them) --------------------------------------
-
-
-class Subset:
-    """The records `indexes` of `source`, as a random-access source."""
-
-    def __init__(self, source: Any, indexes: np.ndarray):
-        self.source, self.indexes = source, np.asarray(indexes, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indexes)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.source[int(self.indexes[int(i)])]
 
 
 class ReadBatch:
@@ -436,7 +424,7 @@ def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int)
                     yield x[rows], y[rows]
         stream: Iterator = batches()
     else:
-        ds = grain.MapDataset.source(Subset(source, indexes)).batch(256)
+        ds = grain.MapDataset.range(len(indexes)).batch(256, batch_fn=np.asarray).map(ReadBatch(source, indexes, None, None))
         stream = _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                                                     prefetch_buffer_size=2))))
     count, total, squares, low, high, shape = 0, None, None, None, None, None
