@@ -175,8 +175,8 @@ def feed(quick: bool, workers: int) -> None:
         os.environ["GITOPS_DATA_CACHE"] = str(repo / ".cache")
         for label, n, width, batch, hidden, steps, rounds in (
             ("compute-bound 784-1024-1024-10, batch 1024", 2048 if quick else 20_480, 784, 1024, [1024, 1024],
-             2 if quick else 30, 1 if quick else 5),
-            ("tiny 64-128-10, batch 128", 1024 if quick else 8192, 64, 128, [128], 10 if quick else 500, 1 if quick else 5),
+             2 if quick else 10, 1 if quick else 15),
+            ("tiny 64-128-10, batch 128", 1024 if quick else 8192, 64, 128, [128], 10 if quick else 300, 1 if quick else 9),
         ):
             rng = np.random.default_rng(0)
             x = rng.random((n, width), dtype=np.float32)

@@ -164,3 +164,34 @@ def test_read_ahead_raises_a_record_error_in_the_training_thread_and_close_stops
     feed.close()
     assert not thread.is_alive()
     assert threading.active_count() >= 1
+
+
+# --- the order: Grain's global shuffle and per-process shards, a batch at a time ---------------------------
+
+
+def test_index_shuffle_is_grain_index_shuffle_for_whole_arrays() -> None:
+    from grain.experimental import index_shuffle as grain_index_shuffle
+
+    from gitops.learn.index_shuffle import index_shuffle
+
+    rng = np.random.default_rng(0)
+    # small blocks (the table path), block edges, a power of two (where Grain's block is one bit short), large
+    for n in (1, 2, 5, 1000, 65536, 65537, 131073, 1 << 20, (1 << 20) + 3, 5_000_011):
+        for seed in (0, 7, 2**32 - 1):
+            idx = np.arange(n) if n <= 1000 else rng.integers(0, n, 300)
+            want = [grain_index_shuffle(int(i), max_index=n - 1, seed=seed, rounds=4) for i in idx]
+            assert index_shuffle(idx, n - 1, seed).tolist() == want, (n, seed)
+    assert sorted(index_shuffle(np.arange(1000), 999, 3).tolist()) == list(range(1000))
+
+
+@pytest.mark.parametrize(("n", "batch", "processes"), [(30, 4, 1), (61, 6, 2), (40, 8, 4)])
+def test_batches_follow_grain_shuffle_and_process_shards_over_epochs(n: int, batch: int, processes: int) -> None:
+    import grain
+
+    kept = (n // batch) * batch
+    for index in range(processes):
+        reference = grain.MapDataset.range(n).shuffle(seed=11)[:kept][index::processes]
+        reference = reference.batch(batch // processes, drop_remainder=True).repeat(None)
+        positions = streaming.ShuffledBatch(n, 11, kept, batch // processes, index, processes)
+        for b in range(3 * (n // batch) + 1):  # three epochs and one more batch
+            assert positions(b).tolist() == np.asarray(reference[b]).tolist(), (index, b)

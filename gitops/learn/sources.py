@@ -286,8 +286,10 @@ class ArrayRecordSource:
                 reader = self._readers[f]
                 if reader is None:
                     problem = None
-                    try:  # random access: no read-ahead (the options grain.sources.ArrayRecordDataSource uses)
-                        reader = ArrayRecordReader(self.files[f], "readahead_buffer_size:0", file_reader_buffer_size=32768)
+                    try:  # random access, no read-ahead (as grain.sources.ArrayRecordDataSource); one thread per
+                        # read: Grain's reader threads (or workers) read batches side by side
+                        reader = ArrayRecordReader(self.files[f], "readahead_buffer_size:0,max_parallelism:1",
+                                                    file_reader_buffer_size=32768)
                         if not reader.ok():  # a broken file opens "not ok"; closing it raises the reason
                             problem = "unreadable"
                             reader.close()

@@ -92,19 +92,22 @@ class StreamingDataset:
             raise GitopsError(f"batch size {batch_size} does not split over {process_count} processes")
         local = batch_size // process_count
         per_epoch = (len(self.train) // batch_size) * batch_size
+        if not per_epoch:
+            raise GitopsError(f"batch size {batch_size} is larger than the training split ({len(self.train)} records)")
         if self.block_starts is not None:  # parquet: row groups in a seeded order, rows shuffled inside
             order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
             ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
             ds = ds[process_index::process_count].map(Lookup(self.source))
             ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
             return ds.batch(local, drop_remainder=True)
-        # batch first, then read: Grain batches the shuffled positions, and one `ReadBatch` per batch reads
-        # and decodes its records together (`sources.read_batch`: vectorised for ArrayRecord) and scales
-        # them in one operation; the same batches, bit for bit, as reading and scaling record by record
-        ds = grain.MapDataset.range(len(self.train)).shuffle(seed=seed)
-        ds = ds[: per_epoch][process_index::process_count].batch(local, drop_remainder=True, batch_fn=np.asarray)
-        ds = ds.map(ReadBatch(self.source, self.train.indexes, self.preprocessing.shift, self.preprocessing.divisor))
-        return ds.repeat(None)
+        # batch first, then read: each batch's positions at once (`ShuffledBatch`: the order of Grain's
+        # `MapDataset.range(n).shuffle(seed)[:per_epoch][process_index::process_count].batch(local)`), then
+        # one `ReadBatch` reads and decodes its records together (`sources.read_batch`: vectorised for
+        # ArrayRecord) and scales them in one operation; the same batches, bit for bit, as Grain's
+        # record-by-record pipeline, without its per-record Python calls
+        positions = ShuffledBatch(len(self.train), seed, per_epoch, local, process_index, process_count)
+        ds = grain.MapDataset.range(positions.per_epoch).repeat(None).map_with_index(positions)
+        return ds.map(ReadBatch(self.source, self.train.indexes, self.preprocessing.shift, self.preprocessing.divisor))
 
     def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
         """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
@@ -173,6 +176,29 @@ def record_error(exc: BaseException) -> GitopsError:
 
 
 # --- picklable pieces of the pipeline (Grain workers rebuild them) --------------------------------------
+
+
+class ShuffledBatch:
+    """Batch number -> positions in the split of its records: Grain's global shuffle, a batch at a time.
+
+    Batch `b` of epoch `e = b // per_epoch` holds, for this process, elements `process_index + r *
+    process_count` (`r` over the batch's `local` rows) of Grain's shuffle of `n` positions with seed
+    `seed + e` (`gitops.learn.index_shuffle`, the permutation `MapDataset.shuffle` uses): the batches of
+    `MapDataset.range(n).shuffle(seed)[:kept][process_index::process_count].batch(local,
+    drop_remainder=True).repeat(None)`, computed with array operations.
+    """
+
+    def __init__(self, n: int, seed: int, kept: int, local: int, process_index: int, process_count: int):
+        self.n, self.seed, self.local = int(n), int(seed), int(local)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.per_epoch = len(range(process_index, kept, process_count)) // self.local
+
+    def __call__(self, batch: int, _element: Any = None) -> np.ndarray:
+        from gitops.learn.index_shuffle import index_shuffle
+
+        epoch, within = divmod(int(batch), self.per_epoch)
+        rows = within * self.local + np.arange(self.local, dtype=np.int64)
+        return index_shuffle(self.process_index + rows * self.process_count, self.n - 1, (self.seed + epoch) % 2**32)
 
 
 class ReadBatch:
