@@ -6,12 +6,17 @@ Every figure is a ratio of two measurements made in this same run:
    table 10x smaller (784 float32 columns, same model, same steps). Goal: <= 1.2 (memory does not
    grow with the dataset; only the record-index arrays do, 8 bytes per row);
 2. feed: training steps/s of a compute-bound MLP (784-1024-1024-10, batch 1024) fed from ArrayRecord
-   files on disk through the pipeline (`--workers` decode processes) over the same model fed from
-   memory (the split on the device). Goal: >= 0.9. Also printed, without a goal: the same ratio for a
-   tiny MLP (64-128-10, batch 128), whose steps are far cheaper than reading a batch;
-3. decode: image-folder examples/s with N worker processes over one worker (models/shapes-cnn's PNGs).
+   files on disk (np.savez records, the writer's default zstd) through the pipeline (`--workers`
+   decode processes; 0, the default: reader threads in the training process, which on 2 cores leaves
+   the most CPU to XLA) over the same model fed from memory (the split on the device). Rounds of the
+   two alternate; each round first runs untimed steps so the pipeline's buffers are in their steady
+   state; printed: the median steps/s of each, the median of the per-round ratios and their spread.
+   Goal: >= 0.9. Also printed, without a goal: the same ratio for a tiny MLP (64-128-10, batch 128),
+   whose steps are far cheaper than reading a batch;
+3. decode: image-folder examples/s with N worker processes over N x one worker (models/shapes-cnn's
+   PNGs; 1.0 is perfect scaling), in alternating rounds.
 
-    .venv/bin/python benchmarks/input_pipeline.py [--quick] [--workers N]
+    .venv/bin/python benchmarks/input_pipeline.py [--quick] [--workers N] [--decode-workers N] [--only PART]
 
 `--quick` (the test suite's smoke run) uses 1 MB / 5 MB tables and a few steps: it checks that the
 benchmark runs and prints its figures, not the goals.

@@ -9,7 +9,10 @@ rebuild them, and open files lazily in each worker. None of them reads a whole d
   groups kept per worker; the index order `block_order` visits row groups in a shuffled order and
   rows shuffled inside each group, so a shuffled epoch reads every row group once;
 - `ArrayRecordSource`: records of ArrayRecord files (Grain's native format), each an `.npz`
-  (arrays `x_key`, `y_key`) as written by `numpy.savez`.
+  (arrays `x_key`, `y_key`) as written by `numpy.savez`; `read_batch` reads and decodes a whole batch
+  at once (`NpzLayout`).
+
+`read_batch(source, indexes)` is how the pipeline reads: a batch of records, stacked.
 
 Errors name the file: `RecordError` (a `GitopsError`, exit 1).
 """

@@ -13,13 +13,16 @@ records from files while training, so memory does not grow with the dataset:
    record indexes with the same function as the in-memory sources (`preprocessing.split_indexes`).
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
    sample of `stats_sample` records), saved as `preprocessing.json` like every run.
-4. *The pipeline* (`train_dataset`): a Grain `MapDataset`: global shuffle by the data seed (re-shuffled
-   every epoch), per-process shard `[process_index::process_count]`, decode + scale in `map`,
-   `batch(drop_remainder=True)`, `repeat`; read through `mp_prefetch` worker processes (`workers`) or
-   threads. Parquet visits row groups in a seeded order with rows shuffled inside each group
-   (`BlockOrder`), so an epoch reads each row group once. The iterator's state (`get_state()`) is
-   saved in each checkpoint's `meta` item; `--resume` sets it back, so the batches after a resume
-   are those of an uninterrupted run.
+4. *The pipeline* (`train_dataset`): a Grain `MapDataset` of whole batches: the order of Grain's global
+   shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`
+   and `batch(drop_remainder=True)`, computed a batch at a time (`ShuffledBatch`,
+   `gitops.learn.index_shuffle`), then one `ReadBatch` map reads, decodes and scales the batch's records
+   together (ArrayRecord: one read per file and one view per array for the whole batch); read through
+   `mp_prefetch` worker processes (`workers`) or reader threads. Parquet visits row groups in a seeded
+   order with rows shuffled inside each group (`BlockOrder`), so an epoch reads each row group once.
+   `Feed` reads ahead in a thread that also places the next batches on the device while the step runs.
+   The iterator's state (`get_state()`) after the last batch handed out is saved in each checkpoint's
+   `meta` item; `--resume` sets it back, so the batches after a resume are those of an uninterrupted run.
 
 Errors name the file and exit 1 (`GitopsError`); `skip_bad: true` drops undecodable images instead and
 the count goes to `manifest.json` (`data.skipped`).
