@@ -23,5 +23,5 @@ run=$(ls -d /tmp/gpuruns/digits-mlp/*/ | head -1)
 grep -rhoa '"device[^}]*' "$run/checkpoints" 2>/dev/null | sort | uniq -c | head -20 > "$OUT/sharding.txt"
 grep -rla 'cuda' "$run/checkpoints" >> "$OUT/sharding.txt" 2>/dev/null || echo "no file in checkpoints/ names a cuda device" >> "$OUT/sharding.txt"
 tar czf "$OUT/gpu_run.tgz" -C "$(dirname "$run")" "$(basename "$run")"
-timeout 240 python3 benchmarks/lm_step.py --size gpu 2>&1 | tail -8 | tee "$OUT/lm_step.txt"
+timeout 360 python3 benchmarks/lm_step.py --size gpu 2>&1 | tail -12 | tee "$OUT/lm_step.txt"
 timeout 120 python3 benchmarks/train_overhead.py --quick 2>&1 | tail -8 | tee "$OUT/train_overhead.txt"

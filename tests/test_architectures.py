@@ -66,6 +66,37 @@ def test_bfloat16_compute_keeps_float32_params() -> None:
     assert model(jnp.ones((2, 4))).dtype == jnp.float32
 
 
+@pytest.mark.parametrize("name", ["decoder", "transformer"])
+def test_bfloat16_token_embeddings_sum_their_gradient_in_float32(name: str) -> None:
+    # 1000 uses of one token: a bf16 sum of their gradients stalls far below 1000 (8-bit mantissa)
+    model = build_model(name, {"num_layers": 1, "embed_dim": 16, "num_heads": 2, "mlp_dim": 16}, input_shape=(1000,),
+                        num_outputs=16, rngs=nnx.Rngs(params=0), dtype=jnp.bfloat16)
+    tokens = jnp.full((1, 1000), 7.0)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def rows_sum(params):
+        from gitops.learn.architectures.base import embed_tokens
+
+        embed = nnx.merge(graphdef, params, rest).embed
+        return jnp.sum(embed_tokens(embed, tokens.astype(jnp.int32)).astype(jnp.float32))
+
+    grad = jax.grad(rows_sum)(params)["embed"]["embedding"][...]
+    assert grad.dtype == jnp.float32 and np.all(np.asarray(grad[7]) == 1000.0) and not np.any(np.asarray(grad[8]))
+
+
+def test_accuracy_is_a_hit_exactly_where_argmax_is_the_label() -> None:
+    from gitops.learn import metrics
+
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 3, (64, 5, 6)).astype(np.float32)  # many ties: argmax takes the first
+    scores[rng.random(scores.shape) < 0.1] = np.nan  # NaN counts as the largest, as in jnp.argmax
+    scores[rng.random(scores.shape) < 0.05] = np.inf
+    labels = rng.integers(0, 6, (64, 5))
+    sums = metrics.batch_sums(["loss", "accuracy"], jnp.zeros(64), jnp.asarray(scores), jnp.asarray(labels), jnp.ones(64))
+    expected = (np.asarray(jnp.argmax(jnp.asarray(scores), axis=-1)) == labels).mean()
+    assert float(sums["accuracy"][0]) / 64 == pytest.approx(expected, abs=1e-6)
+
+
 def test_resnet_batch_statistics_update_only_in_train_mode_and_are_not_params() -> None:
     model = build_model("resnet", defaults("resnet"), input_shape=(8, 8, 1), num_outputs=10, rngs=nnx.Rngs(params=0))
     stats = nnx.state(model, nnx.BatchStat)

@@ -107,9 +107,14 @@ def test_a_tag_without_assets_is_repaired_or_named(repo, tmp_path):
         result = runner.invoke(app, command)
         assert result.exit_code == 1, result.output
         assert "gitops release wine-mlp --repair v1.0.0" in result.output
-    # --repair from a given run that matches re-publishes it
-    result = runner.invoke(app, ["release", "wine-mlp", "--repair", "v1.0.0", "--run", str(tmp_path / "kept-run")])
+    # --repair from a given run that matches re-publishes it, and --dist keeps the re-published bytes
+    result = runner.invoke(app, ["release", "wine-mlp", "--repair", "v1.0.0", "--run", str(tmp_path / "kept-run"),
+                                 "--dist", str(tmp_path / "dist")])
     assert result.exit_code == 0 and "repaired" in result.output, result.output
+    kept = sorted(p.name for p in (tmp_path / "dist").iterdir())
+    assert kept == ["SHA256SUMS", "wine-mlp-v1.0.0.tar.gz"]
+    for name in kept:
+        assert (tmp_path / "dist" / name).read_bytes() == (folder / name).read_bytes()
     assert runner.invoke(app, ["release", "wine-mlp", "--repair", "v1.0.0"]).output.startswith("nothing to repair")
 
     # a run that can't give the same bytes (another retrain): the empty version is retired, HEAD gets a new number

@@ -121,6 +121,15 @@ def test_predict_input_formats_and_output_shape(tmp_path):
     (tmp_path / "f.txt").write_text("1")
     with pytest.raises(UsageError, match="unknown input format"):
         predict.read_inputs(tmp_path / "f.txt")
+    # non-finite inputs are refused in every format, as the server refuses them (400)
+    (tmp_path / "nan.json").write_text('[[0, 1, NaN]]')
+    (tmp_path / "big.json").write_text('[[0, 1e400, 2]]')  # json reads inf without a NaN/Infinity literal
+    (tmp_path / "inf.csv").write_text("0,1,2\n3,inf,5\n")
+    np.save(tmp_path / "f64.npy", np.array([[0.0, 1e300, 2.0]]))  # finite in float64, inf in float32
+    for name, index in (("nan.json", None), ("big.json", "[0, 1]"), ("inf.csv", "[1, 1]"), ("f64.npy", "[0, 1]")):
+        with pytest.raises(UsageError, match="non-finite") as caught:
+            predict.read_inputs(tmp_path / name)
+        assert index is None or index in str(caught.value)
 
     class Stub:
         def predict(self, inputs):

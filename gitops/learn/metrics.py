@@ -77,6 +77,23 @@ def _topk_hit(outputs: jnp.ndarray, labels: jnp.ndarray, k: int) -> jnp.ndarray:
     return (jnp.sum(outputs > true_score, axis=-1) < k).astype(jnp.float32)
 
 
+def _argmax_hit(outputs: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """`argmax(outputs, -1) == labels` as float32, computed without an argmax.
+
+    The label is the argmax when no class scores higher and no earlier class ties with it (argmax
+    takes the first maximum), or, when NaNs are present, when it is the first NaN (as `jnp.argmax`).
+    One compare-and-reduce pass over the scores instead of XLA's (value, index) reduction, which on CPU
+    cost several times the whole cross-entropy with its gradient over a language model's
+    (batch, length, vocab) logits.
+    """
+    true_score = jnp.take_along_axis(outputs, labels[..., None], axis=-1)
+    earlier = jnp.arange(outputs.shape[-1]) < labels[..., None]
+    nan = jnp.isnan(outputs)
+    beaten = jnp.where(jnp.isnan(true_score), nan & earlier,
+                       nan | (outputs > true_score) | ((outputs == true_score) & earlier))
+    return (~jnp.any(beaten, axis=-1)).astype(jnp.float32)
+
+
 def _per_example(values: jnp.ndarray) -> jnp.ndarray:
     """Mean over every axis but the first: a sequence's positions count as one example."""
     return jnp.mean(values, axis=tuple(range(1, values.ndim))) if values.ndim > 1 else values
@@ -95,7 +112,7 @@ def batch_sums(
     values: dict[str, jnp.ndarray] = {"loss": per_example_loss}
     special: dict[str, tuple[jnp.ndarray, jnp.ndarray]] = {}
     if "accuracy" in names:
-        values["accuracy"] = _per_example((jnp.argmax(outputs, axis=-1) == labels).astype(jnp.float32))
+        values["accuracy"] = _per_example(_argmax_hit(outputs, labels))
     if "perplexity" in names:
         values["perplexity"] = per_example_loss
     if "bits_per_byte" in names:

@@ -4,9 +4,10 @@ Speed on small models comes from three choices (see FACTS.md and benchmarks/trai
 the (model, optimizer) graph is split once outside the loop and the jitted functions take and return
 the plain `nnx.State` (merging inside the trace costs nothing at run time); several steps run per
 dispatch under `jax.lax.scan`; and the training data lives on the device, each batch a gather by
-indexes that depend on (seed, step) only. Metrics accumulate on device as sums and counts, and the
-first step whose loss or gradient norm is not finite is recorded on device, so the host reads
-anything back only at logging, evaluation and checkpoint boundaries.
+indexes that depend on (seed, step) only; an epoch's shuffle (a sort of the whole training split) is
+computed once per epoch by `make_permutations`, not in every dispatch. Metrics accumulate on device
+as sums and counts, and the first step whose loss or gradient norm is not finite is recorded on
+device, so the host reads anything back only at logging, evaluation and checkpoint boundaries.
 """
 
 from __future__ import annotations
@@ -112,21 +113,38 @@ def train_on_batch(graphdef, spec: StepSpec, state, acc, bad, step, x, y, base_k
     return state, acc, bad
 
 
-def make_train_chunk(graphdef, spec: StepSpec, out_shardings: Any = None) -> Callable:
-    """`run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, length=K)`: K steps in one dispatch.
+def make_permutations(spec: StepSpec, out_sharding: Any = None) -> Callable:
+    """`perms(data_key, first_epoch, count=C)`: the shuffles of epochs first_epoch .. first_epoch+C-1, (C, n_train) int32.
 
-    The epoch permutations the chunk needs are computed once per chunk; state, metric sums and the
-    divergence flag are donated so XLA updates them in place. `out_shardings` (state, acc, bad) pins
-    where results live on a mesh, so a donated state keeps its sharding from chunk to chunk.
+    Jitted on its own so a run computes each epoch's permutation once (the Session keeps the last one)
+    instead of sorting the whole training split again in every dispatch: with one step per dispatch
+    (every architecture but the MLP) that sort cost a few percent of a small language model's step and
+    grows with the data. `out_sharding` replicates the result over a mesh.
+    """
+    pinned = {} if out_sharding is None else {"out_shardings": out_sharding}
+
+    @partial(jax.jit, static_argnames=("count",), **pinned)
+    def perms(data_key, first_epoch, *, count: int):
+        return data_lib.epoch_permutations(data_key, first_epoch, count, spec.n_train)
+
+    return perms
+
+
+def make_train_chunk(graphdef, spec: StepSpec, out_shardings: Any = None) -> Callable:
+    """`run(state, acc, bad, start, x_all, y_all, perms, base_key, reset, length=K)`: K steps in one dispatch.
+
+    `perms` are the permutations of the epochs from `start // steps_per_epoch` on, at least
+    `spec.epochs_spanned(K)` of them (from `make_permutations`); state, metric sums and the divergence
+    flag are donated so XLA updates them in place. `out_shardings` (state, acc, bad) pins where
+    results live on a mesh, so a donated state keeps its sharding from chunk to chunk.
     """
     pinned = {} if out_shardings is None else {"out_shardings": out_shardings}
 
     @partial(jax.jit, static_argnames=("length",), donate_argnums=(0, 1, 2), **pinned)
-    def run(state, acc, bad, start, x_all, y_all, data_key, base_key, reset, *, length: int):
+    def run(state, acc, bad, start, x_all, y_all, perms, base_key, reset, *, length: int):
         # `reset` zeroes the metric sums on device (after a logging read-back) without another dispatch
         acc = jax.tree.map(lambda a: jnp.where(reset, jnp.zeros_like(a), a), acc)
         first_epoch = start // spec.steps_per_epoch
-        perms = data_lib.epoch_permutations(data_key, first_epoch, spec.epochs_spanned(length), spec.n_train)
 
         def body(carry, step):
             state, acc, bad = carry

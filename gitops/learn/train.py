@@ -197,6 +197,9 @@ class Session:
     feed: Any = None  # gitops.learn.streaming.Feed for a streaming dataset (batches from Grain, not the device)
     batch_fn: Any = None  # steps.make_batch_step, with `feed`
     eval_batch: int = EVAL_BATCH
+    perms_fn: Any = None  # steps.make_permutations: one epoch's shuffle, computed once per epoch
+    _perms: Any = field(default=None, repr=False)
+    _perms_key: tuple | None = field(default=None, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -233,10 +236,25 @@ class Session:
                     self.state, acc, bad, np.int32(step + i), x, y, d["base_key"], np.bool_(reset and i == 0))
             return acc, bad
         self.state, acc, bad = self.chunk_fn(
-            self.state, acc, bad, np.int32(step), d["x_train"], d["y_train"], d["data_key"], d["base_key"],
-            np.bool_(reset), length=length,
+            self.state, acc, bad, np.int32(step), d["x_train"], d["y_train"], self.permutations(step, length),
+            d["base_key"], np.bool_(reset), length=length,
         )
         return acc, bad
+
+    def permutations(self, step: int, length: int) -> Any:
+        """The epoch shuffles a chunk of `length` steps from `step` reads, (epochs, n_train) int32 on device.
+
+        Computed once per (first epoch, count) and kept: every chunk of an epoch reuses them (the values
+        are those the chunk would compute itself, so runs stay bit-identical).
+        """
+        import numpy as np
+
+        key = (step // self.spec.steps_per_epoch, self.spec.epochs_spanned(length))
+        if self._perms_key != key:
+            self._perms = None  # the old epoch's array goes before the new one is made
+            self._perms = self.perms_fn(self.device["data_key"], np.int32(key[0]), count=key[1])
+            self._perms_key = key
+        return self._perms
 
     def evaluate(self, split: str, model_state: Any = None) -> dict[str, float]:
         """Metrics of the current (or given) model state on a split; {} for an empty split."""
@@ -419,6 +437,7 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
         eval_graphdef=eval_graphdef,
         spec=spec,
         chunk_fn=steps.make_train_chunk(graphdef, spec, chunk_out),
+        perms_fn=steps.make_permutations(spec, layout.replicated if layout else None),
         eval_fn=steps.make_eval(eval_graphdef, spec),
         device=device,
         schedule=jax.jit(optim.learning_rate_schedule(train, total)),  # one dispatch per logged learning rate
@@ -819,10 +838,10 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
         fixed = batch  # already placed by the feed
         lower = lambda n: session.batch_fn.lower(  # noqa: E731
             session.state, acc, bad, np.int32(0), *fixed, d["base_key"], np.bool_(False))
-        args = None
     else:
-        args = (session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], d["data_key"], d["base_key"], np.bool_(False))
-        lower = lambda n: session.chunk_fn.lower(*args, length=n)  # noqa: E731
+        lower = lambda n: session.chunk_fn.lower(  # noqa: E731
+            session.state, acc, bad, np.int32(0), d["x_train"], d["y_train"], session.permutations(0, n), d["base_key"],
+            np.bool_(False), length=n)
     t0 = time.perf_counter()
     compiled = lower(length).compile()
     compile_s = time.perf_counter() - t0

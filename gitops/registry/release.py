@@ -302,9 +302,25 @@ def _work_folder(root: Path, model: str) -> Path:
     return scratch.make(parent, "release-")
 
 
+def _keep_in_dist(dist: Path | None, assets: list[Path], archive: Path) -> list[Path]:
+    """Copy a version's assets (and its archive, which an artifact store keeps outside the backend's
+    assets but which the release workflow attests) into `dist`; returns the copies ([] without `dist`)."""
+    if dist is None:
+        return []
+    dist.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for asset in assets + ([archive] if archive not in assets and archive.is_file() else []):
+        shutil.copyfile(asset, dist / asset.name)
+        kept.append(dist / asset.name)
+    return kept
+
+
 def repair(root: Path, backend: Backend, model: str, version: tags.VersionState, *, run: Path | None = None,
-           workdir: Path) -> ReleaseResult:
+           workdir: Path, dist: Path | None = None) -> ReleaseResult:
     """Re-publish the assets of `version` from a run, if the rebuilt archive's sha256 is the tag's.
+
+    `dist`: also copy the re-published assets there (as a new release does), so the release workflow
+    attests the repaired bytes too.
 
     Raises:
         CannotRepair: no run of the tag's training fingerprint, the config at the tag's commit no
@@ -345,7 +361,8 @@ def repair(root: Path, backend: Backend, model: str, version: tags.VersionState,
     with backend.release_lock(model):
         backend.stage_release(tag, version.commit, title, notes, assets)
     location = backend.finalize_release(tag, title, notes)
-    return ReleaseResult(model, version.version, tag, full["bump"], full["reason"], location, assets, run_dir,
+    kept = _keep_in_dist(dist, assets, out_dir / full["archive"])
+    return ReleaseResult(model, version.version, tag, full["bump"], full["reason"], location, kept or assets, run_dir,
                          message=f"repaired {tag}: its assets are published again (sha256 {full['sha256'][:12]} "
                                  f"matches the tag) -> {location}")
 
@@ -356,9 +373,9 @@ def _recomputed_fingerprint(info: runs.RunInfo) -> str:
 
 
 def _repair_or_fail(root: Path, backend: Backend, model: str, version: tags.VersionState, run: Path | None,
-                    workdir: Path, missing: list[str]) -> ReleaseResult:
+                    workdir: Path, missing: list[str], dist: Path | None) -> ReleaseResult:
     try:
-        return repair(root, backend, model, version, run=run, workdir=workdir)
+        return repair(root, backend, model, version, run=run, workdir=workdir, dist=dist)
     except CannotRepair as exc:
         raise GitopsError(
             f"{version.tag} has no {', '.join(missing)} (a release interrupted before this fix) and cannot be "
@@ -417,7 +434,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
         if not missing:
             return ReleaseResult(model, None, target.tag, message=f"nothing to repair: {target.tag} has all its assets")
         try:
-            return repair(root, backend, model, target, run=run, workdir=workdir)
+            return repair(root, backend, model, target, run=run, workdir=workdir, dist=dist)
         except CannotRepair as exc:
             typer_echo(f"{target.tag} cannot be rebuilt identically ({exc.message}); retiring it (deregistered, its "
                        "number is never reused) and releasing HEAD as a new version")
@@ -431,7 +448,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     if latest is not None and latest_meta.get("release_fingerprint") == cfg.release_fingerprint:
         missing = versions.missing_assets(backend, latest.tag, latest_meta)
         if missing:  # a tag made before its assets (an interrupted release of an older gitops)
-            return _repair_or_fail(root, backend, model, latest, run, workdir, missing)
+            return _repair_or_fail(root, backend, model, latest, run, workdir, missing, dist)
         if not backend.is_published(latest.tag):  # killed between its tag and publishing: finish it
             location = backend.finalize_release(latest.tag, f"{model} {latest.version}", latest.message)
             return ReleaseResult(model, latest.version, latest.tag, latest_meta.get("bump"),
@@ -524,13 +541,7 @@ def _release(root: Path, backend: Backend, model: str, *, run: Path | None, bump
     killpoints.reached("release.published")
     if push:
         backend.push_tags([tag])
-    kept = []
-    if dist is not None:
-        dist.mkdir(parents=True, exist_ok=True)
-        archive = out_dir / meta["archive"]  # with an artifact store it is no backend asset, but attested
-        for asset in assets + ([archive] if archive not in assets and archive.is_file() else []):
-            shutil.copyfile(asset, dist / asset.name)
-            kept.append(dist / asset.name)
+    kept = _keep_in_dist(dist, assets, out_dir / meta["archive"])
     final_run = None if run_dir.is_relative_to(workdir) else run_dir
     if sinks:
         from gitops import trackers

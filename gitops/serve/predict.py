@@ -12,8 +12,16 @@ from gitops.errors import UsageError
 MAX_INPUT_BYTES = 512 * 1024**2
 
 
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-finite number {name} (inputs must be finite)")
+
+
 def read_inputs(path: Path, key: str | None = None):
-    """A float32 batch from a file (one example per row / first axis)."""
+    """A float32 batch from a file (one example per row / first axis).
+
+    Raises UsageError for a missing, oversized or unreadable file, and for non-finite values (NaN,
+    Infinity, a number too large for float32) in any format: the same rule as the server's 400.
+    """
     import numpy as np
 
     path = Path(path)
@@ -34,7 +42,7 @@ def read_inputs(path: Path, key: str | None = None):
                     raise UsageError(f"{path}: no array {key!r} (arrays: {', '.join(names)})")
                 array = archive[key or names[0]]
         elif suffix == ".json":
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
             if isinstance(doc, dict):
                 if "instances" not in doc:
                     raise UsageError(f"{path}: expected a list or {{\"instances\": [...]}}")
@@ -59,7 +67,14 @@ def read_inputs(path: Path, key: str | None = None):
         raise UsageError(f"{path}: cannot read inputs: {exc}") from None
     if array.dtype == object:
         raise UsageError(f"{path}: inputs must be numbers")
-    return array.astype(np.float32) if array.dtype.kind == "f" or array.dtype.kind in "iub" else array
+    if array.dtype.kind in "fiub":
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        first = [int(i) for i in np.argwhere(~np.isfinite(array))[0]]
+        raise UsageError(f"{path}: non-finite input at index {first} (NaN, Infinity or beyond float32's range; "
+                         "inputs must be finite, as the server requires)")
+    return array
 
 
 def _softmax(x):

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gitops.learn.architectures.base import embed_tokens
+
 
 class EncoderBlock(nnx.Module):
     """One pre-LayerNorm encoder block: x + self-attention(LN(x)), then + MLP(LN(x)) with GELU; dropout on both
@@ -75,7 +77,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, x: jnp.ndarray, *, rngs: nnx.Rngs | None = None) -> jnp.ndarray:
         tokens = jnp.clip(jnp.round(x).astype(jnp.int32), 0, self.vocab_size - 1)
-        h = self.embed(tokens)
+        h = embed_tokens(self.embed, tokens)
         h = h + self.position[...].astype(h.dtype)
         for block in self.blocks:
             h = block(h, rngs=rngs)
