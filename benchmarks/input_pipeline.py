@@ -220,14 +220,14 @@ def decode(quick: bool, workers: int) -> None:
     os.environ.setdefault("GITOPS_DATA_CACHE", tempfile.mkdtemp(prefix="gitops-bench-cache-"))
     cfg = config.load("shapes-cnn", ROOT)
     ds = data.load(cfg.data, ROOT)
-    batches, rounds = (4, 1) if quick else (20, 3)
-    feeds = {n: streaming.Feed(ds, 64, seed=0, workers=n) for n in sorted({1, workers})}
+    batches, rounds = (4, 1) if quick else (30, 3)
+    feeds = {n: streaming.Feed(ds, 64, seed=0, workers=n, ahead=0) for n in sorted({1, workers})}
     rates: dict[int, list[float]] = {n: [] for n in feeds}
     for f in feeds.values():
         f.next()  # workers started
     for _ in range(rounds):
         for n, f in feeds.items():
-            for _ in range(0 if quick else 2 * n * ds.prefetch):  # drain what filled while the other feed was timed
+            for _ in range(0 if quick else 2 * n * ds.prefetch + 2):  # drain what filled while the other was timed
                 f.next()
             t0 = time.perf_counter()
             for _ in range(batches):
