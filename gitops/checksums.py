@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 1 << 20
+_SHA256: list[Any] = []  # the SHA-256 constructor `sha256_new` uses, found on first use
 
 
 def sha256_file(path: Path) -> str:
@@ -28,11 +29,13 @@ def sha256_new(data: bytes = b"") -> Any:
     hashlib, which loads OpenSSL: a few milliseconds of every `gitops validate`. Falls back to
     hashlib where the built-in module is missing.
     """
-    try:
-        from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
-    except ImportError:
+    if not _SHA256:  # looked up once: a failed import is tried again on every call (tens of us each)
         try:
-            from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # Python 3.11
+            from _sha2 import sha256  # type: ignore[import-not-found]  # Python >= 3.12
         except ImportError:
-            from hashlib import sha256  # type: ignore[no-redef]
-    return sha256(data)
+            try:
+                from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # Python 3.11
+            except ImportError:
+                from hashlib import sha256  # type: ignore[no-redef]
+        _SHA256.append(sha256)
+    return _SHA256[0](data)

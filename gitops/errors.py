@@ -9,7 +9,8 @@ from __future__ import annotations
 import shlex
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+from gitops.records import record
 
 EXIT_OK = 0
 EXIT_INVALID = 1  # the thing checked is wrong: invalid config, gate failed, checksum mismatch, diverged
@@ -113,7 +114,7 @@ class OverrideError(UsageError):
         super().__init__(message)
 
 
-@dataclass(frozen=True, order=True)
+@record(frozen=True, order=True)
 class Problem:
     """One finding about a config file, positioned for editors and GitHub annotations."""
 

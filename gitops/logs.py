@@ -7,70 +7,93 @@ uvicorn's share one format, plain text or one JSON object per line (`--log-json`
 
 from __future__ import annotations
 
-import json
-import logging
+import functools
 import sys
-import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import logging
 
 _OWNED = "_gitops_owned"  # marks the handlers installed here, so a second setup replaces them
 SERVE_LOGGERS = ("gitops", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
 
-class _Stderr(logging.Handler):
-    """Writes to whatever `sys.stderr` is at emit time (a test runner may swap it)."""
+@functools.cache
+def _parts() -> SimpleNamespace:
+    """The handler, filter and formatters, defined on first use: `logging` costs ~2 ms of every command's
+    start-up, and commands that never log (`validate`, `show`, `ls`) never import it (see `logger`)."""
+    import json
+    import logging
+    import time
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-            sys.stderr.flush()
-        except Exception:  # pragma: no cover - logging must never raise
-            self.handleError(record)
+    class Stderr(logging.Handler):
+        """Writes to whatever `sys.stderr` is at emit time (a test runner may swap it)."""
 
+        def emit(self, record: logging.LogRecord) -> None:
+            """Write the formatted record and a newline to the current `sys.stderr`."""
+            try:
+                sys.stderr.write(self.format(record) + "\n")
+                sys.stderr.flush()
+            except Exception:  # pragma: no cover - logging must never raise
+                self.handleError(record)
 
-class _Once(logging.Filter):
-    """Lets each distinct registry warning through once (the tags are read many times per command,
-    and every poll of a followed stage); other loggers' lines all pass."""
+    class Once(logging.Filter):
+        """Lets each distinct registry warning through once (the tags are read many times per command,
+        and every poll of a followed stage); other loggers' lines all pass."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[tuple[str, str]] = set()
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[tuple[str, str]] = set()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("gitops.registry"):
+        def filter(self, record: logging.LogRecord) -> bool:
+            """False for a registry warning already shown."""
+            if not record.name.startswith("gitops.registry"):
+                return True
+            key = (record.name, record.getMessage())
+            if key in self.seen:
+                return False
+            self.seen.add(key)
             return True
-        key = (record.name, record.getMessage())
-        if key in self.seen:
-            return False
-        self.seen.add(key)
-        return True
+
+    class CommandFormatter(logging.Formatter):
+        """`warning: <message>`."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            """The record as `<level>: <message>`."""
+            return f"{record.levelname.lower()}: {record.getMessage()}"
+
+    class JsonFormatter(logging.Formatter):
+        """One JSON object per line: time (UTC, ISO 8601), level, logger, message (+ exception)."""
+
+        def format(self, record: logging.LogRecord) -> str:
+            """The record as one line of JSON (`time` in UTC with milliseconds, e.g. `2026-01-31T12:00:00.123Z`)."""
+            doc = {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            if record.exc_info:
+                doc["exception"] = self.formatException(record.exc_info)
+            return json.dumps(doc, ensure_ascii=False, allow_nan=False)
+
+    return SimpleNamespace(logging=logging, Stderr=Stderr, Once=Once, CommandFormatter=CommandFormatter,
+                           JsonFormatter=JsonFormatter)
 
 
-class _CommandFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message (+ exception)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record as one line of JSON (`time` in UTC with milliseconds, e.g. `2026-01-31T12:00:00.123Z`)."""
-        doc = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, allow_nan=False)
+def __getattr__(name: str) -> Any:
+    if name == "JsonFormatter":  # the JSON line format (`serve --log-json`), for callers that want it
+        return _parts().JsonFormatter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _install(logger_names: tuple[str, ...], handler: logging.Handler, level: int) -> None:
+    logging = _parts().logging
     setattr(handler, _OWNED, True)
     for name in logger_names:
         logger = logging.getLogger(name)
@@ -87,12 +110,44 @@ def setup_command() -> Callable[[], None]:
     Not propagated to the root logger (libraries such as absl install a root handler, which would
     print each line twice). Returns the function that undoes it, for the end of the command, so a
     process running several commands (tests, notebooks) is left as it was.
+
+    Before `logging` is imported nothing can log, so the set-up waits for the first `logger()` call (the
+    modules that log make theirs with it): a command that never logs never imports `logging`.
     """
+    if "logging" not in sys.modules:
+        state: dict[str, Callable[[], None]] = {}
+        _PENDING.append(state)
+
+        def restore_pending() -> None:
+            if state in _PENDING:
+                _PENDING.remove(state)
+            if "undo" in state:
+                state.pop("undo")()
+
+        return restore_pending
+    return _setup_command_now()
+
+
+_PENDING: list[dict[str, Callable[[], None]]] = []  # command set-ups waiting for the first `logger()`
+
+
+def logger(name: str) -> logging.Logger:
+    """`logging.getLogger(name)` for a module of ours that logs; a pending `setup_command` is completed first."""
+    parts = _parts()
+    while _PENDING:
+        state = _PENDING.pop(0)
+        state["undo"] = _setup_command_now()
+    return parts.logging.getLogger(name)
+
+
+def _setup_command_now() -> Callable[[], None]:
+    parts = _parts()
+    logging = parts.logging
     logger = logging.getLogger("gitops")
     before = (logger.level, logger.propagate)
-    handler = _Stderr(logging.WARNING)
-    handler.setFormatter(_CommandFormatter())
-    handler.addFilter(_Once())
+    handler = parts.Stderr(logging.WARNING)
+    handler.setFormatter(parts.CommandFormatter())
+    handler.addFilter(parts.Once())
     _install(("gitops",), handler, logger.level)
 
     def restore() -> None:
@@ -108,8 +163,10 @@ def setup_serve(level: str = "info", *, as_json: bool = False) -> logging.Handle
 
     Pass `log_config=None` to uvicorn so it keeps these handlers instead of installing its own.
     """
-    handler = _Stderr()
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
-    handler.addFilter(_Once())
+    parts = _parts()
+    logging = parts.logging
+    handler = parts.Stderr()
+    handler.setFormatter(parts.JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(parts.Once())
     _install(SERVE_LOGGERS, handler, getattr(logging, level.upper(), logging.INFO))
     return handler

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 
 def _host() -> str:
+    import socket  # only here: a quarter of a millisecond of every command's start-up otherwise
+
     return "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:40] or "host"
 
 

@@ -34,6 +34,17 @@ def example_model_names() -> list[str]:
 SLOW_EXAMPLES = frozenset({"stdlib-lm"})
 
 
+@pytest.fixture(autouse=True)
+def _no_plugin_package_left_in_view():
+    """Each test starts with no repository's plugin package in view: one that resolved configs in a temporary
+    repository (`gitops.config.plugins.use_repository`) would otherwise leave its package to the next test."""
+    yield
+    from gitops.config import plugins
+
+    plugins.use_repository(None)
+    plugins._root_of_cwd.clear()
+
+
 @pytest.fixture(scope="session")
 def trained_examples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each example model trained exactly once per session; name -> its finished run folder."""

@@ -41,6 +41,35 @@ def test_retention_keeps_best_and_last(tmp_path: Path) -> None:
     lower.close()
 
 
+def test_save_returns_before_writing_and_keeps_the_arrays_of_its_step(tmp_path: Path) -> None:
+    """The training loop donates (overwrites) its state right after save() returns: the checkpoint still holds
+    the values at the saved step, for device arrays and host arrays alike; a save that fails in the save
+    thread raises in the training thread (at wait)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gitops.learn.checkpoint import Checkpoints
+
+    step_fn = jax.jit(lambda w: w * 2 + 1, donate_argnums=0)
+    ckpt = Checkpoints(tmp_path / "ckpt", keep=3)
+    w = jnp.arange(1 << 16, dtype=jnp.float32)
+    host = np.arange(5, dtype=np.int32)
+    expected = {}
+    for step in (1, 2, 3):
+        expected[step] = (np.asarray(w).copy(), host.copy())
+        ckpt.save(step, {"w": w, "host": host}, {"step": step})
+        w = step_fn(w)  # the saved buffer is donated: reused for the next state
+        host += 100
+    for step, (w_then, host_then) in expected.items():
+        restored = ckpt.restore_state(step, {"w": w, "host": host})
+        assert np.array_equal(restored["w"], w_then), step
+        assert np.array_equal(restored["host"], host_then), step
+    ckpt.save(4, {"w": object()}, {"step": 4})  # Orbax has no handler for it
+    with pytest.raises(Exception, match="(?i)type|handler"):
+        ckpt.wait()
+    ckpt.close()
+
+
 PLAIN_RESTORE = """
 import sys, json
 import orbax.checkpoint as ocp

@@ -359,6 +359,7 @@ def test_training_reads_no_pinned_file_outside_the_repository(tmp_path: Path, tm
     with pytest.raises(TrainingError, match="outside the repository"):
         catalog.DATASETS.get("file")({"path": "data/x.npz", **pin}, tmp_path)
     with pytest.raises(TrainingError, match="outside the repository"):
-        text_data.load_text({"path": "../" + outside.name + "/x.npz", "sequence_length": 8, **pin}, tmp_path, {})
+        text_data.load({"dataset": {"name": "text", "path": "../" + outside.name + "/x.npz", "sequence_length": 8, **pin},
+                        "splits": {"validation": 0.1, "test": 0.1, "seed": 0}}, tmp_path)
     with pytest.raises(TrainingError, match="outside the repository"):
         tokenize.from_config({"name": "file", "path": str(outside / "x.npz"), **pin}, tmp_path)

@@ -27,7 +27,7 @@ def data_cfg(name: str, **params) -> dict:
 
 
 def test_every_catalog_dataset_and_augmentation_is_registered() -> None:
-    # language-modelling datasets load through gitops.learn.text_data (whole documents per split), not the registry
+    # language-modelling text loads through gitops.learn.text_data (packed once, then streamed), not the registry
     arrays = {n for n, e in catalog.DATASETS.items() if e.info.get("task") != "language_modeling"}
     assert arrays == set(catalog.DATASETS.names())
     assert set(catalog.AUGMENTATIONS) == set(catalog.AUGMENTATIONS.names())

@@ -11,6 +11,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, git
 from typer.testing import CliRunner
@@ -106,17 +107,36 @@ def test_tiny_lm_learns_and_reports_perplexity_and_bits_per_byte(tiny_run: Path)
     assert not higher_is_better("val/perplexity") and not higher_is_better("test/bits_per_byte")
 
 
-def test_resume_after_an_interruption_is_bit_identical(lm_repo: Path, tiny_run: Path, monkeypatch) -> None:
-    from gitops.learn import dispatch, train
-    from gitops.learn.sweep_run import HalvingStop, _RungReporter
+def test_ctrl_c_then_resume_through_two_grain_workers_is_bit_identical(lm_repo: Path, tiny_run: Path,
+                                                                        tmp_path: Path) -> None:
+    """`gitops train` (a process, with 2 Grain worker processes) gets Ctrl-C as its first checkpoint is queued
+    (step 20 of 60, mid-epoch): exit 130 with a checkpoint holding the input iterator's state; `--resume`
+    ends with the same metrics and parameters, bit for bit, as the uninterrupted run without workers."""
+    import os
+    import signal
+    import subprocess
+    import sys
 
-    monkeypatch.chdir(lm_repo)
-    cfg = config.load("stdlib-lm", lm_repo, TINY)
-    out = lm_repo / "interrupted"
-    with pytest.raises(HalvingStop):  # stopped at the first evaluation at step 40, as a kill would leave it
-        dispatch.train(cfg, out, root=lm_repo, reporter=_RungReporter(train.SilentReporter(), 40))
-    resumed = dispatch.train(cfg, out, root=lm_repo, resume=True)
-    assert resumed.metrics == json.loads((tiny_run / "metrics.json").read_text())
+    from conftest import assert_same_run
+    from test_interrupt import REARMED
+
+    from gitops import killpoints
+
+    argv = ["train", "stdlib-lm", "--set", "data.dataset.workers=2", "--out", str(tmp_path / "runs")]
+    command = [sys.executable, "-m", "gitops.cli"]
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:  # started in the background: re-arm Ctrl-C in the child
+        command = [sys.executable, "-c", REARMED]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1", "PYTHONPATH": str(REPO),
+           killpoints.ENV: "train.checkpoint_queued:INT"}
+    stopped = subprocess.run([*command, *argv], cwd=lm_repo, env=env, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted at step 20" in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr
+    del env[killpoints.ENV]
+    resumed = subprocess.run([*command, *argv, "--resume"], cwd=lm_repo, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step 20" in resumed.stderr, resumed.stderr
+    assert_same_run(tmp_path / "runs/stdlib-lm" / tiny_run.name, tiny_run)
 
 
 def test_generation_cache_equals_recomputation_and_is_reproducible(tiny_run: Path) -> None:
@@ -210,9 +230,10 @@ def test_bad_text_and_tokenizer_inputs_get_clear_errors(lm_repo: Path, monkeypat
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("manifest.json"))
     from gitops.learn import text_data
 
-    params = {"path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
-    packed = text_data.load_text(params, lm_repo, {"validation": 0.1, "test": 0.1, "seed": 0})
-    assert len(packed["train"][0]) > 0 and 0xEF in packed["test"][1]  # U+FFFD's first UTF-8 byte
+    params = {"name": "text", "path": "data/bad.txt", "sha256": pin, "sequence_length": 8, "encoding_errors": "replace"}
+    packed = text_data.load({"dataset": params, "splits": {"validation": 0.1, "test": 0.1, "seed": 0}}, lm_repo)
+    test_labels = [packed.source[int(i)][1] for i in packed.test.indexes]
+    assert len(packed.train) > 0 and 0xEF in np.concatenate(test_labels)  # U+FFFD's first UTF-8 byte
 
     tok = invoke("data", "tokenizer", "data/stdlib-lm/corpus.jsonl.gz", "--out", "data/tok.json", "--vocab-size", "300")
     assert tok.exit_code == 0, tok.output

@@ -72,7 +72,12 @@ def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_tha
     xor = json.loads(cli("show", "xor-tiny", "--json").stdout)
     assert xor["config"]["plugins"]["package"] == "plugins" and len(xor["config"]["plugins"]["sha256"]) == 64
     # brier is a classification metric: wine-mlp computes it too; the regression model uses nothing of it
-    assert json.loads(cli("show", "wine-mlp", "--json").stdout)["config"]["plugins"] == xor["config"]["plugins"]
+    source = {k: xor["config"]["plugins"][k] for k in ("package", "sha256")}
+    assert json.loads(cli("show", "wine-mlp", "--json").stdout)["config"]["plugins"] == source
+    # the plugin's own parts are fingerprinted as written (beside the package's source), and a run folder's
+    # config.resolved.yaml carries them: hashing it again gives the fingerprint (how runs are trusted and reused)
+    assert xor["config"]["plugins"]["written"]["model"] == {"architecture": "tiny-linear", "pairwise": True}
+    assert config.build("xor-tiny", xor["config"]).training_fingerprint == xor["training_fingerprint"]
     assert "plugins" not in json.loads(cli("show", "diabetes-mlp", "--json").stdout)["config"]
     assert cli("schemas").exit_code == 0
     assert "tiny-linear" in (repo / "schemas/model.schema.json").read_text()
@@ -92,30 +97,114 @@ def test_repository_plugins_validate_and_join_the_fingerprints_of_the_models_tha
     assert json.loads(cli("ci", "plan", "--head", "HEAD").stdout)["train"] == plan["train"]
 
 
-def test_a_plan_with_base_branch_code_says_why_a_pr_with_new_plugin_entries_fails(repo) -> None:
-    """pr-train's plan never imports the PR's plugin code: a model using an entry the PR adds fails
-    there with a note naming the cause and the way through (pr.yml, a plugin PR of its own)."""
+NEW_ENTRY = """
+open({marker!r}, "a").close()  # the pull request's plugin code: a plan must never run it
+import dataclasses as _dc
+
+TINY_LINEAR_2 = _dc.replace(TINY_LINEAR, name="tiny-linear-2", description="The same, under a new name.")
+GITOPS_PLUGINS["architectures"].append(TINY_LINEAR_2)
+"""
+
+
+def _pr_adding_an_architecture(repo: Path, marker: Path) -> str:
+    """A branch that adds a plugin architecture (its module records being imported) and a model using it."""
     git(repo, "switch", "-q", "-c", "new-entry")
     init = repo / "plugins/__init__.py"
-    init.write_text(init.read_text().replace(
-        '"architectures": [TINY_LINEAR],',
-        '"architectures": [TINY_LINEAR, __import__("dataclasses").replace(TINY_LINEAR, name="tiny-linear-2")],'))
-    write_model(repo, "xor-two", {**XOR, "model.yaml": "architecture: tiny-linear-2\npairwise: true\n"})
+    init.write_text(init.read_text() + NEW_ENTRY.format(marker=str(marker)))
+    # `pairwise` left to its default: the plan can't know it (the entry's schema is PR code)
+    write_model(repo, "xor-two", {**XOR, "model.yaml": "architecture: tiny-linear-2\n"})
     head = commit_all(repo, "a plugin entry and a model that uses it")
     git(repo, "switch", "-q", "main")  # the base branch's checkout, as pr-train's plan job has
-    done = cli("ci", "plan", "--base", "main", "--head", head)
-    assert done.exit_code == 1 and "tiny-linear-2" in done.output and "Traceback" not in done.output
-    assert f"plugins/ at {head[:12]} differs from this checkout's" in done.output
-    assert "land new or changed plugin entries in a pull request of their own" in done.output
-    git(repo, "switch", "-q", "new-entry")  # the PR's own checkout (pr.yml), a fresh process: its plugins
+    return head
+
+
+def _shown(repo: Path, *args: str) -> dict:
+    """`gitops show --json` in a fresh process (the PR's checkout: its plugin package is imported there)."""
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "ci", "plan", "--base", "main",
-                           "--head", head], cwd=repo, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "show", *args, "--json"],
+                          cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    # the new model, and the models whose plugin package changed
-    assert sorted(t["model"] for t in json.loads(done.stdout)["train"]) == ["wine-mlp", "xor-tiny", "xor-two"]
+    return json.loads(done.stdout)
+
+
+def test_a_plan_with_base_branch_code_schedules_a_pr_that_adds_a_plugin_entry_and_a_model_using_it(repo) -> None:
+    """pr-train's plan (base-branch code, the PR head read as git objects) never imports the PR's plugin code:
+    a model using an entry the PR adds is planned with the fingerprint training records, its plugin part marked
+    as checked when training; errors in the rest of its config are still reported by the plan."""
+    marker = repo.parent / "pr-plugin-imported"
+    head = _pr_adding_an_architecture(repo, marker)
+    done = cli("ci", "plan", "--base", "main", "--head", head)
+    assert done.exit_code == 0, done.output
+    assert not marker.exists()  # the PR's plugins/ was hashed from git objects, never imported
+    planned = {t["model"]: t for t in json.loads(done.stdout)["train"]}
+    # the new model, and the models whose plugin package changed (xor-tiny's entries, wine-mlp's brier metric)
+    assert sorted(planned) == ["wine-mlp", "xor-tiny", "xor-two"]
+    assert planned["xor-two"]["reason"] == "new model"
+    # every entry of the changed package waits for training to be checked (its schema is the PR's code)
+    assert planned["xor-two"]["checked_when_training"] == planned["xor-tiny"]["checked_when_training"] == [
+        "model", "data.dataset", "data.augmentation[0]", "train.checkpoint.best_metric", "release.gates[0].metric"]
+    assert "checked_when_training" not in planned["wine-mlp"]
+    diffed = cli("diff", "--base", "main", "--head", head)
+    assert "xor-two (train: new model)" in diffed.stdout and "checked when training" in diffed.stdout
+
+    git(repo, "switch", "-q", "new-entry")  # the train job: the PR's checkout, its plugins imported
+    for model in planned:
+        shown = _shown(repo, model)
+        assert shown["training_fingerprint"] == planned[model]["training_fingerprint"], model
+    assert marker.exists()
+    assert shown["config"]["model"] == {"architecture": "tiny-linear-2", "pairwise": True}  # xor-two: defaults filled
+
+    # a mistake in the part of the config the plan can check is still reported there, with its position
+    (repo / "models/xor-two/train.yaml").write_text(XOR["train.yaml"].replace("batch_size: 32", "batch_size: 0"))
+    (repo / "models/xor-two/model.yaml").write_text("architecture: tiny-linear-2\npairwise: 3\n")  # checked when training
+    bad = commit_all(repo, "a bad batch size")
+    git(repo, "switch", "-q", "main")
+    marker.unlink()
+    done = cli("ci", "plan", "--base", "main", "--head", bad)
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    assert f"{bad}:models/xor-two/train.yaml:2" in done.output and "train.batch_size" in done.output, done.output
+    assert "pairwise" not in done.output and not marker.exists()
+    git(repo, "switch", "-q", "new-entry")  # the train job loads the plugin and reports the rest, positioned
+    import subprocess
+    import sys
+
+    trained = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "validate", "models/xor-two"],
+                             cwd=repo, capture_output=True, text=True, timeout=120)
+    assert trained.returncode == 1 and "models/xor-two/model.yaml:2" in trained.stdout + trained.stderr
+
+
+def test_the_first_pr_that_adds_a_plugin_package_plans_with_the_fingerprints_training_records(tmp_path, monkeypatch) -> None:
+    """An adopter's first plugin PR: gitops.yaml gains `plugins:`, plugins/ and a model using it. The plan (base
+    code, which has no plugin package) imports nothing of it, yet knows that the package's classification
+    metric joins wine-mlp's fingerprint (read from the source as data, never run)."""
+    repo = tmp_path / "repo"
+    assert cli("init", str(repo)).exit_code == 0
+    write_model(repo, "diabetes-mlp", REGRESSION)
+    shutil.copytree(REPO / "models" / "wine-mlp", repo / "models" / "wine-mlp")
+    git(repo, "config", "user.name", "T")
+    git(repo, "config", "user.email", "t@example.com")
+    commit_all(repo, "built-in models only")
+    monkeypatch.chdir(repo)
+    git(repo, "switch", "-q", "-c", "first-plugin")
+    shutil.copytree(EXAMPLE, repo / "plugins_first", ignore=shutil.ignore_patterns("__pycache__"))
+    marker = tmp_path / "pr-plugin-imported"
+    init = repo / "plugins_first/__init__.py"
+    init.write_text(f"open({str(marker)!r}, 'a').close()\n" + init.read_text())
+    with (repo / "gitops.yaml").open("a") as fh:
+        fh.write("plugins:\n  package: plugins_first\n")
+    write_model(repo, "xor-tiny", XOR)
+    head = commit_all(repo, "our first plugin package and a model that uses it")
+    git(repo, "switch", "-q", "main")
+    done = cli("ci", "plan", "--base", "main", "--head", head)
+    assert done.exit_code == 0, done.output
+    assert not marker.exists()
+    planned = {t["model"]: t["training_fingerprint"] for t in json.loads(done.stdout)["train"]}
+    assert sorted(planned) == ["wine-mlp", "xor-tiny"]  # wine-mlp: brier, a classification metric of the package
+    git(repo, "switch", "-q", "first-plugin")
+    assert {model: _shown(repo, model)["training_fingerprint"] for model in planned} == planned
+    assert marker.exists()
 
 
 def test_the_guard_never_imports_the_package(repo, monkeypatch) -> None:
@@ -174,6 +263,27 @@ def test_bad_repository_packages_are_clear_errors(tmp_path, monkeypatch, case, m
     done = cli("validate")
     assert done.exit_code == 1 and message in done.output, done.output
     assert "Traceback" not in done.output
+
+
+@pytest.mark.slow
+def test_the_run_trained_for_a_planned_new_plugin_entry_has_the_plan_s_fingerprint(repo) -> None:
+    """The train job (the PR's checkout, its plugins loaded) records the fingerprint the plan computed without
+    them, and the run folder hashes to it again: the release after merging reuses the PR's run."""
+    import subprocess
+    import sys
+
+    from gitops.registry import runs
+
+    head = _pr_adding_an_architecture(repo, repo.parent / "imported")
+    planned = {t["model"]: t for t in json.loads(cli("ci", "plan", "--base", "main", "--head", head).stdout)["train"]}
+    git(repo, "switch", "-q", "new-entry")
+    done = subprocess.run([sys.executable, "-c", "from gitops.cli import main; main()", "train", "xor-two"],
+                          cwd=repo, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    trained = repo / "runs/xor-two" / planned["xor-two"]["fingerprint"]
+    info = runs.read_run(trained)
+    assert info.finished and info.training_fingerprint == planned["xor-two"]["training_fingerprint"]
+    assert runs.recompute_fingerprint(info) == info.training_fingerprint
 
 
 @pytest.mark.slow

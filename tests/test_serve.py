@@ -259,6 +259,42 @@ def test_metrics_in_prometheus_text_format(client):
     assert ("predict", "200") in codes and ("predict", "400") in codes
     info = [s for s in families["gitops_serve_model_version_info"].samples if s.value == 1]
     assert info[0].labels["version"] == "v1.0.0" and info[0].labels["version_number"] == "1000000"
+    client.post("/v1/models/toy:predict", json={"instances": [[1, 2, 3], [4, 5, 6]]})
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+
+    def value(family: str, sample: str, **labels) -> float:
+        return next(s.value for s in families[family].samples if s.name == sample and s.labels == labels)
+
+    # the predict path's loop metrics count what happened: two answered predicts of 1 and 2 rows
+    assert value("gitops_serve_requests", "gitops_serve_requests_total", route="predict", code="200") == 2
+    assert value("gitops_serve_requests", "gitops_serve_requests_total", route="predict", code="400") == 1
+    assert value("gitops_serve_instances", "gitops_serve_instances_total") == 3
+    assert value("gitops_serve_request_latency_seconds", "gitops_serve_request_latency_seconds_count",
+                 route="predict") == 2
+    assert value("gitops_serve_request_latency_seconds", "gitops_serve_request_latency_seconds_bucket",
+                 route="predict", le="+Inf") == 2
+    assert value("gitops_serve_batch_size", "gitops_serve_batch_size_sum") == 3
+    assert value("gitops_serve_batch_size", "gitops_serve_batch_size_bucket", le="1.0") == 1
+
+
+def test_predict_behind_a_path_prefix_and_in_any_json_encoding():
+    """The predict path answered outside Starlette's routes gives the same answers through them
+    (a proxy's root_path) and reads bodies as json.loads does (UTF-8 with a BOM, UTF-16)."""
+    from gitops.serve.server import BadRequest, parse_json
+
+    doc = {"instances": [[1, 2, 3]]}
+    for body in (json.dumps(doc).encode(), b"\xef\xbb\xbf" + json.dumps(doc).encode(),
+                 json.dumps(doc).encode("utf-16")):
+        assert parse_json(body) == doc
+    with pytest.raises(BadRequest, match="non-finite"):
+        parse_json(b'{"instances": [[NaN, 1, 2]]}')
+    with TestClient(toy_server().app, root_path="/api") as c:
+        wait_ready(c)
+        r = c.post("/api/v1/models/toy:predict", json=doc)
+        assert r.status_code == 200 and r.headers["x-model-version"] == "v1.0.0", r.text
+        np.testing.assert_allclose(r.json()["predictions"], np.asarray([[1, 2, 3]], np.float32) @ W, rtol=1e-6)
+        r = c.post("/api/v1/models/toy:predict", content=b"{")
+        assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
 
 
 # --- dynamic batching -----------------------------------------------------------------------------

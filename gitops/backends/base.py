@@ -10,16 +10,16 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from gitops.errors import GitopsError
+from gitops.records import record
 
 COMMENT_MARKER = "<!-- gitops:report -->"
 COMMENT_MAX_CHARS = 65_536  # GitHub's limit on an issue comment body; the PR report is capped to fit
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TagInfo:
     """An annotated tag as the registry sees it (GTO grammar lives in `gitops.registry.tags`)."""
 
@@ -39,7 +39,7 @@ class AssetNotFoundError(GitopsError):
     pass
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PullRequestInfo:
     """A pull request as a hosting backend reports it (GitHub: GET /repos/{o}/{r}/pulls/{n})."""
 
@@ -50,7 +50,7 @@ class PullRequestInfo:
     base_ref: str  # the branch it targets
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class WorkflowRunInfo:
     """A CI workflow run as the host records it (GitHub: GET /repos/{o}/{r}/actions/runs/{id})."""
 
@@ -62,7 +62,7 @@ class WorkflowRunInfo:
     repository: str  # "OWNER/NAME" the run belongs to
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ArtifactInfo:
     """A CI artifact (GitHub Actions: an uploaded zip, kept until it expires)."""
 

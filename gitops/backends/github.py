@@ -21,7 +21,6 @@ not chained (`from None`), and PyGithub's own debug log masks the Authorization 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import mimetypes
 import os
@@ -43,6 +42,7 @@ from github.GitRelease import GitRelease
 from github.GitReleaseAsset import GitReleaseAsset
 from github.PaginatedList import PaginatedList
 
+from gitops import logs
 from gitops.backends.base import (
     COMMENT_MARKER,
     COMMENT_MAX_CHARS,
@@ -56,7 +56,7 @@ from gitops.backends.base import (
 )
 from gitops.errors import GitopsError, ServiceError, UsageError
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)  # through gitops.logs: a command's warning set-up applies
 
 T = TypeVar("T")
 

@@ -19,7 +19,8 @@ app.add_typer(data_app, name="data")
 
 @command("tokenizer", group=data_app)
 def tokenizer_cmd(
-    corpus: Annotated[Path, typer.Argument(help="A .txt or .jsonl file (optionally .gz) of UTF-8 text.")],
+    corpus: Annotated[Path, typer.Argument(help="A .txt or .jsonl file (optionally .gz) of UTF-8 text, or a folder of "
+                                                "them (read in sorted order).")],
     out_file: Annotated[Path, typer.Option("--out", help="Where to write the tokenizer JSON.")],
     vocab_size: Annotated[int, typer.Option("--vocab-size", min=260, max=1_000_000, help="Tokens in the vocabulary.")] = 4096,
     text_field: Annotated[str, typer.Option("--text-field", help="The string field of each .jsonl line.")] = "text",
@@ -28,12 +29,13 @@ def tokenizer_cmd(
 
     Examples:
       gitops data tokenizer data/stdlib-lm/corpus.jsonl.gz --out data/stdlib-lm/tokenizer.json --vocab-size 2048
+      gitops data tokenizer data/corpus/ --out data/tokenizer.json
     """
     from gitops.errors import UsageError
     from gitops.learn import text_data, tokenize
 
-    if not corpus.is_file():
-        raise UsageError(f"{corpus}: no such file")
+    if not corpus.exists():
+        raise UsageError(f"{corpus}: no such file or folder")
     digest = tokenize.train_bpe(list(text_data.iter_corpus_texts(corpus, text_field)), vocab_size, out_file)
     typer.echo(f"wrote {out_file} ({vocab_size} tokens); pin it in data.yaml:", err=True)
     out(f"tokenizer: {{name: file, path: {out_file.as_posix()}, sha256: {digest}}}")

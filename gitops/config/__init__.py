@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +24,7 @@ from gitops.config import catalog, plugins, schema
 from gitops.config.jsonschema_tools import copy_json, fill_defaults, format_path
 from gitops.config.yamlio import Mark, YamlDoc, load_yaml_text, parse_scalar
 from gitops.errors import ConfigError, GitopsError, OverrideError, Problem, UsageError
+from gitops.records import record
 from gitops.repo.tree import MODELS_DIR, FsTree, Tree, repository_root  # noqa: F401  (FsTree re-exported for commands)
 
 MODEL_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,61}[a-z0-9]$")
@@ -67,7 +68,7 @@ def thaw(value: Any) -> Any:
 # --- typed views --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ModelConfig:
     """The resolved `model:` section: the architecture's registered name and its schema-checked parameters (read-only
     mapping).
@@ -76,7 +77,7 @@ class ModelConfig:
     params: Mapping[str, Any]  # the architecture's own parameters (schema-checked)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TrainConfig:
     """The resolved `train:` section (read-only): exactly one of `steps`/`epochs` is set; `batch_size` is examples
     per step over all devices; `log_every`/`eval_every` are in steps; `repeats` is the number of seeds.
@@ -101,7 +102,7 @@ class TrainConfig:
     start_from: Mapping[str, Any] | None = None  # with `resolved: {model, version, sha256}` once resolved
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DataConfig:
     """The resolved `data:` section (read-only): the dataset entry, split fractions, preprocessing and the
     augmentation list, in order.
@@ -112,7 +113,7 @@ class DataConfig:
     augmentation: tuple[Mapping[str, Any], ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ReleaseConfig:
     """The resolved `release:` section (read-only): description, owners, version bump rule, headline metric (None:
     the task's default), gates, serving settings and labels.
@@ -126,7 +127,7 @@ class ReleaseConfig:
     labels: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ResolvedConfig:
     """A model's resolved config: what training, reports and releases consume."""
 
@@ -139,8 +140,10 @@ class ResolvedConfig:
     training_fingerprint: str
     release_fingerprint: str
     files: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # kind -> files of the extends chain
-    plugins: Mapping[str, Any] | None = None  # {package, sha256} of the repository plugin package it uses
+    plugins: Mapping[str, Any] | None = None  # {package, sha256[, written]} of the repository plugin package it uses
     parent_error: str | None = None  # start_from.model could not be resolved through the registry's tags
+    # key paths whose checks wait for training: entries of a plugin package read as data (`plugins.deferring`)
+    checked_when_training: tuple[str, ...] = ()
 
     @property
     def task(self) -> str:
@@ -181,7 +184,7 @@ def _dataclass_dict(obj: Any) -> dict:
 # --- loading ------------------------------------------------------------------------------------
 
 
-@dataclass
+@record
 class _Merged:
     """One kind's merged document with the position of every value (from whichever file set it)."""
 
@@ -521,12 +524,61 @@ def resolve(name: str, tree: Tree, overrides: Iterable[str] = ()) -> tuple[Resol
         return None, loader.problems
     files = {kind: tuple(merged[kind].files) for kind in FILE_KINDS}
     package = repo_plugin_package(cleaned)
-    source = {"package": package, "sha256": plugins.source_hash(tree, package)} if package else None
-    from gitops.config import parent_ref  # jax-free: reads the registry's tags only
+    source: dict[str, Any] | None = None
+    if package:
+        source = {"package": package, "sha256": plugins.source_hash(tree, package)}
+        written, waiting = _repo_parts(cleaned, {k: merged[k].data for k in ("model", "data")})
+        if written:
+            source["written"] = written
+    parent_error = None
+    if cleaned["train"].get("start_from"):
+        from gitops.config import parent_ref  # jax-free: reads the registry's tags only
 
-    parent_error = parent_ref.resolve_into(cleaned["train"], tree)
+        parent_error = parent_ref.resolve_into(cleaned["train"], tree)
     cfg = build(name, cleaned, files, source)
+    if package and waiting:
+        cfg = dataclasses.replace(cfg, checked_when_training=tuple(waiting))
     return (dataclasses.replace(cfg, parent_error=parent_error) if parent_error else cfg), []
+
+
+def _repo_parts(cleaned: dict[str, Any], written_docs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The parts of a config that entries of the repository plugin package own, as written: ({key path: value},
+    the paths of those whose package is read as data only, checked when training).
+
+    Those parts join the training fingerprint as written (after `extends` and `--set`), not defaults-filled: the
+    package's source is hashed beside them, and so `ci plan` computes the fingerprint training records without
+    importing a pull request's plugin code (`plugins.deferring`).
+    """
+    written: dict[str, Any] = {}
+    waiting: list[str] = []
+    parts = [("model", catalog.ARCHITECTURES.entry(cleaned["model"]["architecture"]),
+              {k: v for k, v in written_docs["model"].items() if k not in ("extends", "schema_version")}),
+             ("data.dataset", catalog.DATASETS.entry(cleaned["data"]["dataset"]["name"]),
+              written_docs["data"]["dataset"])]
+    parts += [(f"data.augmentation.{i}", catalog.AUGMENTATIONS.entry(aug["name"]), written_docs["data"]["augmentation"][i])
+              for i, aug in enumerate(cleaned["data"].get("augmentation") or ())]
+    for path, entry, value in parts:
+        if entry is not None and entry.info.get("repo_package"):
+            written[path] = copy_json(value)
+            if entry.info.get("deferred"):
+                head, _, index = path.rpartition(".")
+                waiting.append(f"{head}[{index}]" if index.isdigit() else path)
+    for path, metric in _named_metrics(cleaned):
+        found = catalog.METRICS.found(metric)
+        if found is not None and found.plugin.info.get("deferred"):
+            waiting.append(format_path(path))
+    return written, waiting
+
+
+def _named_metrics(cleaned: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """(key path, metric name without its split) of every metric a config names: best checkpoint, early stopping,
+    headline metric, gates."""
+    train, release = cleaned["train"], cleaned.get("release") or {}
+    refs = [(("train", "checkpoint", "best_metric"), (train.get("checkpoint") or {}).get("best_metric")),
+            (("train", "early_stopping", "metric"), (train.get("early_stopping") or {}).get("metric")),
+            (("release", "headline_metric"), release.get("headline_metric"))]
+    refs += [(("release", "gates", i, "metric"), g.get("metric")) for i, g in enumerate(release.get("gates") or ())]
+    return [(path, name.partition("/")[2]) for path, name in refs if isinstance(name, str) and "/" in name]
 
 
 def _train_reader(tree: Tree) -> Callable[[str], Any]:
@@ -544,7 +596,20 @@ def _train_reader(tree: Tree) -> Callable[[str], Any]:
 
 
 def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[tuple, str]]:
-    """semantic_problems; on salvaged documents a check that trips over a guessed value is skipped."""
+    """semantic_problems; on salvaged documents a check that trips over a guessed value is skipped.
+
+    Inside `plugins.deferring`, an architecture or dataset of the package read as data declares no facts yet:
+    the checks that need them (inputs, task, classes, sizes) wait for training, where the package is imported.
+    """
+    waiting = _deferred_sections(docs)
+    if waiting:
+        try:
+            found = semantic_problems(docs, tree)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError):
+            return []
+        keep = (("train", "steps"), ("train", "schedule"), ("train", "start_from"))
+        return [(path, message) for path, message in found
+                if ("dataset" not in waiting or path[:2] in keep) and not ("model" in waiting and path[0] == "model")]
     if not partial:
         return semantic_problems(docs, tree)
     try:
@@ -554,6 +619,20 @@ def _semantic_on(docs: dict[str, Any], tree: Tree, partial: bool) -> list[tuple[
 
 
 EXECUTION_ONLY_TRAIN_KEYS = frozenset({"parallelism"})
+
+
+def _deferred_sections(docs: dict[str, Any]) -> set[str]:
+    """{"model", "dataset"}: which of the architecture and dataset are entries of a package read as data only."""
+    if plugins.deferred_state() is None:
+        return set()
+    out = set()
+    for section, registry, name in (("model", catalog.ARCHITECTURES, (docs.get("model") or {}).get("architecture")),
+                                    ("dataset", catalog.DATASETS,
+                                     ((docs.get("data") or {}).get("dataset") or {}).get("name"))):
+        found = registry.found(name) if isinstance(name, str) else None
+        if found is not None and found.plugin.info.get("deferred"):
+            out.add(section)
+    return out
 
 
 def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
@@ -569,6 +648,13 @@ def repo_plugin_package(cleaned: dict[str, Any]) -> str | None:
         package = getattr(metric, "repo_package", None)
         if package and task in metric.tasks:
             return package
+    for _path, name in _named_metrics(cleaned):  # a metric the package adds (read as data: plugins.deferring)
+        package = getattr(catalog.METRICS.entry(name), "repo_package", None)
+        if package:
+            return package
+    deferred = plugins.deferred_state()
+    if deferred is not None and task in deferred.metric_tasks:
+        return deferred.package
     return None
 
 
@@ -582,14 +668,16 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
     """
     docs = {k: {key: v for key, v in cleaned[k].items() if key not in ("extends", "schema_version")} for k in FILE_KINDS}
     docs["train"] = _with_optional_train_keys(docs["train"])
-    plugin_source = plugin_source or cleaned.get("plugins") or None
-    data_fp = data_fingerprint(docs["data"])
+    plugin_source = thaw(plugin_source or cleaned.get("plugins") or None)
+    # a repository plugin's parts are hashed as written (with the package's source): see `_repo_parts`
+    hashed_model, data_doc = _as_written(docs["model"], docs["data"], (plugin_source or {}).get("written") or {})
+    data_fp = data_fingerprint(data_doc)
     # how a run is spread over devices (train.parallelism) does not change what it computes: not hashed
     # start_from: absent and null hash alike (configs from before it existed keep their fingerprints);
     # a resolved parent ({model, version, sha256} under start_from.resolved) is hashed with it
     hashed_train = {k: v for k, v in docs["train"].items()
                     if k not in EXECUTION_ONLY_TRAIN_KEYS and not (k == "start_from" and v is None)}
-    identity = {"model": docs["model"], "train": hashed_train, "data": hashed_data(docs["data"]),
+    identity = {"model": hashed_model, "train": hashed_train, "data": hashed_data(data_doc),
                 "data_fingerprint": data_fp}
     if plugin_source:
         identity["plugins"] = {"package": plugin_source["package"], "sha256": plugin_source["sha256"]}
@@ -607,8 +695,25 @@ def build(name: str, cleaned: dict[str, Any], files: Mapping[str, tuple[str, ...
         training_fingerprint=training_fp,
         release_fingerprint=release_fp,
         files=freeze(dict(files or {})),
-        plugins=freeze(dict(identity["plugins"])) if plugin_source else None,
+        plugins=freeze(dict(plugin_source)) if plugin_source else None,
     )
+
+
+def _as_written(model: dict, data: dict, written: Mapping[str, Any]) -> tuple[dict, dict]:
+    """`model` and `data` with the parts a repository plugin's entries own replaced by their written form."""
+    if not written:
+        return model, data
+    model = {k: v for k, v in written["model"].items() if k not in ("extends", "schema_version")} \
+        if "model" in written else model
+    data = dict(data)
+    if "data.dataset" in written:
+        data["dataset"] = written["data.dataset"]
+    augmentation = list(data.get("augmentation") or ())
+    for i in range(len(augmentation)):
+        augmentation[i] = written.get(f"data.augmentation.{i}", augmentation[i])
+    if augmentation:
+        data["augmentation"] = augmentation
+    return model, data
 
 
 def _with_optional_train_keys(train: dict) -> dict:
@@ -622,6 +727,11 @@ def _package_version(package: str) -> str | None:
 
     return distinfo.version(package)
 
+
+# How language-modelling text reaches the model; part of its data fingerprint. "grain-packed-1": packed once into a
+# cache and fed through the Grain pipeline (shuffled by Grain); text runs before it were in memory, so their
+# results and fingerprints differ.
+TEXT_PIPELINE = "grain-packed-1"
 
 # streaming-dataset keys that change how fast data arrives, never which data (gitops.learn.streaming.EXECUTION_KEYS)
 EXECUTION_ONLY_DATASET_KEYS = ("workers", "prefetch")
@@ -651,6 +761,8 @@ def data_fingerprint(data: dict) -> str:
         identity["pins"] = [data["dataset"]["sha256"]]
     if "checksums_sha256" in data["dataset"]:
         identity["pins"] = [data["dataset"]["checksums_sha256"]]
+    if catalog.dataset_task(data) == "language_modeling":  # results follow how text is packed and fed
+        identity["text_pipeline"] = TEXT_PIPELINE
     return sha256_json(identity)
 
 
@@ -699,8 +811,8 @@ def input_shape(data: dict) -> list[int] | None:
         return [len(ds["features"])]
     if ds["name"] == "array_record" and ds.get("input_shape"):
         return list(ds["input_shape"])
-    if ds["name"] == "text":
-        return [ds["sequence_length"]]
+    if ds["name"] == "text" or (ds.get("text") and ds["name"] in catalog.TEXT_COLUMN_SOURCES):
+        return [ds["sequence_length"]] if ds.get("sequence_length") else None
     return None
 
 
@@ -748,6 +860,8 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
     classes = num_classes(data)
     dataset_name = data["dataset"]["name"]
     dataset_inputs = catalog.DATASETS[dataset_name].info.get("inputs", "image" if shape and len(shape) == 3 else "vector")
+    if task == "language_modeling":
+        dataset_inputs = "tokens"
 
     if (train["steps"] is None) == (train["epochs"] is None):
         problems.append((("train", "steps"), "set exactly one of steps or epochs"))
@@ -776,7 +890,8 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
                              "be even for rotary positions"))
         if heads % kv:
             problems.append((("model", "num_kv_heads"), f"num_kv_heads {kv} must divide num_heads {heads}"))
-    tok = data["dataset"].get("tokenizer") if dataset_name == "text" else None
+    problems += _text_problems(data["dataset"])
+    tok = data["dataset"].get("tokenizer") if task == "language_modeling" else None
     if tok and tok.get("name") == "file":
         for key in ("path", "sha256"):
             if not tok.get(key):
@@ -840,7 +955,7 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
         problems += [(("train", "start_from", *path), message)
                      for path, message in parent_ref.form_problems(train["start_from"], model["architecture"], tree)]
     problems += _streaming_problems(data["dataset"], tree)
-    if dataset_name in ("file", "text") and tree is not None:
+    if dataset_name in ("file", "text") and tree is not None and data["dataset"].get("sha256"):
         try:
             if tree.read(data["dataset"]["path"]) is None:
                 problems.append((("data", "dataset", "path"), f"no file {data['dataset']['path']} in the repository"))
@@ -849,14 +964,52 @@ def semantic_problems(cfg: dict[str, dict], tree: Tree | None = None) -> list[tu
     return problems
 
 
+def _text_problems(ds: dict) -> list[tuple[tuple, str]]:
+    """Checks of language-modelling text: how `text` is pinned, and what a `text:` column excludes."""
+    problems: list[tuple[tuple, str]] = []
+    name = ds["name"]
+    if name == "text":
+        listed = bool(ds.get("checksums") or ds.get("checksums_sha256"))
+        if bool(ds.get("sha256")) == listed:
+            problems.append((("data", "dataset", "sha256"), "pin the text with exactly one of sha256 (one file) or "
+                             "checksums + checksums_sha256 (files under a folder or URL prefix)"))
+        elif listed and not (ds.get("checksums") and ds.get("checksums_sha256")):
+            missing = "checksums_sha256" if ds.get("checksums") else "checksums"
+            problems.append((("data", "dataset", missing), f"a checksum list needs both checksums and checksums_sha256; "
+                             f"set {missing}"))
+        if ds.get("sha256") and "://" in ds["path"]:
+            problems.append((("data", "dataset", "path"), "a URL prefix is pinned by a checksum list (checksums + "
+                             "checksums_sha256), not sha256"))
+        return problems
+    lm_keys = [k for k in ("sequence_length", "tokenizer", "encoding_errors") if k in ds]
+    if name not in catalog.TEXT_COLUMN_SOURCES:
+        return problems
+    if ds.get("text"):
+        if not ds.get("sequence_length"):
+            problems.append((("data", "dataset", "sequence_length"), "a text column needs sequence_length (tokens per "
+                             "training sequence)"))
+        for key in ("label", "features", "feature_prefix", "num_classes", "split_column"):
+            if key in ds:
+                problems.append((("data", "dataset", key), f"{key} does not apply to a text column (language modelling); "
+                                 "remove it"))
+    else:
+        for key in lm_keys:
+            problems.append((("data", "dataset", key), f"{key} applies to language modelling only: set text: <column>"))
+        if name == "parquet" and not ds.get("label"):
+            problems.append((("data", "dataset", "label"), "parquet needs label (the target column), or text: <column> "
+                             "for language modelling"))
+    return problems
+
+
 def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
     """Checks of a streaming source that read the checksum list (small, in the repository), never the data."""
     problems: list[tuple[tuple, str]] = []
     if "checksums_sha256" not in ds:
         return problems
-    if ds["name"] == "parquet" and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
+    if ds["name"] == "parquet" and not ds.get("text") and bool(ds.get("features")) == bool(ds.get("feature_prefix")):
         problems.append((("data", "dataset", "features"), "set exactly one of features or feature_prefix"))
-    if ds["name"] == "array_record" and ds.get("task", "classification") == "classification" and not ds.get("num_classes"):
+    if (ds["name"] == "array_record" and not ds.get("text") and ds.get("task", "classification") == "classification"
+            and not ds.get("num_classes")):
         problems.append((("data", "dataset", "num_classes"), "array_record classification needs num_classes"))
     if tree is None:
         return problems

@@ -11,15 +11,16 @@ validation uses them without importing jax, and training imports an implementati
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, TypeVar
 
 from gitops.config.jsonschema_tools import boolean, enum, int_list, integer, number
 from gitops.config.plugins import Found
 from gitops.config.registries import Registry
+from gitops.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     """A registered name: what it is for and the schema of its parameters (`properties`)."""
 
@@ -30,7 +31,7 @@ class Entry:
     info: dict[str, Any] = field(default_factory=dict)  # facts used by semantic checks
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Metric:
     """A metric models compute, as `split/name` in histories and metrics.json.
 
@@ -88,7 +89,7 @@ _ARCHITECTURE_BUILDS = {
 _OPTIMIZER_BUILDS = {name: f"gitops.learn.optim:_{name}" for name in ("sgd", "adam", "adamw", "lion", "lamb", "adafactor")}
 _SCHEDULE_BUILDS = {name: f"gitops.learn.optim:_{name}" for name in ("constant", "linear", "cosine", "exponential",
                                                                "piecewise")}
-# array datasets: fn(params, root) -> (x, y); "text" loads through gitops.learn.text_data (whole documents)
+# array datasets: fn(params, root) -> (x, y); "text" loads through gitops.learn.text_data (packed, then streamed)
 _DATASET_BUILDS = {
     **{name: f"gitops.learn.data:_{name}" for name in ("digits", "diabetes", "moons", "blobs", "sequences", "file", "url")},
     **{name: "gitops.learn.data:_bundled" for name in ("iris", "wine", "breast_cancer")},
@@ -274,6 +275,30 @@ _STREAM_OPTIONS = {
                             0, 0),
 }
 
+# Language-modelling text keys: of `text`, and of a `text:` column of parquet/array_record (gitops.learn.text_data).
+# No defaults here: filled defaults would change the fingerprints of existing parquet/array_record specs.
+_LM_TEXT = {
+    "sequence_length": {"type": "integer", "minimum": 2, "maximum": 1_048_576,
+                        "description": "Tokens per training sequence (the model's context)."},
+    "tokenizer": {
+        "type": "object",
+        "description": "byte: UTF-8 bytes (no file); file: a `tokenizers` JSON file pinned by SHA-256 "
+                       "(`gitops data tokenizer` trains one). Default: byte.",
+        "required": ["name"],
+        "additionalProperties": False,
+        "properties": {"name": enum("Which tokenizer.", ["byte", "file"], "byte"),
+                       "path": {"type": "string", "minLength": 1,
+                                "description": "The tokenizer JSON, relative to the repository root."},
+                       "sha256": _SHA256},
+    },
+    "encoding_errors": {"type": "string", "enum": ["strict", "replace"],
+                        "description": "strict (default): text that is not UTF-8 stops training, naming the file and "
+                                       "byte offset; replace: substitute U+FFFD."},
+}
+_TEXT_COLUMN = {"type": "string", "minLength": 1,
+                "description": "Language modelling: the column (parquet) or .npz array (array_record) holding each "
+                               "document's text; then sequence_length is required and label/features are not used."}
+
 DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, [
     Entry("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images).", {},
           info={"task": "classification", "input_shape": [8, 8, 1], "num_classes": 10, "examples": 1797,
@@ -311,27 +336,22 @@ DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, 
            "y_key": {"type": "string", "description": "Array name of the labels in the .npz.", "default": "y"},
            "task": _TASK},
           ("path", "sha256"), info={"kind": "file"}),
-    Entry("text", "UTF-8 text for language modelling: a .txt or .jsonl file (optionally .gz) in the repository, "
-                  "pinned by SHA-256, tokenized and packed into sequences.",
-          {"path": {"type": "string", "minLength": 1, "description": "Path relative to the repository root."},
+    Entry("text", "UTF-8 text for language modelling: .txt files (one document each) or .jsonl files (a document "
+                  "per line), optionally .gz; one file pinned by sha256, or files/shards under a folder or URL prefix "
+                  "pinned by a checksum list. Tokenized once into packed sequences (cached), then streamed.",
+          {"path": {"type": "string", "minLength": 1,
+                    "description": "A file relative to the repository root (with sha256), or a folder or URL prefix "
+                                   "(file://, https://, s3://, gs://) of files listed in checksums."},
            "sha256": _SHA256,
+           "checksums": _STREAM_PATH["checksums"],
+           "checksums_sha256": _STREAM_PATH["checksums_sha256"],
            "text_field": {"type": "string", "default": "text", "description": "The string field of each .jsonl line."},
-           "sequence_length": integer("Tokens per training sequence (the model's context).", 128, 2, 1_048_576),
-           "tokenizer": {
-               "type": "object",
-               "description": "byte: UTF-8 bytes (no file); file: a `tokenizers` JSON file pinned by SHA-256 "
-                              "(`gitops data tokenizer` trains one).",
-               "default": {"name": "byte"},
-               "required": ["name"],
-               "additionalProperties": False,
-               "properties": {"name": enum("Which tokenizer.", ["byte", "file"], "byte"),
-                              "path": {"type": "string", "minLength": 1,
-                                       "description": "The tokenizer JSON, relative to the repository root."},
-                              "sha256": _SHA256},
-           },
-           "encoding_errors": enum("strict: text that is not UTF-8 stops training, naming the byte; replace: "
-                                   "substitute U+FFFD.", ["strict", "replace"], "strict")},
-          ("path", "sha256"), info={"kind": "file", "task": "language_modeling", "inputs": "tokens"}),
+           **_LM_TEXT,
+           "sequence_length": _LM_TEXT["sequence_length"] | {"default": 128},
+           "tokenizer": _LM_TEXT["tokenizer"] | {"default": {"name": "byte"}},
+           "encoding_errors": _LM_TEXT["encoding_errors"] | {"default": "strict"},
+           **{k: v for k, v in _STREAM_OPTIONS.items() if k != "stats_sample"}},
+          ("path",), info={"kind": "file", "task": "language_modeling", "inputs": "tokens"}),
     Entry("url", "Arrays from a remote .npz (https, s3, gs), pinned by SHA-256 and cached by hash.",
           {"url": {"type": "string", "pattern": "^(https?|s3|gs|file)://", "description": "Where to fetch the file."},
            "sha256": _SHA256,
@@ -360,8 +380,8 @@ DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, 
            "split_column": {"type": "string", "minLength": 1,
                             "description": "Optional column naming each row's split (train, val, test)."},
            "num_classes": integer("Classes (classification; default: largest label + 1).", None, 2, 1_000_000),
-           "task": _TASK, **_STREAM_OPTIONS},
-          ("path", "checksums", "checksums_sha256", "label"), info={"kind": "streaming"}),
+           "task": _TASK, "text": _TEXT_COLUMN, **_LM_TEXT, **_STREAM_OPTIONS},
+          ("path", "checksums", "checksums_sha256"), info={"kind": "streaming"}),
     Entry("array_record", "Records of ArrayRecord files (Grain's format), each an .npz with arrays x_key and y_key.",
           {**_STREAM_PATH,
            "x_key": {"type": "string", "description": "Array name of the inputs in each record.", "default": "x"},
@@ -369,7 +389,7 @@ DATASETS: Registry[Entry] = _declare("dataset", _plugin_entry, _DATASET_BUILDS, 
            "input_shape": int_list("Shape of one record's inputs (sizes the model without reading data).", [],
                                    min_items=0),
            "num_classes": integer("Classes (classification).", None, 2, 1_000_000),
-           "task": _TASK, **_STREAM_OPTIONS},
+           "task": _TASK, "text": _TEXT_COLUMN, **_LM_TEXT, **_STREAM_OPTIONS},
           ("path", "checksums", "checksums_sha256"), info={"kind": "streaming"}),
 ])
 
@@ -405,6 +425,7 @@ LOSSES: Registry[Entry] = _declare("loss", None, _LOSS_BUILDS, [
 TASK_LOSSES = {"classification": ["cross_entropy"], "regression": ["mse", "mae", "huber"],
                "language_modeling": ["cross_entropy"]}  # the losses that fit each task
 PRECISIONS = ["float32", "bfloat16"]
+TEXT_COLUMN_SOURCES = ("parquet", "array_record")  # streaming sources that may hold language-modelling text
 # How a run spreads over several devices (gitops.learn.parallel); with one device both are plain training.
 PARALLELISM = {
     "data": "Data parallel: the global batch is split over all devices; parameters and optimizer state are "
@@ -415,6 +436,8 @@ PARALLELISM = {
 
 
 def dataset_task(data: dict) -> str:
-    """The task a data config produces (file/url datasets say it themselves)."""
+    """The task a data config produces (file/url datasets say it themselves; a `text:` column is language modelling)."""
     entry = DATASETS[data["dataset"]["name"]]
+    if data["dataset"].get("text") and data["dataset"]["name"] in TEXT_COLUMN_SOURCES:
+        return "language_modeling"
     return entry.info.get("task") or data["dataset"].get("task", "classification")

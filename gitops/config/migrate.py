@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gitops.config import schema
 from gitops.errors import ConfigError
+from gitops.records import record
 from gitops.repo.tree import FsTree
 
 Migration = Callable[[MutableMapping], None]  # edits one file's top-level mapping in place
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     """One schema migration: what it changes (`description`) and the function that edits a file's mapping."""
 

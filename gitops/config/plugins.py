@@ -24,25 +24,29 @@ A repository package (see `repo_package`) lists its specs in its `__init__.py` a
 and goes through the same checks. `build` references may be relative to the spec's package
 (`".model:TinyLinear"`), so one package works installed (entry points) and copied into a repository.
 Its source files are hashed (`source_hash`) into the training fingerprint of every model that uses
-one of its entries. It is code from pull requests: with `GITOPS_REPO_PLUGINS=off` (set in workflow
-jobs that hold write tokens) it is never imported.
+one of its entries; the parameters of its entries are fingerprinted as written (not defaults-filled), so a
+fingerprint never needs the package imported. It is code from pull requests: with `GITOPS_REPO_PLUGINS=off`
+(set in workflow jobs that hold write tokens) it is never imported, and `ci plan` reads a pull request's copy
+as data (`deferring`): names only it declares are placeholders, checked when training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops.config.settings import load_settings
 from gitops.errors import GitopsError
+from gitops.records import record
 from gitops.repo.tree import FsTree, repository_root
 
 # kind -> entry-point group
@@ -65,7 +69,7 @@ class PluginError(GitopsError):
     """A plugin that cannot be used: broken metadata, a name collision, an implementation that won't import (exit 1)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plugin:
     """What a plugin entry point names. Only `name`, `description` and `build` are always needed.
 
@@ -99,7 +103,7 @@ class Plugin:
     tasks: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Found:
     """A plugin with where it came from (for messages and the data fingerprint)."""
 
@@ -393,17 +397,21 @@ def blocked_message(package: str) -> str:
 
 
 def blocked_package() -> str | None:
-    """The current repository's plugin package when it is declared but must not be imported here."""
+    """The current repository's plugin package when it is declared but must not be imported here (None inside
+    `deferring`: unknown names are then the read-only package's, checked when training)."""
+    if _deferred[0] is not None:
+        return None
     return repo_package(_current_root()) if repo_plugins_off() else None
 
 
 def discovered() -> dict[str, dict[str, Found]]:
     """Every plugin: installed ones plus the current repository's package; kind -> name -> Found."""
     key = state_key()
-    root, package, _off = key
+    root, package = key[0], key[1]
     if key not in _merged_cache:
         installed = _installed()
-        if root is None or package is None or repo_plugins_off():  # off: names it provides stay unknown
+        if root is None or package is None or repo_plugins_off() or _deferred[0] is not None:
+            # off: names it provides stay unknown; deferred: they are placeholders (`placeholder`)
             _merged_cache[key] = installed
         else:
             local = _repo_plugins(root, package)
@@ -424,7 +432,115 @@ def state_key() -> tuple:
     if _state_memo[0] is not None:  # every catalog lookup asks: remembered until use_repository()
         return _state_memo[0]
     root = _current_root()
-    key = (root, repo_package(root), repo_plugins_off())
+    key = (root, repo_package(root), repo_plugins_off(), _deferred[0])
     if _active_root[0] is not None:
         _state_memo[0] = key
     return key
+
+
+# --- a package read as data only: `ci plan` over a commit whose plugin package this process must not import ---------
+
+
+@record(frozen=True)
+class Deferred:
+    """A repository plugin package known only as files at a commit (`ci plan` of a pull request's head).
+
+    While `deferring(...)` is active, no repository plugin package is imported; a name of a plugin kind that no
+    built-in or installed plugin declares is taken to be one of `package`'s entries (`placeholder`): its parameters
+    are fingerprinted as written (as always for repository entries) and checked when training, where the package is
+    imported. `metric_tasks` are the tasks the package declares metrics for, as far as can be known without
+    running it (`scanned_metric_tasks`, and the checkout's copy where this process may import it).
+    """
+
+    package: str
+    ref: str  # the commit, for messages
+    metric_tasks: frozenset[str] = frozenset()
+
+
+_deferred: list[Deferred | None] = [None]
+MAX_SCANNED_BYTES = 1024**2  # a source file larger than this is not scanned (`scanned_metric_tasks`)
+
+
+def scanned_metric_tasks(tree: Any, package: str) -> frozenset[str]:
+    """Tasks the metric specs in `package`'s source at `tree` declare as literals, read without running any of it.
+
+    Each `.py` file is parsed (`ast`, never executed); every call or dict literal with both `tasks` and
+    `higher_is_better` (a metric `Plugin`) contributes the task names written as a tuple or list of strings.
+    Specs built another way are not seen: training, where the package is imported, knows them all.
+    """
+    import ast
+
+    tasks: set[str] = set()
+    stack = [package]
+    while stack:
+        rel = stack.pop()
+        for name in tree.listdir(rel):
+            path = f"{rel}/{name}"
+            if name == "__pycache__":
+                continue
+            if tree.is_dir(path):
+                stack.append(path)
+                continue
+            if not name.endswith(".py"):
+                continue
+            data = tree.read(path) or b""
+            if len(data) > MAX_SCANNED_BYTES:
+                continue
+            try:
+                module = ast.parse(data, filename=path)
+            except (SyntaxError, ValueError, RecursionError, MemoryError):
+                continue
+            for node in ast.walk(module):
+                if isinstance(node, ast.Call):
+                    fields = {k.arg: k.value for k in node.keywords if k.arg}
+                elif isinstance(node, ast.Dict):
+                    fields = {k.value: v for k, v in zip(node.keys, node.values, strict=True)
+                              if isinstance(k, ast.Constant) and isinstance(k.value, str)}
+                else:
+                    continue
+                if "higher_is_better" in fields and isinstance(fields.get("tasks"), ast.Tuple | ast.List):
+                    tasks.update(e.value for e in fields["tasks"].elts
+                                 if isinstance(e, ast.Constant) and e.value in TASKS)
+    return frozenset(tasks)
+
+
+@contextlib.contextmanager
+def deferring(state: Deferred | None) -> Iterator[None]:
+    """Resolve configs with `state`'s package read as data, never imported (None: as usual)."""
+    previous = _deferred[0]
+    _deferred[0] = state
+    _state_memo[0] = None
+    try:
+        yield
+    finally:
+        _deferred[0] = previous
+        _state_memo[0] = None
+
+
+def deferred_state() -> Deferred | None:
+    """The package read as data only (`deferring`), or None."""
+    return _deferred[0]
+
+
+_placeholders: dict[tuple, Found] = {}
+
+
+def placeholder(kind: str, name: Any) -> Found | None:
+    """Inside `deferring`: a stand-in entry of the deferred package for an unknown `name` of `kind`, else None.
+
+    Its parameters are open (no schema: they are checked when training) and it declares no facts, so the checks
+    that need them wait for training too; a metric stand-in fits every task.
+    """
+    state = _deferred[0]
+    if state is None or kind not in GROUPS or not isinstance(name, str):
+        return None
+    if not (METRIC_NAME_RE if kind == "metric" else NAME_RE).fullmatch(name):
+        return None
+    key = (state, kind, name)
+    if key not in _placeholders:
+        plugin = Plugin(name, f"from {state.package}/ at {state.ref[:12]}: not imported here, checked when training",
+                        "-:-", info={"deferred": True}, higher_is_better=True if kind == "metric" else None,
+                        tasks=TASKS if kind == "metric" else ())
+        _placeholders[key] = Found(kind, plugin, f"{name} = {state.package}", None, None, package=state.package,
+                                   repo_package=state.package)
+    return _placeholders[key]

@@ -18,18 +18,18 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from gitops.config import plugins
 from gitops.errors import GitopsError
+from gitops.records import record
 
 E = TypeVar("E")  # the declaration record of a kind (catalog.Entry, catalog.Metric)
 
 BUILT_IN = "built-in"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class _Slot(Generic[E]):
     """One registered name: its declaration and where its implementation comes from."""
 
@@ -99,16 +99,28 @@ class Registry(Generic[E]):
             self._view = (key, merged)
         return self._view[1]
 
+    def _slot(self, name: Any) -> _Slot[E] | None:
+        """`name`'s slot; inside `plugins.deferring`, a placeholder for a name only the unread package may declare."""
+        slot = self._slots().get(name)
+        if slot is None and self._from_plugin is not None:
+            found = plugins.placeholder(self.kind, name)
+            if found is not None:  # never built: `get` refuses it (training imports the package instead)
+                slot = _Slot(self._from_plugin(found), None, found.package, found.origin, found)
+        return slot
+
     def entry(self, name: str) -> E | None:
         """The declaration of `name` (built-in or plugin), or None."""
-        slot = self._slots().get(name)
+        slot = self._slot(name)
         return slot.entry if slot is not None else None
 
     def __getitem__(self, name: str) -> E:
-        return self._slots()[name].entry
+        slot = self._slot(name)
+        if slot is None:
+            raise KeyError(name)
+        return slot.entry
 
     def __contains__(self, name: object) -> bool:
-        return name in self._slots()
+        return self._slot(name) is not None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._slots())
@@ -134,7 +146,7 @@ class Registry(Generic[E]):
 
     def found(self, name: str) -> plugins.Found | None:
         """Where a plugin entry came from (None for a built-in or an unknown name)."""
-        slot = self._slots().get(name)
+        slot = self._slot(name)
         return slot.plugin if slot is not None else None
 
     # --- implementations -----------------------------------------------------------------------------

@@ -9,10 +9,11 @@ with "did you mean" for unknown keys and enum values.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
-from gitops.config import catalog
+from gitops.config import catalog, plugins
 from gitops.config.catalog import Entry
 from gitops.config.jsonschema_tools import (
     _suggest,
@@ -55,6 +56,11 @@ def _choice(key: str, entries: Registry[Entry], description: str, extra: dict[st
     """An object whose `key` names a registry entry; the entry's parameters decide the other keys."""
     extra = extra or {}
     base_props = {key: enum(description, sorted(entries)), **extra}
+    if entries.kind in plugins.GROUPS and plugins.deferred_state() is not None:
+        # `ci plan` over a commit whose plugin package is read as data: any name may be one of its entries,
+        # whose parameters are checked when training (the built-ins' branches below still apply)
+        pattern = (plugins.METRIC_NAME_RE if entries.kind == "metric" else plugins.NAME_RE).pattern
+        base_props[key] = {"type": "string", "pattern": pattern, "description": description}
     branches = []
     for name, entry in sorted(entries.items()):
         props = {**base_props, key: {"const": name, "description": entry.description}, **entry.params}
@@ -574,6 +580,10 @@ def _bad_selectors(schema: dict, data: Any, path: tuple):
     props = dict(schema.get("properties", {}))
     if found is not None:
         key, names, union = found
+        open_name = props.get(key, {}).get("pattern")  # `_choice` inside plugins.deferring: checked when training
+        if open_name and data.get(key) not in names and isinstance(data.get(key), str) \
+                and re.fullmatch(open_name, data[key]):
+            return
         if data.get(key) not in names:
             yield path, key, names, union
             return

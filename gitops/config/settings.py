@@ -8,7 +8,6 @@ trackers. Nothing here is part of a model's files, so no setting changes a finge
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from gitops.config.jsonschema_tools import (
@@ -20,6 +19,7 @@ from gitops.config.jsonschema_tools import (
     strict_validator_class,
 )
 from gitops.errors import ConfigError, Problem
+from gitops.records import record
 from gitops.repo.tree import Tree
 
 SETTINGS_FILE = "gitops.yaml"
@@ -164,7 +164,7 @@ SETTINGS_SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class TrackerSpec:
     """One sink of `trackers:` (defaults as in the schema)."""
 
@@ -178,7 +178,7 @@ class TrackerSpec:
     timeout_s: float = 30.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Budgets:
     """`gitops.yaml: budgets:`, the limits a pull request's training may use (None: no limit): models per PR, optimizer
     steps (x repeats) per model, estimated device-minutes per PR, and the label that lifts them.
@@ -190,14 +190,14 @@ class Budgets:
     override_label: str = "gitops:budget-override"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PluginSettings:
     """`gitops.yaml: plugins:`: `package`, the repository's plugin package folder (None: none)."""
 
     package: str | None = None  # a package folder at the repository root (gitops.config.plugins)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DeploySettings:
     """`gitops.yaml: deploy:`, where stage moves are deployed: the Kustomize deploy repository (a folder or git URL; ""
     for no deploys), the overlay path ({stage} replaced), serving image, GPU flag and replicas.
@@ -210,7 +210,7 @@ class DeploySettings:
     replicas: int = 2
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class StoreSettings:
     """`gitops.yaml: artifacts:` (defaults as in the settings schema)."""
 
@@ -222,7 +222,7 @@ class StoreSettings:
     backoff_s: float = 1.0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Settings:
     """The repository's `gitops.yaml`, validated and with schema defaults filled in (`load_settings`); `Settings()` is
     what a repository without the file gets.

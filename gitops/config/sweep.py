@@ -23,14 +23,16 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import random
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitops import jsonio
 from gitops.config.yamlio import Mark, YamlDoc, load_yaml_text
 from gitops.errors import ConfigError, Problem
+from gitops.records import record
 from gitops.repo.tree import Tree
+
+if TYPE_CHECKING:  # random loads when trials are drawn, not when `validate` checks sweep.yaml
+    import random
 
 SWEEP_FILE = "sweep.yaml"
 SWEEP_KIND = "sweep"
@@ -92,7 +94,7 @@ SWEEP_SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Parameter:
     """One swept key path: an explicit list of values, or a numeric range."""
 
@@ -149,7 +151,7 @@ class Parameter:
         return float(f"{x:.{FLOAT_DIGITS}g}")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Trial:
     """One point of a sweep: `values` maps each swept key path to its value."""
 
@@ -165,7 +167,7 @@ class Trial:
         return {"trial": self.index, "values": dict(self.values), "set": self.overrides()}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Sweep:
     """A loaded, schema-valid sweep.yaml."""
 
@@ -187,6 +189,8 @@ class Sweep:
         """Every trial of the sweep, in a deterministic order (see the module docstring)."""
         names = [p.path for p in self.parameters]
         if self.method == "random":
+            import random
+
             rng = random.Random(self.seed)
             combos = [tuple(p.draw(rng) for p in self.parameters) for _ in range(self.trials_cap)]
         else:

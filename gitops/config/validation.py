@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from gitops import config
 from gitops.errors import Problem, UsageError
+from gitops.records import record
 from gitops.repo.tree import FsTree, Tree
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ValidationResult:
     """What `validate` found: model name (or gitops.yaml) -> its problems, [] for a valid one."""
 

@@ -15,8 +15,11 @@ Layout of a run's checkpoints (an Orbax `CheckpointManager` directory)::
 
 Retention: the last `keep` checkpoints AND the best one by the configured validation metric are kept
 (`AnyPreservationPolicy([LatestN, BestN])`), so the checkpoint a run hands on is never deleted. Ties
-go to the later step, in Orbax's BestN and in `best_step` alike (the rule of `gitops.registry.gates`). Saves are asynchronous;
-`wait()` runs before anything reads the directory. Never create integer-named folders in a checkpoint
+go to the later step, in Orbax's BestN and in `best_step` alike (the rule of `gitops.registry.gates`).
+
+Saves are asynchronous: the training thread only snapshots the arrays (an on-device copy, dispatched
+without waiting); a save thread copies them to host memory and hands them to Orbax, whose own threads
+write them (benchmarks/checkpoint_overhead.py). `wait()` runs before anything reads the directory. Never create integer-named folders in a checkpoint
 directory by hand: the manager trusts the rename that commits a step.
 """
 
@@ -26,6 +29,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,31 +56,87 @@ STATE = "state"
 META = "meta"
 
 
-def _portable(value: Any) -> Any:
-    """An array as a host (numpy) copy, so the checkpoint records no device and no mesh.
+class _Snapshot(np.ndarray):
+    """A host array that only the checkpoint holds (a view of a private copy of one step's state).
+
+    Orbax's NumpyHandler deep-copies every host array on the caller's thread before its background
+    write, in case the caller changes it meanwhile (orbax 0.12 can switch that off, 0.11 cannot); no one
+    changes a snapshot, so its deep copy is itself. Saved and restored as a plain `np.ndarray`.
+    """
+
+    def __deepcopy__(self, memo: dict) -> _Snapshot:
+        return self
+
+
+def _snapshot(tree: Mapping) -> dict:
+    """Main thread, at the step being saved: a private copy of every array, taken without waiting.
+
+    A single-device array (or one replica of a replicated one) and an array split over this process's
+    devices are copied on their devices by one `jax.device_put(..., may_alias=False)`: dispatched
+    asynchronously and ordered before the next training step, which donates (overwrites) the live
+    buffers. An array split over several processes is gathered here, on every process in the same
+    order (a collective), as `_to_host` could not do it from the save thread. Non-arrays pass through.
+    """
+    leaves, treedef = jax.tree.flatten(dict(tree))
+    out: list[Any] = list(leaves)
+    on_device: dict[int, jax.Array] = {}
+    for i, value in enumerate(leaves):
+        if isinstance(value, np.ndarray):
+            out[i] = np.array(value, copy=True)  # the caller's host array may change after save() returns
+        if not isinstance(value, jax.Array):
+            continue
+        if len(value.sharding.device_set) == 1 or value.is_fully_replicated:
+            on_device[i] = value.addressable_data(0)
+        elif value.is_fully_addressable:
+            on_device[i] = value
+        else:
+            from jax.experimental import multihost_utils
+
+            out[i] = np.asarray(multihost_utils.process_allgather(value, tiled=True))
+    copies = jax.device_put(list(on_device.values()), may_alias=False)
+    for i, copy in zip(on_device, copies, strict=True):
+        out[i] = copy
+    return jax.tree.unflatten(treedef, out)
+
+
+def _to_host(value: Any) -> Any:
+    """Save thread: a snapshot's array as a host (numpy) array, so the checkpoint records no device and no mesh.
 
     Orbax stores a jax.Array's sharding (even a single device's: `cuda:0`); a plain
     `StandardCheckpointer().restore(...)` without a target re-creates it and fails on a machine with
     other devices ("Topology mismatch", "Device cpu:0 was not found"). So every array is saved from host
-    memory: a single-device array is copied (a copy, not a view: the step loop donates its buffers);
-    a replicated one from its first shard; an fsdp-split one gathered first (on every process, as save
-    runs on all; Orbax writes host arrays from process 0 only). A run trained on 8 GPUs restores on a
-    laptop, and `restore_state` places it on the current devices or mesh from its target.
-
-    Cost (an A/B on a loaded 2-core runner, 100 MB): Orbax writes host arrays
-    2-4x slower than the same arrays as jax.Arrays (0.5-1.9 s vs 0.2-0.5 s per save, async, in the
-    background thread); the main thread pays the host copy (~50 ms per 100 MB). Portability first:
-    benchmarks/checkpoint_overhead.py tracks the price.
+    memory, and a run trained on 8 GPUs restores on a laptop; `restore_state` places it on the current
+    devices or mesh from its target. On a CPU device this is a view of the snapshot's buffer (no copy);
+    on an accelerator, the device-to-host copy, made here rather than on the training thread.
     """
-    if not isinstance(value, jax.Array):
-        return value
-    if len(value.sharding.device_set) == 1 or value.is_fully_replicated:
-        return np.array(value.addressable_data(0), copy=True)
-    if value.is_fully_addressable:
-        return np.asarray(value)
-    from jax.experimental import multihost_utils
+    if isinstance(value, jax.Array):
+        value = np.asarray(value)
+    return value.view(_Snapshot) if isinstance(value, np.ndarray) and type(value) is np.ndarray else value
 
-    return np.asarray(multihost_utils.process_allgather(value, tiled=True))
+
+SAVE_NICENESS = 5
+
+
+def _yield_cpu() -> None:
+    """Lower the calling thread's CPU priority by SAVE_NICENESS (Linux: a thread's nice value is its own,
+    and threads it starts inherit it: Orbax's writers and its commit thread).
+
+    On a CPU-only runner the training step keeps the cores busy, and a save costs ~45-60 ms of CPU per
+    13.5 MB (Orbax's bookkeeping, tensorstore's writes and fsyncs; `np.save` of the same bytes ~7 ms):
+    the save thread then runs mostly in the gaps the step leaves instead of taking equal turns with
+    it. A mild 5, not 19: when the next save has to wait for this one (the step idle meanwhile), the
+    save competes with the machine's other processes, and a shared runner's load would starve a 19.
+    Elsewhere (or without permission) a no-op.
+    """
+    import os
+    import sys
+    import threading
+
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + SAVE_NICENESS))
 
 
 def restore_anywhere(item_dir: Path) -> dict:
@@ -107,7 +167,7 @@ def state_handler() -> ocp.StandardCheckpointHandler:
     Measured by benchmarks/checkpoint_overhead.py (100 MB, each save followed by os.sync()): Orbax's
     defaults (zstd level 3 + OCDBT) save at ~0.15-0.3x np.save's bandwidth on a 2-core CPU runner, since
     compressing float weights costs CPU time and gains ~8 % of space; without compression and OCDBT it
-    is ~0.8-0.9x. The format stays plain Orbax: `StandardCheckpointer().restore(path)` reads it, and
+    is ~0.8-0.9x on a quiet runner (0.4-0.6x on one loaded by other jobs: tensorstore fsyncs every file). The format stays plain Orbax: `StandardCheckpointer().restore(path)` reads it, and
     checkpoints written with the defaults (OCDBT, compressed) still restore through this handler.
     """
     handler = ocp.StandardCheckpointHandler()
@@ -153,35 +213,63 @@ class Checkpoints:
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_handlers={STATE: state_handler(), META: ocp.JsonCheckpointHandler()})
+        # the save thread: one, so saves reach the manager in order; multi-process runs save on the calling
+        # thread (Orbax's barriers and the gather of split arrays expect every process's main thread)
+        self._thread = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="gitops-checkpoint", initializer=_yield_cpu)
+                        if asynchronous and jax.process_count() == 1 else None)
+        self._queued: Future | None = None
 
     # --- writing ---
     def save(self, step: int, state: Mapping, meta: Mapping, metrics: Mapping[str, float] | None = None) -> None:
         """Queue an asynchronous save of `state` (nested dict of arrays) and `meta` (JSON) at `step`.
 
         `metrics` must hold `best_metric` for the checkpoint to compete for "best"; others are kept
-        only while they are among the last `keep`.
+        only while they are among the last `keep`. Returns once the arrays are snapshotted (`_snapshot`:
+        an asynchronous copy on their devices, so the caller may donate or change them); the copy to
+        host memory and Orbax's own work (metadata, folders, its wait for the previous save, the writes)
+        run on the save thread. A save still being handed to Orbax is waited for first, so at most two
+        snapshots exist; an error of an earlier save is raised here or by `wait`.
         """
         ranked = dict(metrics) if metrics and self.best_metric and self.best_metric in metrics else None
-        state = jax.tree.map(_portable, dict(state))
+        snapshot, meta = _snapshot(state), dict(meta)
+        self._handed_on()
+        if self._thread is None:
+            self._save_now(step, snapshot, meta, ranked)
+        else:
+            self._queued = self._thread.submit(self._save_now, step, snapshot, meta, ranked)
+
+    def _save_now(self, step: int, snapshot: dict, meta: dict, ranked: dict | None) -> None:
+        state = jax.tree.map(_to_host, snapshot)
         self.manager.save(
             step,
-            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(dict(meta))}),
+            args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}),
             metrics=ranked,
             force=True,
         )
+
+    def _handed_on(self) -> None:
+        """Wait until the queued save (if any) is handed to Orbax; re-raise its error."""
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            queued.result()
 
     def wait(self) -> None:
         """Block until queued asynchronous saves are committed to disk (Orbax `CheckpointManager.wait_until_finished`);
         call before reading or before the process exits.
         """
+        self._handed_on()
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         """Wait for pending saves, then close the Orbax manager (its background threads); the object is unusable
-        afterwards.
+        afterwards. Raises the error of a save that failed (after closing).
         """
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            if self._thread is not None:
+                self._thread.shutdown(wait=True)
+            self.manager.close()
 
     # --- reading ---
     def steps(self) -> list[int]:

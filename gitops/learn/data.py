@@ -183,7 +183,8 @@ def load(data: Any, root: Path) -> Any:
     """Load, split and preprocess the data a `DataConfig` (or its dict) describes.
 
     In-memory sources return a `Dataset` (arrays); streaming sources (`image_folder`, `parquet`,
-    `array_record`) a `gitops.learn.streaming.StreamingDataset` (verified files and record indexes).
+    `array_record`) a `gitops.learn.streaming.StreamingDataset` (verified files and record indexes), and so
+    does language-modelling text (`text`, or a `text:` column), over its packed token rows.
     """
     doc = config_lib.thaw(data) if isinstance(data, Mapping) else config_lib.thaw(
         {k: getattr(data, k) for k in data.__dataclass_fields__}
@@ -191,11 +192,13 @@ def load(data: Any, root: Path) -> Any:
     ds = doc["dataset"]
     from gitops.learn import streaming
 
+    task = catalog.dataset_task(doc)
+    if task == "language_modeling":  # text, or a text column: packed once, then streamed (gitops.learn.text_data)
+        from gitops.learn import text_data
+
+        return text_data.load(doc, Path(root))
     if ds["name"] in streaming.SOURCES:  # read while training, never whole (gitops.learn.streaming)
         return streaming.load(doc, Path(root))
-    task = catalog.dataset_task(doc)
-    if task == "language_modeling":
-        return _load_language_modeling(doc, Path(root))
     x, y = catalog.DATASETS.get(ds["name"])(ds, Path(root))
     if len(x) != len(y):
         raise TrainingError(f"dataset {ds['name']}: {len(x)} inputs but {len(y)} labels")
@@ -215,19 +218,6 @@ def load(data: Any, root: Path) -> Any:
     prep = fit_preprocessing(doc["preprocessing"]["scale"], x[tr], task=task, num_classes=classes, num_outputs=outputs)
     make = lambda idx: Split(prep.apply(x[idx]) if len(idx) else x[idx], y[idx], idx)  # noqa: E731
     return Dataset(make(tr), make(va), make(te), prep, x[te])
-
-
-def _load_language_modeling(doc: Mapping[str, Any], root: Path) -> Dataset:
-    """Token sequences of a `text` dataset (gitops.learn.text_data), split by document; no scaling."""
-    from gitops.learn import text_data
-
-    ds = doc["dataset"]
-    packed = text_data.load_text(ds, root, doc["splits"])
-    tokenizer = packed["tokenizer"]
-    prep = Preprocessing("none", None, None, [int(ds["sequence_length"])], "language_modeling", None,
-                         tokenizer.vocab_size, dict(tokenizer.spec))
-    make = lambda part: Split(part[0], part[1], np.arange(len(part[0])))  # noqa: E731
-    return Dataset(make(packed["train"]), make(packed["val"]), make(packed["test"]), prep, packed["test"][0])
 
 
 # --- device-side batching and augmentation ------------------------------------------------------

@@ -9,6 +9,7 @@ both use it, so a dataset splits the same way whichever reader loads it.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -42,6 +43,11 @@ class Preprocessing:
         """Read preprocessing.json back; keys it lacks (files from older versions) become None."""
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
 
+    @functools.cached_property
+    def _scaling(self) -> tuple[np.ndarray, np.ndarray]:
+        # float32 arrays of `shift` and `divisor`, made once (not from the lists on every `apply`)
+        return np.asarray(self.shift, np.float32), np.asarray(self.divisor, np.float32)
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw inputs (any shape with the right number of features per example) -> float32 model inputs."""
         x = np.asarray(x, np.float32)
@@ -52,7 +58,8 @@ class Preprocessing:
             raise GitopsError(f"inputs of shape {x.shape} do not hold examples of shape {tuple(self.input_shape)}")
         flat = x.reshape(-1, features)
         if self.shift is not None:
-            flat = (flat - np.asarray(self.shift, np.float32)) / np.asarray(self.divisor, np.float32)
+            shift, divisor = self._scaling
+            flat = (flat - shift) / divisor
         return flat.reshape(-1, *self.input_shape).astype(np.float32)
 
 

@@ -43,6 +43,16 @@ class Tokenizer:
             return list(text.encode("utf-8"))
         return list(self._hf.encode(text, add_special_tokens=False).ids)
 
+    def encode_many(self, texts: list[str]) -> list[Any]:
+        """Token ids of each text, as `encode` gives them (numpy uint8 arrays for the byte tokenizer; the
+        saved tokenizer encodes the batch in its own threads, in order).
+        """
+        if self._hf is None:
+            import numpy as np
+
+            return [np.frombuffer(t.encode("utf-8"), np.uint8) for t in texts]
+        return [e.ids for e in self._hf.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, EOS dropped: UTF-8 with invalid bytes as U+FFFD (the byte tokenizer), else the
         saved tokenizer's decoding with special tokens skipped.

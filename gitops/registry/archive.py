@@ -15,18 +15,20 @@ paths, no `..`, no links, no devices), the whole is bounded in members and bytes
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import shutil
 import stat
-import tarfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from gitops import jsonio
 from gitops.checksums import sha256_file
 from gitops.errors import GitopsError, IntegrityError
+
+if TYPE_CHECKING:  # tarfile and gzip load when an archive is written or read, not at start-up (`gitops ls`)
+    import tarfile
 
 SUMS_FILE = "SHA256SUMS"
 SUFFIX = ".tar.gz"
@@ -102,6 +104,9 @@ def write_deterministic_tar(dest: Path, files: list[tuple[str, bytes | Path]]) -
 
     `files`: (member path, bytes or a file to stream) pairs; parent folders are added as entries.
     """
+    import gzip
+    import tarfile
+
     files = sorted(files, key=lambda e: e[0])
     dirs = sorted({str(Path(name).parent.as_posix()) for name, _ in files} - {"."})
     all_dirs = sorted({p for d in dirs for p in [*(str(x.as_posix()) for x in Path(d).parents), d] if p != "."})
@@ -292,6 +297,8 @@ def safe_extract(archive: Path, dest: Path) -> None:
         IntegrityError: an unsafe or colliding member, more than MAX_MEMBERS members or
             MAX_EXTRACTED_BYTES bytes, or a member tarfile's filter refuses.
     """
+    import tarfile
+
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
@@ -325,6 +332,8 @@ def read_members(archive: Path, wanted: set[str] | frozenset[str] | tuple[str, .
         GitopsError: more than `max_members` members.
         tarfile.TarError, OSError, EOFError: an unreadable archive (the caller words it).
     """
+    import tarfile
+
     found: dict[str, tuple[int, bytes]] = {}
     with tarfile.open(archive, "r|*") as tar:
         for count, member in enumerate(tar):

@@ -8,13 +8,13 @@ finished run (a run folder in `runs/` or the runner cache, or the latest release
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from gitops.config.settings import Budgets
+from gitops.records import record
 from gitops.registry.tags import instant
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cost:
     """The estimated cost of training one model in a PR: `steps` optimizer steps (repeats included) at the
     last measured `steps_per_second` (None when the model never trained).
@@ -82,29 +82,33 @@ def measured_rate(root, model: str) -> float | None:
 def plan_costs(root, head: str | None, models: list[str]) -> list[Cost]:
     """Steps and last measured rate of each model the plan trains, from its config at `head` (None: the working tree)."""
     from gitops import config
+    from gitops.registry.plan import reading
     from gitops.repo.tree import FsTree, GitTree
 
     tree = GitTree(root, head) if head else FsTree(root)
     costs = []
-    for model in models:
-        cfg = config.load(model, root, tree=tree)
-        steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
-        costs.append(Cost(model, steps * cfg.train.repeats if steps else None, measured_rate(root, model)))
+    with reading(root, tree):  # a pull request's plugin package is read as data, as the plan read it
+        for model in models:
+            cfg = config.load(model, root, tree=tree)
+            steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
+            costs.append(Cost(model, steps * cfg.train.repeats if steps else None, measured_rate(root, model)))
     return costs
 
 
 def trial_costs(root, head: str | None, model: str, trials: list[dict]) -> list[Cost]:
     """Steps and rate of each sweep trial (its config is the model's plus the trial's `set` lines); head None: the working tree."""
     from gitops import config
+    from gitops.registry.plan import reading
     from gitops.repo.tree import FsTree, GitTree
 
     tree = GitTree(root, head) if head else FsTree(root)
     rate = measured_rate(root, model)
     costs = []
-    for trial in trials:
-        cfg = config.load(model, root, trial["set"], tree=tree)
-        steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
-        costs.append(Cost(f"{model} trial #{trial['trial']}", steps * cfg.train.repeats if steps else None, rate))
+    with reading(root, tree):
+        for trial in trials:
+            cfg = config.load(model, root, trial["set"], tree=tree)
+            steps = config.total_steps(config.thaw(cfg.as_dict()["train"]), cfg.as_dict()["data"])
+            costs.append(Cost(f"{model} trial #{trial['trial']}", steps * cfg.train.repeats if steps else None, rate))
     return costs
 
 

@@ -8,20 +8,21 @@ stay jax-free: this runs on a GitHub-hosted runner before any GPU job starts.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops import config, jsonio
 from gitops.config.yamlio import load_yaml_text
 from gitops.errors import ConfigError, GitopsError, Problem, UsageError
+from gitops.records import record
 from gitops.repo import gitutil
 from gitops.repo.tree import FsTree, GitTree, Tree
 
 _MISSING = object()
 
 
-@dataclass
+@record
 class ModelChange:
     """One model in a plan and why (`reason`): its training and release fingerprints at head (64 hex) and
     the changed config keys as (key path, old, new).
@@ -32,19 +33,26 @@ class ModelChange:
     fingerprint: str = ""  # training fingerprint at head (full)
     release_fingerprint: str = ""
     diff: list[tuple[str, Any, Any]] = field(default_factory=list)  # (key.path, old, new)
+    # key paths owned by entries of a plugin package read as data only: checked when training
+    checked_when_training: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        """The change as JSON for `gitops ci plan --json` (`fingerprint` is the 12-hex short form)."""
-        return {
+        """The change as JSON for `gitops ci plan --json` (`fingerprint` is the 12-hex short form;
+        `checked_when_training` only when some part of the config waits for training to be checked).
+        """
+        out = {
             "model": self.model,
             "reason": self.reason,
             "fingerprint": self.fingerprint[:12],
             "training_fingerprint": self.fingerprint,
             "release_fingerprint": self.release_fingerprint,
         }
+        if self.checked_when_training:
+            out["checked_when_training"] = list(self.checked_when_training)
+        return out
 
 
-@dataclass
+@record
 class Plan:
     """What a PR changes between commits `base` and `head`: models to train, to release without training,
     deleted, and sweeps to run.
@@ -85,7 +93,7 @@ class Plan:
         return {"include": entries}
 
 
-@dataclass
+@record
 class SweepPlan:
     """A model's new or changed sweep: every trial trains (cached ones cost nothing)."""
 
@@ -121,8 +129,12 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(old: dict | None, new: dict | None) -> list[tuple[str, Any, Any]]:
-    """Changed key paths with old and new values (`_MISSING` stands for an absent key)."""
-    a, b = flatten(old or {}), flatten(new or {})
+    """Changed key paths with old and new values (`_MISSING` stands for an absent key).
+
+    `plugins.written` (a repository plugin's parts as written, which the fingerprint hashes) repeats keys
+    shown where they live: left out.
+    """
+    a, b = ({k: v for k, v in flatten(doc or {}).items() if not k.startswith("plugins.written.")} for doc in (old, new))
     changes = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
@@ -148,19 +160,74 @@ def is_missing(value: Any) -> bool:
 # --- resolving at a commit ----------------------------------------------------------------------
 
 
-def _resolve_all(tree: Tree, names: list[str] | None = None
+def _resolve_all(tree: Tree, names: list[str] | None = None, mode: Any = None
                  ) -> tuple[dict[str, config.ResolvedConfig], dict[str, list[Problem]]]:
+    """Resolve models of `tree` (all when `names` is None); `mode`: a `plugins.Deferred` to read its package as data."""
+    from gitops.config import plugins
+
     names = config.model_names(tree) if names is None else names
     if isinstance(tree, GitTree):
         tree.read_many([f"{config.MODELS_DIR}/{n}/{k}.yaml" for n in names for k in config.FILE_KINDS])
     resolved, problems = {}, {}
-    for name in names:
-        cfg, found = config.resolve(name, tree)
-        if cfg is None:
-            problems[name] = found
-        else:
-            resolved[name] = cfg
+    with plugins.deferring(mode):
+        for name in names:
+            cfg, found = config.resolve(name, tree)
+            if cfg is None:
+                problems[name] = found
+            else:
+                resolved[name] = cfg
     return resolved, problems
+
+
+def plugin_mode(root: Path, tree: Tree) -> Any:
+    """How to resolve `tree`'s configs: None (as usual), or a `plugins.Deferred` when the plugin package it declares
+    must not be imported here: its files differ from this checkout's (the one this process may import), or
+    $GITOPS_REPO_PLUGINS is off.
+
+    pr-train.yml's plan runs base-branch code and reads the pull request's head as git objects: a plugin package
+    the PR adds or edits is hashed from those objects and never imported. A name only that package can declare
+    is taken as one of its entries; the parts of the config it owns are checked when training, where the PR's
+    code runs (after the approval gate), and are fingerprinted as written, so the plan's fingerprint is the one
+    training records.
+    """
+    if not isinstance(tree, GitTree):
+        return None
+    from gitops.config import plugins
+    from gitops.config.settings import load_settings
+
+    try:
+        package = load_settings(tree).plugins.package
+    except GitopsError:  # a broken gitops.yaml: validation reports it
+        return None
+    if package is None:
+        return None
+    checkout = Path(root).resolve()
+    same = (not plugins.repo_plugins_off() and plugins.repo_package(checkout) == package
+            and plugins.source_hash(FsTree(checkout), package) == plugins.source_hash(tree, package))
+    if same:
+        return None
+    metric_tasks = plugins.scanned_metric_tasks(tree, package) | _checkout_metric_tasks(checkout, package)
+    return plugins.Deferred(package, tree.ref, metric_tasks)
+
+
+def reading(root: Path, tree: Tree) -> Any:
+    """A context in which `config.resolve(..., tree)` reads `tree` as `plan` does (see `plugin_mode`)."""
+    from gitops.config import plugins
+
+    return plugins.deferring(plugin_mode(root, tree))
+
+
+def _checkout_metric_tasks(root: Path, package: str) -> frozenset[str]:
+    """Tasks this checkout's copy of `package` declares metrics for (none when it may not be imported here)."""
+    from gitops.config import catalog, plugins
+
+    if plugins.repo_plugins_off() or plugins.repo_package(root) != package:
+        return frozenset()
+    plugins.use_repository(root)
+    try:
+        return frozenset(t for m in catalog.METRICS.values() if m.repo_package == package for t in m.tasks)
+    except GitopsError:  # a broken package: resolving the checkout's configs says why
+        return frozenset()
 
 
 def _inputs(tree: Tree, name: str, cfg: config.ResolvedConfig) -> list[str] | None:
@@ -223,33 +290,13 @@ def _reason(name: str, base_tree: Tree, head_tree: Tree, head_cfg: config.Resolv
     if own:
         pieces.append("own files changed: " + ", ".join(own))
     pieces += [f"parent {p} changed (extends)" for p in parents]
-    before = dict(base_cfg.plugins or {}) if base_cfg is not None else {}
-    after = dict(head_cfg.plugins or {})
+    before = {k: v for k, v in (base_cfg.plugins or {}).items() if k != "written"} if base_cfg is not None else {}
+    after = {k: v for k, v in (head_cfg.plugins or {}).items() if k != "written"}
     if before != after:
         package = after.get("package") or before.get("package")
         pieces.append(f"plugin package {package}/ changed" if before and after else
                       f"{'uses' if after else 'no longer uses'} the plugin package {package}/")
     return "; ".join(pieces) or "resolved config changed (schema/defaults)"
-
-
-def _plugin_note(root: Path, head_tree: Tree) -> list[Problem]:
-    """A note when `head_tree`'s plugin package differs from the checkout's, the one this process imports.
-
-    pr-train.yml's plan runs base-branch code and reads the PR head as data: it never imports a PR's
-    plugin code, so entries a PR adds or changes are checked against the base branch's copy.
-    """
-    if not isinstance(head_tree, GitTree):
-        return []
-    from gitops.config import plugins
-
-    package = plugins.repo_package(Path(root).resolve())
-    if package is None or plugins.source_hash(FsTree(root), package) == plugins.source_hash(head_tree, package):
-        return []
-    return [Problem("gitops.yaml", 1, 1, "plugins.package",
-                    f"{package}/ at {head_tree.ref[:12]} differs from this checkout's, whose plugins checked the "
-                    "configs above: a pull request's plugin code is never imported before review (pr-train.yml "
-                    "plans with the base branch's code). pr.yml validates the PR with its own plugins; land new "
-                    "or changed plugin entries in a pull request of their own, then the models that use them")]
 
 
 def plan(root: Path, base: str, head: str | None) -> Plan:
@@ -262,12 +309,13 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
     else:
         head_label = gitutil.ensure_commit(root, head)
         head_tree = GitTree(root, head_label)
-    new, new_problems = _resolve_all(head_tree)
+    head_mode = plugin_mode(root, head_tree)
+    new, new_problems = _resolve_all(head_tree, mode=head_mode)
     if new_problems:
-        raise ConfigError([p for ps in new_problems.values() for p in ps] + _plugin_note(root, head_tree))
+        raise ConfigError([p for ps in new_problems.values() for p in ps])
     old_names = set(config.model_names(base_tree))
     same = _unchanged(base_tree, head_tree, {n: c for n, c in new.items() if n in old_names})
-    old, _old_problems = _resolve_all(base_tree, sorted(old_names - same))
+    old, _old_problems = _resolve_all(base_tree, sorted(old_names - same), plugin_mode(root, base_tree))
     old.update({name: new[name] for name in same})
     result = Plan(base_sha, head_label)
     for name in sorted(new):
@@ -289,9 +337,14 @@ def plan(root: Path, base: str, head: str | None) -> Plan:
                                                    cfg.release_fingerprint,
                                                    config_diff(before.as_dict(), cfg.as_dict())))
     _parents(root, new, result)
+    for change in result.train + result.release_only:
+        change.checked_when_training = list(new[change.model].checked_when_training)
     for name in sorted(old_names - set(config.model_names(head_tree))):
         result.deleted.append(ModelChange(name, "model folder removed"))
-    result.sweeps = _sweeps(base_tree, head_tree, new, old_names)
+    from gitops.config import plugins
+
+    with plugins.deferring(head_mode):
+        result.sweeps = _sweeps(base_tree, head_tree, new, old_names)
     return result
 
 
@@ -371,6 +424,9 @@ def format_diff(result: Plan) -> str:
     for title, changes in (("train", result.train), ("release only", result.release_only)):
         for change in changes:
             lines.append(f"{change.model} ({title}: {change.reason})")
+            if change.checked_when_training:
+                lines.append(f"  checked when training (plugin code not imported here): "
+                             f"{', '.join(change.checked_when_training)}")
             for key, a, b in change.diff:
                 lines.append(f"  {key}: {show_value(a)} -> {show_value(b)}")
     for change in result.deleted:

@@ -21,12 +21,13 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops import jsonio, scratch
 from gitops.errors import GitopsError, UsageError
+from gitops.records import record
 
 CONFIG_FILE = "config.resolved.yaml"
 MANIFEST_FILE = "manifest.json"
@@ -236,7 +237,7 @@ def run_roots(root: Path) -> list[Path]:
 # --- reading a run folder back as data --------------------------------------------------------------
 
 
-@dataclass
+@record
 class RunInfo:
     """A run folder's files, read once as data (no jax): what release, report, trackers and sweeps use."""
 

@@ -19,13 +19,17 @@ most recently holds the stage (one version per stage).
 
 from __future__ import annotations
 
-import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from gitops.backends.base import TagInfo
+from gitops import logs
 from gitops.errors import UsageError
+from gitops.records import record
+
+if TYPE_CHECKING:  # annotations only: the backend module loads where tags are listed
+    from gitops.backends.base import TagInfo
 
 _NAME = r"[a-z0-9]([a-z0-9-/]*[a-z0-9])?"
 _SEMVER = (
@@ -58,7 +62,7 @@ class Action(StrEnum):
     CREATE = "create"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ParsedTag:
     """A registry tag's meaning: model, action, and the version (`v1.2.3`), stage and `#N` counter it names."""
 
@@ -69,7 +73,7 @@ class ParsedTag:
     counter: int | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SemVer:
     """A semantic version as GTO's grammar allows it: `v1.2.3`, `v1.2.3-rc.1`, `v1.2.3+build.5`.
 
@@ -223,7 +227,6 @@ def next_counter(tags: list[TagInfo], model: str) -> int:
 
 # --- state ----------------------------------------------------------------------------------
 
-log = logging.getLogger("gitops.registry")
 
 
 def instant(date: str) -> float | None:
@@ -245,7 +248,7 @@ def instant(date: str) -> float | None:
     return parsed.timestamp()
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Event:
     """One registry tag of one model, in the order GTO applies them."""
 
@@ -261,7 +264,7 @@ class Event:
     counter: int | None = None
 
 
-@dataclass
+@record
 class VersionState:
     """One registered version as the tags make it: its tag, commit, tagger and date (ISO 8601), the tag
     message (release metadata), whether it is still active and the stages it holds now.
@@ -287,7 +290,7 @@ class VersionState:
         return self.semver.is_prerelease
 
 
-@dataclass
+@record
 class ModelState:
     """One model's registry state computed from its tags (GTO's rules, see the module docstring): versions,
     stage -> version, every event oldest first, deprecation, and warnings for skipped tags.
@@ -431,7 +434,7 @@ def registry_state(tags: list[TagInfo], only: str | None = None) -> dict[str, Mo
         state = states.setdefault(model, ModelState(model))
         state.warnings.extend(messages)
         for message in messages:
-            log.warning("%s", message)
+            logs.logger("gitops.registry").warning("%s", message)  # logging loads at the first warning
     return states
 
 
@@ -457,7 +460,7 @@ def _version_at(state: ModelState, commit: str) -> str | None:
 # --- references: MODEL@VERSION | MODEL@STAGE | MODEL#STAGE | MODEL ----------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Ref:
     """A parsed reference (see `parse_ref`): a model with a version, a stage, or neither (its latest release)."""
 

@@ -9,16 +9,17 @@ their headline metrics, newest first, like MLflow's run list.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 from gitops import config
+from gitops.records import record
 from gitops.registry import runs, tags, versions
 from gitops.repo.tree import FsTree
 
 
-@dataclass
+@record
 class RunRow:
     """One run folder, read as data."""
 

@@ -97,8 +97,12 @@ def _reject_constant(name: str) -> float:
     raise BadRequest(f"non-finite number {name} in the request (inputs must be finite)")
 
 
+# One decoder for every request: `json.loads(body, parse_constant=...)` would build a new one each time.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(body: bytes) -> Any:
-    """The decoded JSON body of a request.
+    """The decoded JSON body of a request (UTF-8, -16 or -32, as `json.loads` reads bytes).
 
     Raises BadRequest (400) for an empty body, malformed JSON, nesting too deep for Python's parser,
     or a NaN/Infinity literal (inputs must be finite).
@@ -106,7 +110,7 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise BadRequest("empty request body; send {\"instances\": [...]} or {\"inputs\": ...}")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return _DECODER.decode(body.decode(json.detect_encoding(body), "surrogatepass"))
     except BadRequest:
         raise
     except RecursionError:
@@ -204,14 +208,28 @@ class BodyBudget:
         self.held -= n
 
 
-async def read_body(request: Request, limits: Limits, budget: BodyBudget | None = None) -> tuple[bytes, int]:
-    """The whole body within `limits`; returns (body, bytes taken from `budget`: give them back).
+def content_length(scope: dict) -> bytes | None:
+    """The raw Content-Length header of an ASGI HTTP scope (names are lower-case in ASGI), or None."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value
+    return None
 
-    Raises BadRequest: 413 too large, 408 not received within `limits.body_timeout_s`, 503 when the
-    budget of in-flight body bytes is spent, 400 for a bad Content-Length or a client that went away.
+
+async def read_body(request: Request, limits: Limits, budget: BodyBudget | None = None) -> tuple[bytes, int]:
+    """`receive_body` for a Starlette request (the same limits, errors and budget)."""
+    return await receive_body(request.receive, content_length(request.scope), limits, budget)
+
+
+async def receive_body(receive: Any, declared: bytes | str | None, limits: Limits,
+                       budget: BodyBudget | None = None) -> tuple[bytes, int]:
+    """The whole body from an ASGI `receive`; returns (body, bytes taken from `budget`: give them back).
+
+    `declared` is the request's Content-Length (None when absent). Raises BadRequest: 413 too large,
+    408 not received within `limits.body_timeout_s`, 503 when the budget of in-flight body bytes is
+    spent, 400 for a bad Content-Length or a client that went away.
     """
     limit = limits.max_body_bytes
-    declared = request.headers.get("content-length")
     size = 0
     if declared is not None:
         try:
@@ -227,14 +245,21 @@ async def read_body(request: Request, limits: Limits, budget: BodyBudget | None 
             taken = size
         chunks, total = [], 0
         async with asyncio.timeout(limits.body_timeout_s):
-            async for chunk in request.stream():
-                total += len(chunk)
-                if total > limit:
-                    raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
-                if budget is not None and total > taken:
-                    budget.take(total - taken)
-                    taken = total
-                chunks.append(chunk)
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":  # http.disconnect
+                    raise ClientDisconnect()
+                chunk = message.get("body", b"")
+                if chunk:
+                    total += len(chunk)
+                    if total > limit:
+                        raise BadRequest(f"request body exceeds the limit of {limit} bytes", 413)
+                    if budget is not None and total > taken:
+                        budget.take(total - taken)
+                        taken = total
+                    chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
     except TimeoutError:
         if budget is not None:
             budget.give(taken)
@@ -247,7 +272,7 @@ async def read_body(request: Request, limits: Limits, budget: BodyBudget | None 
         if budget is not None:
             budget.give(taken)
         raise
-    return b"".join(chunks), taken
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), taken
 
 
 # --- the app --------------------------------------------------------------------------------------
@@ -325,7 +350,7 @@ class ModelServer:
             previous = follower.on_failure
             follower.on_failure = lambda v, m: (self.metrics.errors.labels("version_refused").inc(),
                                                 previous and previous(v, m))
-        self.app = Starlette(
+        self.starlette = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET"]),
                 Route("/readyz", self.readyz, methods=["GET"]),
@@ -337,7 +362,36 @@ class ModelServer:
             lifespan=self._lifespan,
         )
         # One answer per request: an unknown path is a JSON 404, never a 307 to the same path with '/'.
-        self.app.router.redirect_slashes = False
+        self.starlette.router.redirect_slashes = False
+        self._version_headers: tuple[ServedVersion | None, list] = (None, [])
+
+    @property
+    def app(self) -> ModelServer:
+        """The ASGI app to hand to uvicorn (or a test client): this server itself (see `__call__`)."""
+        return self
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """The ASGI app. `POST /v1/models/<name>[...]:predict` for the served model
+        is answered here directly; everything else (lifespan included) goes through Starlette's routes.
+
+        The predict path is the one a model server spends its time on: without Starlette's routing,
+        middleware, Request and Response objects it costs a fraction of the same request through them
+        (`benchmarks/serve_latency.py` measures it against a bare Starlette endpoint).
+        """
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path.endswith(":predict") and path.startswith("/v1/models/"):
+                m = _PATH_RE.fullmatch(path, 11)
+                if m is not None and m["name"] == self.state.model and m["tail"] == ":predict":
+                    try:
+                        await self._predict(scope, receive, send, m["kind"], m["sel"])
+                    except Exception as exc:
+                        log.exception("internal error on %s", path)
+                        self.metrics.errors.labels("internal").inc()
+                        await self._count("predict", error(500, f"internal error: {type(exc).__name__}"))(
+                            scope, receive, send)
+                    return
+        await self.starlette(scope, receive, send)
 
     # --- lifecycle ---
     @asynccontextmanager
@@ -426,16 +480,17 @@ class ModelServer:
         if tail == ":generate":
             return await self._generate(request, m["kind"], m["sel"])
         if is_predict:
-            return await self._predict(request, m["kind"], m["sel"])
+            kind, sel = m["kind"], m["sel"]
+            return _Asgi(lambda scope, receive, send: self._predict(scope, receive, send, kind, sel))
         if tail == "/metadata":
             return self._metadata(m["kind"], m["sel"])
         return self._status(m["kind"], m["sel"])
 
-    def _lone(self, request: Request) -> bool:
-        """True while one client is sending: the same connection as the last predict, or nobody else
-        for `LONE_GAP_S`. Several clients interleave connections, and then batching pays."""
+    def _lone(self, client: Any) -> bool:
+        """True while one client is sending: `client` (the ASGI scope's (host, port)) is the connection
+        of the last predict, or nobody else came for `LONE_GAP_S`. Several clients interleave
+        connections, and then batching pays."""
         now = time.monotonic()
-        client = request.client
         lone = client == self._last_client or now - self._last_arrival > LONE_GAP_S
         self._last_client, self._last_arrival = client, now
         return lone
@@ -477,25 +532,37 @@ class ModelServer:
             return self._fail("metadata", 404 if why else 503, why or "no version is loaded yet")
         return self._count("metadata", JSONResponse(metadata(version, self.state.stage)))
 
-    async def _predict(self, request: Request, kind: str | None, sel: str | None) -> Response:
+    def _headers(self, version: ServedVersion) -> list:
+        """The raw response headers of a predict answered by `version` (built once per version)."""
+        cached, headers = self._version_headers
+        if cached is not version:
+            headers = [(b"content-type", b"application/json"),
+                       (b"x-model-version", version.version.encode()),
+                       (b"x-model-version-number", str(version.number).encode()),
+                       (b"x-model-fingerprint", version.training_fingerprint[:12].encode())]
+            self._version_headers = (version, headers)
+        return headers
+
+    async def _predict(self, scope: dict, receive: Any, send: Any, kind: str | None, sel: str | None) -> None:
         started = time.perf_counter()
         version, why = self._select(kind, sel)  # pinned: this request runs on this version only
         self.batcher.arriving += 1  # tells the batcher a request may join the batch it is filling
         taken = 0
         try:
             try:
-                body, taken = await read_body(request, self.limits, self.bodies)
+                body, taken = await receive_body(receive, content_length(scope), self.limits, self.bodies)
             except BadRequest as exc:
                 headers = {"Connection": "close"}
                 if exc.status == 503:
                     headers["Retry-After"] = "1"
-                return self._fail("predict", exc.status, str(exc), headers)
+                return await self._fail("predict", exc.status, str(exc), headers)(scope, receive, send)
             if version is None:
-                return self._fail("predict", 404 if why else 503, why or "no version is loaded yet; see /readyz")
+                return await self._fail("predict", 404 if why else 503,
+                                        why or "no version is loaded yet; see /readyz")(scope, receive, send)
             try:
                 x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
             except BadRequest as exc:
-                return self._fail("predict", exc.status, str(exc))
+                return await self._fail("predict", exc.status, str(exc))(scope, receive, send)
             del body
             self.bodies.give(taken)
             taken = 0
@@ -506,20 +573,21 @@ class ModelServer:
             self.bodies.give(taken)
             self.batcher.arriving -= 1
         try:
-            y = await self.batcher.submit(version, x, lone=self._lone(request))
+            y = await self.batcher.submit(version, x, lone=self._lone(scope.get("client")))
         except Overloaded as exc:
-            return self._fail("predict", 503, f"server overloaded ({exc}); retry later", {"Retry-After": "1"})
+            return await self._fail("predict", 503, f"server overloaded ({exc}); retry later",
+                                    {"Retry-After": "1"})(scope, receive, send)
         except Exception as exc:
             log.exception("predict failed on %s %s", version.model, version.version)
-            return self._fail("predict", 500, f"prediction failed: {type(exc).__name__}: {exc}")
+            return await self._fail("predict", 500, f"prediction failed: {type(exc).__name__}: {exc}")(
+                scope, receive, send)
+        payload = _dumps({out_key: y.tolist()})
         self.metrics.instances.inc(x.shape[0])
-        headers = {"X-Model-Version": version.version, "X-Model-Version-Number": str(version.number),
-                   "X-Model-Fingerprint": version.training_fingerprint[:12]}
-        response = Response(_dumps({out_key: y.tolist()}), media_type="application/json", headers=headers)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*self._headers(version), (b"content-length", b"%d" % len(payload))]})
+        await send({"type": "http.response.body", "body": payload})
         self._predict_latency.observe(time.perf_counter() - started)
         self._predict_ok.inc()
-        return response
-
 
     async def _generate(self, request: Request, kind: str | None, sel: str | None) -> Response:
         """Language models: text from prompts (gitops.serve.generation), batched or streamed."""
@@ -563,8 +631,25 @@ class ModelServer:
                                                 headers=headers))
 
 
+_ENCODER = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # one encoder, not one per response
+
+
 def _dumps(obj: Any) -> bytes:
-    return jsonio.dumps(obj, separators=(",", ":")).encode()  # NaN outputs: null + non_finite
+    try:  # json's C encoder, strict: a NaN output raises and takes jsonio's way (null + non_finite)
+        return _ENCODER.encode(obj).encode()
+    except ValueError:
+        return jsonio.dumps(obj, separators=(",", ":")).encode()
+
+
+class _Asgi:
+    """An ASGI callable where Starlette expects a Response (an endpoint that answers by itself)."""
+
+    def __init__(self, call: Any):
+        self.call = call
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Run the wrapped ASGI call."""
+        await self.call(scope, receive, send)
 
 
 async def _drain(request: Request, limits: Limits, budget: BodyBudget) -> None:

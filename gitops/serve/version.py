@@ -251,8 +251,10 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
 def _jitted_predict(loaded: Any) -> Callable[[np.ndarray], np.ndarray]:
     """Raw inputs of a fixed batch size -> outputs, through the loaded model's jitted forward.
 
-    `LoadedModel.predict` applies the saved preprocessing (NumPy, cheap) and calls the forward pass
-    `gitops.api.load` jitted once for the loaded params; the server only ever feeds it bucket-sized
-    batches, so each bucket compiles exactly once, during `ServedVersion.warm`.
+    `LoadedModel.compiled_predict` runs the saved preprocessing and the forward pass as one jitted
+    call (what `LoadedModel.predict` computes, without NumPy steps between); the server only ever
+    feeds it bucket-sized batches, so each bucket compiles exactly once, during `ServedVersion.warm`.
+    A loader's model without it (tests' stand-ins) is called through its `predict`.
     """
-    return loaded.predict
+    compiled = getattr(loaded, "compiled_predict", None)
+    return compiled() if callable(compiled) else loaded.predict
