@@ -6,12 +6,17 @@ Every figure is a ratio of two measurements made in this same run:
    table 10x smaller (784 float32 columns, same model, same steps). Goal: <= 1.2 (memory does not
    grow with the dataset; only the record-index arrays do, 8 bytes per row);
 2. feed: training steps/s of a compute-bound MLP (784-1024-1024-10, batch 1024) fed from ArrayRecord
-   files on disk through the pipeline (`--workers` decode processes) over the same model fed from
-   memory (the split on the device). Goal: >= 0.9. Also printed, without a goal: the same ratio for a
-   tiny MLP (64-128-10, batch 128), whose steps are far cheaper than reading a batch;
-3. decode: image-folder examples/s with N worker processes over one worker (models/shapes-cnn's PNGs).
+   files on disk (np.savez records, the writer's default zstd) through the pipeline (`--workers`
+   decode processes; 0, the default: reader threads in the training process, which on 2 cores leaves
+   the most CPU to XLA) over the same model fed from memory (the split on the device). Rounds of the
+   two alternate; each round first runs untimed steps so the pipeline's buffers are in their steady
+   state; printed: the median steps/s of each, the median of the per-round ratios and their spread.
+   Goal: >= 0.9. Also printed, without a goal: the same ratio for a tiny MLP (64-128-10, batch 128),
+   whose steps are far cheaper than reading a batch;
+3. decode: image-folder examples/s with N worker processes over N x one worker (models/shapes-cnn's
+   PNGs; 1.0 is perfect scaling), in alternating rounds.
 
-    .venv/bin/python benchmarks/input_pipeline.py [--quick] [--workers N] [--pairs N] [--only memory|feed|decode]
+    .venv/bin/python benchmarks/input_pipeline.py [--quick] [--workers N] [--decode-workers N] [--pairs N] [--only PART]
 
 `--quick` (the test suite's smoke run) uses 1 MB / 5 MB tables and a few steps: it checks that the
 benchmark runs and prints its figures, not the goals.
@@ -133,27 +138,46 @@ def _session(repo: Path, name: str, dataset: dict, batch: int, hidden: list[int]
     return train.build_session(cfg, data.load(cfg.data, repo))
 
 
-def _steps_per_second(session, steps: int) -> float:
-    import jax
+class _Stepper:
+    """Runs a session's training steps from where the last call stopped (the chunks `train` would run)."""
 
-    acc, bad = session.zero_metrics(), session.no_divergence()
+    def __init__(self, session):
+        self.session, self.step = session, 0
+        self.acc, self.bad = session.zero_metrics(), session.no_divergence()
 
-    def run(first: int, acc, bad):
-        step = first
-        while step < first + steps:
-            length = min(session.chunk, first + steps - step)
-            acc, bad = session.run_chunk(step, length, acc, bad)
-            step += length
-        jax.block_until_ready(session.state)
-        return acc, bad
+    def run(self, steps: int) -> float:
+        """Seconds to run `steps` more steps, up to the state being computed."""
+        import jax
 
-    acc, bad = run(0, acc, bad)  # compiles every chunk length, starts the workers, fills their buffers
-    t0 = time.perf_counter()
-    run(steps, acc, bad)
-    rate = steps / (time.perf_counter() - t0)
-    if session.feed is not None:
-        session.feed.close()
-    return rate
+        t0 = time.perf_counter()
+        end = self.step + steps
+        while self.step < end:
+            length = min(self.session.chunk, end - self.step)
+            self.acc, self.bad = self.session.run_chunk(self.step, length, self.acc, self.bad)
+            self.step += length
+        jax.block_until_ready(self.session.state)
+        return time.perf_counter() - t0
+
+
+def _interleaved(ours, reference, steps: int, warm: int, rounds: int) -> tuple[float, float, list[float]]:
+    """(median steps/s of `ours`, of `reference`, the ratio of each pair): rounds of ours then reference.
+
+    Each round first runs `warm` untimed steps (the input pipeline's buffers reach their steady state,
+    so a buffer filled while the other model ran gives no free batches), then times `steps` steps.
+    """
+    for stepper in (ours, reference):  # compiles every chunk length a round runs, starts the workers
+        stepper.run(warm)
+        stepper.run(steps if rounds > 1 else 0)  # (a smoke run's single round may compile while timed)
+    mine, theirs = [], []
+    for _ in range(rounds):
+        for stepper, rates in ((ours, mine), (reference, theirs)):
+            stepper.run(warm)
+            rates.append(steps / stepper.run(steps))
+    return float(np.median(mine)), float(np.median(theirs)), [a / b for a, b in zip(mine, theirs, strict=True)]
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"pairs {min(ratios):.3f}..{max(ratios):.3f}, n={len(ratios)}"
 
 
 def feed(quick: bool, workers: int) -> None:
@@ -163,17 +187,17 @@ def feed(quick: bool, workers: int) -> None:
         repo = Path(tmp)
         (repo / "gitops.yaml").write_text("{}\n")
         os.environ["GITOPS_DATA_CACHE"] = str(repo / ".cache")
-        for label, n, width, batch, hidden, steps in (
-            ("compute-bound 784-1024-1024-10, batch 1024", 2048 if quick else 40_000, 784, 1024, [1024, 1024],
-             2 if quick else 30),
-            ("tiny 64-128-10, batch 128", 1024 if quick else 4096, 64, 128, [128], 10 if quick else 400),
+        for label, n, width, batch, hidden, steps, rounds in (
+            ("compute-bound 784-1024-1024-10, batch 1024", 2048 if quick else 20_480, 784, 1024, [1024, 1024],
+             2 if quick else 10, 1 if quick else 15),
+            ("tiny 64-128-10, batch 128", 1024 if quick else 8192, 64, 128, [128], 10 if quick else 300, 1 if quick else 9),
         ):
             rng = np.random.default_rng(0)
             x = rng.random((n, width), dtype=np.float32)
             y = rng.integers(0, 10, n)
             key = f"{width}"
             (repo / f"ar{key}").mkdir()
-            writer = ArrayRecordWriter(str(repo / f"ar{key}" / "part-0.array_record"), "group_size:1")
+            writer = ArrayRecordWriter(str(repo / f"ar{key}" / "part-0.array_record"), "group_size:1")  # zstd, as by default
             for i in range(n):
                 buf = io.BytesIO()
                 np.savez(buf, x=x[i], y=y[i])
@@ -182,51 +206,65 @@ def feed(quick: bool, workers: int) -> None:
             (repo / f"mem{key}").mkdir()
             np.savez(repo / f"mem{key}" / "all.npz", x=x, y=y)
             digest = hashlib.sha256((repo / f"mem{key}" / "all.npz").read_bytes()).hexdigest()
+            total = 10**6  # the schedule's length; the steppers stop long before
             memory_session = _session(repo, f"mem{key}", {"name": "file", "path": f"mem{key}/all.npz", "sha256": digest},
-                                      batch, hidden, steps)
+                                      batch, hidden, total)
+            prefetch = 2
             streamed = _session(repo, f"ar{key}", {"name": "array_record", **_pin(repo, f"ar{key}"), "input_shape": [width],
-                                                    "num_classes": 10, "workers": workers, "prefetch": 4},
-                                batch, hidden, steps)
-            a, b = _steps_per_second(streamed, steps), _steps_per_second(memory_session, steps)
+                                                    "num_classes": 10, "workers": workers, "prefetch": prefetch},
+                                batch, hidden, total)
+            warm = 0 if quick else 2 * prefetch * max(1, workers) + 2  # batches the pipeline can hold, and some
+            a, b, ratios = _interleaved(_Stepper(streamed), _Stepper(memory_session), steps, warm, rounds)
+            streamed.feed.close()
             goal = "  (goal >= 0.9)" if "compute" in label else "  (no goal)"
             print(f"feed {label}: ArrayRecord + {workers} workers {a:,.1f} steps/s, from memory {b:,.1f} steps/s, "
-                  f"ratio {a / b:.3f}{goal}", flush=True)
+                  f"ratio {float(np.median(ratios)):.3f} ({_spread(ratios)}){goal}", flush=True)
 
 
 def decode(quick: bool, workers: int) -> None:
+    """Image-folder examples/s with `workers` processes over `workers` x one process (perfect scaling: 1.0)."""
     from gitops import config
     from gitops.learn import data, streaming
 
     os.environ.setdefault("GITOPS_DATA_CACHE", tempfile.mkdtemp(prefix="gitops-bench-cache-"))
     cfg = config.load("shapes-cnn", ROOT)
     ds = data.load(cfg.data, ROOT)
-    batches = 4 if quick else 30
-    rates = {}
-    for n in (1, workers):
-        f = streaming.Feed(ds, 64, seed=0, workers=n)
-        f.next()  # workers started, buffers filled
-        t0 = time.perf_counter()
-        for _ in range(batches):
-            f.next()
-        rates[n] = batches * 64 / (time.perf_counter() - t0)
+    batches, rounds = (4, 1) if quick else (30, 3)
+    feeds = {n: streaming.Feed(ds, 64, seed=0, workers=n, ahead=0) for n in sorted({1, workers})}
+    rates: dict[int, list[float]] = {n: [] for n in feeds}
+    for f in feeds.values():
+        f.next()  # workers started
+    for _ in range(rounds):
+        for n, f in feeds.items():
+            for _ in range(0 if quick else 2 * n * ds.prefetch + 2):  # drain what filled while the other was timed
+                f.next()
+            t0 = time.perf_counter()
+            for _ in range(batches):
+                f.next()
+            rates[n].append(batches * 64 / (time.perf_counter() - t0))
+    for f in feeds.values():
         f.close()
-    print(f"decode image folder: 1 worker {rates[1]:,.0f} examples/s, {workers} workers {rates[workers]:,.0f} examples/s, "
-          f"ratio {rates[workers] / rates[1]:.2f} (on {os.cpu_count()} CPUs)", flush=True)
+    one, many = float(np.median(rates[1])), float(np.median(rates[workers]))
+    print(f"decode image folder: 1 worker {one:,.0f} examples/s, {workers} workers {many:,.0f} examples/s, "
+          f"ratio {workers} workers / ({workers} x 1 worker) {many / (workers * one):.2f} (speed-up {many / one:.2f}x; "
+          f"on {os.cpu_count()} CPUs)", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--workers", type=int, default=2, help="decode worker processes of the streamed runs")
+    parser.add_argument("--workers", type=int, default=0, help="decode worker processes of the streamed runs (0: threads)")
+    parser.add_argument("--decode-workers", type=int, default=2, help="N of the image-folder decode scaling")
     parser.add_argument("--pairs", type=int, default=None, help="interleaved (small, big) memory runs (default 3; 1 with --quick)")
-    parser.add_argument("--only", choices=["memory", "feed", "decode"], default=None, help="run one part only")
+    parser.add_argument("--only", choices=("memory", "feed", "decode"), action="append", help="run only these parts")
     args = parser.parse_args()
-    if args.only in (None, "memory"):
+    parts = args.only or ["memory", "feed", "decode"]
+    if "memory" in parts:
         memory(args.quick, args.pairs or (1 if args.quick else 3))
-    if args.only in (None, "feed"):
+    if "feed" in parts:
         feed(args.quick, args.workers)
-    if args.only in (None, "decode"):
-        decode(args.quick, args.workers)
+    if "decode" in parts:
+        decode(args.quick, args.decode_workers)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,18 @@ records from files while training, so memory does not grow with the dataset:
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
    sample of `stats_sample` records), saved as `preprocessing.json` like every run. The records that
    pass did not read are read for their labels (`_label_range`), so a bad one fails before the run.
-4. *The pipeline* (`train_dataset`): a Grain `MapDataset`: global shuffle by the data seed (re-shuffled
-   every epoch), per-process shard `[process_index::process_count]`, decode + scale in `map`,
-   `batch(drop_remainder=True)` (`remainder: pad` first fills the epoch up to whole batches with weight-0
-   rows), `repeat`; read through `mp_prefetch` worker processes (`workers`) or
-   threads. Parquet visits row groups in a seeded order with rows shuffled inside each group
-   (`BlockOrder`), so an epoch reads each row group once. The iterator's state (`get_state()`) is
-   saved in each checkpoint's `meta` item; `--resume` sets it back, so the batches after a resume
-   are those of an uninterrupted run.
+4. *The pipeline* (`train_dataset`): a Grain `MapDataset` of whole batches: the order of Grain's global
+   shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`
+   and `batch(drop_remainder=True)`, computed a batch at a time (`ShuffledBatch`,
+   `gitops.learn.index_shuffle`), then one `ReadBatch` map reads, decodes and scales the batch's records
+   together (ArrayRecord: one read per file and one view per array for the whole batch); read through
+   `mp_prefetch` worker processes (`workers`) or reader threads. `remainder: pad` extends each epoch to
+   whole batches with weight-0 rows (position -1 in `ShuffledBatch`; `ReadBatch` then adds the weights
+   `w`). Parquet visits row groups in a seeded order with rows shuffled inside each group (`BlockOrder`),
+   so an epoch reads each row group once. `Feed` reads ahead in a thread that also places the next
+   batches on the device while the step runs. The iterator's state (`get_state()`) after the last batch
+   handed out is saved in each checkpoint's `meta` item; `--resume` sets it back, so the batches after a
+   resume are those of an uninterrupted run.
 
 Errors name the file and exit 1 (`GitopsError`); `skip_bad: true` drops undecodable images instead and
 the count goes to `manifest.json` (`data.skipped`).
@@ -102,37 +106,35 @@ class StreamingDataset:
         if batch_size % process_count:
             raise GitopsError(f"batch size {batch_size} does not split over {process_count} processes")
         local = batch_size // process_count
-        if self.remainder == "pad":
-            return self._padded_dataset(batch_size, seed, process_index, process_count)
-        per_epoch = (len(self.train) // batch_size) * batch_size
+        n, pad = len(self.train), self.remainder == "pad"
+        per_epoch = self.steps_per_epoch(batch_size) * batch_size  # pad: rounded up, the rest weight-0 rows
+        if not per_epoch:
+            raise GitopsError(f"batch size {batch_size} is larger than the training split ({n} records)")
+        template = None
+        if pad:  # the padding rows' shapes and dtypes, from one record
+            x, y = self.source[int(self.train.indexes[0])]
+            template = (np.zeros(np.shape(x), np.float32), np.zeros(np.shape(y), np.asarray(y).dtype))
         if self.block_starts is not None:  # parquet: row groups in a seeded order, rows shuffled inside
-            order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
-            ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
-            ds = ds[process_index::process_count].map(Lookup(self.source))
-        else:
-            ds = grain.MapDataset.source(Subset(self.source, self.train.indexes)).shuffle(seed=seed)
-            ds = ds[: per_epoch][process_index::process_count]
-        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
-        ds = ds.batch(local, drop_remainder=True)
-        return ds if self.block_starts is not None else ds.repeat(None)
-
-    def _padded_dataset(self, batch_size: int, seed: int, process_index: int, process_count: int) -> Any:
-        """`train_dataset` with `remainder: pad`: each epoch is every training record once, in the same
-        seeded order as `drop` (Parquet: `BlockOrder`; else Grain's index shuffle), then weight-0 rows up
-        to a whole number of global batches."""
-        import grain
-
-        n = len(self.train)
-        padded = self.steps_per_epoch(batch_size) * batch_size
-        if self.block_starts is not None:
-            inner: Any = BlockOrder(self.train.indexes, self.block_starts, seed, n)
-        else:
-            inner = ShuffledIndexes(self.train.indexes, seed)
-        x, y = self.source[int(self.train.indexes[0])]  # the padding rows' shapes and dtypes
-        ds = grain.MapDataset.range(padded).repeat(None).map_with_index(PadEpochs(inner, n, padded))
-        ds = ds[process_index::process_count].map(PaddedLookup(self.source, np.zeros_like(x), np.zeros_like(y)))
-        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
-        return ds.batch(batch_size // process_count, drop_remainder=True)
+            if pad:
+                order = PadEpochs(BlockOrder(self.train.indexes, self.block_starts, seed, n), n, per_epoch)
+                ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
+                ds = ds[process_index::process_count].map(PaddedLookup(self.source, *template))
+            else:
+                order = BlockOrder(self.train.indexes, self.block_starts, seed, per_epoch)
+                ds = grain.MapDataset.range(per_epoch).repeat(None).map_with_index(order)
+                ds = ds[process_index::process_count].map(Lookup(self.source))
+            ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor))
+            return ds.batch(local, drop_remainder=True)
+        # batch first, then read: each batch's positions at once (`ShuffledBatch`: the order of Grain's
+        # `MapDataset.range(n).shuffle(seed)[:per_epoch][process_index::process_count].batch(local)`), then
+        # one `ReadBatch` reads and decodes its records together (`sources.read_batch`: vectorised for
+        # ArrayRecord) and scales them in one operation; the same batches, bit for bit, as Grain's
+        # record-by-record pipeline, without its per-record Python calls. `remainder: pad`: positions past
+        # the split (-1) are weight-0 rows, and each batch comes with its weights `w`
+        positions = ShuffledBatch(n, seed, per_epoch, local, process_index, process_count)
+        ds = grain.MapDataset.range(positions.per_epoch).repeat(None).map_with_index(positions)
+        return ds.map(ReadBatch(self.source, self.train.indexes, self.preprocessing.shift, self.preprocessing.divisor,
+                                pad=template))
 
     def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
         """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
@@ -154,8 +156,9 @@ class StreamingDataset:
         part = getattr(self, split)
         if not len(part):
             return
-        ds = grain.MapDataset.source(Subset(self.source, np.sort(part.indexes)))
-        ds = ds.map(Scale(self.preprocessing.shift, self.preprocessing.divisor)).batch(batch)
+        indexes = np.sort(part.indexes)
+        ds = grain.MapDataset.range(len(indexes)).batch(batch, batch_fn=np.asarray)  # batch first, then read
+        ds = ds.map(ReadBatch(self.source, indexes, self.preprocessing.shift, self.preprocessing.divisor))
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                                   prefetch_buffer_size=2))
         for x, y in _reraise(iter(it)):
@@ -202,17 +205,64 @@ def record_error(exc: BaseException) -> GitopsError:
 # --- picklable pieces of the pipeline (Grain workers rebuild them) --------------------------------------
 
 
-class Subset:
-    """The records `indexes` of `source`, as a random-access source."""
+class ShuffledBatch:
+    """Batch number -> positions in the split of its records: Grain's global shuffle, a batch at a time.
 
-    def __init__(self, source: Any, indexes: np.ndarray):
+    Batch `b` of epoch `e = b // per_epoch` holds, for this process, elements `process_index + r *
+    process_count` (`r` over the batch's `local` rows) of Grain's shuffle of `n` positions with seed
+    `seed + e` (`gitops.learn.index_shuffle`, the permutation `MapDataset.shuffle` uses): the batches of
+    `MapDataset.range(n).shuffle(seed)[:kept][process_index::process_count].batch(local,
+    drop_remainder=True).repeat(None)`, computed with array operations. With `kept > n` (`remainder:
+    pad`: the split rounded up to whole batches) the positions from `n` on are padding, given as -1.
+    """
+
+    def __init__(self, n: int, seed: int, kept: int, local: int, process_index: int, process_count: int):
+        self.n, self.seed, self.local, self.kept = int(n), int(seed), int(local), int(kept)
+        self.process_index, self.process_count = int(process_index), int(process_count)
+        self.per_epoch = len(range(process_index, kept, process_count)) // self.local
+
+    def __call__(self, batch: int, _element: Any = None) -> np.ndarray:
+        from gitops.learn.index_shuffle import index_shuffle
+
+        epoch, within = divmod(int(batch), self.per_epoch)
+        rows = within * self.local + np.arange(self.local, dtype=np.int64)
+        at = self.process_index + rows * self.process_count
+        if self.kept <= self.n:  # remainder: drop
+            return index_shuffle(at, self.n - 1, (self.seed + epoch) % 2**32)
+        out = np.full(len(at), -1, np.int64)
+        real = at < self.n
+        out[real] = index_shuffle(at[real], self.n - 1, (self.seed + epoch) % 2**32)
+        return out
+
+
+class ReadBatch:
+    """Positions in a split -> the scaled batch `(x, y)` of their records (`sources.read_batch`, then `Scale`).
+
+    With `pad` (`remainder: pad`: zero rows `(x_row, y_row)` of one record's shapes and dtypes) the batch is
+    `(x, y, w)`: position -1 is a padding row, zeros with weight 0; every record has weight 1 (float32).
+    """
+
+    def __init__(self, source: Any, indexes: np.ndarray, shift: list[float] | None, divisor: list[float] | None,
+                 pad: tuple[np.ndarray, np.ndarray] | None = None):
         self.source, self.indexes = source, np.asarray(indexes, np.int64)
+        self.scale = Scale(shift, divisor)
+        self.pad = pad
 
-    def __len__(self) -> int:
-        return len(self.indexes)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.source[int(self.indexes[int(i)])]
+    def __call__(self, positions: np.ndarray) -> tuple[np.ndarray, ...]:
+        positions = np.asarray(positions, np.int64)
+        if self.pad is None:
+            return self.scale(sources.read_batch(self.source, self.indexes[positions]))
+        real = positions >= 0
+        w = real.astype(np.float32)
+        if real.all():
+            x, y = self.scale(sources.read_batch(self.source, self.indexes[positions]))
+            return x, y, w
+        x_row, y_row = self.pad
+        x = np.zeros((len(positions), *x_row.shape), np.float32)
+        y = np.zeros((len(positions), *y_row.shape), y_row.dtype)
+        if real.any():
+            x[real], y[real] = self.scale(sources.read_batch(self.source, self.indexes[positions[real]]))
+        return x, y, w
 
 
 class Lookup:
@@ -226,7 +276,11 @@ class Lookup:
 
 
 class Scale:
-    """(x, y) -> (float32 (x - shift) / divisor, y): the fitted preprocessing, per example."""
+    """(x, y) -> (float32 (x - shift) / divisor, y): the fitted preprocessing, of one example or of a batch.
+
+    `shift` and `divisor` have one value per input element; a batch `(n, *shape)` is scaled with the
+    same float32 operations, element by element, as each of its examples alone (same bits).
+    """
 
     def __init__(self, shift: list[float] | None, divisor: list[float] | None):
         self.shift = None if shift is None else np.asarray(shift, np.float32)
@@ -236,27 +290,14 @@ class Scale:
         x, *rest = record  # (x, y) or (x, y, weight): only x is scaled
         x = np.asarray(x, np.float32)
         if self.shift is not None:
-            x = ((x.reshape(-1) - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
+            flat = x.reshape(-1) if x.size == self.shift.size else x.reshape(-1, self.shift.size)
+            x = ((flat - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
         return (x, *rest)
-
-
-class ShuffledIndexes:
-    """Stream position q -> record index: epoch `q // n` of the split in Grain's seeded index shuffle
-    (reseeded each epoch, O(1) memory), as `MapDataset.shuffle(seed)` orders the `drop` pipeline."""
-
-    def __init__(self, indexes: np.ndarray, seed: int):
-        import grain
-
-        self.indexes = np.asarray(indexes, np.int64)
-        self.order = grain.MapDataset.range(len(self.indexes)).shuffle(seed=seed)
-
-    def __call__(self, position: int, _element: Any = None) -> int:
-        return int(self.indexes[int(self.order[int(position)])])
 
 
 class PadEpochs:
     """Stream position -> record index (-1: padding): epochs of `padded` positions, the first `n` from
-    `inner` (a position -> record order over epochs of `n`), the rest padding."""
+    `inner` (a position -> record order over epochs of `n`, e.g. `BlockOrder`), the rest padding."""
 
     def __init__(self, inner: Any, n: int, padded: int):
         self.inner, self.n, self.padded = inner, int(n), int(padded)
@@ -547,8 +588,8 @@ def _label_range(source: Any, indexes: np.ndarray) -> tuple[float, float]:
                 raise GitopsError(f"{source.files[f]}: row group {group}: the label column {source.label!r} has missing values")
             low, high = min(low, float(y.min())), max(high, float(y.max()))
         return low, high
-    ds = grain.MapDataset.source(Subset(source, indexes)).map(lambda record: record[1]).batch(256)
-    for y in _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+    ds = grain.MapDataset.range(len(indexes)).batch(256, batch_fn=np.asarray).map(ReadBatch(source, indexes, None, None))
+    for _, y in _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                                                 prefetch_buffer_size=2)))):
         if y.size:
             low, high = min(low, float(y.min())), max(high, float(y.max()))
@@ -572,7 +613,7 @@ def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int)
                     yield x[rows], y[rows]
         stream: Iterator = batches()
     else:
-        ds = grain.MapDataset.source(Subset(source, indexes)).batch(256)
+        ds = grain.MapDataset.range(len(indexes)).batch(256, batch_fn=np.asarray).map(ReadBatch(source, indexes, None, None))
         stream = _reraise(iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
                                                                     prefetch_buffer_size=2))))
     count, total, squares, low, high, shape = 0, None, None, None, None, None
@@ -657,25 +698,43 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
                             block_starts=block_starts, skipped=skipped, remainder=ds.get("remainder", "drop"))
 
 
+class _Failure:
+    """An exception raised in the read-ahead thread, handed to the consumer to raise."""
+
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
 class Feed:
     """The training batches of one run: a Grain iterator whose state goes into every checkpoint.
 
-    `next()` returns this process's (x, y) of the next global batch ((x, y, w) with `remainder: pad`).
-    `state()` is what a checkpoint keeps: `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
+    `next()` returns this process's (x, y) of the next global batch ((x, y, w) with `remainder: pad`),
+    passed through `place` (for training: onto the device, `jax.device_put` or the mesh's
+    `make_array_from_process_local_data`).
+    With `ahead > 0` a read-ahead thread takes batches from Grain and places them while the step runs,
+    keeping up to `ahead` placed batches ready (the pattern of flax's `prefetch_to_device`); the Grain
+    iterator's state is noted with each batch, so `state()` describes the batches handed out, not
+    those read ahead. `state()` is what a checkpoint keeps:
+    `{"grain": <the iterator's get_state()>, "workers": N, "batches": <batches taken>}`;
     `restore(state)` makes the next `next()` continue from there: through Grain's `set_state` when the
     worker count is the same, else (workers are not part of the fingerprint, so a resume may change
     them) by starting the random-access pipeline at that batch, which yields the same batches.
     """
 
     def __init__(self, dataset: StreamingDataset, batch_size: int, seed: int, process_index: int = 0,
-                 process_count: int = 1, workers: int | None = None):
+                 process_count: int = 1, workers: int | None = None, place: Any = None, ahead: int = 2):
         self.dataset = dataset
         self.pipeline = dataset.train_dataset(batch_size, seed, process_index, process_count)
         self.workers = dataset.workers if workers is None else workers
+        self.place, self.ahead = place, int(ahead)
         self._it: Any = None
         self._pending: Mapping | None = None
         self._start = 0  # batch the current iterator started at
         self.taken = 0  # batches handed out since the start of training
+        self._thread: threading.Thread | None = None
+        self._queue: Any = None
+        self._stop = threading.Event()
+        self._grain_state: Any = None  # the iterator's state after the last batch handed out (read-ahead mode)
 
     def restore(self, state: Mapping | None) -> None:
         """Continue from a checkpoint's `state()` (None: from the first batch); closes the current iterator.
@@ -699,8 +758,29 @@ class Feed:
                 self._it = self.dataset.iterator(pipeline, workers=self.workers)
         return self._it
 
-    def next(self) -> tuple[np.ndarray, ...]:
-        """This process's next training batch: (x, y) numpy arrays, x (batch_size // process_count, *input_shape);
+    def _read_ahead(self, it: Any, out: Any, stop: threading.Event) -> None:
+        """The read-ahead thread: (placed batch, the iterator's state after it) into `out` until `stop`."""
+        import queue
+
+        def put(item: Any) -> None:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            while not stop.is_set():
+                batch = next(it)
+                noted = None if self._start else it.get_state()
+                put((self.place(*batch) if self.place is not None else batch, noted))
+        except BaseException as exc:  # noqa: BLE001 - handed to next(), which raises it in the training thread
+            if not stop.is_set():
+                put((_Failure(exc), None))
+
+    def next(self) -> tuple[Any, ...]:
+        """This process's next training batch: (x, y), x (batch_size // process_count, *input_shape), placed;
         with `remainder: pad` (x, y, w), `w` float32 0 on padding rows (`StreamingDataset.train_dataset`).
 
         Raises GitopsError naming the bad file when a record cannot be read (Grain wraps worker errors;
@@ -708,7 +788,23 @@ class Feed:
         """
         it = self._iterator()
         try:
-            batch = next(it)
+            if self.ahead <= 0:
+                batch = next(it)
+                batch = self.place(*batch) if self.place is not None else batch
+            else:
+                if self._thread is None:
+                    import queue
+
+                    self._grain_state = None if self._start else it.get_state()
+                    self._stop = threading.Event()
+                    self._queue = queue.Queue(maxsize=self.ahead)
+                    self._thread = threading.Thread(target=self._read_ahead, args=(it, self._queue, self._stop),
+                                                    name="gitops-feed-read-ahead", daemon=True)
+                    self._thread.start()
+                batch, noted = self._queue.get()
+                if isinstance(batch, _Failure):
+                    raise batch.exc
+                self._grain_state = noted
         except GitopsError:
             raise
         except Exception as exc:  # noqa: BLE001 - Grain re-raises worker errors wrapped
@@ -724,10 +820,21 @@ class Feed:
             self._iterator()
         if self._start:  # an iterator started mid-stream: its own state counts from there
             return {"grain": None, "workers": -1, "batches": self.taken}
-        return {"grain": self._it.get_state(), "workers": self.workers, "batches": self.taken}
+        grain = self._grain_state if self._thread is not None else self._it.get_state()
+        return {"grain": grain, "workers": self.workers, "batches": self.taken}
 
     def close(self) -> None:
-        """Stop the iterator and its worker processes (best effort; safe to call twice)."""
+        """Stop the read-ahead thread, the iterator and its worker processes (best effort; safe to call twice)."""
+        import queue
+
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None:
+            while True:  # unblock a producer waiting for room
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
         it, self._it = self._it, None
         close = getattr(it, "close", None)
         if close is not None:
@@ -735,3 +842,5 @@ class Feed:
                 close()
             except Exception:  # noqa: BLE001, S110 - closing worker processes is best effort
                 pass
+        if thread is not None:
+            thread.join(timeout=5)

@@ -229,9 +229,9 @@ class Session:
         import numpy as np
 
         d = self.device
-        if self.feed is not None:  # streaming: one dispatch per batch taken from the Grain iterator
+        if self.feed is not None:  # streaming: one dispatch per batch, placed on the device by the feed's read-ahead
             for i in range(length):
-                x, y, *weights = self.place_batch(*self.feed.next())  # weights: remainder: pad only
+                x, y, *weights = self.feed.next()  # weights: remainder: pad only
                 self.state, acc, bad = self.batch_fn(
                     self.state, acc, bad, np.int32(step + i), x, y, d["base_key"], np.bool_(reset and i == 0), *weights)
             return acc, bad
@@ -269,12 +269,14 @@ class Session:
         return metrics_lib.finalize(parallel.fetch(sums))
 
     def place_batch(self, *arrays: Any) -> tuple[Any, ...]:
-        """A host batch ((x, y) or (x, y, weights)) where the step wants it: as is on one device, split over the
-        mesh's data axis otherwise."""
-        if self.layout is None:
-            return arrays
+        """A host batch ((x, y) or (x, y, weights)) where the step wants it: on the one device (`jax.device_put`),
+        or split over the mesh's data axis (`jax.make_array_from_process_local_data`). The streaming feed calls
+        it from its read-ahead thread, so the copy overlaps the step running on the device.
+        """
         import jax
 
+        if self.layout is None:
+            return tuple(jax.device_put(a) for a in arrays)
         return tuple(jax.make_array_from_process_local_data(self.layout.batch, a) for a in arrays)
 
     def _evaluate_streamed(self, split: str, model_state: Any) -> dict[str, float]:
@@ -467,12 +469,14 @@ def _streaming_session(cfg: Any, dataset: Any, total: int, graphdef: Any, state:
         eval_batch = parallel.round_up(eval_batch, layout.device_count)
     feed = streaming.Feed(dataset, int(cfg.train.batch_size), int(cfg.train.seed), jax.process_index(),
                           jax.process_count())
-    return Session(
+    session = Session(
         cfg=cfg, dataset=dataset, total_steps=total, graphdef=graphdef, state=state, eval_graphdef=eval_graphdef,
         spec=spec, chunk_fn=None, eval_fn=steps.make_eval(eval_graphdef, spec), device=device,
         schedule=jax.jit(schedule), chunk=1, param_count=param_count, metric_names=names, layout=layout,
         feed=feed, batch_fn=steps.make_batch_step(graphdef, spec, batch_out), eval_batch=eval_batch,
     )
+    feed.place = session.place_batch  # batches reach the device from the feed's read-ahead thread
+    return session
 
 
 # --- early stopping and "best" bookkeeping (kept in checkpoint meta so a resume continues them) ---
@@ -832,7 +836,7 @@ def dry_run(cfg: Any, *, root: Path | None = None, probe_chunks: int = 3) -> dic
             input_rate, batch = _probe_input(session, probe_chunks + 2)
         finally:
             session.feed.close()
-        fixed = session.place_batch(*batch)
+        fixed = batch  # already placed by the feed
         lower = lambda n: session.batch_fn.lower(  # noqa: E731
             session.state, acc, bad, np.int32(0), *fixed[:2], d["base_key"], np.bool_(False), *fixed[2:])
     else:
