@@ -78,14 +78,13 @@ class LoadedModel:
         forward, (leaves,) = self._forward.func, self._forward.args
         shape = tuple(int(d) for d in pre.input_shape)
         features = math.prod(shape)
-        shift = None if pre.shift is None else np.asarray(pre.shift, np.float32)
-        divisor = None if pre.divisor is None else np.asarray(pre.divisor, np.float32)
+        scaling = pre.scaling
 
         @jax.jit
         def run(flat: tuple, x: Any) -> Any:
             rows = x.reshape(x.shape[0], features)
-            if shift is not None:
-                rows = (rows - shift) / divisor
+            if scaling is not None:
+                rows = (rows - scaling[0]) / scaling[1]
             return forward(flat, rows.reshape(x.shape[0], *shape))
 
         def call(x: np.ndarray) -> np.ndarray:

@@ -44,8 +44,12 @@ class Preprocessing:
         return cls(**{k: raw.get(k) for k in cls.__dataclass_fields__})
 
     @functools.cached_property
-    def _scaling(self) -> tuple[np.ndarray, np.ndarray]:
-        # float32 arrays of `shift` and `divisor`, made once (not from the lists on every `apply`)
+    def scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(shift, divisor) as float32 arrays of shape (features,), made once (not from the lists on every
+        `apply`); None without scaling. Model input = (raw - shift) / divisor, here and in
+        `LoadedModel.compiled_predict`."""
+        if self.shift is None:
+            return None
         return np.asarray(self.shift, np.float32), np.asarray(self.divisor, np.float32)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
@@ -57,8 +61,8 @@ class Preprocessing:
         if x.size % features:
             raise GitopsError(f"inputs of shape {x.shape} do not hold examples of shape {tuple(self.input_shape)}")
         flat = x.reshape(-1, features)
-        if self.shift is not None:
-            shift, divisor = self._scaling
+        if self.scaling is not None:
+            shift, divisor = self.scaling
             flat = (flat - shift) / divisor
         return flat.reshape(-1, *self.input_shape).astype(np.float32)
 
