@@ -2,7 +2,8 @@
 
 Layout of a run's checkpoints (an Orbax `CheckpointManager` directory)::
 
-    <run>/checkpoints/<step>/state   params, optimizer state and BatchNorm statistics (StandardSave):
+    <run>/checkpoints/<step>/state   params, optimizer state and BatchNorm statistics (StandardSave,
+                                     OCDBT, uncompressed; see `state_handler`):
                                      {"model": {...}, "optimizer": {...}}
     <run>/checkpoints/<step>/meta    JSON: step, epoch, metrics at that step, elapsed time, early-stopping state
 
@@ -161,18 +162,41 @@ def restore_anywhere(item_dir: Path) -> dict:
     return checkpointer.restore(item_dir, jax.tree.map(target, tree))
 
 
-def state_handler() -> ocp.StandardCheckpointHandler:
-    """Orbax's StandardCheckpointHandler writing uncompressed arrays, one zarr folder per array (no OCDBT).
+DATA_FILE_BYTES = 8 << 20  # OCDBT's target size of one data file; see state_handler
 
-    Measured by benchmarks/checkpoint_overhead.py (100 MB, each save followed by os.sync()): Orbax's
-    defaults (zstd level 3 + OCDBT) save at ~0.15-0.3x np.save's bandwidth on a 2-core CPU runner, since
-    compressing float weights costs CPU time and gains ~8 % of space; without compression and OCDBT it
-    is ~0.8-0.9x on a quiet runner (0.4-0.6x on one loaded by other jobs: tensorstore fsyncs every file). The format stays plain Orbax: `StandardCheckpointer().restore(path)` reads it, and
-    checkpoints written with the defaults (OCDBT, compressed) still restore through this handler.
+
+class _SplitDataFiles(ocp.PyTreeCheckpointHandler):
+    """Orbax's PyTree handler with OCDBT data files cut at DATA_FILE_BYTES (`ocdbt_target_data_file_size`),
+    which `StandardSave` has no field for."""
+
+    async def async_save(self, directory, *args, **kwargs):  # noqa: ANN001, ANN201 - Orbax's signature
+        given = kwargs.get("args")
+        if given is not None and given.ocdbt_target_data_file_size is None:
+            import dataclasses
+
+            kwargs["args"] = dataclasses.replace(given, ocdbt_target_data_file_size=DATA_FILE_BYTES)
+        return await super().async_save(directory, *args, **kwargs)
+
+
+def state_handler() -> ocp.StandardCheckpointHandler:
+    """Orbax's StandardCheckpointHandler writing uncompressed arrays into OCDBT data files of ~8 MiB.
+
+    Why these settings (benchmarks/checkpoint_overhead.py, 2-core CPU runner, ext4):
+    - no compression: zstd over float weights costs CPU and gains ~8 % of space; with it a save ran at
+      ~0.15-0.3x `np.save`'s bandwidth.
+    - OCDBT: a step of the 64-1024-1024-10 MLP with AdamW (19 arrays) creates ~33 files and folders
+      instead of ~106 with one zarr folder per array (each array: a folder, `.zarray`, a chunk, and
+      tensorstore's lock file). File creation was a third of a save's CPU: with old checkpoints deleted
+      every save, ext4 (without a journal, as on these runners) scans past every recently deleted inode
+      on each create. Measured: 74-83 ms of CPU per save instead of 88-118 ms.
+    - data files cut at 8 MiB: one OCDBT data file per save wrote 100 MB at 0.87x the bandwidth of one
+      zarr file per array; 8 MiB files are written in parallel and match it (540 vs 530 MB/s).
+    The format stays plain Orbax (OCDBT is Orbax's default): `StandardCheckpointer().restore(path)` reads
+    it, and checkpoints written before (zarr per array, or compressed) still restore through this handler.
     """
     handler = ocp.StandardCheckpointHandler()
     # StandardCheckpointHandler does not take these options; its PyTree implementation does (orbax 0.12)
-    handler._impl = ocp.PyTreeCheckpointHandler(use_compression=False, use_ocdbt=False)  # noqa: SLF001
+    handler._impl = _SplitDataFiles(use_compression=False, use_ocdbt=True)  # noqa: SLF001
     return handler
 
 
@@ -360,21 +384,41 @@ def restore_plain(step_dir: Path) -> dict:
     return ocp.StandardCheckpointer().restore(Path(step_dir).absolute() / STATE)
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """`exc` and the exceptions it was raised from, outermost first (tensorstore's own message is inside)."""
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
 def damaged_file(step_dir: Path, exc: BaseException) -> str:
     """The file of a checkpoint step that failed to restore, as best it can be told: an empty file, else
-    the first array path the error names, else the step folder itself."""
+    the array an OCDBT read names (`<state folder>: array model.w`), else the first array path the error
+    names, else the step folder itself."""
     import re
 
     empty = sorted(p for p in Path(step_dir).rglob("*") if p.is_file() and p.stat().st_size == 0)
     if empty:
         return str(empty[0])
-    found = re.search(r"'path': '([^']+)'", str(exc))
+    text = "\n".join(str(e) for e in _chain(exc))
+    ocdbt = re.search(r'Error reading "([^"]+)" in OCDBT database at local file "([^"]+)"', text)
+    if ocdbt:
+        array = ocdbt.group(1).rsplit("/", 1)[0]
+        return f"{ocdbt.group(2).rstrip('/')}: array {array}"
+    found = re.search(r"'path': '([^']+)'", text)
     return found.group(1).rstrip("/") if found else str(step_dir)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:160]
+    """The first line of the innermost message in `exc`'s chain (tensorstore's, e.g. "OUT_OF_RANGE: ..."),
+    not Orbax's wrapper, which embeds a whole TensorStore spec."""
+    for e in reversed(_chain(exc)):
+        text = str(e).strip().splitlines()
+        if text:
+            return text[0][:160]
+    return type(exc).__name__
 
 
 @contextlib.contextmanager
@@ -412,7 +456,10 @@ def _drop_failed_reads() -> None:
 
 def truncated_file(step_dir: Path) -> Path | None:
     """The first array chunk file of a checkpoint step that is missing or not its full size (a write cut
-    short, a disk that filled up); None when every uncompressed zarr chunk is whole. Reads no array."""
+    short, a disk that filled up); None when every uncompressed zarr chunk is whole. Reads no array.
+
+    Only checkpoints with one zarr folder per array (written before OCDBT was used) have such files; an
+    OCDBT step has none, and a cut data file of one fails the restore, which `restore_latest` reports."""
     import itertools
     import json
 
