@@ -15,6 +15,9 @@ Two kinds of trial: *named points* (`GITOPS_TEST_KILL_AT`, gitops/killpoints.py;
 them) and *timed* kills (SIGKILL after d seconds, d spread over the command's measured duration),
 which work on any version of the code, so `--code DIR` can measure an older checkout for comparison.
 
+`train` runs wine-mlp into `sweep-runs/` with a checkpoint every 16 steps; a killed run is run again
+with the same command (no --resume) and compared with an uninterrupted run.
+
     python benchmarks/kill_sweep.py                   # this checkout: named points + 12 timed kills each
     python benchmarks/kill_sweep.py --code /old/tree  # another checkout of gitops (timed kills only)
 """
@@ -126,6 +129,31 @@ class Sweep:
         print(f"  {label}: {'BROKEN: ' + '; '.join(issues) if issues else 'ok'}", flush=True)
         shutil.rmtree(repo.parent, ignore_errors=True)
 
+    def train_trial(self, args: list[str], reference: dict, *, point: str | None = None,
+                    delay: float | None = None) -> None:
+        """Kill `gitops train`, run the same command again (no --resume: an unfinished run is resumed), and
+        compare the run with an uninterrupted one: metrics.json and the handed-on checkpoint step."""
+        repo, tmp = self.fresh_repo()
+        env = self.env(tmp, **({"GITOPS_TEST_KILL_AT": point} if point else {}))
+        self.killed(repo, args, env, delay)
+        saved = [c for c in (repo / "sweep-runs").glob("wine-mlp/*/checkpoints/*") if c.name.isdigit()]
+        issues = []
+        rerun = self.gitops(repo, args, self.env(tmp))
+        if rerun.returncode != 0:
+            issues.append(f"rerun exit {rerun.returncode}: {rerun.stderr.strip().splitlines()[-1][:120]}")
+        elif "Traceback" in rerun.stderr:
+            issues.append("rerun printed a traceback")
+        else:
+            got = _train_result(repo)
+            if got != reference:
+                issues.append(f"differs from the uninterrupted run: {got} vs {reference}")
+        self.tried += 1
+        label = "train " + (f"at {point}" if point else f"after {delay:.2f} s") + f" ({len(saved)} checkpoints on disk)"
+        if issues:
+            self.broken.append((label, "; ".join(issues)))
+        print(f"  {label}: {'BROKEN: ' + '; '.join(issues) if issues else 'ok'}", flush=True)
+        shutil.rmtree(repo.parent, ignore_errors=True)
+
     def duration(self, args: list[str], *, released: bool) -> float:
         repo, tmp = self.fresh_repo(released=released)
         t0 = time.perf_counter()
@@ -133,6 +161,17 @@ class Sweep:
         assert done.returncode == 0, done.stderr
         shutil.rmtree(repo.parent, ignore_errors=True)
         return time.perf_counter() - t0
+
+
+TRAIN = ["train", "wine-mlp", "--out", "sweep-runs", "--set", "train.epochs=40", "--set",
+         "train.checkpoint.every_steps=16", "--set", "train.eval_every=16", "--set", "train.log_every=8"]
+
+
+def _train_result(repo: Path) -> dict:
+    """metrics.json and checkpoint_step of the one run under sweep-runs/wine-mlp/."""
+    (run,) = (repo / "sweep-runs" / "wine-mlp").iterdir()
+    manifest = json.loads((run / "manifest.json").read_text())
+    return {"metrics": json.loads((run / "metrics.json").read_text()), "checkpoint_step": manifest["checkpoint_step"]}
 
 
 def main() -> None:
@@ -157,13 +196,36 @@ def main() -> None:
             for command, (cmd_args, released) in commands.items():
                 for point in killpoints.POINTS[command]:
                     sweep.trial(command, cmd_args, released=released, point=point)
+        repo, tmp = sweep.fresh_repo()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "gitops.cli", *TRAIN], cwd=repo, env=sweep.env(tmp),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        first_checkpoint = None
+        while proc.poll() is None:
+            if first_checkpoint is None and any(c.name.isdigit() for c in repo.glob("sweep-runs/wine-mlp/*/checkpoints/*")):
+                first_checkpoint = time.perf_counter() - t0
+            time.sleep(0.01)
+        train_seconds = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stderr.read()
+        reference = _train_result(repo)
+        # timed kills of train spread from a little before its first checkpoint to its end (start-up is
+        # a third to a half of a short run, and a kill there only tests that nothing was written)
+        train_from = 0.8 * (first_checkpoint or 0.0)
+        shutil.rmtree(repo.parent, ignore_errors=True)
+        if killpoints_file.is_file():
+            for point in killpoints.POINTS["train"]:
+                sweep.train_trial(TRAIN, reference, point=point)
         print("timed kills:")
         for command, (cmd_args, released) in commands.items():
             total = sweep.duration(cmd_args, released=released)
             for i in range(args.timed):
                 sweep.trial(command, cmd_args, released=released, delay=total * (i + 0.5) / args.timed)
+        for i in range(args.timed):
+            sweep.train_trial(TRAIN, reference, delay=train_from + (train_seconds - train_from) * (i + 0.5) / args.timed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for label, why in sweep.broken:
+        print(f"broken: {label}: {why}")
     print(json.dumps({"code": str(args.code), "points_tried": sweep.tried, "broken_states": len(sweep.broken)}))
 
 
