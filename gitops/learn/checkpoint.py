@@ -331,11 +331,15 @@ class Checkpoints:
         it, and the step before is tried; `note` gets one line per damaged step naming the file.
         """
         for step in reversed(self.steps()):
-            cut = truncated_file(self.directory / str(step))  # checked first: a failed read leaves noise
+            # checked before the restore: a restore that fails leaves its other reads to fail later, and
+            # their tracebacks would print long after the one line below
+            cut = truncated_file(self.directory / str(step))
+            why = "missing or not the size its .zarray says" if cut is not None else None
+            if cut is None:
+                cut, why = unreadable_value(self.directory / str(step))
             if cut is not None:
                 moved = self.quarantine(step)
-                note(f"checkpoint {step} is damaged ({cut}: missing or not the size its .zarray says); moved it "
-                     f"to {moved} and resuming from the step before")
+                note(f"checkpoint {step} is damaged ({cut}: {why}); moved it to {moved} and resuming from the step before")
                 continue
             try:
                 with _quiet_logs():  # orbax logs the tensorstore traceback itself; we say it in one line
@@ -434,15 +438,25 @@ def _quiet_logs():
             lg.setLevel(level)
 
 
+class _QuietAbandonedReads(logging.Filter):
+    """asyncio's "Task exception was never retrieved" for a read task of a failed restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_read_array_index" not in record.getMessage()
+
+
 def _drop_failed_reads() -> None:
-    """Keep Python from printing the traceback of each read coroutine a failed restore abandoned
-    ("Exception ignored in: <coroutine object _read_array_index_and_device_put ...>") when it is
-    garbage-collected, possibly much later: the damaged step was already reported in one line."""
+    """Keep Python from printing the traceback of each read a failed restore abandoned when it is
+    garbage-collected, possibly much later: the damaged step was already reported in one line. A
+    coroutine never awaited goes to `sys.unraisablehook` ("Exception ignored in: <coroutine object
+    _read_array_index_and_device_put ...>"); a task whose error no one retrieved (with OCDBT every array
+    of a cut data file fails, and the first error ends the gather) is logged by asyncio's logger."""
     import sys
 
     previous = sys.unraisablehook
     if getattr(previous, "_gitops_drops_reads", False):
         return
+    logging.getLogger("asyncio").addFilter(_QuietAbandonedReads())
 
     def hook(unraisable) -> None:
         name = getattr(getattr(unraisable, "object", None), "__qualname__", "") or ""
@@ -452,6 +466,32 @@ def _drop_failed_reads() -> None:
 
     hook._gitops_drops_reads = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+def unreadable_value(step_dir: Path) -> tuple[str | None, str | None]:
+    """(where, why) for the first value of an OCDBT item of a checkpoint step that cannot be read whole
+    (a data file cut short or emptied); (None, None) when all read, or the step has no OCDBT item.
+
+    Reads every value once through tensorstore's OCDBT key-value store, one at a time (a resume reads
+    them again to restore; the second read comes from the page cache). `where` names the empty file if
+    there is one, else `<item folder>: array <name>`.
+    """
+    import tensorstore as ts
+
+    for item in sorted(p for p in Path(step_dir).iterdir() if (p / "manifest.ocdbt").is_file()):
+        try:
+            store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{item.absolute()}/"}).result()
+            keys = store.list().result()
+        except Exception as exc:  # noqa: BLE001 - tensorstore raises ValueError/RuntimeError with a status
+            return str(item / "manifest.ocdbt"), _first_line(exc)
+        for key in keys:
+            try:
+                store.read(key).result()
+            except Exception as exc:  # noqa: BLE001
+                empty = sorted(p for p in item.rglob("*") if p.is_file() and p.stat().st_size == 0)
+                name = key.decode("utf-8", "replace").rsplit("/", 1)[0]
+                return (str(empty[0]) if empty else f"{item}: array {name}"), _first_line(exc)
+    return None, None
 
 
 def truncated_file(step_dir: Path) -> Path | None:
