@@ -141,7 +141,7 @@ class StreamingDataset:
         import grain
 
         workers = self.workers if workers is None else workers
-        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=reader_threads(self.source),
                                                        prefetch_buffer_size=max(1, self.prefetch)))
         if workers > 0:
             _absl_flags_parsed()
@@ -169,6 +169,14 @@ class StreamingDataset:
                 x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
                 y = np.concatenate([y, np.zeros((batch - n, *y.shape[1:]), y.dtype)])
             yield x, y, w
+
+
+def reader_threads(source: Any) -> int:
+    """Grain's reader threads for `source`: up to 4 (one per CPU), or 0 (Grain reads in the thread that asks
+    for the next batch) for a source whose reads hold the GIL (`ArrayRecordSource.threaded = False`), where
+    more threads would only take turns, each switch costing CPU the training step's threads could use.
+    """
+    return max(1, min(4, os.cpu_count() or 1)) if getattr(source, "threaded", True) else 0
 
 
 def _absl_flags_parsed() -> None:
