@@ -300,8 +300,7 @@ class NpzLayout:
 
     def matches(self, rows: np.ndarray) -> bool:
         """Whether every row of `rows` (records as uint8 rows of `length` bytes) has this layout's fixed bytes."""
-        return all(np.array_equal(rows[:, a:b], np.broadcast_to(self.reference[a:b], (len(rows), b - a)))
-                   for a, b in self.fixed)
+        return all(bool((rows[:, a:b] == self.reference[a:b]).all()) for a, b in self.fixed)
 
     def decode(self, rows: np.ndarray, key: str) -> np.ndarray:
         """Array `key` of every row, stacked: `(rows, *shape)` in the stored dtype (a copy)."""
@@ -405,7 +404,8 @@ class ArrayRecordSource:
         """
         raws = self.read_raw(indexes)
         x = y = None
-        if raws and len({len(r) for r in raws}) == 1:
+        lengths = list(map(len, raws))
+        if raws and min(lengths) == max(lengths):
             layout = self._layout
             if layout is None or layout.length != len(raws[0]):
                 with _NPZ_LOCK:  # .npy headers are parsed with ast.literal_eval (see `_load`)
