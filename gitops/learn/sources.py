@@ -302,11 +302,14 @@ class NpzLayout:
         """Whether every row of `rows` (records as uint8 rows of `length` bytes) has this layout's fixed bytes."""
         return all(bool((rows[:, a:b] == self.reference[a:b]).all()) for a, b in self.fixed)
 
-    def decode(self, rows: np.ndarray, key: str) -> np.ndarray:
-        """Array `key` of every row, stacked: `(rows, *shape)` in the stored dtype (a copy)."""
+    def decode(self, rows: np.ndarray, key: str, order: np.ndarray | None = None) -> np.ndarray:
+        """Array `key` of every row, stacked: `(rows, *shape)` in the stored dtype (a copy); with `order`
+        (row numbers), of rows `order` in that order (`rows[order]`, in the same one copy)."""
         start, shape, dtype = self.arrays[key]
         size = math.prod(shape) * dtype.itemsize
-        return rows[:, start:start + size].copy().view(dtype).reshape(len(rows), *shape)
+        data = rows[:, start:start + size]
+        data = data.copy() if order is None else np.take(data, order, axis=0)
+        return data.view(dtype).reshape(len(data), *shape)
 
 
 class ArrayRecordSource:
@@ -367,42 +370,53 @@ class ArrayRecordSource:
         x, y = self.read_batch([index])
         return x[0], y[0]
 
-    def read_raw(self, indexes: Sequence[int]) -> list[bytes]:
-        """The bytes of records `indexes`, in that order.
+    def read_sorted(self, indexes: Sequence[int]) -> tuple[list[bytes], np.ndarray]:
+        """`(records, rank)`: the bytes of records `indexes` in file order (sorted by index), and `rank`,
+        where each of `indexes` is in that list (`records[rank[i]]` is record `indexes[i]`; int64).
 
-        Each file's records are read in file order (sorted positions: chunks are visited forward, and a
-        chunk holding several of them is decoded once), one `seek` + `read` each in the calling thread.
-        Not array_record's batch `read(indices)`: that hands every chunk to a task on its global pool of
-        64 threads, whose wake-ups and spinning cost more CPU than the reads on a machine of few cores,
-        CPU taken from the training step's own threads (on 2 cores: 16 ms against 12.5 ms per 1024
-        zstd records of 3 KB, 7 ms against 5 ms uncompressed). One reader per file keeps the position,
-        so reads of one source take turns (`_read_lock`); the calls hold the GIL anyway.
+        Reading in file order visits each file's chunks forward and decodes a chunk holding several of
+        them once; one `seek` + `read` per record in the calling thread. Not array_record's batch
+        `read(indices)`: that hands every chunk to a task on its global pool of 64 threads, whose
+        wake-ups and spinning cost more CPU than the reads on a machine of few cores, CPU taken from the
+        training step's own threads (on 2 cores: 12.5 ms against 16 ms per 1024 zstd records of 3 KB,
+        5 ms against 7 ms uncompressed). One reader per file keeps the position, so reads of one source
+        take turns (`_read_lock`); the calls hold the GIL anyway.
         """
         indexes = np.asarray(indexes, np.int64).reshape(-1)
         if len(indexes) and (indexes.min() < 0 or indexes.max() >= len(self)):
             raise RecordError(f"{', '.join(self.files[:3])}: no record {int(indexes.max())} (they hold {len(self)})")
-        files = np.searchsorted(self.starts, indexes, side="right") - 1
-        out: list[bytes] = [b""] * len(indexes)
-        for f in np.unique(files):
-            picked = np.flatnonzero(files == f)
-            positions = indexes[picked] - self.starts[f]
-            order = np.argsort(positions, kind="stable")
-            reader = self._reader(int(f))
+        order = np.argsort(indexes, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        wanted = indexes[order]
+        cuts = np.searchsorted(wanted, self.starts)  # the sorted records of file f: wanted[cuts[f]:cuts[f + 1]]
+        records: list[bytes] = []
+        keep = records.append
+        for f in np.flatnonzero(np.diff(cuts)).tolist():
+            reader = self._reader(f)
+            seek, read = reader.seek, reader.read
             try:
                 with self._read_lock:
-                    for slot, position in zip(picked[order].tolist(), positions[order].tolist(), strict=True):
-                        reader.seek(position)
-                        out[slot] = reader.read()
+                    for position in (wanted[cuts[f]:cuts[f + 1]] - self.starts[f]).tolist():
+                        seek(position)
+                        keep(read())
             except Exception as exc:  # noqa: BLE001 - array_record raises plain RuntimeErrors
                 raise RecordError(f"{self.files[f]}: cannot read records ({exc})") from None
-        return out
+        return records, rank
+
+    def read_raw(self, indexes: Sequence[int]) -> list[bytes]:
+        """The bytes of records `indexes`, in that order (`read_sorted`, put back in order)."""
+        records, rank = self.read_sorted(indexes)
+        return [records[r] for r in rank.tolist()]
 
     def read_batch(self, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Records `indexes` as `(x, y)`: x `(n, *shape)` float32, y `(n,)` int32 classes or `(n, k)` float32 targets.
 
-        Raises RecordError naming the files when a record is not an `.npz` with both arrays.
+        The records come in file order (`read_sorted`); the layout's decode puts them back in the order
+        asked with the copy it makes anyway. Raises RecordError naming the files when a record is not an
+        `.npz` with both arrays.
         """
-        raws = self.read_raw(indexes)
+        raws, rank = self.read_sorted(indexes)
         x = y = None
         lengths = list(map(len, raws))
         if raws and min(lengths) == max(lengths):
@@ -413,9 +427,10 @@ class ArrayRecordSource:
             if layout is not None:
                 rows = np.frombuffer(b"".join(raws), np.uint8).reshape(len(raws), layout.length)
                 if layout.matches(rows):
-                    x, y = layout.decode(rows, self.x_key), layout.decode(rows, self.y_key)
+                    x, y = layout.decode(rows, self.x_key, rank), layout.decode(rows, self.y_key, rank)
         if x is None:  # records of other layouts: np.load, one at a time
-            pairs = [self._load(raw, i) for raw, i in zip(raws, np.asarray(indexes).reshape(-1).tolist(), strict=True)]
+            asked = np.asarray(indexes).reshape(-1).tolist()
+            pairs = [self._load(raws[r], i) for r, i in zip(rank.tolist(), asked, strict=True)]
             try:
                 x, y = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
             except ValueError as exc:
