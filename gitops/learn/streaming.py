@@ -299,7 +299,10 @@ class Scale:
         x = np.asarray(x, np.float32)
         if self.shift is not None:
             flat = x.reshape(-1) if x.size == self.shift.size else x.reshape(-1, self.shift.size)
-            x = ((flat - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
+            # one float32 buffer for both operations; a batch's 64-byte aligned (`jax.device_put` takes it as is)
+            out = np.empty(flat.shape, np.float32) if flat.ndim == 1 else sources.aligned_empty(flat.shape, np.float32)
+            np.subtract(flat, self.shift, out=out)
+            x = np.divide(out, self.divisor, out=out).reshape(x.shape)
         return (x, *rest)
 
 
