@@ -19,8 +19,9 @@ records from files while training, so memory does not grow with the dataset:
    shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`
    and `batch(drop_remainder=True)`, computed a batch at a time (`ShuffledBatch`,
    `gitops.learn.index_shuffle`), then one `ReadBatch` map reads, decodes and scales the batch's records
-   together (ArrayRecord: one read per file and one view per array for the whole batch); read through
-   `mp_prefetch` worker processes (`workers`) or reader threads. `remainder: pad` extends each epoch to
+   together (ArrayRecord: records read in file order, one view per array for the whole batch); read
+   through `mp_prefetch` worker processes (`workers`) or reader threads (none for ArrayRecord, whose
+   reads hold the GIL: `reader_threads`). `remainder: pad` extends each epoch to
    whole batches with weight-0 rows (position -1 in `ShuffledBatch`; `ReadBatch` then adds the weights
    `w`). Parquet visits row groups in a seeded order with rows shuffled inside each group (`BlockOrder`),
    so an epoch reads each row group once. `Feed` reads ahead in a thread that also places the next
