@@ -330,13 +330,13 @@ class NpzLayout:
 class ArrayRecordSource:
     """Records of ArrayRecord files, each an `.npz` holding arrays `x_key` (inputs) and `y_key` (label).
 
-    `read_batch` reads a batch of records in file order in the calling thread (`read_raw`) and, when
+    `read_batch` reads a batch of records in file order in the calling thread (`read_sorted`) and, when
     the records share one `NpzLayout` (what `np.savez` writes for fixed shapes), decodes the whole
     batch with one view per array instead of an `np.load` per record (about 100 us each: the
     bottleneck of a streamed compute-bound model). `[i]` is a batch of one.
     """
 
-    threaded = False  # reads hold the GIL (`read_raw`): Grain reads it from the thread asking, not a pool
+    threaded = False  # reads hold the GIL (`read_sorted`): Grain reads it from the thread asking, not a pool
 
     def __init__(self, files: Sequence[str], x_key: str, y_key: str, task: str):
         self.files = list(files)
@@ -366,7 +366,7 @@ class ArrayRecordSource:
                 if reader is None:
                     problem = None
                     try:  # random access, no read-ahead, no reader pool: records are read one by one in the
-                        # calling thread (`read_raw`), each chunk straight from the file (riegeli's default buffer)
+                        # calling thread (`read_sorted`), each chunk straight from the file (riegeli's default buffer)
                         reader = ArrayRecordReader(self.files[f], "readahead_buffer_size:0,max_parallelism:0")
                         if not reader.ok():  # a broken file opens "not ok"; closing it raises the reason
                             problem = "unreadable"
@@ -418,11 +418,6 @@ class ArrayRecordSource:
             except Exception as exc:  # noqa: BLE001 - array_record raises plain RuntimeErrors
                 raise RecordError(f"{self.files[f]}: cannot read records ({exc})") from None
         return records, rank
-
-    def read_raw(self, indexes: Sequence[int]) -> list[bytes]:
-        """The bytes of records `indexes`, in that order (`read_sorted`, put back in order)."""
-        records, rank = self.read_sorted(indexes)
-        return [records[r] for r in rank.tolist()]
 
     def read_batch(self, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Records `indexes` as `(x, y)`: x `(n, *shape)` float32, y `(n,)` int32 classes or `(n, k)` float32 targets.
