@@ -16,7 +16,9 @@ Every figure is a ratio of two measurements made in this same run:
    twice the CPU to read) for a machine whose cores the step already fills: on 2 cores every ms of
    reading is taken from XLA's two threads, and zstd's decode alone is about 7 ms of CPU per batch.
    Printed beside it without a goal: the same with the writer's default zstd, and for a tiny MLP
-   (64-128-10, batch 128, zstd), whose steps are far cheaper than reading a batch;
+   (64-128-10, batch 128, zstd), whose steps are far cheaper than reading a batch. On the 2-core
+   development machine, 0 workers: uncompressed 0.956 and 0.962 (two runs), zstd 0.87-0.90 (0.864
+   before reads stopped using array_record's thread pool and Grain's reader threads; docs/data.md);
 3. decode: image-folder examples/s with N worker processes over N x one worker (models/shapes-cnn's
    PNGs; 1.0 is perfect scaling), in alternating rounds.
 
