@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from pathlib import Path
 
@@ -28,10 +29,10 @@ def _npz(compressed: bool = False, **arrays: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write(path: Path, records: list[bytes]) -> str:
+def _write(path: Path, records: list[bytes], options: str = "group_size:1") -> str:
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    writer = ArrayRecordWriter(str(path), "group_size:1")
+    writer = ArrayRecordWriter(str(path), options)
     for record in records:
         writer.write(record)
     writer.close()
@@ -82,6 +83,38 @@ def test_array_record_batches_hold_what_np_load_reads(tmp_path: Path) -> None:
     regression = [_npz(x=rng.random(3, dtype=np.float32), y=np.float64(rng.normal())) for _ in range(5)]
     source = sources.ArrayRecordSource([_write(tmp_path / "r.array_record", regression)], "x", "y", "regression")
     _assert_batch(source, regression, [4, 1, 2])
+
+
+def test_array_record_reads_chunks_of_many_records_and_shares_a_source_between_threads(tmp_path: Path) -> None:
+    # records are read one by one, in file order, through one reader per file: chunks of several records
+    # (group_size:4, zstd and uncompressed), a record asked for twice, and threads reading side by side
+    rng = np.random.default_rng(1)
+    records = [_npz(x=rng.random(5, dtype=np.float32), y=np.int64(i % 7)) for i in range(30)]
+    files = [_write(tmp_path / "g0.array_record", records[:13], "group_size:4"),
+             _write(tmp_path / "g1.array_record", records[13:], "group_size:4,uncompressed")]
+    source = sources.ArrayRecordSource(files, "x", "y", "classification")
+    _assert_batch(source, records, [29, 3, 12, 13, 3, 0, 17, 16, 28, 12])
+    batches = [rng.permutation(30)[:11].tolist() for _ in range(24)]
+    failures: list[BaseException] = []
+
+    def read(part: list[list[int]]) -> None:
+        try:
+            for indexes in part:
+                _assert_batch(source, records, indexes)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=read, args=(batches[k::3],)) for k in range(3)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two calls, e.g. between a seek and its read
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failures, failures[0]
 
 
 def test_array_record_bad_records_name_the_files(tmp_path: Path) -> None:

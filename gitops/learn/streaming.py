@@ -19,8 +19,9 @@ records from files while training, so memory does not grow with the dataset:
    shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`
    and `batch(drop_remainder=True)`, computed a batch at a time (`ShuffledBatch`,
    `gitops.learn.index_shuffle`), then one `ReadBatch` map reads, decodes and scales the batch's records
-   together (ArrayRecord: one read per file and one view per array for the whole batch); read through
-   `mp_prefetch` worker processes (`workers`) or reader threads. `remainder: pad` extends each epoch to
+   together (ArrayRecord: records read in file order, one view per array for the whole batch); read
+   through `mp_prefetch` worker processes (`workers`) or reader threads (none for ArrayRecord, whose
+   reads hold the GIL: `reader_threads`). `remainder: pad` extends each epoch to
    whole batches with weight-0 rows (position -1 in `ShuffledBatch`; `ReadBatch` then adds the weights
    `w`). Parquet visits row groups in a seeded order with rows shuffled inside each group (`BlockOrder`),
    so an epoch reads each row group once. `Feed` reads ahead in a thread that also places the next
@@ -141,7 +142,7 @@ class StreamingDataset:
         import grain
 
         workers = self.workers if workers is None else workers
-        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=max(1, min(4, os.cpu_count() or 1)),
+        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=reader_threads(self.source),
                                                        prefetch_buffer_size=max(1, self.prefetch)))
         if workers > 0:
             _absl_flags_parsed()
@@ -169,6 +170,14 @@ class StreamingDataset:
                 x = np.concatenate([x, np.zeros((batch - n, *x.shape[1:]), x.dtype)])
                 y = np.concatenate([y, np.zeros((batch - n, *y.shape[1:]), y.dtype)])
             yield x, y, w
+
+
+def reader_threads(source: Any) -> int:
+    """Grain's reader threads for `source`: up to 4 (one per CPU), or 0 (Grain reads in the thread that asks
+    for the next batch) for a source whose reads hold the GIL (`ArrayRecordSource.threaded = False`), where
+    more threads would only take turns, each switch costing CPU the training step's threads could use.
+    """
+    return max(1, min(4, os.cpu_count() or 1)) if getattr(source, "threaded", True) else 0
 
 
 def _absl_flags_parsed() -> None:
@@ -291,7 +300,10 @@ class Scale:
         x = np.asarray(x, np.float32)
         if self.shift is not None:
             flat = x.reshape(-1) if x.size == self.shift.size else x.reshape(-1, self.shift.size)
-            x = ((flat - self.shift) / self.divisor).reshape(x.shape).astype(np.float32)
+            # one float32 buffer for both operations; a batch's 64-byte aligned (`jax.device_put` takes it as is)
+            out = np.empty(flat.shape, np.float32) if flat.ndim == 1 else sources.aligned_empty(flat.shape, np.float32)
+            np.subtract(flat, self.shift, out=out)
+            x = np.divide(out, self.divisor, out=out).reshape(x.shape)
         return (x, *rest)
 
 
