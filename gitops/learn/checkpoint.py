@@ -188,7 +188,8 @@ def state_handler() -> ocp.StandardCheckpointHandler:
       instead of ~106 with one zarr folder per array (each array: a folder, `.zarray`, a chunk, and
       tensorstore's lock file). File creation was a third of a save's CPU: with old checkpoints deleted
       every save, ext4 (without a journal, as on these runners) scans past every recently deleted inode
-      on each create. Measured: 74-83 ms of CPU per save instead of 88-118 ms.
+      on each create. Measured: 74-83 ms of CPU per save instead of 88-118 ms (isolated, interleaved; in
+      the training benchmark the difference is inside its run-to-run spread).
     - data files cut at 8 MiB: one OCDBT data file per save wrote 100 MB at 0.87x the bandwidth of one
       zarr file per array; 8 MiB files are written in parallel and match it (540 vs 530 MB/s).
     The format stays plain Orbax (OCDBT is Orbax's default): `StandardCheckpointer().restore(path)` reads
