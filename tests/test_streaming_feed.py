@@ -46,9 +46,12 @@ def _by_np_load(record: bytes, task: str) -> tuple[np.ndarray, np.ndarray]:
     return x, (y.astype(np.int32) if task == "classification" else y.astype(np.float32).reshape(-1))
 
 
-def _assert_batch(source: sources.ArrayRecordSource, records: list[bytes], indexes: list[int]) -> None:
+def _assert_batch(source: sources.ArrayRecordSource, records: list[bytes], indexes: list[int],
+                  reference: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
+    """`reference[i]`, when given, is `_by_np_load(records[i])` computed beforehand (threads must not call
+    np.load side by side: CPython 3.11's AST constructor, which parses .npy headers, is not thread-safe)."""
     x, y = source.read_batch(indexes)
-    want = [_by_np_load(records[i], source.task) for i in indexes]
+    want = [reference[i] if reference is not None else _by_np_load(records[i], source.task) for i in indexes]
     assert x.dtype == np.float32 and x.shape == (len(indexes), *want[0][0].shape)
     assert y.dtype == want[0][1].dtype and y.shape == (len(indexes), *want[0][1].shape)
     for row, (wx, wy) in enumerate(want):
@@ -95,12 +98,13 @@ def test_array_record_reads_chunks_of_many_records_and_shares_a_source_between_t
     source = sources.ArrayRecordSource(files, "x", "y", "classification")
     _assert_batch(source, records, [29, 3, 12, 13, 3, 0, 17, 16, 28, 12])
     batches = [rng.permutation(30)[:11].tolist() for _ in range(24)]
+    reference = [_by_np_load(r, source.task) for r in records]  # decoded here, not in the reading threads
     failures: list[BaseException] = []
 
     def read(part: list[list[int]]) -> None:
         try:
             for indexes in part:
-                _assert_batch(source, records, indexes)
+                _assert_batch(source, records, indexes, reference)
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread
             failures.append(exc)
 
