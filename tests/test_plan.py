@@ -57,6 +57,27 @@ def test_own_file_change_and_extends_parent(example_repo):
     assert all(len(i["fingerprint"]) == 12 for i in include)
 
 
+def test_a_checksum_list_or_tokenizer_file_added_alone_is_an_input_of_the_plan(example_repo):
+    # at base the checksum list of shapes-cnn and the tokenizer file of a language model were never
+    # committed (both configs invalid there); the PR adds only those files, no YAML: the models count as
+    # changed ("config was invalid at base"), not as unchanged because their YAML is the same
+    lm = example_repo / "models/stdlib-lm/data.yaml"
+    lm.write_text(lm.read_text().replace("tokenizer: {name: byte}",
+                                         "tokenizer: {name: file, path: tok/vocab.json, sha256: '" + "0" * 64 + "'}"))
+    listed = example_repo / "models/shapes-cnn/images.sha256"
+    text = listed.read_text()
+    listed.unlink()
+    git(example_repo, "add", "-A")
+    git(example_repo, "commit", "-q", "-m", "forgot the list and the tokenizer")
+    base = git(example_repo, "rev-parse", "HEAD")
+    listed.write_text(text)
+    (example_repo / "tok").mkdir()
+    (example_repo / "tok/vocab.json").write_text("{}")
+    head = commit_all(example_repo, "add them")
+    reasons = {c["model"]: c["reason"] for c in _plan(example_repo, base, head)["train"]}
+    assert reasons == {"shapes-cnn": "config was invalid at base", "stdlib-lm": "config was invalid at base"}
+
+
 def test_release_yaml_only_is_release_only(example_repo):
     base = git(example_repo, "rev-parse", "HEAD")
     edit(example_repo, "models/wine-mlp/release.yaml", "min: 0.85", "min: 0.8")

@@ -265,6 +265,42 @@ def test_bad_repository_packages_are_clear_errors(tmp_path, monkeypatch, case, m
     assert "Traceback" not in done.output
 
 
+# each case replaces one entry of the example with code that raises where gitops calls it: the class
+# refusing its parameters, the dataset function, the augmentation's per-batch function (inside the jitted
+# train step) and the metric (traced in the first evaluation, where a Python `if` on a value fails)
+BROKEN = {
+    "architecture": ("model.py", "_Tiny = TinyLinear\n\n\nclass TinyLinear(_Tiny):\n"
+                     "    def __init__(self, **kwargs):\n"
+                     "        raise ValueError('pairwise needs two features')  # RAISES\n",
+                     "ValueError: pairwise needs two features"),
+    "dataset": ("data.py", "_xor = xor_blobs\n\n\ndef xor_blobs(params, root):\n"
+                "    raise FileNotFoundError('blobs.csv')  # RAISES\n", "FileNotFoundError: blobs.csv"),
+    "augmentation": ("augment.py", "_drop = feature_dropout\n\n\ndef feature_dropout(**params):\n"
+                     "    def augment(key, x):\n        return x[:, :, 0]  # RAISES\n    return augment\n",
+                     "IndexError: Too many indices"),
+    "metric": ("metrics.py", "_brier = brier\n\n\ndef brier(outputs, labels):\n"
+               "    if outputs.sum() > 0:  # RAISES\n        return _brier(outputs, labels)\n"
+               "    return _brier(outputs, labels)\n", "TracerBoolConversionError"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_a_plugin_that_raises_is_one_error_naming_its_line_and_leaves_no_run_folder(repo, kind) -> None:
+    file, code, message = BROKEN[kind]
+    source = repo / "plugins" / file
+    text = source.read_text() + "\n\n" + code
+    source.write_text(text)
+    line = text.splitlines().index(next(t for t in text.splitlines() if t.endswith("# RAISES"))) + 1
+    commit_all(repo, f"a broken {kind}")
+    done = cli("train", "xor-tiny")
+    assert done.exit_code == 1 and isinstance(done.exception, SystemExit), (done.output, done.exception)
+    assert f"failed at plugins/{file}:{line}: {message}" in done.output, done.output
+    assert "GITOPS_PLUGINS of the repository package plugins/" in done.output
+    if kind == "architecture":  # the file that named it
+        assert done.output.startswith("error: models/xor-tiny/model.yaml: architecture 'tiny-linear': ")
+    assert not list((repo / "runs").glob("xor-tiny/*")), "no run folder is left behind"
+
+
 @pytest.mark.slow
 def test_the_run_trained_for_a_planned_new_plugin_entry_has_the_plan_s_fingerprint(repo) -> None:
     """The train job (the PR's checkout, its plugins loaded) records the fingerprint the plan computed without

@@ -133,8 +133,14 @@ def test_unfinished_run_is_never_deleted(example_repo: Path, monkeypatch: pytest
 def test_divergence_exits_1_naming_the_step(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = cli(["train", "digits-mlp", "--set", "train.optimizer.learning_rate=1e6"], example_repo, monkeypatch)
     assert result.exit_code == 1
-    assert re.search(r"training diverged at step \d+: (loss|gradient norm) is (nan|inf)", result.stderr), result.stderr
+    found = re.search(r"training diverged at step (\d+): (loss|gradient norm) is (nan|inf)", result.stderr)
+    assert found, result.stderr
     assert "Traceback" not in result.output
+    from gitops import config
+
+    every = config.load("digits-mlp", example_repo).train.checkpoint["every_steps"]
+    assert int(found.group(1)) < every  # so it failed before its first checkpoint: no run folder is left
+    assert not list((example_repo / "runs").glob("digits-mlp/*")), list((example_repo / "runs").rglob("*"))
 
 
 def test_dry_run_reports_and_writes_nothing(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:

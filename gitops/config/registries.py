@@ -15,9 +15,12 @@ The idea of one small generic registry whose entries are found by name follows b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import os
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from gitops.config import plugins
@@ -166,12 +169,89 @@ class Registry(Generic[E]):
             valid = ", ".join(self.names()) or "(none)"
             raise GitopsError(f"unknown {self.kind} {name!r}; valid: {valid}")
         if callable(slot.build):
-            return slot.build
-        state = plugins.state_key() if slot.plugin is not None else None  # another repository: import again
-        return _load(state, self.kind, name, slot.build, slot.package, slot.origin)
+            implementation = slot.build
+        else:
+            state = plugins.state_key() if slot.plugin is not None else None  # another repository: import again
+            implementation = _load(state, self.kind, name, slot.build, slot.package, slot.origin)
+        if slot.plugin is None or not callable(implementation):
+            return implementation
+        found = slot.plugin  # an entry point's origin names the distribution; the package's names the entry too
+        label = f"plugin {found.origin}" if found.repo_package else f"plugin {self.kind} {name!r} ({found.origin})"
+        # an augmentation's factory returns the function that runs on every batch: guarded too
+        return _Guarded(implementation, label, self.kind == "augmentation")
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {sorted(self._slots())})"
+
+
+class _Guarded:
+    """A plugin's implementation, called through the registry: what it raises becomes one PluginError.
+
+    Plugin code runs inside training (a model built with a value its class refuses, a dataset function
+    that cannot find its file, a metric that fails to trace); without this the user sees a traceback
+    from deep inside gitops and jax. The message names the entry, where it came from (entry point or
+    repository package), the plugin's own line that raised, and the exception; the original exception
+    is kept as `__cause__` for library users. GitopsErrors pass through unchanged (already clear).
+    `wrap_result`: the call returns another callable of the plugin's (an augmentation's per-batch
+    function), guarded the same way.
+    """
+
+    def __init__(self, implementation: Callable[..., Any], label: str, wrap_result: bool = False):
+        self.implementation, self.label, self.wrap_result = implementation, label, wrap_result
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            out = self.implementation(*args, **kwargs)
+        except GitopsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything the plugin's own code raises
+            raise PluginFailure(_failure(self.label, self.implementation, exc)) from exc
+        if self.wrap_result and callable(out):
+            return _Guarded(out, self.label)
+        return out
+
+    def __repr__(self) -> str:
+        return f"_Guarded({self.implementation!r})"
+
+
+class PluginFailure(plugins.PluginError):
+    """A plugin's own code raised while gitops called it (exit 1); the message names the plugin and its line."""
+
+
+@contextlib.contextmanager
+def used_in(where: str) -> Iterator[None]:
+    """Prefix a PluginFailure raised inside with `where` (the config file and key that named the plugin)."""
+    try:
+        yield
+    except PluginFailure as exc:
+        raise PluginFailure(f"{where}: {exc}") from exc.__cause__
+
+
+def _failure(label: str, implementation: Any, exc: BaseException) -> str:
+    """`label failed at FILE:LINE: Type: first line of the message`; the line is the innermost
+    frame in the plugin's own package (else the innermost frame at all)."""
+    import sys
+    import traceback
+
+    module = sys.modules.get(getattr(implementation, "__module__", "") or "")
+    top = sys.modules.get(module.__name__.split(".")[0]) if module is not None else None
+    home = None
+    if top is not None and getattr(top, "__file__", None):
+        home = str(Path(top.__file__).parent) + "/"
+    frames = traceback.extract_tb(exc.__traceback__)
+    own = [f for f in frames if home and f.filename.startswith(home)]
+    where = ""
+    if own or frames:
+        frame = (own or frames)[-1]
+        try:
+            shown = os.path.relpath(frame.filename)
+        except ValueError:
+            shown = frame.filename
+        shown = frame.filename if shown.startswith("..") else shown
+        where = f" at {shown}:{frame.lineno}"
+    lines = str(exc).strip().splitlines()
+    message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return f"{label} failed{where}: {message}"
 
 
 def _collision(kind: str, name: str, found: plugins.Found, taken: _Slot) -> str:

@@ -14,6 +14,7 @@ seed, `gitops.learn.repeats` calls it once per seed, and only this module knows 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config as config_lib
-from gitops.errors import GitopsError, TrainingError
+from gitops.errors import GitopsError, RunInterrupted, TrainingError
 from gitops.learn import parallel, repeats
 from gitops.learn import train as train_lib
 from gitops.registry.runs import RunFolder, cache_dir, copy_tree_atomic, replace_dir, run_path
@@ -161,7 +162,17 @@ def train(
             elif resume:
                 reporter.note(f"nothing to resume in {run.path}; starting from step 0")
         parallel.barrier("gitops-train-clean")
-        metrics = run_training(cfg, run.path, root=root, resume=True, reporter=reporter)
+        fresh = not run.path.exists()
+        try:
+            metrics = run_training(cfg, run.path, root=root, resume=True, reporter=reporter)
+        except GitopsError as exc:
+            # a run that failed before its first checkpoint (a plugin that raised, a step that diverged)
+            # leaves no folder behind; an interrupted one has a checkpoint and stays for --resume
+            if primary and fresh and not isinstance(exc, RunInterrupted) and not _has_checkpoints(run.path):
+                shutil.rmtree(run.path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    run.path.parent.rmdir()  # runs/<model>/, when this was its only run
+            raise
 
     if primary and cached is not None and not cached.is_finished:
         try:

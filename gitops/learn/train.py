@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from gitops import config as config_lib
 from gitops import killpoints
-from gitops.config import catalog
+from gitops.config import catalog, registries
 from gitops.config.yamlio import dump_yaml
 from gitops.errors import TrainingError
 from gitops.learn import parallel
@@ -339,6 +339,20 @@ def _token_bytes(prep: Any) -> Any:
     return jnp.asarray(from_saved(prep.tokenizer).token_bytes(), jnp.float32)
 
 
+def _config_file(cfg: Any, kind: str) -> str:
+    """The file of `kind` ("model", "data", ...) that `cfg` was read from last (its own, after `extends`)."""
+    files = cfg.files.get(kind) or (f"models/{cfg.name}/{kind}.yaml",)
+    return files[-1]
+
+
+def _augmentation(cfg: Any) -> Any:
+    """The config's augmentations composed (`data.build_augmentation`); a plugin's failure names data.yaml."""
+    from gitops.learn import data as data_lib
+
+    with registries.used_in(f"{_config_file(cfg, 'data')}: augmentation"):
+        return data_lib.build_augmentation(config_lib.thaw(cfg.data.augmentation))
+
+
 def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
     """Build model, optimizer, jitted step and device data for `cfg` on already loaded `dataset`.
 
@@ -350,7 +364,6 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
     import numpy as np
     from flax import nnx
 
-    from gitops.learn import data as data_lib
     from gitops.learn import metrics as metrics_lib
     from gitops.learn import optim, start_from, steps
     from gitops.learn.architectures import build_model
@@ -376,14 +389,15 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
 
     root_key = jax.random.key(train.seed)
     dtype = jnp.bfloat16 if train.precision == "bfloat16" else None
-    model = build_model(
-        cfg.model.architecture,
-        config_lib.thaw(cfg.model.params),
-        input_shape=prep.input_shape,
-        num_outputs=prep.num_outputs,
-        rngs=nnx.Rngs(params=jax.random.fold_in(root_key, 0)),
-        dtype=dtype,
-    )
+    with registries.used_in(f"{_config_file(cfg, 'model')}: architecture {cfg.model.architecture!r}"):
+        model = build_model(
+            cfg.model.architecture,
+            config_lib.thaw(cfg.model.params),
+            input_shape=prep.input_shape,
+            num_outputs=prep.num_outputs,
+            rngs=nnx.Rngs(params=jax.random.fold_in(root_key, 0)),
+            dtype=dtype,
+        )
     if init is None and cfg.train.start_from:
         init = start_from.prepare(cfg, config_lib.find_root(), prep)
     if init is not None:
@@ -403,7 +417,7 @@ def build_session(cfg: Any, dataset: Any, init: Any = None) -> Session:
         loss=catalog.LOSSES.get(loss_name),
         label_smoothing=float(train.label_smoothing),
         metric_names=tuple(names),
-        augment=data_lib.build_augmentation(config_lib.thaw(cfg.data.augmentation)),
+        augment=_augmentation(cfg),
         accumulate=accumulate,
         batch_size=int(train.batch_size),
         n_train=n_train,
@@ -606,8 +620,8 @@ def train_and_evaluate(
     from gitops.learn import start_from
 
     init = start_from.prepare(cfg, root, dataset.preprocessing)  # a parent that doesn't fit: no run folder either
+    session = build_session(cfg, dataset, init)  # a model or optimizer that cannot be built: no run folder
     run.path.mkdir(parents=True, exist_ok=True)
-    session = build_session(cfg, dataset, init)
     train = cfg.train
     total = session.total_steps
 

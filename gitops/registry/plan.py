@@ -8,6 +8,7 @@ stay jax-free: this runs on a GitHub-hosted runner before any GPU job starts.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -231,7 +232,8 @@ def _checkout_metric_tasks(root: Path, package: str) -> frozenset[str]:
 
 
 def _inputs(tree: Tree, name: str, cfg: config.ResolvedConfig) -> list[str] | None:
-    """Every file `cfg`'s resolution read: its own four, each `extends` parent, a pinned data file."""
+    """Every file `cfg`'s resolution read: its own four, each `extends` parent, a pinned data file, a checksum
+    list, a tokenizer file."""
     if cfg.plugins:  # it also reads the plugin package's source: resolve it at base too (hash compared there)
         return None
     paths = {f"{config.MODELS_DIR}/{name}/{k}.yaml" for k in config.FILE_KINDS}
@@ -244,8 +246,12 @@ def _inputs(tree: Tree, name: str, cfg: config.ResolvedConfig) -> list[str] | No
                     paths.add(Path(label).absolute().relative_to(tree.root).as_posix())
                 except ValueError:
                     return None
-    if cfg.data.dataset.get("path"):
-        paths.add(str(cfg.data.dataset["path"]))
+    ds = cfg.data.dataset
+    tokenizer = ds.get("tokenizer")
+    # the files resolution reads besides the YAML: a pinned data file, a checksum list, a tokenizer file
+    for path in (ds.get("path"), ds.get("checksums"), tokenizer.get("path") if isinstance(tokenizer, Mapping) else None):
+        if path:
+            paths.add(str(path))
     return sorted(paths)
 
 
