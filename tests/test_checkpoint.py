@@ -70,10 +70,14 @@ def test_save_returns_before_writing_and_keeps_the_arrays_of_its_step(tmp_path: 
     ckpt.close()
 
 
-PLAIN_RESTORE = """
-import sys, json
-import orbax.checkpoint as ocp
-tree = ocp.StandardCheckpointer().restore(sys.argv[1])
+def _readme_restore_snippet() -> str:
+    """The README's plain-Orbax restore, verbatim (the block that calls `StandardCheckpointer().restore`)."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    return next(b for b in blocks if "StandardCheckpointer().restore" in b)
+
+
+PLAIN_RESTORE_CHECKS = """
 assert not any(m.startswith("gitops") for m in sys.modules), "gitops was imported"
 def shapes(t):
     return {k: shapes(v) for k, v in t.items()} if isinstance(t, dict) else list(t.shape)
@@ -82,15 +86,17 @@ print(json.dumps(shapes(tree)))
 
 
 def test_handed_on_checkpoint_restores_with_plain_orbax(trained_examples: dict[str, Path]) -> None:
+    # the README's snippet as a user runs it: `run` is the relative path `gitops train` printed
     import json
 
     from gitops.registry.runs import RunFolder
 
     run = RunFolder(trained_examples["digits-mlp"])
-    state_dir = run.checkpoints_dir / str(run.checkpoint_step) / "state"
+    cwd = run.path.parents[2]  # the folder holding runs/
+    script = "import sys\nrun = sys.argv[1]\n" + _readme_restore_snippet() + PLAIN_RESTORE_CHECKS
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}
-    done = subprocess.run([sys.executable, "-c", PLAIN_RESTORE, str(state_dir)], capture_output=True, text=True,
-                          env=env, cwd="/", timeout=120)
+    done = subprocess.run([sys.executable, "-c", script, str(run.path.relative_to(cwd))], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
     assert done.returncode == 0, done.stderr
     shapes = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(shapes) == {"model", "optimizer"}

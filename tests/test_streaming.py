@@ -281,6 +281,47 @@ def test_label_folder_in_one_split_only_and_empty_lists(tmp_path: Path, monkeypa
                  f"data.dataset.checksums_sha256={pin}")
 
 
+def test_a_dataset_of_one_file_and_lists_validate_checks(tmp_path: Path, monkeypatch) -> None:
+    # `path` may name one Parquet file: `gitops data checksums FILE` lists it by its file name and
+    # training reads it; an empty folder is bad data (exit 1), not a bad command line; and what training
+    # would refuse in the list itself (no files, a split_files pattern that matches nothing) `validate`
+    # reports with its position in data.yaml
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "t").mkdir()
+    pq.write_table(pa.table({"f_a": np.arange(40, dtype=np.float32), "y": np.arange(40) % 2}), tmp_path / "t" / "one.parquet")
+    pin = _pin(tmp_path, "t/one.parquet", "one.sha256", monkeypatch)
+    listed = (tmp_path / "one.sha256").read_text()
+    assert listed.endswith("  one.parquet\n") and listed.count("\n") == 1
+    spec = {"name": "parquet", "path": "t/one.parquet", "checksums": "one.sha256", "checksums_sha256": pin,
+            "feature_prefix": "f_", "label": "y"}
+    _write_model(tmp_path, "shapes", spec, steps=4, batch=4)
+    done = _cli(["train", "shapes"], tmp_path, monkeypatch)
+    assert done.exit_code == 0, done.output
+    (tmp_path / "other.sha256").write_text(listed.replace("one.parquet", "two.parquet"))
+    other = hashlib.sha256((tmp_path / "other.sha256").read_bytes()).hexdigest()
+    _write_model(tmp_path, "wrong", {**spec, "checksums": "other.sha256", "checksums_sha256": other})
+    done = _cli(["train", "wrong"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "other.sha256:1: lists two.parquet, but the dataset's path is the one file" in done.output
+
+    (tmp_path / "empty").mkdir()
+    done = _cli(["data", "checksums", "empty", "--out", "empty.sha256"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "empty: holds no files to list" in done.output, done.output
+    assert not (tmp_path / "empty.sha256").exists()
+    (tmp_path / "empty.sha256").write_text("# nothing yet\n")
+    empty = hashlib.sha256(b"# nothing yet\n").hexdigest()
+    _write_model(tmp_path, "nothing", {**spec, "path": "empty", "checksums": "empty.sha256", "checksums_sha256": empty})
+    done = _cli(["validate", "models/nothing"], tmp_path, monkeypatch)
+    assert done.exit_code == 1 and "data.yaml:" in done.output, done.output
+    assert "data.dataset.checksums: empty.sha256: lists no files: the dataset is empty" in done.output
+    _write_model(tmp_path, "nothing", {**spec, "split_files": {"train": ["one.parquet"], "test": ["tst.parquet"]}})
+    done = _cli(["validate", "models/nothing"], tmp_path, monkeypatch)
+    assert done.exit_code == 1, done.output
+    assert "data.dataset.split_files.test: 'tst.parquet' matches no file of one.sha256" in done.output
+    assert "one.sha256: one.parquet matches" not in done.output  # the file is in exactly one split
+
+
 def test_parquet_without_the_named_column(tmp_path: Path, monkeypatch) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -576,8 +617,12 @@ def test_split_files_errors_name_the_file_or_the_pattern(tmp_path: Path, monkeyp
                  'data.dataset.split_files={"train": ["t*.parquet", "extra.parquet"], "test": ["test.parquet", "e*"]}')
     _train_fails(tmp_path, monkeypatch, "data.dataset.split_files.test: 'tst.parquet' matches no file of t.sha256",
                  'data.dataset.split_files={"train": ["*"], "test": ["tst.parquet"]}')
+    # the list is all these checks read: validate reports the first one too, at its place in data.yaml
     done = _cli(["validate", "models/shapes", "--json"], tmp_path, monkeypatch)
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 1, done.output
+    (problem,) = json.loads(done.output)["models"]["shapes"]
+    assert problem["file"] == "models/shapes/data.yaml" and problem["path"] == "data.dataset.split_files"
+    assert problem["message"] == "t.sha256: extra.parquet is in no split: it matches none of data.dataset.split_files"
     data_yaml = tmp_path / "models" / "shapes" / "data.yaml"
     data_yaml.write_text(data_yaml.read_text().replace("  label:", '  split_column: "y"\n  label:'))
     done = _cli(["validate", "models/shapes"], tmp_path, monkeypatch)
@@ -587,7 +632,8 @@ def test_split_files_errors_name_the_file_or_the_pattern(tmp_path: Path, monkeyp
     pq.write_table(pa.table({"f_a": np.arange(4, dtype=np.float32), "y": [0, 1, 5, 1]}), tmp_path / "t" / "test.parquet")
     pin = _pin(tmp_path, "t", "t.sha256", monkeypatch)
     files = 'data.dataset.split_files={"train": ["train.parquet", "extra.parquet"], "test": ["test.parquet"]}'
-    _train_fails(tmp_path, monkeypatch, "t: labels must be class indexes 0..1 (found 0..5)", files,
+    _train_fails(tmp_path, monkeypatch, f"{tmp_path / 't' / 'test.parquet'}: row group 0, row 2: label 5: labels must be "
+                 "class indexes 0..1 (found 0..5)", files,
                  f"data.dataset.checksums_sha256={pin}", "data.dataset.num_classes=2")
     pq.write_table(pa.table({"f_a": np.arange(4, dtype=np.float32), "y": pa.array([0, None, 1, 1], pa.int64())}),
                    tmp_path / "t" / "test.parquet")
@@ -652,6 +698,9 @@ def test_bad_input_of_every_source(tmp_path: Path, monkeypatch, source: str) -> 
         writer.close()
         _pinned(tmp_path, spec, monkeypatch)
         _train_fails(tmp_path, monkeypatch, f"of {files[0]}, {bad}: not an .npz with arrays 'x' and 'y'")
+        _shards(bad.parent, bad.name, [1, 0, 3, 1])  # record 2 holds a label beyond num_classes: 2
+        _pinned(tmp_path, spec, monkeypatch)
+        _train_fails(tmp_path, monkeypatch, f"{bad}: record 2: label 3: labels must be class indexes 0..1")
     # an empty dataset: files that hold no records
     for f in files:
         f.unlink()

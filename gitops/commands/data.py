@@ -43,12 +43,14 @@ def tokenizer_cmd(
 
 @command("checksums", group=data_app)
 def checksums_cmd(
-    path: Annotated[Path, typer.Argument(help="The dataset folder (an image folder, Parquet or ArrayRecord files).")],
+    path: Annotated[Path, typer.Argument(help="The dataset folder (an image folder, Parquet or ArrayRecord files), "
+                                             "or a dataset's one file.")],
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the list here (else to stdout); prints the pin for data.yaml.")
     ] = None,
 ) -> None:
-    """Hash every file under PATH (streamed, in parallel) into a sha256sum-format list, paths relative to PATH.
+    """Hash every file under PATH (streamed, in parallel) into a sha256sum-format list, paths relative to PATH
+    (PATH a file: the list names that file alone).
 
     Put the list in the repository, point `data.dataset.checksums` at it and set `checksums_sha256` to the
     pin printed here: then `ci plan` and the fingerprints notice any data change without reading the data.

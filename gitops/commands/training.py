@@ -204,7 +204,9 @@ class PlainReporter:
         elif what == "eval":
             self.pace.eval_s = seconds
         elif what == "checkpoint":
-            typer.echo(f"step {step}/{self.total}: checkpoint saved in {seconds:.2f} s", err=True)
+            # the training thread's share (a copy of the state); Orbax writes and commits it in the background
+            typer.echo(f"step {step}/{self.total}: checkpoint queued in {seconds:.2f} s (written in the background)",
+                       err=True)
 
     def log(self, step: int, record: Mapping[str, Any], steps_per_second: float) -> None:
         """Print one stderr line per record: step, percent, metrics, then steps/s and ETA for train records or the

@@ -1040,7 +1040,24 @@ def _streaming_problems(ds: dict, tree: Tree | None) -> list[tuple[tuple, str]]:
         if actual != ds["checksums_sha256"]:
             problems.append((("data", "dataset", "checksums_sha256"), f"{ds['checksums']} has SHA-256 {actual}; "
                              "update the pin if the list changed on purpose"))
+        problems += _listed_problems(ds, listed)
     return problems
+
+
+def _listed_problems(ds: dict, listed: bytes) -> list[tuple[tuple, str]]:
+    """What training would refuse in the checksum list itself: malformed or no lines, split_files
+    patterns matching no listed file, a file in no split or in two (read from the list, not the data)."""
+    from gitops.learn import checksum_list  # jax-free; only for streaming datasets
+
+    try:
+        entries = checksum_list.parse(listed.decode("utf-8", errors="replace"), ds["checksums"])
+    except GitopsError as exc:
+        return [(("data", "dataset", "checksums"), str(exc))]
+    split_files = ds.get("split_files")
+    if not split_files or ("val" in split_files and "validation" in split_files):
+        return []
+    _, found = checksum_list.assign_splits(split_files, [e.path for e in entries], ds["checksums"])
+    return [(("data", "dataset", "split_files", *((key,) if key else ())), message) for key, message in found]
 
 
 # --- convenience --------------------------------------------------------------------------------

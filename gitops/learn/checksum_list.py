@@ -17,7 +17,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -67,6 +67,33 @@ def parse(text: str, label: str) -> list[Entry]:
     return entries
 
 
+def assign_splits(split_files: Mapping[str, Iterable[str]], listed: list[str],
+                  label: str) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Which split each listed path belongs to under `split_files` (split name -> glob patterns).
+
+    Returns `(path -> split name as written, problems)`; each problem is `(key, message)` with `key` the
+    split whose pattern matches nothing (`"test"`) or "" for a file in no split or in two. Only the list
+    is read, so `gitops validate` reports the same problems training would (issue 18).
+    """
+    import fnmatch
+
+    problems: list[tuple[str, str]] = []
+    for name, globs in split_files.items():
+        for glob in globs:
+            if not any(fnmatch.fnmatchcase(p, glob) for p in listed):
+                problems.append((name, f"{glob!r} matches no file of {label}"))
+    chosen: dict[str, str] = {}
+    for path in listed:
+        hits = [name for name, globs in split_files.items() if any(fnmatch.fnmatchcase(path, g) for g in globs)]
+        if not hits:
+            problems.append(("", f"{label}: {path} is in no split: it matches none of data.dataset.split_files"))
+        elif len(hits) > 1:
+            problems.append(("", f"{label}: {path} matches the split_files patterns of both {hits[0]} and {hits[1]}"))
+        else:
+            chosen[path] = hits[0]
+    return chosen, problems
+
+
 def list_files(folder: Path, *, exclude: Iterable[Path] = ()) -> list[str]:
     """Every regular file under `folder` (POSIX paths relative to it, sorted); hidden files and symlinks skipped.
 
@@ -75,7 +102,7 @@ def list_files(folder: Path, *, exclude: Iterable[Path] = ()) -> list[str]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise UsageError(f"{folder}: not a folder")
+        raise UsageError(f"{folder}: not a folder" if folder.exists() else f"{folder}: no such folder")
     skip = {Path(p).resolve() for p in exclude}
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):  # os.walk does not follow symlinked folders
@@ -92,13 +119,21 @@ def write(folder: Path, out: Path | None = None, *, progress: Callable[[int, int
           workers: int | None = None) -> tuple[str, int]:
     """Hash every file under `folder` (streamed, in parallel) and return (list text, total bytes).
 
-    With `out`, the list is also written there atomically (the list file itself is never listed).
-    `progress(done_bytes, total_bytes)` is called as files finish.
+    `folder` may also be one file (a dataset whose `path` is that file): the list then names it alone,
+    by its file name. With `out`, the list is also written there atomically (the list file itself is
+    never listed). `progress(done_bytes, total_bytes)` is called as files finish.
+
+    Raises:
+        UsageError: `folder` does not exist (exit 2).
+        GitopsError: `folder` holds no files (exit 1: the data, not the command line, is wrong).
     """
     folder = Path(folder)
-    files = list_files(folder, exclude=[out] if out else ())
+    if folder.is_file():
+        files, folder = [folder.name], folder.parent
+    else:
+        files = list_files(folder, exclude=[out] if out else ())
     if not files:
-        raise UsageError(f"{folder}: holds no files to list")
+        raise GitopsError(f"{folder}: holds no files to list (hidden files and symlinks are not listed)")
     sizes = [(folder / f).stat().st_size for f in files]
     total, done = sum(sizes), 0
     lines = []
@@ -129,7 +164,8 @@ def verify(base: Path, entries: list[Entry], *, label: str, pin: str, cache: Pat
     """Check that every listed file exists under `base` and has its listed SHA-256.
 
     Args:
-        base: the dataset folder the list's paths are relative to.
+        base: the dataset folder the list's paths are relative to, or the dataset's one file (then the
+            list names that file alone, by its file name).
         entries: the parsed list.
         label: the list's name for messages (e.g. `models/x/data.sha256`).
         pin: the list's own SHA-256 (names the memo file).
@@ -151,6 +187,12 @@ def verify(base: Path, entries: list[Entry], *, label: str, pin: str, cache: Pat
         with contextlib.suppress(OSError, ValueError):
             memo = json.loads(memo_file.read_text(encoding="utf-8"))
     stats = {}
+    if base.is_file():  # a dataset of one file: the list names it by its file name, relative to its folder
+        stray = next((e for e in entries if e.path != base.name), None)
+        if stray is not None:
+            raise GitopsError(f"{label}:{stray.line}: lists {stray.path}, but the dataset's path is the one file "
+                              f"{base}: list only {base.name} (or point data.dataset.path at the folder)")
+        base = base.parent
     for entry in entries:
         full = base / entry.path
         try:

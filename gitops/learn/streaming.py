@@ -544,27 +544,19 @@ def _file_splits(ds: Mapping[str, Any], listed: list[str], counts: list[int], la
     Raises:
         GitopsError: a file in no split or in two, a pattern that matches nothing (exit 1, naming them).
     """
-    import fnmatch
-
     wanted = ds.get("split_files")
     if not wanted:
         return None
     if "val" in wanted and "validation" in wanted:
         raise GitopsError("data.dataset.split_files: give val or validation, not both")
-    patterns = {SPLIT_NAMES[name]: (name, list(globs)) for name, globs in wanted.items()}
-    for name, globs in patterns.values():
-        for glob in globs:
-            if not any(fnmatch.fnmatchcase(p, glob) for p in listed):
-                raise GitopsError(f"data.dataset.split_files.{name}: {glob!r} matches no file of {label}")
+    assigned, problems = checksum_list.assign_splits(wanted, listed, label)
+    if problems:
+        key, message = problems[0]
+        raise GitopsError(f"data.dataset.split_files.{key}: {message}" if key else message)
     starts = np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))]).astype(np.int64)
     chosen: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for i, path in enumerate(listed):
-        hits = [split for split, (_, globs) in patterns.items() if any(fnmatch.fnmatchcase(path, g) for g in globs)]
-        if not hits:
-            raise GitopsError(f"{label}: {path} is in no split: it matches none of data.dataset.split_files")
-        if len(hits) > 1:
-            raise GitopsError(f"{label}: {path} matches the split_files patterns of both {hits[0]} and {hits[1]}")
-        chosen[hits[0]].append(np.arange(starts[i], starts[i + 1], dtype=np.int64))
+        chosen[SPLIT_NAMES[assigned[path]]].append(np.arange(starts[i], starts[i + 1], dtype=np.int64))
     return {split: np.concatenate(parts) if parts else np.zeros(0, np.int64) for split, parts in chosen.items()}
 
 
@@ -606,6 +598,37 @@ def _label_range(source: Any, indexes: np.ndarray) -> tuple[float, float]:
         if y.size:
             low, high = min(low, float(y.min())), max(high, float(y.max()))
     return low, high
+
+
+def _first_label_outside(source: Any, indexes: np.ndarray, n_classes: int) -> str | None:
+    """Where the first of records `indexes` (in file order) whose label is not in 0..n_classes-1 is:
+    "<file>: row group G, row R: label V" (Parquet) or "<file>: record R: label V" (ArrayRecord); None
+    for other sources. Only called once a label is known to be out of range (a second read)."""
+    indexes = np.sort(np.asarray(indexes, np.int64))
+
+    def outside(y: np.ndarray) -> np.ndarray:
+        y = np.asarray(y, np.float64).reshape(len(y), -1)[:, 0]
+        return np.flatnonzero((y < 0) | (y >= n_classes))
+
+    if isinstance(source, sources.ParquetSource):
+        cuts = np.searchsorted(indexes, source.starts)
+        for g, (f, group) in enumerate(source.groups):
+            rows = indexes[cuts[g]:cuts[g + 1]] - source.starts[g]
+            if len(rows):
+                y = source.read_column(g, source.label)[rows]
+                bad = outside(y)
+                if len(bad):
+                    return f"{source.files[f]}: row group {group}, row {int(rows[bad[0]])}: label {float(y[bad[0]]):g}"
+    elif isinstance(source, sources.ArrayRecordSource):
+        for start in range(0, len(indexes), 256):
+            chunk = indexes[start:start + 256]
+            _, y = source.read_batch(chunk)
+            bad = outside(y)
+            if len(bad):
+                index = int(chunk[bad[0]])
+                f = int(np.searchsorted(source.starts, index, side="right")) - 1
+                return f"{source.files[f]}: record {index - int(source.starts[f])}: label {float(y[bad[0]]):g}"
+    return None
 
 
 def _stats(source: Any, indexes: np.ndarray, scale: str, sample: int, seed: int) -> tuple[Any, Any, list[int], Any]:
@@ -698,7 +721,9 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
                               f"label folders ({', '.join(classes[:10])})")
         n_classes = declared or found
         if y_low < 0 or y_high >= n_classes:
-            raise GitopsError(f"{ds['path']}: labels must be class indexes 0..{n_classes - 1} (found {y_low:g}..{y_high:g})")
+            where = _first_label_outside(source, np.concatenate([tr, rest]), n_classes)
+            raise GitopsError(f"{where or ds['path']}: labels must be class indexes 0..{n_classes - 1} "
+                              f"(found {y_low:g}..{y_high:g})")
         outputs = n_classes
     else:
         n_classes, outputs = None, int(np.prod(source[int(tr[0])][1].shape) or 1)
