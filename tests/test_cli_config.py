@@ -108,7 +108,16 @@ def test_validate_annotations_for_github(repo: Path) -> None:
 def test_validate_missing_path_is_usage_error(repo: Path) -> None:
     result = invoke("validate", "models/nothing-here")
     assert result.exit_code == 2
-    assert "no such file" in result.output
+    assert "no such model, file or folder" in result.output
+
+
+def test_validate_takes_a_model_name_like_every_other_command(repo: Path) -> None:
+    (repo / "models/wine-mlp/train.yaml").write_text("batch_size: 1\nsteps: 3\noptimizer: {name: sgd}\n")
+    doc = json.loads(invoke("validate", "wine-mlp", "--json").stdout)
+    assert list(doc["models"]) == ["wine-mlp"] and doc["models"]["wine-mlp"] and not doc["ok"]
+    assert json.loads(invoke("validate", "digits-mlp", "--json").stdout) == {"ok": True, "models": {"digits-mlp": []}}
+    result = invoke("validate", "wine-mpl")
+    assert result.exit_code == 2 and "wine-mpl: no such model, file or folder" in result.output
 
 
 def test_show_json_and_stable_fingerprint(repo: Path) -> None:

@@ -265,7 +265,9 @@ def test_bad_inputs_name_the_file_and_leave_no_run_folder(tmp_path: Path, monkey
                  "--set", "train.steps=2", "--set", "train.batch_size=2"], tmp_path, monkeypatch)
     assert done.exit_code == 0, done.output
     manifest = json.loads(next((tmp_path / "runs" / "shapes").glob("*/manifest.json")).read_text())
-    assert manifest["data"]["skipped"] == 1 and manifest["data"]["skipped_files"] == [str(target)]
+    assert manifest["data"]["skipped"] == 1 and manifest["data"]["skipped_files"] == ["imgs/bar/001.png"]
+    assert "skipped 1 file that did not decode (data.dataset.skip_bad; manifest.json lists them): imgs/bar/001.png" \
+        in done.output
 
 
 def test_label_folder_in_one_split_only_and_empty_lists(tmp_path: Path, monkeypatch) -> None:

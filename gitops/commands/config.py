@@ -20,7 +20,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on
 
 @command("validate")
 def validate_cmd(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Model folders (default: every folder under models/).")] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Model folders or names (default: every folder under models/).")] = None,
     as_json: JsonFlag = False,
     annotations: Annotated[
         bool, typer.Option("--annotations", help="Also print GitHub Actions ::error annotations.")

@@ -92,6 +92,16 @@ def train_cmd(
             out(f"  {name}: {outcome.status}" + (f" {outcome.url}" if outcome.url else ""))
 
 
+def _input_advice(dataset: Any) -> str:
+    """What speeds up a slow input pipeline of this source (docs/data.md, "Figures")."""
+    more = "add data.dataset.workers (reader processes)"
+    return {
+        "image_folder": f"{more}, or a smaller image_size",
+        "parquet": f"{more}, or fewer, larger row groups in the Parquet files",
+        "array_record": f"{more}, or records written uncompressed (group_size:1,uncompressed): docs/data.md",
+    }.get(str(dataset.get("name")), more)
+
+
 def _dry_run(cfg: Any, root: Path) -> None:
     from gitops.learn import train
 
@@ -112,7 +122,7 @@ def _dry_run(cfg: Any, root: Path) -> None:
             f"({workers} worker process{'es' if workers != 1 else ''}); the step takes "
             f"{report['step_examples_per_second']:,.0f} examples/s")
         if report["bottleneck"] == "input pipeline":
-            out("bottleneck: the input pipeline, not the model (add data.dataset.workers, or smaller images)")
+            out(f"bottleneck: the input pipeline, not the model ({_input_advice(cfg.data.dataset)})")
         else:
             out("bottleneck: the model (the input pipeline keeps up)")
     out(f"estimated run: {report['total_steps']:,} steps in about {report['estimated_train_s']:.1f} s on this machine")

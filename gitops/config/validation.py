@@ -29,14 +29,18 @@ class ValidationResult:
 
 
 def models_for_paths(root: Path, paths: list[Path]) -> list[str]:
-    """Model names named by paths: model folders, files inside them, or `models/` itself."""
+    """Model names named by paths: model folders, files inside them, `models/` itself, or a model's name
+    (as every other command takes it) when no such path exists here."""
     models_dir = Path(os.path.abspath(root / config.MODELS_DIR))
     names: list[str] = []
     for raw in paths:
         path = Path(os.path.abspath(Path.cwd() / raw))  # links are not followed: resolving refuses them
         if not os.path.lexists(path):
             known = config.model_names(FsTree(root))
-            raise UsageError(f"{raw}: no such file or folder{config.did_you_mean(path.name, names=known)}")
+            if str(raw) in known:
+                names.append(str(raw))
+                continue
+            raise UsageError(f"{raw}: no such model, file or folder{config.did_you_mean(path.name, names=known)}")
         if path == models_dir or path == root.resolve():
             names.extend(config.model_names(FsTree(root)))
             continue

@@ -42,16 +42,19 @@ from orbax.checkpoint import checkpoint_managers as policies
 from gitops.registry import gates
 
 
-class _QuietOcdbtMerge(logging.Filter):
-    """Orbax warns on every save without OCDBT that it skips an OCDBT merge; we chose no OCDBT (and see below)."""
+class _QuietOrbax(logging.Filter):
+    """Orbax warnings that are expected here, not news to the user: a skipped OCDBT merge (the `meta`
+    item is JSON), a save between evaluations with no metric to rank by, and a restored step folder
+    without `_CHECKPOINT_METADATA` (a release archive ships the `state` item alone: `predict`, `load`)."""
+
+    QUIET = ("Skipping merge of OCDBT checkpoints", "did not provide metrics", "Metadata file does not exist")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        # and every save between evaluations has no metric to rank by: that is expected, not a warning
-        return "Skipping merge of OCDBT checkpoints" not in message and "did not provide metrics" not in message
+        return not any(text in message for text in self.QUIET)
 
 
-logging.getLogger("absl").addFilter(_QuietOcdbtMerge())
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 STATE = "state"
 META = "meta"

@@ -469,7 +469,8 @@ def _image_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np
     index = {c: i for i, c in enumerate(classes)}
     labels = np.asarray([index[s[-2]] for s in parts], np.int32)
     source = sources.ImageFolderSource([str(files[p]) for p in paths], labels, ds["image_size"], ds["channels"])
-    return source, splits, classes, [str(files[p]) for p in skipped]
+    # named as listed under `path` (a URL prefix's files are cached under their hash: that name says nothing)
+    return source, splits, classes, [f"{str(ds['path']).rstrip('/')}/{p}" for p in skipped]
 
 
 def _parquet_records(ds: Mapping[str, Any], root: Path) -> tuple[Any, dict[str, np.ndarray] | None, np.ndarray]:

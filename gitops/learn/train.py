@@ -622,6 +622,11 @@ def train_and_evaluate(
     init = start_from.prepare(cfg, root, dataset.preprocessing)  # a parent that doesn't fit: no run folder either
     session = build_session(cfg, dataset, init)  # a model or optimizer that cannot be built: no run folder
     run.path.mkdir(parents=True, exist_ok=True)
+    skipped = list(getattr(dataset, "skipped", None) or [])
+    if skipped:  # data.dataset.skip_bad: said here too, not only in manifest.json
+        reporter.note(f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} that did not decode "
+                      f"(data.dataset.skip_bad; manifest.json lists them): {', '.join(skipped[:3])}"
+                      + (", ..." if len(skipped) > 3 else ""))
     train = cfg.train
     total = session.total_steps
 
