@@ -703,7 +703,7 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
     else:
         n_classes, outputs = None, int(np.prod(source[int(tr[0])][1].shape) or 1)
     prep = Preprocessing(doc["preprocessing"]["scale"], shift, divisor, shape, task, n_classes, outputs,
-                                  labels=classes)
+                         labels=classes, features=list(source.features) if name == "parquet" else None)
     return StreamingDataset(source, StreamSplit(np.asarray(tr, np.int64)), StreamSplit(np.asarray(va, np.int64)),
                             StreamSplit(np.asarray(te, np.int64)), prep, seed=int(cfg_splits["seed"]),
                             workers=int(ds.get("workers", 0)), prefetch=int(ds.get("prefetch", 2)),
