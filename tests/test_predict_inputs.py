@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gitops.errors import UsageError
-from gitops.serve import inputs, predict
+from gitops.serve import inputs
 from gitops.serve.inputs import InputSpec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,8 @@ def test_images_only_for_image_models_and_shapes_must_fit(tmp_path: Path) -> Non
     Image.new("RGB", (24, 24), (10, 20, 30)).save(tmp_path / "a.png")
     with pytest.raises(UsageError, match="an image, but tab was not trained on image files"):
         inputs.read_inputs(tmp_path / "a.png", spec=TABLE)
-    assert inputs.is_image(Path("x.JPEG")) and inputs.is_image(Path("x.webp")) and not inputs.is_image(Path("x.npy"))
+    assert inputs.is_image(Path("x.JPEG")) and inputs.is_image(Path("x.webp"))
+    assert not inputs.is_image(Path("x.npy")) and not inputs.is_image(Path("x.h5"))  # a Pillow stub format
     (tmp_path / "bad.png").write_bytes(b"not a png")
     images = InputSpec("shapes", (16, 16, 3), image_size=(16, 16), channels=3)
     with pytest.raises(UsageError, match="bad.png: cannot decode the image"):

@@ -13,7 +13,8 @@ records from files while training, so memory does not grow with the dataset:
    otherwise `data.splits` fractions cut the record indexes with the same function as the in-memory
    sources (`preprocessing.split_indexes`).
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
-   sample of `stats_sample` records), saved as `preprocessing.json` like every run. The records that
+   sample of `stats_sample` records), saved as `preprocessing.json` like every run (with, for Parquet,
+   the feature column names, so predict picks a CSV's columns by name). The records that
    pass did not read are read for their labels (`_label_range`), so a bad one fails before the run.
 4. *The pipeline* (`train_dataset`): a Grain `MapDataset` of whole batches: the order of Grain's global
    shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`

@@ -82,10 +82,18 @@ def spec_of(loaded: Any, model: str = "the model") -> InputSpec:
 
 @functools.cache
 def image_suffixes() -> frozenset[str]:
-    """Suffixes of the image formats Pillow can open (`.png`, `.jpg`, ...): what an image folder trains on."""
-    from PIL import Image
+    """Suffixes of the image formats Pillow can open (`.png`, `.jpg`, ...): what an image folder trains on.
 
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    Pillow's stub formats (HDF5 `.h5`, GRIB, BUFR, WMF), which open only through a handler an
+    application registers, are left out: an `.h5` is far likelier an array file than an image.
+    """
+    from PIL import Image, ImageFile
+
+    def real(fmt: str) -> bool:
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        return factory is not None and not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if real(fmt))
 
 
 def is_image(path: Path) -> bool:
