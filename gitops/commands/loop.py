@@ -544,7 +544,9 @@ def rollback_cmd(
 @command("predict")
 def predict_cmd(
     ref: Annotated[str, typer.Argument(help="MODEL@VERSION, MODEL@STAGE or a run folder.")],
-    input_file: Annotated[Path | None, typer.Option("--input", help=".npy, .npz, .json or .csv inputs.")] = None,
+    input_file: Annotated[list[Path] | None, typer.Option(
+        "--input", help=".npy, .npz, .json or .csv inputs, or an image file for a model trained on images "
+                        "(repeatable: the files' examples are predicted in order).")] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write the JSON here instead of stdout.")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Array name inside a .npz (default: the first).")] = None,
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="Language models: text to continue (repeatable).")] = None,
@@ -557,17 +559,18 @@ def predict_cmd(
 
     Examples:
       gitops predict digits-mlp@v1.0.0 --input digits.npy
+      gitops predict shapes-cnn@v1.0.0 --input a.png --input b.jpg
       gitops predict stdlib-lm@latest --prompt "def main(" --max-new-tokens 80 --temperature 0.8 --top-k 20
     """
     from gitops.serve import predict
 
-    if (input_file is None) == (not prompt):
+    if (not input_file) == (not prompt):
         raise UsageError("give exactly one of --input FILE or --prompt TEXT")
     if prompt:
         doc = predict.generate_prompts(ref, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
                                        top_k=top_k, seed=seed)
     else:
-        doc = predict.predict_file(ref, input_file, key)
+        doc = predict.predict_file(ref, list(input_file or ()), key)
     text = jsonio.dumps(doc, indent=2)
     if output:
         output.write_text(text + "\n", encoding="utf-8")

@@ -2,7 +2,7 @@
 
 `Preprocessing` is the one owner of `preprocessing.json`: what prediction needs to turn raw inputs into
 model inputs (the scaler's statistics, fitted on the train split only, the input shape, the task, the
-tokenizer of a language model, class names). `split_indexes` cuts a shuffled 0..n-1 into train,
+tokenizer of a language model, class names, the feature column names of a table). `split_indexes` cuts a shuffled 0..n-1 into train,
 validation and test; the in-memory sources (`gitops.learn.data`) and the streaming ones (`gitops.learn.streaming`)
 both use it, so a dataset splits the same way whichever reader loads it.
 """
@@ -33,6 +33,9 @@ class Preprocessing:
     num_outputs: int
     tokenizer: dict | None = None  # language models: gitops.learn.tokenize's saved spec (with the file's JSON text)
     labels: list[str] | None = None  # class names (image folders: the sorted label folders), for predict
+    # feature column names in model input order (Parquet: `features`, or the columns `feature_prefix` matched),
+    # so predict picks a CSV's columns by name; None where the data has no column names
+    features: list[str] | None = None
 
     def as_dict(self) -> dict:
         """The JSON object saved as preprocessing.json (every field, lists as lists)."""

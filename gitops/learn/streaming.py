@@ -13,7 +13,8 @@ records from files while training, so memory does not grow with the dataset:
    otherwise `data.splits` fractions cut the record indexes with the same function as the in-memory
    sources (`preprocessing.split_indexes`).
 3. *Statistics* for `preprocessing.scale` from one streamed pass over the training split (or a seeded
-   sample of `stats_sample` records), saved as `preprocessing.json` like every run. The records that
+   sample of `stats_sample` records), saved as `preprocessing.json` like every run (with, for Parquet,
+   the feature column names, so predict picks a CSV's columns by name). The records that
    pass did not read are read for their labels (`_label_range`), so a bad one fails before the run.
 4. *The pipeline* (`train_dataset`): a Grain `MapDataset` of whole batches: the order of Grain's global
    shuffle by the data seed (re-shuffled every epoch), per-process shard `[process_index::process_count]`
@@ -729,7 +730,7 @@ def load(doc: Mapping[str, Any], root: Path) -> StreamingDataset:
     else:
         n_classes, outputs = None, int(np.prod(source[int(tr[0])][1].shape) or 1)
     prep = Preprocessing(doc["preprocessing"]["scale"], shift, divisor, shape, task, n_classes, outputs,
-                                  labels=classes)
+                         labels=classes, features=list(source.features) if name == "parquet" else None)
     return StreamingDataset(source, StreamSplit(np.asarray(tr, np.int64)), StreamSplit(np.asarray(va, np.int64)),
                             StreamSplit(np.asarray(te, np.int64)), prep, seed=int(cfg_splits["seed"]),
                             workers=int(ds.get("workers", 0)), prefetch=int(ds.get("prefetch", 2)),

@@ -1,80 +1,16 @@
-"""Run a released model on inputs from a file: `.npy`, `.npz`, `.json` or `.csv` in, JSON out."""
+"""Run a released model on inputs from files: `.npy`, `.npz`, `.json`, `.csv` or images in, JSON out.
+
+How each format is read (CSV headers, images) is `gitops.serve.inputs`.
+"""
 
 from __future__ import annotations
 
-import csv
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gitops.errors import UsageError
-
-MAX_INPUT_BYTES = 512 * 1024**2
-
-
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-finite number {name} (inputs must be finite)")
-
-
-def read_inputs(path: Path, key: str | None = None):
-    """A float32 batch from a file (one example per row / first axis).
-
-    Raises UsageError for a missing, oversized or unreadable file, and for non-finite values (NaN,
-    Infinity, a number too large for float32) in any format: the same rule as the server's 400.
-    """
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such input file")
-    if path.stat().st_size > MAX_INPUT_BYTES:
-        raise UsageError(f"{path}: larger than {MAX_INPUT_BYTES} bytes")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                names = list(archive.files)
-                if not names:
-                    raise UsageError(f"{path}: the .npz holds no arrays")
-                if key is not None and key not in names:
-                    raise UsageError(f"{path}: no array {key!r} (arrays: {', '.join(names)})")
-                array = archive[key or names[0]]
-        elif suffix == ".json":
-            doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
-            if isinstance(doc, dict):
-                if "instances" not in doc:
-                    raise UsageError(f"{path}: expected a list or {{\"instances\": [...]}}")
-                doc = doc["instances"]
-            array = np.asarray(doc, dtype=np.float32)
-        elif suffix == ".csv":
-            rows = []
-            with open(path, newline="", encoding="utf-8") as fh:
-                for row in csv.reader(fh):
-                    if not row:
-                        continue
-                    try:
-                        rows.append([float(x) for x in row])
-                    except ValueError:
-                        if rows:
-                            raise
-                        continue  # a header line
-            array = np.asarray(rows, dtype=np.float32)
-        else:
-            raise UsageError(f"{path}: unknown input format {suffix!r}; use .npy, .npz, .json or .csv")
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"{path}: cannot read inputs: {exc}") from None
-    if array.dtype == object:
-        raise UsageError(f"{path}: inputs must be numbers")
-    if array.dtype.kind in "fiub":
-        with np.errstate(over="ignore"):
-            array = array.astype(np.float32)
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        first = [int(i) for i in np.argwhere(~np.isfinite(array))[0]]
-        raise UsageError(f"{path}: non-finite input at index {first} (NaN, Infinity or beyond float32's range; "
-                         "inputs must be finite, as the server requires)")
-    return array
+from gitops.serve.inputs import MAX_INPUT_BYTES, read_inputs  # noqa: F401 - predict's input reading, re-exported
 
 
 def _softmax(x):
@@ -115,20 +51,40 @@ def class_labels(loaded: Any) -> list[str]:
     return list(getattr(getattr(loaded, "preprocessing", None), "labels", None) or ())
 
 
-def predict_file(ref: str, input_path: Path, key: str | None = None) -> dict:
-    """`gitops predict REF --input FILE`: `{"model": ref, "predictions": [...]}` for every example of the file.
+def predict_file(ref: str, input_path: Path | Sequence[Path], key: str | None = None) -> dict:
+    """`gitops predict REF --input FILE [--input FILE ...]`: `{"model": ref, "predictions": [...]}`.
 
-    `ref` is a run folder, a pulled release or a registry reference (loaded by `gitops.api.load`); the file
-    is .npy, .npz (`key` picks the array), .json or .csv. Raises UsageError for an unreadable input file.
+    `ref` is a run folder, a pulled release or a registry reference (loaded by `gitops.api.load`); each
+    file is .npy, .npz (`key` picks the array), .json, .csv (a header picks columns by the model's
+    feature names) or, for a model trained on an image folder, an image (one example, decoded and
+    resized as training did): `gitops.serve.inputs`. The files' examples are predicted together, in
+    order; with more than one file each prediction names its file (`"input"`).
+
+    Raises UsageError for an unreadable input file, an image for a model not trained on images, a
+    CSV without a feature column, inputs that do not hold examples of the model's input shape, or
+    several files for a language model.
     """
-    from gitops import api
+    import numpy as np
 
+    from gitops import api
+    from gitops.serve import inputs as input_files
+
+    paths = [Path(input_path)] if isinstance(input_path, str | Path) else [Path(p) for p in input_path]
+    if not paths:
+        raise UsageError("no input file")
     loaded = api.load(ref)
     cfg = loaded.config
-    inputs = read_inputs(input_path, key)
     task = getattr(loaded, "task", None) or getattr(cfg, "task", "classification")
-    labels = class_labels(loaded)
-    return {"model": ref, "predictions": predictions(loaded, inputs, labels, task)}
+    spec = input_files.spec_of(loaded, ref)
+    if len(paths) > 1 and spec.input_shape is None:
+        raise UsageError("a language model takes one --input file at a time")
+    batches = [input_files.as_examples(read_inputs(p, key, spec), spec, p) for p in paths]
+    inputs = batches[0] if len(batches) == 1 else np.concatenate(batches)
+    result = predictions(loaded, inputs, class_labels(loaded), task)
+    if len(paths) > 1:
+        names = [str(p) for p, b in zip(paths, batches, strict=True) for _ in range(len(b))]
+        result = [{"input": name, **item} for name, item in zip(names, result, strict=True)]
+    return {"model": ref, "predictions": result}
 
 
 def generate_prompts(ref: str, prompts: list[str], *, max_new_tokens: int = 64, temperature: float = 1.0,
