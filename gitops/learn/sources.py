@@ -44,13 +44,13 @@ def decode_image(path: Path, size: Sequence[int], channels: int) -> np.ndarray:
     """Decode and resize one image to float32 `(H, W, C)` with values 0..255 (Pillow, bilinear)."""
     from PIL import Image, UnidentifiedImageError
 
-    try:
+    try:  # DecompressionBombError: over twice Pillow's MAX_IMAGE_PIXELS (image_problem refuses it in training)
         with Image.open(path) as img:
             img = img.convert(IMAGE_MODES[channels])
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, np.float32)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         raise RecordError(f"{path}: cannot decode the image ({exc})") from None
     return array.reshape(size[0], size[1], channels)
 
