@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,54 @@ def test_predict_csv_by_the_recorded_feature_names(trained_examples, tmp_path: P
     (tmp_path / "ordered.csv").write_text("\n".join(ordered) + "\n")
     done = _cli(str(old), "--input", str(tmp_path / "ordered.csv"))
     assert done.exit_code == 0 and json.loads(done.output)["predictions"] == reference, done.output
+
+
+def test_serve_takes_image_files_as_b64_instances_like_tf_serving(trained_examples, tmp_path: Path) -> None:
+    # TF Serving's REST API carries binary data as {"b64": ...}: the server decodes each image with the
+    # training decode and answers what `gitops predict` answers for the same files
+    import base64
+    import warnings
+
+    from PIL import Image
+
+    from gitops.serve.server import Limits, build
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+
+    run = trained_examples["shapes-cnn"]
+    images = REPO / "models" / "shapes-cnn" / "images" / "test"
+    files = [sorted((images / kind).glob("*.png"))[1] for kind in ("circle", "cross", "square", "triangle")]
+    Image.open(files[2]).convert("RGB").resize((40, 40)).save(tmp_path / "square.jpg", quality=95)
+    files.append(tmp_path / "square.jpg")
+    want = json.loads(_cli(str(run), *[a for f in files for a in ("--input", str(f))]).output)["predictions"]
+    b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    Image.new("L", (300, 260)).save(tmp_path / "big.png")
+
+    server = build(str(run), limits=Limits(max_image_pixels=250 * 250))
+    with TestClient(server.app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+        meta = client.get("/v1/models/shapes-cnn/metadata").json()
+        assert meta["gitops"]["signature"]["image_inputs"] == {"b64": True, "height": 16, "width": 16, "channels": 1}
+        r = client.post("/v1/models/shapes-cnn:predict", json={"instances": [{"b64": s} for s in b64]})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(r.json()["predictions"], [p["probabilities"] for p in want], atol=1e-6)
+        named = {"inputs": [{"inputs": {"b64": s}} for s in b64[:2]]}  # columnar, named
+        assert np.allclose(client.post("/v1/models/shapes-cnn:predict", json=named).json()["outputs"],
+                           [p["probabilities"] for p in want[:2]], atol=1e-6)
+        bad = {"not base64": {"b64": "%%%"}, "cannot decode the image": {"b64": base64.b64encode(b"GIF89a?").decode()},
+               "the image is 300x260 pixels; at most 62500": {"b64": base64.b64encode((tmp_path / "big.png").read_bytes()).decode()}}
+        for message, item in bad.items():
+            r = client.post("/v1/models/shapes-cnn:predict", json={"instances": [{"b64": b64[0]}, item]})
+            assert r.status_code == 400 and "instances[1]" in r.json()["error"] and message in r.json()["error"], r.text
+
+    server = build(str(trained_examples["tabular-mlp"]))
+    with TestClient(server.app) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "never ready"
+        r = client.post("/v1/models/tabular-mlp:predict", json={"instances": [{"b64": b64[0]}]})
+        assert r.status_code == 400 and "not trained on an image folder" in r.json()["error"], r.text

@@ -34,6 +34,9 @@ def serve_cmd(
         "--poll-seconds", min=0.05, callback=finite, help="How often a followed stage is checked for a new version.")] = 10.0,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Largest request body (413 above).")] = 8 * 1024 * 1024,
     max_instances: Annotated[int, typer.Option("--max-instances", min=1, help="Most instances per request.")] = 1024,
+    max_image_pixels: Annotated[int, typer.Option(
+        "--max-image-pixels", min=1, help="Largest {\"b64\": ...} image instance, width x height (400 above).")
+    ] = 4096 * 4096,
     body_timeout: Annotated[float, typer.Option(
         "--body-timeout", min=0.001, help="Seconds a request body may take to arrive (408 after).")] = 30.0,
     max_inflight_body_bytes: Annotated[int, typer.Option(
@@ -53,7 +56,7 @@ def serve_cmd(
         raise typer.BadParameter(f"{log_level!r}: use debug, info, warning or error", param_hint="--log-level")
     sock = server.bind(host, port)  # a busy port fails here, before anything is loaded
     try:
-        limits = server.Limits(max_body_bytes=max_body_bytes, max_instances=max_instances,
+        limits = server.Limits(max_body_bytes=max_body_bytes, max_instances=max_instances, max_image_pixels=max_image_pixels,
                                body_timeout_s=body_timeout, max_inflight_body_bytes=max_inflight_body_bytes,
                                max_connections=max_connections)
         srv = server.build(target, backend=backend_name, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,

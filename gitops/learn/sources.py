@@ -26,7 +26,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -40,18 +40,27 @@ class RecordError(GitopsError):
     """A record that cannot be read (undecodable image, missing column); the message names the file."""
 
 
-def decode_image(path: Path, size: Sequence[int], channels: int) -> np.ndarray:
-    """Decode and resize one image to float32 `(H, W, C)` with values 0..255 (Pillow, bilinear)."""
+def decode_image(path: Path | BinaryIO, size: Sequence[int], channels: int, *, label: str | None = None,
+                 max_pixels: int | None = None) -> np.ndarray:
+    """Decode and resize one image to float32 `(H, W, C)` with values 0..255 (Pillow, bilinear).
+
+    `path` is a file or an open binary file object (a server's request bytes); `label` names it in
+    messages (default: `path`). `max_pixels` refuses a larger image before its pixels are decoded.
+    Raises RecordError naming it when Pillow cannot decode it or it is too large.
+    """
     from PIL import Image, UnidentifiedImageError
 
+    label = label or str(path)
     try:  # DecompressionBombError: over twice Pillow's MAX_IMAGE_PIXELS (image_problem refuses it in training)
         with Image.open(path) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise RecordError(f"{label}: the image is {img.width}x{img.height} pixels; at most {max_pixels}")
             img = img.convert(IMAGE_MODES[channels])
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, np.float32)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise RecordError(f"{path}: cannot decode the image ({exc})") from None
+        raise RecordError(f"{label}: cannot decode the image ({exc})") from None
     return array.reshape(size[0], size[1], channels)
 
 

@@ -8,6 +8,10 @@ Routes (TF Serving's shapes, https://www.tensorflow.org/tfx/serving/api_rest):
     GET  /healthz   the process answers          GET /readyz   a warmed version is serving (else 503)
     GET  /metrics   Prometheus text format
 
+A model trained on an image folder also takes image files, as TF Serving's REST API sends binary
+data: `{"instances": [{"b64": "<base64 of a PNG/JPEG>"}, ...]}` (or `{"inputs": [{"b64": ...}]}`),
+each decoded and resized like the training images (`decode_images`), off the event loop.
+
 Every request failure is a JSON `{"error": "..."}` with a 4xx code (any other path too, `GET
 /v1/models` included: TF Serving has no model list); a 500 means the model itself failed. Each
 predict response names the version that computed it in `X-Model-Version`.
@@ -62,6 +66,8 @@ class Limits:
     Attributes:
         max_body_bytes: largest body of one request (413 above).
         max_instances: most instances in one request (413 above).
+        max_image_pixels: largest image (width x height) a `{"b64": ...}` instance may hold; checked
+            from its header, before its pixels are decoded (400 above).
         body_timeout_s: seconds a request's body may take to arrive, from its first read (408 after;
             TF Serving's REST timeout, `--rest_api_timeout_in_ms`, defaults to 30 s for a whole request).
         max_inflight_body_bytes: bytes of bodies being received or parsed at one time across all
@@ -72,6 +78,7 @@ class Limits:
 
     max_body_bytes: int = 8 * 1024 * 1024
     max_instances: int = 1024
+    max_image_pixels: int = 4096 * 4096
     body_timeout_s: float = 30.0
     max_inflight_body_bytes: int = 64 * 1024 * 1024
     max_connections: int = 2048
@@ -151,13 +158,17 @@ def parse_inputs(payload: Any, signature: Signature, limits: Limits) -> tuple[np
         raw, out_key, what = payload["instances"], "predictions", "instances"
         if not isinstance(raw, list):
             raise BadRequest("\"instances\" must be a list (one entry per instance)")
-        if raw and all(isinstance(r, dict) for r in raw):
+        if raw and all(isinstance(r, dict) and set(r) != {"b64"} for r in raw):
             raw = [_single_named(r) for r in raw]
     elif keys == {"inputs"}:
         raw, out_key, what = payload["inputs"], "outputs", "inputs"
     else:
         raise BadRequest("the body needs exactly one of \"instances\" (row format) or \"inputs\" (columnar); "
                          f"got {sorted(payload) or 'nothing'}")
+    if isinstance(raw, list) and raw and all(_is_b64(r) for r in raw):
+        if len(raw) > limits.max_instances:
+            raise BadRequest(f"{len(raw)} instances in one request; at most {limits.max_instances}", 413)
+        return decode_images(raw, signature, limits, what), out_key
     arr = _tensor(raw, what)
     if arr.ndim == 0:
         raise BadRequest(f"{what} needs a batch dimension: a list of instances")
@@ -181,6 +192,47 @@ def parse_inputs(payload: Any, signature: Signature, limits: Limits) -> tuple[np
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_b64(item: Any) -> bool:
+    """An instance given as binary data, TF Serving's way: {"b64": ...}, also named ({"inputs": {"b64": ...}})."""
+    if isinstance(item, dict) and set(item) == {"inputs"}:
+        item = item["inputs"]
+    return isinstance(item, dict) and set(item) == {"b64"}
+
+
+def decode_images(items: list, signature: Signature, limits: Limits, what: str) -> np.ndarray:
+    """Instances `{"b64": <base64 of an image file>}` -> float32 `(n, H, W, C)`, 0..255, decoded and
+    resized by `gitops.learn.sources.decode_image`, the function training reads the image folder with.
+
+    Raises BadRequest (400) naming the instance: a model not trained on images, text that is not
+    base64, bytes Pillow cannot decode, an image over `limits.max_image_pixels`.
+    """
+    import base64
+    import binascii
+    import io
+
+    if signature.image is None:
+        raise BadRequest(f"{what}: base64 (b64) instances are images, and this model was not trained on an image "
+                         "folder; send its inputs as numbers")
+    from gitops.learn import sources
+
+    height, width, channels = signature.image
+    out = np.empty((len(items), height, width, channels), np.float32)
+    for i, item in enumerate(items):
+        value = (item["inputs"] if "inputs" in item else item)["b64"]
+        if not isinstance(value, str):
+            raise BadRequest(f"{what}[{i}].b64 must be a string of base64")
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest(f"{what}[{i}].b64 is not base64") from None
+        try:
+            out[i] = sources.decode_image(io.BytesIO(data), (height, width), channels, label=f"{what}[{i}]",
+                                          max_pixels=limits.max_image_pixels)
+        except sources.RecordError as exc:
+            raise BadRequest(str(exc)) from None
+    return out
 
 
 def _single_named(row: dict) -> Any:
@@ -560,7 +612,11 @@ class ModelServer:
                 return await self._fail("predict", 404 if why else 503,
                                         why or "no version is loaded yet; see /readyz")(scope, receive, send)
             try:
-                x, out_key = parse_inputs(parse_json(body), version.signature, self.limits)
+                payload = parse_json(body)
+                if version.signature.image is not None and b'"b64"' in body:  # image decoding: off the event loop
+                    x, out_key = await asyncio.to_thread(parse_inputs, payload, version.signature, self.limits)
+                else:
+                    x, out_key = parse_inputs(payload, version.signature, self.limits)
             except BadRequest as exc:
                 return await self._fail("predict", exc.status, str(exc))(scope, receive, send)
             del body

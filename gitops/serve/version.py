@@ -66,6 +66,9 @@ class Signature:
     input_dtype: str = "float32"
     output_dtype: str = "float32"
     labels: tuple[str, ...] = ()
+    # (height, width, channels) of a model trained on an image folder: instances may then be image
+    # files' bytes, {"b64": ...} as TF Serving's REST API sends binary data, decoded like training
+    image: tuple[int, int, int] | None = None
 
     @property
     def input_size(self) -> int:
@@ -74,12 +77,16 @@ class Signature:
 
     def as_dict(self) -> dict:
         """The signature as JSON: shapes with a leading -1 for the batch, dtypes, task and class labels."""
-        return {
+        doc = {
             "inputs": {"name": "inputs", "dtype": self.input_dtype, "shape": [-1, *self.input_shape]},
             "outputs": {"name": self.output_name, "dtype": self.output_dtype, "shape": [-1, *self.output_shape]},
             "task": self.task,
             "labels": list(self.labels),
         }
+        if self.image is not None:  # also accepted: {"b64": <image file bytes>}, decoded and resized to this
+            height, width, channels = self.image
+            doc["image_inputs"] = {"b64": True, "height": height, "width": width, "channels": channels}
+        return doc
 
 
 @dataclass
@@ -241,11 +248,15 @@ def _signature(loaded: Any, model_dir: Path) -> Signature:
     from gitops.serve.predict import class_labels
 
     labels = tuple(class_labels(loaded))
+    from gitops.serve.inputs import spec_of
+
+    spec = spec_of(loaded) if getattr(loaded, "config", None) is not None else None
+    image = (*spec.image_size, spec.channels) if spec is not None and spec.image_size else None
     if task == "classification":
-        return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels)
+        return Signature(input_shape, (int(n_out),), task, "probabilities", labels=labels, image=image)
     if task == "language_modeling":  # :predict gives next-token logits at every position; :generate gives text
         return Signature(input_shape, (input_shape[0], int(n_out)), task, "predictions")
-    return Signature(input_shape, (int(n_out),), task, "predictions")
+    return Signature(input_shape, (int(n_out),), task, "predictions", image=image)
 
 
 def _jitted_predict(loaded: Any) -> Callable[[np.ndarray], np.ndarray]:
