@@ -64,8 +64,10 @@ def main() -> None:
     exit 143), registers only the command invoked (fast start-up), then runs the Typer app; exits the process.
     """
     from gitops.learn.interrupt import install_terminate_handler
+    from gitops.learn.lifeline import watch_env_parent
 
     install_terminate_handler()  # SIGTERM (systemd, Kubernetes) unwinds like Ctrl-C: cleanup runs, exit 143
+    watch_env_parent()  # a `sweep --parallel` trial: SIGTERM ourselves if the sweep dies (kill -9 included)
     only_invoked(sys.argv[1:])
     app(prog_name="gitops")
 

@@ -349,7 +349,79 @@ def _flat(tree, prefix=""):
     return out
 
 
-def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_path: Path, monkeypatch) -> None:
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process /proc lists now."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            found[int(entry)] = (int(fields[1]), fields[0])
+    return found
+
+
+def _descendants(pid: int) -> list[int]:
+    """The PIDs of `pid`'s children, their children, and so on."""
+    table, found, todo = _processes(), [], [pid]
+    while todo:
+        kids = [p for p, (parent, _) in table.items() if parent == todo[-1]]
+        todo.pop()
+        found += kids
+        todo += kids
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _running(pid: int) -> bool:
+    """Still running (an exited process that no one has reaped yet, state Z, is not)."""
+    return _processes().get(pid, (0, "Z"))[1] != "Z"
+
+
+def _shared_memory(pids: list[int]) -> set[str]:
+    """The /dev/shm/psm_* segments (Python's multiprocessing.shared_memory) that `pids` have mapped now."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        names.update(word for word in maps.split() if word.startswith("/dev/shm/psm_"))
+    return names
+
+
+def _wait_until_gone(pids: list[int], seconds: float = 30) -> list[int]:
+    """Poll until none of `pids` runs (at most `seconds`); returns those still running."""
+    deadline = time.monotonic() + seconds
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _running(p)]
+
+
+def _kill_survivors(proc: subprocess.Popen, pids: list[int]) -> None:
+    """After a failed test: SIGKILL `proc` and whatever of `pids` still runs, so no test leaves processes behind."""
+    for pid in [proc.pid, *pids]:
+        if _running(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker processes through /proc")
+def test_sigkill_mid_epoch_ends_the_workers_and_resume_with_two_workers_is_bit_identical(tmp_path: Path,
+                                                                                           monkeypatch) -> None:
+    """`kill -9` of the trainer alone, as a user does: its Grain workers and multiprocessing's resource tracker
+    end too (they used to live on with parent PID 1), the tracker unlinks the shared memory they had mapped,
+    and `--resume` goes on to the same weights as a run never interrupted."""
     from gitops.learn import train
     from gitops.learn.checkpoint import restore_plain
 
@@ -362,15 +434,25 @@ def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_pat
     argv = [sys.executable, "-m", "gitops.cli", "train", "shapes", *(a for s in sets for a in ("--set", s))]
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline, committed = time.monotonic() + 120, []
-    while time.monotonic() < deadline and proc.poll() is None:
-        committed = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
-        if any(step >= 20 for step in committed):
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-    os.killpg(proc.pid, signal.SIGKILL)  # the trainer and its Grain workers
-    proc.wait()
+    try:
+        deadline, committed, children = time.monotonic() + 120, [], []
+        while time.monotonic() < deadline and proc.poll() is None:
+            committed = [int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()] if ckpt_dir.is_dir() else []
+            if any(step >= 20 for step in committed):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+        children = _descendants(proc.pid)
+        workers = [p for p in children if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, [_cmdline(p) for p in children]
+        mapped = _shared_memory([proc.pid, *children])
+        proc.kill()  # SIGKILL to the trainer only: no cleanup runs in it
+        proc.wait()
+        left = [_cmdline(p) or str(p) for p in _wait_until_gone(children)]
+    finally:
+        _kill_survivors(proc, children)
+    assert not left, f"outlived the killed trainer: {left}"
+    assert not [name for name in mapped if Path(name).exists()], "shared memory left behind"
     assert committed
     resumed = subprocess.run([*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -384,6 +466,37 @@ def test_sigkill_mid_epoch_then_resume_with_two_workers_is_bit_identical(tmp_pat
     assert a.keys() == b.keys()
     for key in a:
         assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the trial processes through /proc")
+def test_sigkill_of_a_parallel_sweep_ends_its_trials_and_their_workers(tmp_path: Path, monkeypatch) -> None:
+    """`kill -9` of `gitops sweep --parallel`: each trial (`gitops train --trial N`) sees its parent gone,
+    SIGTERMs itself and stops (exit 143, its workers closed), instead of training on beside a later sweep."""
+    _image_repo(tmp_path, monkeypatch, per_class=16, workers=2)
+    (tmp_path / "models" / "shapes" / "sweep.yaml").write_text(
+        "method: grid\ntrials: 1\nmetric: val/accuracy\n"
+        "parameters:\n  train.steps: {values: [100000]}\n", encoding="utf-8")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "CI": "1", "PYTHONPATH": str(REPO)}
+    argv = [sys.executable, "-m", "gitops.cli", "sweep", "shapes", "--parallel", "2"]
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline, tree = time.monotonic() + 120, []
+        while time.monotonic() < deadline and proc.poll() is None:
+            tree = _descendants(proc.pid)  # the trial, its resource tracker and its 2 workers
+            if sum("spawn_main" in _cmdline(p) for p in tree) == 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[0]
+        assert any("--trial" in _cmdline(p) for p in tree), [_cmdline(p) for p in tree]
+        proc.kill()
+        proc.wait()
+        left = [_cmdline(p) or str(p) for p in _wait_until_gone(tree)]
+    finally:
+        _kill_survivors(proc, tree)
+    assert not left, f"outlived the killed sweep: {left}"
+    log = (tmp_path / "runs" / ".sweeps" / "logs" / "shapes-trial0.log").read_text(encoding="utf-8")
+    assert "terminated (SIGTERM)" in log, log
 
 
 def test_dry_run_reports_input_throughput_and_the_bottleneck(tmp_path: Path, monkeypatch) -> None:

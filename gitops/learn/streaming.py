@@ -139,16 +139,23 @@ class StreamingDataset:
                                 pad=template))
 
     def iterator(self, dataset: Any, *, workers: int | None = None) -> Any:
-        """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads."""
+        """A Grain iterator over `dataset`: `workers` processes (mp_prefetch) or reader threads.
+
+        The worker processes end with this one however it dies (`gitops.learn.lifeline.ExitWithParent`).
+        """
         import grain
 
         workers = self.workers if workers is None else workers
         it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=reader_threads(self.source),
                                                        prefetch_buffer_size=max(1, self.prefetch)))
         if workers > 0:
+            from gitops.learn.lifeline import ExitWithParent
+
             _absl_flags_parsed()
+            # each worker exits within a fraction of a second of this process dying, SIGKILL included
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                             per_worker_buffer_size=max(1, self.prefetch)))
+                                                             per_worker_buffer_size=max(1, self.prefetch)),
+                                worker_init_fn=ExitWithParent())
         return iter(it)
 
     def eval_batches(self, split: str, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -28,6 +28,7 @@ from typing import Any
 from gitops import config, jsonio, scratch
 from gitops.config import sweep
 from gitops.errors import GitopsError
+from gitops.learn import lifeline
 from gitops.registry import gates, sweep_results
 from gitops.registry.runs import RunFolder, run_path, write_json
 
@@ -154,7 +155,8 @@ def _train_many(name: str, root: Path, out_dir: Path, trials: list[sweep.Trial],
     logs.mkdir(parents=True, exist_ok=True)
     pending = list(trials)
     running: list[tuple[sweep.Trial, subprocess.Popen, Any]] = []
-    env = {**os.environ, "CI": "1"}  # plain progress lines in the logs
+    # plain progress lines in the logs; each trial stops (SIGTERM, checkpoint) if this process dies (lifeline)
+    env = {**os.environ, "CI": "1", lifeline.PARENT_ENV: str(os.getpid())}
     try:
         while pending or running:
             while pending and len(running) < parallel:
