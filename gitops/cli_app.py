@@ -97,6 +97,13 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug_enabled():
                 raise
             raise fail(exc.message, exc.exit_code) from None
+        except Exception as exc:  # plugin code that raised outside a guarded call (dry run, predict, serve)
+            from gitops.config.registries import plugin_failure
+
+            failure = plugin_failure(exc)
+            if failure is None or debug_enabled():
+                raise
+            raise fail(failure.message, failure.exit_code) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupt.Terminated)
             if debug_enabled():
                 raise

@@ -86,14 +86,14 @@ print(json.dumps(shapes(tree)))
 
 
 def test_handed_on_checkpoint_restores_with_plain_orbax(trained_examples: dict[str, Path]) -> None:
-    # the README's snippet as a user runs it: `run` is the relative path `gitops train` printed
+    # the README's script as a user runs it, on the relative run path `gitops train` printed
     import json
 
     from gitops.registry.runs import RunFolder
 
     run = RunFolder(trained_examples["digits-mlp"])
     cwd = run.path.parents[2]  # the folder holding runs/
-    script = "import sys\nrun = sys.argv[1]\n" + _readme_restore_snippet() + PLAIN_RESTORE_CHECKS
+    script = _readme_restore_snippet() + PLAIN_RESTORE_CHECKS
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""}
     done = subprocess.run([sys.executable, "-c", script, str(run.path.relative_to(cwd))], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=120)

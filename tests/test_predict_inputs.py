@@ -196,6 +196,7 @@ def test_serve_takes_image_files_as_b64_instances_like_tf_serving(trained_exampl
         for message, item in bad.items():
             r = client.post("/v1/models/shapes-cnn:predict", json={"instances": [{"b64": b64[0]}, item]})
             assert r.status_code == 400 and "instances[1]" in r.json()["error"] and message in r.json()["error"], r.text
+            assert "object at 0x" not in r.json()["error"]  # no Python object repr
 
     server = build(str(trained_examples["tabular-mlp"]))
     with TestClient(server.app) as client:

@@ -281,6 +281,11 @@ BROKEN = {
     "metric": ("metrics.py", "_brier = brier\n\n\ndef brier(outputs, labels):\n"
                "    if outputs.sum() > 0:  # RAISES\n        return _brier(outputs, labels)\n"
                "    return _brier(outputs, labels)\n", "TracerBoolConversionError"),
+    # the model's forward pass: called by the training step, not through the registry
+    "architecture-call": ("model.py", "_Tiny = TinyLinear\n\n\nclass TinyLinear(_Tiny):\n"
+                          "    def __call__(self, x, *, rngs=None):\n"
+                          "        raise RuntimeError('boom in call')  # RAISES\n",
+                          "RuntimeError: boom in call"),
 }
 
 
@@ -292,13 +297,17 @@ def test_a_plugin_that_raises_is_one_error_naming_its_line_and_leaves_no_run_fol
     source.write_text(text)
     line = text.splitlines().index(next(t for t in text.splitlines() if t.endswith("# RAISES"))) + 1
     commit_all(repo, f"a broken {kind}")
-    done = cli("train", "xor-tiny")
-    assert done.exit_code == 1 and isinstance(done.exception, SystemExit), (done.output, done.exception)
-    assert f"failed at plugins/{file}:{line}: {message}" in done.output, done.output
-    assert "GITOPS_PLUGINS of the repository package plugins/" in done.output
-    if kind == "architecture":  # the file that named it
-        assert done.output.startswith("error: models/xor-tiny/model.yaml: architecture 'tiny-linear': ")
-    assert not list((repo / "runs").glob("xor-tiny/*")), "no run folder is left behind"
+    for args in (["train", "xor-tiny"], ["train", "xor-tiny", "--dry-run"]):
+        done = cli(*args)
+        assert done.exit_code == 1 and isinstance(done.exception, SystemExit), (done.output, done.exception)
+        assert f"failed at plugins/{file}:{line}: {message}" in done.output, done.output
+        if kind == "architecture-call":  # raised in the step, outside the registry's calls: the package is named
+            assert "error: plugin code of the repository plugin package plugins/ failed at" in done.output
+        else:
+            assert "GITOPS_PLUGINS of the repository package plugins/" in done.output
+        if kind == "architecture":  # the file that named it
+            assert done.output.startswith("error: models/xor-tiny/model.yaml: architecture 'tiny-linear': ")
+        assert not list((repo / "runs").glob("xor-tiny/*")), "no run folder is left behind"
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def checksums_cmd(
         out(text)
         return
     files = text.count("\n")
-    out(f"wrote {out_file}: {files} files, {total / 1024**2:.1f} MiB")
+    out(f"wrote {out_file}: {files} file{'s' if files != 1 else ''}, {total / 1024**2:.1f} MiB")
     out(f"checksums_sha256: {pin}")
 
 

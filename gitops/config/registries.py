@@ -177,6 +177,10 @@ class Registry(Generic[E]):
             return implementation
         found = slot.plugin  # an entry point's origin names the distribution; the package's names the entry too
         label = f"plugin {found.origin}" if found.repo_package else f"plugin {self.kind} {name!r} ({found.origin})"
+        home = _home_of(implementation)
+        if home is not None and home != _GITOPS_HOME:  # for its code that runs outside a guarded call (`plugin_failure`)
+            _HOMES.setdefault(home, f"the repository plugin package {found.repo_package}/" if found.repo_package
+                              else f"plugin distribution {found.distribution or found.entry_point}")
         # an augmentation's factory returns the function that runs on every batch: guarded too
         return _Guarded(implementation, label, self.kind == "augmentation")
 
@@ -227,31 +231,75 @@ def used_in(where: str) -> Iterator[None]:
         raise PluginFailure(f"{where}: {exc}") from exc.__cause__
 
 
-def _failure(label: str, implementation: Any, exc: BaseException) -> str:
-    """`label failed at FILE:LINE: Type: first line of the message`; the line is the innermost
-    frame in the plugin's own package (else the innermost frame at all)."""
+_HOMES: dict[str, str] = {}  # folder of a plugin package whose implementation was handed out -> its name in words
+_GITOPS_HOME = str(Path(__file__).parents[1]) + "/"  # a plugin reusing our code does not own it
+
+
+def _home_of(implementation: Any) -> str | None:
+    """The folder (with a trailing "/") of the top-level package `implementation` was imported from, or None."""
     import sys
-    import traceback
 
     module = sys.modules.get(getattr(implementation, "__module__", "") or "")
     top = sys.modules.get(module.__name__.split(".")[0]) if module is not None else None
-    home = None
-    if top is not None and getattr(top, "__file__", None):
-        home = str(Path(top.__file__).parent) + "/"
+    if top is None or not getattr(top, "__file__", None):
+        return None
+    return str(Path(top.__file__).parent) + "/"
+
+
+def _where(frame: Any) -> str:
+    """` at FILE:LINE` of a traceback frame, FILE relative to the working folder when inside it."""
+    try:
+        shown = os.path.relpath(frame.filename)
+    except ValueError:
+        shown = frame.filename
+    return f" at {frame.filename if shown.startswith('..') else shown}:{frame.lineno}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _failure(label: str, implementation: Any, exc: BaseException) -> str:
+    """`label failed at FILE:LINE: Type: first line of the message`; the line is the innermost
+    frame in the plugin's own package (else the innermost frame at all)."""
+    import traceback
+
+    home = _home_of(implementation)
     frames = traceback.extract_tb(exc.__traceback__)
     own = [f for f in frames if home and f.filename.startswith(home)]
-    where = ""
-    if own or frames:
-        frame = (own or frames)[-1]
-        try:
-            shown = os.path.relpath(frame.filename)
-        except ValueError:
-            shown = frame.filename
-        shown = frame.filename if shown.startswith("..") else shown
-        where = f" at {shown}:{frame.lineno}"
-    lines = str(exc).strip().splitlines()
-    message = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return f"{label} failed{where}: {message}"
+    where = _where((own or frames)[-1]) if own or frames else ""
+    return f"{label} failed{where}: {_first_line(exc)}"
+
+
+def plugin_failure(exc: BaseException) -> PluginFailure | None:
+    """A PluginFailure for `exc` when it was raised inside a plugin package's own code that no guarded
+    call surrounded (an architecture's `__call__` while jax traces the training step), else None.
+
+    The innermost frame in a package whose implementation the registry handed out names the place;
+    GitopsErrors and exceptions of other code give None (a bug of ours keeps its traceback).
+    """
+    import traceback
+
+    if isinstance(exc, GitopsError) or not isinstance(exc, Exception) or not _HOMES:
+        return None
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        owner = next((name for home, name in _HOMES.items() if frame.filename.startswith(home)), None)
+        if owner is not None:
+            return PluginFailure(f"plugin code of {owner} failed{_where(frame)}: {_first_line(exc)}")
+    return None
+
+
+@contextlib.contextmanager
+def plugin_errors() -> Iterator[None]:
+    """Turn an exception raised in a plugin's own code (`plugin_failure`) into its PluginFailure."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it came from plugin code
+        failure = plugin_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def _collision(kind: str, name: str, found: plugins.Found, taken: _Slot) -> str:

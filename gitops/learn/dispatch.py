@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import config as config_lib
+from gitops.config import registries
 from gitops.errors import GitopsError, RunInterrupted, TrainingError
 from gitops.learn import parallel, repeats
 from gitops.learn import train as train_lib
@@ -138,7 +139,8 @@ def train(
         else:
             workdir = Path(tempfile.mkdtemp(prefix=f".{run.path.name}.", suffix=".force", dir=run.path.parent))
         try:
-            metrics = run_training(cfg, workdir, root=root, reporter=reporter)
+            with registries.plugin_errors():
+                metrics = run_training(cfg, workdir, root=root, reporter=reporter)
             if primary:
                 replace_dir(workdir, run.path)
             parallel.barrier("gitops-train-force-done")
@@ -164,7 +166,8 @@ def train(
         parallel.barrier("gitops-train-clean")
         fresh = not run.path.exists()
         try:
-            metrics = run_training(cfg, run.path, root=root, resume=True, reporter=reporter)
+            with registries.plugin_errors():  # a plugin's code raising where no guarded call sees it
+                metrics = run_training(cfg, run.path, root=root, resume=True, reporter=reporter)
         except GitopsError as exc:
             # a run that failed before its first checkpoint (a plugin that raised, a step that diverged)
             # leaves no folder behind; an interrupted one has a checkpoint and stays for --resume

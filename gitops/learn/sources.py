@@ -60,7 +60,8 @@ def decode_image(path: Path | BinaryIO, size: Sequence[int], channels: int, *, l
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             array = np.asarray(img, np.float32)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise RecordError(f"{label}: cannot decode the image ({exc})") from None
+        reason = str(exc) if isinstance(path, (str, Path)) else str(exc).replace(repr(path), "these bytes")
+        raise RecordError(f"{label}: cannot decode the image ({reason})") from None
     return array.reshape(size[0], size[1], channels)
 
 

@@ -221,6 +221,9 @@ def read_csv(path: Path, spec: InputSpec) -> np.ndarray:
             raise UsageError(f"{path}: the header names the column {twice[0]!r} more than once")
         columns = [header.index(name) for name in spec.features]
     elif header is not None and spec.n_features is not None and len(header) != spec.n_features:
+        if spec.image_size is not None:
+            raise UsageError(f"{path}: {spec.model} was trained on images: give the image files, or rows of "
+                             f"{spec.n_features} pixel values (0..255)")
         raise UsageError(f"{path}: the header has {len(header)} columns but {spec.model} takes {spec.n_features} "
                          "features, and its feature names are not recorded, so columns are read by position: "
                          "keep only the feature columns, in training order")
