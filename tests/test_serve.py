@@ -507,3 +507,35 @@ def test_benchmark_quick_prints_its_figures(trained_examples):
     assert done.returncode == 0, done.stdout + done.stderr
     for figure in ("requests/s", "p50", "p99", "batch 1", "concurrency 16", "ratio"):
         assert figure in done.stdout, (figure, done.stdout)
+
+
+def test_sigterm_stops_the_server_cleanly_with_exit_0(trained_examples, tmp_path):
+    # Kubernetes stops a pod with SIGTERM: the server shuts down (uvicorn then re-raises the signal) and
+    # the command says so, exit 0, no "error:" line
+    import os
+    import signal
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([sys.executable, "-m", "gitops.cli", "serve", str(trained_examples["wine-mlp"]),
+                             "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "not ready"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopped (SIGTERM): shut down cleanly" in err and "\nerror:" not in "\n" + err, err

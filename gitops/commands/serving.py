@@ -64,7 +64,14 @@ def serve_cmd(
     except BaseException:
         sock.close()
         raise
-    code = server.run(srv, host, port, log_level=log_level.lower(), log_json=log_json, sock=sock)
+    try:
+        code = server.run(srv, host, port, log_level=log_level.lower(), log_json=log_json, sock=sock)
+    except KeyboardInterrupt as exc:  # uvicorn re-raises SIGTERM / Ctrl-C once it has shut down cleanly
+        from gitops.learn.interrupt import Terminated
+
+        # how a server is meant to stop (Kubernetes sends SIGTERM): not an error, exit 0 like TF Serving
+        typer.echo(f"stopped ({'SIGTERM' if isinstance(exc, Terminated) else 'Ctrl-C'}): shut down cleanly", err=True)
+        return
     if code:
         raise typer.Exit(code)
 
