@@ -73,7 +73,8 @@ def image_problem(path: Path) -> str | None:
         with Image.open(path) as img:
             img.verify()
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken files
-        return f"cannot decode the image ({type(exc).__name__}: {exc})"
+        reason = str(exc).replace(repr(str(path)), "").replace(str(path), "").strip()  # the caller names the file
+        return f"cannot decode the image ({type(exc).__name__}: {reason})"
     return None
 
 
