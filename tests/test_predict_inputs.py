@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +161,7 @@ def test_serve_takes_image_files_as_b64_instances_like_tf_serving(trained_exampl
     import warnings
 
     from PIL import Image
+    from test_serve import wait_ready
 
     from gitops.serve.server import Limits, build
 
@@ -180,9 +180,7 @@ def test_serve_takes_image_files_as_b64_instances_like_tf_serving(trained_exampl
 
     server = build(str(run), limits=Limits(max_image_pixels=250 * 250))
     with TestClient(server.app) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "never ready"
+        wait_ready(client, timeout=120)
         meta = client.get("/v1/models/shapes-cnn/metadata").json()
         assert meta["gitops"]["signature"]["image_inputs"] == {"b64": True, "height": 16, "width": 16, "channels": 1}
         r = client.post("/v1/models/shapes-cnn:predict", json={"instances": [{"b64": s} for s in b64]})
@@ -200,8 +198,6 @@ def test_serve_takes_image_files_as_b64_instances_like_tf_serving(trained_exampl
 
     server = build(str(trained_examples["tabular-mlp"]))
     with TestClient(server.app) as client:
-        deadline = time.monotonic() + 120
-        while client.get("/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "never ready"
+        wait_ready(client, timeout=120)
         r = client.post("/v1/models/tabular-mlp:predict", json={"instances": [{"b64": b64[0]}]})
         assert r.status_code == 400 and "not trained on an image folder" in r.json()["error"], r.text
